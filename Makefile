@@ -1,0 +1,38 @@
+# kmemleak for user space. `make help` lists the targets.
+SHELL := /bin/bash
+SWIFT ?= swift
+CC ?= cc
+PREFIX ?= /usr/local
+DESTDIR ?=
+BUILD := .build/release
+SWIFT_FLAGS ?=
+
+.PHONY: help deps build shim test clean bench
+
+help:
+	@echo "make deps    install the Debian packages the project needs (idempotent)"
+	@echo "make build   build kmemleakd, libkmemleak.so and kmemleak-test (release)"
+	@echo "make test    build everything and run the test suite"
+	@echo "make bench   run the benchmarks (figures go to BENCHMARKS.md by hand)"
+
+DEB_PACKAGES := libfuse3-dev fuse3 libunwind-dev pkg-config make gcc valgrind heaptrack liblsan0 systemd
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else echo "all Debian packages present"; fi
+
+# ---- the C parts (shim + sample client): plain C, no Swift runtime ---------------------------
+# (filled in by the shim work)
+shim:
+
+build: shim
+	$(SWIFT) build -c release --static-swift-stdlib $(SWIFT_FLAGS)
+
+test: shim
+	$(SWIFT) build --build-tests $(SWIFT_FLAGS)
+	$(SWIFT) test --skip-build $(SWIFT_FLAGS)
+
+clean:
+	rm -rf .build

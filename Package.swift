@@ -1,0 +1,59 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// libkmemleak.so (the in-process shim) and kmemleak-test are plain C built by the Makefile, not by
+// SwiftPM: a SwiftPM product would link the Swift runtime into every client process.
+let package = Package(
+    name: "kmemleak",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "kmemleakd", targets: ["kmemleakd"]),
+        .library(name: "KmemleakEngine", targets: ["KmemleakEngine"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // Pure Swift, no syscalls: the kernel's kmemleak algorithm over a MemoryReader.
+        .target(name: "KmemleakEngine"),
+        // The shared-table layout (one versioned C header, also compiled into libkmemleak.so).
+        .target(name: "CKmemleakABI"),
+        // Thin C wrappers for what Glibc does not import (process_vm_readv, statfs, ...).
+        .target(name: "CKmemleakSys"),
+        .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        // The only module that makes syscalls: /proc, process_vm_readv, the client table reader, ELF symbols.
+        .target(
+            name: "KmemleakSystem",
+            dependencies: [
+                "KmemleakEngine", "CKmemleakABI", "CKmemleakSys",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        // The FUSE front: MOUNTPOINT/kmemleak over the daemon's state.
+        .target(
+            name: "KmemleakFS",
+            dependencies: [
+                "KmemleakEngine", "KmemleakSystem", "CFuse3", "CKmemleakSys",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .executableTarget(
+            name: "kmemleakd",
+            dependencies: [
+                "KmemleakFS", "KmemleakSystem", "KmemleakEngine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .executableTarget(
+            name: "kmemleak-engine-bench",
+            dependencies: ["KmemleakEngine"],
+            path: "Benchmarks/EngineScan"),
+        .testTarget(name: "KmemleakEngineTests", dependencies: ["KmemleakEngine"]),
+        .testTarget(
+            name: "KmemleakSystemTests",
+            dependencies: ["KmemleakSystem", "KmemleakEngine", "CKmemleakABI", "CKmemleakSys"]),
+        .testTarget(
+            name: "EndToEndTests",
+            dependencies: ["KmemleakFS", "KmemleakSystem", "KmemleakEngine", "CKmemleakSys"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

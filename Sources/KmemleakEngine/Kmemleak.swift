@@ -1,0 +1,1 @@
+// The kmemleak algorithm (issue 2).

@@ -1,0 +1,2 @@
+import KmemleakFS
+print("kmemleakd: not yet")

@@ -24,8 +24,9 @@ deps:
 	else echo "all Debian packages present"; fi
 
 # ---- the C parts (shim + sample client): plain C, no Swift runtime ---------------------------
-# (filled in by the shim work)
+# BEGIN shim section (libkmemleak.so, kmemleak-test, test fixtures)
 shim:
+# END shim section
 
 build: shim
 	$(SWIFT) build -c release --static-swift-stdlib $(SWIFT_FLAGS)
@@ -36,3 +37,6 @@ test: shim
 
 clean:
 	rm -rf .build
+
+# BEGIN service section (install, uninstall, demo)
+# END service section

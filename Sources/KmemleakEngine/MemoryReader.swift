@@ -1,0 +1,58 @@
+/// An address in the scanned address space (a client process), as the kernel's `unsigned long`.
+public typealias Address = UInt64
+
+/// One range of the scanned address space to read.
+public struct MemoryRange: Sendable, Equatable {
+    public var address: Address
+    public var length: Int
+
+    public init(address: Address, length: Int) {
+        self.address = address
+        self.length = length
+    }
+}
+
+/// Read access to the memory the engine scans. The engine never makes a syscall: tests give it
+/// synthetic memory images, the daemon gives it `process_vm_readv` on a live client.
+///
+/// Reads are batched because each call may cost a syscall: the engine asks for many objects at once.
+public protocol MemoryReader {
+    /// Reads `ranges` back to back into `buffer` (at least the sum of their lengths) and stores in
+    /// `bytesRead[i]` how many leading bytes of range `i` were read: its full length, or fewer when the
+    /// memory is unmapped or the process is gone (the remaining bytes of that range are unspecified).
+    /// Never fails as a whole; a read that cannot be done reports 0 bytes.
+    func read(
+        _ ranges: UnsafeBufferPointer<MemoryRange>,
+        into buffer: UnsafeMutableRawBufferPointer,
+        bytesRead: UnsafeMutableBufferPointer<Int>)
+}
+
+extension MemoryReader {
+    /// Reads one range; returns the bytes that could be read (possibly fewer than `length`).
+    public func read(_ address: Address, length: Int) -> [UInt8] {
+        guard length > 0 else { return [] }
+        var bytes = [UInt8](repeating: 0, count: length)
+        var got = 0
+        let range = [MemoryRange(address: address, length: length)]
+        bytes.withUnsafeMutableBytes { buffer in
+            range.withUnsafeBufferPointer { ranges in
+                withUnsafeMutablePointer(to: &got) { count in
+                    read(ranges, into: buffer, bytesRead: UnsafeMutableBufferPointer(start: count, count: 1))
+                }
+            }
+        }
+        return Array(bytes.prefix(max(0, min(got, length))))
+    }
+}
+
+/// What the report and `dump=` text need beyond the object itself: the allocating thread's name,
+/// the frames of a stack-depot entry, and `%pS`-style symbols.
+public protocol ReportContext {
+    /// The comm string of a comm id (at most 15 characters), or nil if unknown.
+    func comm(_ id: UInt32) -> String?
+    /// The frames (return addresses) of a stack-depot id; empty if there is none.
+    func frames(_ trace: UInt32) -> [Address]
+    /// `symbol+0xoff/0xsize` with ` [module]` appended for code outside the main executable,
+    /// or nil when the address resolves to nothing (the report then prints `0x...`).
+    func symbolize(_ address: Address) -> String?
+}

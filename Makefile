@@ -7,7 +7,7 @@ DESTDIR ?=
 BUILD := .build/release
 SWIFT_FLAGS ?=
 
-.PHONY: help deps build shim test clean bench
+.PHONY: help deps build shim clients test clean bench
 
 help:
 	@echo "make deps    install the Debian packages the project needs (idempotent)"
@@ -28,10 +28,21 @@ deps:
 shim:
 # END shim section
 
+# BEGIN clients section (test and benchmark clients of the daemon)
+CLIENTS := .build/clients/pointer-churn .build/clients/scan-client
+clients: $(CLIENTS)
+.build/clients/pointer-churn: Tests/clients/pointer-churn.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
+.build/clients/scan-client: Benchmarks/ScanVsLSan/scan-client.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -o $@ $<
+# END clients section
+
 build: shim
 	$(SWIFT) build -c release --static-swift-stdlib $(SWIFT_FLAGS)
 
-test: shim
+test: shim clients
 	$(SWIFT) build --build-tests $(SWIFT_FLAGS)
 	$(SWIFT) test --skip-build $(SWIFT_FLAGS)
 

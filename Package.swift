@@ -36,10 +36,17 @@ let package = Package(
                 "KmemleakEngine", "KmemleakSystem", "CFuse3", "CKmemleakSys",
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // The daemon's work: adopt clients, sync their tables into engines, scan, report, schedule.
+        .target(
+            name: "KmemleakDaemon",
+            dependencies: [
+                "KmemleakFS", "KmemleakSystem", "KmemleakEngine", "CKmemleakSys",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .executableTarget(
             name: "kmemleakd",
             dependencies: [
-                "KmemleakFS", "KmemleakSystem", "KmemleakEngine",
+                "KmemleakDaemon", "KmemleakFS", "KmemleakSystem", "KmemleakEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -51,9 +58,10 @@ let package = Package(
         .testTarget(
             name: "KmemleakSystemTests",
             dependencies: ["KmemleakSystem", "KmemleakEngine", "CKmemleakABI", "CKmemleakSys"]),
+        .testTarget(name: "KmemleakDaemonTests", dependencies: ["KmemleakDaemon"]),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["KmemleakFS", "KmemleakSystem", "KmemleakEngine", "CKmemleakSys"]),
+            dependencies: ["KmemleakDaemon", "KmemleakFS", "KmemleakSystem", "KmemleakEngine", "CKmemleakSys"]),
     ],
     swiftLanguageModes: [.v6]
 )

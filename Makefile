@@ -29,9 +29,12 @@ shim:
 # END shim section
 
 # BEGIN clients section (test and benchmark clients of the daemon)
-CLIENTS := .build/clients/pointer-churn .build/clients/scan-client
+CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/clients/stack-holder
 clients: $(CLIENTS)
 .build/clients/pointer-churn: Tests/clients/pointer-churn.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
+.build/clients/stack-holder: Tests/clients/stack-holder.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
 .build/clients/scan-client: Benchmarks/ScanVsLSan/scan-client.c

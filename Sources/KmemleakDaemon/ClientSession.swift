@@ -1,0 +1,224 @@
+import CKmemleakABI
+import Glibc
+import KmemleakEngine
+import KmemleakSystem
+
+/// A client is dropped from the daemon: it exited, turned tracking off, or its table is invalid.
+struct ClientDropped: Error, CustomStringConvertible {
+    let reason: String
+    var description: String { reason }
+}
+
+/// One adopted client process: its table, its engine (one address space), its memory and symbols.
+///
+/// Before every scan the engine is brought in line with the client's table (`sync`): objects whose slot
+/// now holds another allocation (or nothing) are freed, new allocations are registered, and annotation
+/// changes (the record's version moved) are applied. What the daemon remembers per slot is 21 bytes.
+final class ClientSession {
+    let table: ClientTable
+    let id: ClientID
+    let engine: Kmemleak
+    let memory: ClientMemory
+    let context: ClientReportContext
+    private let elfCache: ELFCache
+
+    // Per table slot, what the engine holds for it (struct of arrays: no padding).
+    private var slotSeq: [UInt64] = []       // 0 = nothing registered for this slot
+    private var slotPointer: [UInt64] = []
+    private var slotVersion: [UInt32] = []
+    private var slotBits: [UInt8] = []       // bit 0: per-CPU; bits 1...7: transient_gen low bits
+
+    /// Comm of the process (for logs).
+    let comm: String
+
+    init(table: ClientTable, configuration: KmemleakConfiguration, elfCache: ELFCache) throws {
+        self.table = table
+        self.id = table.id
+        self.elfCache = elfCache
+        var config = configuration
+        config.possibleCPUs = max(1, Int(table.openedHeader.nrCpuIds))
+        config.ticksPerSecond = UInt64(max(1, table.openedHeader.clkTck))
+        engine = Kmemleak(configuration: config)
+        memory = ClientMemory(pid: table.pid)
+        context = ClientReportContext(table: table, symbolizer: try Symbolizer(pid: table.pid, cache: elfCache))
+        comm = (try? Proc.stat(table.pid).comm) ?? "?"
+        let capacity = Int(table.openedHeader.objects.capacity)
+        engine.reserveCapacity(Int(min(UInt64(capacity), table.openedHeader.liveObjects + 1024)))
+    }
+
+    var pid: Int32 { table.pid }
+
+    // MARK: - sync
+
+    /// Brings the engine in line with the table. Throws `ClientDropped` when the client must be dropped.
+    func sync() throws {
+        let header: TableHeader
+        do { header = try table.header() } catch { throw ClientDropped(reason: "invalid table: \(error)") }
+        if header.isDisabled {
+            throw ClientDropped(reason: "tracking disabled in the client (\(header.disabledReason))")
+        }
+        let used = Int(header.objects.used)
+        if slotSeq.count < used {
+            let grow = used - slotSeq.count
+            slotSeq.append(contentsOf: repeatElement(0, count: grow))
+            slotPointer.append(contentsOf: repeatElement(0, count: grow))
+            slotVersion.append(contentsOf: repeatElement(0, count: grow))
+            slotBits.append(contentsOf: repeatElement(0, count: grow))
+        }
+        do {
+            let regions = try table.readRegions()
+            engine.setPercpuLayouts(regions.filter(\.isPerCPU).map {
+                PercpuLayout(handleStart: $0.start, handleLength: $0.size,
+                             copies: .stride(cpu0Base: $0.cpu0Base, stride: $0.stride, cpus: Int($0.nrCpus)))
+            })
+            var seen = [Bool](repeating: false, count: slotSeq.count)
+            var fresh: [ObjectRecord] = []
+            var annotated: [ObjectRecord] = []
+            try table.readObjects { record in
+                let slot = Int(record.slot)
+                guard slot < slotSeq.count else { return }
+                seen[slot] = true
+                if slotSeq[slot] == record.seq {
+                    if slotVersion[slot] != record.version { annotated.append(record) }
+                } else {
+                    releaseSlot(slot)
+                    fresh.append(record)
+                }
+            }
+            for slot in 0..<slotSeq.count where !seen[slot] && slotSeq[slot] != 0 { releaseSlot(slot) }
+            // Allocation order, so that a stale object never outlives the newer one at its address.
+            fresh.sort { $0.seq < $1.seq }
+            var withAreas: [ObjectRecord] = []
+            for record in fresh {
+                register(record)
+                if record.hasAreas && !record.fullScan { withAreas.append(record) }
+            }
+            for record in annotated {
+                applyAnnotations(record)
+                if record.hasAreas && !record.fullScan { withAreas.append(record) }
+            }
+            if !withAreas.isEmpty { try applyScanAreas(withAreas) }
+        } catch {
+            throw ClientDropped(reason: "invalid table: \(error)")
+        }
+    }
+
+    private func releaseSlot(_ slot: Int) {
+        guard slotSeq[slot] != 0 else { return }
+        if slotBits[slot] & 1 != 0 {
+            engine.freePercpu(slotPointer[slot], ifSeq: slotSeq[slot])
+        } else {
+            engine.free(slotPointer[slot], ifSeq: slotSeq[slot])
+        }
+        slotSeq[slot] = 0
+    }
+
+    private func register(_ record: ObjectRecord) {
+        let slot = Int(record.slot)
+        let metadata = ObjectMetadata(pid: record.tid, comm: record.commId, creationTime: record.timeNs,
+                                      trace: record.traceId, seq: record.seq)
+        if record.isPerCPU {
+            engine.allocPercpu(record.pointer, size: record.size, metadata: metadata)
+            if record.minCount < 0 { engine.ignorePercpu(record.pointer) }
+        } else {
+            engine.alloc(record.pointer, size: record.size, minCount: max(record.minCount, 0), metadata: metadata)
+            if record.minCount < 0 { engine.ignore(record.pointer) }
+            if record.noScan { engine.noScan(record.pointer) }
+        }
+        slotSeq[slot] = record.seq
+        slotPointer[slot] = record.pointer
+        slotVersion[slot] = record.version
+        slotBits[slot] = (record.isPerCPU ? 1 : 0) | UInt8(truncatingIfNeeded: record.transientGen << 1)
+    }
+
+    /// The record's version moved: an annotation was made. Apply the ones that changed, leaving what the
+    /// daemon did itself (`clear` turning a reported object grey) alone unless the client annotated again.
+    private func applyAnnotations(_ record: ObjectRecord) {
+        let slot = Int(record.slot)
+        let pointer = record.pointer
+        let info = engine.objectInfo(at: pointer, percpu: record.isPerCPU)
+        if record.isPerCPU {
+            if record.minCount < 0, info?.minCount != -1 { engine.ignorePercpu(pointer) }
+        } else {
+            if record.minCount < 0, info?.minCount != -1 {
+                engine.ignore(pointer)
+            } else if record.minCount == 0, let info, info.minCount > 0 {
+                engine.notLeak(pointer)
+            }
+            if record.noScan, let info, info.flags & ObjectFlags.noScan == 0 { engine.noScan(pointer) }
+            if let info, info.metadata.trace != record.traceId { engine.updateTrace(pointer, trace: record.traceId) }
+            let generation = UInt8(truncatingIfNeeded: record.transientGen << 1)
+            if slotBits[slot] & 0xfe != generation { engine.transientLeak(pointer) }
+        }
+        slotVersion[slot] = record.version
+        slotBits[slot] = (record.isPerCPU ? 1 : 0) | UInt8(truncatingIfNeeded: record.transientGen << 1)
+    }
+
+    private func applyScanAreas(_ records: [ObjectRecord]) throws {
+        let wanted = Dictionary(records.map { ($0.slot, $0.seq) }, uniquingKeysWith: { a, _ in a })
+        let areas = try table.readAreas()
+        var bySlot: [UInt32: [AreaRecord]] = [:]
+        for area in areas where wanted[area.objectIndex] == area.objectSeq { bySlot[area.objectIndex, default: []].append(area) }
+        for record in records {
+            guard let list = bySlot[record.slot],
+                  let info = engine.objectInfo(at: record.pointer, percpu: false) else { continue }
+            for area in list {
+                let size = area.size == UInt64.max ? UInt64.max : area.size
+                if info.scanAreas.contains(where: { $0.start == area.start && $0.size == size }) { continue }
+                engine.scanArea(area.start, size: size)
+            }
+        }
+    }
+
+    // MARK: - scan
+
+    /// Syncs, computes the roots and runs one engine scan. The confirmation of new candidates happens with
+    /// the client frozen (see `Detector`); `freeze` decides whether that is possible.
+    func scan(stackScanning: Bool, shouldStop: () -> Bool, freeze: Bool, log: (String) -> Void) throws -> ScanResult {
+        guard table.isAlive else { throw ClientDropped(reason: "exited") }
+        try sync()
+        let roots: [RootRange]
+        do { roots = try table.roots(includeStacks: true, cache: elfCache) } catch {
+            guard table.isAlive else { throw ClientDropped(reason: "exited") }
+            throw ClientDropped(reason: "cannot compute roots: \(error)")
+        }
+        engine.stackScanning = stackScanning
+        engine.setRoots(roots.map { RootRegion(start: $0.start, length: $0.length, kind: $0.kind.engineKind) })
+        try? context.symbolizer.refresh()
+
+        var frozen: FrozenProcess?
+        let hooks = ConfirmationHooks(
+            begin: { [self] () -> [RootRegion] in
+                guard freeze else { return [] }
+                do {
+                    let stopped = try FrozenProcess(pid: pid)
+                    frozen = stopped
+                    // The client is still: pick up what it allocated and freed since the scan began.
+                    try? sync()
+                    return memory.showRegisters(stopped.registers).map { [$0] } ?? []
+                } catch {
+                    log("cannot freeze pid \(pid) for confirmation (\(error)); confirming while it runs")
+                    return []
+                }
+            },
+            end: { [self] in
+                memory.hideRegisters()
+                frozen?.thaw()
+                frozen = nil
+            })
+        let result = engine.scan(now: bootTimeNanoseconds(), memory: memory, shouldStop: shouldStop,
+                                 confirmation: hooks)
+        try? table.setDaemonScans((try? table.header().daemonScans ?? 0).map { $0 + 1 } ?? 1)
+        return result
+    }
+}
+
+extension RootRange.Kind {
+    var engineKind: RootRegion.Kind {
+        switch self {
+        case .data: return .data
+        case .stack: return .stack
+        case .tls: return .tls
+        }
+    }
+}

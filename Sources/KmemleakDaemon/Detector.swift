@@ -1,0 +1,234 @@
+import Foundation
+import Glibc
+import KmemleakEngine
+import KmemleakFS
+import KmemleakSystem
+import Logging
+import Synchronization
+
+/// The daemon's kmemleak: every adopted client with its own engine, one control file for all of them.
+///
+/// Kernel semantics, across clients: a `scan` write scans every client whose shim started before the
+/// write, synchronously; reads wait for a running scan (the kernel's `scan_mutex`); `clear`, `off`,
+/// `stack=`, `scan=` and `dump=` act on every client. One report lists every client's leaks, each client
+/// in allocation order, clients in the order they were adopted.
+public final class Detector: ControlFileBackend, DaemonService, @unchecked Sendable {
+    /// The daemon's settings that matter here.
+    public struct Settings: Sendable {
+        public var runDirectory: String
+        public var minimumAge: Double
+        public var scanPeriod: Double
+        public var firstScanDelay: Double
+        /// `MOUNTPOINT/kmemleak`, for the "N new suspected memory leaks (see ...)" line.
+        public var controlFilePath: String
+        /// Freeze a client (ptrace) while confirming new leak candidates; see README "False positives".
+        public var freezeForConfirmation: Bool
+
+        public init(runDirectory: String, minimumAge: Double, scanPeriod: Double, firstScanDelay: Double,
+                    controlFilePath: String, freezeForConfirmation: Bool = true) {
+            self.runDirectory = runDirectory
+            self.minimumAge = minimumAge
+            self.scanPeriod = scanPeriod
+            self.firstScanDelay = firstScanDelay
+            self.controlFilePath = controlFilePath
+            self.freezeForConfirmation = freezeForConfirmation
+        }
+    }
+
+    private let settings: Settings
+    private let logger: Logger
+    private let elfCache = ELFCache()
+    /// The kernel's scan_mutex: scans, clear, off, dump and report snapshots.
+    private let scanMutex = NSLock()
+    // Guarded by scanMutex.
+    private var sessions: [ClientSession] = []
+    private var loggedFailures = Set<String>()
+    /// Read without the scan mutex by writes (EPERM) and by the running scan (interruption).
+    private let enabled = Atomic<Bool>(true)
+    private let stackScanning = Atomic<Bool>(true)
+    private var scheduler: ScanScheduler!
+
+    /// - Parameter logger: writes each message as one line, verbatim: the messages carry the kernel's
+    ///   `kmemleak: ` prefix themselves (dump frames must not have it).
+    public init(settings: Settings, logger: Logger) {
+        self.settings = settings
+        self.logger = logger
+        scheduler = ScanScheduler(
+            period: settings.scanPeriod, firstScanDelay: settings.firstScanDelay,
+            scan: { [weak self] in self?.scan() },
+            log: { [logger] message in logger.info("kmemleak: \(message)") })
+    }
+
+    // MARK: - DaemonService
+
+    public func start() throws {
+        scanMutex.lock()
+        discover()
+        scanMutex.unlock()
+        scheduler.startIfConfigured()
+    }
+
+    public func stop() {
+        scheduler.stop()
+        scanMutex.lock()
+        sessions.removeAll()
+        scanMutex.unlock()
+    }
+
+    // MARK: - ControlFileBackend
+
+    public func write(command: [UInt8]) -> Int32? {
+        let parsed = ControlCommand.parse(command, disabled: !enabled.load(ordering: .acquiring))
+        let command: ControlCommand
+        switch parsed {
+        case .failure(let error): return error.errno
+        case .success(let c): command = c
+        }
+        switch command {
+        case .clear: clear()
+        case .off: disable()
+        case .stack(let on): stackScanning.store(on, ordering: .releasing)
+        case .scanThread(let on): if on { scheduler.start() } else { scheduler.stop() }
+        case .scanPeriod(let seconds): scheduler.setPeriod(seconds: seconds)
+        case .scan: scan()
+        case .dump(let address): return dump(address) ? nil : EINVAL
+        }
+        return nil
+    }
+
+    public func openReport() -> any ReportStream {
+        scanMutex.lock()
+        defer { scanMutex.unlock() }
+        dropExited()
+        var entries: [(session: ClientSession, entry: ReportEntry)] = []
+        for session in sessions {
+            for entry in session.engine.reportSnapshot(memory: session.memory) { entries.append((session, entry)) }
+        }
+        let stream = RecordStream(recordCount: entries.count) { index in
+            let (session, entry) = entries[index]
+            return Kmemleak.renderBytes(entry, context: session.context)
+        }
+        return ReportStreamAdapter(stream: stream)
+    }
+
+    // MARK: - commands
+
+    /// kmemleak_scan over every client. Returns the number of new leaks.
+    @discardableResult
+    public func scan() -> Int {
+        scanMutex.lock()
+        defer { scanMutex.unlock() }
+        guard enabled.load(ordering: .acquiring) else { return 0 }
+        discover()
+        var newLeaks = 0
+        let stack = stackScanning.load(ordering: .acquiring)
+        for session in sessions {
+            do {
+                let result = try session.scan(
+                    stackScanning: stack, shouldStop: { [enabled] in !enabled.load(ordering: .relaxed) },
+                    freeze: settings.freezeForConfirmation,
+                    log: { [logger] message in logger.warning("kmemleak: \(message)") })
+                newLeaks += result.newLeaks
+            } catch {
+                drop(session, because: "\(error)")
+            }
+        }
+        if newLeaks > 0 {
+            logger.info("\(Kmemleak.newLeaksLine(newLeaks, controlFilePath: settings.controlFilePath))")
+        }
+        return newLeaks
+    }
+
+    private func clear() {
+        scanMutex.lock()
+        defer { scanMutex.unlock() }
+        for session in sessions { session.engine.clear() }
+        if !enabled.load(ordering: .acquiring) { sessions.removeAll() }
+    }
+
+    private func disable() {
+        guard enabled.exchange(false, ordering: .acquiringAndReleasing) else { return }
+        scheduler.stop()
+        scanMutex.lock()
+        defer { scanMutex.unlock() }
+        var foundLeaks = false
+        for session in sessions {
+            foundLeaks = foundLeaks || session.engine.foundLeaks
+            session.engine.disable()
+        }
+        logger.info("kmemleak: Kernel memory leak detector disabled")
+        if foundLeaks {
+            logger.info(
+                "kmemleak: Kmemleak disabled without freeing internal data. Reclaim the memory with \"echo clear > \(settings.controlFilePath)\".")
+        } else {
+            sessions.removeAll()
+        }
+    }
+
+    /// dump=ADDR: every client holding an object at ADDR logs it; false when none does.
+    private func dump(_ address: Address) -> Bool {
+        scanMutex.lock()
+        defer { scanMutex.unlock() }
+        var found = false
+        for session in sessions {
+            guard let lines = session.engine.dump(address: address, context: session.context) else { continue }
+            found = true
+            for line in lines { logger.notice("\(line)") }
+        }
+        if !found { logger.notice("\(Kmemleak.unknownObjectLine(address))") }
+        return found
+    }
+
+    // MARK: - clients
+
+    /// Adopts clients announced in the run directory and drops those that exited. Under scanMutex.
+    private func discover() {
+        dropExited()
+        guard enabled.load(ordering: .acquiring) else { return }
+        let known = Set(sessions.map(\.id))
+        let result = ClientDiscovery.scan(runDirectory: settings.runDirectory, known: known)
+        for failure in result.failed where !loggedFailures.contains(failure.path) {
+            loggedFailures.insert(failure.path)
+            logger.warning("kmemleak: ignoring client \(failure.path): \(failure.error)")
+        }
+        for table in result.adopted {
+            do {
+                let session = try ClientSession(table: table, configuration: engineConfiguration(), elfCache: elfCache)
+                try? table.setDaemonPid(getpid())
+                sessions.append(session)
+                logger.info("kmemleak: adopted client pid \(table.pid) (\(session.comm)), \(table.openedHeader.liveObjects) live objects")
+            } catch {
+                logger.warning("kmemleak: cannot adopt client pid \(table.pid): \(error)")
+            }
+        }
+    }
+
+    private func dropExited() {
+        for session in sessions where !session.table.isAlive { drop(session, because: "exited") }
+    }
+
+    private func drop(_ session: ClientSession, because reason: String) {
+        sessions.removeAll { $0 === session }
+        logger.info("kmemleak: dropped client pid \(session.pid) (\(session.comm)): \(reason)")
+    }
+
+    private func engineConfiguration() -> KmemleakConfiguration {
+        var config = KmemleakConfiguration()
+        config.minimumAge = UInt64(max(0, settings.minimumAge) * 1e9)
+        config.confirmationPasses = 1
+        config.controlFilePath = settings.controlFilePath
+        config.logsNewLeaks = false
+        config.replacesStaleObjects = true
+        let logger = self.logger
+        config.log = { line in logger.warning("\(line)") }
+        return config
+    }
+}
+
+/// RecordStream as the FUSE front's ReportStream.
+struct ReportStreamAdapter: ReportStream {
+    let stream: RecordStream
+    func read(at offset: Int, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        stream.read(at: offset, into: buffer)
+    }
+}

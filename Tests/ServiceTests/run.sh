@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 HERE=$ROOT/Tests/ServiceTests
 FAKES=$HERE/fakes
-BUILD=$ROOT/.build/release
+BUILD=${SERVICE_TESTS_BUILD:-$ROOT/.build/release}   # override only to try the tests on other binaries
 UNIT_TEMPLATE=$ROOT/systemd/kmemleakd.service
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 

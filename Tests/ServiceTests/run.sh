@@ -49,12 +49,13 @@ need_root_fuse() {
     [ -c /dev/fuse ] || skip "no /dev/fuse"
 }
 
-# The capabilities of the unit's CapabilityBoundingSet=, as a setpriv --bounding-set argument.
+# The unit's privileges without systemd: CapabilityBoundingSet= (setpriv --bounding-set),
+# NoNewPrivileges= and SystemCallFilter= (seccomp-exec.py), as a command prefix.
 unit_caps_setpriv() {
     local caps
     caps=$(sed -n 's/^CapabilityBoundingSet=//p' "$UNIT_TEMPLATE" | tr ' ' '\n' | sed -n 's/^CAP_//p' |
         tr 'A-Z' 'a-z' | sed 's/^/+/' | paste -sd, -)
-    echo "setpriv --bounding-set=-all,$caps --inh-caps=-all --no-new-privs"
+    echo "setpriv --bounding-set=-all,$caps --inh-caps=-all --no-new-privs python3 $HERE/seccomp-exec.py $UNIT_TEMPLATE"
 }
 
 # Install into DESTDIR=$1 with PREFIX=$2 (real files where built, stubs otherwise; $3 = stub dir).
@@ -246,6 +247,22 @@ t_notify_unit_caps() {
     notify_check "$BUILD/kmemleakd" "$(unit_caps_setpriv)"
 }
 
+# Control for the emulation above: it must be able to fail.
+t_seccomp_control() {
+    have_daemon || skip "kmemleakd not built yet (.build/release/kmemleakd)"
+    need_root_fuse
+    local dir=$TMPROOT/seccomp-control
+    mkdir -p "$dir/mnt" "$dir/run"
+    printf 'SystemCallFilter=@system-service\nSystemCallErrorNumber=EPERM\n' >"$dir/nomount.service"
+    timeout -k 5 20 python3 "$HERE/seccomp-exec.py" "$dir/nomount.service" \
+        "$BUILD/kmemleakd" --run-dir "$dir/run" "$dir/mnt" >"$dir/log" 2>&1 &
+    local pid=$! i
+    for ((i = 0; i < 100; i++)); do kill -0 $pid 2>/dev/null || break; [ -e "$dir/mnt/kmemleak" ] && break; sleep 0.1; done
+    if [ -e "$dir/mnt/kmemleak" ]; then kill -TERM $pid; wait $pid; fail "mounted although mount(2) was filtered"; fi
+    kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null
+    cat "$dir/log"
+}
+
 # ExecStopPost= of the unit, run for a temporary mount point instead of /mnt.
 stop_post() { # MOUNTPOINT
     local cmd
@@ -339,10 +356,11 @@ run "unit: ExecStopPost leaves a non-kmemleak mount alone" t_stop_post_leaves_ot
 run "unit: ExecStopPost removes a stale kmemleak mount (kill -9)" t_stop_post_stale
 run "harness: sd_notify check against fake-kmemleakd" t_notify_harness
 run "sd_notify: READY=1 after mount, STOPPING=1 + exit 0 on SIGTERM" t_notify
-run "sd_notify: with the unit's capabilities and no_new_privs" t_notify_unit_caps
+run "sd_notify: with the unit's capabilities, no_new_privs and SystemCallFilter" t_notify_unit_caps
+run "unit: a SystemCallFilter without @mount breaks the mount (control)" t_seccomp_control
 run "harness: demo against fake-kmemleakd/fake-kmemleak-test" t_demo_harness
 run "demo: all leaks reported, per-CPU leak report" t_demo
-run "demo: unit's capabilities, client as user nobody" t_demo_unit_caps_other_user
+run "demo: unit's capabilities + SystemCallFilter, client as user nobody" t_demo_unit_caps_other_user
 
 if [ "$SKIPPED" -gt 0 ]; then echo "$SKIPPED skipped (not counted as passed):"; printf '  %s\n' "${SKIPPED_NAMES[@]}"; fi
 if [ "$FAILED" -gt 0 ]; then printf 'failed: %s\n' "${FAILED_NAMES[@]}"; fi

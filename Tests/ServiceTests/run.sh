@@ -50,7 +50,8 @@ need_root_fuse() {
 }
 
 # The unit's privileges without systemd: CapabilityBoundingSet= (setpriv --bounding-set),
-# NoNewPrivileges= and SystemCallFilter= (seccomp-exec.py), as a command prefix.
+# NoNewPrivileges=, SystemCallFilter=, RestrictAddressFamilies= and MemoryDenyWriteExecute=
+# (seccomp-exec.py), as a command prefix.
 unit_caps_setpriv() {
     local caps
     caps=$(sed -n 's/^CapabilityBoundingSet=//p' "$UNIT_TEMPLATE" | tr ' ' '\n' | sed -n 's/^CAP_//p' |

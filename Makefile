@@ -104,7 +104,7 @@ install-only: service-files
 # Leaves /run/kmemleak alone: running clients may still use it (it disappears at the next boot).
 uninstall:
 	rm -f $(addprefix $(DESTDIR),$(SERVICE_INSTALLED))
-	-rmdir $(DESTDIR)$(docdir)/examples $(DESTDIR)$(docdir) 2>/dev/null
+	@rmdir $(DESTDIR)$(docdir)/examples $(DESTDIR)$(docdir) 2>/dev/null || true
 	@if [ -z "$(DESTDIR)" ]; then \
 	  if command -v ldconfig >/dev/null; then ldconfig || true; fi; \
 	  if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi; \

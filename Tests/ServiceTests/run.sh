@@ -128,6 +128,22 @@ t_unit_verify() {
     return 0
 }
 
+# The drop-in example, installed, applied to a sample service (verify reads NAME.service.d/ next to it).
+t_dropin_verify() {
+    command -v systemd-analyze >/dev/null || skip "systemd-analyze missing"
+    local d=$TMPROOT/dropin u=$TMPROOT/dropin-units
+    install_into "$d" /usr || fail "install-only failed"
+    mkdir -p "$u/sample.service.d"
+    printf '[Unit]\nDescription=sample client\n[Service]\nExecStart=/bin/true\n' >"$u/sample.service"
+    cp "$d/usr/share/doc/kmemleak/examples/override-kmemleak.conf" "$u/sample.service.d/"
+    systemd-analyze verify --recursive-errors=no --man=no "$u/sample.service" || fail "verify failed"
+    sed 's/^Environment=/Environmnt=/' "$d/usr/share/doc/kmemleak/examples/override-kmemleak.conf" \
+        >"$u/sample.service.d/override-kmemleak.conf"
+    systemd-analyze verify --recursive-errors=no --man=no "$u/sample.service" >/dev/null 2>&1 &&
+        fail "control: a typo in the drop-in passed verify"
+    return 0
+}
+
 t_unit_security() {
     command -v systemd-analyze >/dev/null || skip "systemd-analyze missing"
     local d=$TMPROOT/security u out
@@ -346,6 +362,7 @@ t_demo_unit_caps_other_user() {
 echo "== service tests ($(have_daemon && echo "kmemleakd built" || echo "kmemleakd NOT built"), $(have_client && echo "shim built" || echo "shim NOT built"))"
 run "unit: required settings, no mount-namespace options" t_unit_contents
 run "unit: systemd-analyze verify" t_unit_verify
+run "drop-in example: systemd-analyze verify on a sample service" t_dropin_verify
 run "unit: systemd-analyze security --offline (exposure <= 5.0)" t_unit_security
 run "tmpfiles.d: /run/kmemleak 1777 root root" t_tmpfiles
 run "install: exact tree, modes, substitutions" t_install_tree

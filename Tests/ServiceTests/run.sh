@@ -158,6 +158,7 @@ t_unit_security() {
 
 t_tmpfiles() {
     command -v systemd-tmpfiles >/dev/null || skip "systemd-tmpfiles missing"
+    [ "$(id -u)" -eq 0 ] || skip "needs root (chown root:root)"
     local r=$TMPROOT/tmpfiles-root st
     mkdir -p "$r/run"
     systemd-tmpfiles --create --root="$r" "$ROOT/systemd/kmemleak.conf" || fail "systemd-tmpfiles --create failed"

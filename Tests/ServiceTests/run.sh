@@ -329,7 +329,8 @@ demo_run() { # OUTPUT-FILE, then environment assignments
     local out=$1
     shift
     ls -d /tmp/kmemleak-demo.* >"$TMPROOT/demo-before" 2>/dev/null
-    env "$@" timeout -k 10 600 bash scripts/demo.sh --no-build >"$out" 2>&1
+    env KMEMLEAKD="$BUILD/kmemleakd" LIBKMEMLEAK="$BUILD/libkmemleak.so" KMEMLEAK_TEST="$BUILD/kmemleak-test" "$@" \
+        timeout -k 10 600 bash scripts/demo.sh --no-build >"$out" 2>&1
 }
 t_demo_harness() {
     need_root_fuse

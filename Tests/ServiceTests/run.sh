@@ -97,8 +97,13 @@ t_unit_contents() {
     for k in ProtectSystem ProtectHome PrivateTmp PrivateDevices PrivateMounts ProtectKernelTunables \
         ProtectKernelModules ProtectKernelLogs ProtectControlGroups ProtectProc ProcSubset ReadWritePaths \
         ReadOnlyPaths InaccessiblePaths ExecPaths NoExecPaths BindPaths BindReadOnlyPaths \
-        TemporaryFileSystem PrivateIPC PrivateNetwork MountFlags RootDirectory RootImage MountAPIVFS; do
+        TemporaryFileSystem PrivateIPC PrivateNetwork MountFlags RootDirectory RootImage MountAPIVFS \
+        DynamicUser; do
         if grep -q "^$k=" <<<"$active"; then echo "$k= would put kmemleakd in its own mount namespace"; bad=1; fi
+    done
+    # A user or PID namespace would cut the daemon off from the clients (capabilities, /proc).
+    for k in PrivateUsers PrivatePIDs User; do
+        if grep -q "^$k=" <<<"$active"; then echo "$k= would keep kmemleakd from reading other processes"; bad=1; fi
     done
     # Only known placeholders.
     if grep -o '@[a-z]*@' "$u" systemd/kmemleak.conf systemd/examples/override-kmemleak.conf pkgconfig/kmemleak.pc.in |

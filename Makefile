@@ -53,4 +53,80 @@ clean:
 	rm -rf .build
 
 # BEGIN service section (install, uninstall, demo)
+# Installation layout (GNU-style names, all overridable: make install PREFIX=/usr DESTDIR=/tmp/root).
+KMEMLEAK_VERSION ?= 0.1.0
+bindir ?= $(PREFIX)/bin
+libdir ?= $(PREFIX)/lib
+includedir ?= $(PREFIX)/include
+pkgconfigdir ?= $(libdir)/pkgconfig
+docdir ?= $(PREFIX)/share/doc/kmemleak
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+# What gets installed (overridable, e.g. by the tests when nothing is built yet).
+KMEMLEAKD_BIN ?= $(BUILD)/kmemleakd
+LIBKMEMLEAK_SO ?= $(BUILD)/libkmemleak.so
+KMEMLEAK_HEADER ?= Sources/libkmemleak/include/kmemleak.h
+# Generated files (placeholders substituted) go under .build, never into the source tree.
+SERVICE_GEN := .build/service
+SERVICE_SUBST = sed -e 's|@prefix@|$(PREFIX)|g' -e 's|@bindir@|$(bindir)|g' -e 's|@libdir@|$(libdir)|g' \
+	-e 's|@includedir@|$(includedir)|g' -e 's|@docdir@|$(docdir)|g' -e 's|@tmpfilesdir@|$(TMPFILESDIR)|g' \
+	-e 's|@version@|$(KMEMLEAK_VERSION)|g'
+# Every installed file, as DESTDIR-relative paths: uninstall removes exactly these.
+SERVICE_INSTALLED = $(bindir)/kmemleakd $(libdir)/libkmemleak.so $(includedir)/kmemleak.h \
+	$(pkgconfigdir)/kmemleak.pc $(SYSTEMDUNITDIR)/kmemleakd.service $(TMPFILESDIR)/kmemleak.conf \
+	$(docdir)/examples/override-kmemleak.conf
+
+.PHONY: install install-only uninstall demo test-service service-files
+
+# Lines for `make help` (the integrator may call this from help).
+.PHONY: help-service
+help-service:
+	@echo "make install       build, then install under PREFIX=$(PREFIX) (DESTDIR, SYSTEMDUNITDIR honoured)"
+	@echo "make install-only  install the already-built files without building"
+	@echo "make uninstall     remove exactly what install put (same PREFIX/DESTDIR)"
+	@echo "make demo          as root: build, start kmemleakd + kmemleak-test, scan, compare the reports"
+	@echo "make test-service  unit, install tree, pkg-config, sd_notify and demo tests"
+
+# The files with placeholders, substituted for this PREFIX (regenerated on every install: cheap).
+service-files:
+	@mkdir -p $(SERVICE_GEN)/examples
+	$(SERVICE_SUBST) systemd/kmemleakd.service > $(SERVICE_GEN)/kmemleakd.service
+	$(SERVICE_SUBST) systemd/kmemleak.conf > $(SERVICE_GEN)/kmemleak.conf
+	$(SERVICE_SUBST) systemd/examples/override-kmemleak.conf > $(SERVICE_GEN)/examples/override-kmemleak.conf
+	$(SERVICE_SUBST) pkgconfig/kmemleak.pc.in > $(SERVICE_GEN)/kmemleak.pc
+
+install: build
+	$(MAKE) --no-print-directory install-only
+
+install-only: service-files
+	@for f in $(KMEMLEAKD_BIN) $(LIBKMEMLEAK_SO) $(KMEMLEAK_HEADER); do \
+	  [ -f "$$f" ] || { echo "install: $$f is missing (run make build)" >&2; exit 1; }; done
+	install -D -m 0755 $(KMEMLEAKD_BIN) $(DESTDIR)$(bindir)/kmemleakd
+	install -D -m 0644 $(LIBKMEMLEAK_SO) $(DESTDIR)$(libdir)/libkmemleak.so
+	install -D -m 0644 $(KMEMLEAK_HEADER) $(DESTDIR)$(includedir)/kmemleak.h
+	install -D -m 0644 $(SERVICE_GEN)/kmemleak.pc $(DESTDIR)$(pkgconfigdir)/kmemleak.pc
+	install -D -m 0644 $(SERVICE_GEN)/kmemleakd.service $(DESTDIR)$(SYSTEMDUNITDIR)/kmemleakd.service
+	install -D -m 0644 $(SERVICE_GEN)/kmemleak.conf $(DESTDIR)$(TMPFILESDIR)/kmemleak.conf
+	install -D -m 0644 $(SERVICE_GEN)/examples/override-kmemleak.conf $(DESTDIR)$(docdir)/examples/override-kmemleak.conf
+	@# On the live system only: linker cache, /run/kmemleak now (not only at the next boot), unit reload.
+	@if [ -z "$(DESTDIR)" ]; then \
+	  if command -v ldconfig >/dev/null; then ldconfig || true; fi; \
+	  if command -v systemd-tmpfiles >/dev/null; then systemd-tmpfiles --create $(TMPFILESDIR)/kmemleak.conf || true; fi; \
+	  if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi; \
+	fi
+
+# Leaves /run/kmemleak alone: running clients may still use it (it disappears at the next boot).
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(SERVICE_INSTALLED))
+	@rmdir $(DESTDIR)$(docdir)/examples $(DESTDIR)$(docdir) 2>/dev/null || true
+	@if [ -z "$(DESTDIR)" ]; then \
+	  if command -v ldconfig >/dev/null; then ldconfig || true; fi; \
+	  if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi; \
+	fi
+
+demo:
+	bash scripts/demo.sh
+
+test-service:
+	bash Tests/ServiceTests/run.sh
 # END service section

@@ -1788,6 +1788,8 @@ static int table_create(void)
     void *pm = raw_mmap(NULL, g_priv_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (pm == MAP_FAILED)
         return -1;
+    /* the object index is accessed at random: huge pages spare the TLB */
+    syscall(SYS_madvise, pm, g_priv_size, MADV_HUGEPAGE);
     g_priv = pm;
     g_obj_buckets = (uint32_t *)((char *)pm + ob_off);
     g_obj_bucket_mask = obj_buckets - 1;

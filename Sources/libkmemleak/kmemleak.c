@@ -1806,7 +1806,9 @@ static int table_create(void)
     return 0;
 }
 
-/* ---- fork: the child gets its own table ------------------------------------------------------- */
+/* ---- fork: the child gets its own table -------------------------------------------------------
+ * Lock order (every nested acquisition in this file follows it): mm, pcpu, thr, comm, reg, depot,
+ * batch, stripes, area. */
 static void lock_all(void)
 {
     spin_lock(&g_mm_lock);
@@ -1814,20 +1816,20 @@ static void lock_all(void)
     spin_lock(&g_thr_lock);
     spin_lock(&g_comm_lock);
     spin_lock(&g_reg_lock);
-    spin_lock(&g_area_lock);
     spin_lock(&g_depot_lock);
     spin_lock(&g_batch_lock);
     for (uint32_t i = 0; i < NR_STRIPES; i++)
         spin_lock(&g_stripes[i]);
+    spin_lock(&g_area_lock); /* taken under a stripe lock by kmemleak_scan_area */
 }
 
 static void unlock_all(void)
 {
+    spin_unlock(&g_area_lock);
     for (uint32_t i = 0; i < NR_STRIPES; i++)
         spin_unlock(&g_stripes[i]);
     spin_unlock(&g_batch_lock);
     spin_unlock(&g_depot_lock);
-    spin_unlock(&g_area_lock);
     spin_unlock(&g_reg_lock);
     spin_unlock(&g_comm_lock);
     spin_unlock(&g_thr_lock);

@@ -1822,8 +1822,10 @@ static int table_create(void)
     h->alloc_seq = 1;
 
     /* private index */
-    uint32_t obj_buckets = pow2_at_least(g_obj_cap);
-    uint32_t tr_buckets = pow2_at_least(g_tr_cap);
+    /* a quarter of the capacities: chains of 4 when full, and a bucket array small enough to stay
+     * in the last-level cache for typical object counts */
+    uint32_t obj_buckets = pow2_at_least(g_obj_cap / 4);
+    uint32_t tr_buckets = pow2_at_least(g_tr_cap / 4);
     g_batch_cap = g_obj_cap + 64; /* worst case: chains of one slot */
     size_t p = 0;
     size_t ob_off = p;
@@ -1842,8 +1844,8 @@ static int table_create(void)
     void *pm = raw_mmap(NULL, g_priv_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (pm == MAP_FAILED)
         return -1;
-    /* the object index is accessed at random: huge pages spare the TLB */
-    syscall(SYS_madvise, pm, g_priv_size, MADV_HUGEPAGE);
+    /* the hash buckets are accessed at random: huge pages spare the TLB (not the lists) */
+    syscall(SYS_madvise, pm, mm_off, MADV_HUGEPAGE);
     g_priv = pm;
     g_obj_buckets = (uint32_t *)((char *)pm + ob_off);
     g_obj_bucket_mask = obj_buckets - 1;

@@ -94,6 +94,7 @@ public final class ELFFile: @unchecked Sendable {
         do { st = try h.fstat() } catch { throw .io(error) }
         guard (st.st_mode & S_IFMT) == S_IFREG else { throw .notELF }
         fileSize = UInt64(st.st_size)
+        guard fileSize >= 64 else { throw .notELF }
         let ehdr = try Self.readBytes(h, offset: 0, count: 64, fileSize: fileSize)
         guard ehdr.count == 64, ehdr[0] == 0x7f, ehdr[1] == 0x45, ehdr[2] == 0x4c, ehdr[3] == 0x46 else { throw .notELF }
         guard ehdr[4] == 2 else { throw .unsupported("not ELFCLASS64") }
@@ -234,11 +235,12 @@ struct SymbolIndex: Sendable {
             while end < strings.count && strings[end] != 0 && strings[end] != UInt8(ascii: "@") { end += 1 }
             let len = end - Int(nameOff)
             guard len > 0, len <= Int(UInt16.max) else { continue }
-            // Alias preference: global > weak > local, then fewer leading underscores, then shorter.
+            // Alias preference: fewer leading underscores (getpid over __getpid), then global > weak >
+            // local, then shorter.
             var underscores = 0
             while underscores < len && strings[Int(nameOff) + underscores] == UInt8(ascii: "_") { underscores += 1 }
             let bindRank = bind == STB_GLOBAL ? 0 : (bind == STB_WEAK ? 1 : 2)
-            let rank = bindRank << 24 | min(underscores, 255) << 16 | len
+            let rank = min(underscores, 255) << 24 | bindRank << 16 | len
             entries.append(Entry(addr: value, size: size, off: nameOff, len: UInt16(len), rank: rank))
         }
         entries.sort { $0.addr != $1.addr ? $0.addr < $1.addr : ($0.rank != $1.rank ? $0.rank < $1.rank : $0.size > $1.size) }

@@ -76,15 +76,22 @@ public final class Symbolizer: @unchecked Sendable {
         }
     }
 
-    /// `name+0xoff/0xsize [module]`, or nil when `pc` is in no ELF symbol.
+    /// `name+0xoff/0xsize [module]` for a return address (symbol containing `pc - 1`, offset of
+    /// `pc`), or nil when it is in no ELF symbol.
     public func symbolize(_ pc: UInt64) -> String? {
         lock.withLock { state in
             if let hit = state.memo[pc] { return hit }
-            let s = resolve(pc, &state)
+            let s = resolve(pc, adjust: 1, &state)
             if state.memo.count >= Self.memoLimit { state.memo.removeAll(keepingCapacity: true) }
             state.memo[pc] = s
             return s
         }
+    }
+
+    /// Like `symbolize` for an address that is not a return address (a function or data pointer):
+    /// the symbol containing `address` itself (the kernel's `%pS` on a plain pointer).
+    public func symbolize(exact address: UInt64) -> String? {
+        lock.withLock { state in resolve(address, adjust: 0, &state) }
     }
 
     /// The mapping containing `address`, if any.
@@ -102,9 +109,9 @@ public final class Symbolizer: @unchecked Sendable {
         return lo - 1
     }
 
-    private func resolve(_ pc: UInt64, _ state: inout State) -> String? {
-        guard pc > 0 else { return nil }
-        let a = pc - 1
+    private func resolve(_ pc: UInt64, adjust: UInt64, _ state: inout State) -> String? {
+        guard pc >= adjust else { return nil }
+        let a = pc - adjust
         guard let mi = Self.mappingIndex(a, state.maps) else { return nil }
         let r: Resolved?
         if let cached = state.resolved[mi] {

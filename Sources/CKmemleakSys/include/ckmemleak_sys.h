@@ -20,4 +20,7 @@ pid_t ckml_gettid(void);
 
 /* memfd_create (used by tests that build tables) */
 int ckml_memfd_create(const char *name, unsigned int flags);
+
+/* pipe2(fds, O_CLOEXEC) (not imported by Glibc without _GNU_SOURCE); used by tests' child helper. */
+int ckml_pipe_cloexec(int fds[2]);
 #endif

@@ -113,9 +113,25 @@ public struct Rendezvous: Sendable, Equatable {
     }
 
     /// Reads and parses one rendezvous file (at most 4 KiB); the pid must match the file name.
+    /// The run directory may be writable by clients: symlinks are not followed and only a regular
+    /// file is read (a FIFO there must not block the daemon).
     public static func read(path: String) throws(TableError) -> Rendezvous {
-        let bytes: [UInt8]
-        do { bytes = try ProcFile.read(path, limit: 4096) } catch { throw .system(error) }
+        var bytes = [UInt8](repeating: 0, count: 4097)
+        let n: Int
+        do {
+            let h = try FileHandleFD.open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK)
+            let st = try h.fstat()
+            guard (st.st_mode & S_IFMT) == S_IFREG else { throw TableError.badRendezvous(path: path, reason: "not a regular file") }
+            n = try bytes.withUnsafeMutableBytes { b in Result { () throws(SystemError) -> Int in try h.pread(into: b, offset: 0) } }.get()
+        } catch let e as SystemError {
+            throw .system(e)
+        } catch let e as TableError {
+            throw e
+        } catch {
+            throw .badRendezvous(path: path, reason: "\(error)")
+        }
+        guard n <= 4096 else { throw .badRendezvous(path: path, reason: "too large") }
+        bytes.removeSubrange(n...)
         guard let r = parse(String(decoding: bytes, as: UTF8.self), path: path) else {
             throw .badRendezvous(path: path, reason: "malformed")
         }
@@ -316,7 +332,8 @@ public final class ClientTable: Sendable {
                     lastError = .notATable(path: path, reason: "links to \(target)")
                     continue
                 }
-                let h = try FileHandleFD.open(path, O_RDWR)
+                // Read-write for daemon_pid/daemon_scans; read-only if that is all we may do.
+                let h = try openTableFile(path)
                 let fst = try h.fstat()
                 guard (fst.st_mode & S_IFMT) == S_IFREG else {
                     lastError = .notATable(path: path, reason: "not a regular file")
@@ -337,6 +354,16 @@ public final class ClientTable: Sendable {
         }
         if !Proc.isAlive(r.pid, startTime: r.startTime) { throw .stale(pid: r.pid, reason: "process gone") }
         throw lastError
+    }
+
+    /// Opens read-write, or read-only when writing is not permitted.
+    static func openTableFile(_ path: String) throws(SystemError) -> FileHandleFD {
+        do {
+            return try FileHandleFD.open(path, O_RDWR)
+        } catch {
+            guard error.errno == EACCES || error.errno == EPERM || error.errno == EROFS else { throw error }
+            return try FileHandleFD.open(path, O_RDONLY)
+        }
     }
 
     /// True while the client process lives (same pid and start time).

@@ -45,6 +45,7 @@ public final class Symbolizer: @unchecked Sendable {
         /// Per mapping index: (file, bias, module) once resolved; nil entry = not an ELF.
         var resolved: [Int: Resolved?] = [:]
         var memo: [UInt64: String?] = [:]
+        var refreshedAt: Double = 0
     }
 
     struct Resolved {
@@ -73,7 +74,17 @@ public final class Symbolizer: @unchecked Sendable {
             $0.exeInode = exeInode
             $0.resolved = [:]
             $0.memo = [:]
+            $0.refreshedAt = Self.monotonicNow()
         }
+    }
+
+    /// An address in no mapping re-reads the maps (code mapped by dlopen since), at most this often.
+    public static let autoRefreshInterval = 1.0
+
+    static func monotonicNow() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
     /// `name+0xoff/0xsize [module]` for a return address (symbol containing `pc - 1`, offset of
@@ -112,7 +123,16 @@ public final class Symbolizer: @unchecked Sendable {
     private func resolve(_ pc: UInt64, adjust: UInt64, _ state: inout State) -> String? {
         guard pc >= adjust else { return nil }
         let a = pc - adjust
-        guard let mi = Self.mappingIndex(a, state.maps) else { return nil }
+        var found = Self.mappingIndex(a, state.maps)
+        if found == nil, Self.monotonicNow() - state.refreshedAt > Self.autoRefreshInterval,
+           let maps = try? Proc.maps(pid) {
+            state.maps = maps
+            state.resolved = [:]
+            state.memo = [:]
+            state.refreshedAt = Self.monotonicNow()
+            found = Self.mappingIndex(a, maps)
+        }
+        guard let mi = found else { return nil }
         let r: Resolved?
         if let cached = state.resolved[mi] {
             r = cached

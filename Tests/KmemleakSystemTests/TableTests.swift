@@ -332,4 +332,24 @@ func allObjects(_ t: ClientTable) throws(TableError) -> ([ObjectRecord], ReadSta
         let missing = ClientDiscovery.scan(runDirectory: dir.path + "/nope", known: [])
         #expect(missing.failed.count == 1)
     }
+
+    @Test func hostileRendezvousFilesDoNotBlock() throws {
+        let dir = try TempDir()
+        let fifo = dir.path + "/\(getpid()).client"
+        #expect(mkfifo(fifo, 0o644) == 0)
+        #expect { try Rendezvous.read(path: fifo) } throws: { e in if case .badRendezvous = e as? TableError { true } else { false } }
+        unlink(fifo)
+        // A symlink to a valid-looking file elsewhere is not followed.
+        let other = try TempDir()
+        try writeFile(other.path + "/x", "pid=\(getpid()) fd=3 addr=1000 size=4096 start=1\n")
+        #expect(symlink(other.path + "/x", fifo) == 0)
+        #expect { try Rendezvous.read(path: fifo) } throws: { e in if case .system(let s) = e as? TableError { s.errno == ELOOP } else { false } }
+        // Oversized file.
+        unlink(fifo)
+        try writeFile(fifo, String(repeating: "x", count: 5000))
+        #expect { try Rendezvous.read(path: fifo) } throws: { e in if case .badRendezvous = e as? TableError { true } else { false } }
+        // Name/pid mismatch.
+        try writeFile(dir.path + "/1.client", "pid=\(getpid()) fd=3 addr=1000 size=4096 start=1\n")
+        #expect { try Rendezvous.read(path: dir.path + "/1.client") } throws: { e in if case .badRendezvous = e as? TableError { true } else { false } }
+    }
 }

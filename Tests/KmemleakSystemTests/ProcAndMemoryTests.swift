@@ -163,4 +163,25 @@ import Testing
         ranges.withUnsafeBufferPointer { r in buf.withUnsafeMutableBytes { b in got.withUnsafeMutableBufferPointer { mem.read(r, into: b, bytesRead: $0) } } }
         #expect(got == [64, 0])
     }
+
+    @Test func batchedReadSpeed() throws {
+        let (c, pid) = try Helper.start()
+        defer { c.terminate() }
+        let size = 16 << 20
+        let a = try addrs(try c.request("alloc \(size)", expect: "addr", timeout: 60))[0]
+        let mem = ProcessMemory(pid: pid)
+        // 262144 objects of 64 bytes: 256 syscalls of 1024 iovecs.
+        let ranges = (0..<(size / 64)).map { MemoryRange(address: a + UInt64($0 * 64), length: 64) }
+        let t0 = ChildProcess.now()
+        let (buf, got) = readRanges(mem, ranges)
+        let dt = ChildProcess.now() - t0
+        // One big range, for comparison.
+        let t1 = ChildProcess.now()
+        let whole = mem.read(a, length: size)
+        let dt1 = ChildProcess.now() - t1
+        print("process_vm_readv: \(ranges.count) x 64 B in \(dt) s (\(dt / Double(ranges.count) * 1e9) ns/range, \(mem.stats.syscalls - 1) syscalls); 16 MiB in one range \(dt1) s")
+        #expect(got.allSatisfy { $0 == 64 })
+        #expect(whole.count == size)
+        #expect(buf[64 * 1000] == UInt8(truncatingIfNeeded: 64 * 1000 * 7 + 3))
+    }
 }

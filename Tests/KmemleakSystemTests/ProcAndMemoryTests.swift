@@ -109,7 +109,7 @@ import Testing
         let mem = ProcessMemory(pid: pid)
         let (buf, got) = readRanges(mem, ranges)
         #expect(got.allSatisfy { $0 == 16 })
-        #expect(mem.stats.syscalls == 3)
+        #expect(mem.stats.syscalls == 1) // adjacent ranges are coalesced into one iovec
         for (i, r) in ranges.enumerated() {
             let off = Int(r.address - a)
             #expect(buf[i * 16] == UInt8(truncatingIfNeeded: off * 7 + 3))
@@ -183,5 +183,43 @@ import Testing
         #expect(got.allSatisfy { $0 == 64 })
         #expect(whole.count == size)
         #expect(buf[64 * 1000] == UInt8(truncatingIfNeeded: 64 * 1000 * 7 + 3))
+    }
+
+    @Test func farApartRangesUseOneIovecEach() throws {
+        let (c, pid) = try Helper.start()
+        defer { c.terminate() }
+        let a = try addrs(try c.request("alloc \(4 << 20)", expect: "addr", timeout: 30))[0]
+        // 2048 ranges 2 KiB apart (gap > coalesceGap): two syscalls of 1024 iovecs.
+        let ranges = (0..<2048).map { MemoryRange(address: a + UInt64($0) * 2048, length: 24) }
+        let mem = ProcessMemory(pid: pid)
+        let (buf, got) = readRanges(mem, ranges)
+        #expect(got.allSatisfy { $0 == 24 })
+        #expect(mem.stats.syscalls == 2)
+        #expect(buf[24 * 5] == UInt8(truncatingIfNeeded: 5 * 2048 * 7 + 3))
+        // Unsorted and overlapping ranges are fine too.
+        let mixed = [MemoryRange(address: a + 4096, length: 8), MemoryRange(address: a, length: 4096), MemoryRange(address: a + 8, length: 8)]
+        let (b2, g2) = readRanges(mem, mixed)
+        #expect(g2 == [8, 4096, 8])
+        #expect(b2[0] == UInt8(truncatingIfNeeded: 4096 * 7 + 3) && b2[8 + 4096] == UInt8(truncatingIfNeeded: 8 * 7 + 3))
+    }
+
+    @Test func coalescedGroupWithAHoleFallsBackPerRange() throws {
+        let (c, pid) = try Helper.start()
+        defer { c.terminate() }
+        let v = try addrs(try c.request("hole", expect: "addr"))
+        let (base, page) = (v[0], v[1])
+        let mem = ProcessMemory(pid: pid)
+        // Nearby ranges spanning the hole: one group, read short, then retried one by one.
+        let ranges = [
+            MemoryRange(address: base + page - 128, length: 64),
+            MemoryRange(address: base + page - 48, length: 64),   // 48 readable
+            MemoryRange(address: base + page + 512, length: 64),  // in the hole
+            MemoryRange(address: base + 2 * page - 200, length: 64), // hole
+            MemoryRange(address: base + 2 * page + 16, length: 64),  // a3
+        ]
+        let (buf, got) = readRanges(mem, ranges)
+        #expect(got == [64, 48, 0, 0, 64])
+        #expect(buf[0..<64].allSatisfy { $0 == 0xa1 } && buf[64..<112].allSatisfy { $0 == 0xa1 })
+        #expect(buf[256..<320].allSatisfy { $0 == 0xa3 })
     }
 }

@@ -1788,6 +1788,8 @@ static int table_create(void)
     void *pm = raw_mmap(NULL, g_priv_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (pm == MAP_FAILED)
         return -1;
+    /* the object index is accessed at random: huge pages spare the TLB */
+    syscall(SYS_madvise, pm, g_priv_size, MADV_HUGEPAGE);
     g_priv = pm;
     g_obj_buckets = (uint32_t *)((char *)pm + ob_off);
     g_obj_bucket_mask = obj_buckets - 1;
@@ -1804,7 +1806,9 @@ static int table_create(void)
     return 0;
 }
 
-/* ---- fork: the child gets its own table ------------------------------------------------------- */
+/* ---- fork: the child gets its own table -------------------------------------------------------
+ * Lock order (every nested acquisition in this file follows it): mm, pcpu, thr, comm, reg, depot,
+ * batch, stripes, area. */
 static void lock_all(void)
 {
     spin_lock(&g_mm_lock);
@@ -1812,20 +1816,20 @@ static void lock_all(void)
     spin_lock(&g_thr_lock);
     spin_lock(&g_comm_lock);
     spin_lock(&g_reg_lock);
-    spin_lock(&g_area_lock);
     spin_lock(&g_depot_lock);
     spin_lock(&g_batch_lock);
     for (uint32_t i = 0; i < NR_STRIPES; i++)
         spin_lock(&g_stripes[i]);
+    spin_lock(&g_area_lock); /* taken under a stripe lock by kmemleak_scan_area */
 }
 
 static void unlock_all(void)
 {
+    spin_unlock(&g_area_lock);
     for (uint32_t i = 0; i < NR_STRIPES; i++)
         spin_unlock(&g_stripes[i]);
     spin_unlock(&g_batch_lock);
     spin_unlock(&g_depot_lock);
-    spin_unlock(&g_area_lock);
     spin_unlock(&g_reg_lock);
     spin_unlock(&g_comm_lock);
     spin_unlock(&g_thr_lock);

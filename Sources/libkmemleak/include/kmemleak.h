@@ -41,6 +41,13 @@ extern "C" {
 #define KMEMLEAK_API __attribute__((weak))
 #endif
 
+/* annotations never read the object: tell GCC, or it warns about "uninitialized" malloc memory */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#define KMEMLEAK_NOACCESS __attribute__((access(none, 1)))
+#else
+#define KMEMLEAK_NOACCESS
+#endif
+
 /* ---- per-CPU allocator ------------------------------------------------------------------------ */
 KMEMLEAK_API void __percpu *__alloc_percpu(size_t size, size_t align);
 KMEMLEAK_API void free_percpu(void __percpu *ptr);
@@ -48,22 +55,22 @@ KMEMLEAK_API void *kmemleak_per_cpu_ptr(const void __percpu *ptr, unsigned int c
 KMEMLEAK_API unsigned int kmemleak_nr_cpu_ids(void); /* highest possible CPU id + 1 */
 
 /* ---- allocator hooks and annotations (the kernel's semantics) --------------------------------- */
-KMEMLEAK_API void kmemleak_alloc(const void *ptr, size_t size, int min_count);
-KMEMLEAK_API void kmemleak_free(const void *ptr);
-KMEMLEAK_API void kmemleak_free_part(const void *ptr, size_t size);
-KMEMLEAK_API void kmemleak_alloc_percpu(const void __percpu *ptr, size_t size);
-KMEMLEAK_API void kmemleak_free_percpu(const void __percpu *ptr);
-KMEMLEAK_API void kmemleak_update_trace(const void *ptr);
-KMEMLEAK_API void kmemleak_not_leak(const void *ptr);
-KMEMLEAK_API void kmemleak_transient_leak(const void *ptr);
-KMEMLEAK_API void kmemleak_ignore(const void *ptr);
-KMEMLEAK_API void kmemleak_ignore_percpu(const void __percpu *ptr);
-KMEMLEAK_API void kmemleak_scan_area(const void *ptr, size_t size);
-KMEMLEAK_API void kmemleak_no_scan(const void *ptr);
+KMEMLEAK_API KMEMLEAK_NOACCESS void kmemleak_alloc(const void *ptr, size_t size, int min_count);
+KMEMLEAK_API KMEMLEAK_NOACCESS void kmemleak_free(const void *ptr);
+KMEMLEAK_API KMEMLEAK_NOACCESS void kmemleak_free_part(const void *ptr, size_t size);
+KMEMLEAK_API KMEMLEAK_NOACCESS void kmemleak_alloc_percpu(const void __percpu *ptr, size_t size);
+KMEMLEAK_API KMEMLEAK_NOACCESS void kmemleak_free_percpu(const void __percpu *ptr);
+KMEMLEAK_API KMEMLEAK_NOACCESS void kmemleak_update_trace(const void *ptr);
+KMEMLEAK_API KMEMLEAK_NOACCESS void kmemleak_not_leak(const void *ptr);
+KMEMLEAK_API KMEMLEAK_NOACCESS void kmemleak_transient_leak(const void *ptr);
+KMEMLEAK_API KMEMLEAK_NOACCESS void kmemleak_ignore(const void *ptr);
+KMEMLEAK_API KMEMLEAK_NOACCESS void kmemleak_ignore_percpu(const void __percpu *ptr);
+KMEMLEAK_API KMEMLEAK_NOACCESS void kmemleak_scan_area(const void *ptr, size_t size);
+KMEMLEAK_API KMEMLEAK_NOACCESS void kmemleak_no_scan(const void *ptr);
 /* A foreign per-CPU allocator's layout: handles [handle_base, handle_base+len); CPU c's copy of
  * handle h is at cpu0_base + (h - handle_base) + c*stride, c < nr_cpus (librseq mempool:
  * handle_base == cpu0_base). */
-KMEMLEAK_API void kmemleak_percpu_region(const void *handle_base, size_t len, const void *cpu0_base,
+KMEMLEAK_API KMEMLEAK_NOACCESS void kmemleak_percpu_region(const void *handle_base, size_t len, const void *cpu0_base,
                                          size_t stride, unsigned int nr_cpus);
 
 static inline void kmemleak_erase(void **ptr) { *ptr = NULL; }

@@ -1,0 +1,69 @@
+/* churn: allocation-heavy workload for the shim overhead benchmark (Benchmarks/ShimOverhead).
+ * A live window of 100k objects; every operation frees a random slot's object and allocates a
+ * new one of a random size in [16, 1039] bytes, three noinline calls deep. Single thread.
+ * usage: churn [operations (default 10000000)] ; prints "ops=<n> ns_per_op=<x> checksum=<c>" */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#define WINDOW 100000
+
+static void *slots[WINDOW];
+
+static inline uint64_t rnd(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+__attribute__((noinline)) static void *alloc_level3(size_t n)
+{
+    void *p = malloc(n);
+    __asm__ volatile("" ::: "memory");
+    return p;
+}
+__attribute__((noinline)) static void *alloc_level2(size_t n)
+{
+    void *p = alloc_level3(n);
+    __asm__ volatile("" ::: "memory");
+    return p;
+}
+__attribute__((noinline)) static void *alloc_level1(size_t n)
+{
+    void *p = alloc_level2(n);
+    __asm__ volatile("" ::: "memory");
+    return p;
+}
+
+int main(int argc, char **argv)
+{
+    long ops = argc > 1 ? atol(argv[1]) : 10000000L;
+    uint64_t s = 0x2545f4914f6cdd1dull, sum = 0;
+    for (int i = 0; i < WINDOW; i++) {
+        size_t n = 16 + rnd(&s) % 1024;
+        unsigned char *p = alloc_level1(n);
+        p[0] = (unsigned char)n;
+        slots[i] = p;
+    }
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (long op = 0; op < ops; op++) {
+        uint64_t r = rnd(&s);
+        int i = (int)(r % WINDOW);
+        size_t n = 16 + (r >> 32) % 1024;
+        sum += *(unsigned char *)slots[i];
+        free(slots[i]);
+        unsigned char *p = alloc_level1(n);
+        p[0] = (unsigned char)n;
+        slots[i] = p;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    double ns = (double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec);
+    printf("ops=%ld ns_per_op=%.1f checksum=%llu\n", ops, ns / (double)ops, (unsigned long long)sum);
+    for (int i = 0; i < WINDOW; i++)
+        free(slots[i]);
+    return 0;
+}

@@ -2,6 +2,7 @@
 // Process started from a test thread inherits blocked SIGTERM), line-based pipes with timeouts.
 import CKmemleakSys
 import Glibc
+@testable import KmemleakSystem
 
 struct TestError: Error, CustomStringConvertible {
     var description: String
@@ -19,7 +20,12 @@ final class ChildProcess {
     private(set) var transcript = ""
 
     /// Starts `path` with `args` (argv[0] = path) and `env` added to (or replacing in) our environment.
-    init(_ path: String, _ args: [String] = [], env: [String: String] = [:], stderrToStdout: Bool = false) throws {
+    /// Where stderr went when `stderrFile` was given.
+    let stderrPath: String?
+
+    init(_ path: String, _ args: [String] = [], env: [String: String] = [:], stderrToStdout: Bool = false,
+         stderrFile: String? = nil) throws {
+        stderrPath = stderrFile
         var inPipe: [Int32] = [0, 0], outPipe: [Int32] = [0, 0]
         guard ckml_pipe_cloexec(&inPipe) == 0, ckml_pipe_cloexec(&outPipe) == 0 else { throw TestError("pipe: \(errno)") }
         var actions = posix_spawn_file_actions_t()
@@ -28,6 +34,7 @@ final class ChildProcess {
         posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)
         posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
         if stderrToStdout { posix_spawn_file_actions_adddup2(&actions, outPipe[1], 2) }
+        if let f = stderrFile { posix_spawn_file_actions_addopen(&actions, 2, f, O_WRONLY | O_CREAT | O_TRUNC, 0o644) }
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }
@@ -112,6 +119,17 @@ final class ChildProcess {
     func request(_ line: String, expect prefix: String = "", timeout: Double = 10) throws -> String {
         try send(line)
         return try waitFor(prefix, timeout: timeout)
+    }
+
+    /// Closes the child's stdin (EOF).
+    func closeStdin() {
+        if stdinFD >= 0 { close(stdinFD); stdinFD = -1 }
+    }
+
+    /// What the child wrote to stderr (with `stderrFile`).
+    func stderrText() -> String {
+        guard let p = stderrPath, let b = try? ProcFile.read(p, limit: 1 << 20) else { return "" }
+        return String(decoding: b, as: UTF8.self)
     }
 
     /// Waits for the child to exit (after it was told to); returns the wait status.

@@ -26,7 +26,7 @@ final class ShimClient {
         var e = env
         e["LD_PRELOAD"] = Shim.library
         e["KMEMLEAK_RUN_DIR"] = dir.path
-        child = try ChildProcess(program, args, env: e)
+        child = try ChildProcess(program, args, env: e, stderrFile: dir.path + "/stderr.txt")
     }
 
     deinit { child.terminate() }

@@ -403,7 +403,7 @@ public final class ClientTable: Sendable {
         guard raw.header_size == UInt32(MemoryLayout<kml_header>.size) else { throw .badHeaderSize(raw.header_size) }
         guard raw.total_size >= UInt64(raw.header_size), raw.total_size <= maxTotalSize else { throw .badTotalSize(raw.total_size) }
         guard fileSize >= raw.total_size else { throw .truncated(fileSize: fileSize, totalSize: raw.total_size) }
-        guard raw.pid > 0 else { throw .pidMismatch(header: raw.pid, expected: 0) }
+        guard raw.pid > 0 else { throw .badSection(section: "header", reason: "pid \(raw.pid)") }
         guard raw.nr_cpu_ids >= 1, raw.nr_cpu_ids <= maxCPUs else { throw .badSection(section: "header", reason: "nr_cpu_ids \(raw.nr_cpu_ids)") }
 
         func section(_ name: String, _ off: UInt64, _ cap: UInt32, _ esize: UInt32, _ used: UInt32, expected: Int) throws(TableError) -> TableHeader.Section {

@@ -229,3 +229,42 @@ struct FixtureProtocolTests {
         #expect(c.child.wait() == 0)
     }
 }
+
+@Suite(.enabled(if: Shim.available, "needs `make shim` (libkmemleak.so and fixtures)"))
+struct ConcurrentClientTests {
+    /// Reads the table of the `stress` fixture (8 threads churning malloc/free) over and over while
+    /// it runs: every pass must succeed (torn records retried or skipped, never a validation error).
+    @Test func readWhileStressRuns() throws {
+        let path = Shim.fixture("stress")
+        try #require(fileExists(path))
+        let c = try ShimClient(path)
+        let t = try c.table()
+        var passes = 0, objects = 0, skipped = 0, retried = 0, maxThreads = 0, frames = 0
+        var done = false
+        var lines: [String] = []
+        let deadline = ChildProcess.now() + 60
+        while !done && ChildProcess.now() < deadline {
+            var ids: Set<UInt32> = []
+            let stats = try t.readObjects { o in
+                objects += 1
+                if ids.count < 64 { ids.insert(o.traceId) }
+            }
+            skipped += stats.skipped
+            retried += stats.retried
+            maxThreads = max(maxThreads, try t.readThreads().count)
+            for id in ids { frames += try t.frames(id).count }
+            _ = try t.readRegions()
+            passes += 1
+            // Non-blocking check for the fixture's end.
+            while let l = try? c.child.readLine(timeout: 0.001) {
+                lines.append(l)
+                if l == "DONE" { done = true }
+            }
+        }
+        #expect(done, "stress did not finish: \(lines)")
+        print("stress: \(passes) table passes while running, \(objects) records, \(retried) retried, \(skipped) skipped, up to \(maxThreads) threads, \(frames) frames")
+        #expect(passes > 0 && maxThreads >= 1)
+        c.child.closeStdin()
+        #expect(c.child.wait() == 0)
+    }
+}

@@ -352,4 +352,46 @@ func allObjects(_ t: ClientTable) throws(TableError) -> ([ObjectRecord], ReadSta
         try writeFile(dir.path + "/1.client", "pid=\(getpid()) fd=3 addr=1000 size=4096 start=1\n")
         #expect { try Rendezvous.read(path: dir.path + "/1.client") } throws: { e in if case .badRendezvous = e as? TableError { true } else { false } }
     }
+
+}
+
+@Suite struct TableFuzzTests {
+    /// Random byte mutations of a valid table (header and records): only typed errors, no traps,
+    /// and never more records than the capacity.
+    @Test func randomMutations() throws {
+        var rng = SystemRandomNumberGenerator()
+        var errors: [String: Int] = [:]
+        var ok = 0
+        for _ in 0..<1500 {
+            let s = try SyntheticTable()
+            s.setComm(1, "main")
+            s.setTrace(1, [1, 2, 3])
+            for i in 0..<8 { s.setObject(UInt32(i), pointer: UInt64(0x1000 * (i + 1)), size: 64, seq: UInt64(i), trace: 1, comm: 1) }
+            s.setThread(0, tid: 1, stack: (0x1000, 0x2000), tls: (0x3000, 0x3100), comm: "main")
+            s.setRegion(0, kind: KML_REGION_PERCPU, start: 0x10000, size: 0x1000, cpu0: 0x20000, stride: 0x1000, nrCpus: 2)
+            s.setArea(0, object: 1, seq: 1, start: 0x2000, size: 8)
+            // 1-8 random bytes, in the header or anywhere in the used sections.
+            let limit = Int(s.header.areas_offset) + 64
+            for _ in 0..<Int.random(in: 1...8, using: &rng) {
+                var b = UInt8.random(in: 0...255, using: &rng)
+                let off = Bool.random(using: &rng) ? Int.random(in: 0..<360, using: &rng) : Int.random(in: 0..<limit, using: &rng)
+                pwrite(s.fd, &b, 1, off_t(off))
+            }
+            if Int.random(in: 0..<20, using: &rng) == 0 { ftruncate(s.fd, off_t(Int.random(in: 0..<Int(s.totalSize), using: &rng))) }
+            do {
+                let t = try s.open()
+                var n = 0
+                try t.readObjects { _ in n += 1 }
+                #expect(n <= Int(t.openedHeader.objects.capacity))
+                _ = try t.readThreads(); _ = try t.readRegions(); _ = try t.readAreas()
+                _ = try t.loadTraces()
+                for id in 1...3 { _ = try t.comm(UInt32(id)); _ = try t.frames(UInt32(id)) }
+                ok += 1
+            } catch {
+                errors[Mirror(reflecting: error).children.first?.label ?? "\(error)", default: 0] += 1
+            }
+        }
+        print("fuzz: \(ok) still valid, errors: \(errors.sorted { $0.value > $1.value }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))")
+        #expect(ok + errors.values.reduce(0, +) == 1500)
+    }
 }

@@ -1,6 +1,7 @@
 // Client discovery: rendezvous files -> validated tables; stale files removed.
 import Glibc
 import KmemleakEngine
+import Logging
 
 /// A client's identity across pid reuse.
 public struct ClientID: Hashable, Sendable, CustomStringConvertible {
@@ -27,7 +28,19 @@ public struct DiscoveryResult: Sendable {
 public enum ClientDiscovery {
     /// Scans `runDirectory` for `<pid>.client` files and opens the tables of clients not in `known`.
     /// Stale files (process gone, pid reused) are removed when `removeStale` is set.
-    public static func scan(runDirectory: String, known: Set<ClientID>, removeStale: Bool = true) -> DiscoveryResult {
+    /// `logger` (optional) gets one line per adopted client, removed stale file and failure.
+    public static func scan(runDirectory: String, known: Set<ClientID>, removeStale: Bool = true,
+                            logger: Logger? = nil) -> DiscoveryResult {
+        let result = scanQuietly(runDirectory: runDirectory, known: known, removeStale: removeStale)
+        if let logger {
+            for t in result.adopted { logger.info("kmemleak: adopted client \(t.pid) (\(t.openedHeader.objects.used) object slots used)") }
+            for p in result.removedStale { logger.info("kmemleak: removed stale rendezvous file \(p)") }
+            for f in result.failed { logger.warning("kmemleak: cannot adopt \(f.path): \(f.error)") }
+        }
+        return result
+    }
+
+    private static func scanQuietly(runDirectory: String, known: Set<ClientID>, removeStale: Bool) -> DiscoveryResult {
         var result = DiscoveryResult()
         let paths: [String]
         do { paths = try Rendezvous.list(runDirectory: runDirectory) } catch {

@@ -196,3 +196,32 @@ struct ShimFixtureTests {
         #expect(again.daemonPid == getpid() && again.daemonScans == 5)
     }
 }
+
+@Suite(.enabled(if: Shim.available && getuid() == 0 && fileExists("/usr/bin/setpriv"), "needs root, setpriv and `make shim`"))
+struct OtherUserClientTests {
+    /// A client running as another user (nobody): its table, memory, roots and symbols are all
+    /// readable by the (root) daemon.
+    @Test func clientOfAnotherUser() throws {
+        let fixture = try ShimFixture.path.get()
+        let dir = try TempDir()
+        chmod(dir.path, 0o1777)
+        // The compiled fixture lives in a root-owned 0755 directory: executable by nobody.
+        let child = try ChildProcess("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", fixture],
+                                     env: ["LD_PRELOAD": Shim.library, "KMEMLEAK_RUN_DIR": dir.path])
+        defer { child.terminate() }
+        _ = try child.waitFor("READY ")
+        let p = try #require(hexArg(Substring(try child.request("levels 99", expect: "OBJ ").split(separator: " ")[1])))
+        let r = try Rendezvous.read(path: dir.path + "/\(child.pid).client")
+        let t = try ClientTable.open(r)
+        var st = stat()
+        #expect(stat("/proc/\(child.pid)", &st) == 0 && st.st_uid == 65534)
+        let o = try #require(try liveObjects(t)[p])
+        #expect(o.size == 99)
+        let sym = try Symbolizer(pid: child.pid)
+        #expect(try t.frames(o.traceId).compactMap { sym.symbolize($0) }.contains { $0.hasPrefix("kml_fixture_level1+") })
+        #expect(ProcessMemory(pid: child.pid).read(p, length: 99).count == 99)
+        #expect(!(try t.roots(cache: ELFCache())).isEmpty)
+        try t.setDaemonScans(1)
+        #expect(try t.header().daemonScans == 1)
+    }
+}

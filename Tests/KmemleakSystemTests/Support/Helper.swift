@@ -57,6 +57,7 @@ enum Helper {
     static let path: Result<String, TestError> = {
         let dir = "/tmp/kml-sys-helper-\(getpid())"
         mkdir(dir, 0o755)
+        removeBuildDirsAtExit()
         let src = dir + "/helper.c", exe = dir + "/helper"
         do {
             try writeFile(src, source)
@@ -85,3 +86,15 @@ func addrs(_ line: String) throws -> [UInt64] {
         return v
     }
 }
+
+/// The compiled helpers live in /tmp/kml-sys-{helper,fixture}-<pid>: removed when the test process exits.
+func removeBuildDirsAtExit() {
+    _ = registerCleanup
+}
+
+private let registerCleanup: Void = {
+    atexit {
+        removeTree("/tmp/kml-sys-helper-\(getpid())")
+        removeTree("/tmp/kml-sys-fixture-\(getpid())")
+    }
+}()

@@ -81,6 +81,7 @@ enum ShimFixture {
     static let path: Result<String, TestError> = {
         let dir = "/tmp/kml-sys-fixture-\(getpid())"
         mkdir(dir, 0o755)
+        removeBuildDirsAtExit()
         let src = dir + "/kml_sys_fixture.c", exe = dir + "/kml_sys_fixture"
         do {
             try writeFile(src, source)

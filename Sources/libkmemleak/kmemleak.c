@@ -105,7 +105,7 @@ static uint32_t *g_mm_slots;         /* tracked program mappings: object slot in
 static uint32_t g_mm_count;
 static uint32_t *g_thr_free;         /* free thread slots */
 static uint32_t g_thr_free_count;
-static uint32_t *g_batches;          /* heads of SLOT_BATCH-long chains of free object slots */
+static uint32_t *g_batches;          /* (head, length) pairs: chains of free object slots */
 static uint32_t g_batch_count, g_batch_cap;
 
 static uint32_t g_depot_lock, g_mm_lock, g_thr_lock, g_comm_lock, g_reg_lock, g_area_lock,
@@ -444,10 +444,12 @@ static uint32_t slot_alloc(void)
     if (__atomic_load_n(&g_batch_count, __ATOMIC_RELAXED)) {
         spin_lock(&g_batch_lock);
         if (g_batch_count) {
-            h = g_batches[--g_batch_count];
+            g_batch_count--;
+            h = g_batches[2 * g_batch_count];
+            uint32_t n = g_batches[2 * g_batch_count + 1];
             spin_unlock(&g_batch_lock);
             t.cache_head = g_obj[h - 1].hash_next;
-            t.cache_count = SLOT_BATCH - 1;
+            t.cache_count = n - 1;
             return h - 1;
         }
         spin_unlock(&g_batch_lock);
@@ -467,49 +469,57 @@ static uint32_t slot_alloc(void)
 }
 
 /* gives the chain [head..] of n slots to the global list */
-static void batch_push(uint32_t head)
+static void batch_push(uint32_t head, uint32_t n)
 {
     spin_lock(&g_batch_lock);
-    if (g_batch_count < g_batch_cap)
-        g_batches[g_batch_count++] = head;
+    if (g_batch_count < g_batch_cap) {
+        g_batches[2 * g_batch_count] = head;
+        g_batches[2 * g_batch_count + 1] = n;
+        g_batch_count++;
+    }
     spin_unlock(&g_batch_lock);
+}
+
+/* detaches the first n slots of the thread cache as a chain; returns its head */
+static uint32_t cache_detach(uint32_t n)
+{
+    uint32_t head = t.cache_head, last = head;
+    for (uint32_t i = 1; i < n; i++)
+        last = g_obj[last - 1].hash_next;
+    t.cache_head = g_obj[last - 1].hash_next;
+    g_obj[last - 1].hash_next = 0;
+    t.cache_count -= n;
+    return head;
 }
 
 static void slot_free(uint32_t idx)
 {
     if (unlikely(t.exiting)) {
-        /* after the thread's destructor: nobody would reuse a thread cache */
+        /* after the thread's destructor: straight to the global list */
         g_obj[idx].hash_next = 0;
-        return; /* leaked slot (rare: frees after thread teardown) */
+        batch_push(idx + 1, 1);
+        return;
     }
     g_obj[idx].hash_next = t.cache_head;
     t.cache_head = idx + 1;
-    if (++t.cache_count >= 2 * SLOT_BATCH) {
-        /* move the first SLOT_BATCH slots to the global list */
-        uint32_t head = t.cache_head, last = head;
-        for (uint32_t i = 1; i < SLOT_BATCH; i++)
-            last = g_obj[last - 1].hash_next;
-        t.cache_head = g_obj[last - 1].hash_next;
-        g_obj[last - 1].hash_next = 0;
-        t.cache_count -= SLOT_BATCH;
-        batch_push(head);
-    }
+    if (++t.cache_count >= 2 * SLOT_BATCH)
+        batch_push(cache_detach(SLOT_BATCH), SLOT_BATCH);
 }
 
-/* the thread's cache, in SLOT_BATCH chains, to the global list (thread exit) */
+/* thread exit: the cache and the rest of the bump chunk go to the global list */
 static void slot_cache_flush(void)
 {
-    while (t.cache_count >= SLOT_BATCH) {
-        uint32_t head = t.cache_head, last = head;
-        for (uint32_t i = 1; i < SLOT_BATCH; i++)
-            last = g_obj[last - 1].hash_next;
-        t.cache_head = g_obj[last - 1].hash_next;
-        g_obj[last - 1].hash_next = 0;
-        t.cache_count -= SLOT_BATCH;
-        batch_push(head);
+    while (t.bump_next < t.bump_end) {
+        uint32_t idx = t.bump_next++;
+        g_obj[idx].hash_next = t.cache_head;
+        t.cache_head = idx + 1;
+        t.cache_count++;
     }
-    t.cache_head = 0; /* fewer than a batch: leaked */
-    t.cache_count = 0;
+    while (t.cache_count) {
+        uint32_t n = t.cache_count < SLOT_BATCH ? t.cache_count : SLOT_BATCH;
+        batch_push(cache_detach(n), n);
+    }
+    t.cache_head = 0;
     t.bump_next = t.bump_end = 0;
 }
 
@@ -1770,7 +1780,7 @@ static int table_create(void)
     /* private index */
     uint32_t obj_buckets = pow2_at_least(g_obj_cap);
     uint32_t tr_buckets = pow2_at_least(g_tr_cap);
-    g_batch_cap = g_obj_cap / SLOT_BATCH + 64;
+    g_batch_cap = g_obj_cap + 64; /* worst case: chains of one slot */
     size_t p = 0;
     size_t ob_off = p;
     p = round_up(p + (size_t)obj_buckets * 4, PAGE_SIZE_);
@@ -1783,7 +1793,7 @@ static int table_create(void)
     size_t tf_off = p;
     p = round_up(p + (size_t)g_thr_cap * 4, PAGE_SIZE_);
     size_t ba_off = p;
-    p = round_up(p + (size_t)g_batch_cap * 4, PAGE_SIZE_);
+    p = round_up(p + (size_t)g_batch_cap * 8, PAGE_SIZE_);
     g_priv_size = p;
     void *pm = raw_mmap(NULL, g_priv_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (pm == MAP_FAILED)

@@ -4,15 +4,21 @@ import KmemleakEngine
 import Logging
 
 /// A client's identity across pid reuse.
+/// A client's identity across pid reuse (start time) and exec (the table's address, from the
+/// rendezvous file: a process that calls exec keeps its pid and start time but gets a new table).
 public struct ClientID: Hashable, Sendable, CustomStringConvertible {
     public var pid: Int32
     public var startTime: UInt64
-    public init(pid: Int32, startTime: UInt64) { self.pid = pid; self.startTime = startTime }
+    /// The table mapping's address in the client (0 for a table not opened from a rendezvous).
+    public var tableAddress: UInt64
+    public init(pid: Int32, startTime: UInt64, tableAddress: UInt64 = 0) {
+        self.pid = pid; self.startTime = startTime; self.tableAddress = tableAddress
+    }
     public var description: String { "\(pid)@\(startTime)" }
 }
 
 extension ClientTable {
-    public var id: ClientID { ClientID(pid: pid, startTime: openedHeader.startTime) }
+    public var id: ClientID { ClientID(pid: pid, startTime: openedHeader.startTime, tableAddress: rendezvous?.address ?? 0) }
 }
 
 public struct DiscoveryResult: Sendable {
@@ -61,7 +67,7 @@ public enum ClientDiscovery {
                 }
                 continue
             }
-            if known.contains(ClientID(pid: r.pid, startTime: r.startTime)) { continue }
+            if known.contains(ClientID(pid: r.pid, startTime: r.startTime, tableAddress: r.address)) { continue }
             do {
                 result.adopted.append(try ClientTable.open(r))
             } catch {

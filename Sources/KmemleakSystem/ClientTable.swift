@@ -283,6 +283,8 @@ public final class ClientTable: Sendable {
     public let rendezvous: Rendezvous?
     /// The header as validated at open time (geometry is fixed from then on).
     public let openedHeader: TableHeader
+    /// The memfd's inode (identifies this table: after an exec the process has another one).
+    public let inode: UInt64
     let file: FileHandleFD
 
     /// Slots per bulk pread (64 B objects: 256 KiB).
@@ -311,6 +313,7 @@ public final class ClientTable: Sendable {
         if let t = expectedStartTime, h.startTime != t { throw .startTimeMismatch(header: h.startTime, expected: t) }
         self.pid = h.pid
         self.openedHeader = h
+        do { inode = UInt64(try file.fstat().st_ino) } catch { throw .system(error) }
     }
 
     /// Opens the table a rendezvous file announces: checks the client is alive with the same start
@@ -367,7 +370,25 @@ public final class ClientTable: Sendable {
     }
 
     /// True while the client process lives (same pid and start time).
-    public var isAlive: Bool { Proc.isAlive(pid, startTime: openedHeader.startTime) }
+    /// For a table opened from a rendezvous, also false once the process no longer maps this table
+    /// (it called exec: same pid and start time, a new table). Costs a stat of /proc/PID/map_files.
+    public var isAlive: Bool {
+        guard Proc.isAlive(pid, startTime: openedHeader.startTime) else { return false }
+        return isStillMapped
+    }
+
+    /// Whether the announced mapping (or fd) of the client still is this table.
+    public var isStillMapped: Bool {
+        guard let r = rendezvous else { return true }
+        let mapName = String(r.address, radix: 16) + "-" + String(r.address &+ r.size, radix: 16)
+        for path in ["/proc/\(pid)/map_files/\(mapName)", "/proc/\(pid)/fd/\(r.fd)"] {
+            var st = stat()
+            if fstatat(AT_FDCWD, path, &st, 0) == 0 { return UInt64(st.st_ino) == inode }
+            if errno == ENOENT { return false }
+            // EPERM/EACCES (no CAP_SYS_ADMIN for map_files): try the fd.
+        }
+        return true // cannot tell
+    }
 
     // MARK: header
 

@@ -187,6 +187,25 @@ struct ShimFixtureTests {
         #expect { try ClientTable.open(r) } throws: { e in if case .usedOverCapacity = e as? TableError { true } else { false } }
     }
 
+    @Test func execGivesTheProcessANewTable() throws {
+        let c = try ShimFixture.start()
+        let t1 = try c.table()
+        #expect(t1.isAlive && t1.isStillMapped)
+        try c.child.send("exec")
+        _ = try c.child.waitFor("READY ")
+        // Same pid, same start time, but the old table is no longer the process's.
+        #expect(!t1.isAlive)
+        let r2 = try c.rendezvous()
+        let t2 = try ClientTable.open(r2)
+        #expect(t2.pid == t1.pid && t2.openedHeader.startTime == t1.openedHeader.startTime)
+        #expect(t2.inode != t1.inode && t2.isAlive)
+        let result = ClientDiscovery.scan(runDirectory: c.dir.path, known: [t1.id])
+        if r2.address != t1.rendezvous?.address {
+            #expect(result.adopted.map(\.inode) == [t2.inode])
+        }
+        #expect(ClientDiscovery.scan(runDirectory: c.dir.path, known: [t2.id]).adopted.isEmpty)
+    }
+
     @Test func daemonFieldsAreWrittenToTheClient() throws {
         let c = try ShimFixture.start()
         let t = try c.table()

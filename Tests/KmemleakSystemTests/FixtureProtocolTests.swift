@@ -181,7 +181,7 @@ struct FixtureProtocolTests {
         c.child.closeStdin()
         #expect(c.child.wait() == 0)
         #expect(c.child.stderrText() == "")
-        #expect(try eventually { !fileExists(c.dir.path + "/\(childPid).client") })
+        #expect(eventually { !fileExists(c.dir.path + "/\(childPid).client") })
         #expect(!fileExists(c.dir.path + "/\(c.pid).client"))
     }
 

@@ -71,10 +71,17 @@ public enum Roots {
                 let (lo, o1) = bias.addingReportingOverflow(ph.vaddr)
                 let (hi, o2) = lo.addingReportingOverflow(ph.memsz)
                 guard !o1, !o2 else { continue }
+                // One root per contiguous readable run (the file's rw pages and the .bss after them
+                // are two mappings but one segment).
+                var run: (UInt64, UInt64)? = nil
                 for m in instance where m.readable {
                     let s = max(lo, m.start), e = min(hi, m.end)
-                    if s < e { roots.append(RootRange(start: s, length: e - s, kind: .data, label: base.filePath)) }
+                    guard s < e else { continue }
+                    if let r = run, r.1 == s { run = (r.0, e); continue }
+                    if let r = run { roots.append(RootRange(start: r.0, length: r.1 - r.0, kind: .data, label: base.filePath)) }
+                    run = (s, e)
                 }
+                if let r = run { roots.append(RootRange(start: r.0, length: r.1 - r.0, kind: .data, label: base.filePath)) }
             }
         }
         // stacks and TLS

@@ -133,3 +133,55 @@ func dlsymAddress(_ name: String) throws -> UInt64 {
         #expect(dt < 1.0)
     }
 }
+
+@Suite struct RootsTests {
+    /// .data and a 64 KiB .bss (beyond the file's end: the anonymous mapping after the file's rw
+    /// pages) of a child are covered by data roots computed from its ELF program headers.
+    @Test func dataAndBssOfAChild() throws {
+        let (c, pid) = try Helper.start()
+        defer { c.terminate() }
+        let v = try addrs(try c.request("data", expect: "addr"))
+        let (data, bss) = (v[0], v[1])
+        let maps = try Proc.maps(pid)
+        let roots = Roots.compute(pid: pid, maps: maps, threads: [], regions: [], cache: ELFCache())
+        func covered(_ a: UInt64, _ n: UInt64) -> Bool {
+            roots.contains { $0.kind == .data && $0.start <= a && a + n <= $0.end && $0.label.hasSuffix("/helper") }
+        }
+        #expect(covered(data, 8192))
+        #expect(covered(bss, 65536))
+        // The bss tail lies in an anonymous mapping.
+        #expect(maps.first { $0.start <= bss + 65535 && bss + 65535 < $0.end }?.isAnonymous == true)
+        // libc's writable segments too, the [stack] for the main thread, and nothing unreadable.
+        #expect(roots.contains { $0.kind == .data && $0.label.hasSuffix("/libc.so.6") })
+        #expect(roots.contains { $0.kind == .stack })
+        for r in roots {
+            let m = maps.first { $0.start <= r.start && r.start < $0.end }
+            #expect(m?.readable == true, "\(r)")
+        }
+        // The bss pattern reads back as written.
+        #expect(ProcessMemory(pid: pid).read(bss, length: 65536).allSatisfy { $0 == 0x5a })
+        // Excluding the program and cutting a range out.
+        let cut = Roots.compute(pid: pid, maps: maps, threads: [], regions: [], excluded: [(bss, 4096)],
+                                excludedModules: ["helper"], cache: ELFCache())
+        #expect(!cut.contains { $0.label.hasSuffix("/helper") })
+        let cut2 = Roots.compute(pid: pid, maps: maps, threads: [], regions: [], excluded: [(bss, 4096)], cache: ELFCache())
+        #expect(!cut2.contains { $0.start < bss + 4096 && bss < $0.end })
+        #expect(cut2.contains { $0.start == bss + 4096 })
+    }
+
+    @Test func threadStacksAndTLSFromTheTable() {
+        let maps = [MapEntry(start: 0x7ff0_0000_0000, end: 0x7ff0_0002_0000, readable: true, writable: true, executable: false,
+                             shared: false, offset: 0, devMajor: 0, devMinor: 0, inode: 0, path: "[stack]")]
+        let threads = [
+            ThreadRecord(slot: 0, tid: 10, stackLo: 0, stackHi: 0, tlsLo: 0x1000, tlsHi: 0x1100, comm: "main"),
+            ThreadRecord(slot: 1, tid: 11, stackLo: 0x10000, stackHi: 0x20000, tlsLo: 0x30000, tlsHi: 0x30100, comm: "w"),
+        ]
+        let regions = [RegionRecord(slot: 0, kind: 2, start: 0x18000, size: 0x1000, cpu0Base: 0, stride: 0, nrCpus: 0)]
+        let roots = Roots.compute(pid: 10, maps: maps, threads: threads, regions: regions, cache: ELFCache())
+        #expect(roots.filter { $0.kind == .stack }.map { [$0.start, $0.end] } ==
+                [[0x10000, 0x18000], [0x19000, 0x20000], [0x7ff0_0000_0000, 0x7ff0_0002_0000]])
+        #expect(roots.filter { $0.kind == .tls }.map { [$0.start, $0.end] } == [[0x1000, 0x1100], [0x30000, 0x30100]])
+        #expect(Roots.compute(pid: 10, maps: maps, threads: threads, regions: [], includeStacks: false, cache: ELFCache())
+                    .allSatisfy { $0.kind == .tls })
+    }
+}

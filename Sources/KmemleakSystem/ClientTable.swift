@@ -289,18 +289,22 @@ public final class ClientTable: Sendable {
 
     /// Slots per bulk pread (64 B objects: 256 KiB).
     public static let chunkSlots = 4096
+    /// Traces (and comms) kept in the cache; beyond, lookups read the table each time.
+    public static let maxCachedTraces = 1 << 20
     /// Retries of one changing slot before it is skipped.
     public static let maxSlotRetries = 16
-    /// Sanity limits on what a client may claim.
-    public static let maxTotalSize: UInt64 = 16 << 30
-    public static let maxCapacity: UInt32 = 1 << 26
+    /// Sanity limits on what a client may claim (the shim accepts up to 2^30 object slots). Nothing
+    /// the reader allocates scales with these: reads go in fixed chunks; they bound arithmetic.
+    public static let maxTotalSize: UInt64 = 1 << 40
+    public static let maxCapacity: UInt32 = 1 << 30
     public static let maxCPUs: UInt32 = 1 << 16
 
     private let caches = Mutex<Caches>(Caches())
     struct Caches {
         /// traceFrames[id-1]: nil until read with a published length.
-        var traces: [[UInt64]?] = []
-        var comms: [String?] = []
+        /// Published traces by id (sparse: memory follows what was read, not what ids claim).
+        var traces: [UInt32: [UInt64]] = [:]
+        var comms: [UInt32: String] = [:]
     }
 
     /// Opens a table from a file handle (tests: a memfd; daemon: via `open(rendezvous:)`).
@@ -676,7 +680,7 @@ public final class ClientTable: Sendable {
     /// Throws `traceTooLong` for a published length > KML_MAX_TRACE.
     public func frames(_ id: UInt32) throws(TableError) -> [UInt64] {
         guard id > 0, id <= openedHeader.traces.capacity else { return [] }
-        if let hit = caches.withLock({ c -> [UInt64]? in Int(id) <= c.traces.count ? c.traces[Int(id) - 1] : nil }) { return hit }
+        if let hit = caches.withLock({ $0.traces[id] }) { return hit }
         // Read len first (a pread of its own), then the frames: a published len happened before
         // our first pread returned, so the second pread sees the frames written before it.
         let s = openedHeader.traces
@@ -690,17 +694,17 @@ public final class ClientTable: Sendable {
         guard t.len == len else { throw .badRecord(section: "traces", slot: id - 1, reason: "published length changed") }
         let frames = withUnsafeBytes(of: &t.frames) { b in (0..<Int(len)).map { b.load(fromByteOffset: $0 * 8, as: UInt64.self) } }
         caches.withLock { c in
-            if c.traces.count < Int(id) { c.traces.append(contentsOf: repeatElement(nil, count: Int(id) - c.traces.count)) }
-            c.traces[Int(id) - 1] = frames
+            if c.traces.count < Self.maxCachedTraces { c.traces[id] = frames }
         }
         return frames
     }
 
-    /// Reads all published traces [1, traces_used] in bulk into the cache; returns how many.
+    /// Reads the published traces [1, traces_used] in bulk into the cache; returns how many.
     @discardableResult
     public func loadTraces() throws(TableError) -> Int {
         let h = try header()
-        let used = Int(h.traces.used)
+        // Bounded by the cache size: ids beyond are read on demand by `frames`.
+        let used = min(Int(h.traces.used), Self.maxCachedTraces)
         guard used > 0 else { return 0 }
         let esize = Int(h.traces.entrySize)
         let chunk = 2048
@@ -734,8 +738,7 @@ public final class ClientTable: Sendable {
             first += n
         }
         caches.withLock { c in
-            if c.traces.count < used { c.traces.append(contentsOf: repeatElement(nil, count: used - c.traces.count)) }
-            for (i, f) in fresh { c.traces[i] = f }
+            for (i, f) in fresh where c.traces.count < Self.maxCachedTraces { c.traces[UInt32(i + 1)] = f }
         }
         return loaded
     }
@@ -744,7 +747,7 @@ public final class ClientTable: Sendable {
     /// Throws `commNotTerminated` when the 16 bytes hold no NUL.
     public func comm(_ id: UInt32) throws(TableError) -> String? {
         guard id > 0, id <= openedHeader.comms.capacity else { return nil }
-        if let hit = caches.withLock({ c -> String? in Int(id) <= c.comms.count ? c.comms[Int(id) - 1] : nil }) { return hit }
+        if let hit = caches.withLock({ $0.comms[id] }) { return hit }
         var raw: (UInt64, UInt64) = (0, 0)
         let s = openedHeader.comms
         try readExact(&raw, offset: s.offset + UInt64(id - 1) * UInt64(s.entrySize))
@@ -754,8 +757,7 @@ public final class ClientTable: Sendable {
         }.get()
         guard let name = str else { return nil } // all zero: not yet written, do not cache
         caches.withLock { c in
-            if c.comms.count < Int(id) { c.comms.append(contentsOf: repeatElement(nil, count: Int(id) - c.comms.count)) }
-            c.comms[Int(id) - 1] = name
+            if c.comms.count < Self.maxCachedTraces { c.comms[id] = name }
         }
         return name
     }

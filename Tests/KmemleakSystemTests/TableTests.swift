@@ -64,6 +64,18 @@ func allObjects(_ t: ClientTable) throws(TableError) -> ([ObjectRecord], ReadSta
         #expect(h2.daemonPid == 4242 && h2.daemonScans == 3)
     }
 
+    @Test func hugeIdsDoNotAllocate() throws {
+        // A sparse 2^22-trace, 2^22-comm table: looking up the last ids reads one record, caches one.
+        let s = try SyntheticTable(.init(objects: 64, traces: 1 << 22, comms: 1 << 22))
+        s.setTrace(1 << 22, [42])
+        s.setComm(1 << 22, "last")
+        let t = try s.open()
+        #expect(try t.frames(1 << 22) == [42])
+        #expect(try t.comm(1 << 22) == "last")
+        #expect(try t.frames((1 << 22) - 1) == [])
+        #expect(try t.frames(UInt32.max) == [])
+    }
+
     @Test func busySlotIsSkippedNotHung() throws {
         let s = try SyntheticTable()
         s.setObject(0, pointer: 0x1000, size: 8, seq: 1)

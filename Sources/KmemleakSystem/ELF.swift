@@ -60,6 +60,10 @@ public final class ELFFile: @unchecked Sendable {
     public let path: String
     public let type: UInt16
     public let programHeaders: [ELFProgramHeader]
+    /// The GNU build id (NT_GNU_BUILD_ID note), if any.
+    public let buildID: [UInt8]?
+    /// Where separate debug files are looked up by build id (`<dir>/xx/yyyy.debug`).
+    public static let debugDirectory = "/usr/lib/debug/.build-id"
     private let file: FileHandleFD
     private let fileSize: UInt64
     private let sectionHeaders: [Section]
@@ -117,6 +121,7 @@ public final class ELFFile: @unchecked Sendable {
             }
         }
         programHeaders = phs
+        buildID = Self.readBuildID(h, phs, fileSize: fileSize)
         // Section headers (optional: a file without them just has no symbols).
         var secs: [Section] = []
         if shnum > 0 && shoff != 0 && shentsize == 64 {
@@ -199,7 +204,44 @@ public final class ELFFile: @unchecked Sendable {
                 if wanted == SHT_SYMTAB { break }
             }
         }
+        // Only .dynsym here (a stripped distribution library): the separate debug file installed
+        // for its build id (e.g. libc6-dbg) has the full .symtab at the same link-time addresses.
+        if !sectionHeaders.contains(where: { $0.type == SHT_SYMTAB && $0.size > 0 }), let debug = debugFile() {
+            let idx = debug.symbolIndex()
+            if idx.addresses.count > best.addresses.count { best = idx }
+        }
         return best
+    }
+
+    /// The separate debug file for this file's build id, if installed (and itself valid ELF).
+    func debugFile() -> ELFFile? {
+        guard let id = buildID, id.count >= 2, !path.hasPrefix(Self.debugDirectory) else { return nil }
+        let hex = id.map { String($0 >> 4, radix: 16) + String($0 & 0xf, radix: 16) }.joined()
+        let path = Self.debugDirectory + "/" + hex.prefix(2) + "/" + hex.dropFirst(2) + ".debug"
+        return try? ELFFile(path: path)
+    }
+
+    /// The NT_GNU_BUILD_ID descriptor from the PT_NOTE segments (bounded, validated).
+    static func readBuildID(_ h: FileHandleFD, _ phs: [ELFProgramHeader], fileSize: UInt64) -> [UInt8]? {
+        let PT_NOTE: UInt32 = 4, NT_GNU_BUILD_ID: UInt32 = 3
+        for ph in phs where ph.type == PT_NOTE && ph.filesz > 0 && ph.filesz <= 65536 {
+            guard let raw = try? readBytes(h, offset: ph.offset, count: Int(ph.filesz), fileSize: fileSize) else { continue }
+            let b = LEBytes(bytes: raw)
+            var o = 0
+            while o + 12 <= raw.count {
+                guard let namesz = b.u32(o), let descsz = b.u32(o + 4), let type = b.u32(o + 8),
+                      namesz <= 256, descsz <= 256 else { break }
+                let nameStart = o + 12
+                let descStart = nameStart + ((Int(namesz) + 3) & ~3)
+                let next = descStart + ((Int(descsz) + 3) & ~3)
+                guard descStart + Int(descsz) <= raw.count else { break }
+                if type == NT_GNU_BUILD_ID && namesz == 4 && raw[nameStart..<(nameStart + 3)].elementsEqual("GNU".utf8) && descsz > 0 {
+                    return Array(raw[descStart..<(descStart + Int(descsz))])
+                }
+                o = next
+            }
+        }
+        return nil
     }
 }
 

@@ -165,6 +165,11 @@ struct ShimFixtureTests {
         // Main-executable frames have no module; libc frames say [libc.so.6].
         #expect(names.first { $0.hasPrefix("kml_fixture_level1+") }?.contains("[") == false)
         #expect(names.contains { $0.hasSuffix(" [libc.so.6]") })
+        // With libc's debug file installed, its static functions resolve as well.
+        let libc = try #require(try Proc.maps(c.pid).first { $0.filePath.hasSuffix("/libc.so.6") })
+        if (try? ELFFile(path: libc.filePath))?.debugFile() != nil {
+            #expect(names.contains { $0.hasPrefix("__libc_start_call_main+") && $0.hasSuffix(" [libc.so.6]") }, "\(names)")
+        }
         #expect(try t.comm(o.commId) == "kml_sys_fixture")
     }
 

@@ -40,6 +40,18 @@ func dlsymAddress(_ name: String) throws -> UInt64 {
         }
     }
 
+    @Test func buildIDAndSeparateDebugFile() throws {
+        let m = try ownLibc()
+        let f = try ELFFile(path: m.filePath)
+        let id = try #require(f.buildID)
+        #expect(id.count == 20)
+        if let debug = f.debugFile() {
+            // libc6-dbg: the full .symtab, so static functions resolve too.
+            #expect(debug.symbolCount > 3000)
+            #expect(f.symbolCount == debug.symbolCount)
+        }
+    }
+
     @Test func notELFAndMalformed() throws {
         let dir = try TempDir()
         try writeFile(dir.path + "/text", "hello, this is not an ELF file at all........................................................")

@@ -572,8 +572,10 @@ public final class ClientTable: Sendable {
 
     // MARK: objects
 
-    /// Streams every live object (slot order). Records are validated: ids within the sections'
-    /// capacities, a known kind, no address overflow; a bad record throws `badRecord`.
+    /// Streams every live object: in slot order per chunk of `chunkSlots`, except slots that changed
+    /// during the bulk read, which are re-read one by one after their chunk. Records are validated:
+    /// ids within the sections' capacities, a known kind, no address overflow; a bad record throws
+    /// `badRecord` (objects already streamed stay streamed). Memory: three chunk buffers (768 KiB).
     @discardableResult
     public func readObjects(_ body: (ObjectRecord) -> Void) throws(TableError) -> ReadStats {
         let h = try header()

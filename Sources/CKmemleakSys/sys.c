@@ -36,3 +36,5 @@ pid_t ckml_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 int ckml_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
 
 int ckml_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int64_t ckml_seek_data(int fd, int64_t offset) { return (int64_t)lseek(fd, (off_t)offset, SEEK_DATA); }

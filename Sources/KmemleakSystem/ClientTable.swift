@@ -9,6 +9,7 @@
 // that overlapped B changed the state between A and C (version bump) or showed BUSY. Slots that
 // fail are retried one by one a bounded number of times, then skipped (counted).
 import CKmemleakABI
+import CKmemleakSys
 import Glibc
 import Synchronization
 
@@ -510,6 +511,16 @@ public final class ClientTable: Sendable {
         var retry: [UInt32] = []
         var first: UInt32 = 0
         while first < count {
+            // Holes of the memfd (pages never written) read as zeros, i.e. FREE slots: jump over them
+            // (a client claiming a huge sparse `used` costs one lseek, not gigabytes of preads).
+            let at = s.offset + UInt64(first) * UInt64(esize)
+            let data = ckml_seek_data(file.fd, Int64(at))
+            if data < 0 && errno == ENXIO { break }
+            if data > Int64(at) {
+                let slot = (UInt64(data) - s.offset) / UInt64(esize)
+                if slot >= UInt64(count) { break }
+                if slot > UInt64(first) { first = UInt32(slot); continue }
+            }
             let n = min(UInt32(chunk), count - first)
             let len = Int(n) * esize
             let off = s.offset + UInt64(first) * UInt64(esize)

@@ -729,6 +729,15 @@ public final class ClientTable: Sendable {
         var fresh: [(Int, [UInt64])] = []
         fresh.reserveCapacity(min(used, 1 << 16))
         while first < used {
+            // Unwritten pages are unpublished traces (len 0): skip the holes.
+            let at = h.traces.offset + UInt64(first * esize)
+            let data = ckml_seek_data(file.fd, Int64(at))
+            if data < 0 && errno == ENXIO { break }
+            if data > Int64(at) {
+                let idx = Int((UInt64(data) - h.traces.offset) / UInt64(esize))
+                if idx >= used { break }
+                if idx > first { first = idx; continue }
+            }
             let n = min(chunk, used - first)
             let off = h.traces.offset + UInt64(first * esize)
             for buf in [lens, body] {

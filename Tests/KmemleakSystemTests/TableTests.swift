@@ -74,6 +74,7 @@ func allObjects(_ t: ClientTable) throws(TableError) -> ([ObjectRecord], ReadSta
         #expect(try t.comm(1 << 22) == "last")
         #expect(try t.frames((1 << 22) - 1) == [])
         #expect(try t.frames(UInt32.max) == [])
+        #expect(try t.loadTraces() == 0) // beyond the bulk-load bound: read on demand (above)
     }
 
     @Test func sparseTableIsSkippedByHoles() throws {

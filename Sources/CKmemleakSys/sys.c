@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "ckmemleak_sys.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -33,3 +34,7 @@ long ckml_statfs_type(const char *path) {
 pid_t ckml_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 
 int ckml_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
+
+int ckml_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int64_t ckml_seek_data(int fd, int64_t offset) { return (int64_t)lseek(fd, (off_t)offset, SEEK_DATA); }

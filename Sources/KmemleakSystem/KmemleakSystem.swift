@@ -1,1 +1,16 @@
+// KmemleakSystem: the only module of kmemleakd that makes system calls.
+//
+//   SystemError.swift     typed errors (call, errno, path/pid), EINTR-retrying wrappers, FileHandleFD
+//   Proc.swift            /proc/PID/{maps,stat,task,exe}: MapEntry, ProcStat, liveness
+//   ProcessMemory.swift   MemoryReader over process_vm_readv: coalesced batches, exact fault attribution
+//   ClientTable.swift     the client's shared table (kmemleak_abi.h) read with pread: Rendezvous,
+//                         TableHeader validation, seqlock-consistent ObjectRecord/ThreadRecord/
+//                         RegionRecord/AreaRecord streams, cached traces and comms, daemon fields
+//   ClientDiscovery.swift rendezvous directory scan (adopt, remove stale), ClientID, ClientReportContext
+//   Roots.swift           RootRange: writable PT_LOAD data of every ELF object, thread stacks, static TLS
+//   ELF.swift             a small validated ELF64 reader: program headers, build id, FUNC symbol index
+//   Symbolizer.swift      %pS-style `name+0xoff/0xsize [module]` for a process, shared ELFCache
+//
+// Everything read from a client (its table, its rendezvous file, its maps, its ELF files) is untrusted:
+// malformed input gives a typed error, never a trap and never an allocation sized by a claimed count.
 import KmemleakEngine

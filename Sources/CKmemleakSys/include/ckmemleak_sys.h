@@ -20,4 +20,10 @@ pid_t ckml_gettid(void);
 
 /* memfd_create (used by tests that build tables) */
 int ckml_memfd_create(const char *name, unsigned int flags);
+
+/* lseek(fd, offset, SEEK_DATA): the next offset >= `offset` that holds data; -1 and errno (ENXIO: none). */
+int64_t ckml_seek_data(int fd, int64_t offset);
+
+/* pipe2(fds, O_CLOEXEC) (not imported by Glibc without _GNU_SOURCE); used by tests' child helper. */
+int ckml_pipe_cloexec(int fds[2]);
 #endif

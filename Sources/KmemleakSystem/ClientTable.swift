@@ -1,0 +1,794 @@
+// The reader of a client's shared table (kmemleak_abi.h). Every byte is untrusted: the header is
+// validated against the real file size, every section against the header, every record against
+// the sections; the table is read with pread() from the memfd into our own buffers (never mapped),
+// so a client that truncates its memfd under us gives a typed error, not SIGBUS.
+//
+// Consistency: records are seqlocks. A pread copy is not ordered within itself, so a slot is
+// accepted only when its state word read by one pread (A), its fields read by a later pread (B) and
+// its state read by a still later pread (C) agree: A.state == C.state, not BUSY, LIVE. Any write
+// that overlapped B changed the state between A and C (version bump) or showed BUSY. Slots that
+// fail are retried one by one a bounded number of times, then skipped (counted).
+import CKmemleakABI
+import CKmemleakSys
+import Glibc
+import Synchronization
+
+// MARK: - errors
+
+public enum TableError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// A syscall failed (open, pread, fstat, ...).
+    case system(SystemError)
+    /// The rendezvous file is malformed.
+    case badRendezvous(path: String, reason: String)
+    /// The client is gone or its pid was reused (starttime differs): the rendezvous file is stale.
+    case stale(pid: Int32, reason: String)
+    /// The opened file is not a memfd named kmemleak-table (or not the announced mapping).
+    case notATable(path: String, reason: String)
+    case badMagic(UInt64)
+    case badVersion(UInt32)
+    case badHeaderSize(UInt32)
+    /// total_size is impossible (smaller than the header, larger than our limit).
+    case badTotalSize(UInt64)
+    /// The memfd is smaller than total_size (truncated by the client).
+    case truncated(fileSize: UInt64, totalSize: UInt64)
+    case pidMismatch(header: Int32, expected: Int32)
+    case startTimeMismatch(header: UInt64, expected: UInt64)
+    /// A section's entry size, alignment, offset or capacity is out of bounds.
+    case badSection(section: String, reason: String)
+    case overlappingSections(String, String)
+    case usedOverCapacity(section: String, used: UInt32, capacity: UInt32)
+    /// The section geometry changed after the table was opened.
+    case geometryChanged
+    /// A record refers to an id outside its section (or has an impossible value).
+    case badRecord(section: String, slot: UInt32, reason: String)
+    case traceTooLong(id: UInt32, length: UInt32)
+    case commNotTerminated(id: UInt32)
+
+    public var description: String {
+        switch self {
+        case .system(let e): return e.description
+        case .badRendezvous(let p, let r): return "bad rendezvous file \(p): \(r)"
+        case .stale(let pid, let r): return "stale client \(pid): \(r)"
+        case .notATable(let p, let r): return "\(p) is not a kmemleak table: \(r)"
+        case .badMagic(let m): return "bad magic 0x\(String(m, radix: 16))"
+        case .badVersion(let v): return "unsupported table version \(v) (want \(KML_ABI_VERSION))"
+        case .badHeaderSize(let s): return "bad header_size \(s)"
+        case .badTotalSize(let s): return "bad total_size \(s)"
+        case .truncated(let f, let t): return "table truncated: file \(f) bytes < total_size \(t)"
+        case .pidMismatch(let h, let e): return "table pid \(h) != \(e)"
+        case .startTimeMismatch(let h, let e): return "table start_time \(h) != \(e)"
+        case .badSection(let s, let r): return "section \(s): \(r)"
+        case .overlappingSections(let a, let b): return "sections \(a) and \(b) overlap"
+        case .usedOverCapacity(let s, let u, let c): return "section \(s): used \(u) > capacity \(c)"
+        case .geometryChanged: return "table geometry changed"
+        case .badRecord(let s, let slot, let r): return "\(s)[\(slot)]: \(r)"
+        case .traceTooLong(let id, let l): return "trace \(id): length \(l) > \(KML_MAX_TRACE)"
+        case .commNotTerminated(let id): return "comm \(id) not NUL-terminated"
+        }
+    }
+}
+
+// MARK: - rendezvous
+
+/// One `$RUN_DIR/<pid>.client` file: "pid=<pid> fd=<fd> addr=<hex> size=<bytes> start=<starttime>\n".
+public struct Rendezvous: Sendable, Equatable {
+    public var pid: Int32
+    public var fd: Int32
+    public var address: UInt64
+    public var size: UInt64
+    public var startTime: UInt64
+    /// The file it was read from ("" when parsed from text).
+    public var path: String
+
+    public init(pid: Int32, fd: Int32, address: UInt64, size: UInt64, startTime: UInt64, path: String = "") {
+        self.pid = pid; self.fd = fd; self.address = address; self.size = size; self.startTime = startTime
+        self.path = path
+    }
+
+    /// The line a client writes.
+    public var line: String {
+        "pid=\(pid) fd=\(fd) addr=\(String(address, radix: 16)) size=\(size) start=\(startTime)\n"
+    }
+
+    /// Parses the text of a rendezvous file; nil if malformed.
+    public static func parse(_ text: String, path: String = "") -> Rendezvous? {
+        var fields: [Substring: Substring] = [:]
+        let line = text.split(separator: "\n", omittingEmptySubsequences: false)
+        guard let first = line.first, line.count <= 2, line.count < 2 || line[1].isEmpty else { return nil }
+        for tok in first.split(separator: " ") {
+            guard let eq = tok.firstIndex(of: "=") else { return nil }
+            let k = tok[..<eq], v = tok[tok.index(after: eq)...]
+            guard fields[k] == nil else { return nil }
+            fields[k] = v
+        }
+        guard fields.count == 5,
+              let pid = fields["pid"].flatMap({ Int32($0) }), pid > 0,
+              let fd = fields["fd"].flatMap({ Int32($0) }), fd >= 0,
+              var a = fields["addr"] else { return nil }
+        if a.hasPrefix("0x") { a = a.dropFirst(2) }
+        guard let addr = UInt64(a, radix: 16), addr & 4095 == 0,
+              let size = fields["size"].flatMap({ UInt64($0) }), size > 0,
+              !addr.addingReportingOverflow(size).overflow,
+              let start = fields["start"].flatMap({ UInt64($0) }) else { return nil }
+        return Rendezvous(pid: pid, fd: fd, address: addr, size: size, startTime: start, path: path)
+    }
+
+    /// Reads and parses one rendezvous file (at most 4 KiB); the pid must match the file name.
+    /// The run directory may be writable by clients: symlinks are not followed and only a regular
+    /// file is read (a FIFO there must not block the daemon).
+    public static func read(path: String) throws(TableError) -> Rendezvous {
+        var bytes = [UInt8](repeating: 0, count: 4097)
+        let n: Int
+        do {
+            let h = try FileHandleFD.open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK)
+            let st = try h.fstat()
+            guard (st.st_mode & S_IFMT) == S_IFREG else { throw TableError.badRendezvous(path: path, reason: "not a regular file") }
+            n = try bytes.withUnsafeMutableBytes { b in Result { () throws(SystemError) -> Int in try h.pread(into: b, offset: 0) } }.get()
+        } catch let e as SystemError {
+            throw .system(e)
+        } catch let e as TableError {
+            throw e
+        } catch {
+            throw .badRendezvous(path: path, reason: "\(error)")
+        }
+        guard n <= 4096 else { throw .badRendezvous(path: path, reason: "too large") }
+        bytes.removeSubrange(n...)
+        guard let r = parse(String(decoding: bytes, as: UTF8.self), path: path) else {
+            throw .badRendezvous(path: path, reason: "malformed")
+        }
+        let name = path.split(separator: "/").last.map(String.init) ?? path
+        guard name == "\(r.pid)\(KML_RENDEZVOUS_SUFFIX)" else {
+            throw .badRendezvous(path: path, reason: "file name does not match pid \(r.pid)")
+        }
+        return r
+    }
+
+    /// The `*.client` files of a run directory (full paths, sorted).
+    public static func list(runDirectory: String) throws(SystemError) -> [String] {
+        try ProcFile.listDirectory(runDirectory)
+            .filter { $0.hasSuffix(KML_RENDEZVOUS_SUFFIX) && Int32($0.dropLast(KML_RENDEZVOUS_SUFFIX.count)) != nil }
+            .sorted()
+            .map { runDirectory + "/" + $0 }
+    }
+
+    /// True when the announced process is gone or its pid now belongs to another process.
+    public var isStale: Bool { !Proc.isAlive(pid, startTime: startTime) }
+
+    /// Removes a (stale) rendezvous file.
+    public static func remove(path: String) throws(SystemError) {
+        _ = try retryingSyscall("unlink", path) { Glibc.unlink(path) }
+    }
+}
+
+// MARK: - records
+
+/// The validated header: identity, flags and the section geometry.
+public struct TableHeader: Sendable, Equatable {
+    public var pid: Int32
+    public var flags: UInt32
+    public var startTime: UInt64
+    public var nrCpuIds: UInt32
+    public var clkTck: UInt32
+    public var createdNs: UInt64
+    public var totalSize: UInt64
+    public var objects: Section
+    public var traces: Section
+    public var threads: Section
+    public var comms: Section
+    public var regions: Section
+    public var areas: Section
+    public var allocSeq: UInt64
+    public var liveObjects: UInt64
+    public var daemonPid: Int32
+    public var daemonScans: UInt64
+    /// Set with KML_TABLE_DISABLED (NUL-terminated in the table; cut at 127 bytes otherwise).
+    public var disabledReason: String
+
+    public struct Section: Sendable, Equatable {
+        public var offset: UInt64
+        public var capacity: UInt32
+        public var entrySize: UInt32
+        public var used: UInt32
+        var end: UInt64 { offset + UInt64(capacity) * UInt64(entrySize) }
+        func sameGeometry(_ o: Section) -> Bool { offset == o.offset && capacity == o.capacity && entrySize == o.entrySize }
+    }
+
+    public var isTracking: Bool { flags & KML_TABLE_TRACKING != 0 }
+    public var isDisabled: Bool { flags & KML_TABLE_DISABLED != 0 }
+    public var isEnvOff: Bool { flags & KML_TABLE_ENV_OFF != 0 }
+
+    func sameGeometry(_ o: TableHeader) -> Bool {
+        totalSize == o.totalSize && objects.sameGeometry(o.objects) && traces.sameGeometry(o.traces)
+            && threads.sameGeometry(o.threads) && comms.sameGeometry(o.comms)
+            && regions.sameGeometry(o.regions) && areas.sameGeometry(o.areas)
+    }
+}
+
+/// One live object record (a consistent seqlock copy).
+public struct ObjectRecord: Sendable, Equatable {
+    public var slot: UInt32
+    /// The state word's version (bits 3..31).
+    public var version: UInt32
+    public var pointer: UInt64
+    public var size: UInt64
+    public var seq: UInt64
+    public var timeNs: UInt64
+    public var traceId: UInt32
+    public var tid: Int32
+    public var minCount: Int32
+    /// KML_KIND_* | KML_OBJ_*
+    public var flags: UInt32
+    public var commId: UInt32
+    public var transientGen: UInt32
+
+    public var kind: UInt32 { flags & KML_KIND_MASK }
+    public var isPerCPU: Bool { kind == KML_KIND_PERCPU || kind == KML_KIND_CUSTOM_PERCPU }
+    public var noScan: Bool { flags & KML_OBJ_NO_SCAN != 0 }
+    public var hasAreas: Bool { flags & KML_OBJ_HAS_AREAS != 0 }
+    public var fullScan: Bool { flags & KML_OBJ_FULL_SCAN != 0 }
+}
+
+public struct ThreadRecord: Sendable, Equatable {
+    public var slot: UInt32
+    public var tid: Int32
+    /// [lo, hi); both 0 for the main thread (use [stack] from /proc/PID/maps).
+    public var stackLo: UInt64
+    public var stackHi: UInt64
+    public var tlsLo: UInt64
+    public var tlsHi: UInt64
+    public var comm: String
+}
+
+public struct RegionRecord: Sendable, Equatable {
+    public var slot: UInt32
+    /// KML_REGION_PERCPU or KML_REGION_SHIM_PRIVATE
+    public var kind: UInt32
+    public var start: UInt64
+    public var size: UInt64
+    public var cpu0Base: UInt64
+    public var stride: UInt64
+    public var nrCpus: UInt32
+    public var isPerCPU: Bool { kind == KML_REGION_PERCPU }
+    public var isShimPrivate: Bool { kind == KML_REGION_SHIM_PRIVATE }
+}
+
+public struct AreaRecord: Sendable, Equatable {
+    public var slot: UInt32
+    public var objectIndex: UInt32
+    public var objectSeq: UInt64
+    public var start: UInt64
+    /// UInt64.max: to the end of the object.
+    public var size: UInt64
+}
+
+/// What one pass over a section did.
+public struct ReadStats: Sendable, Equatable {
+    public var slots = 0
+    public var live = 0
+    /// Slots read again because they changed during the bulk read.
+    public var retried = 0
+    /// Slots given up after the retries (busy or changing all the time).
+    public var skipped = 0
+    public var preads = 0
+    public var bytes = 0
+    public init() {}
+}
+
+// MARK: - the table
+
+/// A client's table, opened from a memfd file descriptor. Thread-safe: reads use pread on one fd,
+/// the trace/comm caches are behind a mutex.
+public final class ClientTable: Sendable {
+    public let pid: Int32
+    /// The rendezvous it was opened from (nil for tables opened from a file directly).
+    public let rendezvous: Rendezvous?
+    /// The header as validated at open time (geometry is fixed from then on).
+    public let openedHeader: TableHeader
+    /// The memfd's inode (identifies this table: after an exec the process has another one).
+    public let inode: UInt64
+    let file: FileHandleFD
+
+    /// Slots per bulk pread (64 B objects: 256 KiB).
+    public static let chunkSlots = 4096
+    /// Traces (and comms) kept in the cache; beyond, lookups read the table each time.
+    public static let maxCachedTraces = 1 << 20
+    /// Retries of one changing slot before it is skipped.
+    public static let maxSlotRetries = 16
+    /// Sanity limits on what a client may claim (the shim accepts up to 2^30 object slots). Nothing
+    /// the reader allocates scales with these: reads go in fixed chunks; they bound arithmetic.
+    public static let maxTotalSize: UInt64 = 1 << 40
+    public static let maxCapacity: UInt32 = 1 << 30
+    public static let maxCPUs: UInt32 = 1 << 16
+
+    private let caches = Mutex<Caches>(Caches())
+    struct Caches {
+        /// traceFrames[id-1]: nil until read with a published length.
+        /// Published traces by id (sparse: memory follows what was read, not what ids claim).
+        var traces: [UInt32: [UInt64]] = [:]
+        var comms: [UInt32: String] = [:]
+    }
+
+    /// Opens a table from a file handle (tests: a memfd; daemon: via `open(rendezvous:)`).
+    public init(file: FileHandleFD, expectedPid: Int32? = nil, expectedStartTime: UInt64? = nil,
+                rendezvous: Rendezvous? = nil) throws(TableError) {
+        self.file = file
+        self.rendezvous = rendezvous
+        let h = try Self.readHeader(file)
+        if let p = expectedPid, h.pid != p { throw .pidMismatch(header: h.pid, expected: p) }
+        if let t = expectedStartTime, h.startTime != t { throw .startTimeMismatch(header: h.startTime, expected: t) }
+        self.pid = h.pid
+        self.openedHeader = h
+        do { inode = UInt64(try file.fstat().st_ino) } catch { throw .system(error) }
+    }
+
+    /// Opens the table a rendezvous file announces: checks the client is alive with the same start
+    /// time, opens /proc/PID/map_files/<start>-<end> (fallback /proc/PID/fd/<fd>), checks it is the
+    /// memfd "kmemleak-table" (and the announced mapping's inode), then validates the header.
+    public static func open(_ r: Rendezvous) throws(TableError) -> ClientTable {
+        let st: ProcStat
+        do { st = try Proc.stat(r.pid) } catch { throw .stale(pid: r.pid, reason: "process gone") }
+        if st.state == "Z" || st.state == "X" { throw .stale(pid: r.pid, reason: "process exited") }
+        if st.startTime != r.startTime { throw .stale(pid: r.pid, reason: "pid reused (start time \(st.startTime) != \(r.startTime))") }
+        let mapName = String(r.address, radix: 16) + "-" + String(r.address &+ r.size, radix: 16)
+        let candidates = ["/proc/\(r.pid)/map_files/\(mapName)", "/proc/\(r.pid)/fd/\(r.fd)"]
+        var lastError: TableError = .notATable(path: candidates[0], reason: "not found")
+        let mapping = (try? Proc.maps(r.pid))?.first { $0.start == r.address }
+        for path in candidates {
+            do {
+                let target = try ProcFile.readlink(path)
+                guard target.hasPrefix("/memfd:" + KML_MEMFD_NAME) else {
+                    lastError = .notATable(path: path, reason: "links to \(target)")
+                    continue
+                }
+                // Read-write for daemon_pid/daemon_scans; read-only if that is all we may do.
+                let h = try openTableFile(path)
+                let fst = try h.fstat()
+                guard (fst.st_mode & S_IFMT) == S_IFREG else {
+                    lastError = .notATable(path: path, reason: "not a regular file")
+                    continue
+                }
+                if let m = mapping, m.inode != 0, m.inode != UInt64(fst.st_ino) {
+                    lastError = .notATable(path: path, reason: "inode \(fst.st_ino) is not the announced mapping's \(m.inode)")
+                    continue
+                }
+                return try ClientTable(file: h, expectedPid: r.pid, expectedStartTime: r.startTime, rendezvous: r)
+            } catch let e as SystemError {
+                lastError = .system(e)
+            } catch let e as TableError {
+                throw e // the file is the table and it is bad: no point trying the other path
+            } catch {
+                lastError = .notATable(path: path, reason: "\(error)")
+            }
+        }
+        if !Proc.isAlive(r.pid, startTime: r.startTime) { throw .stale(pid: r.pid, reason: "process gone") }
+        throw lastError
+    }
+
+    /// Opens read-write, or read-only when writing is not permitted.
+    static func openTableFile(_ path: String) throws(SystemError) -> FileHandleFD {
+        do {
+            return try FileHandleFD.open(path, O_RDWR)
+        } catch {
+            guard error.errno == EACCES || error.errno == EPERM || error.errno == EROFS else { throw error }
+            return try FileHandleFD.open(path, O_RDONLY)
+        }
+    }
+
+    /// True while the client process lives (same pid and start time).
+    /// For a table opened from a rendezvous, also false once the process no longer maps this table
+    /// (it called exec: same pid and start time, a new table). Costs a stat of /proc/PID/map_files.
+    public var isAlive: Bool {
+        guard Proc.isAlive(pid, startTime: openedHeader.startTime) else { return false }
+        return isStillMapped
+    }
+
+    /// Whether the announced mapping (or fd) of the client still is this table.
+    public var isStillMapped: Bool {
+        guard let r = rendezvous else { return true }
+        let mapName = String(r.address, radix: 16) + "-" + String(r.address &+ r.size, radix: 16)
+        for path in ["/proc/\(pid)/map_files/\(mapName)", "/proc/\(pid)/fd/\(r.fd)"] {
+            var st = stat()
+            if fstatat(AT_FDCWD, path, &st, 0) == 0 { return UInt64(st.st_ino) == inode }
+            if errno == ENOENT { return false }
+            // EPERM/EACCES (no CAP_SYS_ADMIN for map_files): try the fd.
+        }
+        return true // cannot tell
+    }
+
+    // MARK: header
+
+    /// Re-reads and re-validates the header (and the file size); the geometry must not change.
+    public func header() throws(TableError) -> TableHeader {
+        let h = try Self.readHeader(file)
+        guard h.sameGeometry(openedHeader), h.pid == openedHeader.pid, h.startTime == openedHeader.startTime else {
+            throw .geometryChanged
+        }
+        return h
+    }
+
+    static func fileSize(_ f: FileHandleFD) throws(TableError) -> UInt64 {
+        do { return UInt64(try f.fstat().st_size) } catch { throw .system(error) }
+    }
+
+    static func readHeader(_ f: FileHandleFD) throws(TableError) -> TableHeader {
+        let size = try fileSize(f)
+        let hsize = MemoryLayout<kml_header>.size
+        guard size >= UInt64(hsize) else { throw .truncated(fileSize: size, totalSize: UInt64(hsize)) }
+        var raw = kml_header()
+        let n: Int
+        do { n = try withUnsafeMutableBytes(of: &raw) { b in Result { () throws(SystemError) -> Int in try f.pread(into: b, offset: 0) } }.get() }
+        catch { throw .system(error) }
+        guard n == hsize else { throw .truncated(fileSize: UInt64(n), totalSize: UInt64(hsize)) }
+        return try validate(raw, fileSize: size)
+    }
+
+    /// Validates a raw header against the memfd's real size. Public for tests and tools.
+    public static func validate(_ raw: kml_header, fileSize: UInt64) throws(TableError) -> TableHeader {
+        guard raw.magic == KML_MAGIC else { throw .badMagic(raw.magic) }
+        guard raw.version == KML_ABI_VERSION else { throw .badVersion(raw.version) }
+        guard raw.header_size == UInt32(MemoryLayout<kml_header>.size) else { throw .badHeaderSize(raw.header_size) }
+        guard raw.total_size >= UInt64(raw.header_size), raw.total_size <= maxTotalSize else { throw .badTotalSize(raw.total_size) }
+        guard fileSize >= raw.total_size else { throw .truncated(fileSize: fileSize, totalSize: raw.total_size) }
+        guard raw.pid > 0 else { throw .badSection(section: "header", reason: "pid \(raw.pid)") }
+        guard raw.nr_cpu_ids >= 1, raw.nr_cpu_ids <= maxCPUs else { throw .badSection(section: "header", reason: "nr_cpu_ids \(raw.nr_cpu_ids)") }
+
+        func section(_ name: String, _ off: UInt64, _ cap: UInt32, _ esize: UInt32, _ used: UInt32, expected: Int) throws(TableError) -> TableHeader.Section {
+            guard esize == UInt32(expected) else { throw .badSection(section: name, reason: "entry size \(esize) != \(expected)") }
+            guard cap <= maxCapacity else { throw .badSection(section: name, reason: "capacity \(cap) too large") }
+            guard off % 8 == 0 else { throw .badSection(section: name, reason: "offset \(off) misaligned") }
+            let bytes = UInt64(cap) * UInt64(esize)
+            if cap > 0 {
+                guard off >= UInt64(raw.header_size) else { throw .badSection(section: name, reason: "offset \(off) inside the header") }
+                let (end, o) = off.addingReportingOverflow(bytes)
+                guard !o, end <= raw.total_size else { throw .badSection(section: name, reason: "[\(off), +\(bytes)) past total_size \(raw.total_size)") }
+            }
+            guard used <= cap else { throw .usedOverCapacity(section: name, used: used, capacity: cap) }
+            return .init(offset: off, capacity: cap, entrySize: esize, used: used)
+        }
+        // objects_used is updated atomically by the client; a plain copy of an aligned u32 is fine.
+        let objects = try section("objects", raw.objects_offset, raw.objects_capacity, raw.object_size, raw.objects_used, expected: MemoryLayout<kml_object>.size)
+        let traces = try section("traces", raw.traces_offset, raw.traces_capacity, raw.trace_size, raw.traces_used, expected: MemoryLayout<kml_trace>.size)
+        let threads = try section("threads", raw.threads_offset, raw.threads_capacity, raw.thread_size, raw.threads_used, expected: MemoryLayout<kml_thread>.size)
+        let comms = try section("comms", raw.comms_offset, raw.comms_capacity, raw.comm_size, raw.comms_used, expected: Int(KML_COMM_LEN))
+        let regions = try section("regions", raw.regions_offset, raw.regions_capacity, raw.region_size, raw.regions_used, expected: MemoryLayout<kml_region>.size)
+        let areas = try section("areas", raw.areas_offset, raw.areas_capacity, raw.area_size, raw.areas_used, expected: MemoryLayout<kml_area>.size)
+        let named = [("objects", objects), ("traces", traces), ("threads", threads), ("comms", comms), ("regions", regions), ("areas", areas)]
+            .filter { $0.1.capacity > 0 }.sorted { $0.1.offset < $1.1.offset }
+        for i in named.indices.dropFirst() where named[i - 1].1.end > named[i].1.offset {
+            throw .overlappingSections(named[i - 1].0, named[i].0)
+        }
+        var reason = raw.disabled_reason
+        let disabled = withUnsafeBytes(of: &reason) { b -> String in
+            let n = b.firstIndex(of: 0) ?? min(b.count, 127)
+            return String(decoding: b[0..<n], as: UTF8.self)
+        }
+        return TableHeader(pid: raw.pid, flags: raw.flags, startTime: raw.start_time, nrCpuIds: raw.nr_cpu_ids,
+                           clkTck: raw.clk_tck, createdNs: raw.created_ns, totalSize: raw.total_size,
+                           objects: objects, traces: traces, threads: threads, comms: comms, regions: regions,
+                           areas: areas, allocSeq: raw.alloc_seq, liveObjects: raw.live_objects,
+                           daemonPid: raw.daemon_pid, daemonScans: raw.daemon_scans, disabledReason: disabled)
+    }
+
+    // MARK: daemon-owned fields
+
+    /// Stores daemon_pid (the only header fields the daemon writes).
+    public func setDaemonPid(_ daemonPid: Int32) throws(TableError) {
+        var v = daemonPid
+        try write(&v, at: MemoryLayout<kml_header>.offset(of: \kml_header.daemon_pid)!)
+    }
+
+    /// Stores daemon_scans.
+    public func setDaemonScans(_ scans: UInt64) throws(TableError) {
+        var v = scans
+        try write(&v, at: MemoryLayout<kml_header>.offset(of: \kml_header.daemon_scans)!)
+    }
+
+    private func write<T>(_ v: inout T, at offset: Int) throws(TableError) {
+        // Never extend a truncated file.
+        guard try Self.fileSize(file) >= UInt64(offset + MemoryLayout<T>.size) else {
+            throw .truncated(fileSize: try Self.fileSize(file), totalSize: openedHeader.totalSize)
+        }
+        let f = file
+        let r = withUnsafeBytes(of: &v) { b in Result { () throws(SystemError) in try f.pwrite(b, offset: UInt64(offset)) } }
+        do { try r.get() } catch { throw .system(error) }
+    }
+
+    // MARK: seqlock bulk reading
+
+    /// Reads `count` entries of `section` from slot 0 and calls `body` with each consistent LIVE
+    /// entry (slot, state, pointer to a private aligned copy). See the file comment for the scheme.
+    func forEachLive(_ name: String, _ s: TableHeader.Section, count: UInt32, stats: inout ReadStats,
+                     _ body: (UInt32, UInt32, UnsafeRawPointer) throws(TableError) -> Void) throws(TableError) {
+        let esize = Int(s.entrySize)
+        guard count > 0, esize >= 4 else { return }
+        let chunk = max(1, min(Self.chunkSlots, Int(count)))
+        let bytes = chunk * esize
+        let a = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: 64)
+        let b = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: 64)
+        let c = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: 64)
+        let one = UnsafeMutableRawBufferPointer.allocate(byteCount: esize * 3, alignment: 64)
+        defer { a.deallocate(); b.deallocate(); c.deallocate(); one.deallocate() }
+        var retry: [UInt32] = []
+        var first: UInt32 = 0
+        while first < count {
+            // Holes of the memfd (pages never written) read as zeros, i.e. FREE slots: jump over them
+            // (a client claiming a huge sparse `used` costs one lseek, not gigabytes of preads).
+            let at = s.offset + UInt64(first) * UInt64(esize)
+            let data = ckml_seek_data(file.fd, Int64(at))
+            if data < 0 && errno == ENXIO { break }
+            if data > Int64(at) {
+                let slot = (UInt64(data) - s.offset) / UInt64(esize)
+                if slot >= UInt64(count) { break }
+                if slot > UInt64(first) { first = UInt32(slot); continue }
+            }
+            let n = min(UInt32(chunk), count - first)
+            let len = Int(n) * esize
+            let off = s.offset + UInt64(first) * UInt64(esize)
+            // Size first: a truncated file would give short reads.
+            let fsize = try Self.fileSize(file)
+            guard fsize >= openedHeader.totalSize else { throw .truncated(fileSize: fsize, totalSize: openedHeader.totalSize) }
+            for buf in [a, b, c] {
+                let got: Int
+                do { got = try file.pread(into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<len]), offset: off) }
+                catch { throw .system(error) }
+                stats.preads += 1
+                stats.bytes += got
+                guard got == len else { throw .truncated(fileSize: try Self.fileSize(file), totalSize: openedHeader.totalSize) }
+            }
+            retry.removeAll(keepingCapacity: true)
+            for i in 0..<Int(n) {
+                let o = i * esize
+                let sa = a.load(fromByteOffset: o, as: UInt32.self)
+                let sc = c.load(fromByteOffset: o, as: UInt32.self)
+                stats.slots += 1
+                if sa & KML_STATE_BUSY != 0 || sa != sc {
+                    retry.append(first + UInt32(i))
+                    continue
+                }
+                if sa & KML_STATE_KIND_MASK != KML_STATE_LIVE { continue }
+                stats.live += 1
+                try body(first + UInt32(i), sa, UnsafeRawPointer(b.baseAddress! + o))
+            }
+            // Changing slots: one at a time, three preads each, bounded.
+            for slot in retry {
+                stats.retried += 1
+                var ok = false
+                let soff = s.offset + UInt64(slot) * UInt64(esize)
+                for attempt in 0..<Self.maxSlotRetries {
+                    if attempt > 0 { sched_yield() }
+                    for k in 0..<3 {
+                        let got: Int
+                        do { got = try file.pread(into: UnsafeMutableRawBufferPointer(rebasing: one[(k * esize)..<((k + 1) * esize)]), offset: soff) }
+                        catch { throw .system(error) }
+                        stats.preads += 1
+                        stats.bytes += got
+                        guard got == esize else { throw .truncated(fileSize: try Self.fileSize(file), totalSize: openedHeader.totalSize) }
+                    }
+                    let sa = one.load(fromByteOffset: 0, as: UInt32.self)
+                    let sc = one.load(fromByteOffset: 2 * esize, as: UInt32.self)
+                    if sa & KML_STATE_BUSY == 0 && sa == sc {
+                        ok = true
+                        if sa & KML_STATE_KIND_MASK == KML_STATE_LIVE {
+                            stats.live += 1
+                            try body(slot, sa, UnsafeRawPointer(one.baseAddress! + esize))
+                        }
+                        break
+                    }
+                }
+                if !ok { stats.skipped += 1 }
+            }
+            first += n
+        }
+    }
+
+    // MARK: objects
+
+    /// Streams every live object: in slot order per chunk of `chunkSlots`, except slots that changed
+    /// during the bulk read, which are re-read one by one after their chunk. Records are validated:
+    /// ids within the sections' capacities, a known kind, no address overflow; a bad record throws
+    /// `badRecord` (objects already streamed stay streamed). Memory: three chunk buffers (768 KiB).
+    @discardableResult
+    public func readObjects(_ body: (ObjectRecord) -> Void) throws(TableError) -> ReadStats {
+        let h = try header()
+        var stats = ReadStats()
+        let tracesCap = h.traces.capacity, commsCap = h.comms.capacity
+        try forEachLive("objects", h.objects, count: h.objects.used, stats: &stats) { (slot, state, p) throws(TableError) in
+            let o = p.load(as: kml_object.self)
+            guard o.trace_id <= tracesCap else { throw .badRecord(section: "objects", slot: slot, reason: "trace_id \(o.trace_id) > capacity \(tracesCap)") }
+            guard o.comm_id <= commsCap else { throw .badRecord(section: "objects", slot: slot, reason: "comm_id \(o.comm_id) > capacity \(commsCap)") }
+            guard o.flags & KML_KIND_MASK <= KML_KIND_CUSTOM_PERCPU else { throw .badRecord(section: "objects", slot: slot, reason: "kind \(o.flags & KML_KIND_MASK)") }
+            guard !o.pointer.addingReportingOverflow(o.size).overflow else { throw .badRecord(section: "objects", slot: slot, reason: "pointer+size overflows") }
+            body(ObjectRecord(slot: slot, version: state >> KML_STATE_VERSION_SHIFT, pointer: o.pointer, size: o.size,
+                              seq: o.seq, timeNs: o.time_ns, traceId: o.trace_id, tid: o.tid, minCount: o.min_count,
+                              flags: o.flags, commId: o.comm_id, transientGen: o.transient_gen))
+        }
+        return stats
+    }
+
+    /// Re-reads one object slot (e.g. to check a candidate leak is still the same object: same seq).
+    public func readObject(slot: UInt32) throws(TableError) -> ObjectRecord? {
+        let h = try header()
+        guard slot < h.objects.capacity else { return nil }
+        var result: ObjectRecord? = nil
+        var stats = ReadStats()
+        var sec = h.objects
+        sec.offset += UInt64(slot) * UInt64(sec.entrySize)
+        try forEachLive("objects", sec, count: 1, stats: &stats) { (_, state, p) throws(TableError) in
+            let o = p.load(as: kml_object.self)
+            result = ObjectRecord(slot: slot, version: state >> KML_STATE_VERSION_SHIFT, pointer: o.pointer, size: o.size,
+                                  seq: o.seq, timeNs: o.time_ns, traceId: o.trace_id, tid: o.tid, minCount: o.min_count,
+                                  flags: o.flags, commId: o.comm_id, transientGen: o.transient_gen)
+        }
+        return result
+    }
+
+    // MARK: threads, regions, areas
+
+    public func readThreads() throws(TableError) -> [ThreadRecord] {
+        let h = try header()
+        var out: [ThreadRecord] = []
+        var stats = ReadStats()
+        try forEachLive("threads", h.threads, count: h.threads.used, stats: &stats) { (slot, _, p) throws(TableError) in
+            var t = p.load(as: kml_thread.self)
+            guard t.stack_lo <= t.stack_hi, t.tls_lo <= t.tls_hi else {
+                throw .badRecord(section: "threads", slot: slot, reason: "inverted range")
+            }
+            let comm = withUnsafeBytes(of: &t.comm) { b -> String? in
+                guard let n = b.firstIndex(of: 0) else { return nil }
+                return String(decoding: b[0..<n], as: UTF8.self)
+            }
+            guard let c = comm else { throw .badRecord(section: "threads", slot: slot, reason: "comm not NUL-terminated") }
+            out.append(ThreadRecord(slot: slot, tid: t.tid, stackLo: t.stack_lo, stackHi: t.stack_hi,
+                                    tlsLo: t.tls_lo, tlsHi: t.tls_hi, comm: c))
+        }
+        return out
+    }
+
+    public func readRegions() throws(TableError) -> [RegionRecord] {
+        let h = try header()
+        var out: [RegionRecord] = []
+        var stats = ReadStats()
+        let maxCpus = h.nrCpuIds
+        try forEachLive("regions", h.regions, count: h.regions.used, stats: &stats) { (slot, _, p) throws(TableError) in
+            let r = p.load(as: kml_region.self)
+            guard r.kind == KML_REGION_PERCPU || r.kind == KML_REGION_SHIM_PRIVATE else {
+                throw .badRecord(section: "regions", slot: slot, reason: "kind \(r.kind)")
+            }
+            guard !r.start.addingReportingOverflow(r.size).overflow else {
+                throw .badRecord(section: "regions", slot: slot, reason: "start+size overflows")
+            }
+            if r.kind == KML_REGION_PERCPU {
+                guard r.nr_cpus >= 1, r.nr_cpus <= maxCpus else {
+                    throw .badRecord(section: "regions", slot: slot, reason: "nr_cpus \(r.nr_cpus) (nr_cpu_ids \(maxCpus))")
+                }
+                let (span, o1) = r.stride.multipliedReportingOverflow(by: UInt64(r.nr_cpus - 1))
+                let (e1, o2) = r.cpu0_base.addingReportingOverflow(span)
+                let (_, o3) = e1.addingReportingOverflow(r.size)
+                guard !o1 && !o2 && !o3 else { throw .badRecord(section: "regions", slot: slot, reason: "per-CPU layout overflows") }
+            }
+            out.append(RegionRecord(slot: slot, kind: r.kind, start: r.start, size: r.size, cpu0Base: r.cpu0_base,
+                                    stride: r.stride, nrCpus: r.nr_cpus))
+        }
+        return out
+    }
+
+    public func readAreas() throws(TableError) -> [AreaRecord] {
+        let h = try header()
+        var out: [AreaRecord] = []
+        var stats = ReadStats()
+        let objCap = h.objects.capacity
+        try forEachLive("areas", h.areas, count: h.areas.used, stats: &stats) { (slot, _, p) throws(TableError) in
+            let a = p.load(as: kml_area.self)
+            guard a.object_index < objCap else {
+                throw .badRecord(section: "areas", slot: slot, reason: "object_index \(a.object_index) >= capacity \(objCap)")
+            }
+            out.append(AreaRecord(slot: slot, objectIndex: a.object_index, objectSeq: a.object_seq, start: a.start, size: a.size))
+        }
+        return out
+    }
+
+    // MARK: traces and comms (immutable once published; cached)
+
+    /// The frames of trace `id` (1-based); empty for 0, an unpublished or out-of-range id.
+    /// Throws `traceTooLong` for a published length > KML_MAX_TRACE.
+    public func frames(_ id: UInt32) throws(TableError) -> [UInt64] {
+        guard id > 0, id <= openedHeader.traces.capacity else { return [] }
+        if let hit = caches.withLock({ $0.traces[id] }) { return hit }
+        // Read len first (a pread of its own), then the frames: a published len happened before
+        // our first pread returned, so the second pread sees the frames written before it.
+        let s = openedHeader.traces
+        let off = s.offset + UInt64(id - 1) * UInt64(s.entrySize)
+        var len: UInt32 = 0
+        try readExact(&len, offset: off)
+        guard len > 0 else { return [] }
+        guard len <= KML_MAX_TRACE else { throw .traceTooLong(id: id, length: len) }
+        var t = kml_trace()
+        try readExact(&t, offset: off)
+        guard t.len == len else { throw .badRecord(section: "traces", slot: id - 1, reason: "published length changed") }
+        let frames = withUnsafeBytes(of: &t.frames) { b in (0..<Int(len)).map { b.load(fromByteOffset: $0 * 8, as: UInt64.self) } }
+        caches.withLock { c in
+            if c.traces.count < Self.maxCachedTraces { c.traces[id] = frames }
+        }
+        return frames
+    }
+
+    /// Reads the published traces [1, traces_used] in bulk into the cache; returns how many.
+    @discardableResult
+    public func loadTraces() throws(TableError) -> Int {
+        let h = try header()
+        // Bounded by the cache size: ids beyond are read on demand by `frames`.
+        let used = min(Int(h.traces.used), Self.maxCachedTraces)
+        guard used > 0 else { return 0 }
+        let esize = Int(h.traces.entrySize)
+        let chunk = 2048
+        let lens = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk * esize, alignment: 64)
+        let body = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk * esize, alignment: 64)
+        defer { lens.deallocate(); body.deallocate() }
+        var loaded = 0
+        var first = 0
+        var fresh: [(Int, [UInt64])] = []
+        fresh.reserveCapacity(min(used, 1 << 16))
+        while first < used {
+            // Unwritten pages are unpublished traces (len 0): skip the holes.
+            let at = h.traces.offset + UInt64(first * esize)
+            let data = ckml_seek_data(file.fd, Int64(at))
+            if data < 0 && errno == ENXIO { break }
+            if data > Int64(at) {
+                let idx = Int((UInt64(data) - h.traces.offset) / UInt64(esize))
+                if idx >= used { break }
+                if idx > first { first = idx; continue }
+            }
+            let n = min(chunk, used - first)
+            let off = h.traces.offset + UInt64(first * esize)
+            for buf in [lens, body] {
+                let got: Int
+                do { got = try file.pread(into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<(n * esize)]), offset: off) }
+                catch { throw .system(error) }
+                guard got == n * esize else { throw .truncated(fileSize: try Self.fileSize(file), totalSize: h.totalSize) }
+            }
+            for i in 0..<n {
+                let l = lens.load(fromByteOffset: i * esize, as: UInt32.self)
+                guard l > 0 else { continue }
+                guard l <= KML_MAX_TRACE else { throw .traceTooLong(id: UInt32(first + i + 1), length: l) }
+                guard body.load(fromByteOffset: i * esize, as: UInt32.self) == l else {
+                    throw .badRecord(section: "traces", slot: UInt32(first + i), reason: "published length changed")
+                }
+                let fo = i * esize + 16
+                fresh.append((first + i, (0..<Int(l)).map { body.load(fromByteOffset: fo + $0 * 8, as: UInt64.self) }))
+                loaded += 1
+            }
+            first += n
+        }
+        caches.withLock { c in
+            for (i, f) in fresh where c.traces.count < Self.maxCachedTraces { c.traces[UInt32(i + 1)] = f }
+        }
+        return loaded
+    }
+
+    /// The comm string of `id` (1-based); nil for 0, out of range or not yet written.
+    /// Throws `commNotTerminated` when the 16 bytes hold no NUL.
+    public func comm(_ id: UInt32) throws(TableError) -> String? {
+        guard id > 0, id <= openedHeader.comms.capacity else { return nil }
+        if let hit = caches.withLock({ $0.comms[id] }) { return hit }
+        var raw: (UInt64, UInt64) = (0, 0)
+        let s = openedHeader.comms
+        try readExact(&raw, offset: s.offset + UInt64(id - 1) * UInt64(s.entrySize))
+        let str = try withUnsafeBytes(of: &raw) { b -> Result<String?, TableError> in
+            guard let n = b.firstIndex(of: 0) else { return .failure(.commNotTerminated(id: id)) }
+            return .success(n == 0 ? nil : String(decoding: b[0..<n], as: UTF8.self))
+        }.get()
+        guard let name = str else { return nil } // all zero: not yet written, do not cache
+        caches.withLock { c in
+            if c.comms.count < Self.maxCachedTraces { c.comms[id] = name }
+        }
+        return name
+    }
+
+    private func readExact<T>(_ v: inout T, offset: UInt64) throws(TableError) {
+        let f = file
+        let r = withUnsafeMutableBytes(of: &v) { b in Result { () throws(SystemError) -> Int in try f.pread(into: b, offset: offset) } }
+        let n: Int
+        do { n = try r.get() } catch { throw .system(error) }
+        guard n == MemoryLayout<T>.size else { throw .truncated(fileSize: try Self.fileSize(file), totalSize: openedHeader.totalSize) }
+    }
+}

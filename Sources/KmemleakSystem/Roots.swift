@@ -1,0 +1,146 @@
+// The roots of a live client: writable data of every loaded ELF object, thread stacks, static TLS.
+import CKmemleakABI
+import Glibc
+
+/// One root range of a client's address space.
+public struct RootRange: Sendable, Equatable, CustomStringConvertible {
+    public enum Kind: String, Sendable, Equatable {
+        /// Writable PT_LOAD data (.data, .bss, RELRO) of an ELF object.
+        case data
+        /// A thread stack.
+        case stack
+        /// A static TLS block.
+        case tls
+    }
+
+    public var start: UInt64
+    public var length: UInt64
+    public var kind: Kind
+    /// The ELF file (data) or "tid N" (stack/tls), for logs.
+    public var label: String
+
+    public init(start: UInt64, length: UInt64, kind: Kind, label: String) {
+        self.start = start; self.length = length; self.kind = kind; self.label = label
+    }
+
+    public var end: UInt64 { start + length }
+    public var description: String {
+        "\(kind) 0x\(String(start, radix: 16))-0x\(String(end, radix: 16)) \(label)"
+    }
+}
+
+public enum Roots {
+    /// File names whose segments are never roots (the shim itself).
+    public static let defaultExcludedModules: Set<String> = ["libkmemleak.so"]
+
+    /// Computes the roots of `pid`.
+    ///
+    /// - data: for each mapped ELF file instance (its offset-0 mapping and the following mappings of
+    ///   the same inode), each writable PT_LOAD `[bias + p_vaddr, + p_memsz)` — which covers the
+    ///   file-backed rw pages and the anonymous .bss pages after them — intersected with the readable
+    ///   mappings of that file or anonymous ones (so nothing unmapped is claimed). The load bias is the
+    ///   offset-0 mapping's start minus the first PT_LOAD's page-aligned vaddr. Files named in
+    ///   `excludedModules` are skipped.
+    /// - stack: each table thread's [stack_lo, stack_hi); the main thread (zero range) uses [stack].
+    /// - tls: each table thread's [tls_lo, tls_hi).
+    /// Then every KML_REGION_SHIM_PRIVATE region and `excluded` ranges (the table mapping) are cut out.
+    public static func compute(pid: Int32, maps: [MapEntry], threads: [ThreadRecord], regions: [RegionRecord],
+                               excluded: [(start: UInt64, length: UInt64)] = [], includeStacks: Bool = true,
+                               excludedModules: Set<String> = defaultExcludedModules,
+                               cache: ELFCache) -> [RootRange] {
+        var roots: [RootRange] = []
+        let maps = maps.sorted { $0.start < $1.start }
+        // data
+        var i = 0
+        while i < maps.count {
+            let base = maps[i]
+            guard base.isFileBacked, base.offset == 0, base.path.hasPrefix("/") else { i += 1; continue }
+            // This instance: base and the following mappings of the same file (anonymous gaps allowed).
+            var j = i + 1
+            while j < maps.count && (maps[j].isAnonymous || (maps[j].inode == base.inode && maps[j].devMajor == base.devMajor && maps[j].devMinor == base.devMinor && maps[j].offset != 0)) {
+                j += 1
+            }
+            let instance = maps[i..<j]
+            let name = String(base.filePath.split(separator: "/").last ?? "")
+            i = j
+            if excludedModules.contains(name) { continue }
+            guard let file = cache.file(for: base, open: { Symbolizer.openELF(pid: pid, mapping: base) }),
+                  let first = file.firstLoadVaddr else { continue }
+            let bias = base.start &- first
+            for ph in file.writableLoads where ph.memsz > 0 {
+                let (lo, o1) = bias.addingReportingOverflow(ph.vaddr)
+                let (hi, o2) = lo.addingReportingOverflow(ph.memsz)
+                guard !o1, !o2 else { continue }
+                // One root per contiguous readable run (the file's rw pages and the .bss after them
+                // are two mappings but one segment).
+                var run: (UInt64, UInt64)? = nil
+                for m in instance where m.readable {
+                    let s = max(lo, m.start), e = min(hi, m.end)
+                    guard s < e else { continue }
+                    if let r = run, r.1 == s { run = (r.0, e); continue }
+                    if let r = run { roots.append(RootRange(start: r.0, length: r.1 - r.0, kind: .data, label: base.filePath)) }
+                    run = (s, e)
+                }
+                if let r = run { roots.append(RootRange(start: r.0, length: r.1 - r.0, kind: .data, label: base.filePath)) }
+            }
+        }
+        // stacks and TLS
+        if includeStacks {
+            for t in threads where t.stackHi > t.stackLo {
+                roots.append(RootRange(start: t.stackLo, length: t.stackHi - t.stackLo, kind: .stack, label: "tid \(t.tid)"))
+            }
+            // The main thread (recorded with a zero range): the [stack] mapping.
+            if let s = maps.first(where: { $0.path == "[stack]" }),
+               !roots.contains(where: { $0.kind == .stack && $0.start < s.end && s.start < $0.end }) {
+                roots.append(RootRange(start: s.start, length: s.length, kind: .stack, label: "tid \(pid)"))
+            }
+        }
+        for t in threads where t.tlsHi > t.tlsLo {
+            roots.append(RootRange(start: t.tlsLo, length: t.tlsHi - t.tlsLo, kind: .tls, label: "tid \(t.tid)"))
+        }
+        // exclusions
+        var cuts = excluded.map { (start: $0.start, end: $0.start &+ $0.length) }
+        cuts += regions.filter { $0.isShimPrivate }.map { (start: $0.start, end: $0.start &+ $0.size) }
+        if !cuts.isEmpty { roots = subtract(roots, cuts) }
+        return roots.sorted { $0.start != $1.start ? $0.start < $1.start : $0.length < $1.length }
+    }
+
+    /// Removes the parts of `roots` that fall in any cut [start, end).
+    static func subtract(_ roots: [RootRange], _ cuts: [(start: UInt64, end: UInt64)]) -> [RootRange] {
+        var out: [RootRange] = []
+        for r in roots {
+            var pieces = [(r.start, r.end)]
+            for c in cuts where c.start < c.end {
+                var next: [(UInt64, UInt64)] = []
+                for (s, e) in pieces {
+                    if c.end <= s || c.start >= e { next.append((s, e)); continue }
+                    if s < c.start { next.append((s, c.start)) }
+                    if c.end < e { next.append((c.end, e)) }
+                }
+                pieces = next
+            }
+            for (s, e) in pieces where s < e {
+                out.append(RootRange(start: s, length: e - s, kind: r.kind, label: r.label))
+            }
+        }
+        return out
+    }
+}
+
+extension ClientTable {
+    /// The roots of this client now: reads /proc/PID/maps, the table's threads and regions, and cuts
+    /// out the table mapping itself (when opened from a rendezvous).
+    public func roots(includeStacks: Bool = true, cache: ELFCache,
+                      excludedModules: Set<String> = Roots.defaultExcludedModules) throws(TableError) -> [RootRange] {
+        let maps: [MapEntry]
+        do { maps = try Proc.maps(pid) } catch { throw .system(error) }
+        let threads = try readThreads()
+        let regions = try readRegions()
+        var excluded: [(start: UInt64, length: UInt64)] = []
+        if let r = rendezvous { excluded.append((r.address, r.size)) }
+        // Any other mapping of the table memfd too (found by its name).
+        for m in maps where m.path.hasPrefix("/memfd:" + KML_MEMFD_NAME) { excluded.append((m.start, m.length)) }
+        return Roots.compute(pid: pid, maps: maps, threads: threads, regions: regions, excluded: excluded,
+                             includeStacks: includeStacks, excludedModules: excludedModules, cache: cache)
+    }
+}

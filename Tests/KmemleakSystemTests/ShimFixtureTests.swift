@@ -1,0 +1,251 @@
+import CKmemleakABI
+import Glibc
+import KmemleakEngine
+@testable import KmemleakSystem
+import Testing
+
+/// Waits (bounded) until `cond` holds, re-evaluating it; the table is updated by the client
+/// synchronously, so this is only for events the client reports before finishing them (threads).
+func eventually(timeout: Double = 10, _ cond: () throws -> Bool) rethrows -> Bool {
+    let deadline = ChildProcess.now() + timeout
+    while ChildProcess.now() < deadline {
+        if try cond() { return true }
+        sched_yield()
+    }
+    return try cond()
+}
+
+@Suite(.enabled(if: Shim.available, "needs `make shim` (libkmemleak.so)"))
+struct ShimFixtureTests {
+    let page = UInt64(sysconf(Int32(_SC_PAGESIZE)))
+
+    @Test func mallocReallocFree() throws {
+        let c = try ShimFixture.start()
+        let t = try c.table()
+        let a = try c.ask("malloc 100", "OBJ")[0]
+        let b = try c.ask("malloc 200", "OBJ")[0]
+        var live = try liveObjects(t)
+        #expect(live[a]?.size == 100 && live[b]?.size == 200)
+        #expect(live[a]!.seq < live[b]!.seq)
+        // realloc to a size that must move.
+        let a2 = try c.ask("realloc \(String(a, radix: 16)) 1000000", "OBJ")[0]
+        live = try liveObjects(t)
+        #expect(a2 != a && live[a2]?.size == 1_000_000 && live[a] == nil)
+        _ = try c.child.request("free \(String(b, radix: 16))", expect: "OK")
+        live = try liveObjects(t)
+        #expect(live[b] == nil && live[a2] != nil)
+    }
+
+    @Test func mmapAndPartialMunmap() throws {
+        let c = try ShimFixture.start()
+        let t = try c.table()
+        let m = try c.ask("mmap \(4 * page)", "OBJ")[0]
+        var live = try liveObjects(t)
+        #expect(live[m]?.size == 4 * page && live[m]?.kind == KML_KIND_MMAP)
+        // Unmap the second page: [m, +1 page) and [m + 2 pages, +2 pages) remain.
+        _ = try c.child.request("munmap \(String(m + page, radix: 16)) \(page)", expect: "OK 0")
+        live = try liveObjects(t)
+        #expect(live[m]?.size == page)
+        #expect(live[m + 2 * page]?.size == 2 * page)
+        #expect(live[m + page] == nil)
+        _ = try c.child.request("munmap \(String(m, radix: 16)) \(4 * page)", expect: "OK 0")
+        live = try liveObjects(t)
+        #expect(live[m] == nil && live[m + 2 * page] == nil)
+    }
+
+    @Test func threadsAppearAndDisappear() throws {
+        let c = try ShimFixture.start()
+        let t = try c.table()
+        let before = try t.readThreads()
+        #expect(before.contains { $0.tid == c.pid })
+        let line = try c.child.request("thread", expect: "THREAD ")
+        let tid = try #require(Int32(line.dropFirst(7)))
+        let th = try #require(try t.readThreads().first { $0.tid == tid })
+        #expect(th.stackHi > th.stackLo && th.stackHi - th.stackLo >= 64 * 1024)
+        #expect(th.tlsHi > th.tlsLo)
+        #expect(try Proc.tasks(c.pid).contains(tid))
+        let roots = try t.roots(cache: ELFCache())
+        #expect(roots.contains { $0.kind == .stack && $0.start == th.stackLo && $0.end == th.stackHi })
+        #expect(roots.contains { $0.kind == .tls && $0.start == th.tlsLo })
+        _ = try c.child.request("join", expect: "JOINED")
+        #expect(try eventually { try !t.readThreads().contains { $0.tid == tid } })
+    }
+
+    @Test func forkGivesTheChildItsOwnTable() throws {
+        let c = try ShimFixture.start()
+        let parentTable = try c.table()
+        let a = try c.ask("malloc 123", "OBJ")[0]
+        try c.child.send("fork")
+        var childPid: Int32 = 0, childObj: UInt64 = 0, forked: Int32 = 0
+        while childPid == 0 || forked == 0 {
+            let l = try c.child.readLine().split(separator: " ")
+            if l.first == "CHILD", l.count == 3 { childPid = Int32(l[1]) ?? 0; childObj = hexArg(l[2]) ?? 0 }
+            if l.first == "FORKED", l.count == 2 { forked = Int32(l[1]) ?? 0 }
+        }
+        defer { kill(childPid, SIGKILL) }
+        #expect(childPid == forked)
+        let r = try Rendezvous.read(path: c.dir.path + "/\(childPid).client")
+        let childTable = try ClientTable.open(r)
+        let childStart = try Proc.stat(childPid).startTime
+        #expect(childTable.pid == childPid && childTable.openedHeader.startTime == childStart)
+        let childLive = try liveObjects(childTable)
+        let parentLive = try liveObjects(parentTable)
+        // The child inherited the parent's objects and has its own; the parent does not see the child's.
+        #expect(childLive[a]?.size == 123)
+        #expect(childLive[childObj]?.size == 777)
+        #expect(parentLive[a]?.size == 123)
+        #expect(parentLive[childObj]?.size != 777)
+        // The child's threads: only the forking thread, with the child's tid.
+        #expect(try childTable.readThreads().map(\.tid) == [childPid])
+    }
+
+    @Test func annotations() throws {
+        let c = try ShimFixture.start()
+        let t = try c.table()
+        let n = try c.ask("malloc 64", "OBJ")[0], i = try c.ask("malloc 64", "OBJ")[0]
+        let s = try c.ask("malloc 64", "OBJ")[0], ar = try c.ask("malloc 256", "OBJ")[0], tr = try c.ask("malloc 64", "OBJ")[0]
+        _ = try c.child.request("notleak \(String(n, radix: 16))", expect: "OK")
+        _ = try c.child.request("ignore \(String(i, radix: 16))", expect: "OK")
+        _ = try c.child.request("noscan \(String(s, radix: 16))", expect: "OK")
+        _ = try c.child.request("area \(String(ar, radix: 16)) 16 32", expect: "OK")
+        _ = try c.child.request("transient \(String(tr, radix: 16))", expect: "OK")
+        let live = try liveObjects(t)
+        #expect(live[n]?.minCount == 0)
+        #expect(live[i]?.minCount == -1)
+        #expect(live[s]?.noScan == true && live[s]?.minCount == 1)
+        #expect(live[ar]?.hasAreas == true)
+        #expect(live[tr]?.transientGen == 1)
+        let o = try #require(live[ar])
+        let areas = try t.readAreas().filter { $0.objectIndex == o.slot && $0.objectSeq == o.seq }
+        #expect(areas.map { [$0.start, $0.size] } == [[ar + 16, 32]])
+    }
+
+    @Test func perCPUHandlesAndCopies() throws {
+        let c = try ShimFixture.start()
+        let t = try c.table()
+        let v = try c.ask("percpu 64", "PCPU")
+        // v = [handle, nr (hex-parsed decimal: re-read), copies...]
+        let line = c.child.transcript.split(separator: "\n").last { $0.hasPrefix("PCPU ") }!.split(separator: " ")
+        let nr = try #require(UInt32(line[2]))
+        let h = v[0]
+        let copies = line.dropFirst(3).compactMap { hexArg($0) }
+        #expect(copies.count == Int(nr))
+        let live = try liveObjects(t)
+        let o = try #require(live[h])
+        #expect(o.kind == KML_KIND_PERCPU && o.isPerCPU && o.size == 64)
+        let hdr = try t.header()
+        #expect(hdr.nrCpuIds == nr)
+        let region = try #require(try t.readRegions().first { $0.isPerCPU && $0.start <= h && h < $0.start + $0.size })
+        for cpu in 0..<Int(nr) {
+            let expected = region.cpu0Base + (h - region.start) + UInt64(cpu) * region.stride
+            #expect(copies[cpu] == expected, "cpu \(cpu)")
+        }
+        // The handle itself is not readable memory; the copies are.
+        let mem = ProcessMemory(pid: c.pid)
+        #expect(mem.read(h, length: 8).isEmpty)
+        #expect(mem.read(copies[0], length: 64).count == 64)
+        _ = try c.child.request("freepercpu \(String(h, radix: 16))", expect: "OK")
+        #expect(try liveObjects(t)[h] == nil)
+    }
+
+    @Test func backtraceThroughO2FramesWithoutFramePointers() throws {
+        let c = try ShimFixture.start()
+        let t = try c.table()
+        let p = try c.ask("levels 48", "OBJ")[0]
+        let o = try #require(try liveObjects(t)[p])
+        let sym = try Symbolizer(pid: c.pid)
+        let frames = try t.frames(o.traceId)
+        let names = frames.map { sym.symbolize($0) ?? "0x" + String($0, radix: 16) }
+        print("levels trace: \(names)")
+        let fn = names.map { String($0.prefix { $0 != "+" }) }
+        let i3 = fn.firstIndex(of: "kml_fixture_level3"), i2 = fn.firstIndex(of: "kml_fixture_level2")
+        let i1 = fn.firstIndex(of: "kml_fixture_level1"), im = fn.firstIndex(of: "main")
+        #expect(i3 != nil && i2 != nil && i1 != nil && im != nil, "\(names)")
+        if let i3, let i2, let i1, let im { #expect(i3 < i2 && i2 < i1 && i1 < im, "\(names)") }
+        // Main-executable frames have no module; libc frames say [libc.so.6].
+        #expect(names.first { $0.hasPrefix("kml_fixture_level1+") }?.contains("[") == false)
+        #expect(names.contains { $0.hasSuffix(" [libc.so.6]") })
+        // With libc's debug file installed, its static functions resolve as well.
+        let libc = try #require(try Proc.maps(c.pid).first { $0.filePath.hasSuffix("/libc.so.6") })
+        if (try? ELFFile(path: libc.filePath))?.debugFile() != nil {
+            #expect(names.contains { $0.hasPrefix("__libc_start_call_main+") && $0.hasSuffix(" [libc.so.6]") }, "\(names)")
+        }
+        #expect(try t.comm(o.commId) == "kml_sys_fixture")
+    }
+
+    @Test func corruptedRealTableIsRejected() throws {
+        let c = try ShimFixture.start()
+        let r = try c.rendezvous()
+        _ = try ClientTable.open(r)
+        // Corrupt the client's table through its memfd (as a hostile client could) and re-adopt.
+        let fd = open("/proc/\(c.pid)/fd/\(r.fd)", O_RDWR)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        var v: UInt32 = 99
+        #expect(pwrite(fd, &v, 4, 8) == 4) // version
+        #expect(throws: TableError.badVersion(99)) { try ClientTable.open(r) }
+        v = 1
+        pwrite(fd, &v, 4, 8)
+        var used: UInt32 = 0xffff_ffff
+        let usedOffset = MemoryLayout<kml_header>.offset(of: \kml_header.threads_used)!
+        pwrite(fd, &used, 4, off_t(usedOffset))
+        #expect { try ClientTable.open(r) } throws: { e in if case .usedOverCapacity = e as? TableError { true } else { false } }
+    }
+
+    @Test func execGivesTheProcessANewTable() throws {
+        let c = try ShimFixture.start()
+        let t1 = try c.table()
+        #expect(t1.isAlive && t1.isStillMapped)
+        try c.child.send("exec")
+        _ = try c.child.waitFor("READY ")
+        // Same pid, same start time, but the old table is no longer the process's.
+        #expect(!t1.isAlive)
+        let r2 = try c.rendezvous()
+        let t2 = try ClientTable.open(r2)
+        #expect(t2.pid == t1.pid && t2.openedHeader.startTime == t1.openedHeader.startTime)
+        #expect(t2.inode != t1.inode && t2.isAlive)
+        let result = ClientDiscovery.scan(runDirectory: c.dir.path, known: [t1.id])
+        if r2.address != t1.rendezvous?.address {
+            #expect(result.adopted.map(\.inode) == [t2.inode])
+        }
+        #expect(ClientDiscovery.scan(runDirectory: c.dir.path, known: [t2.id]).adopted.isEmpty)
+    }
+
+    @Test func daemonFieldsAreWrittenToTheClient() throws {
+        let c = try ShimFixture.start()
+        let t = try c.table()
+        try t.setDaemonPid(getpid())
+        try t.setDaemonScans(5)
+        let again = try c.table().header()
+        #expect(again.daemonPid == getpid() && again.daemonScans == 5)
+    }
+}
+
+@Suite(.enabled(if: Shim.available && getuid() == 0 && fileExists("/usr/bin/setpriv"), "needs root, setpriv and `make shim`"))
+struct OtherUserClientTests {
+    /// A client running as another user (nobody): its table, memory, roots and symbols are all
+    /// readable by the (root) daemon.
+    @Test func clientOfAnotherUser() throws {
+        let fixture = try ShimFixture.path.get()
+        let dir = try TempDir()
+        chmod(dir.path, 0o1777)
+        // The compiled fixture lives in a root-owned 0755 directory: executable by nobody.
+        let child = try ChildProcess("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", fixture],
+                                     env: ["LD_PRELOAD": Shim.library, "KMEMLEAK_RUN_DIR": dir.path])
+        defer { child.terminate() }
+        _ = try child.waitFor("READY ")
+        let p = try #require(hexArg(Substring(try child.request("levels 99", expect: "OBJ ").split(separator: " ")[1])))
+        let r = try Rendezvous.read(path: dir.path + "/\(child.pid).client")
+        let t = try ClientTable.open(r)
+        var st = stat()
+        #expect(stat("/proc/\(child.pid)", &st) == 0 && st.st_uid == 65534)
+        let o = try #require(try liveObjects(t)[p])
+        #expect(o.size == 99)
+        let sym = try Symbolizer(pid: child.pid)
+        #expect(try t.frames(o.traceId).compactMap { sym.symbolize($0) }.contains { $0.hasPrefix("kml_fixture_level1+") })
+        #expect(ProcessMemory(pid: child.pid).read(p, length: 99).count == 99)
+        #expect(!(try t.roots(cache: ELFCache())).isEmpty)
+        try t.setDaemonScans(1)
+        #expect(try t.header().daemonScans == 1)
+    }
+}

@@ -1,0 +1,112 @@
+// A scriptable client for the real-process tests (compiled once with -O2, no frame pointers,
+// against kmemleak.h): one command per stdin line, one reply line per command.
+import Glibc
+
+enum ShimFixture {
+    static let source = #"""
+    #define _GNU_SOURCE
+    #include <pthread.h>
+    #include <stdint.h>
+    #include <stdio.h>
+    #include <stdlib.h>
+    #include <string.h>
+    #include <sys/mman.h>
+    #include <sys/syscall.h>
+    #include <unistd.h>
+    #include "kmemleak.h"
+
+    void *volatile sink;
+    __attribute__((noinline)) void *kml_fixture_level3(size_t n) { void *p = malloc(n); sink = p; return p; }
+    __attribute__((noinline)) void *kml_fixture_level2(size_t n) { void *p = kml_fixture_level3(n); sink = p; return p; }
+    __attribute__((noinline)) void *kml_fixture_level1(size_t n) { void *p = kml_fixture_level2(n); sink = p; return p; }
+
+    static int thread_pipe[2];
+    static pthread_t threads[64];
+    static int nthreads;
+    static void *thread_main(void *arg) {
+        printf("THREAD %ld\n", (long)syscall(SYS_gettid));
+        char c;
+        while (read(thread_pipe[0], &c, 1) < 0) {}
+        return NULL;
+    }
+
+    int main(void) {
+        setvbuf(stdout, NULL, _IOLBF, 0);
+        pipe(thread_pipe);
+        printf("READY %d\n", getpid());
+        char line[256];
+        while (fgets(line, sizeof line, stdin)) {
+            unsigned long a, b, c;
+            if (sscanf(line, "malloc %lu", &a) == 1) printf("OBJ %p\n", malloc(a));
+            else if (sscanf(line, "levels %lu", &a) == 1) printf("OBJ %p\n", kml_fixture_level1(a));
+            else if (sscanf(line, "free %lx", &a) == 1) { free((void *)a); printf("OK\n"); }
+            else if (sscanf(line, "realloc %lx %lu", &a, &b) == 2) printf("OBJ %p\n", realloc((void *)a, b));
+            else if (sscanf(line, "mmap %lu", &a) == 1)
+                printf("OBJ %p\n", mmap(NULL, a, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+            else if (sscanf(line, "munmap %lx %lu", &a, &b) == 2) printf("OK %d\n", munmap((void *)a, b));
+            else if (sscanf(line, "notleak %lx", &a) == 1) { kmemleak_not_leak((void *)a); printf("OK\n"); }
+            else if (sscanf(line, "ignore %lx", &a) == 1) { kmemleak_ignore((void *)a); printf("OK\n"); }
+            else if (sscanf(line, "noscan %lx", &a) == 1) { kmemleak_no_scan((void *)a); printf("OK\n"); }
+            else if (sscanf(line, "transient %lx", &a) == 1) { kmemleak_transient_leak((void *)a); printf("OK\n"); }
+            else if (sscanf(line, "area %lx %lu %lu", &a, &b, &c) == 3) { kmemleak_scan_area((char *)a + b, c); printf("OK\n"); }
+            else if (sscanf(line, "percpu %lu", &a) == 1) {
+                void *h = __alloc_percpu(a, 8);
+                printf("PCPU %p %u", h, kmemleak_nr_cpu_ids());
+                for (unsigned int cpu = 0; cpu < kmemleak_nr_cpu_ids(); cpu++) printf(" %p", kmemleak_per_cpu_ptr(h, cpu));
+                printf("\n");
+            }
+            else if (sscanf(line, "freepercpu %lx", &a) == 1) { free_percpu((void *)a); printf("OK\n"); }
+            else if (strncmp(line, "thread", 6) == 0) pthread_create(&threads[nthreads++], NULL, thread_main, NULL);
+            else if (strncmp(line, "join", 4) == 0) {
+                write(thread_pipe[1], "x", 1);
+                pthread_join(threads[--nthreads], NULL);
+                printf("JOINED\n");
+            }
+            else if (strncmp(line, "fork", 4) == 0) {
+                pid_t p = fork();
+                if (p == 0) {
+                    void *q = malloc(777);
+                    printf("CHILD %d %p\n", getpid(), q);
+                    for (;;) pause();
+                }
+                printf("FORKED %d\n", p);
+            }
+            else if (strncmp(line, "exec", 4) == 0) { execl("/proc/self/exe", "kml_sys_fixture", (char *)NULL); printf("ERROR exec\n"); }
+            else if (strncmp(line, "exit", 4) == 0) return 0;
+            else printf("ERROR %s", line);
+        }
+        return 0;
+    }
+    """#
+
+    static let path: Result<String, TestError> = {
+        let dir = "/tmp/kml-sys-fixture-\(getpid())"
+        mkdir(dir, 0o755)
+        removeBuildDirsAtExit()
+        let src = dir + "/kml_sys_fixture.c", exe = dir + "/kml_sys_fixture"
+        do {
+            try writeFile(src, source)
+            let r = try run("/usr/bin/cc", ["-O2", "-g", "-fomit-frame-pointer", "-pthread",
+                                            "-I", Shim.root + "/Sources/libkmemleak/include", "-o", exe, src])
+            guard r.status == 0 else { return .failure(TestError("cc failed: \(r.output)")) }
+            return .success(exe)
+        } catch {
+            return .failure(TestError("\(error)"))
+        }
+    }()
+
+    /// Starts the fixture under the shim and waits for READY.
+    static func start(env: [String: String] = [:]) throws -> ShimClient {
+        let c = try ShimClient(try path.get(), env: env)
+        _ = try c.child.waitFor("READY ")
+        return c
+    }
+}
+
+extension ShimClient {
+    /// Sends a command and returns the hex numbers of its reply (after the tag).
+    func ask(_ cmd: String, _ tag: String) throws -> [UInt64] {
+        let line = try child.request(cmd, expect: tag + " ")
+        return line.split(separator: " ").dropFirst().compactMap { hexArg($0) }
+    }
+}

@@ -1,0 +1,199 @@
+import Glibc
+import KmemleakEngine
+@testable import KmemleakSystem
+import Testing
+
+/// Our own libc mapping (offset 0) and path.
+func ownLibc() throws -> MapEntry {
+    guard let m = try Proc.maps(getpid()).first(where: { $0.filePath.hasSuffix("/libc.so.6") && $0.offset == 0 }) else {
+        throw TestError("no libc in our maps")
+    }
+    return m
+}
+
+func dlsymAddress(_ name: String) throws -> UInt64 {
+    guard let p = dlsym(UnsafeMutableRawPointer(bitPattern: 0), name) else { throw TestError("dlsym \(name)") }
+    return UInt64(UInt(bitPattern: p))
+}
+
+@Suite struct ELFTests {
+    @Test func binTrue() throws {
+        let f = try ELFFile(path: "/bin/true")
+        #expect(f.type == ELFFile.ET_DYN || f.type == ELFFile.ET_EXEC)
+        #expect(f.programHeaders.contains { $0.isLoad })
+        #expect(!f.writableLoads.isEmpty)
+        #expect(f.firstLoadVaddr == 0 || f.type == ELFFile.ET_EXEC)
+    }
+
+    @Test func libcSymbols() throws {
+        let m = try ownLibc()
+        let f = try ELFFile(path: m.filePath)
+        #expect(f.symbolCount > 1000)
+        let bias = m.start - f.firstLoadVaddr!
+        for name in ["malloc", "free", "getpid", "pthread_create", "fopen"] {
+            let a = try dlsymAddress(name)
+            let s = f.symbol(containing: a - bias)
+            #expect(s != nil, "\(name)")
+            #expect(s?.address == a - bias && (s?.size ?? 0) > 0)
+            #expect(s?.name == name)
+            #expect(s?.name.contains("@") == false)
+        }
+    }
+
+    @Test func buildIDAndSeparateDebugFile() throws {
+        let m = try ownLibc()
+        let f = try ELFFile(path: m.filePath)
+        let id = try #require(f.buildID)
+        #expect(id.count == 20)
+        if let debug = f.debugFile() {
+            // libc6-dbg: the full .symtab, so static functions resolve too.
+            #expect(debug.symbolCount > 3000)
+            #expect(f.symbolCount == debug.symbolCount)
+        }
+    }
+
+    @Test func notELFAndMalformed() throws {
+        let dir = try TempDir()
+        try writeFile(dir.path + "/text", "hello, this is not an ELF file at all........................................................")
+        #expect(throws: ELFError.notELF) { try ELFFile(path: dir.path + "/text") }
+        #expect(throws: ELFError.notELF) { try ELFFile(path: "/proc/self/maps") }
+        // A valid ELF header whose program headers point past the end of the file.
+        var hdr = [UInt8](repeating: 0, count: 64)
+        hdr[0] = 0x7f; hdr[1] = 0x45; hdr[2] = 0x4c; hdr[3] = 0x46; hdr[4] = 2; hdr[5] = 1; hdr[16] = 3
+        hdr[32] = 0xff; hdr[33] = 0xff; hdr[34] = 0xff // e_phoff huge
+        hdr[54] = 56; hdr[56] = 4 // phentsize, phnum
+        let fd = open(dir.path + "/bad", O_WRONLY | O_CREAT, 0o644)
+        _ = hdr.withUnsafeBytes { write(fd, $0.baseAddress, 64) }
+        close(fd)
+        #expect(throws: ELFError.self) { try ELFFile(path: dir.path + "/bad") }
+        #expect(throws: ELFError.self) { try ELFFile(path: dir.path + "/missing") }
+    }
+}
+
+@Suite struct SymbolizerTests {
+    @Test func libcFunctionInAChild() throws {
+        // Offsets of libc functions computed in our process, applied to a child's libc base.
+        let (c, pid) = try Helper.start()
+        defer { c.terminate() }
+        let sym = try Symbolizer(pid: pid)
+        let own = try ownLibc()
+        let ownFile = try ELFFile(path: own.filePath)
+        for name in ["malloc", "free", "getpid"] {
+            let childAddr = try addrs(try c.request("sym \(name)", expect: "addr"))[0]
+            let ours = try dlsymAddress(name)
+            let size = ownFile.symbol(containing: ours - (own.start - ownFile.firstLoadVaddr!))!.size
+            let expected = "\(name)+0x0/0x\(String(size, radix: 16)) [libc.so.6]"
+            #expect(sym.symbolize(exact: childAddr) == expected)
+            // As a return address: pc inside the function.
+            #expect(sym.symbolize(childAddr + 5) == "\(name)+0x5/0x\(String(size, radix: 16)) [libc.so.6]")
+            // A return address at a function's start belongs to the caller before it (pc - 1).
+            #expect(!(sym.symbolize(childAddr)?.hasPrefix("\(name)+") ?? false))
+        }
+    }
+
+    @Test func binSleepChild() throws {
+        let c = try ChildProcess("/bin/sleep", ["30"])
+        defer { c.terminate() }
+        // Wait until the child has exec'd and mapped libc (condition, not a sleep).
+        var base: MapEntry? = nil
+        let deadline = ChildProcess.now() + 10
+        while base == nil && ChildProcess.now() < deadline {
+            base = (try? Proc.maps(c.pid))?.first { $0.filePath.hasSuffix("/libc.so.6") && $0.offset == 0 }
+            if base == nil { sched_yield() }
+        }
+        let b = try #require(base)
+        let own = try ownLibc()
+        let off = try dlsymAddress("malloc") - own.start
+        let sym = try Symbolizer(pid: c.pid)
+        #expect(sym.symbolize(exact: b.start + off)?.hasPrefix("malloc+0x0/0x") == true)
+        #expect(sym.symbolize(exact: b.start + off)?.hasSuffix(" [libc.so.6]") == true)
+        #expect(sym.symbolize(exact: 0x10) == nil)
+    }
+
+    @Test func mainExecutableHasNoModule() throws {
+        let (c, pid) = try Helper.start()
+        defer { c.terminate() }
+        let a = try addrs(try c.request("marker", expect: "addr"))[0]
+        let sym = try Symbolizer(pid: pid)
+        let s = try #require(sym.symbolize(exact: a))
+        #expect(s.hasPrefix("helper_marker+0x0/0x"))
+        #expect(!s.contains("["))
+        #expect(sym.symbolize(a + 3)?.hasPrefix("helper_marker+0x3/0x") == true)
+    }
+
+    @Test func warmCacheSpeed() throws {
+        let (c, pid) = try Helper.start()
+        defer { c.terminate() }
+        let cache = ELFCache()
+        let sym = try Symbolizer(pid: pid, cache: cache)
+        let base = try addrs(try c.request("sym malloc", expect: "addr"))[0]
+        // 10k reports x 16 frames: 160k return addresses, 4k distinct, in libc's text.
+        let pcs = (0..<160_000).map { base &+ UInt64(($0 * 7919) % 4096) * 37 }
+        _ = sym.symbolize(pcs[0]) // load the index
+        let t0 = ChildProcess.now()
+        var resolved = 0
+        for pc in pcs where sym.symbolize(pc) != nil { resolved += 1 }
+        let dt = ChildProcess.now() - t0
+        // Distinct PCs only (no memo): a second symbolizer sharing the warm file cache.
+        let sym2 = try Symbolizer(pid: pid, cache: cache)
+        let distinct = Array(Set(pcs))
+        let t1 = ChildProcess.now()
+        for pc in distinct { _ = sym2.symbolize(pc) }
+        let dt2 = ChildProcess.now() - t1
+        print("symbolize: 160k frames in \(dt) s (\(dt / 160_000 * 1e6) us/frame); \(distinct.count) distinct cold-memo in \(dt2) s (\(dt2 / Double(distinct.count) * 1e6) us/frame)")
+        #expect(resolved > 10_000)
+        #expect(dt < 1.0)
+    }
+}
+
+@Suite struct RootsTests {
+    /// .data and a 64 KiB .bss (beyond the file's end: the anonymous mapping after the file's rw
+    /// pages) of a child are covered by data roots computed from its ELF program headers.
+    @Test func dataAndBssOfAChild() throws {
+        let (c, pid) = try Helper.start()
+        defer { c.terminate() }
+        let v = try addrs(try c.request("data", expect: "addr"))
+        let (data, bss) = (v[0], v[1])
+        let maps = try Proc.maps(pid)
+        let roots = Roots.compute(pid: pid, maps: maps, threads: [], regions: [], cache: ELFCache())
+        func covered(_ a: UInt64, _ n: UInt64) -> Bool {
+            roots.contains { $0.kind == .data && $0.start <= a && a + n <= $0.end && $0.label.hasSuffix("/helper") }
+        }
+        #expect(covered(data, 8192))
+        #expect(covered(bss, 65536))
+        // The bss tail lies in an anonymous mapping.
+        #expect(maps.first { $0.start <= bss + 65535 && bss + 65535 < $0.end }?.isAnonymous == true)
+        // libc's writable segments too, the [stack] for the main thread, and nothing unreadable.
+        #expect(roots.contains { $0.kind == .data && $0.label.hasSuffix("/libc.so.6") })
+        #expect(roots.contains { $0.kind == .stack })
+        for r in roots {
+            let m = maps.first { $0.start <= r.start && r.start < $0.end }
+            #expect(m?.readable == true, "\(r)")
+        }
+        // The bss pattern reads back as written.
+        #expect(ProcessMemory(pid: pid).read(bss, length: 65536).allSatisfy { $0 == 0x5a })
+        // Excluding the program and cutting a range out.
+        let cut = Roots.compute(pid: pid, maps: maps, threads: [], regions: [], excluded: [(bss, 4096)],
+                                excludedModules: ["helper"], cache: ELFCache())
+        #expect(!cut.contains { $0.label.hasSuffix("/helper") })
+        let cut2 = Roots.compute(pid: pid, maps: maps, threads: [], regions: [], excluded: [(bss, 4096)], cache: ELFCache())
+        #expect(!cut2.contains { $0.start < bss + 4096 && bss < $0.end })
+        #expect(cut2.contains { $0.start == bss + 4096 })
+    }
+
+    @Test func threadStacksAndTLSFromTheTable() {
+        let maps = [MapEntry(start: 0x7ff0_0000_0000, end: 0x7ff0_0002_0000, readable: true, writable: true, executable: false,
+                             shared: false, offset: 0, devMajor: 0, devMinor: 0, inode: 0, path: "[stack]")]
+        let threads = [
+            ThreadRecord(slot: 0, tid: 10, stackLo: 0, stackHi: 0, tlsLo: 0x1000, tlsHi: 0x1100, comm: "main"),
+            ThreadRecord(slot: 1, tid: 11, stackLo: 0x10000, stackHi: 0x20000, tlsLo: 0x30000, tlsHi: 0x30100, comm: "w"),
+        ]
+        let regions = [RegionRecord(slot: 0, kind: 2, start: 0x18000, size: 0x1000, cpu0Base: 0, stride: 0, nrCpus: 0)]
+        let roots = Roots.compute(pid: 10, maps: maps, threads: threads, regions: regions, cache: ELFCache())
+        #expect(roots.filter { $0.kind == .stack }.map { [$0.start, $0.end] } ==
+                [[0x10000, 0x18000], [0x19000, 0x20000], [0x7ff0_0000_0000, 0x7ff0_0002_0000]])
+        #expect(roots.filter { $0.kind == .tls }.map { [$0.start, $0.end] } == [[0x1000, 0x1100], [0x30000, 0x30100]])
+        #expect(Roots.compute(pid: 10, maps: maps, threads: threads, regions: [], includeStacks: false, cache: ELFCache())
+                    .allSatisfy { $0.kind == .tls })
+    }
+}

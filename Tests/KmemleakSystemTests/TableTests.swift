@@ -1,0 +1,423 @@
+import CKmemleakABI
+import CKmemleakSys
+import Glibc
+@testable import KmemleakSystem
+import Synchronization
+import Testing
+
+func allObjects(_ t: ClientTable) throws(TableError) -> ([ObjectRecord], ReadStats) {
+    var out: [ObjectRecord] = []
+    let stats = try t.readObjects { out.append($0) }
+    return (out, stats)
+}
+
+@Suite struct SyntheticTableTests {
+    @Test func validTable() throws {
+        let s = try SyntheticTable()
+        s.setComm(1, "main")
+        s.setComm(2, "worker 1")
+        s.setTrace(1, [0x1000, 0x2000, 0x3000])
+        s.setTrace(2, Array(1...16).map { UInt64($0) })
+        s.setObject(0, pointer: 0x10000, size: 32, seq: 1, trace: 1, comm: 1)
+        s.setObject(1, pointer: 0x20000, size: 64, seq: 2, trace: 2, comm: 2, state: SyntheticTable.state(live: false, version: 2))
+        s.setObject(2, pointer: 0x30000, size: 4096, seq: 3, trace: 0, comm: 0, minCount: 0, flags: KML_KIND_MMAP | KML_OBJ_NO_SCAN)
+        s.setObject(5, pointer: 0x40000, size: 64, seq: 9, trace: 2, comm: 2, minCount: -1, flags: KML_KIND_PERCPU | KML_OBJ_HAS_AREAS, state: SyntheticTable.state(version: 77))
+        s.setThread(0, tid: 100, stack: (0, 0), tls: (0x7000, 0x7100), comm: "main")
+        s.setThread(1, tid: 101, stack: (0x9000, 0xa000), tls: (0xb000, 0xb100), comm: "worker 1")
+        s.setRegion(0, kind: KML_REGION_PERCPU, start: 0x100000, size: 0x10000, cpu0: 0x200000, stride: 0x10000, nrCpus: 4)
+        s.setRegion(1, kind: KML_REGION_SHIM_PRIVATE, start: 0x300000, size: 0x1000)
+        s.setArea(0, object: 5, seq: 9, start: 0x40008, size: 16)
+        s.header.flags = KML_TABLE_DISABLED
+        withUnsafeMutableBytes(of: &s.header.disabled_reason) { b in for (i, c) in "out of slots".utf8.enumerated() { b[i] = c } }
+        s.header.live_objects = 3
+        s.writeHeader()
+
+        let t = try s.open(expectedPid: getpid())
+        let h = try t.header()
+        #expect(h.pid == getpid() && h.nrCpuIds == 4 && h.clkTck == 100 && h.liveObjects == 3)
+        #expect(h.isDisabled && h.disabledReason == "out of slots")
+        let (objs, stats) = try allObjects(t)
+        #expect(objs.map(\.slot) == [0, 2, 5])
+        #expect(objs.map(\.pointer) == [0x10000, 0x30000, 0x40000])
+        #expect(objs[0].size == 32 && objs[0].seq == 1 && objs[0].traceId == 1 && objs[0].commId == 1 && objs[0].tid == 7)
+        #expect(objs[1].kind == KML_KIND_MMAP && objs[1].noScan && objs[1].minCount == 0)
+        #expect(objs[2].isPerCPU && objs[2].hasAreas && objs[2].minCount == -1 && objs[2].version == 77)
+        #expect(stats.slots == 6 && stats.live == 3 && stats.skipped == 0)
+        #expect(try t.frames(1) == [0x1000, 0x2000, 0x3000])
+        #expect(try t.frames(2).count == 16)
+        #expect(try t.frames(0) == [] && t.frames(3) == [] && t.frames(1000) == [])
+        #expect(try t.loadTraces() == 2)
+        #expect(try t.comm(1) == "main" && t.comm(2) == "worker 1" && t.comm(3) == nil && t.comm(0) == nil)
+        let threads = try t.readThreads()
+        #expect(threads.count == 2 && threads[1].tid == 101 && threads[1].stackLo == 0x9000 && threads[1].comm == "worker 1")
+        let regions = try t.readRegions()
+        #expect(regions.count == 2 && regions[0].isPerCPU && regions[0].nrCpus == 4 && regions[1].isShimPrivate)
+        let areas = try t.readAreas()
+        #expect(areas == [AreaRecord(slot: 0, objectIndex: 5, objectSeq: 9, start: 0x40008, size: 16)])
+        #expect(try t.readObject(slot: 5)?.seq == 9)
+        #expect(try t.readObject(slot: 1) == nil)
+        #expect(try t.readObject(slot: 1_000_000) == nil)
+        // Daemon-owned fields.
+        try t.setDaemonPid(4242)
+        try t.setDaemonScans(3)
+        let h2 = try t.header()
+        #expect(h2.daemonPid == 4242 && h2.daemonScans == 3)
+    }
+
+    @Test func hugeIdsDoNotAllocate() throws {
+        // A sparse 2^22-trace, 2^22-comm table: looking up the last ids reads one record, caches one.
+        let s = try SyntheticTable(.init(objects: 64, traces: 1 << 22, comms: 1 << 22))
+        s.setTrace(1 << 22, [42])
+        s.setComm(1 << 22, "last")
+        let t = try s.open()
+        #expect(try t.frames(1 << 22) == [42])
+        #expect(try t.comm(1 << 22) == "last")
+        #expect(try t.frames((1 << 22) - 1) == [])
+        #expect(try t.frames(UInt32.max) == [])
+        #expect(try t.loadTraces() == 0) // beyond the bulk-load bound: read on demand (above)
+    }
+
+    @Test func sparseTableIsSkippedByHoles() throws {
+        // 16M slots claimed used (a 1 GiB sparse memfd), two live objects: holes are not read.
+        let n: UInt32 = 1 << 24
+        let s = try SyntheticTable(.init(objects: n))
+        s.setObject(10, pointer: 0x1000, size: 8, seq: 1)
+        s.setObject(n - 5, pointer: 0x2000, size: 8, seq: 2)
+        s.header.objects_used = n
+        s.writeHeader()
+        let (objs, stats) = try allObjects(try s.open())
+        #expect(objs.map(\.pointer) == [0x1000, 0x2000])
+        #expect(stats.bytes < 8 << 20, "read \(stats.bytes) bytes")
+    }
+
+    @Test func busySlotIsSkippedNotHung() throws {
+        let s = try SyntheticTable()
+        s.setObject(0, pointer: 0x1000, size: 8, seq: 1)
+        s.setObject(1, pointer: 0x2000, size: 8, seq: 2, state: SyntheticTable.state(busy: true))
+        s.setObject(2, pointer: 0x3000, size: 8, seq: 3)
+        let (objs, stats) = try allObjects(try s.open())
+        #expect(objs.map(\.seq) == [1, 3])
+        #expect(stats.retried == 1 && stats.skipped == 1)
+    }
+
+    /// One corruption, how to apply it, and the error it must give (from open or from reads).
+    struct Corruption: Sendable, CustomTestStringConvertible {
+        var name: String
+        var apply: @Sendable (SyntheticTable) -> Void
+        var check: @Sendable (TableError) -> Bool
+        var testDescription: String { name }
+    }
+
+    static let corruptions: [Corruption] = [
+        .init(name: "bad magic", apply: { $0.header.magic = 0x1234; $0.writeHeader() }, check: { $0 == .badMagic(0x1234) }),
+        .init(name: "version", apply: { $0.header.version = 2; $0.writeHeader() }, check: { $0 == .badVersion(2) }),
+        .init(name: "header_size", apply: { $0.header.header_size = 100; $0.writeHeader() }, check: { $0 == .badHeaderSize(100) }),
+        .init(name: "total_size small", apply: { $0.header.total_size = 10; $0.writeHeader() }, check: { $0 == .badTotalSize(10) }),
+        .init(name: "total_size > file", apply: { $0.header.total_size += 4096; $0.writeHeader() }, check: { if case .truncated = $0 { true } else { false } }),
+        .init(name: "truncated file", apply: { _ = ftruncate($0.fd, 4096) }, check: { if case .truncated = $0 { true } else { false } }),
+        .init(name: "empty file", apply: { _ = ftruncate($0.fd, 0) }, check: { if case .truncated = $0 { true } else { false } }),
+        .init(name: "section past end", apply: { $0.header.areas_offset = $0.header.total_size - 8; $0.writeHeader() }, check: { if case .badSection("areas", _) = $0 { true } else { false } }),
+        .init(name: "section offset overflow", apply: { $0.header.objects_offset = UInt64.max - 63; $0.writeHeader() }, check: { if case .badSection("objects", _) = $0 { true } else { false } }),
+        .init(name: "section inside header", apply: { $0.header.traces_offset = 64; $0.writeHeader() }, check: { if case .badSection("traces", _) = $0 { true } else { false } }),
+        .init(name: "misaligned section", apply: { $0.header.comms_offset += 4; $0.writeHeader() }, check: { if case .badSection("comms", _) = $0 { true } else { false } }),
+        .init(name: "huge capacity", apply: { $0.header.objects_capacity = UInt32.max; $0.writeHeader() }, check: { if case .badSection("objects", _) = $0 { true } else { false } }),
+        .init(name: "entry size", apply: { $0.header.object_size = 48; $0.writeHeader() }, check: { if case .badSection("objects", _) = $0 { true } else { false } }),
+        .init(name: "overlapping sections", apply: { $0.header.threads_offset = $0.header.traces_offset + 64; $0.writeHeader() }, check: { if case .overlappingSections = $0 { true } else { false } }),
+        .init(name: "used > capacity", apply: { $0.header.objects_used = $0.header.objects_capacity + 1; $0.writeHeader() }, check: { $0 == .usedOverCapacity(section: "objects", used: 65, capacity: 64) }),
+        .init(name: "nr_cpu_ids 0", apply: { $0.header.nr_cpu_ids = 0; $0.writeHeader() }, check: { if case .badSection("header", _) = $0 { true } else { false } }),
+        .init(name: "trace len > 16", apply: { $0.setTrace(1, [1, 2], len: 17) }, check: { $0 == .traceTooLong(id: 1, length: 17) }),
+        .init(name: "object trace id out of range", apply: { $0.setObject(3, pointer: 0x1000, size: 8, seq: 1, trace: 17) }, check: { if case .badRecord("objects", 3, _) = $0 { true } else { false } }),
+        .init(name: "object comm id out of range", apply: { $0.setObject(0, pointer: 0x1000, size: 8, seq: 1, comm: 9) }, check: { if case .badRecord("objects", 0, _) = $0 { true } else { false } }),
+        .init(name: "object kind", apply: { $0.setObject(0, pointer: 0x1000, size: 8, seq: 1, flags: 0xf) }, check: { if case .badRecord("objects", 0, _) = $0 { true } else { false } }),
+        .init(name: "object size overflow", apply: { $0.setObject(0, pointer: UInt64.max - 4, size: 8, seq: 1) }, check: { if case .badRecord("objects", 0, _) = $0 { true } else { false } }),
+        .init(name: "comm without NUL", apply: { $0.setComm(1, "", raw: Array(repeating: 0x41, count: 16)) }, check: { $0 == .commNotTerminated(id: 1) }),
+        .init(name: "thread comm without NUL", apply: { $0.setThread(0, tid: 1, stack: (0, 0), tls: (0, 0), comm: "", rawComm: Array(repeating: 0x41, count: 16)) }, check: { if case .badRecord("threads", 0, _) = $0 { true } else { false } }),
+        .init(name: "thread inverted stack", apply: { $0.setThread(0, tid: 1, stack: (0x2000, 0x1000), tls: (0, 0), comm: "x") }, check: { if case .badRecord("threads", 0, _) = $0 { true } else { false } }),
+        .init(name: "region kind", apply: { $0.setRegion(0, kind: 9, start: 0x1000, size: 0x1000) }, check: { if case .badRecord("regions", 0, _) = $0 { true } else { false } }),
+        .init(name: "region nr_cpus > nr_cpu_ids", apply: { $0.setRegion(0, kind: KML_REGION_PERCPU, start: 0x1000, size: 0x1000, cpu0: 0x10000, stride: 0x1000, nrCpus: 5) }, check: { if case .badRecord("regions", 0, _) = $0 { true } else { false } }),
+        .init(name: "region layout overflow", apply: { $0.setRegion(0, kind: KML_REGION_PERCPU, start: 0x1000, size: 0x1000, cpu0: UInt64.max - 0x100, stride: 0x1000, nrCpus: 4) }, check: { if case .badRecord("regions", 0, _) = $0 { true } else { false } }),
+        .init(name: "area object index", apply: { $0.setArea(0, object: 64, seq: 1, start: 0, size: 8) }, check: { if case .badRecord("areas", 0, _) = $0 { true } else { false } }),
+    ]
+
+    @Test(arguments: corruptions)
+    func corruptTableGivesTypedError(_ c: Corruption) throws {
+        let s = try SyntheticTable()
+        s.setObject(0, pointer: 0x1000, size: 8, seq: 1)
+        c.apply(s)
+        var caught: TableError? = nil
+        do {
+            let t = try s.open()
+            _ = try allObjects(t)
+            _ = try t.readThreads()
+            _ = try t.readRegions()
+            _ = try t.readAreas()
+            _ = try t.loadTraces()
+            for id in 1...8 { _ = try t.comm(UInt32(id)) }
+        } catch {
+            caught = error
+        }
+        let e = try #require(caught, "\(c.name): no error")
+        #expect(c.check(e), "\(c.name): got \(e)")
+    }
+
+    @Test func truncatedAfterOpen() throws {
+        let s = try SyntheticTable()
+        s.setObject(0, pointer: 0x1000, size: 8, seq: 1)
+        s.setTrace(1, [1])
+        let t = try s.open()
+        _ = try allObjects(t)
+        ftruncate(s.fd, 1024)
+        #expect { try allObjects(t) } throws: { e in if case .truncated = e as? TableError { true } else { false } }
+        #expect { try t.frames(1) } throws: { _ in true }
+        ftruncate(s.fd, 0)
+        #expect { try t.header() } throws: { e in if case .truncated = e as? TableError { true } else { false } }
+        #expect { try t.setDaemonPid(1) } throws: { e in if case .truncated = e as? TableError { true } else { false } }
+        var st = stat()
+        fstat(s.fd, &st)
+        #expect(st.st_size == 0) // the daemon never extended it
+    }
+
+    @Test func geometryChangeAfterOpenIsRejected() throws {
+        let s = try SyntheticTable()
+        let t = try s.open()
+        s.header.objects_capacity = 32
+        s.writeHeader()
+        #expect(throws: TableError.geometryChanged) { try t.header() }
+    }
+
+    @Test func pidMismatch() throws {
+        let s = try SyntheticTable(pid: 1)
+        #expect(throws: TableError.pidMismatch(header: 1, expected: getpid())) { try s.open(expectedPid: getpid()) }
+    }
+
+    /// A writer rewrites slots with the seqlock protocol while we read: every record we accept is
+    /// internally consistent (pointer = seq * 16, size = seq, time = seq * 1000).
+    @Test func concurrentWriterNeverGivesTornRecords() throws {
+        let s = try SyntheticTable(.init(objects: 256))
+        for i in 0..<256 { s.setObject(UInt32(i), pointer: UInt64(i + 1) * 16, size: UInt64(i + 1), seq: UInt64(i + 1)) }
+        let base = try s.map()
+        let objects = base + Int(s.header.objects_offset)
+        let stop = Atomic<Bool>(false)
+        let writes = Atomic<Int>(0)
+        nonisolated(unsafe) let objs = objects
+        let writer = SpinThread {
+            var seq: UInt64 = 1000
+            while !stop.load(ordering: .relaxed) {
+                for slot in 0..<256 {
+                    let p = objs + slot * 64
+                    let old = kml_load_acquire_u32(p)
+                    let busy = (old | KML_STATE_BUSY) & ~KML_STATE_KIND_MASK | KML_STATE_LIVE
+                    kml_store_release_i32(p, Int32(bitPattern: busy))
+                    kml_acquire_fence() // compiler barrier; x86 keeps store order
+                    seq += 1
+                    p.storeBytes(of: seq * 16, toByteOffset: 8, as: UInt64.self)
+                    p.storeBytes(of: seq, toByteOffset: 16, as: UInt64.self)
+                    p.storeBytes(of: seq, toByteOffset: 24, as: UInt64.self)
+                    p.storeBytes(of: seq * 1000, toByteOffset: 32, as: UInt64.self)
+                    let version = ((old >> KML_STATE_VERSION_SHIFT) &+ 1) << KML_STATE_VERSION_SHIFT
+                    kml_store_release_i32(p, Int32(bitPattern: version | KML_STATE_LIVE))
+                }
+                writes.add(256, ordering: .relaxed)
+            }
+        }
+        defer { munmap(base, Int(s.totalSize)) }
+        let t = try s.open()
+        var accepted = 0, skipped = 0, retried = 0
+        let deadline = ChildProcess.now() + 1.0
+        var passes = 0
+        while ChildProcess.now() < deadline || passes < 5 {
+            let stats = try t.readObjects { o in
+                #expect(o.pointer == o.seq * 16 && o.size == o.seq && o.timeNs == o.seq * 1000, "torn record \(o)")
+                accepted += 1
+            }
+            skipped += stats.skipped
+            retried += stats.retried
+            passes += 1
+        }
+        stop.store(true, ordering: .relaxed)
+        writer.join()
+        print("seqlock: \(passes) passes, \(accepted) accepted, \(retried) retried, \(skipped) skipped, \(writes.load(ordering: .relaxed)) writes")
+        #expect(accepted > 0)
+    }
+
+    @Test func readSpeedOneMillionObjects() throws {
+        let n: UInt32 = 1 << 20
+        let s = try SyntheticTable(.init(objects: n, traces: 1024))
+        let base = try s.map()
+        defer { munmap(base, Int(s.totalSize)) }
+        let objs = base + Int(s.header.objects_offset)
+        for i in 0..<Int(n) {
+            let p = objs + i * 64
+            p.storeBytes(of: SyntheticTable.state(live: i % 8 != 0), as: UInt32.self)
+            p.storeBytes(of: UInt64(0x10000 + i * 64), toByteOffset: 8, as: UInt64.self)
+            p.storeBytes(of: UInt64(48), toByteOffset: 16, as: UInt64.self)
+            p.storeBytes(of: UInt64(i + 1), toByteOffset: 24, as: UInt64.self)
+        }
+        s.header.objects_used = n
+        s.writeHeader()
+        let t = try s.open()
+        let t0 = ChildProcess.now()
+        var count = 0
+        var sum: UInt64 = 0
+        let stats = try t.readObjects { o in count += 1; sum &+= o.pointer }
+        let dt = ChildProcess.now() - t0
+        print("table read: \(n) slots, \(count) live in \(dt) s (\(dt / Double(n) * 1e9) ns/slot), \(stats.preads) preads, \(stats.bytes >> 20) MiB")
+        #expect(count == Int(n) - Int(n) / 8)
+        #expect(stats.skipped == 0)
+    }
+}
+
+@Suite struct RendezvousTests {
+    @Test func parse() {
+        let r = Rendezvous.parse("pid=123 fd=5 addr=7f0000000000 size=65536 start=999\n")
+        #expect(r == Rendezvous(pid: 123, fd: 5, address: 0x7f00_0000_0000, size: 65536, startTime: 999))
+        #expect(Rendezvous.parse(r!.line) == r)
+        #expect(Rendezvous.parse("pid=123 fd=5 addr=0x7f0000000000 size=65536 start=999")?.address == 0x7f00_0000_0000)
+        for bad in ["", "pid=123", "pid=123 fd=5 addr=7f0000000000 size=65536", "pid=-1 fd=5 addr=1000 size=1 start=1",
+                    "pid=1 fd=5 addr=1001 size=1 start=1", "pid=1 fd=5 addr=zz size=1 start=1", "pid=1 fd=5 addr=1000 size=0 start=1",
+                    "pid=1 fd=5 addr=fffffffffffff000 size=8192 start=1", "pid=1 pid=1 fd=5 addr=1000 size=1 start=1",
+                    "pid=1 fd=5 addr=1000 size=1 start=1 extra=2", "pid=1 fd=5 addr=1000 size=1 start=1\nsecond line",
+                    "pid=99999999999 fd=5 addr=1000 size=1 start=1"] {
+            #expect(Rendezvous.parse(bad) == nil, "\(bad)")
+        }
+    }
+
+    /// Announces a synthetic table of this very process through a rendezvous file, like a client.
+    func announce(_ dir: TempDir, pid: Int32 = getpid(), start: UInt64? = nil) throws -> (SyntheticTable, UnsafeMutableRawPointer, Rendezvous) {
+        let me = try Proc.stat(getpid())
+        let s = try SyntheticTable(pid: pid, startTime: start ?? me.startTime)
+        s.setObject(0, pointer: 0x1234000, size: 16, seq: 1)
+        let p = try s.map()
+        let r = Rendezvous(pid: pid, fd: s.fd, address: UInt64(UInt(bitPattern: p)), size: s.totalSize,
+                           startTime: start ?? me.startTime, path: dir.path + "/\(pid).client")
+        try writeFile(r.path, r.line)
+        return (s, p, r)
+    }
+
+    @Test func openThroughMapFilesAndFd() throws {
+        let dir = try TempDir()
+        let (s, p, r) = try announce(dir)
+        defer { munmap(p, Int(s.totalSize)) }
+        let t = try ClientTable.open(try Rendezvous.read(path: r.path))
+        #expect(t.pid == getpid() && t.isAlive)
+        #expect(try allObjects(t).0.map(\.pointer) == [0x1234000])
+        // A wrong address: map_files fails, /proc/PID/fd/<fd> works.
+        var r2 = r
+        r2.address += 0x1000_0000_0000
+        #expect(try ClientTable.open(r2).pid == getpid())
+        // Roots exclude the table mapping.
+        let roots = try t.roots(cache: ELFCache())
+        #expect(!roots.contains { $0.start < r.address + r.size && r.address < $0.end })
+    }
+
+    @Test func staleAndForeign() throws {
+        let dir = try TempDir()
+        let (s, p, r) = try announce(dir)
+        defer { munmap(p, Int(s.totalSize)) }
+        var wrongStart = r
+        wrongStart.startTime += 1
+        #expect { try ClientTable.open(wrongStart) } throws: { e in if case .stale = e as? TableError { true } else { false } }
+        let (c, pid) = try Helper.start()
+        let childStart = try Proc.stat(pid).startTime
+        c.terminate()
+        let dead = Rendezvous(pid: pid, fd: 3, address: 0x10000, size: 4096, startTime: childStart)
+        #expect(dead.isStale)
+        #expect { try ClientTable.open(dead) } throws: { e in if case .stale = e as? TableError { true } else { false } }
+        // fd pointing to something that is not the table.
+        let other = try SyntheticTable(name: "something-else")
+        var foreign = r
+        foreign.fd = other.fd
+        foreign.address = 0x1000
+        #expect { try ClientTable.open(foreign) } throws: { e in if case .notATable = e as? TableError { true } else { false } }
+        // Right memfd name, wrong identity: another process's pid in the header.
+        let (s2, p2, _) = try announce(dir, pid: getpid())
+        defer { munmap(p2, Int(s2.totalSize)) }
+        s2.header.pid = 1
+        s2.writeHeader()
+        let r3 = Rendezvous(pid: getpid(), fd: s2.fd, address: UInt64(UInt(bitPattern: p2)), size: s2.totalSize, startTime: r.startTime)
+        #expect(throws: TableError.pidMismatch(header: 1, expected: getpid())) { try ClientTable.open(r3) }
+    }
+
+    @Test func discoveryAdoptsAndRemovesStale() throws {
+        let dir = try TempDir()
+        let (s, p, r) = try announce(dir)
+        defer { munmap(p, Int(s.totalSize)) }
+        let (c, pid) = try Helper.start()
+        let childStart = try Proc.stat(pid).startTime
+        c.terminate()
+        try writeFile(dir.path + "/\(pid).client", Rendezvous(pid: pid, fd: 3, address: 0x10000, size: 4096, startTime: childStart).line)
+        try writeFile(dir.path + "/\(pid + 100000).client", "garbage\n") // malformed, dead pid
+        try writeFile(dir.path + "/\(getpid()).tmp", "ignored")
+        let result = ClientDiscovery.scan(runDirectory: dir.path, known: [])
+        #expect(result.adopted.map(\.pid) == [getpid()])
+        #expect(Set(result.removedStale) == [dir.path + "/\(pid).client", dir.path + "/\(pid + 100000).client"])
+        #expect(result.failed.isEmpty)
+        #expect(!fileExists(dir.path + "/\(pid).client") && fileExists(r.path))
+        let again = ClientDiscovery.scan(runDirectory: dir.path, known: [result.adopted[0].id])
+        #expect(again.adopted.isEmpty && again.removedStale.isEmpty)
+        let missing = ClientDiscovery.scan(runDirectory: dir.path + "/nope", known: [])
+        #expect(missing.failed.count == 1)
+    }
+
+    @Test func hostileRendezvousFilesDoNotBlock() throws {
+        let dir = try TempDir()
+        let fifo = dir.path + "/\(getpid()).client"
+        #expect(mkfifo(fifo, 0o644) == 0)
+        #expect { try Rendezvous.read(path: fifo) } throws: { e in if case .badRendezvous = e as? TableError { true } else { false } }
+        unlink(fifo)
+        // A symlink to a valid-looking file elsewhere is not followed.
+        let other = try TempDir()
+        try writeFile(other.path + "/x", "pid=\(getpid()) fd=3 addr=1000 size=4096 start=1\n")
+        #expect(symlink(other.path + "/x", fifo) == 0)
+        #expect { try Rendezvous.read(path: fifo) } throws: { e in if case .system(let s) = e as? TableError { s.errno == ELOOP } else { false } }
+        // Oversized file.
+        unlink(fifo)
+        try writeFile(fifo, String(repeating: "x", count: 5000))
+        #expect { try Rendezvous.read(path: fifo) } throws: { e in if case .badRendezvous = e as? TableError { true } else { false } }
+        // Name/pid mismatch.
+        try writeFile(dir.path + "/1.client", "pid=\(getpid()) fd=3 addr=1000 size=4096 start=1\n")
+        #expect { try Rendezvous.read(path: dir.path + "/1.client") } throws: { e in if case .badRendezvous = e as? TableError { true } else { false } }
+    }
+
+}
+
+@Suite struct TableFuzzTests {
+    /// Random byte mutations of a valid table (header and records): only typed errors, no traps,
+    /// and never more records than the capacity.
+    @Test func randomMutations() throws {
+        var rng = SystemRandomNumberGenerator()
+        var errors: [String: Int] = [:]
+        var ok = 0
+        for _ in 0..<1500 {
+            let s = try SyntheticTable()
+            s.setComm(1, "main")
+            s.setTrace(1, [1, 2, 3])
+            for i in 0..<8 { s.setObject(UInt32(i), pointer: UInt64(0x1000 * (i + 1)), size: 64, seq: UInt64(i), trace: 1, comm: 1) }
+            s.setThread(0, tid: 1, stack: (0x1000, 0x2000), tls: (0x3000, 0x3100), comm: "main")
+            s.setRegion(0, kind: KML_REGION_PERCPU, start: 0x10000, size: 0x1000, cpu0: 0x20000, stride: 0x1000, nrCpus: 2)
+            s.setArea(0, object: 1, seq: 1, start: 0x2000, size: 8)
+            // 1-8 random bytes, in the header or anywhere in the used sections.
+            let limit = Int(s.header.areas_offset) + 64
+            for _ in 0..<Int.random(in: 1...8, using: &rng) {
+                var b = UInt8.random(in: 0...255, using: &rng)
+                let off = Bool.random(using: &rng) ? Int.random(in: 0..<360, using: &rng) : Int.random(in: 0..<limit, using: &rng)
+                pwrite(s.fd, &b, 1, off_t(off))
+            }
+            if Int.random(in: 0..<20, using: &rng) == 0 { ftruncate(s.fd, off_t(Int.random(in: 0..<Int(s.totalSize), using: &rng))) }
+            do {
+                let t = try s.open()
+                var n = 0
+                try t.readObjects { _ in n += 1 }
+                #expect(n <= Int(t.openedHeader.objects.capacity))
+                _ = try t.readThreads(); _ = try t.readRegions(); _ = try t.readAreas()
+                _ = try t.loadTraces()
+                for id in 1...3 { _ = try t.comm(UInt32(id)); _ = try t.frames(UInt32(id)) }
+                ok += 1
+            } catch {
+                errors[Mirror(reflecting: error).children.first?.label ?? "\(error)", default: 0] += 1
+            }
+        }
+        print("fuzz: \(ok) still valid, errors: \(errors.sorted { $0.value > $1.value }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))")
+        #expect(ok + errors.values.reduce(0, +) == 1500)
+    }
+}

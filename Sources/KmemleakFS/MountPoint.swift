@@ -46,11 +46,20 @@ public enum MountPoint {
     /// - a path that cannot be reached, or is not a directory, is an error naming the errno;
     /// - a live mount on the path (another daemon, a tmpfs, ...) is an error: mounts are never stacked.
     public static func prepare(_ path: String, logger: Logger) throws(MountPointError) {
-        var st = stat()
         var cleared = 0
-        while stat(path, &st) != 0 {
-            let error = errno
-            guard error == ENOTCONN else { throw .inaccessible(path: path, errno: error) }
+        while true {
+            var st = stat()
+            var error: Int32 = 0
+            if stat(path, &st) != 0 {
+                error = errno
+                guard error == ENOTCONN else { throw .inaccessible(path: path, errno: error) }
+            } else if let top = mounts(at: path).last, top.fileSystemType.hasPrefix("fuse") {
+                // The kernel answers stat from its attribute cache for a second after the daemon
+                // died; opendir always reaches the daemon, so it tells a dead one at once.
+                let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                if fd >= 0 { close(fd) } else if errno == ENOTCONN { error = ENOTCONN }
+            }
+            guard error == ENOTCONN else { break }
             guard cleared < 16 else { throw .staleMountNotCleared(path: path, errno: error) }
             logger.notice("\(path): clearing stale mount (\(String(cString: strerror(error))))")
             if umount2(path, Int32(MNT_DETACH)) != 0 {
@@ -61,6 +70,8 @@ public enum MountPoint {
             }
             cleared += 1
         }
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw .inaccessible(path: path, errno: errno) }
         guard (st.st_mode & 0o170000) == 0o040000 else { throw .notADirectory(path: path) }
         if let live = mounts(at: path).last {
             throw .alreadyMounted(path: path, fileSystemType: live.fileSystemType, source: live.source)

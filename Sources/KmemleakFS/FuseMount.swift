@@ -99,19 +99,35 @@ public final class FuseMount: @unchecked Sendable {
         return multithreaded ? cfuse_loop_mt(fuse, 0) : fuse_loop(fuse)
     }
 
-    /// Ends the loop from any thread. `fuse_exit` alone does not wake a worker blocked reading
-    /// /dev/fuse, so the mount is also detached (`umount2(MNT_DETACH)`): the kernel then aborts the
-    /// connection once no file on it is open, and the loop returns.
+    /// Ends the loop from any thread, without waiting for it.
+    ///
+    /// `fuse_exit` only sets a flag: a worker blocked reading /dev/fuse does not see it. So a running
+    /// loop is also sent one request of our own (an opendir of the root, always forwarded to us), from
+    /// a helper thread: the worker that takes it sees the flag and ends the loop. (A worker that takes
+    /// it while the loop is already ending drops it unanswered; the helper's call then fails when
+    /// `unmountAndDestroy()` closes /dev/fuse, so nothing waits on it.) Then the mount is detached
+    /// (`umount2(MNT_DETACH)`). Closing /dev/fuse aborts the connection even while some process still
+    /// holds the file open, so `unmountAndDestroy()` never waits for readers either.
     public func exit() {
-        let proceed = lifecycle.withLock { state -> Bool in
-            guard state == .mounted || state == .running else { return false }
-            state = .exiting
-            return true
+        let wasRunning = lifecycle.withLock { state -> Bool? in
+            guard state == .mounted || state == .running else { return nil }
+            defer { state = .exiting }
+            return state == .running
         }
-        guard proceed else { return }
+        guard let wasRunning else { return }
         fuse_exit(fuse)
-        if umount2(mountpoint, Int32(MNT_DETACH)) != 0 && errno != EINVAL {
-            logger.warning("umount2(\(mountpoint), MNT_DETACH) failed: \(String(cString: strerror(errno)))")
+        let mountpoint = self.mountpoint
+        let logger = self.logger
+        let detach: @Sendable () -> Void = {
+            if umount2(mountpoint, Int32(MNT_DETACH)) != 0 && errno != EINVAL {
+                logger.warning("umount2(\(mountpoint), MNT_DETACH) failed: \(String(cString: strerror(errno)))")
+            }
+        }
+        guard wasRunning else { return detach() }
+        startThread(name: "kmemleak-exit") {
+            let fd = open(mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if fd >= 0 { close(fd) }
+            detach()
         }
     }
 

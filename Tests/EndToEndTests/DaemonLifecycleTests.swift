@@ -141,6 +141,24 @@ struct DaemonLifecycleTests {
         #expect(MountPoint.mounts(at: daemon.mountpoint).isEmpty)
     }
 
+    /// `less MOUNTPOINT/kmemleak` left open must not keep the daemon from stopping.
+    @Test func stopsWhileTheControlFileIsHeldOpen() throws {
+        let daemon = try DaemonUnderTest()
+        defer { daemon.tearDown() }
+        let child = try daemon.start(["--scan-period", "0"])
+        daemon.expectReady(child)
+        let reader = open(daemon.controlFile, O_RDONLY)
+        let writer = open(daemon.controlFile, O_WRONLY)
+        #expect(reader >= 0 && writer >= 0)
+        defer {
+            close(reader)
+            close(writer)
+        }
+        child.signal(SIGTERM)
+        #expect(child.exitCode() == 0, "stderr: \(child.stderr)")
+        #expect(MountPoint.mounts(at: daemon.mountpoint).isEmpty)
+    }
+
     @Test func staleMountOfAKilledDaemonIsReplaced() throws {
         let daemon = try DaemonUnderTest()
         defer { daemon.tearDown() }

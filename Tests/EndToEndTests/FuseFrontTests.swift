@@ -322,6 +322,21 @@ struct FuseFrontTests {
         }
     }
 
+    /// exit() must not wait for files still open on the mount (teardown runs with both fds open).
+    @Test(arguments: [true, false])
+    func exitWithFilesStillOpen(multithreaded: Bool) throws {
+        let backend = FakeBackend()
+        backend.text = sampleReport(size: 10_000)
+        var fds: [Int32] = []
+        defer { for fd in fds { close(fd) } }
+        try withMountedFS(backend, multithreaded: multithreaded) { (dir, _, _) throws in
+            fds = [open(dir + "/kmemleak", O_RDONLY), open(dir + "/kmemleak", O_WRONLY)]
+            #expect(fds.allSatisfy { $0 >= 0 })
+            var byte: UInt8 = 0
+            #expect(read(fds[0], &byte, 1) == 1)
+        }
+    }
+
     @Test func allowOtherIsOptIn() throws {
         try withMountedFS(FakeBackend(), options: FuseMountOptions(allowOther: true)) { (dir, _, _) throws in
             let entry = try #require(MountPoint.mounts(at: dir).last)

@@ -10,9 +10,9 @@ final class DaemonUnderTest {
     let notify: NotifySocket
     private(set) var children: [Child] = []
 
-    init() throws {
+    init(mountpointName: String = "mnt") throws {
         temp = try TemporaryDirectory()
-        mountpoint = try temp.makeDirectory("mnt")
+        mountpoint = try temp.makeDirectory(mountpointName)
         notify = try NotifySocket(path: temp.sub("notify.sock"))
     }
 
@@ -216,6 +216,19 @@ struct DaemonLifecycleTests {
         #expect(child.exitCode() == 0)
     }
 
+    /// /proc/self/mountinfo escapes spaces as \\040: the stale/live checks must still find the mount.
+    @Test func mountpointWithSpacesInItsName() throws {
+        let daemon = try DaemonUnderTest(mountpointName: "mount point\twith blanks")
+        defer { daemon.tearDown() }
+        let child = try daemon.start(["--scan-period", "0"])
+        daemon.expectReady(child)
+        let again = try daemon.start(["--scan-period", "0"])
+        #expect(again.exitCode() == 1, "a second daemon must see the live mount")
+        child.signal(SIGTERM)
+        #expect(child.exitCode() == 0)
+        #expect(MountPoint.mounts(at: daemon.mountpoint).isEmpty)
+    }
+
     @Test func externalUnmountEndsTheDaemonWithZero() throws {
         let daemon = try DaemonUnderTest()
         defer { daemon.tearDown() }
@@ -223,5 +236,41 @@ struct DaemonLifecycleTests {
         daemon.expectReady(child)
         #expect(umount2(daemon.mountpoint, 0) == 0)
         #expect(child.exitCode() == 0, "stderr: \(child.stderr)")
+    }
+}
+
+/// sd_notify without systemd: a path socket and an abstract ('@') one.
+@Suite struct SystemdNotifyTests {
+    @Test func sendsToAPathSocket() throws {
+        let temp = try TemporaryDirectory()
+        defer { temp.remove() }
+        let socket = try NotifySocket(path: temp.sub("n.sock"))
+        #expect(SystemdNotify.send("READY=1", socketPath: socket.path))
+        #expect(socket.receive() == "READY=1")
+    }
+
+    @Test func sendsToAnAbstractSocket() throws {
+        let name = "kmemleak-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = [0] + Array(name.utf8)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
+        let length = socklen_t(MemoryLayout<sockaddr_un>.offset(of: \.sun_path)! + bytes.count)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+        }
+        #expect(bound == 0)
+        #expect(SystemdNotify.send("STOPPING=1", socketPath: "@" + name))
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        #expect(count == 10)
+        #expect(String(decoding: buffer.prefix(max(count, 0)), as: UTF8.self) == "STOPPING=1")
+    }
+
+    @Test func unsetSocketIsNotAnError() {
+        #expect(SystemdNotify.send("READY=1", socketPath: nil) == false)
     }
 }

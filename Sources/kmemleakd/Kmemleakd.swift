@@ -81,8 +81,15 @@ struct Kmemleakd: ParsableCommand {
     var options: DaemonOptions {
         DaemonOptions(
             runDirectory: runDirectory, minimumAge: minimumAge, scanPeriod: scanPeriod, firstScanDelay: firstScanDelay,
-            mountpoint: mountpoint,
+            mountpoint: absolute(mountpoint),
             allowOther: allowOther || mountOptions.contains { $0.split(separator: ",").contains("allow_other") })
+    }
+
+    /// MOUNTPOINT made absolute (not resolved: a stale mount point cannot be resolved).
+    private func absolute(_ path: String) -> String {
+        guard !path.hasPrefix("/"), let cwd = getcwd(nil, 0) else { return path }
+        defer { free(cwd) }
+        return String(cString: cwd) + "/" + path
     }
 
     func run() throws {

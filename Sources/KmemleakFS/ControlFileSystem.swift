@@ -45,9 +45,9 @@ final class ControlFileSystem: Sendable {
     }
 
     func release(_ handle: UInt64) {
-        // The stream (and whatever snapshot it holds) is freed outside the lock.
+        // Taken out under the lock, freed (with the snapshot it holds) after it, at the end of scope.
         let file = openFiles.withLock { $0.files.removeValue(forKey: handle) }
-        _ = file
+        withExtendedLifetime(file) {}
     }
 
     var openFileCount: Int { openFiles.withLock { $0.files.count } }

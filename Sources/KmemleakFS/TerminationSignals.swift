@@ -17,7 +17,6 @@ public enum TerminationSignals {
         for signal in all { Glibc.signal(signal, SIG_DFL) }
         Glibc.signal(SIGPIPE, SIG_IGN)
         pthread_sigmask(SIG_BLOCK, &set, nil)
-        _ = set
     }
 
     /// Starts the watcher thread: `handler` runs on it for every SIGTERM, SIGINT or SIGHUP received.

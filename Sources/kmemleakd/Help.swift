@@ -73,6 +73,9 @@ let helpDiscussion = """
              MOUNTPOINT/kmemleak is served, STOPPING=1 at shutdown.
       JOURNAL_STREAM
              Set by systemd: log lines then carry syslog priorities (<6>).
+      KMEMLEAKD_LOG_LEVEL
+             Daemon log threshold: trace, debug, info (default), notice,
+             warning, error or critical.
 
     EXAMPLE
       # kmemleakd --scan-period 0 /mnt &

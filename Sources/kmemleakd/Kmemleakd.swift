@@ -95,7 +95,8 @@ struct Kmemleakd: ParsableCommand {
     func run() throws {
         // Before any thread exists, so every thread inherits the mask (see TerminationSignals).
         TerminationSignals.block()
-        LoggingSystem.bootstrap { label in StderrLogHandler(label: label) }
+        let level = getenv("KMEMLEAKD_LOG_LEVEL").flatMap { Logger.Level(rawValue: String(cString: $0)) } ?? .info
+        LoggingSystem.bootstrap { label in StderrLogHandler(label: label, logLevel: level) }
         let logger = Logger(label: "kmemleak")
         let status = runDaemon(options: options, logger: logger)
         if status != 0 { throw ExitCode(status) }

@@ -1,0 +1,34 @@
+/// The daemon's configuration, as parsed from its command line (`kmemleakd --help`).
+public struct DaemonOptions: Sendable, Equatable {
+    /// Where clients (`libkmemleak.so`) register: `RUN_DIR/<pid>.client`. Default `/run/kmemleak`.
+    public var runDirectory: String
+    /// Objects younger than this are not reported (kernel: MSECS_MIN_AGE, 5 s). May be 0 or fractional.
+    public var minimumAge: Double
+    /// Seconds between automatic scans (kernel: 600); 0 = no automatic scanning.
+    public var scanPeriod: Double
+    /// Seconds from start to the first automatic scan (kernel: SECS_FIRST_SCAN, 60).
+    public var firstScanDelay: Double
+    /// Where `kmemleak` is served.
+    public var mountpoint: String
+    /// `-o allow_other`: users other than root may enter the mount.
+    public var allowOther: Bool
+
+    public static let defaultRunDirectory = "/run/kmemleak"
+
+    public init(
+        runDirectory: String = DaemonOptions.defaultRunDirectory, minimumAge: Double = 5, scanPeriod: Double = 600,
+        firstScanDelay: Double = 60, mountpoint: String, allowOther: Bool = false
+    ) {
+        self.runDirectory = runDirectory
+        self.minimumAge = minimumAge
+        self.scanPeriod = scanPeriod
+        self.firstScanDelay = firstScanDelay
+        self.mountpoint = mountpoint
+        self.allowOther = allowOther
+    }
+
+    public var minimumAgeDuration: Duration { .seconds(minimumAge) }
+    /// nil when automatic scanning is off (`--scan-period 0`).
+    public var scanPeriodDuration: Duration? { scanPeriod > 0 ? .seconds(scanPeriod) : nil }
+    public var firstScanDelayDuration: Duration { .seconds(firstScanDelay) }
+}

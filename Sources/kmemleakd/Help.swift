@@ -1,0 +1,101 @@
+/// The man page part of `kmemleakd --help`. ArgumentParser wraps at 80 columns (the terminal's width
+/// when it is one): keep every line under 78 characters.
+let helpDiscussion = """
+    kmemleakd is the user-space twin of the kernel's kmemleak. Programs started
+    with libkmemleak.so (LD_PRELOAD) record every allocation in a table shared
+    with the daemon. The daemon scans the memory of those processes (data and
+    bss of every loaded object, thread stacks, registered regions, then the
+    heap objects reachable from them) and reports allocated objects that
+    nothing points to any more. As with the kernel's debugfs file
+    /sys/kernel/debug/kmemleak, everything goes through one file,
+    MOUNTPOINT/kmemleak. The daemon runs in the foreground, logs to stderr
+    (lines start with "kmemleak: ", like the kernel log) and unmounts cleanly
+    on SIGTERM, SIGINT or SIGHUP.
+
+    CONTROL COMMANDS
+      Written to MOUNTPOINT/kmemleak, one command per write(2). Only the
+      first 63 bytes of a write are read; commands match by prefix (the
+      kernel's strncmp); a trailing newline is fine; the offset is ignored.
+      scan         Scan memory now; the write returns when the scan is done.
+                   New leaks are logged as
+                   "kmemleak: N new suspected memory leaks (see ...)".
+      clear        Clear the list of current possible leaks: objects
+                   reported so far are not reported again. Also allowed
+                   after "off", where it frees all metadata.
+      dump=ADDR    Log what is known about the object containing ADDR (hex
+                   0x..., decimal or octal 0...; interior pointers are
+                   fine) to the daemon's log; nothing goes to the file.
+                   Unknown address or bad number: EINVAL.
+      scan=on      Start the automatic scanning thread (it scans at once,
+                   then once per period).
+      scan=off     Stop the automatic scanning thread.
+      scan=SECS    Set the automatic scan period to SECS seconds and restart
+                   the thread; scan=0 stops it. Not a number: EINVAL; too
+                   large: ERANGE.
+      stack=on     Scan thread stacks (the default).
+      stack=off    Do not scan thread stacks.
+      off          Disable the detector, irreversibly. Afterwards every
+                   command except clear fails with EPERM ("Operation not
+                   permitted"); leaks already reported stay readable until
+                   "clear".
+      Anything else fails with EINVAL ("Invalid argument"). A write that a
+      signal interrupts while it waits for a running scan fails with EINTR.
+
+    READING
+      cat MOUNTPOINT/kmemleak prints one record per unreferenced object, in
+      allocation order, without header: "unreferenced object 0xADDR (size
+      N):", the comm, pid and jiffies of the allocating thread, a hex dump of
+      the first 32 bytes, and the backtrace with its crc. A read never starts
+      a scan, but waits while one runs. Each open file reads one consistent
+      snapshot.
+
+    FILES
+      MOUNTPOINT/kmemleak
+             The control file, mode 0644, in a FUSE file system (fsname
+             kmemleak, type fuse.kmemleak) that only root may enter unless
+             --allow-other is given.
+      RUN_DIR/<pid>.client
+             One per client process, created by libkmemleak.so when the
+             process starts; the daemon adopts the process through it and
+             drops it when the process exits.
+
+    ENVIRONMENT
+      KMEMLEAK_RUN_DIR
+             In clients: where libkmemleak.so registers (default
+             /run/kmemleak). In the daemon: the default of --run-dir. Both
+             must name the same directory.
+      LD_PRELOAD=libkmemleak.so
+             Loads the client library into a program (or link -lkmemleak).
+      KMEMLEAK=off
+             In a client: do not track this process.
+      NOTIFY_SOCKET
+             Set by systemd (Type=notify): READY=1 is sent once
+             MOUNTPOINT/kmemleak is served, STOPPING=1 at shutdown.
+      JOURNAL_STREAM
+             Set by systemd: log lines then carry syslog priorities (<6>).
+      KMEMLEAKD_LOG_LEVEL
+             Daemon log threshold: trace, debug, info (default), notice,
+             warning, error or critical.
+
+    EXAMPLE
+      # kmemleakd --scan-period 0 /mnt &
+      # LD_PRELOAD=/usr/lib/libkmemleak.so KMEMLEAK_RUN_DIR=/run/kmemleak \\
+            ./server &
+      # echo scan > /mnt/kmemleak
+      # cat /mnt/kmemleak
+      # echo clear > /mnt/kmemleak
+      # kill %1          (SIGTERM: /mnt is unmounted, the daemon exits 0)
+
+    MOUNT POINT
+      A stale mount left by a killed daemon ("Transport endpoint is not
+      connected") is cleared and replaced at start. A mount point on which
+      another file system is mounted and alive is an error: mounts are never
+      stacked.
+
+    EXIT STATUS
+      0    stopped by SIGTERM, SIGINT or SIGHUP, or unmounted from outside
+      1    runtime failure: the mount point is busy or cannot be mounted, or
+           the detector failed to start
+      64   usage error: unknown option, bad number, MOUNTPOINT missing or
+           not a directory
+    """

@@ -1,0 +1,104 @@
+import ArgumentParser
+import Glibc
+import KmemleakFS
+import Logging
+
+@main
+struct Kmemleakd: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kmemleakd",
+        abstract: "Detect memory leaks in running processes, the way the kernel's kmemleak does.",
+        usage: """
+            kmemleakd [--run-dir DIR] [--min-age SECONDS] [--scan-period SECONDS] [--first-scan-delay SECONDS]
+                      [--allow-other | -o allow_other] MOUNTPOINT
+            """,
+        discussion: helpDiscussion)
+
+    @Option(
+        name: .customLong("run-dir"),
+        help: ArgumentHelp(
+            "Directory where client processes register (RUN_DIR/<pid>.client). Default: $KMEMLEAK_RUN_DIR if set, else \(DaemonOptions.defaultRunDirectory).",
+            valueName: "DIR"))
+    var runDirectory: String = getenv("KMEMLEAK_RUN_DIR").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
+        ?? DaemonOptions.defaultRunDirectory
+
+    @Option(
+        name: .customLong("min-age"),
+        help: ArgumentHelp(
+            "Never report objects younger than this (the kernel's MSECS_MIN_AGE, 5 s). Fractions and 0 are accepted.",
+            valueName: "SECONDS"))
+    var minimumAge: Double = 5
+
+    @Option(
+        name: .customLong("scan-period"),
+        help: ArgumentHelp(
+            "Seconds between automatic scans (the kernel's 600). 0 disables automatic scanning; 'echo scan' still works.",
+            valueName: "SECONDS"))
+    var scanPeriod: Double = 600
+
+    @Option(
+        name: .customLong("first-scan-delay"),
+        help: ArgumentHelp(
+            "Seconds from start to the first automatic scan (the kernel's SECS_FIRST_SCAN, 60).",
+            valueName: "SECONDS"))
+    var firstScanDelay: Double = 60
+
+    @Flag(
+        name: .customLong("allow-other"),
+        help: "Let users other than root into the mount (FUSE allow_other). Mode bits still apply: they may read the report but not write commands.")
+    var allowOther = false
+
+    @Option(
+        name: .customShort("o"),
+        help: ArgumentHelp("Mount options, comma-separated; only allow_other is accepted (same as --allow-other).", valueName: "OPTIONS"))
+    var mountOptions: [String] = []
+
+    @Argument(help: ArgumentHelp("Existing directory to mount the control file system on; the control file is MOUNTPOINT/kmemleak.", valueName: "MOUNTPOINT"))
+    var mountpoint: String
+
+    func validate() throws {
+        for (name, value) in [("--min-age", minimumAge), ("--scan-period", scanPeriod), ("--first-scan-delay", firstScanDelay)] {
+            guard value.isFinite, value >= 0 else {
+                throw ValidationError("\(name): '\(value)' is not a number of seconds >= 0")
+            }
+        }
+        for option in mountOptions.flatMap({ $0.split(separator: ",") }) where option != "allow_other" {
+            throw ValidationError("-o \(option): unsupported mount option (only allow_other is accepted)")
+        }
+        guard !runDirectory.isEmpty else { throw ValidationError("--run-dir: empty path") }
+        var st = stat()
+        if stat(mountpoint, &st) != 0 {
+            let error = errno
+            // ENOTCONN: a stale mount left by a killed daemon; cleared at start.
+            if error != ENOTCONN {
+                throw ValidationError("MOUNTPOINT \(mountpoint): \(String(cString: strerror(error))) (errno \(error))")
+            }
+        } else if (st.st_mode & 0o170000) != 0o040000 {
+            throw ValidationError("MOUNTPOINT \(mountpoint): \(String(cString: strerror(ENOTDIR))) (errno \(ENOTDIR))")
+        }
+    }
+
+    var options: DaemonOptions {
+        DaemonOptions(
+            runDirectory: runDirectory, minimumAge: minimumAge, scanPeriod: scanPeriod, firstScanDelay: firstScanDelay,
+            mountpoint: absolute(mountpoint),
+            allowOther: allowOther || mountOptions.contains { $0.split(separator: ",").contains("allow_other") })
+    }
+
+    /// MOUNTPOINT made absolute (not resolved: a stale mount point cannot be resolved).
+    private func absolute(_ path: String) -> String {
+        guard !path.hasPrefix("/"), let cwd = getcwd(nil, 0) else { return path }
+        defer { free(cwd) }
+        return String(cString: cwd) + "/" + path
+    }
+
+    func run() throws {
+        // Before any thread exists, so every thread inherits the mask (see TerminationSignals).
+        TerminationSignals.block()
+        let level = getenv("KMEMLEAKD_LOG_LEVEL").flatMap { Logger.Level(rawValue: String(cString: $0)) } ?? .info
+        LoggingSystem.bootstrap { label in StderrLogHandler(label: label, logLevel: level) }
+        let logger = Logger(label: "kmemleak")
+        let status = runDaemon(options: options, logger: logger)
+        if status != 0 { throw ExitCode(status) }
+    }
+}

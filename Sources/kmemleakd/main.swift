@@ -1,2 +1,0 @@
-import KmemleakFS
-print("kmemleakd: not yet")

@@ -430,14 +430,17 @@ struct Scanner<M: MemoryReader> {
 
     /// Batches from `source`: read, then scan_block in FIFO order, <= 4096 bytes per lock hold.
     mutating func run(_ source: Source) {
-        var more = true
-        while more && !interrupted {
+        // Scanning a batch may append to the gray list (or the confirmation queue), so the source is only
+        // exhausted when a fill finds nothing left.
+        while !interrupted {
             if stop() { interrupted = true; return }
             let ep = epoch
             let r: Bool? = withFill(ep, source)
-            guard let m = r else { interrupted = true; return }
-            more = m
-            if pieces.isEmpty { continue }
+            guard let more = r else { interrupted = true; return }
+            if pieces.isEmpty {
+                if more { continue }
+                return
+            }
             readBatch()
             scanPieces()
         }

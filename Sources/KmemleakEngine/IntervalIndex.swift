@@ -130,7 +130,44 @@ struct IntervalIndex {
         var pos = pos0 + 1
         if b < 0 { b = 0; pos = 0 }
         var p = Int(phys[b])
-        if Int(counts[p]) == B {
+        if Int(counts[p]) == B && b + 1 < mins.count && Int(counts[Int(phys[b + 1])]) < B - 1 {
+            // B*-tree style: shift the tail of the full block into the next block (better fill, less memory).
+            let q = Int(phys[b + 1])
+            let m = Int(counts[q])
+            let k = (B - m) / 2
+            ids.withUnsafeMutableBufferPointer { buf in
+                var j = m - 1
+                while j >= 0 { buf[q * B + j + k] = buf[q * B + j]; j -= 1 }
+                for t in 0..<k { buf[q * B + t] = buf[p * B + B - k + t] }
+            }
+            counts[p] = Int32(B - k)
+            counts[q] = Int32(m + k)
+            mins[b + 1] = keyOf(ids[q * B])
+            if pos > B - k {
+                b += 1
+                pos -= B - k
+                p = q
+            }
+        } else if Int(counts[p]) == B && b > 0 && Int(counts[Int(phys[b - 1])]) < B - 1 {
+            // Or shift the head of the full block into the previous block.
+            let q = Int(phys[b - 1])
+            let m = Int(counts[q])
+            let k = (B - m) / 2
+            ids.withUnsafeMutableBufferPointer { buf in
+                for t in 0..<k { buf[q * B + m + t] = buf[p * B + t] }
+                for j in 0..<(B - k) { buf[p * B + j] = buf[p * B + j + k] }
+            }
+            counts[q] = Int32(m + k)
+            counts[p] = Int32(B - k)
+            mins[b] = keyOf(ids[p * B])
+            if pos < k {
+                b -= 1
+                pos += m
+                p = q
+            } else {
+                pos -= k
+            }
+        } else if Int(counts[p]) == B {
             // Split. Appending at the very end keeps the full block full (sequential registration).
             let q = newBlock()
             let n = Int(counts[p])
@@ -171,6 +208,10 @@ struct IntervalIndex {
         if let p = freeBlocks.popLast() { counts[Int(p)] = 0; return Int(p) }
         let p = counts.count
         counts.append(0)
+        if ids.capacity < ids.count + Self.blockCapacity {
+            // Grow by 1/8 rather than doubling: this array is most of the index's memory.
+            ids.reserveCapacity(ids.count + max(16 * Self.blockCapacity, ids.count / 8))
+        }
         ids.append(contentsOf: repeatElement(0, count: Self.blockCapacity))
         return p
     }

@@ -62,6 +62,17 @@ public final class Kmemleak: Sendable {
     /// (array capacities, side tables, interned contexts).
     public var memoryBytes: Int { state.withLock { $0.memoryBytes } }
 
+    /// Diagnostics: `memoryBytes` split by structure (records, plain index, per-CPU index, side tables).
+    public func memoryBreakdown() -> [(name: String, bytes: Int)] {
+        state.withLock { s in
+            [("records", s.records.capacity * MemoryLayout<ObjectRecord>.stride),
+             ("plain index", s.plain.memoryBytes), ("percpu index", s.percpu.memoryBytes),
+             ("free slots", s.freeSlots.capacity * 4 + s.deferredFree.capacity * 4),
+             ("other", s.memoryBytes - s.records.capacity * MemoryLayout<ObjectRecord>.stride - s.plain.memoryBytes
+                - s.percpu.memoryBytes - s.freeSlots.capacity * 4 - s.deferredFree.capacity * 4)]
+        }
+    }
+
     // MARK: - Allocator hooks (KMEMLEAK-SPEC §3)
 
     /// `kmemleak_alloc(ptr, size, min_count)`: registers a block. min_count 1 for heap blocks, 0 = never

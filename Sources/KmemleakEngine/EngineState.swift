@@ -211,7 +211,8 @@ struct EngineState {
         }
         let id: UInt32
         if let f = freeSlots.popLast() { id = f } else { id = UInt32(records.count); records.append(ObjectRecord(pointer: 0, seqFlags: 0, created: 0, size32: 0, checksum: 0, context: 0, minCount: 0, count: 0)) }
-        let flags: UInt64 = UInt64(ObjectFlags.allocated | (percpuObject ? ObjectFlags.percpu : 0))
+        var flags: UInt64 = UInt64(ObjectFlags.allocated | (percpuObject ? ObjectFlags.percpu : 0))
+        if scanning { flags |= ObjectRecord.newDuringScan }
         let ctx = intern(ContextKey(pid: m.pid, comm: m.comm, trace: m.trace))
         records[Int(id)] = ObjectRecord(
             pointer: ptr, seqFlags: (m.seq << 8) | flags, created: m.creationTime,

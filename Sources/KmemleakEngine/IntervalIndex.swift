@@ -24,6 +24,8 @@ struct ObjectRecord {
     var count: Int16
 
     static let hasExtras: UInt64 = 0x40
+    /// Registered while a scan was running: not reported by that scan (it may have missed its references).
+    static let newDuringScan: UInt64 = 0x80
 
     @inline(__always) var flags: UInt32 { UInt32(truncatingIfNeeded: seqFlags & 0xff) }
     @inline(__always) var seq: UInt64 { seqFlags >> 8 }

@@ -75,12 +75,15 @@ public final class Kmemleak: Sendable {
 
     // MARK: - Allocator hooks (KMEMLEAK-SPEC §3)
 
+    /// The kernel's `ptr && !IS_ERR(ptr)` guard of every hook: NULL and the last 4095 addresses are ignored.
+    @inline(__always) static func valid(_ p: Address) -> Bool { p != 0 && p < UInt64.max - 4094 }
+
     /// `kmemleak_alloc(ptr, size, min_count)`: registers a block. min_count 1 for heap blocks, 0 = never
     /// reported (grey), -1 = ignored (black). NULL and error pointers are ignored. An overlap with a
     /// registered object disables the detector (kernel log message).
     /// A zero-size object occupies one byte for lookups (so `malloc(0)` blocks can be referenced).
     public func alloc(_ pointer: Address, size: UInt64, minCount: Int32 = 1, metadata: ObjectMetadata) {
-        guard pointer != 0, pointer < UInt64.max - 4094 else { return }
+        guard Self.valid(pointer) else { return }
         withState { s in
             guard s.enabled else { return }
             s.createObject(pointer, size: size, minCount: minCount, percpuObject: false, metadata)
@@ -90,7 +93,7 @@ public final class Kmemleak: Sendable {
     /// `kmemleak_alloc_percpu(ptr, size)`: registers a per-CPU object by its handle, min_count 1
     /// (6.12+). Its CPU copies are found through the layouts given to `setPercpuLayouts`.
     public func allocPercpu(_ handle: Address, size: UInt64, metadata: ObjectMetadata) {
-        guard handle != 0, handle < UInt64.max - 4094 else { return }
+        guard Self.valid(handle) else { return }
         withState { s in
             guard s.enabled else { return }
             s.createObject(handle, size: size, minCount: 1, percpuObject: true, metadata)
@@ -102,7 +105,7 @@ public final class Kmemleak: Sendable {
     /// always holds one reference) to `pointer`, so surplus references to that already-gray owner count
     /// for the block.
     public func vmalloc(area: Address, pointer: Address, size: UInt64, metadata: ObjectMetadata) {
-        guard pointer != 0 else { return }
+        guard Self.valid(pointer) else { return }
         withState { s in
             guard s.enabled else { return }
             let ps = s.pageSize
@@ -115,6 +118,7 @@ public final class Kmemleak: Sendable {
     /// `kmemleak_free(ptr)`: unregisters the object starting exactly at `pointer` (unknown: silent; an
     /// interior pointer logs "Found object by alias").
     public func free(_ pointer: Address) {
+        guard Self.valid(pointer) else { return }
         withState { s in
             guard s.enabled else { return }
             s.free(pointer, .plain)
@@ -123,6 +127,7 @@ public final class Kmemleak: Sendable {
 
     /// `kmemleak_free_percpu(ptr)`.
     public func freePercpu(_ handle: Address) {
+        guard Self.valid(handle) else { return }
         withState { s in
             guard s.enabled else { return }
             s.free(handle, .percpu)
@@ -133,6 +138,7 @@ public final class Kmemleak: Sendable {
     /// allowed); the left and right remainders are re-registered with the same min_count and with
     /// `metadata` (the freeing context: pid, comm, time, trace, and the seq that orders them).
     public func freePart(_ pointer: Address, size: UInt64, metadata: ObjectMetadata) {
+        guard Self.valid(pointer) else { return }
         withState { s in
             guard s.enabled else { return }
             s.freePart(pointer, size: size, metadata)
@@ -141,6 +147,7 @@ public final class Kmemleak: Sendable {
 
     /// `kmemleak_update_trace(ptr)`: replaces the trace of the object containing `pointer`.
     public func updateTrace(_ pointer: Address, trace: UInt32) {
+        guard Self.valid(pointer) else { return }
         withState { s in
             guard s.enabled else { return }
             s.updateTrace(pointer, trace)
@@ -151,6 +158,7 @@ public final class Kmemleak: Sendable {
 
     /// `kmemleak_not_leak(ptr)`: grey forever (scanned, never reported).
     public func notLeak(_ pointer: Address) {
+        guard Self.valid(pointer) else { return }
         withState { s in
             guard s.enabled else { return }
             s.paint(pointer, MinCount.grey, .plain)
@@ -159,6 +167,7 @@ public final class Kmemleak: Sendable {
 
     /// `kmemleak_transient_leak(ptr)`: checksum = 0, so the next scan treats it as modified.
     public func transientLeak(_ pointer: Address) {
+        guard Self.valid(pointer) else { return }
         withState { s in
             guard s.enabled else { return }
             s.resetChecksum(pointer)
@@ -167,6 +176,7 @@ public final class Kmemleak: Sendable {
 
     /// `kmemleak_ignore(ptr)`: black (not scanned, not reported).
     public func ignore(_ pointer: Address) {
+        guard Self.valid(pointer) else { return }
         withState { s in
             guard s.enabled else { return }
             s.paint(pointer, MinCount.black, .plain)
@@ -175,6 +185,7 @@ public final class Kmemleak: Sendable {
 
     /// `kmemleak_ignore_percpu(ptr)`: black, for a per-CPU object.
     public func ignorePercpu(_ handle: Address) {
+        guard Self.valid(handle) else { return }
         withState { s in
             guard s.enabled else { return }
             s.paint(handle, MinCount.black, .percpu)
@@ -183,6 +194,7 @@ public final class Kmemleak: Sendable {
 
     /// `kmemleak_no_scan(ptr)`: do not scan the contents; references to it still count.
     public func noScan(_ pointer: Address) {
+        guard Self.valid(pointer) else { return }
         withState { s in
             guard s.enabled else { return }
             s.noScan(pointer)
@@ -193,6 +205,7 @@ public final class Kmemleak: Sendable {
     /// `size == UInt64.max` (SIZE_MAX) means "to the end of the object". An area past the end logs
     /// "Scan area larger than object 0x%08lx" and is ignored.
     public func scanArea(_ pointer: Address, size: UInt64) {
+        guard Self.valid(pointer), size != 0 else { return }
         withState { s in
             guard s.enabled else { return }
             s.addScanArea(pointer, size: size)
@@ -202,6 +215,7 @@ public final class Kmemleak: Sendable {
     /// `object_set_excess_ref(ptr, excess_ref)`: references to the object at `pointer` found while it is
     /// already gray are forwarded to the object starting at `excessRef`.
     public func setExcessRef(_ pointer: Address, to excessRef: Address) {
+        guard Self.valid(pointer) else { return }
         withState { s in
             guard s.enabled else { return }
             s.setExcessRef(pointer, excessRef)

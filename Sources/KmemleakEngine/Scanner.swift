@@ -325,6 +325,7 @@ struct Scanner<M: MemoryReader> {
                 var i = slot
                 while i < end {
                     if s.records[i].allocated {
+                        s.records[i].seqFlags &= ~ObjectRecord.newDuringScan
                         s.records[i].count = 0
                         if s.records[i].isGray { s.gray.push(UInt32(i)) }
                     }
@@ -567,7 +568,11 @@ struct Scanner<M: MemoryReader> {
         var cands: [UInt32] = []
         guard forSlots({ s, i in
             let r = s.records[i]
-            if r.isWhite && !r.has(ObjectFlags.reported) && s.unreferenced(r) { cands.append(UInt32(i)) }
+            if r.isWhite && !r.has(ObjectFlags.reported) && r.seqFlags & ObjectRecord.newDuringScan == 0
+                && s.unreferenced(r)
+            {
+                cands.append(UInt32(i))
+            }
         }) else { return }
         if cands.isEmpty { return }
         let cs = cands
@@ -599,7 +604,9 @@ struct Scanner<M: MemoryReader> {
         var n = 0
         guard forSlots({ s, i in
             let r = s.records[i]
-            if r.isWhite && s.unreferenced(r) && !r.has(ObjectFlags.reported) {
+            if r.isWhite && s.unreferenced(r) && !r.has(ObjectFlags.reported)
+                && r.seqFlags & ObjectRecord.newDuringScan == 0
+            {
                 s.records[i].set(ObjectFlags.reported)
                 n += 1
             }
@@ -632,6 +639,10 @@ extension Kmemleak {
     /// its min_count becomes gray and its contents are scanned in the same pass (sparing what it points to).
     /// Candidates found in any pass are not reported by this scan. This absorbs pointers that a live process
     /// moved while the main pass was reading.
+    ///
+    /// Objects registered while this scan runs (after its prepare step reached their slot) are not reported
+    /// by it, whatever their creation time: the scan may already have passed their references (the daemon
+    /// adopts old objects; the kernel only ever creates young ones).
     ///
     /// `shouldStop` is checked before every batch and every lock hold; when it returns true (or the detector
     /// is disabled meanwhile) the scan ends with `interrupted == true` and reports nothing.

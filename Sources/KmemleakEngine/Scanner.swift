@@ -119,6 +119,47 @@ extension EngineState {
         }
     }
 
+    /// One lock hold: scan_block over each chunk whose object is still allocated (roots always).
+    mutating func scanGroup(_ bufferBase: Int, _ group: [(off: Int, addr: UInt64, len: Int, id: UInt32)]) {
+        if confirm != nil {
+            for c in group {
+                if c.id != rootID {
+                    guard Int(c.id) < records.count, records[Int(c.id)].allocated else { continue }
+                }
+                scanBlock(UnsafeRawPointer(bitPattern: bufferBase + c.off)!, addr: c.addr, len: c.len, scanned: c.id)
+            }
+            return
+        }
+        let pl = plain
+        let pc = percpu
+        let ex = extras
+        var g = gray
+        gray = GrayQueue()
+        var aliases: [UInt64] = []
+        records.withUnsafeMutableBufferPointer { rb in
+            guard let rec = rb.baseAddress else { return }
+            let nrec = rb.count
+            for c in group {
+                if c.id != rootID {
+                    guard Int(c.id) < nrec, rec[Int(c.id)].allocated else { continue }
+                }
+                guard c.len >= 8 else { continue }
+                let first = (c.addr &+ 7) & ~7
+                let end = c.addr &+ UInt64(c.len)
+                guard first >= c.addr, first &+ 8 <= end else { continue }
+                let n = Int((end - first) / 8)
+                let base = UnsafeRawPointer(bitPattern: bufferBase + c.off + Int(first - c.addr))!
+                for i in 0..<n {
+                    let w = base.loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
+                    Self.pointerUpdateRefs(w, pl, rec, c.id, &g, ex, pl, &aliases)
+                    Self.pointerUpdateRefs(w, pc, rec, c.id, &g, ex, pl, &aliases)
+                }
+            }
+        }
+        gray = g
+        for a in aliases { _ = lookup(a, alias: false, .plain) }
+    }
+
     mutating func normalWords(_ base: UnsafeRawPointer, _ n: Int, _ scanned: UInt32) {
         let pl = plain
         let pc = percpu
@@ -489,13 +530,7 @@ struct Scanner<M: MemoryReader> {
         let base = Int(bitPattern: buffer.baseAddress)
         let ok = engine.withState { s -> Bool in
             guard s.enabled && s.epoch == ep else { return false }
-            for c in group {
-                if c.id != rootID {
-                    guard Int(c.id) < s.records.count, s.records[Int(c.id)].allocated else { continue }
-                }
-                let p = UnsafeRawPointer(bitPattern: base + c.off)!
-                s.scanBlock(p, addr: c.addr, len: c.len, scanned: c.id)
-            }
+            s.scanGroup(base, group)
             return true
         }
         if !ok { interrupted = true }

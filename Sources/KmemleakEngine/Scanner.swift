@@ -649,9 +649,10 @@ struct Scanner<M: MemoryReader> {
         result.newLeaks = n
         if n > 0 {
             let line = Kmemleak.newLeaksLine(n, controlFilePath: engine.configuration.controlFilePath)
+            let logIt = engine.configuration.logNewLeaks
             engine.withState { s in
                 s.foundLeaks = true
-                s.logs.append(line)
+                if logIt { s.logs.append(line) }
             }
         }
     }

@@ -45,8 +45,14 @@ public struct KmemleakConfiguration: Sendable {
     /// "echo clear > PATH" hint, e.g. "/mnt/kmemleak/kmemleak".
     public var controlFilePath: String
     /// Sink for the kernel's log lines (each already prefixed with "kmemleak: " where the kernel's
-    /// pr_fmt would add it; one line per call, no trailing newline). Never called with a lock held.
+    /// pr_fmt would add it; one line per call, no trailing newline). Never called with the state lock
+    /// held, so it may call object operations; it may run inside `scan`/`clear`, so it must not call
+    /// `scan`, `clear` or `reportSnapshot` (they would wait for themselves).
     public var log: @Sendable (String) -> Void
+    /// Whether `scan` logs "kmemleak: N new suspected memory leaks (see PATH)" itself (default true).
+    /// A daemon running one engine per client may turn it off and log one summed line with
+    /// `Kmemleak.newLeaksLine`.
+    public var logNewLeaks: Bool
     /// Optional context used to print comm and frames in log-only object dumps (alias and overlap warnings).
     public var logContext: (any ReportContext & Sendable)?
 
@@ -61,8 +67,10 @@ public struct KmemleakConfiguration: Sendable {
         pageSize: UInt64 = 4096,
         controlFilePath: String = "/sys/kernel/debug/kmemleak",
         log: @escaping @Sendable (String) -> Void = { _ in },
+        logNewLeaks: Bool = true,
         logContext: (any ReportContext & Sendable)? = nil
     ) {
+        self.logNewLeaks = logNewLeaks
         self.possibleCPUs = max(1, possibleCPUs)
         self.minimumAge = minimumAge
         self.ticksPerSecond = ticksPerSecond

@@ -31,9 +31,7 @@ import Testing
         w.ptr(A, B)
         w.ptr(B, C)
         let e = w.e
-        var step = 0
         w.mem.beforeRead = { _, ranges in
-            step += 1
             if ranges.contains(where: { $0.address == B }) { e.free(C) }
         }
         let r = w.scan()
@@ -72,7 +70,8 @@ import Testing
         let count = await churn.value
         #expect(count == 20_000)
         #expect(e.isEnabled)
-        #expect(leaks <= 20_000)
+        // Each object is reported at most once; re-registered objects are new objects (5 rounds of 2858).
+        #expect(leaks <= 20_000 + 5 * 2_858)
         // Everything is eventually reported exactly once (zero contents), except the not_leak ones.
         _ = e.scan(now: 100 * sec, memory: mem)
         #expect(e.reportSnapshot(memory: mem).count == 20_000 - 5)

@@ -137,6 +137,27 @@ let tStop = clock.measure {
 }
 print("interrupted scan: \(fmt(seconds(tStop) * 1000, 2)) ms until stop after 50 checks, interrupted=\(result.interrupted), new leaks \(result.newLeaks)")
 
+// Latency of a concurrent caller (alloc + free of a spare object) while a full scan runs.
+let spareBase: UInt64 = 0x6000_0000_0000
+let probe = Task.detached { () -> (Int, Double) in
+    let c = ContinuousClock()
+    var worst = Duration.zero
+    var calls = 0
+    let start = c.now
+    while c.now - start < .milliseconds(600) {
+        let t0 = c.now
+        engine.alloc(spareBase + UInt64(calls % 1024) * 64, size: 64, metadata: ObjectMetadata(seq: UInt64(10_000_000 + calls)))
+        engine.free(spareBase + UInt64(calls % 1024) * 64)
+        let d = c.now - t0
+        if d > worst { worst = d }
+        calls += 1
+    }
+    return (calls, seconds(worst))
+}
+let tScan4 = clock.measure { result = engine.scan(now: 40_000_000_000, memory: mem, shouldStop: { false }) }
+let (probeCalls, worst) = await probe.value
+print("concurrent caller during a \(fmt(seconds(tScan4), 3)) s scan: \(probeCalls) alloc+free pairs, worst \(fmt(worst * 1e6, 1)) µs")
+
 var entries: [ReportEntry] = []
 let tRep = clock.measure { entries = engine.reportSnapshot(memory: mem) }
 struct NoContext: ReportContext {

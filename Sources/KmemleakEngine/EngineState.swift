@@ -62,7 +62,7 @@ struct EngineState {
     var logContext: (any ReportContext & Sendable)?
     var pageSize: UInt64
 
-    var records: [ObjectRecord] = []
+    var records = RecordStore()
     var freeSlots: [UInt32] = []
     var deferredFree: [UInt32] = []
     var plain = IntervalIndex()
@@ -140,10 +140,7 @@ struct EngineState {
         let hit: (id: UInt32, b: Int, pos: Int)?
         do {
             let idx = space == .plain ? plain : percpu
-            hit = records.withUnsafeBufferPointer { rb in
-                guard let base = rb.baseAddress, let p = idx.predecessor(ptr, base) else { return nil }
-                return p
-            }
+            hit = records.count == 0 ? nil : records.withRecords { rec in idx.predecessor(ptr, rec) }
         }
         guard let h = hit else { return nil }
         let r = records[Int(h.id)]
@@ -189,10 +186,7 @@ struct EngineState {
         let succ: UInt32?
         do {
             let idx = space == .plain ? plain : percpu
-            pred = records.withUnsafeBufferPointer { rb in
-                guard let base = rb.baseAddress else { return nil }
-                return idx.predecessor(ptr, base)
-            }
+            pred = records.count == 0 ? nil : records.withRecords { rec in idx.predecessor(ptr, rec) }
             succ = idx.successor(pred?.b ?? -1, pred?.pos ?? -1)
         }
         var parent: UInt32? = nil
@@ -345,7 +339,7 @@ struct EngineState {
 
     /// __kmemleak_do_cleanup: drop all metadata.
     mutating func freeAll() {
-        records = []
+        records = RecordStore()
         freeSlots = []
         deferredFree = []
         plain.removeAll()

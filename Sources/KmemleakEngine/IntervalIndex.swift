@@ -76,7 +76,7 @@ struct IntervalIndex {
     }
 
     /// In logical block b: the last position whose pointer is <= addr (or -1).
-    @inline(__always) func position(_ b: Int, _ addr: UInt64, _ rec: UnsafePointer<ObjectRecord>) -> Int {
+    @inline(__always) func position(_ b: Int, _ addr: UInt64, _ rec: Rec) -> Int {
         let p = Int(phys[b])
         let n = Int(counts[p])
         return ids.withUnsafeBufferPointer { idp in
@@ -85,7 +85,7 @@ struct IntervalIndex {
             var hi = n
             while lo < hi {
                 let mid = (lo &+ hi) >> 1
-                if rec[Int(base[mid])].pointer <= addr { lo = mid &+ 1 } else { hi = mid }
+                if rec[Int(base[mid])].pointee.pointer <= addr { lo = mid &+ 1 } else { hi = mid }
             }
             return lo - 1
         }
@@ -96,7 +96,7 @@ struct IntervalIndex {
     }
 
     /// The id of the object with the greatest pointer <= addr, with its logical block and position.
-    @inline(__always) func predecessor(_ addr: UInt64, _ rec: UnsafePointer<ObjectRecord>) -> (id: UInt32, b: Int, pos: Int)? {
+    @inline(__always) func predecessor(_ addr: UInt64, _ rec: Rec) -> (id: UInt32, b: Int, pos: Int)? {
         let b = blockIndex(addr)
         if b < 0 { return nil }
         let pos = position(b, addr, rec)
@@ -254,5 +254,60 @@ struct IntervalIndex {
 
     mutating func removeAll() {
         self = IntervalIndex()
+    }
+}
+
+/// Object records in fixed pages of 4096 (160 KiB): growing never copies the existing records (no stall
+/// under the lock at millions of objects), and ids stay stable. Reference type: owned by one EngineState.
+final class RecordStore {
+    static let pageShift = 12
+    static let pageSize = 1 << pageShift
+    private(set) var pages: [UnsafeMutablePointer<ObjectRecord>] = []
+    private(set) var count = 0
+
+    var capacity: Int { pages.count * Self.pageSize }
+    var indices: Range<Int> { 0..<count }
+
+    deinit { removeAll() }
+
+    @inline(__always) subscript(i: Int) -> ObjectRecord {
+        get { pages[i >> Self.pageShift][i & (Self.pageSize - 1)] }
+        set { pages[i >> Self.pageShift][i & (Self.pageSize - 1)] = newValue }
+    }
+
+    private func addPage() {
+        let p = UnsafeMutablePointer<ObjectRecord>.allocate(capacity: Self.pageSize)
+        p.initialize(repeating: ObjectRecord(pointer: 0, seqFlags: 0, created: 0, size32: 0, checksum: 0, context: 0,
+                                             minCount: 0, count: 0), count: Self.pageSize)
+        pages.append(p)
+    }
+
+    func append(_ r: ObjectRecord) {
+        if count == capacity { addPage() }
+        self[count] = r
+        count += 1
+    }
+
+    func reserveCapacity(_ n: Int) {
+        while capacity < n { addPage() }
+    }
+
+    func removeAll() {
+        for p in pages { p.deallocate() }
+        pages = []
+        count = 0
+    }
+
+    /// Raw access for hot loops (no append may happen inside `body`).
+    @inline(__always) func withRecords<R>(_ body: (Rec) -> R) -> R {
+        pages.withUnsafeBufferPointer { pt in body(Rec(pt: UnsafePointer(pt.baseAddress ?? UnsafePointer(bitPattern: 8)!))) }
+    }
+}
+
+/// A page-table view of a RecordStore.
+struct Rec {
+    let pt: UnsafePointer<UnsafeMutablePointer<ObjectRecord>>
+    @inline(__always) subscript(i: Int) -> UnsafeMutablePointer<ObjectRecord> {
+        pt[i >> RecordStore.pageShift] + (i & (RecordStore.pageSize - 1))
     }
 }

@@ -9,7 +9,7 @@
 let maxBatchBytes = 1 << 20
 let maxBatchRanges = 1024
 let maxScanSize = 4096
-let slotChunk = 65536
+let slotChunk = 8192
 
 /// A piece of memory to read: part of an object (or root), at most `maxBatchBytes` (+7) long.
 struct Piece {
@@ -136,12 +136,11 @@ extension EngineState {
         var g = gray
         gray = GrayQueue()
         var aliases: [UInt64] = []
-        records.withUnsafeMutableBufferPointer { rb in
-            guard let rec = rb.baseAddress else { return }
-            let nrec = rb.count
+        let nrec = records.count
+        records.withRecords { rec in
             for c in group {
                 if c.id != rootID {
-                    guard Int(c.id) < nrec, rec[Int(c.id)].allocated else { continue }
+                    guard Int(c.id) < nrec, rec[Int(c.id)].pointee.allocated else { continue }
                 }
                 guard c.len >= 8 else { continue }
                 let first = (c.addr &+ 7) & ~7
@@ -167,8 +166,7 @@ extension EngineState {
         var g = gray
         gray = GrayQueue()
         var aliases: [UInt64] = []
-        records.withUnsafeMutableBufferPointer { rb in
-            guard let rec = rb.baseAddress else { return }
+        records.withRecords { rec in
             for i in 0..<n {
                 let w = base.loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
                 Self.pointerUpdateRefs(w, pl, rec, scanned, &g, ex, pl, &aliases)
@@ -191,13 +189,13 @@ extension EngineState {
     /// objects to their excess_ref (exact lookup, plain tree only), else update_refs.
     @inline(__always)
     static func pointerUpdateRefs(
-        _ w: UInt64, _ idx: IntervalIndex, _ rec: UnsafeMutablePointer<ObjectRecord>, _ scanned: UInt32,
+        _ w: UInt64, _ idx: IntervalIndex, _ rec: Rec, _ scanned: UInt32,
         _ g: inout GrayQueue, _ ex: [UInt32: ObjectExtras], _ plainIdx: IntervalIndex, _ aliases: inout [UInt64]
     ) {
         if w < idx.minAddr || w >= idx.maxAddr { return }
         guard let h = idx.predecessor(w, rec) else { return }
         let id = h.id
-        let r = rec[Int(id)]
+        let r = rec[Int(id)].pointee
         if w &- r.pointer >= max(objectSize(r, id, ex), 1) { return }
         if id == scanned { return }
         var excess: UInt64 = 0
@@ -208,7 +206,7 @@ extension EngineState {
         }
         if excess != 0 {
             guard let h2 = plainIdx.predecessor(excess, rec) else { return }
-            let r2 = rec[Int(h2.id)]
+            let r2 = rec[Int(h2.id)].pointee
             if excess &- r2.pointer >= max(objectSize(r2, h2.id, ex), 1) { return }
             if r2.pointer != excess {
                 aliases.append(excess)
@@ -221,10 +219,11 @@ extension EngineState {
 
     /// update_refs: a white object's count grows; reaching min_count makes it gray and appends it.
     @inline(__always)
-    static func updateRefs(_ id: UInt32, _ rec: UnsafeMutablePointer<ObjectRecord>, _ g: inout GrayQueue) {
-        if !rec[Int(id)].isWhite { return }
-        rec[Int(id)].count &+= 1
-        if rec[Int(id)].isGray { g.push(id) }
+    static func updateRefs(_ id: UInt32, _ rec: Rec, _ g: inout GrayQueue) {
+        let p = rec[Int(id)]
+        if !p.pointee.isWhite { return }
+        p.pointee.count &+= 1
+        if p.pointee.isGray { g.push(id) }
     }
 
     // MARK: confirmation passes
@@ -266,8 +265,7 @@ extension EngineState {
     mutating func confirmWords(_ base: UnsafeRawPointer, _ n: Int, _ scanned: UInt32) {
         guard var c = confirm else { return }
         confirm = nil
-        records.withUnsafeMutableBufferPointer { rb in
-            guard let rec = rb.baseAddress else { return }
+        records.withRecords { rec in
             for i in 0..<n {
                 let w = base.loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
                 for sp in 0..<2 {
@@ -287,7 +285,7 @@ extension EngineState {
                     c.passCount[sp][k] += 1
                     if c.passCount[sp][k] >= c.minCounts[sp][k] {
                         c.spared[sp][k] = true
-                        rec[Int(id)].count = rec[Int(id)].minCount
+                        rec[Int(id)].pointee.count = rec[Int(id)].pointee.minCount
                         c.queue.push(id)
                         c.sparedIDs.append(id)
                     }

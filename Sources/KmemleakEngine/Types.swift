@@ -274,6 +274,7 @@ public struct ObjectInfo: Sendable, Equatable {
     /// True for per-CPU objects.
     public var isPercpu: Bool { flags & ObjectFlags.percpu != 0 }
 
+    /// Field-wise equality (scan areas compared by start and size, in order).
     public static func == (a: ObjectInfo, b: ObjectInfo) -> Bool {
         a.pointer == b.pointer && a.size == b.size && a.flags == b.flags && a.minCount == b.minCount
             && a.count == b.count && a.checksum == b.checksum && a.excessRef == b.excessRef

@@ -20,55 +20,53 @@ struct Piece {
     var tags: UInt8
 }
 
+/// A range still to be read: an object (or CPU copy, scan area, root) not yet fully cut into pieces.
+struct Span {
+    var id: UInt32
+    var start: UInt64
+    var remaining: UInt64
+    /// Nothing of it was cut yet.
+    var first: Bool
+    /// The last range of its object (checksum pass: apply the crc after it).
+    var lastOfObject: Bool
+}
+
 extension EngineState {
-    /// Appends the pieces of [start, start+len): boundaries at alignUp(start, 8) + k * maxBatchBytes so that
-    /// no word straddles two pieces.
-    static func split(_ id: UInt32, _ start: UInt64, _ len: UInt64, into out: inout [Piece]) {
+    /// Appends the range [start, start+len) (clamped at the top of the address space). Ranges are cut into
+    /// pieces lazily, one batch at a time (see Scanner.fill), so a bogus huge size costs nothing up front.
+    static func addSpan(_ id: UInt32, _ start: UInt64, _ len: UInt64, into out: inout [Span]) {
         guard len > 0 else { return }
-        let end = start.addingReportingOverflow(len).overflow ? UInt64.max : start + len
-        let first = out.count
-        var s = start
-        var boundary = ((start &+ 7) & ~7) &+ UInt64(maxBatchBytes)
-        while s < end {
-            let e = boundary > s && boundary < end ? boundary : end
-            out.append(Piece(id: id, start: s, length: Int(e - s), tags: 0))
-            s = e
-            boundary &+= UInt64(maxBatchBytes)
-        }
-        if out.count > first {
-            out[first].tags |= 1
-            out[out.count - 1].tags |= 2
-        }
+        out.append(Span(id: id, start: start, remaining: min(len, UInt64.max - start), first: true, lastOfObject: false))
     }
 
     /// scan_object's ranges: nothing if NO_SCAN or freed; every CPU copy of a per-CPU object; the scan
     /// areas unless FULL_SCAN; else the whole object.
-    func expandForScan(_ id: UInt32, into out: inout [Piece]) {
+    func expandForScan(_ id: UInt32, into out: inout [Span]) {
         let r = records[Int(id)]
         guard r.allocated, !r.has(ObjectFlags.noScan) else { return }
         let sz = size(id)
         if r.has(ObjectFlags.percpu) {
-            for c in copies(r.pointer) { Self.split(id, c.address, sz, into: &out) }
+            for c in copies(r.pointer) { Self.addSpan(id, c.address, sz, into: &out) }
         } else if r.seqFlags & ObjectRecord.hasExtras != 0, let e = extras[id], !e.areas.isEmpty,
             !r.has(ObjectFlags.fullScan)
         {
-            for a in e.areas { Self.split(id, a.start, a.size, into: &out) }
+            for a in e.areas { Self.addSpan(id, a.start, a.size, into: &out) }
         } else {
-            Self.split(id, r.pointer, sz, into: &out)
+            Self.addSpan(id, r.pointer, sz, into: &out)
         }
     }
 
     /// update_checksum's ranges: the whole object, or every CPU copy.
-    func expandForChecksum(_ id: UInt32, into out: inout [Piece]) {
+    func expandForChecksum(_ id: UInt32, into out: inout [Span]) {
         let r = records[Int(id)]
         let sz = size(id)
         let first = out.count
         if r.has(ObjectFlags.percpu) {
-            for c in copies(r.pointer) { Self.split(id, c.address, sz, into: &out) }
+            for c in copies(r.pointer) { Self.addSpan(id, c.address, sz, into: &out) }
         } else {
-            Self.split(id, r.pointer, sz, into: &out)
+            Self.addSpan(id, r.pointer, sz, into: &out)
         }
-        if out.count > first { out[out.count - 1].tags |= 4 }
+        if out.count > first { out[out.count - 1].lastOfObject = true }
     }
 
     /// Applies a recomputed checksum (kmemleak_scan step 4): a white, allocated object whose checksum
@@ -309,10 +307,10 @@ struct Scanner<M: MemoryReader> {
     var pieces: [Piece] = []
     var ranges: [MemoryRange] = []
     var bytesRead: [Int] = []
-    var expansion: [Piece] = []
+    var expansion: [Span] = []
     var expCursor = 0
     var slotCursor = 0
-    var rootPieces: [Piece] = []
+    var rootSpans: [Span] = []
     var countObjects = true
 
     init(engine: Kmemleak, memory: M, stop: @escaping () -> Bool) {
@@ -352,7 +350,7 @@ struct Scanner<M: MemoryReader> {
                 s.confirm = nil
             }
         }
-        for r in roots { EngineState.split(rootID, r.start, r.end - r.start, into: &rootPieces) }
+        for r in roots { EngineState.addSpan(rootID, r.start, r.end - r.start, into: &rootSpans) }
 
         // 1. Prepare: whiten every object, seed the gray list with gray ones.
         var slot = 0
@@ -393,7 +391,7 @@ struct Scanner<M: MemoryReader> {
     }
 
     mutating func scanRoots() {
-        expansion = rootPieces
+        expansion = rootSpans
         expCursor = 0
         let saved = countObjects
         countObjects = false
@@ -408,12 +406,28 @@ struct Scanner<M: MemoryReader> {
         var visited = 0
         while pieces.count < maxBatchRanges {
             if expCursor < expansion.count {
-                let pc = expansion[expCursor]
-                if bytes + pc.length > maxBatchBytes && !pieces.isEmpty { return true }
-                pieces.append(pc)
-                bytes += pc.length
-                expCursor += 1
-                continue
+                // Cut the next piece: pieces end at alignUp(start, 8) + k * maxBatchBytes, so no word
+                // straddles two pieces.
+                var sp = expansion[expCursor]
+                let m = UInt64(maxBatchBytes)
+                let limit = sp.first ? (((sp.start &+ 7) & ~7) &+ m) &- sp.start : m
+                let len = min(sp.remaining, limit)
+                if bytes + Int(len) > maxBatchBytes && !pieces.isEmpty { return true }
+                let whole = len == sp.remaining
+                var tags: UInt8 = sp.first ? 1 : 0
+                if whole { tags |= sp.lastOfObject ? 6 : 2 }
+                pieces.append(Piece(id: sp.id, start: sp.start, length: Int(len), tags: tags))
+                bytes += Int(len)
+                if whole {
+                    expCursor += 1
+                    continue
+                }
+                // The rest waits for the next batch, and is dropped if this piece reads short.
+                sp.start &+= len
+                sp.remaining -= len
+                sp.first = false
+                expansion[expCursor] = sp
+                return true
             }
             expansion.removeAll(keepingCapacity: true)
             expCursor = 0
@@ -455,17 +469,29 @@ struct Scanner<M: MemoryReader> {
     /// Reads the current batch with one MemoryReader call.
     mutating func readBatch() {
         ranges.removeAll(keepingCapacity: true)
-        for p in pieces { ranges.append(MemoryRange(address: p.start, length: p.length)) }
-        var got = Array(repeating: 0, count: pieces.count)
-        let buf = buffer
-        let mem = memory
-        ranges.withUnsafeBufferPointer { r in
-            got.withUnsafeMutableBufferPointer { b in
-                mem.read(r, into: buf, bytesRead: b)
+        for p in pieces where p.length > 0 { ranges.append(MemoryRange(address: p.start, length: p.length)) }
+        var got = Array(repeating: 0, count: ranges.count)
+        if !ranges.isEmpty {
+            let buf = buffer
+            let mem = memory
+            ranges.withUnsafeBufferPointer { r in
+                got.withUnsafeMutableBufferPointer { b in
+                    mem.read(r, into: buf, bytesRead: b)
+                }
             }
         }
-        bytesRead = got
-        for i in bytesRead.indices { bytesRead[i] = max(0, min(bytesRead[i], pieces[i].length)) }
+        bytesRead = Array(repeating: 0, count: pieces.count)
+        var k = 0
+        for i in pieces.indices where pieces[i].length > 0 {
+            bytesRead[i] = max(0, min(got[k], pieces[i].length))
+            k += 1
+        }
+        // A partial piece (always the batch's last) that read short: the rest of its range is absent.
+        if let last = pieces.last, last.tags & 2 == 0, bytesRead[pieces.count - 1] < last.length,
+            expCursor < expansion.count
+        {
+            expansion[expCursor].remaining = 0
+        }
     }
 
     /// Batches from `source`: read, then scan_block in FIFO order, <= 4096 bytes per lock hold.
@@ -615,7 +641,7 @@ struct Scanner<M: MemoryReader> {
         defer { countObjects = saved }
         for _ in 0..<passes {
             engine.withState { s in s.beginConfirmPass() }
-            expansion = rootPieces
+            expansion = rootSpans
             expCursor = 0
             run(.none)
             slotCursor = 0

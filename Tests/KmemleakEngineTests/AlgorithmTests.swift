@@ -552,3 +552,35 @@ let A: UInt64 = 0x10000, B: UInt64 = 0x10100, C: UInt64 = 0x10200, D: UInt64 = 0
         #expect(w.settle() == [B])
     }
 }
+
+@Suite struct RobustnessTests {
+    /// A bogus huge object (untrusted client table) in unmapped memory: the scan reads its first piece,
+    /// sees the short read, drops the rest and finishes.
+    @Test func hugeUnmappedObject() {
+        let w = World()
+        let huge: UInt64 = 0x1000_0000_0000
+        w.obj(huge, size: 1 << 60)
+        w.obj(A)
+        w.root(0, huge + 12345)
+        w.root(1, A)
+        let r = w.scan()
+        #expect(!r.interrupted)
+        #expect(r.bytesScanned == 0x100 + 64)
+        #expect(w.settle() == [])
+        #expect(w.mem.rangesRead < 20)
+    }
+
+    /// A partly mapped large object: what was read is scanned (the pointer in the first MiB keeps B),
+    /// the unmapped rest is absent.
+    @Test func largeObjectPartlyMapped() {
+        let w = World()
+        let L: UInt64 = 0x200_0000
+        w.mem.map(L, 0x10_0100)  // 1 MiB + 256 bytes of a 4 MiB object
+        w.obj(L, size: 0x40_0000)
+        w.obj(A)
+        w.obj(B)
+        w.root(0, L)
+        w.ptr(L + 0x10_0000 + 8, A)  // in the mapped tail of the second piece
+        #expect(w.settle() == [B])
+    }
+}

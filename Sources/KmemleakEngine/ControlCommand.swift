@@ -1,7 +1,7 @@
 // The write side of the control file (kmemleak_write in mm/kmemleak.c), as a pure function.
 
 /// The kernel's errno values returned by the control file.
-public enum Errno {
+public enum KmemleakErrno {
     /// EPERM: kmemleak is disabled (anything but `clear`).
     public static let EPERM: Int32 = 1
     /// EINVAL: unknown command, bad number, unknown dump address.
@@ -12,7 +12,7 @@ public enum Errno {
 
 /// A failed control write: the errno the write returns (as a positive value).
 public struct ControlError: Error, Sendable, Equatable {
-    /// The errno value (Errno.EPERM, Errno.EINVAL, Errno.ERANGE).
+    /// The errno value (KmemleakErrno.EPERM, KmemleakErrno.EINVAL, KmemleakErrno.ERANGE).
     public var errno: Int32
     /// Creates an error.
     public init(errno: Int32) { self.errno = errno }
@@ -53,7 +53,7 @@ public enum ControlCommand: Sendable, Equatable {
             return buf.count >= p.count && Array(buf[0..<p.count]) == p
         }
         if has("clear") { return .success(.clear) }
-        if disabled { return .failure(ControlError(errno: Errno.EPERM)) }
+        if disabled { return .failure(ControlError(errno: KmemleakErrno.EPERM)) }
         if has("off") { return .success(.off) }
         if has("stack=on") { return .success(.stack(true)) }
         if has("stack=off") { return .success(.stack(false)) }
@@ -63,18 +63,18 @@ public enum ControlCommand: Sendable, Equatable {
             switch kstrtoull(Array(buf[5...]), base: 0) {
             case .failure(let e): return .failure(e)
             case .success(let v):
-                guard v <= UInt64(UInt32.max) else { return .failure(ControlError(errno: Errno.ERANGE)) }
+                guard v <= UInt64(UInt32.max) else { return .failure(ControlError(errno: KmemleakErrno.ERANGE)) }
                 return .success(.scanPeriod(UInt32(v)))
             }
         }
         if has("scan") { return .success(.scan) }
         if has("dump=") {
             switch kstrtoull(Array(buf[5...]), base: 0) {
-            case .failure: return .failure(ControlError(errno: Errno.EINVAL))  // dump_str_object_info
+            case .failure: return .failure(ControlError(errno: KmemleakErrno.EINVAL))  // dump_str_object_info
             case .success(let v): return .success(.dump(v))
             }
         }
-        return .failure(ControlError(errno: Errno.EINVAL))
+        return .failure(ControlError(errno: KmemleakErrno.EINVAL))
     }
 
     /// The kernel's `kstrtoull(s, base)` (lib/kstrtox.c) on a NUL-free byte string: optional leading
@@ -117,10 +117,10 @@ public enum ControlCommand: Sendable, Equatable {
             digits += 1
             i += 1
         }
-        if overflow { return .failure(ControlError(errno: Errno.ERANGE)) }
-        if digits == 0 { return .failure(ControlError(errno: Errno.EINVAL)) }
+        if overflow { return .failure(ControlError(errno: KmemleakErrno.ERANGE)) }
+        if digits == 0 { return .failure(ControlError(errno: KmemleakErrno.EINVAL)) }
         if i < s.count && s[i] == UInt8(ascii: "\n") { i += 1 }
-        if i < s.count { return .failure(ControlError(errno: Errno.EINVAL)) }
+        if i < s.count { return .failure(ControlError(errno: KmemleakErrno.EINVAL)) }
         return .success(res)
     }
 }

@@ -232,7 +232,7 @@ let A: UInt64 = 0x10000, B: UInt64 = 0x10100, C: UInt64 = 0x10200, D: UInt64 = 0
         #expect(w.e.objectCount == 1)
         #expect(w.scan().interrupted)
         #expect(w.e.reported(w.mem) == [A])  // stays readable until clear
-        #expect(ControlCommand.parse(Array("scan".utf8), disabled: !w.e.isEnabled) == .failure(ControlError(errno: Errno.EPERM)))
+        #expect(ControlCommand.parse(Array("scan".utf8), disabled: !w.e.isEnabled) == .failure(ControlError(errno: KmemleakErrno.EPERM)))
         w.e.clear()
         #expect(w.e.objectCount == 0)
         #expect(w.e.reported(w.mem) == [])

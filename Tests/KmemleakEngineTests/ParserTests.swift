@@ -39,63 +39,63 @@ import Testing
     }
 
     @Test func malformed() {
-        #expect(p("") == err(Errno.EINVAL))
-        #expect(p("\n") == err(Errno.EINVAL))
-        #expect(p("bogus") == err(Errno.EINVAL))
-        #expect(p("sca") == err(Errno.EINVAL))
-        #expect(p("stack=") == err(Errno.EINVAL))
-        #expect(p("stack=maybe") == err(Errno.EINVAL))
-        #expect(p(" scan") == err(Errno.EINVAL))
-        #expect(p("SCAN") == err(Errno.EINVAL))
-        #expect(p("scan=") == err(Errno.EINVAL))
-        #expect(p("scan=abc") == err(Errno.EINVAL))
-        #expect(p("scan=10s") == err(Errno.EINVAL))
-        #expect(p("scan=10\n\n") == err(Errno.EINVAL))
-        #expect(p("scan=-1") == err(Errno.EINVAL))
-        #expect(p("scan=08") == err(Errno.EINVAL))
-        #expect(p("scan=0x") == err(Errno.EINVAL))
-        #expect(p("scan= 5") == err(Errno.EINVAL))
-        #expect(p("dump=") == err(Errno.EINVAL))
-        #expect(p("dump=xyz") == err(Errno.EINVAL))
-        #expect(p("dump=0x12g") == err(Errno.EINVAL))
-        #expect(p("dump=99999999999999999999") == err(Errno.EINVAL))  // kstrtoul's ERANGE becomes EINVAL
+        #expect(p("") == err(KmemleakErrno.EINVAL))
+        #expect(p("\n") == err(KmemleakErrno.EINVAL))
+        #expect(p("bogus") == err(KmemleakErrno.EINVAL))
+        #expect(p("sca") == err(KmemleakErrno.EINVAL))
+        #expect(p("stack=") == err(KmemleakErrno.EINVAL))
+        #expect(p("stack=maybe") == err(KmemleakErrno.EINVAL))
+        #expect(p(" scan") == err(KmemleakErrno.EINVAL))
+        #expect(p("SCAN") == err(KmemleakErrno.EINVAL))
+        #expect(p("scan=") == err(KmemleakErrno.EINVAL))
+        #expect(p("scan=abc") == err(KmemleakErrno.EINVAL))
+        #expect(p("scan=10s") == err(KmemleakErrno.EINVAL))
+        #expect(p("scan=10\n\n") == err(KmemleakErrno.EINVAL))
+        #expect(p("scan=-1") == err(KmemleakErrno.EINVAL))
+        #expect(p("scan=08") == err(KmemleakErrno.EINVAL))
+        #expect(p("scan=0x") == err(KmemleakErrno.EINVAL))
+        #expect(p("scan= 5") == err(KmemleakErrno.EINVAL))
+        #expect(p("dump=") == err(KmemleakErrno.EINVAL))
+        #expect(p("dump=xyz") == err(KmemleakErrno.EINVAL))
+        #expect(p("dump=0x12g") == err(KmemleakErrno.EINVAL))
+        #expect(p("dump=99999999999999999999") == err(KmemleakErrno.EINVAL))  // kstrtoul's ERANGE becomes EINVAL
     }
 
     @Test func ranges() {
-        #expect(p("scan=4294967296") == err(Errno.ERANGE))
-        #expect(p("scan=0x100000000") == err(Errno.ERANGE))
-        #expect(p("scan=99999999999999999999999") == err(Errno.ERANGE))
+        #expect(p("scan=4294967296") == err(KmemleakErrno.ERANGE))
+        #expect(p("scan=0x100000000") == err(KmemleakErrno.ERANGE))
+        #expect(p("scan=99999999999999999999999") == err(KmemleakErrno.ERANGE))
         // Overflow wins over trailing garbage (checked first by _kstrtoull).
-        #expect(p("scan=99999999999999999999999xyz") == err(Errno.ERANGE))
+        #expect(p("scan=99999999999999999999999xyz") == err(KmemleakErrno.ERANGE))
         #expect(ControlCommand.kstrtoull(Array("18446744073709551615".utf8), base: 0) == .success(UInt64.max))
-        #expect(ControlCommand.kstrtoull(Array("18446744073709551616".utf8), base: 0) == .failure(ControlError(errno: Errno.ERANGE)))
+        #expect(ControlCommand.kstrtoull(Array("18446744073709551616".utf8), base: 0) == .failure(ControlError(errno: KmemleakErrno.ERANGE)))
         #expect(ControlCommand.scanPeriodMilliseconds(600) == 600_000)
         #expect(ControlCommand.scanPeriodMilliseconds(UInt32.max) == UInt64(UInt32.max))
     }
 
     @Test func disabled() {
         #expect(p("clear", disabled: true) == .success(.clear))
-        #expect(p("scan", disabled: true) == err(Errno.EPERM))
-        #expect(p("off", disabled: true) == err(Errno.EPERM))
-        #expect(p("bogus", disabled: true) == err(Errno.EPERM))
-        #expect(p("", disabled: true) == err(Errno.EPERM))
-        #expect(p("dump=0x1000", disabled: true) == err(Errno.EPERM))
+        #expect(p("scan", disabled: true) == err(KmemleakErrno.EPERM))
+        #expect(p("off", disabled: true) == err(KmemleakErrno.EPERM))
+        #expect(p("bogus", disabled: true) == err(KmemleakErrno.EPERM))
+        #expect(p("", disabled: true) == err(KmemleakErrno.EPERM))
+        #expect(p("dump=0x1000", disabled: true) == err(KmemleakErrno.EPERM))
     }
 
     @Test func binaryAndOverlong() {
         // The text ends at the first NUL (strncpy_from_user + strncmp).
         #expect(ControlCommand.parse(Array("scan".utf8) + [0, 0x41], disabled: false) == .success(.scan))
         #expect(ControlCommand.parse(Array("scan=5".utf8) + [0, 0x41], disabled: false) == .success(.scanPeriod(5)))
-        #expect(ControlCommand.parse([0] + Array("scan".utf8), disabled: false) == err(Errno.EINVAL))
-        #expect(ControlCommand.parse([0xff, 0xfe, 0x80], disabled: false) == err(Errno.EINVAL))
+        #expect(ControlCommand.parse([0] + Array("scan".utf8), disabled: false) == err(KmemleakErrno.EINVAL))
+        #expect(ControlCommand.parse([0xff, 0xfe, 0x80], disabled: false) == err(KmemleakErrno.EINVAL))
         // Only the first 63 bytes count.
         let longScan = "scan=" + String(repeating: "0", count: 57) + "7"  // 63 bytes
         #expect(p(longScan) == .success(.scanPeriod(7)))
         #expect(p(longScan + "xyz") == .success(.scanPeriod(7)))
         let tooLong = "scan=" + String(repeating: "0", count: 58) + "7"  // the 7 is byte 64
         #expect(p(tooLong) == .success(.scanPeriod(0)))
-        #expect(p("scan=1" + String(repeating: " ", count: 100)) == err(Errno.EINVAL))
-        #expect(p(String(repeating: "x", count: 1000)) == err(Errno.EINVAL))
-        #expect(p("dump=0x1000" + String(repeating: "\n", count: 60)) == err(Errno.EINVAL))
+        #expect(p("scan=1" + String(repeating: " ", count: 100)) == err(KmemleakErrno.EINVAL))
+        #expect(p(String(repeating: "x", count: 1000)) == err(KmemleakErrno.EINVAL))
+        #expect(p("dump=0x1000" + String(repeating: "\n", count: 60)) == err(KmemleakErrno.EINVAL))
     }
 }

@@ -23,7 +23,7 @@ extension Kmemleak {
                     out.append((ReportEntry(
                         pointer: r.pointer, size: s.size(id), isPercpu: percpu, cpu: cpu, pid: c.pid, comm: c.comm,
                         jiffies: KFormat.jiffies(r.created, hz: hz), contents: [], checksum: r.checksum,
-                        trace: c.trace, seq: r.seq), addr))
+                        trace: c.trace, seq: r.seq, creationTime: r.created), addr))
                 }
                 return out
             }

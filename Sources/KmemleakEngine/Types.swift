@@ -230,12 +230,16 @@ public struct ReportEntry: Sendable, Equatable {
     public var checksum: UInt32
     /// Trace id (resolve with `ReportContext.frames`).
     public var trace: UInt32
-    /// Allocation sequence number (report order).
+    /// Allocation sequence number (report order within one engine).
     public var seq: UInt64
+    /// Creation time (CLOCK_BOOTTIME ns): a global order when merging the reports of several engines.
+    public var creationTime: UInt64
 
     /// Creates an entry.
     public init(pointer: Address, size: UInt64, isPercpu: Bool = false, cpu: Int = 0, pid: Int32, comm: UInt32,
-                jiffies: UInt64, contents: [UInt8], checksum: UInt32, trace: UInt32, seq: UInt64 = 0) {
+                jiffies: UInt64, contents: [UInt8], checksum: UInt32, trace: UInt32, seq: UInt64 = 0,
+                creationTime: UInt64 = 0) {
+        self.creationTime = creationTime
         self.pointer = pointer
         self.size = size
         self.isPercpu = isPercpu

@@ -353,14 +353,20 @@ struct EngineState {
         epoch += 1
     }
 
-    /// kmemleak_clear (enabled).
-    mutating func clearReported() {
-        for i in records.indices where records[i].allocated {
+    /// kmemleak_clear (enabled), over slots [from, from+count); returns the next slot or -1 when done
+    /// (found_leaks is reset at the end).
+    mutating func clearReported(from: Int, count: Int) -> Int {
+        let end = min(from + count, records.count)
+        for i in from..<max(from, end) where records[i].allocated {
             if records[i].has(ObjectFlags.reported) && unreferenced(records[i]) {
                 records[i].minCount = Int16(MinCount.grey)
             }
         }
-        foundLeaks = false
+        if end >= records.count {
+            foundLeaks = false
+            return -1
+        }
+        return end
     }
 
     // MARK: per-CPU copies

@@ -266,8 +266,16 @@ public final class Kmemleak: Sendable {
     /// freed. Waits for a running scan.
     public func clear() {
         scanMutex.withLock { _ in
-            withState { s in
-                if s.enabled { s.clearReported() } else { s.freeAll() }
+            var slot = 0
+            while slot >= 0 {
+                let from = slot
+                slot = withState { s in
+                    guard s.enabled else {
+                        s.freeAll()
+                        return -1
+                    }
+                    return s.clearReported(from: from, count: slotChunk)
+                }
             }
         }
     }

@@ -11,9 +11,15 @@ extension Kmemleak {
         scanMutex.withLock { _ -> [ReportEntry] in
             let cpu = configuration.reportCPU
             let hz = configuration.ticksPerSecond
-            var items: [(entry: ReportEntry, read: UInt64?)] = withState { s in
+            // Collected in slot chunks, so object operations never wait for a whole walk.
+            var items: [(entry: ReportEntry, read: UInt64?)] = []
+            var slot = 0
+            while slot >= 0 {
+                let from = slot
+                let (chunk, next): ([(entry: ReportEntry, read: UInt64?)], Int) = withState { s in
                 var out: [(entry: ReportEntry, read: UInt64?)] = []
-                for i in s.records.indices {
+                let end = min(from + slotChunk, s.records.count)
+                for i in from..<max(from, end) {
                     let r = s.records[i]
                     guard r.allocated, r.has(ObjectFlags.reported), s.unreferenced(r) else { continue }
                     let id = UInt32(i)
@@ -25,7 +31,10 @@ extension Kmemleak {
                         jiffies: KFormat.jiffies(r.created, hz: hz), contents: [], checksum: r.checksum,
                         trace: c.trace, seq: r.seq, creationTime: r.created), addr))
                 }
-                return out
+                return (out, end >= s.records.count ? -1 : end)
+                }
+                items.append(contentsOf: chunk)
+                slot = next
             }
             items.sort { ($0.entry.seq, $0.entry.pointer) < ($1.entry.seq, $1.entry.pointer) }
             // Read the hex-dump bytes in batches.

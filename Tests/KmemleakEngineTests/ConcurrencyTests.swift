@@ -77,3 +77,58 @@ import Testing
         #expect(e.reportSnapshot(memory: mem).count == 20_000 - 5)
     }
 }
+
+@Suite struct LifecycleTests {
+    /// `off` while a scan runs: the scan stops at its next chunk, reports nothing, and nothing crashes
+    /// although the metadata is freed under it.
+    @Test func disableDuringScan() {
+        let w = World()
+        for i in 0..<50 { w.obj(A + UInt64(i) * 64) }
+        w.root(0, A)
+        let e = w.e
+        w.mem.beforeRead = { _, ranges in
+            if ranges.contains(where: { $0.address == A }) { e.disable() }
+        }
+        let r = w.scan()
+        #expect(r.interrupted)
+        #expect(r.newLeaks == 0)
+        #expect(!e.isEnabled)
+        #expect(e.objectCount == 0)
+        #expect(e.reportSnapshot(memory: w.mem) == [])
+    }
+
+    @Test func queriesAndSwitches() {
+        let log = LogBox()
+        let e = Kmemleak(configuration: KmemleakConfiguration(minimumAge: 0, log: { log.append($0) }, logNewLeaks: false))
+        let mem = SyntheticMemory()
+        mem.map(0x10000, 0x1000)
+        e.reserveCapacity(10_000)
+        #expect(e.memoryBytes >= 10_000 * 40)
+        e.alloc(0x10000, size: 64, metadata: meta(1))
+        e.alloc(0x10040, size: 64, minCount: 0, metadata: meta(2))
+        var seen: [UInt64] = []
+        e.forEachObject { seen.append($0.pointer) }
+        #expect(seen.sorted() == [0x10000, 0x10040])
+        #expect(e.scan(now: sec, memory: mem).newLeaks == 1)
+        #expect(!log.all.contains { $0.contains("new suspected memory leaks") })
+        #expect(e.memoryBreakdown().map { $0.name }.contains("records"))
+        // NULL and error pointers are ignored by every hook, as in the kernel.
+        e.alloc(0, size: 8, metadata: meta(3))
+        e.alloc(UInt64.max - 10, size: 8, metadata: meta(3))
+        e.ignore(0)
+        #expect(e.objectCount == 2)
+        #expect(log.all.isEmpty)
+    }
+
+    @Test func dumpFindsBothSpaces() {
+        let w = World()
+        w.e.setPercpuLayouts([PercpuLayout(handleStart: A, handleLength: 0x1000, copies: .offsets([0x100_0000]))])
+        w.obj(A)
+        w.e.allocPercpu(A, size: 32, metadata: meta(5))  // same number, other space: no overlap
+        #expect(w.e.isEnabled)
+        let lines = w.e.dump(address: A + 8, context: TestContext())!
+        #expect(lines.filter { $0.hasPrefix("kmemleak: Object") } == [
+            "kmemleak: Object 0x00010000 (size 64):", "kmemleak: Object (percpu) 0x00010000 (size 32):",
+        ])
+    }
+}

@@ -57,6 +57,17 @@ func fmt(_ x: Double, _ digits: Int = 2) -> String {
     return String(v)
 }
 
+/// CPU time of the calling thread (seconds): less sensitive than wall time to other jobs on the machine.
+func threadCPU() -> Double {
+    #if canImport(Glibc)
+    var ts = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    #else
+    return 0
+    #endif
+}
+
 let args = CommandLine.arguments
 let n = args.count > 1 ? Int(args[1]) ?? 1_000_000 : 1_000_000
 let leaks = n / 100
@@ -91,13 +102,14 @@ print("kmemleak-engine-bench: \(n) tree objects + \(leaks) leaked, \(objSize) by
 let clock = ContinuousClock()
 let engine = Kmemleak(configuration: KmemleakConfiguration(possibleCPUs: 2, minimumAge: 0))
 engine.setRoots([RootRegion(start: rootAddr, length: 0x1000, kind: .data)])
+let cpuR = threadCPU()
 let tReg = clock.measure {
     for i in order {
         engine.alloc(addr(i), size: UInt64(objSize), metadata: ObjectMetadata(
             pid: Int32(1000 + i % 8), comm: UInt32(i % 8), creationTime: 0, trace: UInt32(i % 512), seq: UInt64(i)))
     }
 }
-print("register (shuffled order): \(fmt(seconds(tReg), 3)) s, \(fmt(seconds(tReg) * 1e9 / Double(total), 0)) ns/object")
+print("register (shuffled order): \(fmt(seconds(tReg), 3)) s, \(fmt(seconds(tReg) * 1e9 / Double(total), 0)) ns/object; thread CPU \(fmt(threadCPU() - cpuR, 3)) s")
 
 let engine2 = Kmemleak(configuration: KmemleakConfiguration(possibleCPUs: 2, minimumAge: 0))
 let tReg2 = clock.measure {
@@ -115,10 +127,13 @@ print("engine memory: \(fmt(perObj, 1)) B/object (shuffled), \(fmt(perObj2, 1)) 
 for (name, b) in engine.memoryBreakdown() where b > 0 { print("  shuffled, \(name): \(fmt(Double(b) / Double(total), 2)) B/object") }
 
 var result = ScanResult()
+let cpu0 = threadCPU()
 let tScan = clock.measure { result = engine.scan(now: 10_000_000_000, memory: mem, shouldStop: { false }) }
+let cpuScan = threadCPU() - cpu0
 print("scan 1: \(fmt(seconds(tScan), 3)) s; objects scanned \(result.objectsScanned), bytes scanned \(result.bytesScanned), "
     + "bytes checksummed \(result.bytesChecksummed), new leaks \(result.newLeaks), read calls \(mem.calls), ranges \(mem.ranges)")
-print("  \(fmt(Double(result.bytesScanned) / seconds(tScan) / 1e6, 1)) MB/s scanned, \(fmt(seconds(tScan) * 1e9 / Double(total), 0)) ns/object")
+print("  \(fmt(Double(result.bytesScanned) / seconds(tScan) / 1e6, 1)) MB/s scanned, \(fmt(seconds(tScan) * 1e9 / Double(total), 0)) ns/object; "
+    + "thread CPU time \(fmt(cpuScan, 3)) s")
 mem.calls = 0
 mem.ranges = 0
 let tScan2 = clock.measure { result = engine.scan(now: 20_000_000_000, memory: mem, shouldStop: { false }) }
@@ -126,9 +141,11 @@ print("scan 2: \(fmt(seconds(tScan2), 3)) s; new leaks \(result.newLeaks)")
 
 engine2.setRoots([RootRegion(start: rootAddr, length: 0x1000, kind: .data)])
 _ = engine2.scan(now: 10_000_000_000, memory: mem, shouldStop: { false })
+let cpu3 = threadCPU()
 let tScan3 = clock.measure { result = engine2.scan(now: 20_000_000_000, memory: mem, shouldStop: { false }) }
+let cpuScan3 = threadCPU() - cpu3
 print("scan, engine registered in address order (slots follow addresses): \(fmt(seconds(tScan3), 3)) s, "
-    + "\(fmt(Double(result.bytesScanned) / seconds(tScan3) / 1e6, 1)) MB/s")
+    + "\(fmt(Double(result.bytesScanned) / seconds(tScan3) / 1e6, 1)) MB/s; thread CPU time \(fmt(cpuScan3, 3)) s")
 
 // Cancellation latency: stop after the first few batches.
 var checks = 0

@@ -23,6 +23,13 @@ import Testing
         for i in 0..<n where e.objectInfo(at: a(i))?.metadata.seq != UInt64(i) { bad += 1 }
         #expect(bad == 0)
         let mem = SyntheticMemory()
+        // Lookups stay right after a scan, and for addresses in the gaps between objects.
+        _ = e.scan(now: sec, memory: mem)
+        bad = 0
+        for i in 0..<n where e.objectInfo(at: a(i))?.metadata.seq != UInt64(i) { bad += 1 }
+        for i in stride(from: 0, to: n, by: 13) where e.dump(address: a(i) + 50, context: TestContext()) != nil { bad += 1 }
+        #expect(e.dump(address: a(0) - 1, context: TestContext()) == nil)
+        #expect(bad == 0)
         // Interior lookups through dump=.
         var badDump = 0
         for i in stride(from: 0, to: n, by: 97) {
@@ -37,6 +44,7 @@ import Testing
             freed.insert(i)
         }
         #expect(e.objectCount == n - freed.count)
+        _ = e.scan(now: 2 * sec, memory: mem)
         bad = 0
         for i in 0..<n {
             let found = e.objectInfo(at: a(i)) != nil
@@ -44,7 +52,10 @@ import Testing
         }
         #expect(bad == 0)
         // Re-register the freed ones (slot reuse, inserts into sparse/merged blocks).
-        for i in order where freed.contains(i) { e.alloc(a(i), size: 48, metadata: meta(UInt64(i))) }
+        for i in order where freed.contains(i) {
+            e.alloc(a(i), size: 48, metadata: meta(UInt64(i)))
+            if i % 1000 == 0 { _ = e.scan(now: 3 * sec, memory: mem) }  // scans interleaved with inserts
+        }
         #expect(e.isEnabled)
         bad = 0
         for i in 0..<n where e.objectInfo(at: a(i))?.metadata.seq != UInt64(i) { bad += 1 }

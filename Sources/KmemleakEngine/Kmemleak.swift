@@ -7,7 +7,16 @@ import Synchronization
 /// Thread safety: every method may be called from any thread. Object operations take an internal
 /// mutex for a short time. `scan`, `clear`, `reportSnapshot` are serialised by a second mutex (the
 /// kernel's `scan_mutex`), so a report read waits for a running scan, while allocations and frees only
-/// ever wait for one chunk of scanning (at most 4096 bytes of words, like MAX_SCAN_SIZE).
+/// ever wait for one chunk of work: at most 4096 bytes of words (MAX_SCAN_SIZE) or 8192 object slots.
+/// Memory is read with no lock held.
+///
+/// Memory: about 45 bytes per tracked object (a 40-byte packed record in pages that never move, plus
+/// the index), see BENCHMARKS.md.
+///
+/// Typical use by a daemon, one engine per client process: `alloc`/`free`/... as the client's table
+/// changes (`seq` = allocation order), `setRoots` and `setPercpuLayouts` before each `scan`, then
+/// `reportSnapshot` + `render` for the control file's read side, and `ControlCommand.parse` for its
+/// write side.
 ///
 /// Addresses of plain objects, per-CPU handles and root regions are three separate spaces.
 /// Calls on a disabled detector are ignored (as in the kernel), except `clear` and the read side.

@@ -698,7 +698,11 @@ extension Kmemleak {
     /// NO_SCAN) afresh, looking only for references to the candidates; a candidate whose references reach
     /// its min_count becomes gray and its contents are scanned in the same pass (sparing what it points to).
     /// Candidates found in any pass are not reported by this scan. This absorbs pointers that a live process
-    /// moved while the main pass was reading.
+    /// moved while the main pass was reading. In these passes a reference counts only if it points into a
+    /// candidate (no excess_ref forwarding), and counts start from 0 in every pass.
+    ///
+    /// Reading: ranges are cut into pieces of at most 1 MiB; when a piece reads short, the rest of its
+    /// range (object, CPU copy, scan area or root) is treated as absent for this scan.
     ///
     /// Objects registered while this scan runs (after its prepare step reached their slot) are not reported
     /// by it, whatever their creation time: the scan may already have passed their references (the daemon

@@ -1,0 +1,400 @@
+// The detector's state behind the engine's mutex: objects, the two object search trees, rare side data,
+// the gray list, and the annotation operations (create_object, delete_object_*, paint_ptr, ...).
+
+/// Interned (pid, comm, trace) triple: most objects share few distinct triples.
+struct ContextKey: Hashable {
+    var pid: Int32
+    var comm: UInt32
+    var trace: UInt32
+}
+
+/// Rare per-object data (the kernel's area_list and excess_ref, and sizes that do not fit 32 bits).
+struct ObjectExtras {
+    var excessRef: UInt64 = 0
+    /// Most recently added first (hlist_add_head).
+    var areas: [(start: UInt64, size: UInt64)] = []
+    var bigSize: UInt64 = 0
+}
+
+/// The FIFO gray list (ids of objects; slots are not reused while a scan runs).
+struct GrayQueue {
+    var items: [UInt32] = []
+    var head = 0
+    @inline(__always) mutating func push(_ id: UInt32) { items.append(id) }
+    @inline(__always) mutating func pop() -> UInt32? {
+        guard head < items.count else { return nil }
+        let v = items[head]
+        head += 1
+        if head >= 65536 && head * 2 >= items.count {
+            items.removeFirst(head)
+            head = 0
+        }
+        return v
+    }
+    var isEmpty: Bool { head >= items.count }
+    mutating func reset() { items = []; head = 0 }
+}
+
+/// Which object search tree.
+enum Space { case plain, percpu }
+
+/// Candidate set of a confirmation pass (sorted intervals per space).
+struct ConfirmState {
+    var starts: [[UInt64]] = [[], []]
+    var ends: [[UInt64]] = [[], []]
+    var ids: [[UInt32]] = [[], []]
+    var slotOf: [UInt32: (space: Int, index: Int)] = [:]
+    var passCount: [[Int32]] = [[], []]
+    var spared: [[Bool]] = [[], []]
+    var minCounts: [[Int32]] = [[], []]
+    var queue = GrayQueue()
+    var sparedIDs: [UInt32] = []
+    var filterMin: [UInt64] = [.max, .max]
+    var filterMax: [UInt64] = [0, 0]
+}
+
+let rootID = UInt32.max
+
+struct EngineState {
+    var possibleCPUs: Int
+    var minimumAge: UInt64
+    var controlFilePath: String
+    var logContext: (any ReportContext & Sendable)?
+    var pageSize: UInt64
+
+    var records = RecordStore()
+    var freeSlots: [UInt32] = []
+    var deferredFree: [UInt32] = []
+    var plain = IntervalIndex()
+    var percpu = IntervalIndex()
+    var extras: [UInt32: ObjectExtras] = [:]
+    var contextKeys: [ContextKey] = []
+    var contextIDs: [ContextKey: UInt32] = [:]
+    var roots: [RootRegion] = []
+    var layouts: [PercpuLayout] = []
+
+    var enabled = true
+    var stackScan = true
+    var foundLeaks = false
+    var scanning = false
+    var epoch = 0
+    var lastScanStart: UInt64 = 0
+    var objectCount = 0
+    var gray = GrayQueue()
+    var confirm: ConfirmState? = nil
+    var logs: [String] = []
+
+    init(_ c: KmemleakConfiguration) {
+        possibleCPUs = c.possibleCPUs
+        minimumAge = c.minimumAge
+        controlFilePath = c.controlFilePath
+        logContext = c.logContext
+        pageSize = c.pageSize
+        hz = c.ticksPerSecond
+    }
+
+    // MARK: object fields
+
+    @inline(__always) func size(_ id: UInt32) -> UInt64 {
+        let r = records[Int(id)]
+        return r.size32 == UInt32.max ? extras[id]?.bigSize ?? UInt64(UInt32.max) : UInt64(r.size32)
+    }
+
+    func context(_ id: UInt32) -> ContextKey { contextKeys[Int(records[Int(id)].context)] }
+
+    mutating func intern(_ k: ContextKey) -> UInt32 {
+        if let v = contextIDs[k] { return v }
+        let v = UInt32(contextKeys.count)
+        contextKeys.append(k)
+        contextIDs[k] = v
+        return v
+    }
+
+    func info(_ id: UInt32) -> ObjectInfo {
+        let r = records[Int(id)]
+        let c = context(id)
+        let e = r.seqFlags & ObjectRecord.hasExtras != 0 ? extras[id] : nil
+        return ObjectInfo(
+            pointer: r.pointer, size: size(id), flags: r.flags & 0x3f, minCount: Int32(r.minCount),
+            count: Int32(r.count), checksum: r.checksum, excessRef: e?.excessRef ?? 0,
+            metadata: ObjectMetadata(pid: c.pid, comm: c.comm, creationTime: r.created, trace: c.trace, seq: r.seq),
+            scanAreas: e?.areas ?? [])
+    }
+
+    mutating func withExtras(_ id: UInt32, _ body: (inout ObjectExtras) -> Void) {
+        records[Int(id)].seqFlags |= ObjectRecord.hasExtras
+        body(&extras[id, default: ObjectExtras()])
+    }
+
+    /// `unreferenced_object`: white, allocated and old enough at the start of the last scan.
+    @inline(__always) func unreferenced(_ r: ObjectRecord) -> Bool {
+        r.isWhite && r.allocated && lastScanStart >= r.created && lastScanStart - r.created >= minimumAge
+    }
+
+    // MARK: lookup
+
+
+    /// `__lookup_object`: the object whose interval contains `ptr`. Without `alias`, an interior hit
+    /// logs "Found object by alias" and returns nil.
+    mutating func lookup(_ ptr: UInt64, alias: Bool, _ space: Space) -> (id: UInt32, b: Int, pos: Int)? {
+        let hit: (id: UInt32, b: Int, pos: Int)?
+        do {
+            let idx = space == .plain ? plain : percpu
+            hit = records.count == 0 ? nil : records.withRecords { rec in idx.predecessor(ptr, rec) }
+        }
+        guard let h = hit else { return nil }
+        let r = records[Int(h.id)]
+        guard ptr - r.pointer < max(size(h.id), 1) else { return nil }
+        if r.pointer == ptr || alias { return h }
+        warn("Found object by alias at \(KFormat.address(ptr))")
+        logs.append(contentsOf: dumpObjectInfo(h.id, context: logContext))
+        return nil
+    }
+
+    // MARK: logging
+
+    mutating func warn(_ s: String) { logs.append("kmemleak: " + s) }
+
+    func jiffiesOf(_ r: ObjectRecord, hz: UInt64) -> UInt64 { KFormat.jiffies(r.created, hz: hz) }
+
+    var hz: UInt64 = 100
+
+    /// dump_object_info's lines ("kmemleak: " prefix; frames " %pS" without prefix).
+    func dumpObjectInfo(_ id: UInt32, context rc: (any ReportContext)?) -> [String] {
+        KFormat.objectInfoLines(info(id), hz: hz, context: rc)
+    }
+
+    static func commName(_ ctx: some ReportContext, _ id: UInt32) -> String? { ctx.comm(id) }
+    static func frames(_ ctx: some ReportContext, _ t: UInt32) -> [Address] { Array(ctx.frames(t).prefix(16)) }
+
+    // MARK: lifetime
+
+    /// create_object / __link_object.
+    mutating func createObject(_ ptr: UInt64, size: UInt64, minCount: Int32, percpuObject: Bool, _ m: ObjectMetadata) {
+        let space: Space = percpuObject ? .percpu : .plain
+        let ext = max(size, 1)
+        let end = ptr.addingReportingOverflow(ext).overflow ? UInt64.max : ptr + ext
+        // Filters are updated before the overlap check, as in the kernel.
+        if percpuObject {
+            percpu.minAddr = min(percpu.minAddr, ptr)
+            percpu.maxAddr = max(percpu.maxAddr, end)
+        } else {
+            plain.minAddr = min(plain.minAddr, ptr)
+            plain.maxAddr = max(plain.maxAddr, end)
+        }
+        let pred: (id: UInt32, b: Int, pos: Int)?
+        let succ: UInt32?
+        do {
+            let idx = space == .plain ? plain : percpu
+            pred = records.count == 0 ? nil : records.withRecords { rec in idx.predecessor(ptr, rec) }
+            succ = idx.successor(pred?.b ?? -1, pred?.pos ?? -1)
+        }
+        var parent: UInt32? = nil
+        if let p = pred {
+            let r = records[Int(p.id)]
+            if r.pointer == ptr || ptr - r.pointer < max(self.size(p.id), 1) { parent = p.id }
+        }
+        if parent == nil, let s = succ {
+            if records[Int(s)].pointer < end { parent = s }
+        }
+        if let parent {
+            warn("Cannot insert 0x\(KFormat.hex(ptr)) into the object search tree (overlaps existing)")
+            logs.append(contentsOf: dumpObjectInfo(parent, context: logContext))
+            disable()
+            return
+        }
+        let id: UInt32
+        if let f = freeSlots.popLast() { id = f } else { id = UInt32(records.count); records.append(ObjectRecord(pointer: 0, seqFlags: 0, created: 0, size32: 0, checksum: 0, context: 0, minCount: 0, count: 0)) }
+        var flags: UInt64 = UInt64(ObjectFlags.allocated | (percpuObject ? ObjectFlags.percpu : 0))
+        if scanning { flags |= ObjectRecord.newDuringScan }
+        let ctx = intern(ContextKey(pid: m.pid, comm: m.comm, trace: m.trace))
+        records[Int(id)] = ObjectRecord(
+            pointer: ptr, seqFlags: (m.seq << 8) | flags, created: m.creationTime,
+            size32: size >= UInt64(UInt32.max) ? UInt32.max : UInt32(size), checksum: 0, context: ctx,
+            minCount: Int16(clamping: minCount), count: 0)
+        if size >= UInt64(UInt32.max) { withExtras(id) { $0.bigSize = size } }
+        do {
+            let recs = records
+            if percpuObject {
+                percpu.insert(id, key: ptr, afterBlock: pred?.b ?? -1, pos: pred?.pos ?? -1) { recs[Int($0)].pointer }
+            } else {
+                plain.insert(id, key: ptr, afterBlock: pred?.b ?? -1, pos: pred?.pos ?? -1) { recs[Int($0)].pointer }
+            }
+        }
+        objectCount += 1
+    }
+
+    /// Removes an object found by `lookup` (the kernel's __delete_object).
+    mutating func deleteObject(_ hit: (id: UInt32, b: Int, pos: Int), _ space: Space) {
+        do {
+            let recs = records
+            if space == .plain {
+                plain.remove(b: hit.b, pos: hit.pos) { recs[Int($0)].pointer }
+            } else {
+                percpu.remove(b: hit.b, pos: hit.pos) { recs[Int($0)].pointer }
+            }
+        }
+        let id = hit.id
+        if records[Int(id)].seqFlags & ObjectRecord.hasExtras != 0 { extras[id] = nil }
+        records[Int(id)].seqFlags = 0
+        records[Int(id)].pointer = 0
+        if scanning { deferredFree.append(id) } else { freeSlots.append(id) }
+        objectCount -= 1
+    }
+
+    /// delete_object_full.
+    mutating func free(_ ptr: UInt64, _ space: Space) {
+        guard let h = lookup(ptr, alias: false, space) else { return }
+        deleteObject(h, space)
+    }
+
+    /// delete_object_part: split into the remainders, with the freeing context's metadata.
+    mutating func freePart(_ ptr: UInt64, size: UInt64, _ m: ObjectMetadata) {
+        guard let h = lookup(ptr, alias: true, .plain) else { return }
+        let start = records[Int(h.id)].pointer
+        let end = start &+ self.size(h.id)
+        let minCount = Int32(records[Int(h.id)].minCount)
+        deleteObject(h, .plain)
+        if ptr > start { createObject(start, size: ptr - start, minCount: minCount, percpuObject: false, m) }
+        if ptr &+ size < end { createObject(ptr &+ size, size: end - ptr &- size, minCount: minCount, percpuObject: false, m) }
+    }
+
+    /// paint_ptr: min_count = colour; black also sets NO_SCAN.
+    mutating func paint(_ ptr: UInt64, _ color: Int32, _ space: Space) {
+        guard let h = lookup(ptr, alias: false, space) else {
+            warn("Trying to color unknown object at \(KFormat.address(ptr)) as \(color == MinCount.grey ? "Grey" : color == MinCount.black ? "Black" : "Unknown")")
+            return
+        }
+        records[Int(h.id)].minCount = Int16(clamping: color)
+        if color == MinCount.black { records[Int(h.id)].set(ObjectFlags.noScan) }
+    }
+
+    /// reset_checksum (kmemleak_transient_leak).
+    mutating func resetChecksum(_ ptr: UInt64) {
+        guard let h = lookup(ptr, alias: false, .plain) else {
+            warn("Not resetting the checksum of an unknown object at \(KFormat.address(ptr))")
+            return
+        }
+        records[Int(h.id)].checksum = 0
+    }
+
+    /// object_no_scan.
+    mutating func noScan(_ ptr: UInt64) {
+        guard let h = lookup(ptr, alias: false, .plain) else {
+            warn("Not scanning unknown object at \(KFormat.address(ptr))")
+            return
+        }
+        records[Int(h.id)].set(ObjectFlags.noScan)
+    }
+
+    /// add_scan_area.
+    mutating func addScanArea(_ ptr: UInt64, size sz: UInt64) {
+        guard let h = lookup(ptr, alias: true, .plain) else {
+            warn("Adding scan area to unknown object at \(KFormat.address(ptr))")
+            return
+        }
+        let objp = records[Int(h.id)].pointer
+        let objEnd = objp &+ self.size(h.id)
+        var size = sz
+        if size == UInt64.max {
+            size = objEnd &- ptr
+        } else if ptr.addingReportingOverflow(size).overflow || ptr + size > objEnd {
+            warn("Scan area larger than object \(KFormat.address(ptr))")
+            logs.append(contentsOf: dumpObjectInfo(h.id, context: logContext))
+            return
+        }
+        withExtras(h.id) { $0.areas.insert((start: ptr, size: size), at: 0) }
+    }
+
+    /// object_set_excess_ref.
+    mutating func setExcessRef(_ ptr: UInt64, _ excess: UInt64) {
+        guard let h = lookup(ptr, alias: false, .plain) else {
+            warn("Setting excess_ref on unknown object at \(KFormat.address(ptr))")
+            return
+        }
+        withExtras(h.id) { $0.excessRef = excess }
+    }
+
+    /// kmemleak_update_trace.
+    mutating func updateTrace(_ ptr: UInt64, _ trace: UInt32) {
+        guard let h = lookup(ptr, alias: true, .plain) else { return }
+        var c = context(h.id)
+        c.trace = trace
+        records[Int(h.id)].context = intern(c)
+    }
+
+    // MARK: lifecycle
+
+    /// kmemleak_disable + kmemleak_do_cleanup.
+    mutating func disable() {
+        guard enabled else { return }
+        enabled = false
+        logs.append("kmemleak: Kernel memory leak detector disabled")
+        if !foundLeaks {
+            freeAll()
+        } else {
+            logs.append("kmemleak: Kmemleak disabled without freeing internal data. Reclaim the memory with \"echo clear > \(controlFilePath)\".")
+        }
+    }
+
+    /// __kmemleak_do_cleanup: drop all metadata.
+    mutating func freeAll() {
+        records = RecordStore()
+        freeSlots = []
+        deferredFree = []
+        plain.removeAll()
+        percpu.removeAll()
+        extras = [:]
+        contextKeys = []
+        contextIDs = [:]
+        objectCount = 0
+        gray.reset()
+        confirm = nil
+        epoch += 1
+    }
+
+    /// kmemleak_clear (enabled), over slots [from, from+count); returns the next slot or -1 when done
+    /// (found_leaks is reset at the end).
+    mutating func clearReported(from: Int, count: Int) -> Int {
+        let end = min(from + count, records.count)
+        for i in from..<max(from, end) where records[i].allocated {
+            if records[i].has(ObjectFlags.reported) && unreferenced(records[i]) {
+                records[i].minCount = Int16(MinCount.grey)
+            }
+        }
+        if end >= records.count {
+            foundLeaks = false
+            return -1
+        }
+        return end
+    }
+
+    // MARK: per-CPU copies
+
+    func layout(for handle: UInt64) -> PercpuLayout? {
+        layouts.first { $0.covers(handle) }
+    }
+
+    /// CPU copies of a per-CPU object: (cpu, address).
+    func copies(_ handle: UInt64) -> [(cpu: Int, address: UInt64)] {
+        guard let l = layout(for: handle) else { return [] }
+        var out: [(cpu: Int, address: UInt64)] = []
+        for c in 0..<possibleCPUs {
+            if let a = l.address(of: handle, cpu: c) { out.append((c, a)) }
+        }
+        return out
+    }
+
+    // MARK: memory accounting
+
+    var memoryBytes: Int {
+        var n = records.capacity * MemoryLayout<ObjectRecord>.stride
+        n += freeSlots.capacity * 4 + deferredFree.capacity * 4
+        n += plain.memoryBytes + percpu.memoryBytes
+        n += extras.capacity * (MemoryLayout<UInt32>.stride + MemoryLayout<ObjectExtras>.stride + 1)
+        for e in extras.values { n += e.areas.capacity * 16 }
+        n += contextKeys.capacity * MemoryLayout<ContextKey>.stride
+        n += contextIDs.capacity * (MemoryLayout<ContextKey>.stride + 4 + 1)
+        return n
+    }
+}

@@ -1,0 +1,724 @@
+// kmemleak_scan (KMEMLEAK-SPEC §2.4): whiten and seed gray objects, scan roots, scan_gray_list (FIFO),
+// checksum pass, scan_gray_list again, optional confirmation passes, report.
+//
+// Memory is read in batches (up to `maxBatchRanges` ranges / `maxBatchBytes` bytes per MemoryReader call)
+// with no lock held; the words are then scanned in FIFO order under the state lock, at most 4096 bytes
+// (MAX_SCAN_SIZE) per lock hold. Slots are not reused while a scan runs, so a gray-list entry whose object
+// was freed in between is recognised (not ALLOCATED) and skipped.
+
+let maxBatchBytes = 1 << 20
+let maxBatchRanges = 1024
+let maxScanSize = 4096
+let slotChunk = 8192
+
+/// A piece of memory to read: part of an object (or root), at most `maxBatchBytes` (+7) long.
+struct Piece {
+    var id: UInt32
+    var start: UInt64
+    var length: Int
+    /// 1: first piece of a CPU copy, 2: last piece of a copy, 4: last piece of the object.
+    var tags: UInt8
+}
+
+/// A range still to be read: an object (or CPU copy, scan area, root) not yet fully cut into pieces.
+struct Span {
+    var id: UInt32
+    var start: UInt64
+    var remaining: UInt64
+    /// Nothing of it was cut yet.
+    var first: Bool
+    /// The last range of its object (checksum pass: apply the crc after it).
+    var lastOfObject: Bool
+}
+
+extension EngineState {
+    /// Appends the range [start, start+len) (clamped at the top of the address space). Ranges are cut into
+    /// pieces lazily, one batch at a time (see Scanner.fill), so a bogus huge size costs nothing up front.
+    static func addSpan(_ id: UInt32, _ start: UInt64, _ len: UInt64, into out: inout [Span]) {
+        guard len > 0 else { return }
+        out.append(Span(id: id, start: start, remaining: min(len, UInt64.max - start), first: true, lastOfObject: false))
+    }
+
+    /// scan_object's ranges: nothing if NO_SCAN or freed; every CPU copy of a per-CPU object; the scan
+    /// areas unless FULL_SCAN; else the whole object.
+    func expandForScan(_ id: UInt32, into out: inout [Span]) {
+        let r = records[Int(id)]
+        guard r.allocated, !r.has(ObjectFlags.noScan) else { return }
+        let sz = size(id)
+        if r.has(ObjectFlags.percpu) {
+            for c in copies(r.pointer) { Self.addSpan(id, c.address, sz, into: &out) }
+        } else if r.seqFlags & ObjectRecord.hasExtras != 0, let e = extras[id], !e.areas.isEmpty,
+            !r.has(ObjectFlags.fullScan)
+        {
+            for a in e.areas { Self.addSpan(id, a.start, a.size, into: &out) }
+        } else {
+            Self.addSpan(id, r.pointer, sz, into: &out)
+        }
+    }
+
+    /// update_checksum's ranges: the whole object, or every CPU copy.
+    func expandForChecksum(_ id: UInt32, into out: inout [Span]) {
+        let r = records[Int(id)]
+        let sz = size(id)
+        let first = out.count
+        if r.has(ObjectFlags.percpu) {
+            for c in copies(r.pointer) { Self.addSpan(id, c.address, sz, into: &out) }
+        } else {
+            Self.addSpan(id, r.pointer, sz, into: &out)
+        }
+        if out.count > first { out[out.count - 1].lastOfObject = true }
+    }
+
+    /// Applies a recomputed checksum (kmemleak_scan step 4): a white, allocated object whose checksum
+    /// changed is painted gray temporarily (count = min_count) and appended to the gray list.
+    mutating func applyChecksum(_ id: UInt32, _ crc: UInt32) {
+        guard Int(id) < records.count, records[Int(id)].allocated, records[Int(id)].isWhite else { return }
+        let old = records[Int(id)].checksum
+        records[Int(id)].checksum = crc
+        if crc != old {
+            records[Int(id)].count = records[Int(id)].minCount
+            gray.push(id)
+        }
+    }
+
+    /// The root regions of this scan: `.stack` dropped when stack=off, sorted and merged.
+    func mergedRoots() -> [(start: UInt64, end: UInt64)] {
+        var rs: [(start: UInt64, end: UInt64)] = []
+        for r in roots where r.length > 0 && (stackScan || r.kind != .stack) {
+            let end = r.start.addingReportingOverflow(r.length).overflow ? UInt64.max : r.start + r.length
+            rs.append((r.start, end))
+        }
+        rs.sort { $0.start < $1.start }
+        var out: [(start: UInt64, end: UInt64)] = []
+        for r in rs {
+            if let last = out.last, r.start <= last.end {
+                out[out.count - 1].end = max(last.end, r.end)
+            } else {
+                out.append(r)
+            }
+        }
+        return out
+    }
+
+    // MARK: scan_block
+
+    /// scan_block over the aligned words fully inside [addr, addr+len), whose bytes start at `p`.
+    mutating func scanBlock(_ p: UnsafeRawPointer, addr: UInt64, len: Int, scanned: UInt32) {
+        guard len >= 8 else { return }
+        let first = (addr &+ 7) & ~7
+        let end = addr &+ UInt64(len)
+        guard first >= addr, first &+ 8 <= end else { return }
+        let n = Int((end - first) / 8)
+        let base = p + Int(first - addr)
+        if confirm != nil {
+            confirmWords(base, n, scanned)
+        } else {
+            normalWords(base, n, scanned)
+        }
+    }
+
+    /// One lock hold: scan_block over each chunk whose object is still allocated (roots always).
+    mutating func scanGroup(_ bufferBase: Int, _ group: [(off: Int, addr: UInt64, len: Int, id: UInt32)]) {
+        if confirm != nil {
+            for c in group {
+                if c.id != rootID {
+                    guard Int(c.id) < records.count, records[Int(c.id)].allocated else { continue }
+                }
+                scanBlock(UnsafeRawPointer(bitPattern: bufferBase + c.off)!, addr: c.addr, len: c.len, scanned: c.id)
+            }
+            return
+        }
+        let pl = plain
+        let pc = percpu
+        let ex = extras
+        var g = gray
+        gray = GrayQueue()
+        var aliases: [UInt64] = []
+        let nrec = records.count
+        records.withRecords { rec in
+            for c in group {
+                if c.id != rootID {
+                    guard Int(c.id) < nrec, rec[Int(c.id)].pointee.allocated else { continue }
+                }
+                guard c.len >= 8 else { continue }
+                let first = (c.addr &+ 7) & ~7
+                let end = c.addr &+ UInt64(c.len)
+                guard first >= c.addr, first &+ 8 <= end else { continue }
+                let n = Int((end - first) / 8)
+                let base = UnsafeRawPointer(bitPattern: bufferBase + c.off + Int(first - c.addr))!
+                for i in 0..<n {
+                    let w = base.loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
+                    Self.pointerUpdateRefs(w, pl, rec, c.id, &g, ex, pl, &aliases)
+                    Self.pointerUpdateRefs(w, pc, rec, c.id, &g, ex, pl, &aliases)
+                }
+            }
+        }
+        gray = g
+        for a in aliases { _ = lookup(a, alias: false, .plain) }
+    }
+
+    mutating func normalWords(_ base: UnsafeRawPointer, _ n: Int, _ scanned: UInt32) {
+        let pl = plain
+        let pc = percpu
+        let ex = extras
+        var g = gray
+        gray = GrayQueue()
+        var aliases: [UInt64] = []
+        records.withRecords { rec in
+            for i in 0..<n {
+                let w = base.loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
+                Self.pointerUpdateRefs(w, pl, rec, scanned, &g, ex, pl, &aliases)
+                Self.pointerUpdateRefs(w, pc, rec, scanned, &g, ex, pl, &aliases)
+            }
+        }
+        gray = g
+        for a in aliases {
+            // lookup_object(excess_ref, 0) found an interior hit: the kernel's alias warning.
+            _ = lookup(a, alias: false, .plain)
+        }
+    }
+
+    @inline(__always)
+    static func objectSize(_ r: ObjectRecord, _ id: UInt32, _ ex: [UInt32: ObjectExtras]) -> UInt64 {
+        r.size32 == UInt32.max ? (ex[id]?.bigSize ?? UInt64(UInt32.max)) : UInt64(r.size32)
+    }
+
+    /// pointer_update_refs: filter, look up with aliasing, ignore self-references, forward hits on gray
+    /// objects to their excess_ref (exact lookup, plain tree only), else update_refs.
+    @inline(__always)
+    static func pointerUpdateRefs(
+        _ w: UInt64, _ idx: IntervalIndex, _ rec: Rec, _ scanned: UInt32,
+        _ g: inout GrayQueue, _ ex: [UInt32: ObjectExtras], _ plainIdx: IntervalIndex, _ aliases: inout [UInt64]
+    ) {
+        if w < idx.minAddr || w >= idx.maxAddr { return }
+        guard let h = idx.predecessor(w, rec) else { return }
+        let id = h.id
+        let r = rec[Int(id)].pointee
+        if w &- r.pointer >= max(objectSize(r, id, ex), 1) { return }
+        if id == scanned { return }
+        var excess: UInt64 = 0
+        if r.isGray {
+            if r.seqFlags & ObjectRecord.hasExtras != 0 { excess = ex[id]?.excessRef ?? 0 }
+        } else {
+            updateRefs(id, rec, &g)
+        }
+        if excess != 0 {
+            guard let h2 = plainIdx.predecessor(excess, rec) else { return }
+            let r2 = rec[Int(h2.id)].pointee
+            if excess &- r2.pointer >= max(objectSize(r2, h2.id, ex), 1) { return }
+            if r2.pointer != excess {
+                aliases.append(excess)
+                return
+            }
+            if h2.id == scanned { return }
+            updateRefs(h2.id, rec, &g)
+        }
+    }
+
+    /// update_refs: a white object's count grows; reaching min_count makes it gray and appends it.
+    @inline(__always)
+    static func updateRefs(_ id: UInt32, _ rec: Rec, _ g: inout GrayQueue) {
+        let p = rec[Int(id)]
+        if !p.pointee.isWhite { return }
+        p.pointee.count &+= 1
+        if p.pointee.isGray { g.push(id) }
+    }
+
+    // MARK: confirmation passes
+
+    mutating func buildConfirm(_ cands: [UInt32]) {
+        var c = ConfirmState()
+        var per: [[(start: UInt64, end: UInt64, id: UInt32)]] = [[], []]
+        for id in cands {
+            let r = records[Int(id)]
+            let sp = r.has(ObjectFlags.percpu) ? 1 : 0
+            let end = r.pointer &+ max(size(id), 1)
+            per[sp].append((r.pointer, end < r.pointer ? UInt64.max : end, id))
+        }
+        for sp in 0..<2 {
+            per[sp].sort { $0.start < $1.start }
+            c.starts[sp] = per[sp].map { $0.start }
+            c.ends[sp] = per[sp].map { $0.end }
+            c.ids[sp] = per[sp].map { $0.id }
+            c.passCount[sp] = Array(repeating: 0, count: per[sp].count)
+            c.spared[sp] = Array(repeating: false, count: per[sp].count)
+            c.minCounts[sp] = per[sp].map { Int32(records[Int($0.id)].minCount) }
+            for (k, e) in per[sp].enumerated() { c.slotOf[e.id] = (sp, k) }
+            c.filterMin[sp] = per[sp].first?.start ?? .max
+            c.filterMax[sp] = per[sp].map { $0.end }.max() ?? 0
+        }
+        confirm = c
+    }
+
+    /// Starts a confirmation pass: fresh counts; previously spared candidates are rescanned.
+    mutating func beginConfirmPass() {
+        guard var c = confirm else { return }
+        confirm = nil
+        for sp in 0..<2 { for k in c.passCount[sp].indices { c.passCount[sp][k] = 0 } }
+        c.queue = GrayQueue()
+        for id in c.sparedIDs { c.queue.push(id) }
+        confirm = c
+    }
+
+    mutating func confirmWords(_ base: UnsafeRawPointer, _ n: Int, _ scanned: UInt32) {
+        guard var c = confirm else { return }
+        confirm = nil
+        records.withRecords { rec in
+            for i in 0..<n {
+                let w = base.loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
+                for sp in 0..<2 {
+                    if w < c.filterMin[sp] || w >= c.filterMax[sp] { continue }
+                    let k: Int = c.starts[sp].withUnsafeBufferPointer { st in
+                        var lo = 0
+                        var hi = st.count
+                        while lo < hi {
+                            let mid = (lo + hi) >> 1
+                            if st[mid] <= w { lo = mid + 1 } else { hi = mid }
+                        }
+                        return lo - 1
+                    }
+                    if k < 0 || w >= c.ends[sp][k] || c.spared[sp][k] { continue }
+                    let id = c.ids[sp][k]
+                    if id == scanned { continue }
+                    c.passCount[sp][k] += 1
+                    if c.passCount[sp][k] >= c.minCounts[sp][k] {
+                        c.spared[sp][k] = true
+                        rec[Int(id)].pointee.count = rec[Int(id)].pointee.minCount
+                        c.queue.push(id)
+                        c.sparedIDs.append(id)
+                    }
+                }
+            }
+        }
+        confirm = c
+    }
+}
+
+/// One run of kmemleak_scan.
+struct Scanner<M: MemoryReader> {
+    enum Source { case none, gray, checksumSlots, confirmSlots, confirmQueue }
+
+    let engine: Kmemleak
+    let memory: M
+    let stop: () -> Bool
+    var result = ScanResult()
+    var epoch = 0
+    let buffer: UnsafeMutableRawBufferPointer
+    var pieces: [Piece] = []
+    var ranges: [MemoryRange] = []
+    var bytesRead: [Int] = []
+    var expansion: [Span] = []
+    var expCursor = 0
+    var slotCursor = 0
+    var rootSpans: [Span] = []
+    var countObjects = true
+
+    init(engine: Kmemleak, memory: M, stop: @escaping () -> Bool) {
+        self.engine = engine
+        self.memory = memory
+        self.stop = stop
+        buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maxBatchBytes + 64, alignment: 16)
+    }
+
+    func deallocate() { buffer.deallocate() }
+
+    var interrupted: Bool {
+        get { result.interrupted }
+        set { result.interrupted = newValue }
+    }
+
+    @inline(__always) func alive(_ s: EngineState) -> Bool { s.enabled && s.epoch == epoch }
+
+    mutating func run(now: UInt64) -> ScanResult {
+        let start: (Int, [(start: UInt64, end: UInt64)])? = engine.withState { s in
+            guard s.enabled else { return nil }
+            s.scanning = true
+            s.lastScanStart = now  // jiffies_last_scan
+            s.gray.reset()
+            return (s.epoch, s.mergedRoots())
+        }
+        guard let (ep, roots) = start else { return ScanResult(interrupted: true) }
+        epoch = ep
+        defer {
+            let ep = epoch
+            engine.withState { s in
+                guard s.epoch == ep else { return }
+                s.scanning = false
+                s.freeSlots.append(contentsOf: s.deferredFree)
+                s.deferredFree = []
+                s.gray.reset()
+                s.confirm = nil
+            }
+        }
+        for r in roots { EngineState.addSpan(rootID, r.start, r.end - r.start, into: &rootSpans) }
+
+        // 1. Prepare: whiten every object, seed the gray list with gray ones.
+        var slot = 0
+        while true {
+            let ep = epoch
+            let next: Int? = engine.withState { s in
+                guard s.enabled && s.epoch == ep else { return nil }
+                let end = min(slot + slotChunk, s.records.count)
+                var i = slot
+                while i < end {
+                    if s.records[i].allocated {
+                        s.records[i].seqFlags &= ~ObjectRecord.newDuringScan
+                        s.records[i].count = 0
+                        if s.records[i].isGray { s.gray.push(UInt32(i)) }
+                    }
+                    i += 1
+                }
+                return end >= s.records.count ? -1 : end
+            }
+            guard let n = next else { interrupted = true; return result }
+            if n < 0 { break }
+            slot = n
+        }
+        // 2. Roots, 3. scan_gray_list.
+        scanRoots()
+        run(.gray)
+        // 4. Checksum pass, 5. scan_gray_list again.
+        checksumPass()
+        run(.gray)
+        // 6. Interrupted: report nothing.
+        if interrupted || stop() { interrupted = true; return result }
+        // Confirmation passes (not in the kernel).
+        confirmationPasses()
+        if interrupted || stop() { interrupted = true; return result }
+        // 7. Report.
+        report()
+        return result
+    }
+
+    mutating func scanRoots() {
+        expansion = rootSpans
+        expCursor = 0
+        let saved = countObjects
+        countObjects = false
+        run(.none)
+        countObjects = saved
+    }
+
+    /// Fills `pieces` for one batch, under the state lock. Returns false when the source is exhausted.
+    mutating func fill(_ s: inout EngineState, _ source: Source) -> Bool {
+        pieces.removeAll(keepingCapacity: true)
+        var bytes = 0
+        var visited = 0
+        while pieces.count < maxBatchRanges {
+            if expCursor < expansion.count {
+                // Cut the next piece: pieces end at alignUp(start, 8) + k * maxBatchBytes, so no word
+                // straddles two pieces.
+                var sp = expansion[expCursor]
+                let m = UInt64(maxBatchBytes)
+                let limit = sp.first ? (((sp.start &+ 7) & ~7) &+ m) &- sp.start : m
+                let len = min(sp.remaining, limit)
+                if bytes + Int(len) > maxBatchBytes && !pieces.isEmpty { return true }
+                let whole = len == sp.remaining
+                var tags: UInt8 = sp.first ? 1 : 0
+                if whole { tags |= sp.lastOfObject ? 6 : 2 }
+                pieces.append(Piece(id: sp.id, start: sp.start, length: Int(len), tags: tags))
+                bytes += Int(len)
+                if whole {
+                    expCursor += 1
+                    continue
+                }
+                // The rest waits for the next batch, and is dropped if this piece reads short.
+                sp.start &+= len
+                sp.remaining -= len
+                sp.first = false
+                expansion[expCursor] = sp
+                return true
+            }
+            expansion.removeAll(keepingCapacity: true)
+            expCursor = 0
+            switch source {
+            case .none:
+                return false
+            case .gray:
+                guard let id = s.gray.pop() else { return false }
+                guard Int(id) < s.records.count else { continue }
+                s.expandForScan(id, into: &expansion)
+                if countObjects && !expansion.isEmpty { result.objectsScanned += 1 }
+            case .checksumSlots:
+                if slotCursor >= s.records.count { return false }
+                if visited >= slotChunk { return true }
+                let id = UInt32(slotCursor)
+                slotCursor += 1
+                visited += 1
+                let r = s.records[Int(id)]
+                guard r.allocated, r.isWhite else { continue }
+                s.expandForChecksum(id, into: &expansion)
+                if expansion.isEmpty { s.applyChecksum(id, 0) }
+            case .confirmSlots:
+                if slotCursor >= s.records.count { return false }
+                if visited >= slotChunk { return true }
+                let id = UInt32(slotCursor)
+                slotCursor += 1
+                visited += 1
+                let r = s.records[Int(id)]
+                guard r.allocated, r.isGray, s.confirm?.slotOf[id] == nil else { continue }
+                s.expandForScan(id, into: &expansion)
+            case .confirmQueue:
+                guard let id = s.confirm?.queue.pop() else { return false }
+                s.expandForScan(id, into: &expansion)
+            }
+        }
+        return true
+    }
+
+    /// Reads the current batch with one MemoryReader call.
+    mutating func readBatch() {
+        ranges.removeAll(keepingCapacity: true)
+        for p in pieces where p.length > 0 { ranges.append(MemoryRange(address: p.start, length: p.length)) }
+        var got = Array(repeating: 0, count: ranges.count)
+        if !ranges.isEmpty {
+            let buf = buffer
+            let mem = memory
+            ranges.withUnsafeBufferPointer { r in
+                got.withUnsafeMutableBufferPointer { b in
+                    mem.read(r, into: buf, bytesRead: b)
+                }
+            }
+        }
+        bytesRead = Array(repeating: 0, count: pieces.count)
+        var k = 0
+        for i in pieces.indices where pieces[i].length > 0 {
+            bytesRead[i] = max(0, min(got[k], pieces[i].length))
+            k += 1
+        }
+        // A partial piece (always the batch's last) that read short: the rest of its range is absent.
+        if let last = pieces.last, last.tags & 2 == 0, bytesRead[pieces.count - 1] < last.length,
+            expCursor < expansion.count
+        {
+            expansion[expCursor].remaining = 0
+        }
+    }
+
+    /// Batches from `source`: read, then scan_block in FIFO order, <= 4096 bytes per lock hold.
+    mutating func run(_ source: Source) {
+        // Scanning a batch may append to the gray list (or the confirmation queue), so the source is only
+        // exhausted when a fill finds nothing left.
+        while !interrupted {
+            if stop() { interrupted = true; return }
+            let ep = epoch
+            let r: Bool? = withFill(ep, source)
+            guard let more = r else { interrupted = true; return }
+            if pieces.isEmpty {
+                if more { continue }
+                return
+            }
+            readBatch()
+            scanPieces()
+        }
+    }
+
+    mutating func withFill(_ ep: Int, _ source: Source) -> Bool? {
+        return engine.withState { s in
+            guard s.enabled && s.epoch == ep else { return nil }
+            return self.fill(&s, source)
+        }
+    }
+
+    /// Scans the batch's pieces in order, grouping chunks into lock holds of at most maxScanSize bytes.
+    mutating func scanPieces() {
+        var group: [(off: Int, addr: UInt64, len: Int, id: UInt32)] = []
+        var groupBytes = 0
+        var off = 0
+        for (i, p) in pieces.enumerated() {
+            let got = bytesRead[i]
+            result.bytesScanned += got
+            let end = p.start &+ UInt64(got)
+            var cs = p.start
+            var boundary = ((p.start &+ 7) & ~7) &+ UInt64(maxScanSize)
+            while cs < end {
+                let ce = boundary > cs && boundary < end ? boundary : end
+                let len = Int(ce - cs)
+                if groupBytes + len > maxScanSize && !group.isEmpty {
+                    if !flush(group) { return }
+                    group.removeAll(keepingCapacity: true)
+                    groupBytes = 0
+                }
+                group.append((off + Int(cs - p.start), cs, len, p.id))
+                groupBytes += len
+                cs = ce
+                boundary &+= UInt64(maxScanSize)
+            }
+            off += p.length
+        }
+        if !group.isEmpty { _ = flush(group) }
+    }
+
+    mutating func flush(_ group: [(off: Int, addr: UInt64, len: Int, id: UInt32)]) -> Bool {
+        if stop() { interrupted = true; return false }
+        let ep = epoch
+        let base = Int(bitPattern: buffer.baseAddress)
+        let ok = engine.withState { s -> Bool in
+            guard s.enabled && s.epoch == ep else { return false }
+            s.scanGroup(base, group)
+            return true
+        }
+        if !ok { interrupted = true }
+        return ok
+    }
+
+    /// Step 4: recompute the checksum of every white, allocated object; changed ones turn gray.
+    mutating func checksumPass() {
+        slotCursor = 0
+        expansion.removeAll()
+        expCursor = 0
+        var copyCRC: UInt32 = 0
+        var objCRC: UInt32 = 0
+        var results: [(UInt32, UInt32)] = []
+        var more = true
+        while more && !interrupted {
+            if stop() { interrupted = true; return }
+            guard let m = withFill(epoch, .checksumSlots) else { interrupted = true; return }
+            more = m
+            if pieces.isEmpty { continue }
+            readBatch()
+            results.removeAll(keepingCapacity: true)
+            var off = 0
+            for (i, p) in pieces.enumerated() {
+                let got = bytesRead[i]
+                result.bytesChecksummed += got
+                if p.tags & 1 != 0 { copyCRC = 0 }
+                copyCRC = CRC32.le(copyCRC, UnsafeRawBufferPointer(rebasing: buffer[off..<(off + got)]))
+                if p.tags & 2 != 0 { objCRC ^= copyCRC }
+                if p.tags & 4 != 0 {
+                    results.append((p.id, objCRC))
+                    objCRC = 0
+                }
+                off += p.length
+            }
+            let res = results
+            let ep = epoch
+            let ok = engine.withState { s -> Bool in
+                guard s.enabled && s.epoch == ep else { return false }
+                for (id, crc) in res { s.applyChecksum(id, crc) }
+                return true
+            }
+            if !ok { interrupted = true; return }
+        }
+    }
+
+    /// Slot-chunked pass under the lock; returns false if the detector went away.
+    mutating func forSlots(_ body: (inout EngineState, Int) -> Void) -> Bool {
+        var slot = 0
+        while true {
+            let ep = epoch
+            let next: Int? = withoutActuallyEscaping(body) { body in
+                engine.withState { s in
+                    guard s.enabled && s.epoch == ep else { return nil }
+                    let end = min(slot + slotChunk, s.records.count)
+                    for i in slot..<end where s.records[i].allocated { body(&s, i) }
+                    return end >= s.records.count ? -1 : end
+                }
+            }
+            guard let n = next else { interrupted = true; return false }
+            if n < 0 { return true }
+            slot = n
+        }
+    }
+
+    /// Confirmation passes (KmemleakConfiguration.confirmationPasses).
+    mutating func confirmationPasses() {
+        let passes = engine.configuration.confirmationPasses
+        guard passes > 0 else { return }
+        var cands: [UInt32] = []
+        guard forSlots({ s, i in
+            let r = s.records[i]
+            if r.isWhite && !r.has(ObjectFlags.reported) && r.seqFlags & ObjectRecord.newDuringScan == 0
+                && s.unreferenced(r)
+            {
+                cands.append(UInt32(i))
+            }
+        }) else { return }
+        if cands.isEmpty { return }
+        let cs = cands
+        engine.withState { s in s.buildConfirm(cs) }
+        let saved = countObjects
+        countObjects = false
+        defer { countObjects = saved }
+        for _ in 0..<passes {
+            engine.withState { s in s.beginConfirmPass() }
+            expansion = rootSpans
+            expCursor = 0
+            run(.none)
+            slotCursor = 0
+            run(.confirmSlots)
+            run(.confirmQueue)
+            if interrupted { return }
+        }
+        let ep = epoch
+        result.sparedByConfirmation = engine.withState { s in
+            guard s.epoch == ep else { return 0 }
+            let n = s.confirm?.sparedIDs.count ?? 0
+            s.confirm = nil
+            return n
+        }
+    }
+
+    /// Step 7: mark new leaks REPORTED and log the count.
+    mutating func report() {
+        var n = 0
+        guard forSlots({ s, i in
+            let r = s.records[i]
+            if r.isWhite && s.unreferenced(r) && !r.has(ObjectFlags.reported)
+                && r.seqFlags & ObjectRecord.newDuringScan == 0
+            {
+                s.records[i].set(ObjectFlags.reported)
+                n += 1
+            }
+        }) else { return }
+        result.newLeaks = n
+        if n > 0 {
+            let line = Kmemleak.newLeaksLine(n, controlFilePath: engine.configuration.controlFilePath)
+            let logIt = engine.configuration.logNewLeaks
+            engine.withState { s in
+                s.foundLeaks = true
+                if logIt { s.logs.append(line) }
+            }
+        }
+    }
+}
+
+extension Kmemleak {
+    /// kmemleak_scan (KMEMLEAK-SPEC §2.4), synchronously, with `now` (CLOCK_BOOTTIME ns) as the scan start
+    /// (`jiffies_last_scan`, against which the minimum age is measured).
+    ///
+    /// Steps: whiten every object and seed the gray list with gray ones; scan the merged root regions;
+    /// scan_gray_list (FIFO, may append); checksum pass (white objects whose crc32_le changed become gray
+    /// for this scan and are appended); scan_gray_list again; report: every unreferenced (white, allocated,
+    /// at least `minimumAge` old at `now`) object not yet REPORTED becomes REPORTED, and the
+    /// "N new suspected memory leaks" line is logged. Every word is looked up as a plain pointer and as a
+    /// per-CPU handle.
+    ///
+    /// Confirmation passes (only when `configuration.confirmationPasses > 0`, not in the kernel): if there are
+    /// candidates that would be newly reported, each pass re-reads the roots and every gray object (not
+    /// NO_SCAN) afresh, looking only for references to the candidates; a candidate whose references reach
+    /// its min_count becomes gray and its contents are scanned in the same pass (sparing what it points to).
+    /// Candidates found in any pass are not reported by this scan. This absorbs pointers that a live process
+    /// moved while the main pass was reading. In these passes a reference counts only if it points into a
+    /// candidate (no excess_ref forwarding), and counts start from 0 in every pass.
+    ///
+    /// Reading: ranges are cut into pieces of at most 1 MiB; when a piece reads short, the rest of its
+    /// range (object, CPU copy, scan area or root) is treated as absent for this scan.
+    ///
+    /// Objects registered while this scan runs (after its prepare step reached their slot) are not reported
+    /// by it, whatever their creation time: the scan may already have passed their references (the daemon
+    /// adopts old objects; the kernel only ever creates young ones).
+    ///
+    /// `shouldStop` is checked before every batch and every lock hold; when it returns true (or the detector
+    /// is disabled meanwhile) the scan ends with `interrupted == true` and reports nothing.
+    /// Memory is read in batches (<= 1024 ranges / 1 MiB per `MemoryReader.read` call); a range read short
+    /// is scanned (and checksummed) as far as it was read.
+    public func scan<M: MemoryReader>(now: UInt64, memory: M, shouldStop: () -> Bool = { false }) -> ScanResult {
+        scanMutex.withLock { _ in
+            withoutActuallyEscaping(shouldStop) { stop in
+                var sc = Scanner(engine: self, memory: memory, stop: stop)
+                defer { sc.deallocate() }
+                return sc.run(now: now)
+            }
+        }
+    }
+}

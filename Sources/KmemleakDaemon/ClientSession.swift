@@ -174,7 +174,7 @@ final class ClientSession {
 
     /// Syncs, computes the roots and runs one engine scan. The confirmation of new candidates happens with
     /// the client frozen (see `Detector`); `freeze` decides whether that is possible.
-    func scan(stackScanning: Bool, shouldStop: () -> Bool, freeze: Bool, log: (String) -> Void) throws -> ScanResult {
+    func scan(stackScanning: Bool, shouldStop: () -> Bool, freeze: Bool, log: @escaping (String) -> Void) throws -> ScanResult {
         guard table.isAlive else { throw ClientDropped(reason: "exited") }
         try sync()
         let roots: [RootRange]

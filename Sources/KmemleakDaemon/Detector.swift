@@ -125,7 +125,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         for session in sessions {
             do {
                 let result = try session.scan(
-                    stackScanning: stack, shouldStop: { [enabled] in !enabled.load(ordering: .relaxed) },
+                    stackScanning: stack, shouldStop: { [self] in !self.enabled.load(ordering: .relaxed) },
                     freeze: settings.freezeForConfirmation,
                     log: { [logger] message in logger.warning("kmemleak: \(message)") })
                 newLeaks += result.newLeaks
@@ -217,7 +217,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         config.minimumAge = UInt64(max(0, settings.minimumAge) * 1e9)
         config.confirmationPasses = 1
         config.controlFilePath = settings.controlFilePath
-        config.logsNewLeaks = false
+        config.logNewLeaks = false
         config.replacesStaleObjects = true
         let logger = self.logger
         config.log = { line in logger.warning("\(line)") }

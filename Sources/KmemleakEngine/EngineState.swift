@@ -83,8 +83,10 @@ struct EngineState {
     var gray = GrayQueue()
     var confirm: ConfirmState? = nil
     var logs: [String] = []
+    var replacesStaleObjects = false
 
     init(_ c: KmemleakConfiguration) {
+        replacesStaleObjects = c.replacesStaleObjects
         possibleCPUs = c.possibleCPUs
         minimumAge = c.minimumAge
         controlFilePath = c.controlFilePath
@@ -196,6 +198,14 @@ struct EngineState {
         }
         if parent == nil, let s = succ {
             if records[Int(s)].pointer < end { parent = s }
+        }
+        if let parent, replacesStaleObjects {
+            // Daemon mode: the older of two overlapping registrations is stale.
+            guard records[Int(parent)].seq < m.seq,
+                  let h = lookup(records[Int(parent)].pointer, alias: false, space) else { return }
+            deleteObject(h, space)
+            createObject(ptr, size: size, minCount: minCount, percpuObject: percpuObject, m)
+            return
         }
         if let parent {
             warn("Cannot insert 0x\(KFormat.hex(ptr)) into the object search tree (overlaps existing)")

@@ -301,6 +301,7 @@ struct Scanner<M: MemoryReader> {
     let engine: Kmemleak
     let memory: M
     let stop: () -> Bool
+    var hooks: ConfirmationHooks? = nil
     var result = ScanResult()
     var epoch = 0
     let buffer: UnsafeMutableRawBufferPointer
@@ -456,7 +457,10 @@ struct Scanner<M: MemoryReader> {
                 slotCursor += 1
                 visited += 1
                 let r = s.records[Int(id)]
-                guard r.allocated, r.isGray, s.confirm?.slotOf[id] == nil else { continue }
+                // Objects registered while the scan ran (a daemon re-syncing a frozen client) may hold the
+                // only pointer to a candidate: scan them like gray ones.
+                guard r.allocated, r.isGray || r.seqFlags & ObjectRecord.newDuringScan != 0,
+                      s.confirm?.slotOf[id] == nil else { continue }
                 s.expandForScan(id, into: &expansion)
             case .confirmQueue:
                 guard let id = s.confirm?.queue.pop() else { return false }
@@ -624,16 +628,35 @@ struct Scanner<M: MemoryReader> {
     mutating func confirmationPasses() {
         let passes = engine.configuration.confirmationPasses
         guard passes > 0 else { return }
+        var reportable = false
+        guard forSlots({ s, i in
+            let r = s.records[i]
+            if !reportable && r.isWhite && !r.has(ObjectFlags.reported)
+                && r.seqFlags & ObjectRecord.newDuringScan == 0 && s.unreferenced(r)
+            {
+                reportable = true
+            }
+        }) else { return }
+        if !reportable { return }
+        // The caller may now freeze the client and show more roots (its threads' registers).
+        var spans = rootSpans
+        if let hooks {
+            for r in hooks.begin() where r.length > 0 {
+                EngineState.addSpan(rootID, r.start, r.length, into: &spans)
+            }
+        }
+        defer { hooks?.end() }
+        // Every white object takes part, not only the reportable ones: a reachable object that the
+        // main pass missed (too young to report, say) may hold the only pointer to a candidate.
         var cands: [UInt32] = []
         guard forSlots({ s, i in
             let r = s.records[i]
-            if r.isWhite && !r.has(ObjectFlags.reported) && r.seqFlags & ObjectRecord.newDuringScan == 0
-                && s.unreferenced(r)
+            if r.allocated && r.isWhite && !r.has(ObjectFlags.reported)
+                && r.seqFlags & ObjectRecord.newDuringScan == 0
             {
                 cands.append(UInt32(i))
             }
         }) else { return }
-        if cands.isEmpty { return }
         let cs = cands
         engine.withState { s in s.buildConfirm(cs) }
         let saved = countObjects
@@ -641,7 +664,7 @@ struct Scanner<M: MemoryReader> {
         defer { countObjects = saved }
         for _ in 0..<passes {
             engine.withState { s in s.beginConfirmPass() }
-            expansion = rootSpans
+            expansion = spans
             expCursor = 0
             run(.none)
             slotCursor = 0
@@ -712,10 +735,12 @@ extension Kmemleak {
     /// is disabled meanwhile) the scan ends with `interrupted == true` and reports nothing.
     /// Memory is read in batches (<= 1024 ranges / 1 MiB per `MemoryReader.read` call); a range read short
     /// is scanned (and checksummed) as far as it was read.
-    public func scan<M: MemoryReader>(now: UInt64, memory: M, shouldStop: () -> Bool = { false }) -> ScanResult {
+    public func scan<M: MemoryReader>(now: UInt64, memory: M, shouldStop: () -> Bool = { false },
+                                      confirmation: ConfirmationHooks? = nil) -> ScanResult {
         scanMutex.withLock { _ in
             withoutActuallyEscaping(shouldStop) { stop in
                 var sc = Scanner(engine: self, memory: memory, stop: stop)
+                sc.hooks = confirmation
                 defer { sc.deallocate() }
                 return sc.run(now: now)
             }

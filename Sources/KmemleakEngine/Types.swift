@@ -53,6 +53,11 @@ public struct KmemleakConfiguration: Sendable {
     /// A daemon running one engine per client may turn it off and log one summed line with
     /// `Kmemleak.newLeaksLine`.
     public var logNewLeaks: Bool
+    /// Daemon mode: objects are registered from a client's table some time after the fact, so an
+    /// overlap with a registered object means that object is stale (freed, address reused). When set,
+    /// an insert replaces overlapping objects of a lower `seq` (and is dropped if one has a higher
+    /// `seq`) instead of disabling the detector as the kernel does. Default false (the kernel's rule).
+    public var replacesStaleObjects: Bool = false
     /// Optional context used to print comm and frames in log-only object dumps (alias and overlap warnings).
     public var logContext: (any ReportContext & Sendable)?
 

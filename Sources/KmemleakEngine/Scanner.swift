@@ -294,6 +294,13 @@ extension EngineState {
     }
 }
 
+/// A context that resolves nothing (verbose printing without `logContext`).
+struct NoReportContext: ReportContext {
+    func comm(_ id: UInt32) -> String? { nil }
+    func frames(_ trace: UInt32) -> [Address] { [] }
+    func symbolize(_ address: Address) -> String? { nil }
+}
+
 /// One run of kmemleak_scan.
 struct Scanner<M: MemoryReader> {
     enum Source { case none, gray, checksumSlots, confirmSlots, confirmQueue }
@@ -661,6 +668,10 @@ struct Scanner<M: MemoryReader> {
     /// Step 7: mark new leaks REPORTED and log the count.
     mutating func report() {
         var n = 0
+        let verbose = engine.configuration.verbose
+        let cpu = engine.configuration.reportCPU
+        let hz = engine.configuration.ticksPerSecond
+        var items: [(entry: ReportEntry, read: UInt64?)] = []
         guard forSlots({ s, i in
             let r = s.records[i]
             if r.isWhite && s.unreferenced(r) && !r.has(ObjectFlags.reported)
@@ -668,9 +679,16 @@ struct Scanner<M: MemoryReader> {
             {
                 s.records[i].set(ObjectFlags.reported)
                 n += 1
+                if verbose { items.append(s.reportItem(UInt32(i), cpu: cpu, hz: hz)) }
             }
         }) else { return }
         result.newLeaks = n
+        if verbose && !items.isEmpty {
+            let ctx: any ReportContext = engine.configuration.logContext ?? NoReportContext()
+            for e in Kmemleak.readContents(items, memory: memory) {
+                for line in Kmemleak.verboseLines(e, context: ctx) { engine.configuration.log(line) }
+            }
+        }
         if n > 0 {
             let line = Kmemleak.newLeaksLine(n, controlFilePath: engine.configuration.controlFilePath)
             let logIt = engine.configuration.logNewLeaks

@@ -102,7 +102,8 @@ extension EngineState {
 
     // MARK: scan_block
 
-    /// scan_block over the aligned words fully inside [addr, addr+len), whose bytes start at `p`.
+    /// Confirmation-pass scan_block over the aligned words fully inside [addr, addr+len), whose bytes start
+    /// at `p` (the main passes use `scanGroup`).
     mutating func scanBlock(_ p: UnsafeRawPointer, addr: UInt64, len: Int, scanned: UInt32) {
         guard len >= 8 else { return }
         let first = (addr &+ 7) & ~7
@@ -110,11 +111,7 @@ extension EngineState {
         guard first >= addr, first &+ 8 <= end else { return }
         let n = Int((end - first) / 8)
         let base = p + Int(first - addr)
-        if confirm != nil {
-            confirmWords(base, n, scanned)
-        } else {
-            normalWords(base, n, scanned)
-        }
+        confirmWords(base, n, scanned)
     }
 
     /// One lock hold: scan_block over each chunk whose object is still allocated (roots always).
@@ -155,27 +152,6 @@ extension EngineState {
         }
         gray = g
         for a in aliases { _ = lookup(a, alias: false, .plain) }
-    }
-
-    mutating func normalWords(_ base: UnsafeRawPointer, _ n: Int, _ scanned: UInt32) {
-        let pl = plain
-        let pc = percpu
-        let ex = extras
-        var g = gray
-        gray = GrayQueue()
-        var aliases: [UInt64] = []
-        records.withRecords { rec in
-            for i in 0..<n {
-                let w = base.loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
-                Self.pointerUpdateRefs(w, pl, rec, scanned, &g, ex, pl, &aliases)
-                Self.pointerUpdateRefs(w, pc, rec, scanned, &g, ex, pl, &aliases)
-            }
-        }
-        gray = g
-        for a in aliases {
-            // lookup_object(excess_ref, 0) found an interior hit: the kernel's alias warning.
-            _ = lookup(a, alias: false, .plain)
-        }
     }
 
     @inline(__always)

@@ -379,6 +379,18 @@ struct EngineState {
         return end
     }
 
+    /// A report entry for object `id` (contents not read yet) and the address its hex dump is read from.
+    func reportItem(_ id: UInt32, cpu: Int, hz: UInt64) -> (entry: ReportEntry, read: UInt64?) {
+        let r = records[Int(id)]
+        let c = context(id)
+        let percpu = r.has(ObjectFlags.percpu)
+        let addr: UInt64? = percpu ? layout(for: r.pointer)?.address(of: r.pointer, cpu: cpu) : r.pointer
+        return (ReportEntry(
+            pointer: r.pointer, size: size(id), isPercpu: percpu, cpu: cpu, pid: c.pid, comm: c.comm,
+            jiffies: KFormat.jiffies(r.created, hz: hz), contents: [], checksum: r.checksum,
+            trace: c.trace, seq: r.seq, creationTime: r.created), addr)
+    }
+
     // MARK: per-CPU copies
 
     func layout(for handle: UInt64) -> PercpuLayout? {

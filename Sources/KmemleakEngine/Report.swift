@@ -17,57 +17,56 @@ extension Kmemleak {
             while slot >= 0 {
                 let from = slot
                 let (chunk, next): ([(entry: ReportEntry, read: UInt64?)], Int) = withState { s in
-                var out: [(entry: ReportEntry, read: UInt64?)] = []
-                let end = min(from + slotChunk, s.records.count)
-                for i in from..<max(from, end) {
-                    let r = s.records[i]
-                    guard r.allocated, r.has(ObjectFlags.reported), s.unreferenced(r) else { continue }
-                    let id = UInt32(i)
-                    let c = s.context(id)
-                    let percpu = r.has(ObjectFlags.percpu)
-                    let addr: UInt64? = percpu ? s.layout(for: r.pointer)?.address(of: r.pointer, cpu: cpu) : r.pointer
-                    out.append((ReportEntry(
-                        pointer: r.pointer, size: s.size(id), isPercpu: percpu, cpu: cpu, pid: c.pid, comm: c.comm,
-                        jiffies: KFormat.jiffies(r.created, hz: hz), contents: [], checksum: r.checksum,
-                        trace: c.trace, seq: r.seq, creationTime: r.created), addr))
-                }
-                return (out, end >= s.records.count ? -1 : end)
+                    var out: [(entry: ReportEntry, read: UInt64?)] = []
+                    let end = min(from + slotChunk, s.records.count)
+                    for i in from..<max(from, end) {
+                        let r = s.records[i]
+                        guard r.allocated, r.has(ObjectFlags.reported), s.unreferenced(r) else { continue }
+                        out.append(s.reportItem(UInt32(i), cpu: cpu, hz: hz))
+                    }
+                    return (out, end >= s.records.count ? -1 : end)
                 }
                 items.append(contentsOf: chunk)
                 slot = next
             }
-            items.sort { ($0.entry.seq, $0.entry.pointer) < ($1.entry.seq, $1.entry.pointer) }
-            // Read the hex-dump bytes in batches.
-            var i = 0
-            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: maxBatchRanges * 32, alignment: 16)
-            defer { buf.deallocate() }
-            while i < items.count {
-                let end = min(i + maxBatchRanges, items.count)
-                var ranges: [MemoryRange] = []
-                var which: [Int] = []
-                for k in i..<end {
-                    let len = Int(min(items[k].entry.size, 32))
-                    if let a = items[k].read, len > 0 {
-                        ranges.append(MemoryRange(address: a, length: len))
-                        which.append(k)
-                    }
-                }
-                var got = Array(repeating: 0, count: ranges.count)
-                if !ranges.isEmpty {
-                    ranges.withUnsafeBufferPointer { r in
-                        got.withUnsafeMutableBufferPointer { g in memory.read(r, into: buf, bytesRead: g) }
-                    }
-                }
-                var off = 0
-                for (j, k) in which.enumerated() {
-                    let n = max(0, min(got[j], ranges[j].length))
-                    items[k].entry.contents = Array(UnsafeRawBufferPointer(rebasing: buf[off..<(off + n)]))
-                    off += ranges[j].length
-                }
-                i = end
-            }
-            return items.map { $0.entry }
+            return Self.readContents(items, memory: memory)
         }
+    }
+
+    /// Sorts report items by (seq, pointer) and fills in the first min(size, 32) bytes of each, read in
+    /// batches of up to 1024 ranges.
+    static func readContents<M: MemoryReader>(_ unsorted: [(entry: ReportEntry, read: UInt64?)], memory: M) -> [ReportEntry] {
+        var items = unsorted
+        items.sort { ($0.entry.seq, $0.entry.pointer) < ($1.entry.seq, $1.entry.pointer) }
+        var i = 0
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: maxBatchRanges * 32, alignment: 16)
+        defer { buf.deallocate() }
+        while i < items.count {
+            let end = min(i + maxBatchRanges, items.count)
+            var ranges: [MemoryRange] = []
+            var which: [Int] = []
+            for k in i..<end {
+                let len = Int(min(items[k].entry.size, 32))
+                if let a = items[k].read, len > 0 {
+                    ranges.append(MemoryRange(address: a, length: len))
+                    which.append(k)
+                }
+            }
+            var got = Array(repeating: 0, count: ranges.count)
+            if !ranges.isEmpty {
+                ranges.withUnsafeBufferPointer { r in
+                    got.withUnsafeMutableBufferPointer { g in memory.read(r, into: buf, bytesRead: g) }
+                }
+            }
+            var off = 0
+            for (j, k) in which.enumerated() {
+                let n = max(0, min(got[j], ranges[j].length))
+                items[k].entry.contents = Array(UnsafeRawBufferPointer(rebasing: buf[off..<(off + n)]))
+                off += ranges[j].length
+            }
+            i = end
+        }
+        return items.map { $0.entry }
     }
 
     /// One report record, byte-exact to KMEMLEAK-SPEC §8 (kernel 6.12 format), ending with a newline:
@@ -120,6 +119,14 @@ extension Kmemleak {
         }
         if infos.isEmpty { return nil }
         return infos.flatMap { KFormat.objectInfoLines($0, hz: configuration.ticksPerSecond, context: context) }
+    }
+
+    /// The kernel's verbose print of one new leak (kmemleak.verbose=1): every line of the record with the
+    /// "kmemleak: " prefix (pr_warn, and print_hex_dump with pr_fmt(HEX_PREFIX)).
+    public static func verboseLines(_ e: ReportEntry, context: some ReportContext) -> [String] {
+        var lines = render(e, context: context).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        if lines.last == "" { lines.removeLast() }
+        return lines.map { "kmemleak: " + $0 }
     }
 
     /// "kmemleak: Unknown object at 0x%08lx".

@@ -102,7 +102,8 @@ extension EngineState {
 
     // MARK: scan_block
 
-    /// scan_block over the aligned words fully inside [addr, addr+len), whose bytes start at `p`.
+    /// Confirmation-pass scan_block over the aligned words fully inside [addr, addr+len), whose bytes start
+    /// at `p` (the main passes use `scanGroup`).
     mutating func scanBlock(_ p: UnsafeRawPointer, addr: UInt64, len: Int, scanned: UInt32) {
         guard len >= 8 else { return }
         let first = (addr &+ 7) & ~7
@@ -110,11 +111,7 @@ extension EngineState {
         guard first >= addr, first &+ 8 <= end else { return }
         let n = Int((end - first) / 8)
         let base = p + Int(first - addr)
-        if confirm != nil {
-            confirmWords(base, n, scanned)
-        } else {
-            normalWords(base, n, scanned)
-        }
+        confirmWords(base, n, scanned)
     }
 
     /// One lock hold: scan_block over each chunk whose object is still allocated (roots always).
@@ -155,27 +152,6 @@ extension EngineState {
         }
         gray = g
         for a in aliases { _ = lookup(a, alias: false, .plain) }
-    }
-
-    mutating func normalWords(_ base: UnsafeRawPointer, _ n: Int, _ scanned: UInt32) {
-        let pl = plain
-        let pc = percpu
-        let ex = extras
-        var g = gray
-        gray = GrayQueue()
-        var aliases: [UInt64] = []
-        records.withRecords { rec in
-            for i in 0..<n {
-                let w = base.loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
-                Self.pointerUpdateRefs(w, pl, rec, scanned, &g, ex, pl, &aliases)
-                Self.pointerUpdateRefs(w, pc, rec, scanned, &g, ex, pl, &aliases)
-            }
-        }
-        gray = g
-        for a in aliases {
-            // lookup_object(excess_ref, 0) found an interior hit: the kernel's alias warning.
-            _ = lookup(a, alias: false, .plain)
-        }
     }
 
     @inline(__always)
@@ -292,6 +268,13 @@ extension EngineState {
         }
         confirm = c
     }
+}
+
+/// A context that resolves nothing (verbose printing without `logContext`).
+struct NoReportContext: ReportContext {
+    func comm(_ id: UInt32) -> String? { nil }
+    func frames(_ trace: UInt32) -> [Address] { [] }
+    func symbolize(_ address: Address) -> String? { nil }
 }
 
 /// One run of kmemleak_scan.
@@ -684,6 +667,10 @@ struct Scanner<M: MemoryReader> {
     /// Step 7: mark new leaks REPORTED and log the count.
     mutating func report() {
         var n = 0
+        let verbose = engine.configuration.verbose
+        let cpu = engine.configuration.reportCPU
+        let hz = engine.configuration.ticksPerSecond
+        var items: [(entry: ReportEntry, read: UInt64?)] = []
         guard forSlots({ s, i in
             let r = s.records[i]
             if r.isWhite && s.unreferenced(r) && !r.has(ObjectFlags.reported)
@@ -691,9 +678,16 @@ struct Scanner<M: MemoryReader> {
             {
                 s.records[i].set(ObjectFlags.reported)
                 n += 1
+                if verbose { items.append(s.reportItem(UInt32(i), cpu: cpu, hz: hz)) }
             }
         }) else { return }
         result.newLeaks = n
+        if verbose && !items.isEmpty {
+            let ctx: any ReportContext = engine.configuration.logContext ?? NoReportContext()
+            for e in Kmemleak.readContents(items, memory: memory) {
+                for line in Kmemleak.verboseLines(e, context: ctx) { engine.configuration.log(line) }
+            }
+        }
         if n > 0 {
             let line = Kmemleak.newLeaksLine(n, controlFilePath: engine.configuration.controlFilePath)
             let logIt = engine.configuration.logNewLeaks

@@ -58,6 +58,9 @@ public struct KmemleakConfiguration: Sendable {
     /// an insert replaces overlapping objects of a lower `seq` (and is dropped if one has a higher
     /// `seq`) instead of disabling the detector as the kernel does. Default false (the kernel's rule).
     public var replacesStaleObjects: Bool = false
+    /// The kernel's `kmemleak.verbose=1`: each new leak found by a scan is also logged as its report record,
+    /// every line prefixed "kmemleak: " (comm and frames resolved through `logContext`).
+    public var verbose: Bool
     /// Optional context used to print comm and frames in log-only object dumps (alias and overlap warnings).
     public var logContext: (any ReportContext & Sendable)?
 
@@ -73,9 +76,11 @@ public struct KmemleakConfiguration: Sendable {
         controlFilePath: String = "/sys/kernel/debug/kmemleak",
         log: @escaping @Sendable (String) -> Void = { _ in },
         logNewLeaks: Bool = true,
+        verbose: Bool = false,
         logContext: (any ReportContext & Sendable)? = nil
     ) {
         self.logNewLeaks = logNewLeaks
+        self.verbose = verbose
         self.possibleCPUs = max(1, possibleCPUs)
         self.minimumAge = minimumAge
         self.ticksPerSecond = ticksPerSecond

@@ -132,3 +132,28 @@ import Testing
         ])
     }
 }
+
+@Suite struct VerboseTests {
+    @Test func verboseLogsEachNewLeak() {
+        let log = LogBox()
+        let ctx = TestContext(traces: [4: [0x40_1000]], symbols: [0x40_1000: "main+0x0/0x10"])
+        let e = Kmemleak(configuration: KmemleakConfiguration(
+            minimumAge: 0, controlFilePath: "/mnt/kmemleak", log: { log.append($0) }, verbose: true, logContext: ctx))
+        let mem = SyntheticMemory()
+        mem.map(0x10000, 0x100)
+        mem.write(0x10000, Array("leak".utf8))
+        e.alloc(0x10000, size: 8, metadata: ObjectMetadata(pid: 7, comm: 2, creationTime: 0, trace: 4, seq: 1))
+        _ = e.scan(now: sec, memory: mem)  // changed checksum: another chance
+        #expect(e.scan(now: 2 * sec, memory: mem).newLeaks == 1)
+        let crc = String(CRC32.le(0, Array("leak".utf8) + [0, 0, 0, 0]), radix: 16)
+        #expect(log.all == [
+            "kmemleak: unreferenced object 0x00010000 (size 8):",
+            "kmemleak:   comm \"cat\", pid 7, jiffies 0",
+            "kmemleak:   hex dump (first 8 bytes):",
+            "kmemleak:     6c 65 61 6b 00 00 00 00                          leak....",
+            "kmemleak:   backtrace (crc \(crc)):",
+            "kmemleak:     [<0000000000401000>] main+0x0/0x10",
+            "kmemleak: 1 new suspected memory leaks (see /mnt/kmemleak)",
+        ])
+    }
+}

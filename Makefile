@@ -59,10 +59,10 @@ $(KMLTEST): Sources/kmemleak-test/kmemleak-test.c $(SHIM_HDRS) | shim-dirs
 	$(SHIM_CC) $(PROG_CFLAGS) -o $@ $<
 
 # the backtrace fixture is -O2 without frame pointers on purpose
-$(FIXTURE_DIR)/backtrace: Tests/fixtures/backtrace.c $(SHIM_HDRS) | shim-dirs
+$(FIXTURE_DIR)/backtrace: Tests/fixtures/backtrace.c Tests/fixtures/common.h $(SHIM_HDRS) | shim-dirs
 	$(SHIM_CC) $(PROG_CFLAGS) -fomit-frame-pointer -fno-inline-functions -o $@ $<
 
-$(FIXTURE_DIR)/%: Tests/fixtures/%.c $(SHIM_HDRS) | shim-dirs
+$(FIXTURE_DIR)/%: Tests/fixtures/%.c Tests/fixtures/common.h $(SHIM_HDRS) | shim-dirs
 	$(SHIM_CC) $(PROG_CFLAGS) -o $@ $<
 
 # shell-level checks: same output with and without the shim, no Swift runtime in the .so

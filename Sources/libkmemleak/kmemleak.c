@@ -79,6 +79,8 @@ static int g_state;                  /* ST_* (atomic) */
 static int g_disabled_once;
 static int g_unwinder = UNWIND_LIBUNWIND;
 static int g_memfd = -1;
+static dev_t g_memfd_dev;            /* identity of our memfd: the program may close the fd and */
+static ino_t g_memfd_ino;            /* reuse its number; never close someone else's file */
 static pid_t g_rendezvous_pid;
 static char g_rendezvous_path[512];
 static const char *g_run_dir;
@@ -1719,6 +1721,21 @@ static int phdr_cb(struct dl_phdr_info *info, size_t sz, void *data)
 
 static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
+static void remember_memfd(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) == 0) {
+        g_memfd_dev = st.st_dev;
+        g_memfd_ino = st.st_ino;
+    }
+}
+
+static int still_our_memfd(int fd)
+{
+    struct stat st;
+    return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == g_memfd_dev && st.st_ino == g_memfd_ino;
+}
+
 static uint32_t pow2_at_least(uint32_t v)
 {
     uint32_t p = 1024;
@@ -1764,6 +1781,7 @@ static int table_create(void)
         return -1;
     }
     g_memfd = fd;
+    remember_memfd(fd);
     g_hdr = (struct kml_header *)m;
     g_obj = (struct kml_object *)((char *)m + obj_off);
     g_tr = (struct kml_trace *)((char *)m + tr_off);
@@ -1804,8 +1822,10 @@ static int table_create(void)
     h->alloc_seq = 1;
 
     /* private index */
-    uint32_t obj_buckets = pow2_at_least(g_obj_cap);
-    uint32_t tr_buckets = pow2_at_least(g_tr_cap);
+    /* a quarter of the capacities: chains of 4 when full, and a bucket array small enough to stay
+     * in the last-level cache for typical object counts */
+    uint32_t obj_buckets = pow2_at_least(g_obj_cap / 4);
+    uint32_t tr_buckets = pow2_at_least(g_tr_cap / 4);
     g_batch_cap = g_obj_cap + 64; /* worst case: chains of one slot */
     size_t p = 0;
     size_t ob_off = p;
@@ -1824,8 +1844,8 @@ static int table_create(void)
     void *pm = raw_mmap(NULL, g_priv_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (pm == MAP_FAILED)
         return -1;
-    /* the object index is accessed at random: huge pages spare the TLB */
-    syscall(SYS_madvise, pm, g_priv_size, MADV_HUGEPAGE);
+    /* the hash buckets are accessed at random: huge pages spare the TLB (not the lists) */
+    syscall(SYS_madvise, pm, mm_off, MADV_HUGEPAGE);
     g_priv = pm;
     g_obj_buckets = (uint32_t *)((char *)pm + ob_off);
     g_obj_bucket_mask = obj_buckets - 1;
@@ -1953,8 +1973,10 @@ static void atfork_child(void)
         t.in_shim--;
         return;
     }
-    syscall(SYS_close, g_memfd);
+    if (still_our_memfd(g_memfd)) /* the parent's memfd, unless the program closed and reused it */
+        syscall(SYS_close, g_memfd);
     g_memfd = fd;
+    remember_memfd(fd);
     h = g_hdr;
     h->pid = (int32_t)syscall(SYS_getpid);
     h->start_time = proc_start_time();

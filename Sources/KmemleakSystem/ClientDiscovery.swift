@@ -1,4 +1,5 @@
 // Client discovery: rendezvous files -> validated tables; stale files removed.
+import CKmemleakABI
 import Glibc
 import KmemleakEngine
 import Logging
@@ -77,6 +78,35 @@ public enum ClientDiscovery {
                 } else {
                     result.failed.append((path, error))
                 }
+            }
+        }
+        return result
+    }
+}
+
+extension ClientDiscovery {
+    /// Finds clients without a rendezvous file (their run directory was not writable): every process
+    /// whose /proc/PID/maps has a `/memfd:kmemleak-table` mapping. Reads the maps of every process,
+    /// so call it rarely (at start-up, then now and then). Tables are opened through
+    /// /proc/PID/map_files (needs CAP_SYS_ADMIN); failures are reported, nothing is removed.
+    public static func scanProcesses(known: Set<ClientID>, logger: Logger? = nil) -> DiscoveryResult {
+        var result = DiscoveryResult()
+        let me = getpid()
+        let pids = ((try? ProcFile.listDirectory("/proc")) ?? []).compactMap { Int32($0) }.filter { $0 != me }.sorted()
+        for pid in pids {
+            guard let maps = try? Proc.maps(pid),
+                  let m = maps.first(where: { $0.path.hasPrefix("/memfd:" + KML_MEMFD_NAME) && $0.shared }),
+                  let st = try? Proc.stat(pid) else { continue }
+            let r = Rendezvous(pid: pid, fd: -1, address: m.start, size: m.length, startTime: st.startTime,
+                               path: "/proc/\(pid)/maps")
+            if known.contains(ClientID(pid: pid, startTime: st.startTime, tableAddress: m.start)) { continue }
+            do throws(TableError) {
+                let t = try ClientTable.open(r)
+                result.adopted.append(t)
+                logger?.info("kmemleak: adopted client \(pid) from its maps (no rendezvous file)")
+            } catch {
+                result.failed.append((r.path, error))
+                logger?.warning("kmemleak: cannot adopt \(pid) from its maps: \(error)")
             }
         }
         return result

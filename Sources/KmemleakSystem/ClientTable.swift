@@ -333,11 +333,13 @@ public final class ClientTable: Sendable {
         let candidates = ["/proc/\(r.pid)/map_files/\(mapName)", "/proc/\(r.pid)/fd/\(r.fd)"]
         var lastError: TableError = .notATable(path: candidates[0], reason: "not found")
         let mapping = (try? Proc.maps(r.pid))?.first { $0.start == r.address }
+        var absent = 0 // candidates that do not exist or are not the table
         for path in candidates {
             do {
                 let target = try ProcFile.readlink(path)
                 guard target.hasPrefix("/memfd:" + KML_MEMFD_NAME) else {
                     lastError = .notATable(path: path, reason: "links to \(target)")
+                    absent += 1
                     continue
                 }
                 // Read-write for daemon_pid/daemon_scans; read-only if that is all we may do.
@@ -354,6 +356,7 @@ public final class ClientTable: Sendable {
                 return try ClientTable(file: h, expectedPid: r.pid, expectedStartTime: r.startTime, rendezvous: r)
             } catch let e as SystemError {
                 lastError = .system(e)
+                if e.errno == ENOENT { absent += 1 }
             } catch let e as TableError {
                 throw e // the file is the table and it is bad: no point trying the other path
             } catch {
@@ -361,6 +364,11 @@ public final class ClientTable: Sendable {
             }
         }
         if !Proc.isAlive(r.pid, startTime: r.startTime) { throw .stale(pid: r.pid, reason: "process gone") }
+        // Alive, same start time, but neither the mapping nor the fd is a table any more: the
+        // process called exec into a program without the shim (or unmapped it): stale.
+        if absent == candidates.count && !(mapping?.path.hasPrefix("/memfd:" + KML_MEMFD_NAME) ?? false) {
+            throw .stale(pid: r.pid, reason: "no table mapped at 0x\(String(r.address, radix: 16)) any more (exec?)")
+        }
         throw lastError
     }
 

@@ -4,11 +4,17 @@ import Glibc
 import KmemleakEngine
 import Synchronization
 
-/// Reads another process's memory. `process_vm_readv` stops at the first remote range that faults
-/// and returns how many bytes it copied, so bytes are attributed range by range; the faulting
-/// range's remainder is retried once alone (a short read may just be a short read), then the
-/// batch goes on from the next range: one unmapped object never hides the rest.
-/// A dead process (ESRCH) or a denied one (EPERM) reads 0 bytes everywhere.
+/// Reads another process's memory with `process_vm_readv`, up to 1024 remote iovecs a call.
+///
+/// Pass 1: runs of ranges that are ascending and at most `coalesceGap` bytes apart become one remote
+/// iovec read into a scratch buffer and copied out (the kernel's cost is per iovec: ~0.75 us for a
+/// 64-byte range alone, ~0.14 us coalesced); a lone range is read straight into its destination.
+/// `process_vm_readv` stops at the first remote iovec that faults and returns how many bytes it
+/// copied, so bytes are attributed iovec by iovec and the batch is re-issued after the faulting one.
+/// Pass 2: the ranges of iovecs that did not read in full are read one iovec each; the faulting
+/// range keeps its leading bytes (its remainder is retried once alone: a short read may just be
+/// short), then the batch goes on from the next range: one unmapped object never hides the rest.
+/// A dead process (ESRCH) or a denied one (EPERM) reads 0 bytes everywhere, never a trap.
 public final class ProcessMemory: MemoryReader, Sendable {
     public let pid: Int32
     /// Ranges per syscall (the kernel's IOV_MAX is 1024).

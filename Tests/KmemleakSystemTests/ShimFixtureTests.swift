@@ -211,6 +211,31 @@ struct ShimFixtureTests {
         #expect(ClientDiscovery.scan(runDirectory: c.dir.path, known: [t2.id]).adopted.isEmpty)
     }
 
+    @Test func execWithoutTheShimLeavesAStaleFile() throws {
+        let c = try ShimFixture.start()
+        let t1 = try c.table()
+        let r = try c.rendezvous()
+        try c.child.send("noshimexec")
+        _ = try c.child.waitFor("READY ")
+        #expect(!t1.isAlive)
+        #expect(Proc.isAlive(c.pid, startTime: r.startTime)) // same process
+        #expect { try ClientTable.open(r) } throws: { e in if case .stale = e as? TableError { true } else { false } }
+        let result = ClientDiscovery.scan(runDirectory: c.dir.path, known: [])
+        #expect(result.removedStale == [r.path] && result.adopted.isEmpty)
+    }
+
+    @Test func clientWithoutARendezvousFileIsFoundInItsMaps() throws {
+        // A run directory the client cannot create: it tracks anyway, announced by nothing.
+        let c = try ShimFixture.start(env: ["KMEMLEAK_RUN_DIR": "/proc/kml-no-such-dir"])
+        let p = try c.ask("malloc 4321", "OBJ")[0]
+        let result = ClientDiscovery.scanProcesses(known: [])
+        let t = try #require(result.adopted.first { $0.pid == c.pid })
+        #expect(try liveObjects(t)[p]?.size == 4321)
+        #expect(t.isAlive)
+        let again = ClientDiscovery.scanProcesses(known: Set(result.adopted.map(\.id)))
+        #expect(!again.adopted.contains { $0.pid == c.pid })
+    }
+
     @Test func daemonFieldsAreWrittenToTheClient() throws {
         let c = try ShimFixture.start()
         let t = try c.table()

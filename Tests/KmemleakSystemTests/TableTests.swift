@@ -323,12 +323,17 @@ func allObjects(_ t: ClientTable) throws(TableError) -> ([ObjectRecord], ReadSta
         let dead = Rendezvous(pid: pid, fd: 3, address: 0x10000, size: 4096, startTime: childStart)
         #expect(dead.isStale)
         #expect { try ClientTable.open(dead) } throws: { e in if case .stale = e as? TableError { true } else { false } }
-        // fd pointing to something that is not the table.
+        // fd pointing to something that is not the table, nothing mapped at the address: the live
+        // process has no table there, so the file is stale.
         let other = try SyntheticTable(name: "something-else")
         var foreign = r
         foreign.fd = other.fd
         foreign.address = 0x1000
-        #expect { try ClientTable.open(foreign) } throws: { e in if case .notATable = e as? TableError { true } else { false } }
+        #expect { try ClientTable.open(foreign) } throws: { e in if case .stale = e as? TableError { true } else { false } }
+        // The right address but a foreign fd: map_files finds the table (the fd is not needed).
+        var wrongFd = r
+        wrongFd.fd = other.fd
+        #expect(try ClientTable.open(wrongFd).pid == getpid())
         // Right memfd name, wrong identity: another process's pid in the header.
         let (s2, p2, _) = try announce(dir, pid: getpid())
         defer { munmap(p2, Int(s2.totalSize)) }

@@ -55,13 +55,18 @@ let package = Package(
             dependencies: ["KmemleakEngine"],
             path: "Benchmarks/EngineScan"),
         .testTarget(name: "KmemleakEngineTests", dependencies: ["KmemleakEngine"]),
+        // Shared by the test targets: child processes with pipes and timeouts.
+        .target(name: "KmemleakTestSupport", dependencies: ["CKmemleakSys"], path: "Tests/TestSupport"),
         .testTarget(
             name: "KmemleakSystemTests",
-            dependencies: ["KmemleakSystem", "KmemleakEngine", "CKmemleakABI", "CKmemleakSys"]),
+            dependencies: ["KmemleakSystem", "KmemleakEngine", "CKmemleakABI", "CKmemleakSys", "KmemleakTestSupport"]),
         .testTarget(name: "KmemleakDaemonTests", dependencies: ["KmemleakDaemon"]),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["KmemleakDaemon", "KmemleakFS", "KmemleakSystem", "KmemleakEngine", "CKmemleakSys"]),
+            dependencies: [
+                "KmemleakDaemon", "KmemleakFS", "KmemleakSystem", "KmemleakEngine", "CKmemleakSys",
+                "KmemleakTestSupport",
+            ]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1893,10 +1893,17 @@ static void unlock_all(void)
     spin_unlock(&g_mm_lock);
 }
 
-static int g_fork_locked;
+static int g_fork_locked, g_fork_nested;
 
 static void atfork_prepare(void)
 {
+    if (t.in_shim) {
+        /* fork from a signal handler that interrupted the shim: our locks may be held by this very
+         * thread, so they cannot be taken; the child will not track (see atfork_child) */
+        g_fork_nested = 1;
+        t.in_shim++;
+        return;
+    }
     t.in_shim++;
     if (__atomic_load_n(&g_state, __ATOMIC_ACQUIRE) == ST_ON && g_priv) {
         lock_all();
@@ -1906,6 +1913,7 @@ static void atfork_prepare(void)
 
 static void atfork_parent(void)
 {
+    g_fork_nested = 0;
     if (g_fork_locked) {
         g_fork_locked = 0;
         unlock_all();
@@ -1923,6 +1931,15 @@ static void atfork_child(void)
 {
     t.tid = 0;
     g_rendezvous_pid = 0;
+    if (g_fork_nested) {
+        /* the table mapping is still the parent's: detach before anything can write to it */
+        g_fork_nested = 0;
+        g_hdr = NULL;
+        if (__atomic_load_n(&g_state, __ATOMIC_ACQUIRE) == ST_ON)
+            kml_disable("fork from a signal handler inside the shim");
+        t.in_shim--;
+        return;
+    }
     if (!g_fork_locked) {
         t.in_shim--;
         return;

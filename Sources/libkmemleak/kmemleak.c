@@ -303,13 +303,28 @@ struct trace_ctx {
     int len;
 };
 
+/* libgcc_s's unwinder, resolved with dlopen: libunwind.so exports its own _Unwind_Backtrace, which a
+ * plain link would bind to instead */
+static _Unwind_Reason_Code (*gcc_backtrace)(_Unwind_Trace_Fn, void *);
+static _Unwind_Ptr (*gcc_get_ip)(struct _Unwind_Context *);
+
+static int resolve_libgcc(void)
+{
+    void *h = dlopen("libgcc_s.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!h)
+        return -1;
+    gcc_backtrace = (_Unwind_Reason_Code(*)(_Unwind_Trace_Fn, void *))dlsym(h, "_Unwind_Backtrace");
+    gcc_get_ip = (_Unwind_Ptr(*)(struct _Unwind_Context *))dlsym(h, "_Unwind_GetIP");
+    return gcc_backtrace && gcc_get_ip ? 0 : -1;
+}
+
 static _Unwind_Reason_Code gcc_trace_cb(struct _Unwind_Context *ctx, void *arg)
 {
     void **buf = (void **)arg;
     struct trace_ctx *c = (struct trace_ctx *)buf[-1];
     if (c->n >= c->len)
         return _URC_END_OF_STACK;
-    uintptr_t ip = _Unwind_GetIP(ctx);
+    uintptr_t ip = gcc_get_ip(ctx);
     if (!ip)
         return _URC_END_OF_STACK;
     buf[c->n++] = (void *)ip;
@@ -326,7 +341,7 @@ static inline __attribute__((always_inline)) int unwind_stack(void **buf, int ma
         void *arr[KML_MAX_TRACE + UNWIND_EXTRA + 1];
         struct trace_ctx c = {0, max};
         arr[0] = &c;
-        _Unwind_Backtrace(gcc_trace_cb, arr + 1);
+        gcc_backtrace(gcc_trace_cb, arr + 1);
         memcpy(buf, arr + 1, (size_t)c.n * sizeof(void *));
         return c.n;
     }
@@ -2053,7 +2068,7 @@ __attribute__((constructor(101))) static void kml_init(void)
     }
     const char *uw = getenv("KMEMLEAK_UNWINDER");
     if (uw && !strcmp(uw, "libgcc"))
-        g_unwinder = UNWIND_LIBGCC;
+        g_unwinder = resolve_libgcc() == 0 ? UNWIND_LIBGCC : UNWIND_LIBUNWIND;
     else if (uw && !strcmp(uw, "none"))
         g_unwinder = UNWIND_NONE;
     g_run_dir = getenv("KMEMLEAK_RUN_DIR");

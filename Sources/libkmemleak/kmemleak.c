@@ -106,6 +106,7 @@ static uint32_t g_tr_bucket_mask;
 static uint32_t *g_mm_slots;         /* tracked program mappings: object slot indices */
 static uint32_t g_mm_count;
 static uint32_t *g_thr_free;         /* free thread slots */
+static pthread_t *g_thr_ptid;        /* pthread_t of each thread slot (for renames from elsewhere) */
 static uint32_t g_thr_free_count;
 static uint32_t *g_batches;          /* (head, length) pairs: chains of free object slots */
 static uint32_t g_batch_count, g_batch_cap;
@@ -1065,6 +1066,7 @@ static void thread_register(int is_main)
     tls_range(&th->tls_lo, &th->tls_hi);
     memcpy(th->comm, name, KML_COMM_LEN);
     rec_write_end(&th->state, KML_STATE_LIVE);
+    g_thr_ptid[idx] = pthread_self();
     t.thread_slot = (int)idx + 1;
     if (!is_main)
         pthread_setspecific(g_thread_key, (void *)1);
@@ -1077,21 +1079,45 @@ static void thread_unregister(void)
     uint32_t idx = (uint32_t)t.thread_slot - 1;
     t.thread_slot = 0;
     struct kml_thread *th = &g_thr[idx];
+    spin_lock(&g_thr_lock); /* a rename from another thread writes the record under this lock */
     rec_write_begin(&th->state);
     rec_write_end(&th->state, KML_STATE_FREE);
-    spin_lock(&g_thr_lock);
+    g_thr_ptid[idx] = 0;
     g_thr_free[g_thr_free_count++] = idx;
+    spin_unlock(&g_thr_lock);
+}
+
+static void thread_write_comm(uint32_t idx, const char *name)
+{
+    struct kml_thread *th = &g_thr[idx];
+    spin_lock(&g_thr_lock);
+    if ((th->state & KML_STATE_KIND_MASK) == KML_STATE_LIVE) {
+        rec_write_begin(&th->state);
+        memcpy(th->comm, name, KML_COMM_LEN);
+        rec_write_end(&th->state, KML_STATE_LIVE);
+    }
     spin_unlock(&g_thr_lock);
 }
 
 static void thread_update_comm(const char *name)
 {
-    if (!t.thread_slot)
-        return;
-    struct kml_thread *th = &g_thr[t.thread_slot - 1];
-    rec_write_begin(&th->state);
-    memcpy(th->comm, name, KML_COMM_LEN);
-    rec_write_end(&th->state, KML_STATE_LIVE);
+    if (t.thread_slot)
+        thread_write_comm((uint32_t)t.thread_slot - 1, name);
+}
+
+/* pthread_setname_np on another thread: its record now, its objects when it next allocates */
+static void thread_renamed(pthread_t th, const char *name)
+{
+    char c[KML_COMM_LEN];
+    memset(c, 0, sizeof(c));
+    for (unsigned i = 0; i < KML_COMM_LEN - 1 && name[i]; i++)
+        c[i] = name[i];
+    uint32_t used = __atomic_load_n(&g_hdr->threads_used, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < used; i++)
+        if (g_thr_ptid[i] == th) {
+            thread_write_comm(i, c);
+            return;
+        }
 }
 
 /* pthread key destructor: runs on return, pthread_exit and cancellation */
@@ -1178,8 +1204,15 @@ EXPORT int pthread_setname_np(pthread_t th, const char *name)
             return ENOSYS;
     }
     int r = real_pthread_setname_np(th, name);
-    if (r == 0)
+    if (r == 0) {
+        if (!pthread_equal(th, pthread_self()) &&
+            __atomic_load_n(&g_state, __ATOMIC_ACQUIRE) == ST_ON && !t.in_shim) {
+            t.in_shim = 1;
+            thread_renamed(th, name);
+            t.in_shim = 0;
+        }
         comm_changed();
+    }
     return r;
 }
 
@@ -1855,6 +1888,8 @@ static int table_create(void)
     p = round_up(p + (size_t)g_thr_cap * 4, PAGE_SIZE_);
     size_t ba_off = p;
     p = round_up(p + (size_t)g_batch_cap * 8, PAGE_SIZE_);
+    size_t pt_off = p;
+    p = round_up(p + (size_t)g_thr_cap * sizeof(pthread_t), PAGE_SIZE_);
     g_priv_size = p;
     void *pm = raw_mmap(NULL, g_priv_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (pm == MAP_FAILED)
@@ -1870,6 +1905,7 @@ static int table_create(void)
     g_mm_slots = (uint32_t *)((char *)pm + mm_off);
     g_thr_free = (uint32_t *)((char *)pm + tf_off);
     g_batches = (uint32_t *)((char *)pm + ba_off);
+    g_thr_ptid = (pthread_t *)((char *)pm + pt_off);
 
     /* the shim's own memory is never a root */
     region_add(KML_REGION_SHIM_PRIVATE, (uintptr_t)m, g_total, 0, 0, 0);
@@ -2032,6 +2068,7 @@ static void atfork_child(void)
                 rec_write_begin(&th->state);
                 rec_write_end(&th->state, KML_STATE_FREE);
             }
+            g_thr_ptid[i] = 0;
             g_thr_free[g_thr_free_count++] = i;
         }
     }

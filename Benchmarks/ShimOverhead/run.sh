@@ -47,6 +47,11 @@ done
 echo "shim overhead / LSan overhead: median $(echo "($MED_shim - $MED_plain) / ($MED_lsan - $MED_plain)" | bc -l | cut -c1-5)," \
      "min $(echo "($MIN_shim - $MIN_plain) / ($MIN_lsan - $MIN_plain)" | bc -l | cut -c1-5)"
 
+# paired per rep (the configurations of one rep ran back to back): (shim-plain)/(lsan-plain), median
+paired=$(paste <(echo "${R[plain]}" | tr ' ' '\n' | grep .) <(echo "${R[shim]}" | tr ' ' '\n' | grep .) \
+    <(echo "${R[lsan]}" | tr ' ' '\n' | grep .) | awk '{ if ($3 > $1) print ($2 - $1) / ($3 - $1) }' | median)
+echo "paired per-rep ratio (median): $paired"
+
 if [[ $PEERS == 1 ]]; then
     echo "peers on $SMALL_OPS ops (one run each, ns/op of the timed loop):"
     W=$(mktemp -d)

@@ -106,6 +106,7 @@ static uint32_t g_tr_bucket_mask;
 static uint32_t *g_mm_slots;         /* tracked program mappings: object slot indices */
 static uint32_t g_mm_count;
 static uint32_t *g_thr_free;         /* free thread slots */
+static pthread_t *g_thr_ptid;        /* pthread_t of each thread slot (for renames from elsewhere) */
 static uint32_t g_thr_free_count;
 static uint32_t *g_batches;          /* (head, length) pairs: chains of free object slots */
 static uint32_t g_batch_count, g_batch_cap;
@@ -303,13 +304,28 @@ struct trace_ctx {
     int len;
 };
 
+/* libgcc_s's unwinder, resolved with dlopen: libunwind.so exports its own _Unwind_Backtrace, which a
+ * plain link would bind to instead */
+static _Unwind_Reason_Code (*gcc_backtrace)(_Unwind_Trace_Fn, void *);
+static _Unwind_Ptr (*gcc_get_ip)(struct _Unwind_Context *);
+
+static int resolve_libgcc(void)
+{
+    void *h = dlopen("libgcc_s.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!h)
+        return -1;
+    gcc_backtrace = (_Unwind_Reason_Code(*)(_Unwind_Trace_Fn, void *))dlsym(h, "_Unwind_Backtrace");
+    gcc_get_ip = (_Unwind_Ptr(*)(struct _Unwind_Context *))dlsym(h, "_Unwind_GetIP");
+    return gcc_backtrace && gcc_get_ip ? 0 : -1;
+}
+
 static _Unwind_Reason_Code gcc_trace_cb(struct _Unwind_Context *ctx, void *arg)
 {
     void **buf = (void **)arg;
     struct trace_ctx *c = (struct trace_ctx *)buf[-1];
     if (c->n >= c->len)
         return _URC_END_OF_STACK;
-    uintptr_t ip = _Unwind_GetIP(ctx);
+    uintptr_t ip = gcc_get_ip(ctx);
     if (!ip)
         return _URC_END_OF_STACK;
     buf[c->n++] = (void *)ip;
@@ -326,7 +342,7 @@ static inline __attribute__((always_inline)) int unwind_stack(void **buf, int ma
         void *arr[KML_MAX_TRACE + UNWIND_EXTRA + 1];
         struct trace_ctx c = {0, max};
         arr[0] = &c;
-        _Unwind_Backtrace(gcc_trace_cb, arr + 1);
+        gcc_backtrace(gcc_trace_cb, arr + 1);
         memcpy(buf, arr + 1, (size_t)c.n * sizeof(void *));
         return c.n;
     }
@@ -1050,6 +1066,7 @@ static void thread_register(int is_main)
     tls_range(&th->tls_lo, &th->tls_hi);
     memcpy(th->comm, name, KML_COMM_LEN);
     rec_write_end(&th->state, KML_STATE_LIVE);
+    g_thr_ptid[idx] = pthread_self();
     t.thread_slot = (int)idx + 1;
     if (!is_main)
         pthread_setspecific(g_thread_key, (void *)1);
@@ -1062,21 +1079,45 @@ static void thread_unregister(void)
     uint32_t idx = (uint32_t)t.thread_slot - 1;
     t.thread_slot = 0;
     struct kml_thread *th = &g_thr[idx];
+    spin_lock(&g_thr_lock); /* a rename from another thread writes the record under this lock */
     rec_write_begin(&th->state);
     rec_write_end(&th->state, KML_STATE_FREE);
-    spin_lock(&g_thr_lock);
+    g_thr_ptid[idx] = 0;
     g_thr_free[g_thr_free_count++] = idx;
+    spin_unlock(&g_thr_lock);
+}
+
+static void thread_write_comm(uint32_t idx, const char *name)
+{
+    struct kml_thread *th = &g_thr[idx];
+    spin_lock(&g_thr_lock);
+    if ((th->state & KML_STATE_KIND_MASK) == KML_STATE_LIVE) {
+        rec_write_begin(&th->state);
+        memcpy(th->comm, name, KML_COMM_LEN);
+        rec_write_end(&th->state, KML_STATE_LIVE);
+    }
     spin_unlock(&g_thr_lock);
 }
 
 static void thread_update_comm(const char *name)
 {
-    if (!t.thread_slot)
-        return;
-    struct kml_thread *th = &g_thr[t.thread_slot - 1];
-    rec_write_begin(&th->state);
-    memcpy(th->comm, name, KML_COMM_LEN);
-    rec_write_end(&th->state, KML_STATE_LIVE);
+    if (t.thread_slot)
+        thread_write_comm((uint32_t)t.thread_slot - 1, name);
+}
+
+/* pthread_setname_np on another thread: its record now, its objects when it next allocates */
+static void thread_renamed(pthread_t th, const char *name)
+{
+    char c[KML_COMM_LEN];
+    memset(c, 0, sizeof(c));
+    for (unsigned i = 0; i < KML_COMM_LEN - 1 && name[i]; i++)
+        c[i] = name[i];
+    uint32_t used = __atomic_load_n(&g_hdr->threads_used, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < used; i++)
+        if (g_thr_ptid[i] == th) {
+            thread_write_comm(i, c);
+            return;
+        }
 }
 
 /* pthread key destructor: runs on return, pthread_exit and cancellation */
@@ -1163,8 +1204,15 @@ EXPORT int pthread_setname_np(pthread_t th, const char *name)
             return ENOSYS;
     }
     int r = real_pthread_setname_np(th, name);
-    if (r == 0)
+    if (r == 0) {
+        if (!pthread_equal(th, pthread_self()) &&
+            __atomic_load_n(&g_state, __ATOMIC_ACQUIRE) == ST_ON && !t.in_shim) {
+            t.in_shim = 1;
+            thread_renamed(th, name);
+            t.in_shim = 0;
+        }
         comm_changed();
+    }
     return r;
 }
 
@@ -1840,6 +1888,8 @@ static int table_create(void)
     p = round_up(p + (size_t)g_thr_cap * 4, PAGE_SIZE_);
     size_t ba_off = p;
     p = round_up(p + (size_t)g_batch_cap * 8, PAGE_SIZE_);
+    size_t pt_off = p;
+    p = round_up(p + (size_t)g_thr_cap * sizeof(pthread_t), PAGE_SIZE_);
     g_priv_size = p;
     void *pm = raw_mmap(NULL, g_priv_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (pm == MAP_FAILED)
@@ -1855,6 +1905,7 @@ static int table_create(void)
     g_mm_slots = (uint32_t *)((char *)pm + mm_off);
     g_thr_free = (uint32_t *)((char *)pm + tf_off);
     g_batches = (uint32_t *)((char *)pm + ba_off);
+    g_thr_ptid = (pthread_t *)((char *)pm + pt_off);
 
     /* the shim's own memory is never a root */
     region_add(KML_REGION_SHIM_PRIVATE, (uintptr_t)m, g_total, 0, 0, 0);
@@ -1893,10 +1944,17 @@ static void unlock_all(void)
     spin_unlock(&g_mm_lock);
 }
 
-static int g_fork_locked;
+static int g_fork_locked, g_fork_nested;
 
 static void atfork_prepare(void)
 {
+    if (t.in_shim) {
+        /* fork from a signal handler that interrupted the shim: our locks may be held by this very
+         * thread, so they cannot be taken; the child will not track (see atfork_child) */
+        g_fork_nested = 1;
+        t.in_shim++;
+        return;
+    }
     t.in_shim++;
     if (__atomic_load_n(&g_state, __ATOMIC_ACQUIRE) == ST_ON && g_priv) {
         lock_all();
@@ -1906,6 +1964,7 @@ static void atfork_prepare(void)
 
 static void atfork_parent(void)
 {
+    g_fork_nested = 0;
     if (g_fork_locked) {
         g_fork_locked = 0;
         unlock_all();
@@ -1923,6 +1982,15 @@ static void atfork_child(void)
 {
     t.tid = 0;
     g_rendezvous_pid = 0;
+    if (g_fork_nested) {
+        /* the table mapping is still the parent's: detach before anything can write to it */
+        g_fork_nested = 0;
+        g_hdr = NULL;
+        if (__atomic_load_n(&g_state, __ATOMIC_ACQUIRE) == ST_ON)
+            kml_disable("fork from a signal handler inside the shim");
+        t.in_shim--;
+        return;
+    }
     if (!g_fork_locked) {
         t.in_shim--;
         return;
@@ -2000,6 +2068,7 @@ static void atfork_child(void)
                 rec_write_begin(&th->state);
                 rec_write_end(&th->state, KML_STATE_FREE);
             }
+            g_thr_ptid[i] = 0;
             g_thr_free[g_thr_free_count++] = i;
         }
     }
@@ -2036,7 +2105,7 @@ __attribute__((constructor(101))) static void kml_init(void)
     }
     const char *uw = getenv("KMEMLEAK_UNWINDER");
     if (uw && !strcmp(uw, "libgcc"))
-        g_unwinder = UNWIND_LIBGCC;
+        g_unwinder = resolve_libgcc() == 0 ? UNWIND_LIBGCC : UNWIND_LIBUNWIND;
     else if (uw && !strcmp(uw, "none"))
         g_unwinder = UNWIND_NONE;
     g_run_dir = getenv("KMEMLEAK_RUN_DIR");

@@ -30,6 +30,8 @@ final class ClientSession {
 
     /// Comm of the process (for logs).
     let comm: String
+    /// Scans run over this client by this daemon (mirrored into the table's daemon_scans).
+    private var scans: UInt64 = 0
 
     init(table: ClientTable, configuration: KmemleakConfiguration, elfCache: ELFCache) throws {
         self.table = table
@@ -195,6 +197,8 @@ final class ClientSession {
                     frozen = stopped
                     // The client is still: pick up what it allocated and freed since the scan began.
                     try? sync()
+                    // Registers are task state like the stack: `stack=off` leaves both out.
+                    guard stackScanning else { return [] }
                     return memory.showRegisters(stopped.registers).map { [$0] } ?? []
                 } catch {
                     log("cannot freeze pid \(pid) for confirmation (\(error)); confirming while it runs")
@@ -208,7 +212,8 @@ final class ClientSession {
             })
         let result = engine.scan(now: bootTimeNanoseconds(), memory: memory, shouldStop: shouldStop,
                                  confirmation: hooks)
-        try? table.setDaemonScans((try? table.header().daemonScans ?? 0).map { $0 + 1 } ?? 1)
+        scans += 1
+        try? table.setDaemonScans(scans)
         return result
     }
 }

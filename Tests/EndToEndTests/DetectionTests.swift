@@ -1,0 +1,305 @@
+import Foundation
+import Glibc
+import KmemleakFS
+import KmemleakTestSupport
+import Testing
+
+/// The repository root (the shim, kmemleak-test and the test clients are built there by `make`).
+private let repositoryRoot: String = {
+    var url = URL(fileURLWithPath: #filePath)
+    for _ in 0..<3 { url.deleteLastPathComponent() }
+    return url.path
+}()
+
+private let shimPath = repositoryRoot + "/.build/release/libkmemleak.so"
+private let kmemleakTestPath = repositoryRoot + "/.build/release/kmemleak-test"
+private func clientPath(_ name: String) -> String { repositoryRoot + "/.build/clients/" + name }
+
+/// A real kmemleakd on a temporary mount, and clients under LD_PRELOAD reporting to it.
+private final class Detection {
+    let temp: TemporaryDirectory
+    let mountpoint: String
+    let runDirectory: String
+    private(set) var daemons: [Child] = []
+    private var clients: [ChildProcess] = []
+
+    init(startDaemon: Bool = true) throws {
+        try #require(access(shimPath, R_OK) == 0 && access(kmemleakTestPath, X_OK) == 0, "run `make shim clients`")
+        temp = try TemporaryDirectory()
+        mountpoint = try temp.makeDirectory("mnt")
+        runDirectory = try temp.makeDirectory("run")
+        if startDaemon { try self.startDaemon() }
+    }
+
+    var controlFile: String { mountpoint + "/kmemleak" }
+    var daemon: Child { daemons[daemons.count - 1] }
+
+    /// Starts kmemleakd (no automatic scans, no minimum age) and waits until the control file is served.
+    func startDaemon() throws {
+        let child = try Child(
+            [try daemonPath(), "--run-dir", runDirectory, "--min-age", "0", "--scan-period", "0",
+             "--first-scan-delay", "3600", mountpoint],
+            outputIn: temp, name: "kmemleakd\(daemons.count)")
+        daemons.append(child)
+        let served = waitUntil(timeout: .seconds(30)) {
+            !child.isRunning || (statErrno(controlFile) == 0 && MountPoint.mounts(at: mountpoint).count == 1)
+        }
+        guard served, child.isRunning else { throw TestFailure("kmemleakd did not start: \(child.stderr)") }
+    }
+
+    /// Starts `path` under the shim; waits for its READY line.
+    func client(_ path: String, _ arguments: [String] = []) throws -> ChildProcess {
+        let client = try ChildProcess(
+            path, arguments, env: ["LD_PRELOAD": shimPath, "KMEMLEAK_RUN_DIR": runDirectory],
+            stderrFile: temp.sub("client\(clients.count).stderr"))
+        clients.append(client)
+        _ = try client.waitFor("READY", timeout: 30)
+        return client
+    }
+
+    /// One write to the control file; returns 0 or the errno the write failed with.
+    @discardableResult
+    func write(_ command: String) -> Int32 {
+        let (result, error) = writeOnce(controlFile, Array(command.utf8))
+        return result < 0 ? error : 0
+    }
+
+    func scan(times: Int = 1) {
+        for _ in 0..<times { #expect(write("scan\n") == 0) }
+    }
+
+    var report: String {
+        (try? readAll(controlFile)).map { String(decoding: $0, as: UTF8.self) } ?? "<unreadable>"
+    }
+
+    /// The addresses in the report's record headers.
+    var reportedAddresses: Set<UInt64> { addresses(in: report) }
+
+    func tearDown() {
+        for client in clients { client.terminate() }
+        for daemon in daemons {
+            daemon.signal(SIGTERM)
+            if daemon.wait(timeout: .seconds(20)) == nil { daemon.reap() }
+        }
+        temp.remove()
+    }
+}
+
+/// Addresses of `unreferenced object[ (percpu)] 0x... (size N):` lines.
+private func addresses(in report: String) -> Set<UInt64> {
+    var result = Set<UInt64>()
+    for line in report.split(separator: "\n") where line.hasPrefix("unreferenced object") {
+        guard let token = line.split(separator: " ").first(where: { $0.hasPrefix("0x") }),
+              let value = UInt64(token.dropFirst(2), radix: 16) else { continue }
+        result.insert(value)
+    }
+    return result
+}
+
+/// Addresses the client printed after `tags` (e.g. "LEAK", "PCPU-LEAK").
+private func printed(_ client: ChildProcess, _ tags: Set<String>) -> Set<UInt64> {
+    var result = Set<UInt64>()
+    for line in client.transcript.split(separator: "\n") {
+        let parts = line.split(separator: " ")
+        guard parts.count == 2, tags.contains(String(parts[0])), parts[1].hasPrefix("0x"),
+              let value = UInt64(parts[1].dropFirst(2), radix: 16) else { continue }
+        result.insert(value)
+    }
+    return result
+}
+
+@Suite(.enabled(if: canMount, "needs root and /dev/fuse"))
+struct DetectionTests {
+    @Test func kmemleakTestLeaksAreReportedExactlyBeforeAndAfterUnload() throws {
+        let d = try Detection()
+        defer { d.tearDown() }
+        let client = try d.client(kmemleakTestPath)
+        let leaks = printed(client, ["LEAK", "PCPU-LEAK"])
+        let kept = printed(client, ["KEEP"])
+        #expect(leaks.count == 14)
+        d.scan(times: 2)
+        #expect(d.reportedAddresses == leaks, "report:\n\(d.report)")
+        #expect(d.daemon.stderr.contains("kmemleak: 14 new suspected memory leaks (see \(d.controlFile))"))
+
+        try client.send("unload")
+        _ = try client.waitFor("UNLOADED")
+        let afterUnload = printed(client, ["LEAK", "PCPU-LEAK"])
+        #expect(afterUnload.count == 24)
+        d.scan(times: 2)
+        let reported = d.reportedAddresses
+        #expect(reported == afterUnload, "report:\n\(d.report)")
+        #expect(reported.isDisjoint(with: kept.subtracting(afterUnload)))
+        #expect(!d.report.contains("(size 129)"))
+    }
+
+    @Test func perCPULeakIsReportedInTheKernelsFormat() throws {
+        let d = try Detection()
+        defer { d.tearDown() }
+        let client = try d.client(kmemleakTestPath)
+        let handle = try #require(printed(client, ["PCPU-LEAK"]).first)
+        d.scan(times: 2)
+        let lines = d.report.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        let header = "unreferenced object (percpu) 0x\(String(handle, radix: 16)) (size 64):"
+        let start = try #require(lines.firstIndex(of: header), "report:\n\(d.report)")
+        #expect(lines[start + 1].hasPrefix("  comm \"kmemleak-test\", pid \(client.pid), jiffies "))
+        #expect(lines[start + 2] == "  hex dump (first 32 bytes on cpu 0):")
+        let zeros = "    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00  ................"
+        #expect(lines[start + 3] == zeros && lines[start + 4] == zeros)
+        #expect(lines[start + 5] == "  backtrace (crc 0):")
+        let frames = lines[(start + 6)...].prefix { $0.hasPrefix("    [<") }
+        #expect(!frames.isEmpty)
+        for frame in frames {
+            #expect(frame.range(of: #"^    \[<[0-9a-f]{16}>\] \S+"#, options: .regularExpression) != nil, "\(frame)")
+        }
+        #expect(frames.contains { $0.contains("main+0x") })
+    }
+
+    @Test func everyCommandGetsTheKernelsErrno() throws {
+        let d = try Detection()
+        defer { d.tearDown() }
+        #expect(d.write("scan=on\n") == 0)
+        #expect(waitUntil { d.daemon.stderr.contains("kmemleak: Automatic memory scanning thread started") })
+        #expect(d.write("scan=off\n") == 0)
+        #expect(d.write("scan=600\n") == 0)
+        #expect(d.write("scan=0\n") == 0)
+        #expect(d.write("scan=abc\n") == EINVAL)
+        #expect(d.write("scan=99999999999\n") == ERANGE)
+        #expect(d.write("stack=off\n") == 0)
+        #expect(d.write("stack=on\n") == 0)
+        #expect(d.write("stack=maybe\n") == EINVAL)
+        #expect(d.write("dump=0xbad\n") == EINVAL)
+        #expect(waitUntil { d.daemon.stderr.contains("kmemleak: Unknown object at 0x00000bad") })
+        #expect(d.write("dump=nonsense\n") == EINVAL)
+        #expect(d.write("bogus\n") == EINVAL)
+        #expect(d.write("\u{1}\u{2}\u{3}") == EINVAL)
+        #expect(d.write("scan" + String(repeating: "x", count: 200)) == 0)  // "scanXYZ" scans; 63 bytes kept
+        #expect(d.write("clear\n") == 0)
+        #expect(d.write("off\n") == 0)
+        #expect(waitUntil { d.daemon.stderr.contains("kmemleak: Kernel memory leak detector disabled") })
+        #expect(d.write("scan\n") == EPERM)
+        #expect(d.write("stack=on\n") == EPERM)
+        #expect(d.write("bogus\n") == EPERM)
+        #expect(d.write("clear\n") == 0)
+        #expect(d.report.isEmpty)
+        #expect(d.daemon.isRunning)
+    }
+
+    @Test func clearHidesReportedLeaksAndOnlyNewOnesAppear() throws {
+        let d = try Detection()
+        defer { d.tearDown() }
+        let client = try d.client(kmemleakTestPath)
+        d.scan(times: 2)
+        #expect(d.reportedAddresses.count == 14)
+        #expect(d.write("clear\n") == 0)
+        #expect(d.report.isEmpty)
+        d.scan(times: 2)
+        #expect(d.report.isEmpty, "cleared objects are grey now")
+        let before = printed(client, ["LEAK", "PCPU-LEAK"])
+        try client.send("unload")
+        _ = try client.waitFor("UNLOADED")
+        let nodes = printed(client, ["LEAK"]).subtracting(before)
+        #expect(nodes.count == 10)
+        d.scan(times: 2)
+        #expect(d.reportedAddresses == nodes, "report:\n\(d.report)")
+    }
+
+    @Test func dumpLogsTheObjectInTheKernelsWords() throws {
+        let d = try Detection()
+        defer { d.tearDown() }
+        let client = try d.client(kmemleakTestPath)
+        d.scan()
+        let leak = try #require(printed(client, ["LEAK"]).sorted().first)
+        let hex = String(leak, radix: 16)
+        #expect(d.write("dump=0x\(hex)\n") == 0)
+        #expect(waitUntil { d.daemon.stderr.contains("kmemleak: Object 0x\(hex) (size ") })
+        let log = d.daemon.stderr
+        #expect(log.contains("kmemleak:   comm \"kmemleak-test\", pid \(client.pid), jiffies "))
+        #expect(log.contains("kmemleak:   min_count = 1"))
+        #expect(log.contains("kmemleak:   backtrace:"))
+        // Frames follow with one leading space and no prefix, as stack_trace_print prints them.
+        #expect(log.split(separator: "\n").contains { $0.hasPrefix(" leak_malloc+0x") || $0.hasPrefix(" main+0x") })
+        // Decimal and interior addresses work too (kstrtoul base 0, lookup with aliasing).
+        #expect(d.write("dump=\(leak + 8)\n") == 0)
+    }
+
+    @Test func stackOffReportsObjectsHeldOnlyOnThreadStacks() throws {
+        let d = try Detection()
+        defer { d.tearDown() }
+        let client = try d.client(clientPath("stack-holder"))
+        let held = printed(client, ["STACK"])
+        #expect(held.count == 2)
+        d.scan(times: 2)
+        #expect(d.reportedAddresses.isDisjoint(with: held), "report:\n\(d.report)")
+        #expect(d.write("stack=off\n") == 0)
+        d.scan(times: 2)
+        #expect(d.reportedAddresses.isSuperset(of: held), "report:\n\(d.report)")
+    }
+
+    @Test func twoClientsAtOnceAreReportedTogether() throws {
+        let d = try Detection()
+        defer { d.tearDown() }
+        let first = try d.client(kmemleakTestPath)
+        let second = try d.client(kmemleakTestPath)
+        d.scan(times: 2)
+        let expected = printed(first, ["LEAK", "PCPU-LEAK"]).union(printed(second, ["LEAK", "PCPU-LEAK"]))
+        let report = d.report
+        #expect(report.components(separatedBy: "unreferenced object").count - 1 == 28)
+        #expect(addresses(in: report) == expected)
+        #expect(report.contains("pid \(first.pid),") && report.contains("pid \(second.pid),"))
+    }
+
+    @Test func clientStartedBeforeTheDaemonIsAdoptedWithItsHistory() throws {
+        let d = try Detection(startDaemon: false)
+        defer { d.tearDown() }
+        let client = try d.client(kmemleakTestPath)
+        try d.startDaemon()
+        d.scan(times: 2)
+        #expect(d.reportedAddresses == printed(client, ["LEAK", "PCPU-LEAK"]), "report:\n\(d.report)")
+    }
+
+    @Test func daemonKilledAndRestartedReportsTheSameLeaks() throws {
+        let d = try Detection()
+        defer { d.tearDown() }
+        let client = try d.client(kmemleakTestPath)
+        d.scan(times: 2)
+        let before = d.reportedAddresses
+        #expect(before == printed(client, ["LEAK", "PCPU-LEAK"]))
+        d.daemon.signal(SIGKILL)
+        #expect(d.daemon.wait() != nil)
+        try d.startDaemon()   // clears the stale mount of the killed daemon
+        d.scan(times: 2)
+        #expect(d.reportedAddresses == before, "report:\n\(d.report)")
+    }
+
+    @Test func aClientThatExitsLeavesTheReport() throws {
+        let d = try Detection()
+        defer { d.tearDown() }
+        let client = try d.client(kmemleakTestPath)
+        d.scan(times: 2)
+        #expect(d.reportedAddresses.count == 14)
+        client.closeStdin()
+        #expect(client.wait() == 0)
+        #expect(d.report.isEmpty)
+        #expect(d.daemon.stderr.contains("kmemleak: dropped client pid \(client.pid)"))
+        d.scan()
+        #expect(d.report.isEmpty)
+    }
+
+    /// Threads move every pointer between slots nonstop while we scan: nothing may ever be reported.
+    @Test func pointerChurnGivesNoReportInTwentyScans() throws {
+        let d = try Detection()
+        defer { d.tearDown() }
+        let client = try d.client(clientPath("pointer-churn"), ["2", "1024"])
+        #expect(printed(client, ["OBJ"]).count == 1024)
+        for scan in 1...20 {
+            d.scan()
+            let report = d.report
+            #expect(report.isEmpty, "scan \(scan) reported:\n\(report.prefix(2000))")
+            if !report.isEmpty { break }
+        }
+        #expect(d.daemon.stderr.contains("kmemleak: adopted client pid \(client.pid)"))
+        try client.send("exit")
+        let moves = try client.waitFor("MOVES")
+        #expect((UInt64(moves.dropFirst(6)) ?? 0) > 0)
+    }
+}

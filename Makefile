@@ -14,6 +14,8 @@ help:
 	@echo "make build   build kmemleakd, libkmemleak.so and kmemleak-test (release)"
 	@echo "make test    build everything and run the test suite"
 	@echo "make bench   run the benchmarks (figures go to BENCHMARKS.md by hand)"
+	@echo "make shim-selftest  run every shim fixture with and without the shim"
+	@$(MAKE) --no-print-directory help-service
 
 DEB_PACKAGES := libfuse3-dev fuse3 libunwind-dev pkg-config make gcc valgrind heaptrack liblsan0 systemd
 deps:
@@ -92,9 +94,13 @@ clients: $(CLIENTS)
 build: shim
 	$(SWIFT) build -c release --static-swift-stdlib $(SWIFT_FLAGS)
 
+# The Swift suites (engine, system, daemon, end-to-end on real mounts), then the service tests, which
+# need the release build (unit verification, install tree, sd_notify, the demo).
 test: shim clients
 	$(SWIFT) build --build-tests $(SWIFT_FLAGS)
 	$(SWIFT) test --skip-build $(SWIFT_FLAGS)
+	$(MAKE) --no-print-directory build
+	$(MAKE) --no-print-directory test-service
 
 clean:
 	rm -rf .build

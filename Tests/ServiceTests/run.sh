@@ -245,7 +245,9 @@ t_pkgconfig_build() {
         PKG_CONFIG_ALLOW_SYSTEM_LIBS=1 pkg-config --cflags --libs kmemleak) || fail "pkg-config failed"
     printf '#include <kmemleak.h>\nint main(void) { return 0; }\n' >"$TMPROOT/pc-main.c"
     echo "${CC:-cc} pc-main.c $flags"
-    "${CC:-cc}" -o "$TMPROOT/pc-main" "$TMPROOT/pc-main.c" $flags -Wl,--no-as-needed || fail "compile/link failed"
+    # --no-as-needed must precede -lkmemleak: the program only includes the header, and a toolchain
+    # that links --as-needed by default would otherwise drop the library.
+    "${CC:-cc}" -o "$TMPROOT/pc-main" "$TMPROOT/pc-main.c" -Wl,--no-as-needed $flags || fail "compile/link failed"
     readelf -d "$TMPROOT/pc-main" | grep -q 'NEEDED.*libkmemleak.so' || fail "not linked against libkmemleak.so"
     LD_LIBRARY_PATH=$d/usr/lib "$TMPROOT/pc-main" || fail "linked program does not run"
 }

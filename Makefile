@@ -1,6 +1,7 @@
 # kmemleak for user space. `make help` lists the targets.
 SHELL := /bin/bash
-SWIFT ?= swift
+# Swift from PATH, else the toolchain's usual place on these machines.
+SWIFT ?= $(or $(shell command -v swift 2>/dev/null),/opt/swift/usr/bin/swift)
 CC ?= cc
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -17,7 +18,7 @@ help:
 	@echo "make shim-selftest  run every shim fixture with and without the shim"
 	@$(MAKE) --no-print-directory help-service
 
-DEB_PACKAGES := libfuse3-dev fuse3 libunwind-dev pkg-config make gcc valgrind heaptrack liblsan0 systemd
+DEB_PACKAGES := libfuse3-dev fuse3 libunwind-dev pkg-config make gcc binutils valgrind heaptrack liblsan0 systemd python3
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

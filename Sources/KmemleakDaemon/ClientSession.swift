@@ -73,32 +73,24 @@ final class ClientSession {
                 PercpuLayout(handleStart: $0.start, handleLength: $0.size,
                              copies: .stride(cpu0Base: $0.cpu0Base, stride: $0.stride, cpus: Int($0.nrCpus)))
             })
+            // Registered while streaming: an object that overlaps one not yet released is resolved by
+            // allocation sequence number in the engine, so the order of slots does not matter.
             var seen = [Bool](repeating: false, count: slotSeq.count)
-            var fresh: [ObjectRecord] = []
-            var annotated: [ObjectRecord] = []
+            var withAreas: [ObjectRecord] = []
             try table.readObjects { record in
                 let slot = Int(record.slot)
                 guard slot < slotSeq.count else { return }
                 seen[slot] = true
                 if slotSeq[slot] == record.seq {
-                    if slotVersion[slot] != record.version { annotated.append(record) }
+                    guard slotVersion[slot] != record.version else { return }
+                    applyAnnotations(record)
                 } else {
                     releaseSlot(slot)
-                    fresh.append(record)
+                    register(record)
                 }
+                if record.hasAreas && !record.fullScan { withAreas.append(record) }
             }
             for slot in 0..<slotSeq.count where !seen[slot] && slotSeq[slot] != 0 { releaseSlot(slot) }
-            // Allocation order, so that a stale object never outlives the newer one at its address.
-            fresh.sort { $0.seq < $1.seq }
-            var withAreas: [ObjectRecord] = []
-            for record in fresh {
-                register(record)
-                if record.hasAreas && !record.fullScan { withAreas.append(record) }
-            }
-            for record in annotated {
-                applyAnnotations(record)
-                if record.hasAreas && !record.fullScan { withAreas.append(record) }
-            }
             if !withAreas.isEmpty { try applyScanAreas(withAreas) }
         } catch {
             throw ClientDropped(reason: "invalid table: \(error)")

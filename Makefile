@@ -100,6 +100,7 @@ build: shim
 test: shim clients
 	$(SWIFT) build --build-tests $(SWIFT_FLAGS)
 	$(SWIFT) test --skip-build $(SWIFT_FLAGS)
+	$(MAKE) --no-print-directory shim-selftest
 	$(MAKE) --no-print-directory build
 	$(MAKE) --no-print-directory test-service
 

@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# Scan vs LeakSanitizer (issue 4): the time of one kmemleakd scan of a client with N live objects and
+# L leaks, against LeakSanitizer's __lsan_do_recoverable_leak_check() on the same heap, plus the
+# daemon's memory per tracked object. Run from the repository root:
+#
+#   Benchmarks/ScanVsLSan/run.sh [N] [L] [REPS]         (defaults 1000000 1000 3; needs root + FUSE)
+#
+# Binaries (override through the environment):
+#   KMEMLEAKD  (default .build-bench/release/kmemleakd, else .build/release/kmemleakd)
+#   SHIM       (default .build/release/libkmemleak.so)         build: make shim clients
+#   CLIENT     (default .build/clients/scan-client)
+#   LSAN_SO    (default /usr/lib/x86_64-linux-gnu/liblsan.so.0)
+# Each repetition runs: the daemon (scan #1 = adoption + first scan, #2 = steady state, reports the
+# leaks, #3 = steady state, nothing new; one `cat` of the report), then LSan with symbolization (3
+# checks), then LSan with symbolize=0 (3 checks). Raw figures go to $RESULTS (default
+# /tmp/scanvslsan-results.tsv), the summary (medians and ranges over the repetitions) to stdout.
+set -euo pipefail
+
+N=${1:-1000000}
+L=${2:-1000}
+REPS=${3:-3}
+cd "$(dirname "$0")/../.."
+if [[ -z "${KMEMLEAKD:-}" ]]; then
+    if [[ -x .build-bench/release/kmemleakd ]]; then KMEMLEAKD=.build-bench/release/kmemleakd
+    else KMEMLEAKD=.build/release/kmemleakd; fi
+fi
+SHIM=${SHIM:-.build/release/libkmemleak.so}
+CLIENT=${CLIENT:-.build/clients/scan-client}
+LSAN_SO=${LSAN_SO:-/usr/lib/x86_64-linux-gnu/liblsan.so.0}
+RESULTS=${RESULTS:-/tmp/scanvslsan-results.tsv}
+KEEP_LOGS=${KEEP_LOGS:-}          # a directory: copy each rep's daemon log / report there
+for f in "$KMEMLEAKD" "$SHIM" "$CLIENT" "$LSAN_SO"; do
+    [[ -e $f ]] || { echo "missing $f (build: see the header of $0)" >&2; exit 1; }
+done
+KMEMLEAKD=$(realpath "$KMEMLEAKD"); SHIM=$(realpath "$SHIM"); CLIENT=$(realpath "$CLIENT")
+
+TMP=$(mktemp -d /tmp/scanvslsan.XXXXXX)
+DPID= CPID= MNT=
+cleanup() {
+    exec 3>&- 2>/dev/null || true
+    [[ -n $CPID ]] && kill "$CPID" 2>/dev/null && wait "$CPID" 2>/dev/null || true
+    [[ -n $DPID ]] && kill -TERM "$DPID" 2>/dev/null && wait "$DPID" 2>/dev/null || true
+    if [[ -n $MNT ]] && grep -q " $MNT " /proc/mounts; then fusermount3 -u "$MNT" 2>/dev/null || true; fi
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+now() { date +%s%N; }
+# wait_for CMD... : poll a condition (20 ms steps, 600 s limit)
+wait_for() {
+    local i
+    for ((i = 0; i < 30000; i++)); do "$@" && return 0; sleep 0.02; done
+    echo "timed out waiting for: $*" >&2; return 1
+}
+status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+# CPU ticks (utime+stime+cutime+cstime; LSan's StopTheWorld tracer is a cloned child, reaped by the
+# client, so it lands in cutime/cstime)
+cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 + $14 + $15 }'; }
+TICK_NS=$((1000000000 / $(getconf CLK_TCK)))
+canon_lines() { sed 's/^LEAK //' | tr 'A-F' 'a-f' | sed 's/^0x0*/0x/'; }
+canon() { sed -n "s/$1/\\1/p" | tr 'A-F' 'a-f' | sed 's/^0x0*/0x/' | sort -u; }
+
+# start_client OUTFILE ENV... : scan-client with stdin on fifo fd 3; sets CPID
+start_client() {
+    local out=$1; shift
+    rm -f "$TMP/in"; mkfifo "$TMP/in"
+    env "$@" "$CLIENT" "$N" "$L" <"$TMP/in" >"$out" &
+    CPID=$!
+    exec 3>"$TMP/in"
+    wait_for grep -q '^READY' "$out"
+}
+stop_client() {
+    echo exit >&3; exec 3>&-
+    wait "$CPID" || true
+    CPID=
+}
+
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+MEM_TOTAL=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+echo "# scan vs LSan: N=$N L=$L reps=$REPS nproc=$(nproc) mem=$MEM_TOTAL load(1/5/15)=$LOAD0 $(date -u +%FT%TZ)"
+echo "# kmemleakd=$KMEMLEAKD"
+printf 'rep\tmetric\tvalue\n' >"$RESULTS"
+rec() { printf '%s\t%s\t%s\n' "$REP" "$1" "$2" >>"$RESULTS"; echo "  $1 = $2"; }
+
+daemon_rep() {
+    local run=$TMP/run mnt=$TMP/mnt log=$TMP/daemon.log
+    rm -rf "$run" "$mnt"; mkdir -p "$run" "$mnt"; MNT=$mnt
+    "$KMEMLEAKD" --run-dir "$run" --min-age 0 --scan-period 0 --first-scan-delay 3600 "$mnt" 2>"$log" &
+    DPID=$!
+    wait_for grep -q 'serving ' "$log"
+    local rss0 hwm0; rss0=$(status_kb "$DPID" VmRSS); hwm0=$(status_kb "$DPID" VmHWM)
+    rec daemon_rss_before_kb "$rss0"; rec daemon_hwm_before_kb "$hwm0"
+
+    local t0 t1 c0 c1 k0 k1
+    t0=$(now); start_client "$TMP/client.out" LD_PRELOAD="$SHIM" KMEMLEAK_RUN_DIR="$run"; t1=$(now)
+    rec client_shim_setup_ms $(((t1 - t0) / 1000000))
+    grep '^LEAK ' "$TMP/client.out" | canon '^LEAK \(0x[0-9a-fA-F]*\)$' >"$TMP/leaks.expected"
+    for s in 1 2 3; do
+        c0=$(cpu_ticks "$DPID"); k0=$(cpu_ticks "$CPID"); t0=$(now)
+        echo scan >"$mnt/kmemleak"
+        t1=$(now); c1=$(cpu_ticks "$DPID"); k1=$(cpu_ticks "$CPID")
+        rec "daemon_scan${s}_ms" "$(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.1f", d / 1e6 }')"
+        rec "daemon_scan${s}_cpu_ms" $(((c1 - c0) * TICK_NS / 1000000))
+        rec "client_cpu_during_scan${s}_ms" $(((k1 - k0) * TICK_NS / 1000000))
+        rec "daemon_rss_after_scan${s}_kb" "$(status_kb "$DPID" VmRSS)"
+        rec "daemon_new_leak_log_lines_after_scan${s}" "$(grep -c 'new suspected' "$log" || true)"
+        if [[ $s == 2 ]]; then
+            t0=$(now); cat "$mnt/kmemleak" >"$TMP/report"; t1=$(now)
+            rec daemon_cat_report_ms "$(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.1f", d / 1e6 }')"
+            t0=$(now); cat "$mnt/kmemleak" >/dev/null; t1=$(now)
+            rec daemon_cat_report_again_ms "$(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.1f", d / 1e6 }')"
+            rec daemon_report_bytes "$(wc -c <"$TMP/report")"
+            canon '^unreferenced object \(0x[0-9a-fA-F]*\) .*' <"$TMP/report" >"$TMP/leaks.reported"
+            rec daemon_leaks_reported "$(wc -l <"$TMP/leaks.reported")"
+            rec daemon_leaks_matching "$(comm -12 "$TMP/leaks.expected" "$TMP/leaks.reported" | wc -l)"
+            rec daemon_leaks_unexpected "$(comm -13 "$TMP/leaks.expected" "$TMP/leaks.reported" | wc -l)"
+            rec daemon_leaks_missed "$(comm -23 "$TMP/leaks.expected" "$TMP/leaks.reported" | wc -l)"
+            # which ones: their 1-based positions in the client's LEAK order
+            rec daemon_missed_positions "$(comm -23 "$TMP/leaks.expected" "$TMP/leaks.reported" | while read -r a; do
+                grep '^LEAK ' "$TMP/client.out" | canon_lines | grep -nx "$a" | cut -d: -f1; done | sort -n | tr '\n' ',' | sed 's/,$//')"
+        fi
+    done
+    cat "$mnt/kmemleak" | canon '^unreferenced object \(0x[0-9a-fA-F]*\) .*' >"$TMP/leaks.after3"
+    rec daemon_leaks_after_scan3 "$(wc -l <"$TMP/leaks.after3")"
+    local rss1 hwm1; rss1=$(status_kb "$DPID" VmRSS); hwm1=$(status_kb "$DPID" VmHWM)
+    rec daemon_rss_after_kb "$rss1"; rec daemon_hwm_after_kb "$hwm1"
+    rec daemon_B_per_object_hwm "$(awk -v a="$hwm1" -v b="$rss0" -v n="$N" 'BEGIN { printf "%.1f", (a - b) * 1024 / n }')"
+    rec daemon_B_per_object_rss "$(awk -v a="$rss1" -v b="$rss0" -v n="$N" 'BEGIN { printf "%.1f", (a - b) * 1024 / n }')"
+    rec client_rss_kb "$(status_kb "$CPID" VmRSS)"
+    stop_client
+    kill -TERM "$DPID"; wait "$DPID" || true; DPID=
+    if grep -q " $mnt " /proc/mounts; then fusermount3 -u "$mnt"; fi
+    MNT=
+    if [[ -n $KEEP_LOGS ]]; then
+        mkdir -p "$KEEP_LOGS"; cp "$log" "$KEEP_LOGS/daemon.rep$REP.log"; cp "$TMP/report" "$KEEP_LOGS/report.rep$REP"
+    fi
+}
+
+# lsan_rep TAG EXTRA_OPTIONS
+lsan_rep() {
+    local tag=$1 opts=$2 out=$TMP/lsan.out lp=$TMP/lsanlog
+    rm -f "$lp".*
+    start_client "$out" LD_PRELOAD="$LSAN_SO" LSAN_OPTIONS="detect_leaks=1:exitcode=0:log_path=$lp$opts"
+    local i line before after k0 k1 logf
+    for i in 1 2 3; do
+        before=$(grep -c '^LSAN' "$out" || true)
+        k0=$(cpu_ticks "$CPID")
+        echo lsan >&3
+        wait_for eval "[[ \$(grep -c '^LSAN' '$out') -gt $before ]]"
+        k1=$(cpu_ticks "$CPID")
+        line=$(grep '^LSAN' "$out" | tail -1)
+        rec "${tag}_check${i}_ms" "$(awk -v d="$(cut -d' ' -f2 <<<"$line")" 'BEGIN { printf "%.1f", d / 1e6 }')"
+        rec "${tag}_check${i}_cpu_ms" $(((k1 - k0) * TICK_NS / 1000000))
+        logf=$(ls "$lp".* 2>/dev/null | head -1)
+        # objects in "Direct leak of B byte(s) in K object(s)" lines of this check's report
+        if [[ -n $logf ]]; then
+            after=$(awk '/^Direct leak of/ { for (j = 1; j <= NF; j++) if ($j == "in") k += $(j + 1) } END { print k + 0 }' "$logf")
+            rec "${tag}_check${i}_direct_leaks" "$after"
+            : >"$logf"
+        else
+            rec "${tag}_check${i}_direct_leaks" 0
+        fi
+    done
+    rec "${tag}_client_rss_kb" "$(status_kb "$CPID" VmRSS)"
+    stop_client
+}
+
+for ((REP = 1; REP <= REPS; REP++)); do
+    echo "rep $REP: daemon (load $(cut -d' ' -f1 /proc/loadavg))"
+    daemon_rep
+    echo "rep $REP: LSan, symbolize=1 (default)"
+    lsan_rep lsan ""
+    echo "rep $REP: LSan, symbolize=0"
+    lsan_rep lsan_nosym ":symbolize=0"
+done
+
+# ---- summary -------------------------------------------------------------------------------------
+# stat METRIC -> "median (min-max)" over the reps; pooled for the lsan checks 1..3 when METRIC ends in *
+vals() { awk -F'\t' -v m="$1" 'NR > 1 && $2 ~ ("^" m "$") { print $3 }' "$RESULTS" | sort -g; }
+median() { vals "$1" | awk '{ a[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+range() { vals "$1" | awk 'NR == 1 { lo = $1 } { hi = $1 } END { if (NR) printf "%s-%s", lo, hi; else print "-" }'; }
+stat() { echo "$(median "$1") ($(range "$1"))"; }
+row() { printf '| %s | %s | %s |\n' "$1" "$(stat "$2")" "$(stat "$3")"; }
+
+echo
+echo "## results: N=$N live objects, L=$L leaks, $REPS reps; median (min-max), ms"
+echo "| measure | wall ms | CPU ms |"
+echo "| --- | ---: | ---: |"
+row "daemon scan #1 (adoption + first scan)" daemon_scan1_ms daemon_scan1_cpu_ms
+row "daemon scan #2 (steady state, reports the leaks)" daemon_scan2_ms daemon_scan2_cpu_ms
+row "daemon scan #3 (steady state)" daemon_scan3_ms daemon_scan3_cpu_ms
+printf '| daemon: cat of the report (after scan #2) | %s | - |\n' "$(stat daemon_cat_report_ms)"
+printf '| daemon: cat of the report, again | %s | - |\n' "$(stat daemon_cat_report_again_ms)"
+row "LSan check, symbolize=1, checks 1-3 pooled" 'lsan_check[123]_ms' 'lsan_check[123]_cpu_ms'
+row "LSan check, symbolize=1, check 1" lsan_check1_ms lsan_check1_cpu_ms
+row "LSan check, symbolize=0, checks 1-3 pooled" 'lsan_nosym_check[123]_ms' 'lsan_nosym_check[123]_cpu_ms'
+echo
+S2=$(median 'daemon_scan[23]_ms'); S2C=$(median 'daemon_scan[23]_cpu_ms')
+LS=$(median 'lsan_check[123]_ms'); LN=$(median 'lsan_nosym_check[123]_ms'); LNC=$(median 'lsan_nosym_check[123]_cpu_ms')
+CAT=$(median daemon_cat_report_ms)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+echo "steady-state daemon scan (scans #2,#3 pooled) median: $S2 ms wall, $S2C ms CPU"
+echo "ratio steady scan / LSan check (symbolize=0, the fair one):  $(ratio "$S2" "$LN") wall, $(ratio "$S2C" "$LNC") CPU   (goal <= 2)"
+echo "ratio (steady scan + cat) / LSan check (symbolize=1):        $(ratio "$(awk -v a="$S2" -v b="$CAT" 'BEGIN { print a + b }')" "$LS")"
+echo "ratio scan #1 (adoption) / LSan check (symbolize=0):         $(ratio "$(median daemon_scan1_ms)" "$LN")"
+echo "daemon memory per tracked object: $(stat daemon_B_per_object_hwm) B (VmHWM_after - VmRSS_before), $(stat daemon_B_per_object_rss) B (VmRSS)   (goal <= 64)"
+echo "daemon VmRSS before/after: $(median daemon_rss_before_kb) / $(median daemon_rss_after_kb) kB, VmHWM after $(median daemon_hwm_after_kb) kB"
+echo "daemon leaks reported after scan #2: $(stat daemon_leaks_reported) of $L; matching $(stat daemon_leaks_matching), unexpected $(stat daemon_leaks_unexpected), missed $(stat daemon_leaks_missed); after scan #3: $(stat daemon_leaks_after_scan3)"
+echo "LSan direct leaks per check: symbolize=1 $(stat 'lsan_check[123]_direct_leaks'), symbolize=0 $(stat 'lsan_nosym_check[123]_direct_leaks')"
+echo "client CPU during daemon scans (ms): #1 $(stat client_cpu_during_scan1_ms), #2 $(stat client_cpu_during_scan2_ms)"
+echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg); raw figures: $RESULTS"

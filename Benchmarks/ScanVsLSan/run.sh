@@ -68,7 +68,7 @@ start_client() {
     env "$@" "$CLIENT" "$N" "$L" <"$TMP/in" >"$out" &
     CPID=$!
     exec 3>"$TMP/in"
-    wait_for grep -q '^READY' "$out"
+    wait_for grep -qs '^READY' "$out"
 }
 stop_client() {
     echo exit >&3; exec 3>&-
@@ -88,9 +88,11 @@ daemon_rep() {
     rm -rf "$run" "$mnt"; mkdir -p "$run" "$mnt"; MNT=$mnt
     "$KMEMLEAKD" --run-dir "$run" --min-age 0 --scan-period 0 --first-scan-delay 3600 "$mnt" 2>"$log" &
     DPID=$!
-    wait_for grep -q 'serving ' "$log"
+    wait_for grep -qs 'serving ' "$log"
     local rss0 hwm0; rss0=$(status_kb "$DPID" VmRSS); hwm0=$(status_kb "$DPID" VmHWM)
     rec daemon_rss_before_kb "$rss0"; rec daemon_hwm_before_kb "$hwm0"
+    local anon0; anon0=$(status_kb "$DPID" RssAnon); rec daemon_rssanon_before_kb "$anon0"
+    rec daemon_rssshmem_before_kb "$(status_kb "$DPID" RssShmem)"
 
     local t0 t1 c0 c1 k0 k1
     t0=$(now); start_client "$TMP/client.out" LD_PRELOAD="$SHIM" KMEMLEAK_RUN_DIR="$run"; t1=$(now)
@@ -123,8 +125,14 @@ daemon_rep() {
     done
     cat "$mnt/kmemleak" | canon '^unreferenced object \(0x[0-9a-fA-F]*\) .*' >"$TMP/leaks.after3"
     rec daemon_leaks_after_scan3 "$(wc -l <"$TMP/leaks.after3")"
-    local rss1 hwm1; rss1=$(status_kb "$DPID" VmRSS); hwm1=$(status_kb "$DPID" VmHWM)
+    local rss1 hwm1 anon1; rss1=$(status_kb "$DPID" VmRSS); hwm1=$(status_kb "$DPID" VmHWM)
+    anon1=$(status_kb "$DPID" RssAnon)
     rec daemon_rss_after_kb "$rss1"; rec daemon_hwm_after_kb "$hwm1"
+    rec daemon_rssanon_after_kb "$anon1"; rec daemon_rssshmem_after_kb "$(status_kb "$DPID" RssShmem)"
+    rec daemon_rssfile_after_kb "$(status_kb "$DPID" RssFile)"
+    # the client's shared table (memfd) pages the daemon touched count in its VmRSS as RssShmem; they are
+    # the client's memory (the shim's table), not the daemon's: RssAnon is the daemon's own
+    rec daemon_B_per_object_rssanon "$(awk -v a="$anon1" -v b="$anon0" -v n="$N" 'BEGIN { printf "%.1f", (a - b) * 1024 / n }')"
     rec daemon_B_per_object_hwm "$(awk -v a="$hwm1" -v b="$rss0" -v n="$N" 'BEGIN { printf "%.1f", (a - b) * 1024 / n }')"
     rec daemon_B_per_object_rss "$(awk -v a="$rss1" -v b="$rss0" -v n="$N" 'BEGIN { printf "%.1f", (a - b) * 1024 / n }')"
     rec client_rss_kb "$(status_kb "$CPID" VmRSS)"
@@ -196,15 +204,18 @@ row "LSan check, symbolize=1, checks 1-3 pooled" 'lsan_check[123]_ms' 'lsan_chec
 row "LSan check, symbolize=1, check 1" lsan_check1_ms lsan_check1_cpu_ms
 row "LSan check, symbolize=0, checks 1-3 pooled" 'lsan_nosym_check[123]_ms' 'lsan_nosym_check[123]_cpu_ms'
 echo
-S2=$(median 'daemon_scan[23]_ms'); S2C=$(median 'daemon_scan[23]_cpu_ms')
+S1=$(median daemon_scan1_ms); S2=$(median daemon_scan2_ms); S3=$(median daemon_scan3_ms)
+S2C=$(median daemon_scan2_cpu_ms); S3C=$(median daemon_scan3_cpu_ms)
 LS=$(median 'lsan_check[123]_ms'); LN=$(median 'lsan_nosym_check[123]_ms'); LNC=$(median 'lsan_nosym_check[123]_cpu_ms')
 CAT=$(median daemon_cat_report_ms)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-echo "steady-state daemon scan (scans #2,#3 pooled) median: $S2 ms wall, $S2C ms CPU"
-echo "ratio steady scan / LSan check (symbolize=0, the fair one):  $(ratio "$S2" "$LN") wall, $(ratio "$S2C" "$LNC") CPU   (goal <= 2)"
-echo "ratio (steady scan + cat) / LSan check (symbolize=1):        $(ratio "$(awk -v a="$S2" -v b="$CAT" 'BEGIN { print a + b }')" "$LS")"
-echo "ratio scan #1 (adoption) / LSan check (symbolize=0):         $(ratio "$(median daemon_scan1_ms)" "$LN")"
-echo "daemon memory per tracked object: $(stat daemon_B_per_object_hwm) B (VmHWM_after - VmRSS_before), $(stat daemon_B_per_object_rss) B (VmRSS)   (goal <= 64)"
+echo "ratios to the LSan check with symbolize=0 (the fair one: the daemon's scan does not symbolize), medians (goal <= 2):"
+echo "  scan #2 (finds and reports the leaks, incl. the confirmation pass) / LSan: $(ratio "$S2" "$LN") wall, $(ratio "$S2C" "$LNC") CPU"
+echo "  scan #3 (steady state, nothing new)                                / LSan: $(ratio "$S3" "$LN") wall, $(ratio "$S3C" "$LNC") CPU"
+echo "  scan #1 (adoption + first scan)                                    / LSan: $(ratio "$S1" "$LN") wall"
+echo "  (scan #2 + cat of the report) / LSan check with symbolize=1:             $(ratio "$(awk -v a="$S2" -v b="$CAT" 'BEGIN { print a + b }')" "$LS") wall"
+echo "daemon memory per tracked object (goal <= 64 B): $(stat daemon_B_per_object_hwm) B (VmHWM_after - VmRSS_before), $(stat daemon_B_per_object_rss) B (VmRSS), $(stat daemon_B_per_object_rssanon) B (RssAnon: without the client's shared table pages)"
+echo "daemon after: RssAnon $(stat daemon_rssanon_after_kb) kB, RssShmem $(stat daemon_rssshmem_after_kb) kB, RssFile $(stat daemon_rssfile_after_kb) kB"
 echo "daemon VmRSS before/after: $(median daemon_rss_before_kb) / $(median daemon_rss_after_kb) kB, VmHWM after $(median daemon_hwm_after_kb) kB"
 echo "daemon leaks reported after scan #2: $(stat daemon_leaks_reported) of $L; matching $(stat daemon_leaks_matching), unexpected $(stat daemon_leaks_unexpected), missed $(stat daemon_leaks_missed); after scan #3: $(stat daemon_leaks_after_scan3)"
 echo "LSan direct leaks per check: symbolize=1 $(stat 'lsan_check[123]_direct_leaks'), symbolize=0 $(stat 'lsan_nosym_check[123]_direct_leaks')"

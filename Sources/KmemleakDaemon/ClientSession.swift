@@ -13,7 +13,7 @@ struct ClientDropped: Error, CustomStringConvertible {
 ///
 /// Before every scan the engine is brought in line with the client's table (`sync`): objects whose slot
 /// now holds another allocation (or nothing) are freed, new allocations are registered, and annotation
-/// changes (the record's version moved) are applied. What the daemon remembers per slot is 21 bytes.
+/// changes (the record's version moved) are applied. What the daemon remembers per slot is 11 bytes.
 final class ClientSession {
     let table: ClientTable
     let id: ClientID
@@ -22,10 +22,13 @@ final class ClientSession {
     let context: ClientReportContext
     private let elfCache: ELFCache
 
-    // Per table slot, what the engine holds for it (struct of arrays: no padding).
-    private var slotSeq: [UInt64] = []       // 0 = nothing registered for this slot
-    private var slotPointer: [UInt64] = []
-    private var slotVersion: [UInt32] = []
+    // Per table slot, what the engine holds for it (struct of arrays: no padding). The low 32 bits of
+    // the allocation sequence number tell a slot's object from a later one in the same slot, and guard
+    // against an engine id that was reused after its object was replaced.
+    private static let noObject = ObjectID.max
+    private var slotObject: [ObjectID] = []  // noObject = nothing registered for this slot
+    private var slotSeq: [UInt32] = []
+    private var slotVersion: [UInt16] = []
     private var slotBits: [UInt8] = []       // bit 0: per-CPU; bits 1...7: transient_gen low bits
 
     /// Comm of the process (for logs).
@@ -62,8 +65,8 @@ final class ClientSession {
         let used = Int(header.objects.used)
         if slotSeq.count < used {
             let grow = used - slotSeq.count
+            slotObject.append(contentsOf: repeatElement(Self.noObject, count: grow))
             slotSeq.append(contentsOf: repeatElement(0, count: grow))
-            slotPointer.append(contentsOf: repeatElement(0, count: grow))
             slotVersion.append(contentsOf: repeatElement(0, count: grow))
             slotBits.append(contentsOf: repeatElement(0, count: grow))
         }
@@ -81,8 +84,8 @@ final class ClientSession {
                 let slot = Int(record.slot)
                 guard slot < slotSeq.count else { return }
                 seen[slot] = true
-                if slotSeq[slot] == record.seq {
-                    guard slotVersion[slot] != record.version else { return }
+                if slotObject[slot] != Self.noObject && slotSeq[slot] == UInt32(truncatingIfNeeded: record.seq) {
+                    guard slotVersion[slot] != UInt16(truncatingIfNeeded: record.version) else { return }
                     applyAnnotations(record)
                 } else {
                     releaseSlot(slot)
@@ -90,7 +93,7 @@ final class ClientSession {
                 }
                 if record.hasAreas && !record.fullScan { withAreas.append(record) }
             }
-            for slot in 0..<slotSeq.count where !seen[slot] && slotSeq[slot] != 0 { releaseSlot(slot) }
+            for slot in 0..<slotSeq.count where !seen[slot] && slotObject[slot] != Self.noObject { releaseSlot(slot) }
             if !withAreas.isEmpty { try applyScanAreas(withAreas) }
         } catch {
             throw ClientDropped(reason: "invalid table: \(error)")
@@ -98,30 +101,31 @@ final class ClientSession {
     }
 
     private func releaseSlot(_ slot: Int) {
-        guard slotSeq[slot] != 0 else { return }
-        if slotBits[slot] & 1 != 0 {
-            engine.freePercpu(slotPointer[slot], ifSeq: slotSeq[slot])
-        } else {
-            engine.free(slotPointer[slot], ifSeq: slotSeq[slot])
+        let id = slotObject[slot]
+        guard id != Self.noObject else { return }
+        if let seq = engine.seq(of: id), UInt32(truncatingIfNeeded: seq) == slotSeq[slot] {
+            engine.free(object: id, ifSeq: seq)
         }
-        slotSeq[slot] = 0
+        slotObject[slot] = Self.noObject
     }
 
     private func register(_ record: ObjectRecord) {
         let slot = Int(record.slot)
         let metadata = ObjectMetadata(pid: record.tid, comm: record.commId, creationTime: record.timeNs,
                                       trace: record.traceId, seq: record.seq)
+        // Not registered (a newer overlapping object holds the range): the slot stays empty and is
+        // tried again at the next sync.
+        guard let id = engine.register(record.pointer, size: record.size, minCount: max(record.minCount, 0),
+                                       percpu: record.isPerCPU, metadata: metadata) else { return }
         if record.isPerCPU {
-            engine.allocPercpu(record.pointer, size: record.size, metadata: metadata)
             if record.minCount < 0 { engine.ignorePercpu(record.pointer) }
         } else {
-            engine.alloc(record.pointer, size: record.size, minCount: max(record.minCount, 0), metadata: metadata)
             if record.minCount < 0 { engine.ignore(record.pointer) }
             if record.noScan { engine.noScan(record.pointer) }
         }
-        slotSeq[slot] = record.seq
-        slotPointer[slot] = record.pointer
-        slotVersion[slot] = record.version
+        slotObject[slot] = id
+        slotSeq[slot] = UInt32(truncatingIfNeeded: record.seq)
+        slotVersion[slot] = UInt16(truncatingIfNeeded: record.version)
         slotBits[slot] = (record.isPerCPU ? 1 : 0) | UInt8(truncatingIfNeeded: record.transientGen << 1)
     }
 
@@ -144,7 +148,7 @@ final class ClientSession {
             let generation = UInt8(truncatingIfNeeded: record.transientGen << 1)
             if slotBits[slot] & 0xfe != generation { engine.transientLeak(pointer) }
         }
-        slotVersion[slot] = record.version
+        slotVersion[slot] = UInt16(truncatingIfNeeded: record.version)
         slotBits[slot] = (record.isPerCPU ? 1 : 0) | UInt8(truncatingIfNeeded: record.transientGen << 1)
     }
 
@@ -177,7 +181,12 @@ final class ClientSession {
             throw ClientDropped(reason: "cannot compute roots: \(error)")
         }
         engine.stackScanning = stackScanning
-        engine.setRoots(roots.map { RootRegion(start: $0.start, length: $0.length, kind: $0.kind.engineKind) })
+        // Threads blocked in the kernel tell their stack pointer: scan their stacks from there.
+        var blocked: [Int32: UInt64] = [:]
+        for root in roots where root.kind == .stack {
+            if let tid = root.tid, let sp = Proc.stackPointer(pid, tid: tid) { blocked[tid] = sp }
+        }
+        engine.setRoots(Roots.trimStacks(roots, stackPointers: blocked).map(\.engineRegion))
         try? context.symbolizer.refresh()
 
         var frozen: FrozenProcess?
@@ -189,9 +198,12 @@ final class ClientSession {
                     frozen = stopped
                     // The client is still: pick up what it allocated and freed since the scan began.
                     try? sync()
-                    // Registers are task state like the stack: `stack=off` leaves both out.
+                    // Registers are task state like the stack: `stack=off` leaves both out. The stacks
+                    // of the stopped threads count from their exact stack pointers.
                     guard stackScanning else { return [] }
-                    return memory.showRegisters(stopped.registers).map { [$0] } ?? []
+                    let stacks = Roots.trimStacks(roots.filter { $0.kind == .stack },
+                                                  stackPointers: stopped.stackPointers).map(\.engineRegion)
+                    return stacks + (memory.showRegisters(stopped.registers).map { [$0] } ?? [])
                 } catch {
                     log("cannot freeze pid \(pid) for confirmation (\(error)); confirming while it runs")
                     return []
@@ -210,12 +222,14 @@ final class ClientSession {
     }
 }
 
-extension RootRange.Kind {
-    var engineKind: RootRegion.Kind {
-        switch self {
-        case .data: return .data
-        case .stack: return .stack
-        case .tls: return .tls
+extension RootRange {
+    var engineRegion: RootRegion {
+        let engineKind: RootRegion.Kind
+        switch kind {
+        case .data: engineKind = .data
+        case .stack: engineKind = .stack
+        case .tls: engineKind = .tls
         }
+        return RootRegion(start: start, length: length, kind: engineKind)
     }
 }

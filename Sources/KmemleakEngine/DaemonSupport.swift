@@ -14,23 +14,50 @@ public struct ConfirmationHooks {
     }
 }
 
+/// An object's identity inside one engine: stable from registration until the object is freed.
+/// A daemon keeps one per table slot (4 bytes) instead of the pointer and sequence number.
+public typealias ObjectID = UInt32
+
 extension Kmemleak {
-    /// `kmemleak_free(ptr)`, but only if the object at `pointer` is still the allocation `seq`: a
-    /// daemon frees what it saw vanish from a table, and the address may hold a newer object by now.
-    public func free(_ pointer: Address, ifSeq seq: UInt64) {
-        withState { s in
-            guard s.enabled, let h = s.lookup(pointer, alias: false, .plain),
-                  s.records[Int(h.id)].pointer == pointer, s.records[Int(h.id)].seq == seq else { return }
-            s.free(pointer, .plain)
+    /// Registers a plain (`alloc` with `minCount`) or per-CPU (`allocPercpu`) object and returns its id,
+    /// or nil when it was not registered (detector disabled, or a newer overlapping object won).
+    public func register(_ pointer: Address, size: UInt64, minCount: Int32, percpu: Bool,
+                         metadata: ObjectMetadata) -> ObjectID? {
+        guard pointer != 0, pointer < UInt64.max - 4094 else { return nil }
+        return withState { s -> ObjectID? in
+            guard s.enabled else { return nil }
+            s.lastCreatedID = nil
+            s.createObject(pointer, size: size, minCount: percpu ? 1 : minCount, percpuObject: percpu, metadata)
+            return s.lastCreatedID
         }
     }
 
-    /// `kmemleak_free_percpu(handle)` if the object at `handle` is still the allocation `seq`.
-    public func freePercpu(_ handle: Address, ifSeq seq: UInt64) {
+    /// The allocation sequence number of object `id`, or nil when the id holds no object now.
+    public func seq(of id: ObjectID) -> UInt64? {
+        state.withLock { s in
+            guard Int(id) < s.records.count, s.records[Int(id)].allocated else { return nil }
+            return s.records[Int(id)].seq
+        }
+    }
+
+    /// The pointer (per-CPU: handle) of object `id`, or nil when the id holds no object now.
+    public func pointer(of id: ObjectID) -> (pointer: Address, percpu: Bool)? {
+        state.withLock { s in
+            guard Int(id) < s.records.count, s.records[Int(id)].allocated else { return nil }
+            let r = s.records[Int(id)]
+            return (r.pointer, r.has(ObjectFlags.percpu))
+        }
+    }
+
+    /// Frees object `id` if it is still the allocation `seq` (a stale id is ignored).
+    public func free(object id: ObjectID, ifSeq seq: UInt64) {
         withState { s in
-            guard s.enabled, let h = s.lookup(handle, alias: false, .percpu),
-                  s.records[Int(h.id)].pointer == handle, s.records[Int(h.id)].seq == seq else { return }
-            s.free(handle, .percpu)
+            guard s.enabled, Int(id) < s.records.count, s.records[Int(id)].allocated,
+                  s.records[Int(id)].seq == seq else { return }
+            let r = s.records[Int(id)]
+            let space: Space = r.has(ObjectFlags.percpu) ? .percpu : .plain
+            guard let h = s.lookup(r.pointer, alias: false, space), h.id == id else { return }
+            s.deleteObject(h, space)
         }
     }
 }

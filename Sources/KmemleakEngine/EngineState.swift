@@ -84,6 +84,8 @@ struct EngineState {
     var confirm: ConfirmState? = nil
     var logs: [String] = []
     var replacesStaleObjects = false
+    /// The id given to the last object `createObject` registered (nil when it registered none).
+    var lastCreatedID: UInt32? = nil
 
     init(_ c: KmemleakConfiguration) {
         replacesStaleObjects = c.replacesStaleObjects
@@ -232,6 +234,7 @@ struct EngineState {
             }
         }
         objectCount += 1
+        lastCreatedID = id
     }
 
     /// Removes an object found by `lookup` (the kernel's __delete_object).

@@ -83,8 +83,13 @@ extension EngineState {
 
     /// The root regions of this scan: `.stack` dropped when stack=off, sorted and merged.
     func mergedRoots() -> [(start: UInt64, end: UInt64)] {
-        var rs: [(start: UInt64, end: UInt64)] = []
-        for r in roots where r.length > 0 && (stackScan || r.kind != .stack) {
+        Self.merge(roots.filter { stackScan || $0.kind != .stack }, into: [])
+    }
+
+    /// `regions` as sorted, non-overlapping intervals, merged with `intervals` (already such intervals).
+    static func merge(_ regions: [RootRegion], into intervals: [(start: UInt64, end: UInt64)]) -> [(start: UInt64, end: UInt64)] {
+        var rs = intervals
+        for r in regions where r.length > 0 {
             let end = r.start.addingReportingOverflow(r.length).overflow ? UInt64.max : r.start + r.length
             rs.append((r.start, end))
         }
@@ -285,6 +290,8 @@ struct Scanner<M: MemoryReader> {
     let memory: M
     let stop: () -> Bool
     var hooks: ConfirmationHooks? = nil
+    /// This scan's merged root intervals (confirmation merges the hooks' extra roots into them).
+    var mergedRootIntervals: [(start: UInt64, end: UInt64)] = []
     var result = ScanResult()
     var epoch = 0
     let buffer: UnsafeMutableRawBufferPointer
@@ -323,6 +330,7 @@ struct Scanner<M: MemoryReader> {
         }
         guard let (ep, roots) = start else { return ScanResult(interrupted: true) }
         epoch = ep
+        mergedRootIntervals = roots
         defer {
             let ep = epoch
             engine.withState { s in
@@ -624,8 +632,13 @@ struct Scanner<M: MemoryReader> {
         // The caller may now freeze the client and show more roots (its threads' registers).
         var spans = rootSpans
         if let hooks {
-            for r in hooks.begin() where r.length > 0 {
-                EngineState.addSpan(rootID, r.start, r.length, into: &spans)
+            // Merged with this scan's roots, so that no byte is counted twice.
+            let extra = hooks.begin()
+            if !extra.isEmpty {
+                spans = []
+                for r in EngineState.merge(extra, into: mergedRootIntervals) {
+                    EngineState.addSpan(rootID, r.start, r.end - r.start, into: &spans)
+                }
             }
         }
         defer { hooks?.end() }

@@ -175,6 +175,17 @@ public enum Proc {
     }
 
     /// True if `pid` exists, is not a zombie, and (when given) started at `startTime`.
+    /// The stack pointer of a thread blocked in the kernel, from /proc/PID/task/TID/syscall
+    /// ("NR ARGS... SP PC", or "-1 SP PC"); nil while it runs in user space or when unreadable.
+    public static func stackPointer(_ pid: Int32, tid: Int32) -> UInt64? {
+        guard let bytes = try? ProcFile.read("/proc/\(pid)/task/\(tid)/syscall", limit: 512) else { return nil }
+        let fields = bytes.split(whereSeparator: { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\n") })
+        guard fields.count >= 3, let first = fields.first, first.first != UInt8(ascii: "r") else { return nil }
+        let sp = fields[fields.count - 2]
+        guard sp.starts(with: Array("0x".utf8)) else { return nil }
+        return UInt64(String(decoding: sp.dropFirst(2), as: UTF8.self), radix: 16)
+    }
+
     public static func isAlive(_ pid: Int32, startTime: UInt64? = nil) -> Bool {
         guard pid > 0, let s = try? stat(pid) else { return false }
         if s.state == "Z" || s.state == "X" { return false }

@@ -18,9 +18,11 @@ public struct RootRange: Sendable, Equatable, CustomStringConvertible {
     public var kind: Kind
     /// The ELF file (data) or "tid N" (stack/tls), for logs.
     public var label: String
+    /// The thread of a stack root.
+    public var tid: Int32?
 
-    public init(start: UInt64, length: UInt64, kind: Kind, label: String) {
-        self.start = start; self.length = length; self.kind = kind; self.label = label
+    public init(start: UInt64, length: UInt64, kind: Kind, label: String, tid: Int32? = nil) {
+        self.start = start; self.length = length; self.kind = kind; self.label = label; self.tid = tid
     }
 
     public var end: UInt64 { start + length }
@@ -87,12 +89,12 @@ public enum Roots {
         // stacks and TLS
         if includeStacks {
             for t in threads where t.stackHi > t.stackLo {
-                roots.append(RootRange(start: t.stackLo, length: t.stackHi - t.stackLo, kind: .stack, label: "tid \(t.tid)"))
+                roots.append(RootRange(start: t.stackLo, length: t.stackHi - t.stackLo, kind: .stack, label: "tid \(t.tid)", tid: t.tid))
             }
             // The main thread (recorded with a zero range): the [stack] mapping.
             if let s = maps.first(where: { $0.path == "[stack]" }),
                !roots.contains(where: { $0.kind == .stack && $0.start < s.end && s.start < $0.end }) {
-                roots.append(RootRange(start: s.start, length: s.length, kind: .stack, label: "tid \(pid)"))
+                roots.append(RootRange(start: s.start, length: s.length, kind: .stack, label: "tid \(pid)", tid: pid))
             }
         }
         for t in threads where t.tlsHi > t.tlsLo {
@@ -103,6 +105,24 @@ public enum Roots {
         cuts += regions.filter { $0.isShimPrivate }.map { (start: $0.start, end: $0.start &+ $0.size) }
         if !cuts.isEmpty { roots = subtract(roots, cuts) }
         return roots.sorted { $0.start != $1.start ? $0.start < $1.start : $0.length < $1.length }
+    }
+
+    /// x86-64 leaf functions may keep data in the 128 bytes below the stack pointer (the red zone).
+    public static let redZone: UInt64 = 128
+
+    /// Stack roots cut to [stack pointer - red zone, top) for the threads whose stack pointer is known;
+    /// the rest of a stack holds only dead frames, whose stale pointers would hide leaks (LeakSanitizer
+    /// scans from the stack pointer too; the kernel scans whole task stacks).
+    public static func trimStacks(_ roots: [RootRange], stackPointers: [Int32: UInt64]) -> [RootRange] {
+        roots.map { root in
+            guard root.kind == .stack, let tid = root.tid, let sp = stackPointers[tid],
+                  sp >= root.start, sp < root.end else { return root }
+            let start = max(root.start, sp &- redZone)
+            var trimmed = root
+            trimmed.start = start
+            trimmed.length = root.end - start
+            return trimmed
+        }
     }
 
     /// Removes the parts of `roots` that fall in any cut [start, end).
@@ -120,7 +140,7 @@ public enum Roots {
                 pieces = next
             }
             for (s, e) in pieces where s < e {
-                out.append(RootRange(start: s, length: e - s, kind: r.kind, label: r.label))
+                out.append(RootRange(start: s, length: e - s, kind: r.kind, label: r.label, tid: r.tid))
             }
         }
         return out

@@ -12,6 +12,8 @@ public final class FrozenProcess {
     public let pid: Int32
     /// The general-purpose registers of every stopped thread, CKML_NREGS words each.
     public private(set) var registers: [UInt64] = []
+    /// Each stopped thread's stack pointer (rsp).
+    public private(set) var stackPointers: [Int32: UInt64] = [:]
     private var stopped: [(tid: Int32, pendingSignal: Int32)] = []
 
     /// Stops every thread of `pid`; threads created while we stop the others are stopped too.
@@ -41,7 +43,10 @@ public final class FrozenProcess {
                 }
                 stopped.append((tid, pending))
                 var regs = [UInt64](repeating: 0, count: Int(CKML_NREGS))
-                if ckml_ptrace_get_regs(tid, &regs) == 0 { registers.append(contentsOf: regs) }
+                if ckml_ptrace_get_regs(tid, &regs) == 0 {
+                    registers.append(contentsOf: regs)
+                    stackPointers[tid] = regs[Self.rspIndex]
+                }
             }
         }
     }
@@ -53,6 +58,9 @@ public final class FrozenProcess {
     }
 
     deinit { thaw() }
+
+    /// rsp in x86-64's struct user_regs_struct.
+    static let rspIndex = 19
 
     static func threadIDs(of pid: Int32) -> [Int32] {
         guard let dir = opendir("/proc/\(pid)/task") else { return [] }

@@ -35,3 +35,29 @@ struct ThreadFreezeTests {
         return String(line[line.index(close, offsetBy: 2)])
     }
 }
+
+/// Stacks are scanned from the stack pointer where it is known: a thread blocked in the kernel shows it.
+@Suite(.enabled(if: getuid() == 0))
+struct StackPointerTests {
+    @Test func blockedThreadsTellTheirStackPointerAndStacksAreTrimmedToIt() throws {
+        let holder = Shim.root + "/.build/clients/stack-holder"
+        try #require(access(holder, X_OK) == 0, "run `make clients` first")
+        let client = try ChildProcess(holder)
+        defer { client.terminate() }
+        _ = try client.waitFor("READY")
+        let stack = try #require(try Proc.maps(client.pid).first { $0.path == "[stack]" })
+        // The main thread is blocked reading stdin: its stack pointer lies in [stack].
+        var sp: UInt64?
+        for _ in 0..<1000 where sp == nil { sp = Proc.stackPointer(client.pid, tid: client.pid); if sp == nil { usleep(1000) } }
+        let pointer = try #require(sp)
+        #expect(pointer >= stack.start && pointer < stack.end)
+        let root = RootRange(start: stack.start, length: stack.length, kind: .stack, label: "main", tid: client.pid)
+        let data = RootRange(start: 0x1000, length: 0x1000, kind: .data, label: "data")
+        let trimmed = Roots.trimStacks([root, data], stackPointers: [client.pid: pointer])
+        #expect(trimmed[0].start == pointer - Roots.redZone && trimmed[0].end == stack.end)
+        #expect(trimmed[1] == data)
+        // Unknown stack pointer, or one outside the stack: the whole stack stays.
+        #expect(Roots.trimStacks([root], stackPointers: [:]) == [root])
+        #expect(Roots.trimStacks([root], stackPointers: [client.pid: stack.end + 8]) == [root])
+    }
+}

@@ -218,6 +218,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         config.confirmationPasses = 1
         config.controlFilePath = settings.controlFilePath
         config.logNewLeaks = false
+        config.logDisable = false
         config.replacesStaleObjects = true
         let logger = self.logger
         config.log = { line in logger.warning("\(line)") }

@@ -84,11 +84,13 @@ struct EngineState {
     var confirm: ConfirmState? = nil
     var logs: [String] = []
     var replacesStaleObjects = false
+    var logDisable = true
     /// The id given to the last object `createObject` registered (nil when it registered none).
     var lastCreatedID: UInt32? = nil
 
     init(_ c: KmemleakConfiguration) {
         replacesStaleObjects = c.replacesStaleObjects
+        logDisable = c.logDisable
         possibleCPUs = c.possibleCPUs
         minimumAge = c.minimumAge
         controlFilePath = c.controlFilePath
@@ -342,10 +344,10 @@ struct EngineState {
     mutating func disable() {
         guard enabled else { return }
         enabled = false
-        logs.append("kmemleak: Kernel memory leak detector disabled")
+        if logDisable { logs.append("kmemleak: Kernel memory leak detector disabled") }
         if !foundLeaks {
             freeAll()
-        } else {
+        } else if logDisable {
             logs.append("kmemleak: Kmemleak disabled without freeing internal data. Reclaim the memory with \"echo clear > \(controlFilePath)\".")
         }
     }

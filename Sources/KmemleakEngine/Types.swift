@@ -58,6 +58,9 @@ public struct KmemleakConfiguration: Sendable {
     /// an insert replaces overlapping objects of a lower `seq` (and is dropped if one has a higher
     /// `seq`) instead of disabling the detector as the kernel does. Default false (the kernel's rule).
     public var replacesStaleObjects: Bool = false
+    /// Whether `disable()` logs the kernel's "Kernel memory leak detector disabled" lines (default true).
+    /// A daemon that disables one engine per client turns it off and logs them once itself.
+    public var logDisable: Bool = true
     /// The kernel's `kmemleak.verbose=1`: each new leak found by a scan is also logged as its report record,
     /// every line prefixed "kmemleak: " (comm and frames resolved through `logContext`).
     public var verbose: Bool

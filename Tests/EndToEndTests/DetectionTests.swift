@@ -157,6 +157,8 @@ struct DetectionTests {
     @Test func everyCommandGetsTheKernelsErrno() throws {
         let d = try Detection()
         defer { d.tearDown() }
+        _ = try d.client(kmemleakTestPath)
+        _ = try d.client(kmemleakTestPath)
         #expect(d.write("scan=on\n") == 0)
         #expect(waitUntil { d.daemon.stderr.contains("kmemleak: Automatic memory scanning thread started") })
         #expect(d.write("scan=off\n") == 0)
@@ -176,6 +178,7 @@ struct DetectionTests {
         #expect(d.write("clear\n") == 0)
         #expect(d.write("off\n") == 0)
         #expect(waitUntil { d.daemon.stderr.contains("kmemleak: Kernel memory leak detector disabled") })
+        #expect(d.daemon.stderr.components(separatedBy: "Kernel memory leak detector disabled").count == 2)
         #expect(d.write("scan\n") == EPERM)
         #expect(d.write("stack=on\n") == EPERM)
         #expect(d.write("bogus\n") == EPERM)

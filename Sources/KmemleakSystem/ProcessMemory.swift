@@ -164,21 +164,18 @@ public final class ProcessMemory: MemoryReader, Sendable {
             var k = 0
             while k < groups.count {
                 let n = groups.count - k
-                let r = iov.withUnsafeBufferPointer { ckml_process_vm_readv(pid, $0.baseAddress! + k, n) }
-                t.syscalls += 1
-                if r < 0 {
-                    let e = errno
-                    if e == EINTR { continue }
-                    if e == ESRCH || e == EPERM {
-                        counters.gone.store(true, ordering: .relaxed)
-                        t.gone = true
-                        t.faults += usable // everything reads 0
-                        return []
-                    }
+                let r: Int
+                switch iov.withUnsafeBufferPointer({ readv($0.baseAddress! + k, n, &t) }) {
+                case .gone:
+                    t.faults += usable // everything reads 0
+                    return []
+                case .fault:
                     // The first group faulted at its first byte.
                     retry.append(contentsOf: groups[k].first...groups[k].last)
                     k += 1
                     continue
+                case .read(let count):
+                    r = count
                 }
                 t.got += r
                 var left = r
@@ -213,6 +210,26 @@ public final class ProcessMemory: MemoryReader, Sendable {
         }
     }
 
+    private enum ReadvOutcome { case read(Int), fault, gone }
+
+    /// One process_vm_readv of `count` iovecs (retried on EINTR). ESRCH/EPERM: the process is gone (or no
+    /// longer ours to read), which is remembered; any other failure is a fault at the first iovec.
+    private func readv(_ iov: UnsafePointer<ckml_range>, _ count: Int, _ t: inout Tally) -> ReadvOutcome {
+        while true {
+            let r = ckml_process_vm_readv(pid, iov, count)
+            t.syscalls += 1
+            if r >= 0 { return .read(r) }
+            let e = errno
+            if e == EINTR { continue }
+            if e == ESRCH || e == EPERM {
+                counters.gone.store(true, ordering: .relaxed)
+                t.gone = true
+                return .gone
+            }
+            return .fault
+        }
+    }
+
     /// Pass 2: ranges one iovec each (batched), attributing a short count to the faulting range;
     /// that range's remainder is retried once alone, then the batch goes on after it.
     private func readIndividually(_ ranges: UnsafeBufferPointer<MemoryRange>, indices: [Int], base: UnsafeMutableRawPointer,
@@ -239,21 +256,18 @@ public final class ProcessMemory: MemoryReader, Sendable {
                 j += 1
             }
             if n == 0 { break }
-            let r = iov.withUnsafeBufferPointer { ckml_process_vm_readv(pid, $0.baseAddress, n) }
-            t.syscalls += 1
-            if r < 0 {
-                let e = errno
-                if e == EINTR { continue }
-                if e == ESRCH || e == EPERM {
-                    counters.gone.store(true, ordering: .relaxed)
-                    t.gone = true
-                    t.faults += indices.count - next
-                    return
-                }
+            let r: Int
+            switch iov.withUnsafeBufferPointer({ readv($0.baseAddress!, n, &t) }) {
+            case .gone:
+                t.faults += indices.count - next
+                return
+            case .fault:
                 // EFAULT (or anything else) on the first range: it reads 0; go on after it.
                 t.faults += 1
                 next = batchIndex[0] + 1
                 continue
+            case .read(let count):
+                r = count
             }
             var left = r
             var k = 0

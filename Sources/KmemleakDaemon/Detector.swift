@@ -198,7 +198,10 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
                 sessions.append(session)
                 logger.info("kmemleak: adopted client pid \(table.pid) (\(session.comm)), \(table.openedHeader.liveObjects) live objects")
             } catch {
-                logger.warning("kmemleak: cannot adopt client pid \(table.pid): \(error)")
+                // Tried again at every scan: say it once per client.
+                if loggedFailures.insert("\(table.id)").inserted {
+                    logger.warning("kmemleak: cannot adopt client pid \(table.pid): \(error)")
+                }
             }
         }
     }

@@ -79,12 +79,16 @@ bench-shim: shim
 # END shim section
 
 # BEGIN clients section (test and benchmark clients of the daemon)
-CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/clients/stack-holder
+CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/clients/stack-holder \
+           .build/clients/roots-client
 clients: $(CLIENTS)
 .build/clients/pointer-churn: Tests/clients/pointer-churn.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
 .build/clients/stack-holder: Tests/clients/stack-holder.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
+.build/clients/roots-client: Tests/clients/roots-client.c Sources/CKmemleakABI/include/kmemleak_abi.h
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
 .build/clients/scan-client: Benchmarks/ScanVsLSan/scan-client.c

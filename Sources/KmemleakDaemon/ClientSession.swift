@@ -170,55 +170,126 @@ final class ClientSession {
 
     // MARK: - scan
 
+    /// Thread-root claims already logged as refused (once each per client).
+    private var refusedLogged = Set<String>()
+    private var cannotTraceLogged = false
+
     /// Syncs, computes the roots and runs one engine scan. The confirmation of new candidates happens with
-    /// the client frozen (see `Detector`); `freeze` decides whether that is possible.
-    func scan(stackScanning: Bool, shouldStop: () -> Bool, freeze: Bool, log: @escaping (String) -> Void) throws -> ScanResult {
+    /// the client frozen (see `Detector`); `freeze` decides whether that is possible. A scan that takes
+    /// longer than `budget` stops (with a log line): its candidates wait for the next scan.
+    func scan(stackScanning: Bool, shouldStop: () -> Bool, freeze: Bool, budget: Duration,
+              log: @escaping (String) -> Void) throws -> ScanResult {
         guard table.isAlive else { throw ClientDropped(reason: "exited") }
         try sync()
-        let roots: [RootRange]
-        do { roots = try table.roots(includeStacks: true, cache: elfCache) } catch {
-            guard table.isAlive else { throw ClientDropped(reason: "exited") }
-            throw ClientDropped(reason: "cannot compute roots: \(error)")
-        }
+        let (roots, refused) = try currentRoots()
+        logRefused(refused, dataRoots: roots.filter { $0.kind == .data }, log: log)
+        restrictMemory(roots, log: log)
         engine.stackScanning = stackScanning
-        // Threads blocked in the kernel tell their stack pointer: scan their stacks from there.
+        // A thread blocked in the kernel tells its stack pointer: its stack counts from there. A running
+        // thread's stack below its (unknown) stack pointer holds dead frames, whose stale pointers would
+        // hide leaks: with the freeze, it is read only by the confirmation, from the exact stack pointer;
+        // the main pass leaves it out (objects held only there become candidates).
         var blocked: [Int32: UInt64] = [:]
-        for root in roots where root.kind == .stack {
-            if let tid = root.tid, let sp = Proc.stackPointer(pid, tid: tid) { blocked[tid] = sp }
+        var mainRoots: [RootRange] = []
+        for root in roots {
+            if root.kind == .stack, let tid = root.tid {
+                if let sp = blocked[tid] ?? Proc.stackPointer(pid, tid: tid) {
+                    blocked[tid] = sp
+                } else if freeze {
+                    continue
+                }
+            }
+            mainRoots.append(root)
         }
-        engine.setRoots(Roots.trimStacks(roots, stackPointers: blocked).map(\.engineRegion))
+        engine.setRoots(Roots.trimStacks(mainRoots, stackPointers: blocked).map(\.engineRegion))
         try? context.symbolizer.refresh()
 
         var frozen: FrozenProcess?
         let hooks = ConfirmationHooks(
-            begin: { [self] () -> [RootRegion] in
+            begin: { [self] () -> [RootRegion]? in
                 guard freeze else { return [] }
-                do {
-                    let stopped = try FrozenProcess(pid: pid)
-                    frozen = stopped
-                    // The client is still: pick up what it allocated and freed since the scan began.
-                    try? sync()
-                    // Registers are task state like the stack: `stack=off` leaves both out. The stacks
-                    // of the stopped threads count from their exact stack pointers.
-                    guard stackScanning else { return [] }
-                    let stacks = Roots.trimStacks(roots.filter { $0.kind == .stack },
-                                                  stackPointers: stopped.stackPointers).map(\.engineRegion)
-                    return stacks + (memory.showRegisters(stopped.registers).map { [$0] } ?? [])
-                } catch {
-                    log("cannot freeze pid \(pid) for confirmation (\(error)); confirming while it runs")
-                    return []
+                let stopped: FrozenProcess
+                do throws(ThreadFreezeError) { stopped = try FrozenProcess(pid: pid) } catch {
+                    if error.errno == ETIMEDOUT || error.errno == ESRCH {
+                        // A thread in an uninterruptible wait (vfork, I/O), or the process going away.
+                        log("cannot freeze pid \(pid) in time (\(error)); its candidates wait for the next scan")
+                        return nil
+                    }
+                    // Not traceable at all (a debugger holds it, or no permission): confirm while it
+                    // runs, whole stacks counted.
+                    if !cannotTraceLogged {
+                        cannotTraceLogged = true
+                        log("cannot freeze pid \(pid) for confirmation (\(error)); confirming while it runs")
+                    }
+                    return stackScanning ? roots.filter { $0.kind == .stack }.map(\.engineRegion) : []
                 }
+                frozen = stopped
+                // The client is still: pick up what it allocated, freed and mapped since the scan began.
+                try? sync()
+                if let (now, _) = try? currentRoots() { restrictMemory(now, log: log) }
+                // Registers are task state like the stack: `stack=off` leaves both out. The stacks
+                // of the stopped threads count from their exact stack pointers.
+                guard stackScanning else { return [] }
+                let stacks = Roots.trimStacks(roots.filter { $0.kind == .stack },
+                                              stackPointers: stopped.stackPointers).map(\.engineRegion)
+                return stacks + (memory.showRegisters(stopped.registers).map { [$0] } ?? [])
             },
             end: { [self] in
                 memory.hideRegisters()
                 frozen?.thaw()
                 frozen = nil
+            },
+            mayReport: { [self] in
+                // What a scan read from a process that exited (or is exiting) meanwhile is not its
+                // program's memory any more (torn down, or read as nothing): report none of it.
+                !memory.process.stats.processGone
+                    && Proc.isRunningProgram(pid, startTime: table.openedHeader.startTime)
             })
-        let result = engine.scan(now: bootTimeNanoseconds(), memory: memory, shouldStop: shouldStop,
-                                 confirmation: hooks)
+        let clock = ContinuousClock()
+        let deadline = clock.now + budget
+        var overBudget = false
+        let result = engine.scan(now: bootTimeNanoseconds(), memory: memory, shouldStop: {
+            if shouldStop() { return true }
+            if clock.now < deadline { return false }
+            overBudget = true
+            return true
+        }, confirmation: hooks)
+        if overBudget && result.interrupted {
+            log("scan of pid \(pid) (\(comm)) exceeded its time budget of \(budget); its candidates wait for the next scan")
+        }
         scans += 1
         try? table.setDaemonScans(scans)
         return result
+    }
+
+    /// The roots now, stack and TLS claims confined to anonymous private memory.
+    private func currentRoots() throws -> (roots: [RootRange], refused: [RootRange]) {
+        do {
+            let maps = try Proc.maps(pid)
+            return try table.roots(maps: maps, includeStacks: true, cache: elfCache)
+        } catch {
+            guard table.isAlive else { throw ClientDropped(reason: "exited") }
+            throw ClientDropped(reason: "cannot compute roots: \(error)")
+        }
+    }
+
+    /// From now on the client's memory is read only where its pointers can be (see ScannableMemory).
+    private func restrictMemory(_ roots: [RootRange], log: (String) -> Void) {
+        do {
+            let maps = try Proc.maps(pid)
+            try memory.process.restrict(to: ScannableMemory(maps: maps, dataRoots: roots.filter { $0.kind == .data }))
+        } catch {
+            log("cannot map the scannable memory of pid \(pid): \(error)")
+        }
+    }
+
+    private func logRefused(_ refused: [RootRange], dataRoots: [RootRange], log: (String) -> Void) {
+        for part in refused {
+            // A claim inside an ELF data segment (the main thread's TLS may be there) is read as data anyway.
+            if dataRoots.contains(where: { $0.start <= part.start && part.end <= $0.end }) { continue }
+            guard refusedLogged.insert(part.description).inserted else { continue }
+            log("pid \(pid): thread root \(part) is not anonymous private memory; not scanned")
+        }
     }
 }
 

@@ -23,9 +23,12 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         public var controlFilePath: String
         /// Freeze a client (ptrace) while confirming new leak candidates; see README "False positives".
         public var freezeForConfirmation: Bool
+        /// Seconds one client's scan may take (see `--client-scan-budget`).
+        public var clientScanBudget: Double
 
         public init(runDirectory: String, minimumAge: Double, scanPeriod: Double, firstScanDelay: Double,
-                    controlFilePath: String, freezeForConfirmation: Bool = true) {
+                    controlFilePath: String, freezeForConfirmation: Bool = true, clientScanBudget: Double = 30) {
+            self.clientScanBudget = clientScanBudget
             self.runDirectory = runDirectory
             self.minimumAge = minimumAge
             self.scanPeriod = scanPeriod
@@ -126,7 +129,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
             do {
                 let result = try session.scan(
                     stackScanning: stack, shouldStop: { [self] in !self.enabled.load(ordering: .relaxed) },
-                    freeze: settings.freezeForConfirmation,
+                    freeze: settings.freezeForConfirmation, budget: .seconds(settings.clientScanBudget),
                     log: { [logger] message in logger.warning("kmemleak: \(message)") })
                 newLeaks += result.newLeaks
             } catch {

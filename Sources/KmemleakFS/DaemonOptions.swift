@@ -8,17 +8,22 @@ public struct DaemonOptions: Sendable, Equatable {
     public var scanPeriod: Double
     /// Seconds from start to the first automatic scan (kernel: SECS_FIRST_SCAN, 60).
     public var firstScanDelay: Double
+    /// Seconds one client's scan may take before it is stopped (its candidates wait).
+    public var clientScanBudget: Double
     /// Where `kmemleak` is served.
     public var mountpoint: String
     /// `-o allow_other`: users other than root may enter the mount.
     public var allowOther: Bool
 
     public static let defaultRunDirectory = "/run/kmemleak"
+    public static let defaultClientScanBudget: Double = 30
 
     public init(
         runDirectory: String = DaemonOptions.defaultRunDirectory, minimumAge: Double = 5, scanPeriod: Double = 600,
-        firstScanDelay: Double = 60, mountpoint: String, allowOther: Bool = false
+        firstScanDelay: Double = 60, clientScanBudget: Double = DaemonOptions.defaultClientScanBudget,
+        mountpoint: String, allowOther: Bool = false
     ) {
+        self.clientScanBudget = clientScanBudget
         self.runDirectory = runDirectory
         self.minimumAge = minimumAge
         self.scanPeriod = scanPeriod

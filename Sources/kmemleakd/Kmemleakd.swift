@@ -10,7 +10,7 @@ struct Kmemleakd: ParsableCommand {
         abstract: "Detect memory leaks in running processes, the way the kernel's kmemleak does.",
         usage: """
             kmemleakd [--run-dir DIR] [--min-age SECONDS] [--scan-period SECONDS] [--first-scan-delay SECONDS]
-                      [--allow-other | -o allow_other] MOUNTPOINT
+                      [--client-scan-budget SECONDS] [--allow-other | -o allow_other] MOUNTPOINT
             """,
         discussion: helpDiscussion)
 
@@ -43,6 +43,13 @@ struct Kmemleakd: ParsableCommand {
             valueName: "SECONDS"))
     var firstScanDelay: Double = 60
 
+    @Option(
+        name: .customLong("client-scan-budget"),
+        help: ArgumentHelp(
+            "Longest time one client's scan may take (including its confirmation); past it the scan of that client stops with a log line and its candidates wait for the next scan.",
+            valueName: "SECONDS"))
+    var clientScanBudget: Double = DaemonOptions.defaultClientScanBudget
+
     @Flag(
         name: .customLong("allow-other"),
         help: "Let users other than root into the mount (FUSE allow_other). Mode bits still apply: they may read the report but not write commands.")
@@ -57,7 +64,8 @@ struct Kmemleakd: ParsableCommand {
     var mountpoint: String
 
     func validate() throws {
-        for (name, value) in [("--min-age", minimumAge), ("--scan-period", scanPeriod), ("--first-scan-delay", firstScanDelay)] {
+        for (name, value) in [("--min-age", minimumAge), ("--scan-period", scanPeriod), ("--first-scan-delay", firstScanDelay),
+                              ("--client-scan-budget", clientScanBudget)] {
             guard value.isFinite, value >= 0 else {
                 throw ValidationError("\(name): '\(value)' is not a number of seconds >= 0")
             }
@@ -81,7 +89,7 @@ struct Kmemleakd: ParsableCommand {
     var options: DaemonOptions {
         DaemonOptions(
             runDirectory: runDirectory, minimumAge: minimumAge, scanPeriod: scanPeriod, firstScanDelay: firstScanDelay,
-            mountpoint: absolute(mountpoint),
+            clientScanBudget: clientScanBudget, mountpoint: absolute(mountpoint),
             allowOther: allowOther || mountOptions.contains { $0.split(separator: ",").contains("allow_other") })
     }
 

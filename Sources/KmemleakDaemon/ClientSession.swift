@@ -181,9 +181,9 @@ final class ClientSession {
               log: @escaping (String) -> Void) throws -> ScanResult {
         guard table.isAlive else { throw ClientDropped(reason: "exited") }
         try sync()
-        let (roots, refused) = try currentRoots()
+        let (maps, roots, refused) = try currentRoots()
         logRefused(refused, dataRoots: roots.filter { $0.kind == .data }, log: log)
-        restrictMemory(roots, log: log)
+        restrictMemory(maps: maps, roots: roots, log: log)
         engine.stackScanning = stackScanning
         // A thread blocked in the kernel tells its stack pointer: its stack counts from there. A running
         // thread's stack below its (unknown) stack pointer holds dead frames, whose stale pointers would
@@ -226,7 +226,7 @@ final class ClientSession {
                 frozen = stopped
                 // The client is still: pick up what it allocated, freed and mapped since the scan began.
                 try? sync()
-                if let (now, _) = try? currentRoots() { restrictMemory(now, log: log) }
+                if let (maps, now, _) = try? currentRoots() { restrictMemory(maps: maps, roots: now, log: log) }
                 // Registers are task state like the stack: `stack=off` leaves both out. The stacks
                 // of the stopped threads count from their exact stack pointers.
                 guard stackScanning else { return [] }
@@ -262,11 +262,12 @@ final class ClientSession {
         return result
     }
 
-    /// The roots now, stack and TLS claims confined to anonymous private memory.
-    private func currentRoots() throws -> (roots: [RootRange], refused: [RootRange]) {
+    /// The client's mappings and roots now, stack and TLS claims confined to anonymous private memory.
+    private func currentRoots() throws -> (maps: [MapEntry], roots: [RootRange], refused: [RootRange]) {
         do {
             let maps = try Proc.maps(pid)
-            return try table.roots(maps: maps, includeStacks: true, cache: elfCache)
+            let (roots, refused) = try table.roots(maps: maps, includeStacks: true, cache: elfCache)
+            return (maps, roots, refused)
         } catch {
             guard table.isAlive else { throw ClientDropped(reason: "exited") }
             throw ClientDropped(reason: "cannot compute roots: \(error)")
@@ -274,9 +275,8 @@ final class ClientSession {
     }
 
     /// From now on the client's memory is read only where its pointers can be (see ScannableMemory).
-    private func restrictMemory(_ roots: [RootRange], log: (String) -> Void) {
+    private func restrictMemory(maps: [MapEntry], roots: [RootRange], log: (String) -> Void) {
         do {
-            let maps = try Proc.maps(pid)
             try memory.process.restrict(to: ScannableMemory(maps: maps, dataRoots: roots.filter { $0.kind == .data }))
         } catch {
             log("cannot map the scannable memory of pid \(pid): \(error)")

@@ -12,12 +12,15 @@ public struct DaemonOptions: Sendable, Equatable {
     public var mountpoint: String
     /// `-o allow_other`: users other than root may enter the mount.
     public var allowOther: Bool
+    /// Also adopt clients of the run directory that have no rendezvous file, found in /proc.
+    public var discoverProcesses: Bool
 
     public static let defaultRunDirectory = "/run/kmemleak"
 
     public init(
         runDirectory: String = DaemonOptions.defaultRunDirectory, minimumAge: Double = 5, scanPeriod: Double = 600,
-        firstScanDelay: Double = 60, mountpoint: String, allowOther: Bool = false
+        firstScanDelay: Double = 60, mountpoint: String, allowOther: Bool = false,
+        discoverProcesses: Bool = true
     ) {
         self.runDirectory = runDirectory
         self.minimumAge = minimumAge
@@ -25,6 +28,7 @@ public struct DaemonOptions: Sendable, Equatable {
         self.firstScanDelay = firstScanDelay
         self.mountpoint = mountpoint
         self.allowOther = allowOther
+        self.discoverProcesses = discoverProcesses
     }
 
     public var minimumAgeDuration: Duration { .seconds(minimumAge) }

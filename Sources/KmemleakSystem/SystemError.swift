@@ -119,6 +119,11 @@ enum ProcFile {
             throw SystemError(call: "opendir", errno: Glibc.errno, context: path)
         }
         defer { closedir(dir) }
+        return entries(dir)
+    }
+
+    /// The names in an open directory stream, but "." and "..".
+    static func entries(_ dir: OpaquePointer) -> [String] {
         var names: [String] = []
         while let ent = readdir(dir) {
             let name = withUnsafePointer(to: ent.pointee.d_name) {

@@ -10,7 +10,7 @@ struct Kmemleakd: ParsableCommand {
         abstract: "Detect memory leaks in running processes, the way the kernel's kmemleak does.",
         usage: """
             kmemleakd [--run-dir DIR] [--min-age SECONDS] [--scan-period SECONDS] [--first-scan-delay SECONDS]
-                      [--allow-other | -o allow_other] MOUNTPOINT
+                      [--allow-other | -o allow_other] [--no-discover-proc] MOUNTPOINT
             """,
         discussion: helpDiscussion)
 
@@ -48,6 +48,11 @@ struct Kmemleakd: ParsableCommand {
         help: "Let users other than root into the mount (FUSE allow_other). Mode bits still apply: they may read the report but not write commands.")
     var allowOther = false
 
+    @Flag(
+        name: .customLong("no-discover-proc"),
+        help: "Adopt only clients that announce themselves in RUN_DIR; by default the daemon also finds, in /proc, clients of RUN_DIR whose rendezvous file is missing.")
+    var noProcessDiscovery = false
+
     @Option(
         name: .customShort("o"),
         help: ArgumentHelp("Mount options, comma-separated; only allow_other is accepted (same as --allow-other).", valueName: "OPTIONS"))
@@ -82,7 +87,8 @@ struct Kmemleakd: ParsableCommand {
         DaemonOptions(
             runDirectory: runDirectory, minimumAge: minimumAge, scanPeriod: scanPeriod, firstScanDelay: firstScanDelay,
             mountpoint: absolute(mountpoint),
-            allowOther: allowOther || mountOptions.contains { $0.split(separator: ",").contains("allow_other") })
+            allowOther: allowOther || mountOptions.contains { $0.split(separator: ",").contains("allow_other") },
+            discoverProcesses: !noProcessDiscovery)
     }
 
     /// MOUNTPOINT made absolute (not resolved: a stale mount point cannot be resolved).

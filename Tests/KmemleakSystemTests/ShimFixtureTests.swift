@@ -236,6 +236,30 @@ struct ShimFixtureTests {
         #expect(!again.adopted.contains { $0.pid == c.pid })
     }
 
+    /// /proc discovery adopts only the tables named after its own run directory (several daemons on
+    /// one host), and reads the maps of a process only once while it stays the same process.
+    @Test func processDiscoveryAdoptsOnlyItsOwnRunDirectorysClients() throws {
+        let c = try ShimFixture.start()
+        let r = try c.rendezvous()
+        let other = try TempDir()
+        let mine = ProcessDiscovery(runDirectory: c.dir.path)
+        mine.settleTicks = 0
+        let first = mine.scan(known: [])
+        #expect(first.adopted.map(\.pid) == [c.pid])
+        #expect(first.adopted.first?.rendezvous?.address == r.address)
+        #expect(mine.scan(known: Set(first.adopted.map(\.id))).adopted.isEmpty)
+        #expect(mine.mapsReadLastPass < first.adopted.count + max(1, ProcessDiscovery.processCount() / 2))
+        let theirs = ProcessDiscovery(runDirectory: other.path)
+        #expect(!theirs.scan(known: []).adopted.contains { $0.pid == c.pid })
+        // Not the default run directory: tables without an identity are not its own either.
+        #expect(!theirs.acceptsAnonymousTables && ProcessDiscovery(runDirectory: KML_DEFAULT_RUN_DIR).acceptsAnonymousTables)
+        // The memfd's name carries the run directory's identity.
+        var st = stat()
+        #expect(stat(c.dir.path, &st) == 0)
+        let name = try #require(try Proc.maps(c.pid).first { $0.start == r.address }).path
+        #expect(name == "/memfd:kmemleak-table:\(String(st.st_dev, radix: 16)):\(String(st.st_ino, radix: 16)) (deleted)")
+    }
+
     @Test func daemonFieldsAreWrittenToTheClient() throws {
         let c = try ShimFixture.start()
         let t = try c.table()

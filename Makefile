@@ -79,7 +79,7 @@ bench-shim: shim
 # END shim section
 
 # BEGIN clients section (test and benchmark clients of the daemon)
-CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/clients/stack-holder
+CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/clients/stack-holder .build/clients/proctitle
 clients: $(CLIENTS)
 .build/clients/pointer-churn: Tests/clients/pointer-churn.c
 	@mkdir -p $(@D)
@@ -87,6 +87,9 @@ clients: $(CLIENTS)
 .build/clients/stack-holder: Tests/clients/stack-holder.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
+.build/clients/proctitle: Tests/clients/proctitle.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -o $@ $<
 .build/clients/scan-client: Benchmarks/ScanVsLSan/scan-client.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -o $@ $<

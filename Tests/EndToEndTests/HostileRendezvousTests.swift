@@ -6,19 +6,27 @@ import Glibc
 import KmemleakTestSupport
 import Testing
 
-/// Plants, for the next `count` pids: `<pid>.client` as a symlink to SECRET, a FIFO or a squatter's
-/// regular file (in turn), and the old temporary name `.<pid>.client.tmp` as a symlink to SECRET.
-/// For dead pids well behind the current one: junk `<pid>.client` files (stale). One process, no
-/// fork, so that it takes no pid of the range itself. Prints "PLANTED <first> <count>".
+/// Plants, for the next `count` pids the kernel will hand out (the free ones after ns_last_pid,
+/// wrapping from pid_max to 300 as the kernel does): `<pid>.client` as a symlink to SECRET, a FIFO or
+/// a squatter's regular file (in turn), and the old temporary name `.<pid>.client.tmp` as a symlink
+/// to SECRET. For dead pids well behind the current one: junk `<pid>.client` files (stale). One
+/// process, no fork, so that it takes no pid of the range itself. Prints "STALE <pid>" lines, then
+/// "PLANTED <pid>,<pid>,...".
 private let attackerScript = """
     import os, sys
     d, secret, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     last = int(open('/proc/sys/kernel/ns_last_pid').read())
     pid_max = int(open('/proc/sys/kernel/pid_max').read())
-    for i in range(1, n + 1):
-        p = last + i
-        if p >= pid_max:
-            p = 300 + p - pid_max
+    for p in range(max(300, last - 1500), last - 500):
+        if not os.path.exists(f'/proc/{p}'):
+            with open(f'{d}/{p}.client', 'w') as f:
+                f.write('junk\\n')
+            print('STALE', p)
+    planted, p = [], last
+    while len(planted) < n:
+        p = p + 1 if p + 1 < pid_max else 300
+        if os.path.exists(f'/proc/{p}'):
+            continue
         name = f'{d}/{p}.client'
         try:
             if p % 3 == 0:
@@ -31,12 +39,8 @@ private let attackerScript = """
             os.symlink(secret, f'{d}/.{p}.client.tmp')
         except FileExistsError:
             pass
-    for p in range(max(300, last - 1500), last - 500):
-        if not os.path.exists(f'/proc/{p}'):
-            with open(f'{d}/{p}.client', 'w') as f:
-                f.write('junk\\n')
-            print('STALE', p)
-    print('PLANTED', last + 1, n, flush=True)
+        planted.append(p)
+    print('PLANTED', ','.join(map(str, planted)), flush=True)
     """
 
 /// Sets the kernel's protected_symlinks and protected_fifos; `restore()` puts the old values back.
@@ -87,16 +91,12 @@ struct HostileRendezvousTests {
         try secretText.write(toFile: secret, atomically: false, encoding: .utf8)
         #expect(chmod(secret, 0o600) == 0)
 
-        let planter = try attacker.spawn("/usr/bin/python3", ["-c", attackerScript, d.runDirectory, secret, "3000"])
+        let planter = try attacker.spawn("/usr/bin/python3", ["-c", attackerScript, d.runDirectory, secret, "5000"])
         defer { planter.terminate() }
-        let planted = try planter.waitFor("PLANTED", timeout: 60).split(separator: " ")
-        let first = try #require(Int32(planted[1])), count = try #require(Int32(planted[2]))
+        let plantedLine = try planter.waitFor("PLANTED", timeout: 60)
+        let planted = Set(plantedLine.dropFirst("PLANTED ".count).split(separator: ",").compactMap { Int32($0) })
+        #expect(planted.count == 5000)
         let stale = planter.transcript.split(separator: "\n").filter { $0.hasPrefix("STALE ") }.map { String($0.dropFirst(6)) }
-        let pidMax = try #require(Int32(String(decoding: try readAll("/proc/sys/kernel/pid_max"), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)))
-        func isPlanted(_ pid: Int32) -> Bool {
-            let end = first + count
-            return end <= pidMax ? (pid >= first && pid < end) : (pid >= first || (pid >= 300 && pid < 300 + end - pidMax))
-        }
 
         // Root clients and clients of another unprivileged user; each must start (READY) in bounded time.
         var clients = [try d.client(kmemleakTestPath), try d.client(kmemleakTestPath)]
@@ -109,7 +109,7 @@ struct HostileRendezvousTests {
             _ = try v.waitFor("READY", timeout: 30)
         }
         clients += victims
-        #expect(clients.allSatisfy { isPlanted($0.pid) }, "pids \(clients.map(\.pid)) outside the planted \(first)+\(count)")
+        #expect(clients.allSatisfy { planted.contains($0.pid) }, "pids \(clients.map(\.pid)) not planted")
 
         // Nothing was written through a link.
         #expect((try? String(contentsOfFile: secret, encoding: .utf8)) == secretText)

@@ -421,6 +421,25 @@ func allObjects(_ t: ClientTable) throws(TableError) -> ([ObjectRecord], ReadSta
         #expect(fileExists("/etc/passwd"))
     }
 
+    /// A live client whose table is invalid is reported with its identity, so that the daemon does
+    /// not open it again at every scan (it passes it in `known`); its file is not removed.
+    @Test func invalidTableIsReportedWithItsClient() throws {
+        let dir = try TempDir()
+        let (s, p, r) = try announce(dir)
+        defer { munmap(p, Int(s.totalSize)) }
+        s.header.magic = 0x1234
+        s.writeHeader()
+        let result = ClientDiscovery.scan(runDirectory: dir.path, known: [])
+        #expect(result.adopted.isEmpty && result.removedStale.isEmpty)
+        let failure = try #require(result.failed.first)
+        #expect(failure.error == .badMagic(0x1234) && failure.path == r.path)
+        let client = try #require(failure.client)
+        #expect(client == ClientID(pid: getpid(), startTime: r.startTime, tableAddress: r.address))
+        let again = ClientDiscovery.scan(runDirectory: dir.path, known: [client])
+        #expect(again.adopted.isEmpty && again.failed.isEmpty && again.removedStale.isEmpty)
+        #expect(fileExists(r.path))
+    }
+
     /// A run directory that is a symlink is not used.
     @Test func runDirectoryIsNotFollowed() throws {
         let dir = try TempDir()

@@ -51,6 +51,8 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
     /// while they live.
     private var rejected = Set<ClientID>()
     private let processDiscovery: ProcessDiscovery?
+    /// Failures logged one by one per discovery pass; the rest are counted in one line.
+    static let maxFailureLines = 16
     /// Read without the scan mutex by writes (EPERM) and by the running scan (interruption).
     private let enabled = Atomic<Bool>(true)
     private let stackScanning = Atomic<Bool>(true)
@@ -207,13 +209,20 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
     }
 
     private func adopt(_ result: DiscoveryResult, viaProc: Bool = false) {
+        var listed = 0, unlisted = 0
         for failure in result.failed {
             if let client = failure.client { rejected.insert(client) }
-            // Said once per file (junk stays until proved stale), or once per client.
-            if loggedFailures.insert(failure.client.map { "\($0)" } ?? failure.path).inserted {
+            // Said once per file (junk stays until proved stale), or once per client; a directory
+            // full of planted junk gives a bounded number of lines.
+            guard loggedFailures.insert(failure.client.map { "\($0)" } ?? failure.path).inserted else { continue }
+            if listed < Self.maxFailureLines {
+                listed += 1
                 logger.warning("kmemleak: ignoring client \(failure.path): \(failure.error)")
+            } else {
+                unlisted += 1
             }
         }
+        if unlisted > 0 { logger.warning("kmemleak: ignoring \(unlisted) more rendezvous files or clients (not listed)") }
         for path in result.removedStale { logger.info("kmemleak: removed stale rendezvous file \(path)") }
         for table in result.adopted {
             do {

@@ -103,10 +103,12 @@ public enum ClientDiscovery {
 /// an identity (the shim could use no run directory) only when it serves the default run directory.
 /// A table whose header names another live daemon is left to it.
 ///
-/// Cheap at every scan: /proc/PID/stat is read for every process (one small read), the maps only of
-/// processes not seen before (pid, start time and comm; an exec usually changes comm). A process
-/// found not to be a client is remembered only once it is older than `settleTicks` (its shim may
-/// still be starting).
+/// Cheap at every scan: a process seen before (same pid and /proc/PID inode, from readdir) costs no
+/// syscall; stat and maps are read for new processes, and stat for 1 in `recheckInterval` known ones
+/// per pass (an exec usually changes comm: the maps are read again). A process found not to be a
+/// client is remembered only once it is older than `settleTicks` (its shim may still be starting).
+/// Limit: a long-running process that execs into a client without changing its comm is found only
+/// through its rendezvous file.
 public final class ProcessDiscovery {
     /// nil: every table, whatever its run directory (tests).
     public let runDirectory: String?
@@ -114,10 +116,17 @@ public final class ProcessDiscovery {
     /// Processes younger than this (clock ticks) are looked at again at the next pass.
     public var settleTicks: UInt64 = 200
 
-    private struct Seen { var startTime: UInt64; var comm: String; var table: MapEntry? }
+    /// Processes whose stat is re-read at each pass: 1 in `recheckInterval`.
+    public var recheckInterval: UInt64 = 16
+
+    /// A process as last seen: its /proc/PID inode (a new one for every new process with that pid;
+    /// the same across exec), start time, comm and table mapping.
+    private struct Seen { var inode: UInt64; var startTime: UInt64; var comm: String; var table: MapEntry? }
     private var seen: [Int32: Seen] = [:]
-    /// Maps read in the last pass (for tests and measurements).
+    private var pass: UInt64 = 0
+    /// Stats and maps read in the last pass (for tests and measurements).
     public private(set) var mapsReadLastPass = 0
+    public private(set) var statsReadLastPass = 0
 
     public init(runDirectory: String?, acceptsAnonymousTables: Bool? = nil) {
         self.runDirectory = runDirectory
@@ -144,27 +153,44 @@ public final class ProcessDiscovery {
         let me = getpid()
         let ownName = ownTableName()
         let now = Self.uptimeTicks()
-        let pids = ((try? ProcFile.listDirectory("/proc")) ?? []).compactMap { Int32($0) }.filter { $0 != me }
         var alive: [Int32: Seen] = [:]
         mapsReadLastPass = 0
-        for pid in pids {
-            guard let st = try? Proc.stat(pid), st.state != "Z", st.state != "X" else { continue }
+        statsReadLastPass = 0
+        pass &+= 1
+        for (name, inode) in (try? ProcFile.entriesWithInodes("/proc")) ?? [] {
+            guard let pid = Int32(name), pid != me else { continue }
             var entry: Seen
-            if let old = seen[pid], old.startTime == st.startTime, old.comm == st.comm {
-                entry = old
+            if let old = seen[pid], old.inode == inode, !isDueForCheck(pid) {
+                entry = old // the same process instance as last time: no syscall
             } else {
-                guard let maps = try? Proc.maps(pid) else { continue } // kernel thread, gone, or not ours to read
-                mapsReadLastPass += 1
-                entry = Seen(startTime: st.startTime, comm: st.comm,
-                             table: maps.first { $0.shared && $0.path.hasPrefix("/memfd:" + KML_MEMFD_NAME) })
-                let settled = now.map { $0 >= st.startTime && $0 - st.startTime >= settleTicks } ?? false
-                if entry.table == nil && !settled { continue } // look again next time
+                guard let st = try? Proc.stat(pid), st.state != "Z", st.state != "X" else { continue }
+                statsReadLastPass += 1
+                if let old = seen[pid], old.inode == inode, old.startTime == st.startTime, old.comm == st.comm {
+                    entry = old
+                } else {
+                    guard let maps = try? Proc.maps(pid) else { continue } // kernel thread, gone, or not ours to read
+                    mapsReadLastPass += 1
+                    entry = Seen(inode: inode, startTime: st.startTime, comm: st.comm,
+                                 table: maps.first { $0.shared && $0.path.hasPrefix("/memfd:" + KML_MEMFD_NAME) })
+                    let settled = now.map { $0 >= st.startTime && $0 - st.startTime >= settleTicks } ?? false
+                    if entry.table == nil && !settled { continue } // its shim may still be starting: look again
+                }
             }
             alive[pid] = entry
-            guard let m = entry.table, isOurs(m.path, ownName: ownName) else { continue }
-            let id = ClientID(pid: pid, startTime: st.startTime, tableAddress: m.start)
-            if known.contains(id) { continue }
-            let r = Rendezvous(pid: pid, fd: -1, address: m.start, size: m.length, startTime: st.startTime,
+            guard var m = entry.table, isOurs(m.path, ownName: ownName) else { continue }
+            if known.contains(ClientID(pid: pid, startTime: entry.startTime, tableAddress: m.start)) { continue }
+            // Ours but not adopted: new, or it called exec (a new table, maybe elsewhere): fresh maps.
+            guard let maps = try? Proc.maps(pid) else { continue }
+            mapsReadLastPass += 1
+            guard let fresh = maps.first(where: { $0.shared && $0.path.hasPrefix("/memfd:" + KML_MEMFD_NAME) }) else {
+                alive[pid]?.table = nil
+                continue
+            }
+            alive[pid]?.table = fresh
+            m = fresh
+            let id = ClientID(pid: pid, startTime: entry.startTime, tableAddress: m.start)
+            if known.contains(id) || !isOurs(m.path, ownName: ownName) { continue }
+            let r = Rendezvous(pid: pid, fd: -1, address: m.start, size: m.length, startTime: entry.startTime,
                                path: "/proc/\(pid)/maps")
             do throws(TableError) {
                 let table = try ClientTable.open(r)
@@ -178,6 +204,12 @@ public final class ProcessDiscovery {
         }
         seen = alive
         return result
+    }
+
+    /// Each pass re-reads /proc/PID/stat of one process in `recheckInterval`: an exec (same pid, same
+    /// /proc inode) shows as a new comm within that many passes.
+    private func isDueForCheck(_ pid: Int32) -> Bool {
+        (UInt64(UInt32(bitPattern: pid)) &+ pass) % recheckInterval == 0
     }
 
     /// Processes in /proc now (for measurements).

@@ -262,6 +262,30 @@ struct ShimFixtureTests {
         #expect(name == "/memfd:kmemleak-table:\(String(st.st_dev, radix: 16)):\(String(st.st_ino, radix: 16)) (deleted)")
     }
 
+    /// The shim publishes only in a run directory nobody else can tamper with: not through a
+    /// symlink, not in another user's directory (even sticky), not in a non-sticky directory others
+    /// may write. Its memfd then carries no run directory identity.
+    @Test(.enabled(if: getuid() == 0, "needs root (chown)"))
+    func unsafeRunDirectoriesAreNotUsed() throws {
+        let base = try TempDir()
+        let good = base.path + "/good", link = base.path + "/link", foreign = base.path + "/foreign", open = base.path + "/open"
+        #expect(mkdir(good, 0o755) == 0 && symlink(good, link) == 0 && mkdir(foreign, 0o755) == 0 && mkdir(open, 0o755) == 0)
+        #expect(chown(foreign, 65534, 65534) == 0 && chmod(foreign, 0o1777) == 0 && chmod(open, 0o777) == 0)
+        func announced(_ pid: Int32) -> [String] {
+            [good, foreign, open].flatMap { dir in
+                ((try? ProcFile.listDirectory(dir)) ?? []).filter { $0.contains("\(pid).") }
+            }
+        }
+        for dir in [link, foreign, open] {
+            let c = try ShimFixture.start(env: ["KMEMLEAK_RUN_DIR": dir])
+            let table = try #require(try Proc.maps(c.pid).first { $0.path.hasPrefix("/memfd:kmemleak-table") })
+            #expect(table.path == "/memfd:kmemleak-table (deleted)", "\(dir)")
+            #expect(announced(c.pid).isEmpty, "\(dir): \(announced(c.pid))")
+        }
+        let c = try ShimFixture.start(env: ["KMEMLEAK_RUN_DIR": good])
+        #expect(announced(c.pid) == ["\(c.pid).client"])
+    }
+
     /// After an exec (same pid, same /proc inode, same comm here) the new table is found in /proc.
     @Test func processDiscoveryFindsTheTableOfAnExec() throws {
         let c = try ShimFixture.start()

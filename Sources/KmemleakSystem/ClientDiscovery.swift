@@ -55,9 +55,10 @@ public enum ClientDiscovery {
         var result = DiscoveryResult()
         let directory: RunDirectory
         let names: [String]
+        let all: [String]
         do {
             directory = try RunDirectory(path: runDirectory)
-            names = try directory.rendezvousNames()
+            all = try directory.names()
         } catch {
             result.failed.append((runDirectory, .system(error), nil))
             return result
@@ -66,6 +67,11 @@ public enum ClientDiscovery {
             guard (try? directory.removeRegularFile(name, inode: inode)) == true else { return false }
             result.removedStale.append(directory.path + "/" + name)
             return true
+        }
+        names = all.filter { Rendezvous.pid(fromName: $0) != nil }.sorted()
+        // Temporary files of clients that died before publishing.
+        for name in all where removeStale {
+            if let pid = Rendezvous.pid(fromTemporaryName: name), !Proc.isAlive(pid) { _ = remove(name, inode: nil) }
         }
         for name in names {
             let path = directory.path + "/" + name

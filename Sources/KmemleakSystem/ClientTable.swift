@@ -133,6 +133,15 @@ public struct Rendezvous: Sendable, Equatable {
         return pid
     }
 
+    /// The pid of a shim's temporary file `.<pid>.<16 hex digits>.tmp` (left by a client that died
+    /// before publishing it); nil for any other name.
+    public static func pid(fromTemporaryName name: String) -> Int32? {
+        guard name.hasPrefix("."), name.hasSuffix(".tmp") else { return nil }
+        let inner = name.dropFirst().dropLast(4) // "<pid>.<16 hex>"
+        guard inner.contains(".") else { return nil }
+        return pid(fromName: inner + KML_RENDEZVOUS_SUFFIX)
+    }
+
     /// Reads and parses one rendezvous file (at most 4 KiB); the pid must match the file name.
     public static func read(path: String) throws(TableError) -> Rendezvous {
         let (dir, name) = splitPath(path)

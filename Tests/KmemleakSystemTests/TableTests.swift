@@ -387,6 +387,10 @@ func allObjects(_ t: ClientTable) throws(TableError) -> ([ObjectRecord], ReadSta
     @Test func rendezvousNames() {
         #expect(Rendezvous.pid(fromName: "123.client") == 123)
         #expect(Rendezvous.pid(fromName: "123.00ff00ff00ff00ff.client") == 123)
+        #expect(Rendezvous.pid(fromTemporaryName: ".123.00ff00ff00ff00ff.tmp") == 123)
+        for junk in [".123.tmp", "123.00ff00ff00ff00ff.tmp", ".123.client.tmp", ".123.00ff00ff00ff00ff.client", "..tmp"] {
+            #expect(Rendezvous.pid(fromTemporaryName: junk) == nil, "\(junk)")
+        }
         for junk in [".123.client", "123.client.tmp", ".123.00ff00ff00ff00ff.tmp", "123.0ff.client", "123.00ff00ff00ff00fg.client",
                      "-1.client", "+1.client", "0.client", "99999999999.client", "1.2.3.client", "client", ".client", "a.client"] {
             #expect(Rendezvous.pid(fromName: junk) == nil, "\(junk)")
@@ -411,9 +415,13 @@ func allObjects(_ t: ClientTable) throws(TableError) -> ([ObjectRecord], ReadSta
         #expect(symlink("/etc/passwd", dir.path + "/\(dead).client") == 0)
         #expect(mkfifo(dir.path + "/\(dead).0000000000000000.client", 0o644) == 0)
         #expect(mkdir(dir.path + "/\(dead).1111111111111111.client", 0o755) == 0)
+        let deadTemporary = dir.path + "/.\(dead).2222222222222222.tmp", liveTemporary = dir.path + "/.\(getpid()).3333333333333333.tmp"
+        try writeFile(deadTemporary, "pid=")
+        try writeFile(liveTemporary, "pid=")
         let result = ClientDiscovery.scan(runDirectory: dir.path, known: [])
         #expect(result.adopted.map(\.rendezvous?.path) == [own])
-        #expect(result.removedStale == [r.path] && !fileExists(r.path))
+        #expect(result.removedStale == [deadTemporary, r.path] && !fileExists(r.path) && !fileExists(deadTemporary))
+        #expect(fileExists(liveTemporary))
         #expect(result.failed.count == 3 && result.failed.allSatisfy { $0.client == nil })
         var st = stat()
         #expect(lstat(dir.path + "/\(dead).client", &st) == 0 && (st.st_mode & S_IFMT) == S_IFLNK)

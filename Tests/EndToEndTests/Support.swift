@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import KmemleakFS
+import KmemleakService
 import Logging
 import Synchronization
 import Testing

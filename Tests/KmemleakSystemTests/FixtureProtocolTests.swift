@@ -145,6 +145,33 @@ struct FixtureProtocolTests {
         #expect(!fileExists(c.dir.path + "/\(c.pid).client"))
     }
 
+    /// A program linked with jemalloc: malloc_usable_size and mallctl work on its pointers, which are
+    /// tracked; the table and stderr say once that malloc is not glibc's.
+    @Test(.enabled(if: fileExists(Shim.fixture("jemalloc")), "needs libjemalloc2 (make shim builds the fixture)"))
+    func jemallocProgramIsTrackedThroughItsAllocator() throws {
+        let c = try ShimClient(Shim.fixture("jemalloc"))
+        var exp = FixtureExpectations()
+        var lines: [String] = []
+        while true {
+            let line = try c.child.readLine()
+            if line == "READY" { break }
+            lines.append(line)
+            try exp.apply(Substring(line))
+        }
+        #expect(lines.contains("USABLE ok"))
+        #expect(lines.contains { $0.hasPrefix("JEMALLOC ") })
+        #expect(exp.objects.count == 7)
+        let t = try c.table()
+        #expect(try t.header().hasForeignMalloc)
+        try exp.verify(t, pid: c.pid, fixture: "jemalloc")
+        c.child.closeStdin()
+        #expect(c.child.wait() == 0)
+        let stderr = c.child.stderrText().split(separator: "\n")
+        #expect(stderr.count == 1, "stderr: \(stderr)")
+        #expect(stderr.first?.hasPrefix("kmemleak: malloc is not glibc's (/") == true)
+        #expect(stderr.first?.hasSuffix("/libjemalloc.so.2): tracking through it") == true)
+    }
+
     @Test func forkFixture() throws {
         let path = Shim.fixture("fork")
         try #require(fileExists(path))

@@ -1224,8 +1224,8 @@ static void tls_range(uint64_t *lo, uint64_t *hi)
  * value it returns (struct pthread's result, in its TCB) still use the thread's memory. A joinable
  * thread's record is released when it is joined (the daemon scans only the TCB of a thread whose
  * task has exited); a detached one's when its task no longer exists (tgkill(pid, tid, 0) fails
- * with ESRCH), checked in batches when threads register; any record is released when a new
- * thread gets its descriptor (then glibc has reclaimed it). Under g_thr_lock. */
+ * with ESRCH), checked in batches when threads register (and when the table is full); any record
+ * is released when a new thread gets its descriptor (then glibc has reclaimed it). Under g_thr_lock. */
 static uint32_t g_thr_detached;      /* records with KML_THREAD_DETACHED */
 static uint32_t g_thr_sweep_at = 32; /* sweep when g_thr_detached reaches this */
 
@@ -1252,7 +1252,7 @@ static void thread_sweep_detached(void)
             syscall(SYS_tgkill, pid, th->tid, 0) != 0 && errno == ESRCH)
             thread_release_slot(i);
     }
-    g_thr_sweep_at = g_thr_detached + 32;
+    g_thr_sweep_at = 2 * g_thr_detached + 32; /* amortised O(1) per thread however many live */
 }
 
 /* releases the records of pthread_t th (joined, or its descriptor reused); under g_thr_lock */
@@ -1285,7 +1285,7 @@ static void thread_register(int is_main, int detached)
     pthread_t self = pthread_self();
     spin_lock(&g_thr_lock);
     thread_release_ptid(self); /* a finished thread whose descriptor glibc gave us */
-    if (!g_thr_free_count || g_thr_detached >= g_thr_sweep_at)
+    if (g_thr_detached >= g_thr_sweep_at || (!g_thr_free_count && g_hdr->threads_used >= g_thr_cap))
         thread_sweep_detached();
     uint32_t idx;
     if (g_thr_free_count) {

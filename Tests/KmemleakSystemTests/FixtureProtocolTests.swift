@@ -172,6 +172,22 @@ struct FixtureProtocolTests {
         #expect(stderr.first?.hasSuffix("/libjemalloc.so.2): tracking through it") == true)
     }
 
+    /// Records stay until their thread is gone for good, and are reused then: 2000 detached and 2000
+    /// joined threads (at most 5 at a time) fit in a table of 16 thread records.
+    @Test func recordsOfGoneThreadsAreReused() throws {
+        let path = Shim.root + "/.build/clients/thread-life"
+        try #require(fileExists(path), "run `make clients`")
+        let c = try ShimClient(path, ["churn", "2000"], env: ["KMEMLEAK_MAX_THREADS": "16"])
+        _ = try c.child.waitFor("READY", timeout: 120)
+        let t = try c.table()
+        #expect(try t.header().isTracking)
+        let live = Set(try Proc.tasks(c.pid))
+        #expect(try t.readThreads().filter { live.contains($0.tid) }.map(\.tid) == [c.pid])
+        c.child.closeStdin()
+        #expect(c.child.wait() == 0)
+        #expect(c.child.stderrText() == "", "no \"thread table full\"")
+    }
+
     @Test func forkFixture() throws {
         let path = Shim.fixture("fork")
         try #require(fileExists(path))

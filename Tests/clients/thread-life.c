@@ -14,6 +14,9 @@
  *   arg         pthread_create's argument is a malloc'd block the new thread has not seen yet: a
  *               SIGUSR1 handler blocks it before its start routine runs ("ARG-WAITING" once it does). Command
  *               "release": it runs, frees the argument and is joined ("ARG-FREED"). Expected: nothing.
+ *   churn <n>   n detached threads (at most 4 at a time, half created detached, half detached by
+ *               pthread_detach) and n joined ones, each mallocs and frees; then READY. With a small
+ *               KMEMLEAK_MAX_THREADS the table must not fill: records of gone threads are reused.
  * Command "exit" (or EOF) ends it.
  */
 #define _GNU_SOURCE
@@ -252,6 +255,51 @@ static __attribute__((noinline)) void start_with_arg(pthread_t *t)
     printf(arg_waiting ? "ARG-WAITING\n" : "ARG-NOT-WAITING\n");
 }
 
+/* ---- churn ---- */
+static pthread_mutex_t churn_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t churn_cv = PTHREAD_COND_INITIALIZER;
+static int churn_running;
+
+static void *churn_thread(void *arg)
+{
+    free(malloc(64));
+    if (arg) {
+        pthread_mutex_lock(&churn_mu);
+        churn_running--;
+        pthread_cond_broadcast(&churn_cv);
+        pthread_mutex_unlock(&churn_mu);
+    }
+    return NULL;
+}
+
+static int mode_churn(int n)
+{
+    pthread_attr_t detached;
+    pthread_attr_init(&detached);
+    pthread_attr_setdetachstate(&detached, PTHREAD_CREATE_DETACHED);
+    for (int i = 0; i < n; i++) {
+        pthread_mutex_lock(&churn_mu);
+        while (churn_running >= 4)
+            pthread_cond_wait(&churn_cv, &churn_mu);
+        churn_running++;
+        pthread_mutex_unlock(&churn_mu);
+        pthread_t t;
+        if (i % 2) {
+            if (pthread_create(&t, &detached, churn_thread, (void *)1) != 0)
+                return -1;
+        } else {
+            if (pthread_create(&t, NULL, churn_thread, (void *)1) != 0)
+                return -1;
+            pthread_detach(t);
+        }
+        if (pthread_create(&t, NULL, churn_thread, NULL) != 0)
+            return -1;
+        pthread_join(t, NULL);
+    }
+    pthread_attr_destroy(&detached);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "";
@@ -265,12 +313,14 @@ int main(int argc, char **argv)
         rc = mode_tsd(threads);
     else if (!strcmp(mode, "result"))
         rc = mode_result(threads);
+    else if (!strcmp(mode, "churn") && argc > 2)
+        rc = mode_churn(atoi(argv[2]));
     else if (!strcmp(mode, "arg")) {
         start_with_arg(threads);
         rc = 0;
     }
     if (rc != 0) {
-        fprintf(stderr, "usage: thread-life pool <lib> | tsd | result | arg\n");
+        fprintf(stderr, "usage: thread-life pool <lib> | tsd | result | arg | churn <n>\n");
         return 2;
     }
     printf("READY\n");

@@ -2187,6 +2187,25 @@ static void find_allocating_modules(void)
     (void)r;
 }
 
+/* A malloc that comes before ours in the global scope (an allocator earlier in LD_PRELOAD, or in
+ * the program itself) gets every call: nothing could be tracked. Says so and disables tracking. */
+static int malloc_is_not_ours(void)
+{
+    uintptr_t first = (uintptr_t)dlsym(RTLD_DEFAULT, "malloc");
+    if (!first || (first >= g_text_lo && first < g_text_hi))
+        return 0;
+    uintptr_t lo, len;
+    const char *name = NULL;
+    if (module_text(first, &lo, &len, &name) != 0 || !name || !*name)
+        name = "the program";
+    char reason[128];
+    size_t n = str_cat(reason, 0, sizeof(reason), "malloc is not the shim's but ");
+    n = str_cat(reason, n, sizeof(reason), name);
+    str_cat(reason, n, sizeof(reason), "'s (put libkmemleak.so first in LD_PRELOAD)");
+    kml_disable(reason);
+    return 1;
+}
+
 static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
 static void remember_memfd(int fd)
@@ -2543,6 +2562,10 @@ __attribute__((constructor(101))) static void kml_init(void)
         return;
     }
     dl_iterate_phdr(phdr_cb, (void *)(uintptr_t)&kml_init); /* the shim's writable segments */
+    if (malloc_is_not_ours()) {
+        t.in_shim = 0;
+        return;
+    }
     find_allocating_modules();
     if (__atomic_load_n(&g_alloc_mode, __ATOMIC_ACQUIRE) == ALLOC_FOREIGN)
         g_hdr->flags |= KML_TABLE_FOREIGN_MALLOC;

@@ -172,6 +172,23 @@ struct FixtureProtocolTests {
         #expect(stderr.first?.hasSuffix("/libjemalloc.so.2): tracking through it") == true)
     }
 
+    /// jemalloc before the shim in LD_PRELOAD gets every malloc: the shim says so once, tracks nothing,
+    /// and the program runs normally.
+    @Test(.enabled(if: fileExists(Shim.fixture("jemalloc")), "needs libjemalloc2 (make shim builds the fixture)"))
+    func anAllocatorBeforeTheShimDisablesTrackingWithOneLine() throws {
+        let dir = try TempDir()
+        let jemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+        let child = try ChildProcess(Shim.fixture("jemalloc"), [],
+                                     env: ["LD_PRELOAD": jemalloc + ":" + Shim.library, "KMEMLEAK_RUN_DIR": dir.path],
+                                     stderrFile: dir.path + "/stderr.txt")
+        _ = try child.waitFor("USABLE ok")
+        _ = try child.waitFor("READY")
+        child.closeStdin()
+        #expect(child.wait() == 0)
+        #expect(child.stderrText() ==
+                "kmemleak: malloc is not the shim's but \(jemalloc)'s (put libkmemleak.so first in LD_PRELOAD), tracking disabled\n")
+    }
+
     /// Records stay until their thread is gone for good, and are reused then: 2000 detached and 2000
     /// joined threads (at most 5 at a time) fit in a table of 16 thread records.
     @Test func recordsOfGoneThreadsAreReused() throws {

@@ -19,7 +19,7 @@ help:
 	@$(MAKE) --no-print-directory help-service
 
 DEB_PACKAGES := libfuse3-dev fuse3 libunwind-dev pkg-config make gcc binutils valgrind heaptrack liblsan0 systemd python3 \
-	libjemalloc2 redis-server
+	libjemalloc2 redis-server libtcmalloc-minimal4
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

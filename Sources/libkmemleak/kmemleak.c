@@ -16,6 +16,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <gnu/libc-version.h>
 #include <link.h>
 #include <pthread.h>
 #include <sched.h>
@@ -62,6 +63,8 @@ extern void *__libc_pvalloc(size_t);
  * linked into the program): called through pointers and tracked through. Resolved at the first
  * call, before any pointer is handed out; allocations nested in that dlsym come from a small
  * static arena whose blocks free() ignores. */
+static int module_text(uintptr_t addr, uintptr_t *lo, uintptr_t *len, const char **name);
+
 enum { ALLOC_UNRESOLVED, ALLOC_GLIBC, ALLOC_FOREIGN };
 static int g_alloc_mode;             /* ALLOC_* (atomic) */
 static int g_alloc_resolver;         /* tid resolving (atomic) */
@@ -114,7 +117,12 @@ static void resolve_allocator(void)
     }
     int mode = ALLOC_GLIBC;
     void *m = dlsym(RTLD_NEXT, "malloc"), *f = dlsym(RTLD_NEXT, "free");
-    if (m && f && m != (void *)__libc_malloc) {
+    /* glibc's code is the module of gnu_get_libc_version (comparing with __libc_malloc is not
+     * enough: tcmalloc defines __libc_malloc too) */
+    uintptr_t libc_lo = 0, libc_len = 0;
+    if (module_text((uintptr_t)&gnu_get_libc_version, &libc_lo, &libc_len, NULL) != 0)
+        libc_lo = (uintptr_t)__libc_malloc, libc_len = 1;
+    if (m && f && (uintptr_t)m - libc_lo >= libc_len) {
         g_next.malloc = (void *(*)(size_t))m;
         g_next.free = (void (*)(void *))f;
         g_next.calloc = (void *(*)(size_t, size_t))dlsym(RTLD_NEXT, "calloc");
@@ -2193,6 +2201,12 @@ static int malloc_is_not_ours(void)
 {
     uintptr_t first = (uintptr_t)dlsym(RTLD_DEFAULT, "malloc");
     if (!first || (first >= g_text_lo && first < g_text_hi))
+        return 0;
+    /* a non-PIE program that takes malloc's address has its PLT stub as the canonical address: an
+     * undefined symbol there defines nothing (the stub jumps to the first definition) */
+    Dl_info info;
+    const ElfW(Sym) *sym = NULL;
+    if (!dladdr1((void *)first, &info, (void **)&sym, RTLD_DL_SYMENT) || !sym || sym->st_shndx == SHN_UNDEF)
         return 0;
     uintptr_t lo, len;
     const char *name = NULL;

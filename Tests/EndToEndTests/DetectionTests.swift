@@ -47,10 +47,11 @@ final class Detection {
         guard served, child.isRunning else { throw TestFailure("kmemleakd did not start: \(child.stderr)") }
     }
 
-    /// Starts `path` under the shim; waits for its READY line.
-    func client(_ path: String, _ arguments: [String] = []) throws -> ChildProcess {
+    /// Starts `path` under the shim (`environment` added last); waits for its READY line.
+    func client(_ path: String, _ arguments: [String] = [], environment: [String: String] = [:]) throws -> ChildProcess {
         let client = try ChildProcess(
-            path, arguments, env: ["LD_PRELOAD": shimPath, "KMEMLEAK_RUN_DIR": runDirectory],
+            path, arguments,
+            env: ["LD_PRELOAD": shimPath, "KMEMLEAK_RUN_DIR": runDirectory].merging(environment) { $1 },
             stderrFile: temp.sub("client\(clients.count).stderr"))
         clients.append(client)
         _ = try client.waitFor("READY", timeout: 30)

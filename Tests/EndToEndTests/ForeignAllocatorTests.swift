@@ -71,7 +71,7 @@ struct ForeignAllocatorTests {
             fd = connectUnix(socketPath)
             return fd >= 0
         }
-        try #require(listening, "redis-server did not listen; stderr: \(redis.stderrText())")
+        try #require(listening, "redis-server did not listen; stderr: \(redis.stderr)")
         defer { close(fd) }
         #expect(try redisCommand(fd, ["PING"], expecting: "+PONG\r\n") == "+PONG\r\n")
         #expect(try redisCommand(fd, ["SET", "key", "value"], expecting: "+OK\r\n") == "+OK\r\n")
@@ -86,8 +86,8 @@ struct ForeignAllocatorTests {
         // SHUTDOWN closes the connection without a reply.
         #expect(try redisCommand(fd, ["SHUTDOWN", "NOSAVE"], expecting: "") == "")
         try #require(exits(redis.pid, within: .seconds(30)), "redis-server did not exit")
-        #expect(redis.wait() == 0, "redis stderr: \(redis.stderrText())")
-        let shimLines = redis.stderrText().split(separator: "\n").filter { $0.hasPrefix("kmemleak: ") }
+        #expect(redis.wait() == 0, "redis stderr: \(redis.stderr)")
+        let shimLines = redis.stderr.split(separator: "\n").filter { $0.hasPrefix("kmemleak: ") }
         if kmemleak == "on" {
             #expect(shimLines.count == 1 && shimLines[0].hasPrefix("kmemleak: malloc is not glibc's ("), "\(shimLines)")
         } else {
@@ -116,7 +116,7 @@ struct ForeignAllocatorTests {
         #expect(d.daemon.stderr.contains("kmemleak: adopted client pid \(client.pid) "), "daemon log:\n\(d.daemon.stderr)")
         #expect(d.daemon.stderr.contains("kmemleak: client pid \(client.pid) (python3): malloc is not glibc's, tracked through it"))
         #expect(d.reportedAddresses.isEmpty, "report:\n\(d.report.prefix(3000))")
-        #expect(client.stderrText() == "kmemleak: malloc is not glibc's (\(tcmalloc)): tracking through it\n")
+        #expect(client.stderr == "kmemleak: malloc is not glibc's (\(tcmalloc)): tracking through it\n")
     }
 }
 

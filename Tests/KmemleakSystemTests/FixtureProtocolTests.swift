@@ -166,7 +166,7 @@ struct FixtureProtocolTests {
         try exp.verify(t, pid: c.pid, fixture: "jemalloc")
         c.child.closeStdin()
         #expect(c.child.wait() == 0)
-        let stderr = c.child.stderrText().split(separator: "\n")
+        let stderr = c.child.stderr.split(separator: "\n")
         #expect(stderr.count == 1, "stderr: \(stderr)")
         #expect(stderr.first?.hasPrefix("kmemleak: malloc is not glibc's (/") == true)
         #expect(stderr.first?.hasSuffix("/libjemalloc.so.2): tracking through it") == true)
@@ -185,7 +185,7 @@ struct FixtureProtocolTests {
         _ = try child.waitFor("READY")
         child.closeStdin()
         #expect(child.wait() == 0)
-        #expect(child.stderrText() ==
+        #expect(child.stderr ==
                 "kmemleak: malloc is not the shim's but \(jemalloc)'s (put libkmemleak.so first in LD_PRELOAD), tracking disabled\n")
     }
 
@@ -202,7 +202,7 @@ struct FixtureProtocolTests {
         #expect(try t.readThreads().filter { live.contains($0.tid) }.map(\.tid) == [c.pid])
         c.child.closeStdin()
         #expect(c.child.wait() == 0)
-        #expect(c.child.stderrText() == "", "no \"thread table full\"")
+        #expect(c.child.stderr == "", "no \"thread table full\"")
     }
 
     @Test func forkFixture() throws {

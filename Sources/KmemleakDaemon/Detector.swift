@@ -230,6 +230,9 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
                 try? table.setDaemonPid(getpid())
                 sessions.append(session)
                 logger.info("kmemleak: adopted client pid \(table.pid) (\(session.comm)), \(table.openedHeader.liveObjects) live objects\(viaProc ? ", found in /proc (no rendezvous file)" : "")")
+                if table.openedHeader.hasForeignMalloc {
+                    logger.notice("kmemleak: client pid \(table.pid) (\(session.comm)): malloc is not glibc's, tracked through it")
+                }
             } catch {
                 rejected.insert(table.id)
                 if loggedFailures.insert("\(table.id)").inserted {

@@ -1,5 +1,6 @@
 import KmemleakDaemon
 import KmemleakFS
+import KmemleakService
 import Logging
 
 /// The daemon's backend: the Detector over every client announced in the run directory.

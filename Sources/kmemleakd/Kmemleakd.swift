@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import KmemleakFS
+import KmemleakService
 import Logging
 
 @main

@@ -1,5 +1,6 @@
 import KmemleakDaemon
 import KmemleakFS
+import KmemleakService
 import Logging
 
 /// The daemon's backend: the Detector over every client announced in the run directory.
@@ -13,6 +14,6 @@ func makeBackend(options: DaemonOptions, logger: Logger) throws -> any ControlFi
         settings: Detector.Settings(
             runDirectory: options.runDirectory, minimumAge: options.minimumAge, scanPeriod: options.scanPeriod,
             firstScanDelay: options.firstScanDelay, controlFilePath: controlFile,
-            clientScanBudget: options.clientScanBudget),
+            discoverProcesses: options.discoverProcesses, clientScanBudget: options.clientScanBudget),
         logger: raw)
 }

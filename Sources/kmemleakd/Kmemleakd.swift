@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import KmemleakFS
+import KmemleakService
 import Logging
 
 @main
@@ -10,7 +11,8 @@ struct Kmemleakd: ParsableCommand {
         abstract: "Detect memory leaks in running processes, the way the kernel's kmemleak does.",
         usage: """
             kmemleakd [--run-dir DIR] [--min-age SECONDS] [--scan-period SECONDS] [--first-scan-delay SECONDS]
-                      [--client-scan-budget SECONDS] [--allow-other | -o allow_other] MOUNTPOINT
+                      [--client-scan-budget SECONDS] [--allow-other | -o allow_other] [--no-discover-proc]
+                      MOUNTPOINT
             """,
         discussion: helpDiscussion)
 
@@ -55,6 +57,11 @@ struct Kmemleakd: ParsableCommand {
         help: "Let users other than root into the mount (FUSE allow_other). Mode bits still apply: they may read the report but not write commands.")
     var allowOther = false
 
+    @Flag(
+        name: .customLong("no-discover-proc"),
+        help: "Adopt only clients that announce themselves in RUN_DIR; by default the daemon also finds, in /proc, clients of RUN_DIR whose rendezvous file is missing.")
+    var noProcessDiscovery = false
+
     @Option(
         name: .customShort("o"),
         help: ArgumentHelp("Mount options, comma-separated; only allow_other is accepted (same as --allow-other).", valueName: "OPTIONS"))
@@ -90,7 +97,8 @@ struct Kmemleakd: ParsableCommand {
         DaemonOptions(
             runDirectory: runDirectory, minimumAge: minimumAge, scanPeriod: scanPeriod, firstScanDelay: firstScanDelay,
             clientScanBudget: clientScanBudget, mountpoint: absolute(mountpoint),
-            allowOther: allowOther || mountOptions.contains { $0.split(separator: ",").contains("allow_other") })
+            allowOther: allowOther || mountOptions.contains { $0.split(separator: ",").contains("allow_other") },
+            discoverProcesses: !noProcessDiscovery)
     }
 
     /// MOUNTPOINT made absolute (not resolved: a stale mount point cannot be resolved).

@@ -14,6 +14,8 @@ public struct DaemonOptions: Sendable, Equatable {
     public var mountpoint: String
     /// `-o allow_other`: users other than root may enter the mount.
     public var allowOther: Bool
+    /// Also adopt clients of the run directory that have no rendezvous file, found in /proc.
+    public var discoverProcesses: Bool
 
     public static let defaultRunDirectory = "/run/kmemleak"
     public static let defaultClientScanBudget: Double = 30
@@ -21,7 +23,7 @@ public struct DaemonOptions: Sendable, Equatable {
     public init(
         runDirectory: String = DaemonOptions.defaultRunDirectory, minimumAge: Double = 5, scanPeriod: Double = 600,
         firstScanDelay: Double = 60, clientScanBudget: Double = DaemonOptions.defaultClientScanBudget,
-        mountpoint: String, allowOther: Bool = false
+        mountpoint: String, allowOther: Bool = false, discoverProcesses: Bool = true
     ) {
         self.clientScanBudget = clientScanBudget
         self.runDirectory = runDirectory
@@ -30,6 +32,7 @@ public struct DaemonOptions: Sendable, Equatable {
         self.firstScanDelay = firstScanDelay
         self.mountpoint = mountpoint
         self.allowOther = allowOther
+        self.discoverProcesses = discoverProcesses
     }
 
     public var minimumAgeDuration: Duration { .seconds(minimumAge) }

@@ -96,7 +96,7 @@ struct ScannedMemoryTests {
         #expect(client.wait() == 0)
     }
 
-    /// A client that exits (200k objects, 64 MiB touched, nothing freed) while scans run back to back
+    /// A client that exits (200k objects, 256 MiB touched, nothing freed) while scans run back to back
     /// gets no report and no "new suspected memory leaks" line. (Whether a scan reads it in the few
     /// milliseconds of its exit is up to timing; ConfirmationTests pins the engine's side exactly.)
     @Test func aClientExitingWhileScansRunGetsNoReport() throws {

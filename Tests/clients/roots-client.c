@@ -17,7 +17,7 @@
  *   roots-client vfork      one thread loops vfork + exec of /bin/true (the child sleeping 300 ms
  *                           first, so the parent waits uninterruptibly), another spins holding the
  *                           only pointer to a KEEP object in a live frame
- *   roots-client exit N     N objects (KEEP) in a global array and 64 MiB touched; "exit" exits
+ *   roots-client exit N     N objects (KEEP) in a global array and 256 MiB touched; "exit" exits
  *                           without freeing anything
  */
 #define _GNU_SOURCE
@@ -263,8 +263,8 @@ int main(int argc, char **argv) {
         long n = atol(argv[2]);
         kept_objects = calloc((size_t)n, sizeof(void *));
         for (long i = 0; i < n; i++) kept_objects[i] = malloc(32 + (size_t)(i % 64));
-        touched_area = malloc(64 << 20);
-        memset(touched_area, 1, 64 << 20);
+        touched_area = malloc(256 << 20); /* its teardown keeps the exit going for a while */
+        memset(touched_area, 1, 256 << 20);
     } else {
         fprintf(stderr, "usage: roots-client deadstack|xmm|guard|noreserve|fakestack FILE|vfork|exit N\n");
         return 64;

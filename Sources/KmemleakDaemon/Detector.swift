@@ -23,15 +23,18 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         public var controlFilePath: String
         /// Freeze a client (ptrace) while confirming new leak candidates; see README "False positives".
         public var freezeForConfirmation: Bool
+        /// What one client may make the daemon hold (`--max-objects`).
+        public var clientBudget: ClientBudget
 
         public init(runDirectory: String, minimumAge: Double, scanPeriod: Double, firstScanDelay: Double,
-                    controlFilePath: String, freezeForConfirmation: Bool = true) {
+                    controlFilePath: String, freezeForConfirmation: Bool = true, clientBudget: ClientBudget = ClientBudget()) {
             self.runDirectory = runDirectory
             self.minimumAge = minimumAge
             self.scanPeriod = scanPeriod
             self.firstScanDelay = firstScanDelay
             self.controlFilePath = controlFilePath
             self.freezeForConfirmation = freezeForConfirmation
+            self.clientBudget = clientBudget
         }
     }
 
@@ -193,7 +196,8 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         }
         for table in result.adopted {
             do {
-                let session = try ClientSession(table: table, configuration: engineConfiguration(), elfCache: elfCache)
+                let session = try ClientSession(table: table, configuration: engineConfiguration(), elfCache: elfCache,
+                                                budget: settings.clientBudget)
                 try? table.setDaemonPid(getpid())
                 sessions.append(session)
                 logger.info("kmemleak: adopted client pid \(table.pid) (\(session.comm)), \(table.openedHeader.liveObjects) live objects")

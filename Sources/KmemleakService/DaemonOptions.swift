@@ -12,12 +12,18 @@ public struct DaemonOptions: Sendable, Equatable {
     public var mountpoint: String
     /// `-o allow_other`: users other than root may enter the mount.
     public var allowOther: Bool
+    /// Live objects one client may have before it is dropped (`--max-objects`).
+    public var maxObjectsPerClient: Int
+
+    /// 4 Mi objects: an engine object costs about 100 bytes, so one client stays under about half a GiB.
+    public static let defaultMaxObjectsPerClient = 1 << 22
 
     public static let defaultRunDirectory = "/run/kmemleak"
 
     public init(
         runDirectory: String = DaemonOptions.defaultRunDirectory, minimumAge: Double = 5, scanPeriod: Double = 600,
-        firstScanDelay: Double = 60, mountpoint: String, allowOther: Bool = false
+        firstScanDelay: Double = 60, mountpoint: String, allowOther: Bool = false,
+        maxObjectsPerClient: Int = DaemonOptions.defaultMaxObjectsPerClient
     ) {
         self.runDirectory = runDirectory
         self.minimumAge = minimumAge
@@ -25,6 +31,7 @@ public struct DaemonOptions: Sendable, Equatable {
         self.firstScanDelay = firstScanDelay
         self.mountpoint = mountpoint
         self.allowOther = allowOther
+        self.maxObjectsPerClient = maxObjectsPerClient
     }
 
     public var minimumAgeDuration: Duration { .seconds(minimumAge) }

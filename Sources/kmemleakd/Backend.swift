@@ -13,6 +13,7 @@ func makeBackend(options: DaemonOptions, logger: Logger) throws -> any ControlFi
     return Detector(
         settings: Detector.Settings(
             runDirectory: options.runDirectory, minimumAge: options.minimumAge, scanPeriod: options.scanPeriod,
-            firstScanDelay: options.firstScanDelay, controlFilePath: controlFile),
+            firstScanDelay: options.firstScanDelay, controlFilePath: controlFile,
+            clientBudget: ClientBudget(maxObjects: options.maxObjectsPerClient)),
         logger: raw)
 }

@@ -11,7 +11,7 @@ struct Kmemleakd: ParsableCommand {
         abstract: "Detect memory leaks in running processes, the way the kernel's kmemleak does.",
         usage: """
             kmemleakd [--run-dir DIR] [--min-age SECONDS] [--scan-period SECONDS] [--first-scan-delay SECONDS]
-                      [--allow-other | -o allow_other] MOUNTPOINT
+                      [--max-objects N] [--allow-other | -o allow_other] MOUNTPOINT
             """,
         discussion: helpDiscussion)
 
@@ -44,6 +44,13 @@ struct Kmemleakd: ParsableCommand {
             valueName: "SECONDS"))
     var firstScanDelay: Double = 60
 
+    @Option(
+        name: .customLong("max-objects"),
+        help: ArgumentHelp(
+            "Live objects one client may have (default \(DaemonOptions.defaultMaxObjectsPerClient)); a client over it is dropped with a log line.",
+            valueName: "N"))
+    var maxObjects: Int = DaemonOptions.defaultMaxObjectsPerClient
+
     @Flag(
         name: .customLong("allow-other"),
         help: "Let users other than root into the mount (FUSE allow_other). Mode bits still apply: they may read the report but not write commands.")
@@ -66,6 +73,7 @@ struct Kmemleakd: ParsableCommand {
         for option in mountOptions.flatMap({ $0.split(separator: ",") }) where option != "allow_other" {
             throw ValidationError("-o \(option): unsupported mount option (only allow_other is accepted)")
         }
+        guard maxObjects >= 1 else { throw ValidationError("--max-objects: '\(maxObjects)' is not a count >= 1") }
         guard !runDirectory.isEmpty else { throw ValidationError("--run-dir: empty path") }
         var st = stat()
         if stat(mountpoint, &st) != 0 {
@@ -83,7 +91,8 @@ struct Kmemleakd: ParsableCommand {
         DaemonOptions(
             runDirectory: runDirectory, minimumAge: minimumAge, scanPeriod: scanPeriod, firstScanDelay: firstScanDelay,
             mountpoint: absolute(mountpoint),
-            allowOther: allowOther || mountOptions.contains { $0.split(separator: ",").contains("allow_other") })
+            allowOther: allowOther || mountOptions.contains { $0.split(separator: ",").contains("allow_other") },
+            maxObjectsPerClient: maxObjects)
     }
 
     /// MOUNTPOINT made absolute (not resolved: a stale mount point cannot be resolved).

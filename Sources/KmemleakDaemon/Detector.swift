@@ -192,7 +192,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         let result = ClientDiscovery.scan(runDirectory: settings.runDirectory, known: known)
         for failure in result.failed where !loggedFailures.contains(failure.path) {
             loggedFailures.insert(failure.path)
-            logger.warning("kmemleak: ignoring client \(failure.path): \(failure.error)")
+            logger.warning("kmemleak: ignoring client \(KFormat.escape(failure.path)): \(KFormat.escape("\(failure.error)"))")
         }
         for table in result.adopted {
             do {
@@ -200,11 +200,11 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
                                                 budget: settings.clientBudget)
                 try? table.setDaemonPid(getpid())
                 sessions.append(session)
-                logger.info("kmemleak: adopted client pid \(table.pid) (\(session.comm)), \(table.openedHeader.liveObjects) live objects")
+                logger.info("kmemleak: adopted client pid \(table.pid) (\(KFormat.escape(session.comm))), \(table.openedHeader.liveObjects) live objects")
             } catch {
                 // Tried again at every scan: say it once per client.
                 if loggedFailures.insert("\(table.id)").inserted {
-                    logger.warning("kmemleak: cannot adopt client pid \(table.pid): \(error)")
+                    logger.warning("kmemleak: cannot adopt client pid \(table.pid): \(KFormat.escape("\(error)"))")
                 }
             }
         }
@@ -216,7 +216,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
 
     private func drop(_ session: ClientSession, because reason: String) {
         sessions.removeAll { $0 === session }
-        logger.info("kmemleak: dropped client pid \(session.pid) (\(session.comm)): \(reason)")
+        logger.info("kmemleak: dropped client pid \(session.pid) (\(KFormat.escape(session.comm))): \(KFormat.escape(reason))")
     }
 
     private func engineConfiguration() -> KmemleakConfiguration {

@@ -136,6 +136,8 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
                 drop(session, because: "\(error)")
             }
         }
+        // Files only exited clients mapped: their headers and symbols go.
+        elfCache.retainOnly(mappedBy: sessions.map(\.context.symbolizer))
         if newLeaks > 0 {
             logger.info("\(Kmemleak.newLeaksLine(newLeaks, controlFilePath: settings.controlFilePath))")
         }

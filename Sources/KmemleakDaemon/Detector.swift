@@ -80,6 +80,15 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
 
     // MARK: - ControlFileBackend
 
+    /// Only the daemon's user (root) may write commands: `scan` freezes every client (ptrace), `clear`
+    /// and `off` change what every user sees, `dump=` logs any client's object. The mount's mode bits
+    /// (0644, owned by the daemon, `default_permissions`) already refuse other users; this is the same
+    /// rule in the daemon.
+    public func write(command: [UInt8], from requester: Requester) -> Int32? {
+        guard requester.isRoot || requester.uid == getuid() else { return EACCES }
+        return write(command: command)
+    }
+
     public func write(command: [UInt8]) -> Int32? {
         let parsed = ControlCommand.parse(command, disabled: !enabled.load(ordering: .acquiring))
         let command: ControlCommand
@@ -99,12 +108,18 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         return nil
     }
 
-    public func openReport() -> any ReportStream {
+    public func openReport() -> any ReportStream { openReport(for: .root) }
+
+    /// The report as `requester` may see it: root (or the daemon's user) sees every client; another
+    /// user only the clients that run as that user, by /proc's rules (``ProcessOwner``), decided when
+    /// the file is first read. Like /proc/PID/mem: someone else's process memory is not theirs to read.
+    public func openReport(for requester: Requester) -> any ReportStream {
         scanMutex.lock()
         defer { scanMutex.unlock() }
         dropExited()
+        let everything = requester.isRoot || requester.uid == getuid()
         var entries: [(session: ClientSession, entry: ReportEntry)] = []
-        for session in sessions {
+        for session in sessions where everything || ProcessOwner.uid(of: session.pid) == requester.uid {
             for entry in session.engine.reportSnapshot(memory: session.memory) { entries.append((session, entry)) }
         }
         let stream = RecordStream(recordCount: entries.count) { index in

@@ -53,7 +53,7 @@ struct Kmemleakd: ParsableCommand {
 
     @Flag(
         name: .customLong("allow-other"),
-        help: "Let users other than root into the mount (FUSE allow_other). Mode bits still apply: they may read the report but not write commands.")
+        help: "Let users other than root into the mount (FUSE allow_other). Each sees only the leaks of its own processes; only root may write commands (see SECURITY).")
     var allowOther = false
 
     @Option(

@@ -79,7 +79,8 @@ bench-shim: shim
 # END shim section
 
 # BEGIN clients section (test and benchmark clients of the daemon)
-CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/clients/stack-holder
+CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/clients/stack-holder \
+	.build/clients/hostile-client .build/clients/libevil.so
 clients: $(CLIENTS)
 .build/clients/pointer-churn: Tests/clients/pointer-churn.c
 	@mkdir -p $(@D)
@@ -87,6 +88,14 @@ clients: $(CLIENTS)
 .build/clients/stack-holder: Tests/clients/stack-holder.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
+# The hostile-client tests (issue 9): a client that corrupts its own table, and the library whose
+# symbol name it forges (-O0: the static function must keep its frame and its name).
+.build/clients/hostile-client: Tests/clients/hostile-client.c Sources/CKmemleakABI/include/kmemleak_abi.h
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -ISources/CKmemleakABI/include -o $@ $< -ldl
+.build/clients/libevil.so: Tests/clients/evil-lib.c
+	@mkdir -p $(@D)
+	$(CC) -O0 -g -fPIC -shared -Wall -Wextra -o $@ $<
 .build/clients/scan-client: Benchmarks/ScanVsLSan/scan-client.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -o $@ $<

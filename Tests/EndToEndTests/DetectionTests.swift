@@ -5,25 +5,29 @@ import KmemleakTestSupport
 import Testing
 
 /// The repository root (the shim, kmemleak-test and the test clients are built there by `make`).
-private let repositoryRoot: String = {
+let repositoryRoot: String = {
     var url = URL(fileURLWithPath: #filePath)
     for _ in 0..<3 { url.deleteLastPathComponent() }
     return url.path
 }()
 
-private let shimPath = repositoryRoot + "/.build/release/libkmemleak.so"
-private let kmemleakTestPath = repositoryRoot + "/.build/release/kmemleak-test"
-private func clientPath(_ name: String) -> String { repositoryRoot + "/.build/clients/" + name }
+let shimPath = repositoryRoot + "/.build/release/libkmemleak.so"
+let kmemleakTestPath = repositoryRoot + "/.build/release/kmemleak-test"
+func clientPath(_ name: String) -> String { repositoryRoot + "/.build/clients/" + name }
 
 /// A real kmemleakd on a temporary mount, and clients under LD_PRELOAD reporting to it.
-private final class Detection {
+final class Detection {
     let temp: TemporaryDirectory
     let mountpoint: String
     let runDirectory: String
     private(set) var daemons: [Child] = []
     private var clients: [ChildProcess] = []
 
-    init(startDaemon: Bool = true) throws {
+    /// More kmemleakd options (e.g. `--allow-other`), for every daemon this harness starts.
+    let daemonArguments: [String]
+
+    init(startDaemon: Bool = true, daemonArguments: [String] = []) throws {
+        self.daemonArguments = daemonArguments
         try #require(access(shimPath, R_OK) == 0 && access(kmemleakTestPath, X_OK) == 0, "run `make shim clients`")
         temp = try TemporaryDirectory()
         mountpoint = try temp.makeDirectory("mnt")
@@ -38,7 +42,7 @@ private final class Detection {
     func startDaemon() throws {
         let child = try Child(
             [try daemonPath(), "--run-dir", runDirectory, "--min-age", "0", "--scan-period", "0",
-             "--first-scan-delay", "3600", mountpoint],
+             "--first-scan-delay", "3600"] + daemonArguments + [mountpoint],
             outputIn: temp, name: "kmemleakd\(daemons.count)")
         daemons.append(child)
         let served = waitUntil(timeout: .seconds(30)) {
@@ -47,11 +51,20 @@ private final class Detection {
         guard served, child.isRunning else { throw TestFailure("kmemleakd did not start: \(child.stderr)") }
     }
 
-    /// Starts `path` under the shim; waits for its READY line.
-    func client(_ path: String, _ arguments: [String] = []) throws -> ChildProcess {
+    /// Starts `path` under the shim (with `environment` added); waits for its READY line.
+    func client(_ path: String, _ arguments: [String] = [], environment: [String: String] = [:]) throws -> ChildProcess {
         let client = try ChildProcess(
-            path, arguments, env: ["LD_PRELOAD": shimPath, "KMEMLEAK_RUN_DIR": runDirectory],
+            path, arguments,
+            env: ["LD_PRELOAD": shimPath, "KMEMLEAK_RUN_DIR": runDirectory].merging(environment) { $1 },
             stderrFile: temp.sub("client\(clients.count).stderr"))
+        clients.append(client)
+        _ = try client.waitFor("READY", timeout: 30)
+        return client
+    }
+
+    /// Starts a client this harness did not spawn itself (e.g. as another user); it is terminated at
+    /// tear-down like the others. Waits for its READY line.
+    func adopt(_ client: ChildProcess) throws -> ChildProcess {
         clients.append(client)
         _ = try client.waitFor("READY", timeout: 30)
         return client
@@ -86,7 +99,7 @@ private final class Detection {
 }
 
 /// Addresses of `unreferenced object[ (percpu)] 0x... (size N):` lines.
-private func addresses(in report: String) -> Set<UInt64> {
+func addresses(in report: String) -> Set<UInt64> {
     var result = Set<UInt64>()
     for line in report.split(separator: "\n") where line.hasPrefix("unreferenced object") {
         guard let token = line.split(separator: " ").first(where: { $0.hasPrefix("0x") }),
@@ -97,7 +110,7 @@ private func addresses(in report: String) -> Set<UInt64> {
 }
 
 /// Addresses the client printed after `tags` (e.g. "LEAK", "PCPU-LEAK").
-private func printed(_ client: ChildProcess, _ tags: Set<String>) -> Set<UInt64> {
+func printed(_ client: ChildProcess, _ tags: Set<String>) -> Set<UInt64> {
     var result = Set<UInt64>()
     for line in client.transcript.split(separator: "\n") {
         let parts = line.split(separator: " ")

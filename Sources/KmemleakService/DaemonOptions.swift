@@ -15,7 +15,8 @@ public struct DaemonOptions: Sendable, Equatable {
     /// Live objects one client may have before it is dropped (`--max-objects`).
     public var maxObjectsPerClient: Int
 
-    /// 4 Mi objects: an engine object costs about 100 bytes, so one client stays under about half a GiB.
+    /// 4 Mi objects: an adopted object costs the daemon about 66 bytes (BENCHMARKS.md), so one client at
+    /// the budget costs about 300 MiB.
     public static let defaultMaxObjectsPerClient = 1 << 22
 
     public static let defaultRunDirectory = "/run/kmemleak"

@@ -61,7 +61,9 @@ final class ClientSession {
         self.elfCache = elfCache
         self.budget = budget
         var config = configuration
-        config.possibleCPUs = max(1, Int(table.openedHeader.nrCpuIds))
+        // The header's nr_cpu_ids is a claim (up to 2^16, each a copy of every per-CPU object to scan):
+        // no more than this kernel's possible CPUs.
+        config.possibleCPUs = max(1, min(Int(table.openedHeader.nrCpuIds), HostCPUs.possible))
         config.ticksPerSecond = UInt64(max(1, table.openedHeader.clkTck))
         engine = Kmemleak(configuration: config)
         memory = ClientMemory(pid: table.pid)

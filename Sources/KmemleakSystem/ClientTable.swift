@@ -293,8 +293,10 @@ public final class ClientTable: Sendable {
 
     /// Slots per bulk pread (64 B objects: 256 KiB).
     public static let chunkSlots = 4096
-    /// Traces (and comms) kept in the cache; beyond, lookups read the table each time.
-    public static let maxCachedTraces = 1 << 20
+    /// Traces and comms kept in the cache; beyond, lookups read the table each time. A client may publish
+    /// 2^30 traces: the cache (about 200 bytes a trace) must not follow.
+    public static let maxCachedTraces = 1 << 16
+    public static let maxCachedComms = 1 << 16
     /// Retries of one changing slot before it is skipped.
     public static let maxSlotRetries = 16
     /// Sanity limits on what a client may claim (the shim accepts up to 2^30 object slots). Nothing
@@ -800,7 +802,7 @@ public final class ClientTable: Sendable {
         }.get()
         guard let name = str else { return nil } // all zero: not yet written, do not cache
         caches.withLock { c in
-            if c.comms.count < Self.maxCachedTraces { c.comms[id] = name }
+            if c.comms.count < Self.maxCachedComms { c.comms[id] = name }
         }
         return name
     }

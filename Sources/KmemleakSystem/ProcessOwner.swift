@@ -1,4 +1,5 @@
-// Whose a client is, for the per-user view of the report (`--allow-other`).
+// Facts about a client process that its table cannot be trusted to tell: whose it is (for the
+// per-user view of the report, `--allow-other`) and how many CPUs it can have.
 import Glibc
 
 public enum ProcessOwner {
@@ -20,5 +21,24 @@ public enum ProcessOwner {
         guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("Uid:") }) else { return nil }
         let fields = line.dropFirst(4).split(whereSeparator: { $0 == "\t" || $0 == " " }).compactMap { uid_t($0) }
         return fields.count == 4 ? fields : nil
+    }
+}
+
+public enum HostCPUs {
+    /// The host's possible CPU ids + 1 (/sys/devices/system/cpu/possible, the shim's nr_cpu_ids): a
+    /// client on this kernel cannot have more, whatever its header says.
+    public static let possible: Int = {
+        guard let bytes = try? ProcFile.read("/sys/devices/system/cpu/possible", limit: 4096) else {
+            return max(1, sysconf(Int32(_SC_NPROCESSORS_CONF)))
+        }
+        return parsePossible(bytes) ?? max(1, sysconf(Int32(_SC_NPROCESSORS_CONF)))
+    }()
+
+    /// "0-3,8-11\n" -> 12 (the last id + 1).
+    static func parsePossible(_ bytes: [UInt8]) -> Int? {
+        let text = String(decoding: bytes, as: UTF8.self)
+        guard let last = text.split(whereSeparator: { $0 == "," || $0 == "-" || $0 == "\n" || $0 == " " }).last, let id = Int(last), id >= 0,
+              id < 1 << 20 else { return nil }
+        return id + 1
     }
 }

@@ -132,8 +132,8 @@ public final class Symbolizer: @unchecked Sendable {
         var module: String?
     }
 
-    /// Memoized results kept per symbolizer (distinct PCs).
-    public static let memoLimit = 1 << 18
+    /// Memoized results kept per symbolizer (distinct PCs; about 100 bytes each, per client).
+    public static let memoLimit = 1 << 16
 
     public init(pid: Int32, cache: ELFCache = ELFCache()) throws(SystemError) {
         self.pid = pid

@@ -9,7 +9,7 @@ final class DaemonUnderTest {
     let temp: TemporaryDirectory
     let mountpoint: String
     let notify: NotifySocket
-    private(set) var children: [Child] = []
+    private(set) var children: [ChildProcess] = []
 
     init(mountpointName: String = "mnt") throws {
         temp = try TemporaryDirectory()
@@ -23,7 +23,7 @@ final class DaemonUnderTest {
     @discardableResult
     func start(
         _ arguments: [String] = [], blockedSignals: [Int32] = [], viaShell shellPrefix: String? = nil
-    ) throws -> Child {
+    ) throws -> ChildProcess {
         let daemon = try daemonPath()
         let runDir = temp.sub("run")
         mkdir(runDir, 0o755)
@@ -31,15 +31,15 @@ final class DaemonUnderTest {
         if let shellPrefix {
             argv = ["/bin/sh", "-c", shellPrefix + " exec " + argv.map { "'\($0)'" }.joined(separator: " ")]
         }
-        let child = try Child(
-            argv, environment: ["NOTIFY_SOCKET": notify.path], blockedSignals: blockedSignals, outputIn: temp,
+        let child = try ChildProcess.withOutputFiles(
+            argv, env: ["NOTIFY_SOCKET": notify.path], blockedSignals: blockedSignals, in: temp.path,
             name: "kmemleakd\(children.count)")
         children.append(child)
         return child
     }
 
     /// Waits for READY=1 and checks the control file is served then.
-    func expectReady(_ child: Child, sourceLocation: SourceLocation = #_sourceLocation) {
+    func expectReady(_ child: ChildProcess, sourceLocation: SourceLocation = #_sourceLocation) {
         let message = notify.receive()
         #expect(message == "READY=1", "no READY=1; stderr: \(child.stderr)", sourceLocation: sourceLocation)
         #expect(statErrno(controlFile) == 0, sourceLocation: sourceLocation)
@@ -47,7 +47,7 @@ final class DaemonUnderTest {
     }
 
     func tearDown() {
-        for child in children { child.reap() }
+        for child in children { child.terminate() }
         temp.remove()
     }
 }
@@ -57,8 +57,8 @@ struct DaemonLifecycleTests {
     @Test func helpDocumentsOptionsCommandsFilesAndEnvironment() throws {
         let temp = try TemporaryDirectory()
         defer { temp.remove() }
-        let child = try Child([try daemonPath(), "--help"], outputIn: temp)
-        defer { child.reap() }
+        let child = try ChildProcess.withOutputFiles([try daemonPath(), "--help"], in: temp.path)
+        defer { child.terminate() }
         #expect(child.exitCode() == 0)
         let help = child.stdout
         for needle in [
@@ -86,8 +86,8 @@ struct DaemonLifecycleTests {
         let temp = try TemporaryDirectory()
         defer { temp.remove() }
         let mountpoint = try temp.makeDirectory("mnt")
-        let child = try Child([try daemonPath()] + arguments + [mountpoint], outputIn: temp)
-        defer { child.reap() }
+        let child = try ChildProcess.withOutputFiles([try daemonPath()] + arguments + [mountpoint], in: temp.path)
+        defer { child.terminate() }
         #expect(child.exitCode() == 64)
         #expect(child.stderr.contains(mention), "stderr: \(child.stderr)")
         #expect(MountPoint.mounts(at: mountpoint).isEmpty)
@@ -98,16 +98,16 @@ struct DaemonLifecycleTests {
         defer { temp.remove() }
         let file = temp.sub("plain-file")
         #expect(FileManager.default.createFile(atPath: file, contents: Data()))
-        let notDir = try Child([try daemonPath(), file], outputIn: temp, name: "notdir")
-        defer { notDir.reap() }
+        let notDir = try ChildProcess.withOutputFiles([try daemonPath(), file], in: temp.path, name: "notdir")
+        defer { notDir.terminate() }
         #expect(notDir.exitCode() == 64)
         #expect(notDir.stderr.contains(file) && notDir.stderr.contains("Not a directory"), "\(notDir.stderr)")
-        let missing = try Child([try daemonPath(), temp.sub("missing")], outputIn: temp, name: "missing")
-        defer { missing.reap() }
+        let missing = try ChildProcess.withOutputFiles([try daemonPath(), temp.sub("missing")], in: temp.path, name: "missing")
+        defer { missing.terminate() }
         #expect(missing.exitCode() == 64)
         #expect(missing.stderr.contains(temp.sub("missing")) && missing.stderr.contains("No such file or directory"))
-        let none = try Child([try daemonPath()], outputIn: temp, name: "none")
-        defer { none.reap() }
+        let none = try ChildProcess.withOutputFiles([try daemonPath()], in: temp.path, name: "none")
+        defer { none.terminate() }
         #expect(none.exitCode() == 64)
     }
 

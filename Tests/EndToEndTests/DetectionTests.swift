@@ -1,7 +1,6 @@
 import Foundation
 import Glibc
 import KmemleakFS
-import KmemleakTestSupport
 import Testing
 
 /// The repository root (the shim, kmemleak-test and the test clients are built there by `make`).
@@ -20,7 +19,7 @@ final class Detection {
     let temp: TemporaryDirectory
     let mountpoint: String
     let runDirectory: String
-    private(set) var daemons: [Child] = []
+    private(set) var daemons: [ChildProcess] = []
     private var clients: [ChildProcess] = []
 
     /// More kmemleakd options (e.g. `--allow-other`), for every daemon this harness starts.
@@ -36,14 +35,14 @@ final class Detection {
     }
 
     var controlFile: String { mountpoint + "/kmemleak" }
-    var daemon: Child { daemons[daemons.count - 1] }
+    var daemon: ChildProcess { daemons[daemons.count - 1] }
 
     /// Starts kmemleakd (no automatic scans, no minimum age) and waits until the control file is served.
     func startDaemon() throws {
-        let child = try Child(
+        let child = try ChildProcess.withOutputFiles(
             [try daemonPath(), "--run-dir", runDirectory, "--min-age", "0", "--scan-period", "0",
              "--first-scan-delay", "3600"] + daemonArguments + [mountpoint],
-            outputIn: temp, name: "kmemleakd\(daemons.count)")
+            in: temp.path, name: "kmemleakd\(daemons.count)")
         daemons.append(child)
         let served = waitUntil(timeout: .seconds(30)) {
             !child.isRunning || (statErrno(controlFile) == 0 && MountPoint.mounts(at: mountpoint).count == 1)
@@ -92,7 +91,7 @@ final class Detection {
         for client in clients { client.terminate() }
         for daemon in daemons {
             daemon.signal(SIGTERM)
-            if daemon.wait(timeout: .seconds(20)) == nil { daemon.reap() }
+            if daemon.wait(timeout: 20) == nil { daemon.terminate() }
         }
         temp.remove()
     }

@@ -136,14 +136,14 @@ struct FuseFrontTests {
             let file = dir + "/kmemleak"
             #expect(try readAll(file) == expected)
             // The real tools: cat, and dd with 7-byte reads.
-            let cat = try Child(["/bin/cat", file], outputIn: temp, name: "cat")
-            defer { cat.reap() }
+            let cat = try ChildProcess.withOutputFiles(["/bin/cat", file], in: temp.path, name: "cat")
+            defer { cat.terminate() }
             #expect(cat.exitCode() == 0)
-            #expect(try Array(Data(contentsOf: URL(fileURLWithPath: cat.stdoutPath))) == expected)
-            let dd = try Child(["/bin/dd", "if=\(file)", "bs=7", "status=none"], outputIn: temp, name: "dd")
-            defer { dd.reap() }
+            #expect(try Array(Data(contentsOf: URL(fileURLWithPath: try #require(cat.stdoutPath)))) == expected)
+            let dd = try ChildProcess.withOutputFiles(["/bin/dd", "if=\(file)", "bs=7", "status=none"], in: temp.path, name: "dd")
+            defer { dd.terminate() }
             #expect(dd.exitCode() == 0)
-            #expect(try Array(Data(contentsOf: URL(fileURLWithPath: dd.stdoutPath))) == expected)
+            #expect(try Array(Data(contentsOf: URL(fileURLWithPath: try #require(dd.stdoutPath)))) == expected)
             // Odd read sizes straddling chunk boundaries, via syscalls.
             #expect(try readAll(file, chunk: 7) == expected)
             #expect(try readAll(file, chunk: 999) == expected)
@@ -223,8 +223,8 @@ struct FuseFrontTests {
             #expect(denied.result == -1)
             #expect(denied.errno == EPERM)
             // What a shell user sees (bash; dash reports every failed echo as "I/O error").
-            let shell = try Child(["/bin/bash", "-c", "echo bogus > '\(file)'; echo denied > '\(file)'"], outputIn: temp, name: "sh")
-            defer { shell.reap() }
+            let shell = try ChildProcess.withOutputFiles(["/bin/bash", "-c", "echo bogus > '\(file)'; echo denied > '\(file)'"], in: temp.path, name: "sh")
+            defer { shell.terminate() }
             #expect(shell.exitCode() != 0)
             #expect(shell.stderr.contains("Invalid argument"))
             #expect(shell.stderr.contains("Operation not permitted"))

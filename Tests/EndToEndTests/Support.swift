@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import KmemleakFS
 import KmemleakService
+@_exported import KmemleakTestSupport
 import Logging
 import Synchronization
 import Testing
@@ -90,93 +91,7 @@ func statErrno(_ path: String) -> Int32 {
     return stat(path, &st) == 0 ? 0 : errno
 }
 
-// MARK: - Subprocesses
-
-/// A child started with posix_spawn, default signal dispositions and an empty signal mask (unless
-/// asked otherwise), stdout and stderr into files. Killed (SIGKILL) and reaped by `reap()`.
-final class Child {
-    let pid: pid_t
-    let stdoutPath: String
-    let stderrPath: String
-    private var status: Int32?
-
-    init(
-        _ arguments: [String], environment: [String: String] = [:], blockedSignals: [Int32] = [],
-        outputIn dir: TemporaryDirectory, name: String = "child"
-    ) throws {
-        stdoutPath = dir.sub("\(name).stdout")
-        stderrPath = dir.sub("\(name).stderr")
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var mask = sigset_t()
-        sigemptyset(&mask)
-        for signal in blockedSignals { sigaddset(&mask, signal) }
-        posix_spawnattr_setsigmask(&attributes, &mask)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for signal in [SIGTERM, SIGINT, SIGHUP, SIGPIPE] { sigaddset(&defaults, signal) }
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        // Own process group: a test's kill never reaches the test runner.
-        posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(
-            &attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
-
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, stdoutPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-
-        var env = ProcessInfo.processInfo.environment
-        env.removeValue(forKey: "NOTIFY_SOCKET")
-        env.removeValue(forKey: "JOURNAL_STREAM")
-        for (key, value) in environment { env[key] = value }
-        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        var envp: [UnsafeMutablePointer<CChar>?] = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            for p in argv { free(p) }
-            for p in envp { free(p) }
-        }
-        var pid = pid_t()
-        let rc = posix_spawn(&pid, arguments[0], &actions, &attributes, &argv, &envp)
-        guard rc == 0 else { throw TestFailure("posix_spawn \(arguments[0]): \(String(cString: strerror(rc)))") }
-        self.pid = pid
-    }
-
-    /// Waits up to `timeout` for the exit; returns the raw wait status, or nil if still running.
-    func wait(timeout: Duration = .seconds(10)) -> Int32? {
-        if let status { return status }
-        var raw: Int32 = 0
-        waitUntil(timeout: timeout) {
-            let result = waitpid(pid, &raw, WNOHANG)
-            if result == pid { status = raw }
-            return result != 0
-        }
-        return status
-    }
-
-    /// Exit code if it exited normally.
-    func exitCode(timeout: Duration = .seconds(10)) -> Int32? {
-        guard let status = wait(timeout: timeout), status & 0x7f == 0 else { return nil }
-        return (status >> 8) & 0xff
-    }
-
-    var isRunning: Bool { status == nil && wait(timeout: .zero) == nil }
-
-    func signal(_ signal: Int32) { if status == nil { kill(pid, signal) } }
-
-    func reap() {
-        if status == nil {
-            kill(pid, SIGKILL)
-            _ = wait(timeout: .seconds(10))
-        }
-    }
-
-    var stdout: String { (try? String(contentsOfFile: stdoutPath, encoding: .utf8)) ?? "" }
-    var stderr: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }
-}
+// MARK: - Subprocesses (ChildProcess, shared by all test targets, is in KmemleakTestSupport)
 
 /// The daemon binary, built next to the test bundle.
 func daemonPath() throws -> String {

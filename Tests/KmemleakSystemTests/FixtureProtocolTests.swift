@@ -139,8 +139,8 @@ struct FixtureProtocolTests {
         try exp.verify(t, pid: c.pid, fixture: name)
         c.child.closeStdin()
         let status = c.child.wait()
-        #expect(status == 0, "\(name): exit status \(status)")
-        #expect(c.child.stderrText() == "", "\(name): stderr")
+        #expect(status == 0, "\(name): exit status \(String(describing: status))")
+        #expect(c.child.stderr == "", "\(name): stderr")
         // The client removed its rendezvous file at exit.
         #expect(!fileExists(c.dir.path + "/\(c.pid).client"))
     }
@@ -180,7 +180,7 @@ struct FixtureProtocolTests {
         for (p, o) in child.objects where parent.objects[p] == nil && o.size == 300 { #expect(pl[p]?.size != 300) }
         c.child.closeStdin()
         #expect(c.child.wait() == 0)
-        #expect(c.child.stderrText() == "")
+        #expect(c.child.stderr == "")
         #expect(eventually { !fileExists(c.dir.path + "/\(childPid).client") })
         #expect(!fileExists(c.dir.path + "/\(c.pid).client"))
     }

@@ -1,6 +1,7 @@
-// Test support shared by the test targets: child processes started with posix_spawn and a clean signal
-// state (Foundation's Process started from a test thread inherits blocked SIGTERM), line-based pipes
-// with timeouts (poll, never sleep-and-hope).
+// The one child-process helper of every test target: processes started with posix_spawn and a clean signal
+// state (Foundation's Process started from a test thread inherits blocked SIGTERM), in their own process
+// group, with stdin/stdout as pipes (clients: line-based, with timeouts; poll, never sleep-and-hope) or
+// files (daemons and tools), killed and reaped by pid.
 import CKmemleakSys
 import Glibc
 
@@ -9,40 +10,78 @@ public struct TestError: Error, CustomStringConvertible {
     public init(_ d: String) { description = d }
 }
 
-/// A child with stdin/stdout pipes. Killed (SIGKILL) and reaped by `terminate()` or on deinit.
+/// A child process. Killed (SIGKILL) and reaped by `terminate()` or on deinit.
 public final class ChildProcess {
+    /// Where one of the child's output streams goes.
+    public enum Output {
+        /// A pipe read by `readLine`/`waitFor` (stdout only).
+        case pipe
+        /// Same place as stdout (stderr only).
+        case stdout
+        /// A file, created or truncated.
+        case file(String)
+        /// The test runner's own stream.
+        case inherit
+    }
+
     public let pid: Int32
-    private var stdinFD: Int32
-    private var stdoutFD: Int32
+    /// Where stdout / stderr went when they went to a file.
+    public let stdoutPath: String?
+    public let stderrPath: String?
+    private var stdinFD: Int32 = -1
+    private var stdoutFD: Int32 = -1
     private var buffered: [UInt8] = []
-    public private(set) var reaped = false
-    /// Everything read from stdout so far (for failure messages).
+    private var status: Int32?
+    /// Everything read from the stdout pipe so far (for failure messages).
     public private(set) var transcript = ""
 
-    /// Starts `path` with `args` (argv[0] = path) and `env` added to (or replacing in) our environment.
-    /// Where stderr went when `stderrFile` was given.
-    public let stderrPath: String?
+    /// Starts `path` with `args` (argv[0] = path) and `env` added to (or replacing in) our environment,
+    /// less the service manager's variables (NOTIFY_SOCKET, JOURNAL_STREAM). stdin is a pipe (`send`,
+    /// `closeStdin`) unless `stdinPipe` is false (then /dev/null). `blockedSignals` stay blocked in the
+    /// child; every other signal starts unblocked with its default action.
+    public init(_ path: String, _ args: [String] = [], env: [String: String] = [:], stdinPipe: Bool = true,
+                stdout: Output = .pipe, stderr: Output = .inherit, blockedSignals: [Int32] = []) throws {
+        if case .stdout = stdout { throw TestError("stdout cannot go to stdout") }
+        if case .pipe = stderr { throw TestError("stderr goes to a file, to stdout or is inherited") }
+        if case .file(let p) = stdout { stdoutPath = p } else { stdoutPath = nil }
+        if case .file(let p) = stderr { stderrPath = p } else { stderrPath = nil }
 
-    public init(_ path: String, _ args: [String] = [], env: [String: String] = [:], stderrToStdout: Bool = false,
-         stderrFile: String? = nil) throws {
-        stderrPath = stderrFile
-        var inPipe: [Int32] = [0, 0], outPipe: [Int32] = [0, 0]
-        guard ckml_pipe_cloexec(&inPipe) == 0, ckml_pipe_cloexec(&outPipe) == 0 else { throw TestError("pipe: \(errno)") }
+        var inPipe: [Int32] = [-1, -1], outPipe: [Int32] = [-1, -1]
+        if stdinPipe, ckml_pipe_cloexec(&inPipe) != 0 { throw TestError("pipe: errno \(errno)") }
+        if case .pipe = stdout, ckml_pipe_cloexec(&outPipe) != 0 {
+            let e = errno
+            if inPipe[0] >= 0 { close(inPipe[0]); close(inPipe[1]) }
+            throw TestError("pipe: errno \(e)")
+        }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)
-        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
-        if stderrToStdout { posix_spawn_file_actions_adddup2(&actions, outPipe[1], 2) }
-        if let f = stderrFile { posix_spawn_file_actions_addopen(&actions, 2, f, O_WRONLY | O_CREAT | O_TRUNC, 0o644) }
+        if stdinPipe {
+            posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        }
+        switch stdout {
+        case .pipe: posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
+        case .file(let p): posix_spawn_file_actions_addopen(&actions, 1, p, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        case .stdout, .inherit: break
+        }
+        switch stderr {
+        case .stdout: posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        case .file(let p): posix_spawn_file_actions_addopen(&actions, 2, p, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        case .pipe, .inherit: break
+        }
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t(); sigemptyset(&empty)
+        var mask = sigset_t(); sigemptyset(&mask)
+        for signal in blockedSignals { sigaddset(&mask, signal) }
         var all = sigset_t(); sigfillset(&all)
-        posix_spawnattr_setsigmask(&attr, &empty)
+        posix_spawnattr_setsigmask(&attr, &mask)
         posix_spawnattr_setsigdefault(&attr, &all)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        // Own process group: a test's kill never reaches the test runner.
+        posix_spawnattr_setpgroup(&attr, 0)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
 
         var environment: [String: String] = [:]
         var e = environ
@@ -51,15 +90,19 @@ public final class ChildProcess {
             if let eq = s.firstIndex(of: "=") { environment[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
             e += 1
         }
+        environment.removeValue(forKey: "NOTIFY_SOCKET")
+        environment.removeValue(forKey: "JOURNAL_STREAM")
         for (k, v) in env { environment[k] = v }
         let argv = ([path] + args).map { strdup($0) } + [nil]
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { argv.forEach { free($0) }; envp.forEach { free($0) } }
         var pid: pid_t = 0
         let rc = posix_spawn(&pid, path, &actions, &attr, argv, envp)
-        close(inPipe[0]); close(outPipe[1])
+        if inPipe[0] >= 0 { close(inPipe[0]) }
+        if outPipe[1] >= 0 { close(outPipe[1]) }
         guard rc == 0 else {
-            close(inPipe[1]); close(outPipe[0])
+            if inPipe[1] >= 0 { close(inPipe[1]) }
+            if outPipe[0] >= 0 { close(outPipe[0]) }
             throw TestError("posix_spawn \(path): \(String(cString: strerror(rc)))")
         }
         self.pid = pid
@@ -67,10 +110,28 @@ public final class ChildProcess {
         self.stdoutFD = outPipe[0]
     }
 
+    /// A client: stdin and stdout pipes, stderr to `stderrFile` (or merged into stdout, or inherited).
+    public convenience init(_ path: String, _ args: [String] = [], env: [String: String] = [:],
+                            stderrToStdout: Bool = false, stderrFile: String? = nil) throws {
+        let stderr: Output = stderrToStdout ? .stdout : stderrFile.map { .file($0) } ?? .inherit
+        try self.init(path, args, env: env, stdinPipe: true, stdout: .pipe, stderr: stderr)
+    }
+
+    /// A daemon or tool: stdin from /dev/null, stdout and stderr into `NAME.stdout` / `NAME.stderr` in
+    /// `directory` (read them with `stdout` / `stderr`).
+    public static func withOutputFiles(_ arguments: [String], env: [String: String] = [:], blockedSignals: [Int32] = [],
+                                       in directory: String, name: String = "child") throws -> ChildProcess {
+        guard let path = arguments.first else { throw TestError("no program to start") }
+        return try ChildProcess(path, Array(arguments.dropFirst()), env: env, stdinPipe: false,
+                                stdout: .file(directory + "/\(name).stdout"), stderr: .file(directory + "/\(name).stderr"),
+                                blockedSignals: blockedSignals)
+    }
+
     deinit { terminate() }
 
     /// Writes one line to the child's stdin.
     public func send(_ line: String) throws {
+        guard stdinFD >= 0 else { throw TestError("child \(pid) has no stdin pipe (closed or never made)") }
         let data = Array((line + "\n").utf8)
         var done = 0
         while done < data.count {
@@ -83,6 +144,7 @@ public final class ChildProcess {
 
     /// The next stdout line, waiting at most `timeout` seconds (poll, no sleeping).
     public func readLine(timeout: Double = 10) throws -> String {
+        guard stdoutFD >= 0 else { throw TestError("child \(pid) has no stdout pipe") }
         let deadline = Self.now() + timeout
         while true {
             if let nl = buffered.firstIndex(of: UInt8(ascii: "\n")) {
@@ -96,7 +158,7 @@ public final class ChildProcess {
             var pfd = pollfd(fd: stdoutFD, events: Int16(POLLIN), revents: 0)
             let r = poll(&pfd, 1, Int32(min(left * 1000, 1000)) + 1)
             if r < 0 && errno == EINTR { continue }
-            guard r >= 0 else { throw TestError("poll: \(errno)") }
+            guard r >= 0 else { throw TestError("poll: errno \(errno)") }
             if r == 0 { continue }
             var chunk = [UInt8](repeating: 0, count: 4096)
             let n = chunk.withUnsafeMutableBytes { Glibc.read(stdoutFD, $0.baseAddress!, 4096) }
@@ -126,9 +188,68 @@ public final class ChildProcess {
         if stdinFD >= 0 { close(stdinFD); stdinFD = -1 }
     }
 
-    /// What the child wrote to stderr (with `stderrFile`).
-    public func stderrText() -> String {
-        guard let p = stderrPath, let file = fopen(p, "r") else { return "" }
+    /// What the child wrote to stdout / stderr so far, when it went to a file ("" otherwise).
+    public var stdout: String { stdoutPath.map(Self.contents) ?? "" }
+    public var stderr: String { stderrPath.map(Self.contents) ?? "" }
+
+    /// Waits up to `timeout` seconds for the exit and reaps; returns the raw wait status, or nil if the
+    /// child is still running then.
+    @discardableResult
+    public func wait(timeout: Double = 60) -> Int32? {
+        if let status { return status }
+        let deadline = Self.now() + timeout
+        while true {
+            var raw: Int32 = 0
+            let result = waitpid(pid, &raw, WNOHANG)
+            if result == pid {
+                status = raw
+                closeFDs()
+                return raw
+            }
+            if result < 0 && errno != EINTR {
+                // Not our child any more (reaped elsewhere): nothing left to wait for.
+                status = -1
+                closeFDs()
+                return status
+            }
+            if Self.now() >= deadline { return nil }
+            usleep(2_000)
+        }
+    }
+
+    /// The exit code if the child exited normally within `timeout` seconds.
+    public func exitCode(timeout: Double = 60) -> Int32? {
+        guard let status = wait(timeout: timeout), status & 0x7f == 0 else { return nil }
+        return (status >> 8) & 0xff
+    }
+
+    public var isRunning: Bool { wait(timeout: 0) == nil }
+
+    /// Sends `signal` to the child (only while it has not been reaped: the pid is still ours).
+    public func signal(_ signal: Int32) {
+        if status == nil { kill(pid, signal) }
+    }
+
+    /// SIGKILL and reap (idempotent).
+    public func terminate() {
+        guard status == nil else { return }
+        kill(pid, SIGKILL)
+        // SIGKILL cannot be caught; a child in uninterruptible sleep (a FUSE request) may take a moment.
+        if wait(timeout: 60) == nil {
+            var raw: Int32 = 0
+            while waitpid(pid, &raw, 0) < 0 && errno == EINTR {}
+            status = raw
+            closeFDs()
+        }
+    }
+
+    private func closeFDs() {
+        if stdinFD >= 0 { close(stdinFD); stdinFD = -1 }
+        if stdoutFD >= 0 { close(stdoutFD); stdoutFD = -1 }
+    }
+
+    private static func contents(_ path: String) -> String {
+        guard let file = fopen(path, "r") else { return "" }
         defer { fclose(file) }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
@@ -140,33 +261,9 @@ public final class ChildProcess {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// Waits for the child to exit (after it was told to); returns the wait status.
-    @discardableResult
-    public func wait() -> Int32 {
-        guard !reaped else { return 0 }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        reaped = true
-        closeFDs()
-        return status
-    }
-
-    /// SIGKILL and reap (idempotent).
-    public func terminate() {
-        guard !reaped else { return }
-        kill(pid, SIGKILL)
-        wait()
-    }
-
-    private func closeFDs() {
-        if stdinFD >= 0 { close(stdinFD); stdinFD = -1 }
-        if stdoutFD >= 0 { close(stdoutFD); stdoutFD = -1 }
-    }
-
     public static func now() -> Double {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 }
-

@@ -53,6 +53,7 @@ public struct UnprivilegedUser: Sendable {
     public static func run(_ argv: [String]) throws -> Int32 {
         let child = try ChildProcess(argv[0], Array(argv.dropFirst()))
         child.closeStdin()
-        return child.wait()
+        guard let status = child.wait() else { throw TestError("\(argv[0]) did not exit") }
+        return status
     }
 }

@@ -44,6 +44,6 @@ func run(_ path: String, _ args: [String]) throws -> (status: Int32, output: Str
     let c = try ChildProcess(path, args, stderrToStdout: true)
     var out = ""
     while let line = try? c.readLine(timeout: 120) { out += line + "\n" }
-    let st = c.wait()
-    return (st, out)
+    guard let status = c.wait() else { throw TestError("\(path) did not exit; output so far: \(out)") }
+    return (status, out)
 }

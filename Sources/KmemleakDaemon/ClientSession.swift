@@ -22,6 +22,9 @@ public struct ClientBudget: Sendable, Equatable {
 /// A client is dropped from the daemon: it exited, turned tracking off, or its table is invalid.
 struct ClientDropped: Error, CustomStringConvertible {
     let reason: String
+    /// The table itself is the reason (invalid, over budget, tracking off): adopting it again would
+    /// end the same way, so the daemon refuses this client from now on.
+    var refuse = false
     var description: String { reason }
 }
 
@@ -83,9 +86,9 @@ final class ClientSession {
     /// Brings the engine in line with the table. Throws `ClientDropped` when the client must be dropped.
     func sync() throws {
         let header: TableHeader
-        do { header = try table.header() } catch { throw ClientDropped(reason: "invalid table: \(error)") }
+        do { header = try table.header() } catch { throw ClientDropped(reason: "invalid table: \(error)", refuse: true) }
         if header.isDisabled {
-            throw ClientDropped(reason: "tracking disabled in the client (\(header.disabledReason))")
+            throw ClientDropped(reason: "tracking disabled in the client (\(header.disabledReason))", refuse: true)
         }
         do {
             let regions = try table.readRegions()
@@ -116,16 +119,17 @@ final class ClientSession {
                 if record.hasAreas && !record.fullScan { withAreas.append(record) }
             }
             if let slot = slotOverBudget {
-                throw ClientDropped(reason: "over budget: live object in slot \(slot) (limit \(budget.maxSlots) slots, 2 x --max-objects)")
+                throw ClientDropped(reason: "over budget: live object in slot \(slot) (limit \(budget.maxSlots) slots, 2 x --max-objects)",
+                                    refuse: true)
             }
             for slot in 0..<slotSeq.count where !seen[slot] && slotObject[slot] != Self.noObject { releaseSlot(slot) }
             if !withAreas.isEmpty { try applyScanAreas(withAreas) }
         } catch let error as ClientDropped {
             throw error
         } catch TableError.tooManyRecords(let section, let limit) where section == "objects" {
-            throw ClientDropped(reason: "over budget: more than \(limit) live objects (--max-objects)")
+            throw ClientDropped(reason: "over budget: more than \(limit) live objects (--max-objects)", refuse: true)
         } catch {
-            throw ClientDropped(reason: "invalid table: \(error)")
+            throw ClientDropped(reason: "invalid table: \(error)", refuse: true)
         }
     }
 

@@ -46,6 +46,9 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
     // Guarded by scanMutex.
     private var sessions: [ClientSession] = []
     private var loggedFailures = Set<String>()
+    /// Clients dropped for what their table holds (invalid, over budget): not adopted again while they
+    /// live, so that the drop is one log line and one failed sync, not one per scan.
+    private var refused = Set<ClientID>()
     /// Read without the scan mutex by writes (EPERM) and by the running scan (interruption).
     private let enabled = Atomic<Bool>(true)
     private let stackScanning = Atomic<Bool>(true)
@@ -148,6 +151,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
                     log: { [logger] message in logger.warning("kmemleak: \(message)") })
                 newLeaks += result.newLeaks
             } catch {
+                if let dropped = error as? ClientDropped, dropped.refuse { refused.insert(session.id) }
                 drop(session, because: "\(error)")
             }
         }
@@ -205,7 +209,8 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
     private func discover() {
         dropExited()
         guard enabled.load(ordering: .acquiring) else { return }
-        let known = Set(sessions.map(\.id))
+        refused = refused.filter { Proc.isAlive($0.pid, startTime: $0.startTime) }
+        let known = Set(sessions.map(\.id)).union(refused)
         let result = ClientDiscovery.scan(runDirectory: settings.runDirectory, known: known)
         for failure in result.failed where !loggedFailures.contains(failure.path) {
             loggedFailures.insert(failure.path)

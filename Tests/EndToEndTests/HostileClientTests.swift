@@ -103,6 +103,22 @@ struct HostileClientTests {
         expectOrdinaryClientExact(d, ordinary, besides: hostileLeaks)
     }
 
+    /// Item 3: a client over --max-objects is dropped with one log line, and stays dropped.
+    @Test func clientOverTheObjectBudgetIsDroppedOnce() throws {
+        let d = try Detection(daemonArguments: ["--max-objects", "3000"])
+        defer { d.tearDown() }
+        let ordinary = try d.client(kmemleakTestPath)
+        let greedy = try d.client(hostileClientPath)
+        d.scan()
+        #expect(try greedy.request("hold 5000", expect: "OK") == "OK")
+        d.scan(times: 3)
+        let drop = "kmemleak: dropped client pid \(greedy.pid) (hostile-client): over budget: more than 3000 live objects (--max-objects)"
+        #expect(d.daemon.stderr.components(separatedBy: drop).count == 2, "log:\n\(d.daemon.stderr)")
+        #expect(d.daemon.stderr.components(separatedBy: "adopted client pid \(greedy.pid) ").count == 2)
+        try expectBounded(d)
+        expectOrdinaryClientExact(d, ordinary, besides: [])
+    }
+
     /// Item 4: 1500 small files and 100 sparse ELF files with 65535 program and section headers each.
     @Test func manyMappedFilesKeepDescriptorsAndMemoryBounded() throws {
         let d = try Detection()

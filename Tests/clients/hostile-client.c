@@ -6,6 +6,7 @@
  *                        memfd:kmemleak-table): live_objects, objects_used, objects_capacity, ...
  *   map-files DIR N      create N small files in DIR and map each (then close it)
  *   map-elf DIR N        create N sparse ELF files with 65535 program and section headers, map each
+ *   hold N               allocate N small objects and keep them referenced (a static array)
  *   evil-lib SO DIR      copy SO (evil-lib) into DIR under a name with a quote and an ESC, replace
  *                        its placeholder symbol name with a forged record, dlopen it, leak through it
  * With --evil-comm as argument it first names itself 'x"\nunreferenced' (prctl), so the comm of its
@@ -145,6 +146,18 @@ static int evil_lib(const char *so, const char *dir)
     return 0;
 }
 
+/* Not static: stores to it must not be optimised away (nor, then, the mallocs). */
+void *hostile_held[1 << 16];
+
+static int hold(int n)
+{
+    if (n < 0 || n > (int)(sizeof hostile_held / sizeof hostile_held[0]))
+        return -1;
+    for (int i = 0; i < n; i++)
+        hostile_held[i] = malloc(16);
+    return 0;
+}
+
 static void leak_secret(void)
 {
     char *volatile p = malloc(64);
@@ -172,6 +185,8 @@ int main(int argc, char **argv)
             rc = map_files(a, n, 0);
         else if (sscanf(line, "map-elf %4095s %d", a, &n) == 2)
             rc = map_files(a, n, 1);
+        else if (sscanf(line, "hold %d", &n) == 1)
+            rc = hold(n);
         else if (sscanf(line, "evil-lib %4095s %4095s", a, b) == 2)
             rc = evil_lib(a, b);
         else if (strncmp(line, "exit", 4) == 0)

@@ -122,7 +122,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         dropExited()
         let everything = requester.isRoot || requester.uid == getuid()
         var entries: [(session: ClientSession, entry: ReportEntry)] = []
-        for session in sessions where everything || ProcessOwner.uid(of: session.pid) == requester.uid {
+        for session in sessions where everything || isOwned(session, by: requester.uid) {
             for entry in session.engine.reportSnapshot(memory: session.memory) { entries.append((session, entry)) }
         }
         let stream = RecordStream(recordCount: entries.count) { index in
@@ -130,6 +130,12 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
             return Kmemleak.renderBytes(entry, context: session.context)
         }
         return ReportStreamAdapter(stream: stream)
+    }
+
+    /// Whether `uid` owns the client: its uids now, and still the same process afterwards (a pid reused
+    /// between the two reads must not hand someone else's leaks to the new owner).
+    private func isOwned(_ session: ClientSession, by uid: uid_t) -> Bool {
+        ProcessOwner.uid(of: session.pid) == uid && Proc.isAlive(session.pid, startTime: session.table.openedHeader.startTime)
     }
 
     // MARK: - commands

@@ -3,6 +3,7 @@
 // still report an ordinary client (kmemleak-test) exactly.
 import Foundation
 import Glibc
+@testable import KmemleakService
 import KmemleakTestSupport
 import Testing
 
@@ -211,5 +212,14 @@ struct HostileClientTests {
         #expect(d.reportedAddresses == rootLeaks.union(userLeaks))
         #expect(d.write("scan\n") == 0)
         try expectBounded(d)
+    }
+}
+
+@Suite struct LogLineTests {
+    /// Whatever a message holds, the handler writes one line: control bytes left by callers become \xNN.
+    @Test func oneMessageIsOneLine() {
+        #expect(StderrLogHandler.oneLine(Array("kmemleak: plain".utf8)) == Array("kmemleak: plain".utf8))
+        #expect(String(decoding: StderrLogHandler.oneLine(Array("a\nkmemleak: forged\r\u{1b}[2J\u{7f}".utf8)), as: UTF8.self)
+            == #"a\x0akmemleak: forged\x0d\x1b[2J\x7f"#)
     }
 }

@@ -229,6 +229,9 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
                 try? table.setDaemonPid(getpid())
                 sessions.append(session)
                 logger.info("kmemleak: adopted client pid \(table.pid) (\(KFormat.escape(session.comm))), \(table.openedHeader.liveObjects) live objects")
+                if table.openedHeader.hasForeignMalloc {
+                    logger.notice("kmemleak: client pid \(table.pid) (\(KFormat.escape(session.comm))): malloc is not glibc's, tracked through it")
+                }
             } catch {
                 // Tried again at every scan: say it once per client.
                 if loggedFailures.insert("\(table.id)").inserted {

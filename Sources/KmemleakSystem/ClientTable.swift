@@ -199,6 +199,8 @@ public struct TableHeader: Sendable, Equatable {
     public var isTracking: Bool { flags & KML_TABLE_TRACKING != 0 }
     public var isDisabled: Bool { flags & KML_TABLE_DISABLED != 0 }
     public var isEnvOff: Bool { flags & KML_TABLE_ENV_OFF != 0 }
+    /// The program's malloc is another allocator's (jemalloc, tcmalloc, ...): the shim tracks through it.
+    public var hasForeignMalloc: Bool { flags & KML_TABLE_FOREIGN_MALLOC != 0 }
 
     func sameGeometry(_ o: TableHeader) -> Bool {
         totalSize == o.totalSize && objects.sameGeometry(o.objects) && traces.sameGeometry(o.traces)
@@ -240,6 +242,16 @@ public struct ThreadRecord: Sendable, Equatable {
     public var tlsLo: UInt64
     public var tlsHi: UInt64
     public var comm: String
+    /// KML_THREAD_DETACHED: once its task has exited nothing of it is a root.
+    public var detached: Bool = false
+    /// Offset of the thread pointer (struct pthread, the TCB) in [tlsLo, tlsHi).
+    public var tcbOffset: UInt64 = 0
+
+    public init(slot: UInt32, tid: Int32, stackLo: UInt64, stackHi: UInt64, tlsLo: UInt64, tlsHi: UInt64,
+                comm: String, detached: Bool = false, tcbOffset: UInt64 = 0) {
+        self.slot = slot; self.tid = tid; self.stackLo = stackLo; self.stackHi = stackHi
+        self.tlsLo = tlsLo; self.tlsHi = tlsHi; self.comm = comm; self.detached = detached; self.tcbOffset = tcbOffset
+    }
 }
 
 public struct RegionRecord: Sendable, Equatable {
@@ -661,8 +673,12 @@ public final class ClientTable: Sendable {
                 return String(decoding: b[0..<n], as: UTF8.self)
             }
             guard let c = comm else { throw .badRecord(section: "threads", slot: slot, reason: "comm not NUL-terminated") }
+            guard UInt64(t.tcb_offset) <= t.tls_hi - t.tls_lo else {
+                throw .badRecord(section: "threads", slot: slot, reason: "TCB outside the TLS range")
+            }
             out.append(ThreadRecord(slot: slot, tid: t.tid, stackLo: t.stack_lo, stackHi: t.stack_hi,
-                                    tlsLo: t.tls_lo, tlsHi: t.tls_hi, comm: c))
+                                    tlsLo: t.tls_lo, tlsHi: t.tls_hi, comm: c,
+                                    detached: t.flags & KML_THREAD_DETACHED != 0, tcbOffset: UInt64(t.tcb_offset)))
         }
         return out
     }

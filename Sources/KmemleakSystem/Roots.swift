@@ -45,9 +45,13 @@ public enum Roots {
     ///   `excludedModules` are skipped.
     /// - stack: each table thread's [stack_lo, stack_hi); the main thread (zero range) uses [stack].
     /// - tls: each table thread's [tls_lo, tls_hi).
+    /// Threads whose tid is not in `liveTasks` (when given) have exited: a joinable one keeps only its
+    /// TCB [tls_lo + tcb_offset, tls_hi) as a root (struct pthread holds the value it returned until it
+    /// is joined), a detached one nothing (its stack and TLS are glibc's cache now).
     /// Then every KML_REGION_SHIM_PRIVATE region and `excluded` ranges (the table mapping) are cut out.
     public static func compute(pid: Int32, maps: [MapEntry], threads: [ThreadRecord], regions: [RegionRecord],
-                               excluded: [(start: UInt64, length: UInt64)] = [], includeStacks: Bool = true,
+                               excluded: [(start: UInt64, length: UInt64)] = [], liveTasks: Set<Int32>? = nil,
+                               includeStacks: Bool = true,
                                excludedModules: Set<String> = defaultExcludedModules,
                                cache: ELFCache) -> [RootRange] {
         var roots: [RootRange] = []
@@ -86,7 +90,14 @@ public enum Roots {
                 if let r = run { roots.append(RootRange(start: r.0, length: r.1 - r.0, kind: .data, label: base.filePath)) }
             }
         }
-        // stacks and TLS
+        // stacks and TLS; threads that have exited: only the TCB of a joinable one
+        let exited = threads.filter { thread in liveTasks.map { !$0.contains(thread.tid) } ?? false }
+        let threads = threads.filter { liveTasks?.contains($0.tid) ?? true }
+        for t in exited where !t.detached && t.tlsHi > t.tlsLo {
+            let tcb = t.tlsLo + t.tcbOffset
+            guard tcb < t.tlsHi else { continue }
+            roots.append(RootRange(start: tcb, length: t.tlsHi - tcb, kind: .tls, label: "tid \(t.tid) (exited, not joined)"))
+        }
         if includeStacks {
             for t in threads where t.stackHi > t.stackLo {
                 roots.append(RootRange(start: t.stackLo, length: t.stackHi - t.stackLo, kind: .stack, label: "tid \(t.tid)", tid: t.tid))
@@ -155,12 +166,16 @@ extension ClientTable {
         let maps: [MapEntry]
         do { maps = try Proc.maps(pid) } catch { throw .system(error) }
         let threads = try readThreads()
+        // Listed after the records were read: a record's thread existed when it registered, so a tid
+        // missing here has exited.
+        let liveTasks: Set<Int32>
+        do { liveTasks = Set(try Proc.tasks(pid)) } catch { throw .system(error) }
         let regions = try readRegions()
         var excluded: [(start: UInt64, length: UInt64)] = []
         if let r = rendezvous { excluded.append((r.address, r.size)) }
         // Any other mapping of the table memfd too (found by its name).
         for m in maps where m.path.hasPrefix("/memfd:" + KML_MEMFD_NAME) { excluded.append((m.start, m.length)) }
         return Roots.compute(pid: pid, maps: maps, threads: threads, regions: regions, excluded: excluded,
-                             includeStacks: includeStacks, excludedModules: excludedModules, cache: cache)
+                             liveTasks: liveTasks, includeStacks: includeStacks, excludedModules: excludedModules, cache: cache)
     }
 }

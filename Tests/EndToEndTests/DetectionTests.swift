@@ -50,7 +50,7 @@ final class Detection {
         guard served, child.isRunning else { throw TestFailure("kmemleakd did not start: \(child.stderr)") }
     }
 
-    /// Starts `path` under the shim (with `environment` added); waits for its READY line.
+    /// Starts `path` under the shim (`environment` added last); waits for its READY line.
     func client(_ path: String, _ arguments: [String] = [], environment: [String: String] = [:]) throws -> ChildProcess {
         let client = try ChildProcess(
             path, arguments,

@@ -184,7 +184,7 @@ struct ShimFixtureTests {
         var v: UInt32 = 99
         #expect(pwrite(fd, &v, 4, 8) == 4) // version
         #expect(throws: TableError.badVersion(99)) { try ClientTable.open(r) }
-        v = 1
+        v = KML_ABI_VERSION
         pwrite(fd, &v, 4, 8)
         var used: UInt32 = 0xffff_ffff
         let usedOffset = MemoryLayout<kml_header>.offset(of: \kml_header.threads_used)!

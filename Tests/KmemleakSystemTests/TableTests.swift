@@ -110,7 +110,7 @@ func allObjects(_ t: ClientTable) throws(TableError) -> ([ObjectRecord], ReadSta
 
     static let corruptions: [Corruption] = [
         .init(name: "bad magic", apply: { $0.header.magic = 0x1234; $0.writeHeader() }, check: { $0 == .badMagic(0x1234) }),
-        .init(name: "version", apply: { $0.header.version = 2; $0.writeHeader() }, check: { $0 == .badVersion(2) }),
+        .init(name: "version", apply: { $0.header.version = KML_ABI_VERSION + 1; $0.writeHeader() }, check: { $0 == .badVersion(KML_ABI_VERSION + 1) }),
         .init(name: "header_size", apply: { $0.header.header_size = 100; $0.writeHeader() }, check: { $0 == .badHeaderSize(100) }),
         .init(name: "total_size small", apply: { $0.header.total_size = 10; $0.writeHeader() }, check: { $0 == .badTotalSize(10) }),
         .init(name: "total_size > file", apply: { $0.header.total_size += 4096; $0.writeHeader() }, check: { if case .truncated = $0 { true } else { false } }),

@@ -87,7 +87,7 @@ bench-shim: shim
 
 # BEGIN clients section (test and benchmark clients of the daemon)
 CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/clients/stack-holder \
-	.build/clients/thread-life .build/clients/libloader-tls.so \
+	.build/clients/thread-life .build/clients/libloader-tls.so .build/clients/proctitle \
 	.build/clients/hostile-client .build/clients/libevil.so
 clients: $(CLIENTS)
 .build/clients/thread-life: Tests/clients/thread-life.c
@@ -111,6 +111,9 @@ clients: $(CLIENTS)
 .build/clients/libevil.so: Tests/clients/evil-lib.c
 	@mkdir -p $(@D)
 	$(CC) -O0 -g -fPIC -shared -Wall -Wextra -o $@ $<
+.build/clients/proctitle: Tests/clients/proctitle.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -o $@ $<
 .build/clients/scan-client: Benchmarks/ScanVsLSan/scan-client.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -o $@ $<

@@ -22,9 +22,6 @@ public struct ClientBudget: Sendable, Equatable {
 /// A client is dropped from the daemon: it exited, turned tracking off, or its table is invalid.
 struct ClientDropped: Error, CustomStringConvertible {
     let reason: String
-    /// The table itself is the reason (invalid, over budget, tracking off): adopting it again would
-    /// end the same way, so the daemon refuses this client from now on.
-    var refuse = false
     var description: String { reason }
 }
 
@@ -86,9 +83,9 @@ final class ClientSession {
     /// Brings the engine in line with the table. Throws `ClientDropped` when the client must be dropped.
     func sync() throws {
         let header: TableHeader
-        do { header = try table.header() } catch { throw ClientDropped(reason: "invalid table: \(error)", refuse: true) }
+        do { header = try table.header() } catch { throw ClientDropped(reason: "invalid table: \(error)") }
         if header.isDisabled {
-            throw ClientDropped(reason: "tracking disabled in the client (\(header.disabledReason))", refuse: true)
+            throw ClientDropped(reason: "tracking disabled in the client (\(header.disabledReason))")
         }
         do {
             let regions = try table.readRegions()
@@ -119,17 +116,16 @@ final class ClientSession {
                 if record.hasAreas && !record.fullScan { withAreas.append(record) }
             }
             if let slot = slotOverBudget {
-                throw ClientDropped(reason: "over budget: live object in slot \(slot) (limit \(budget.maxSlots) slots, 2 x --max-objects)",
-                                    refuse: true)
+                throw ClientDropped(reason: "over budget: live object in slot \(slot) (limit \(budget.maxSlots) slots, 2 x --max-objects)")
             }
             for slot in 0..<slotSeq.count where !seen[slot] && slotObject[slot] != Self.noObject { releaseSlot(slot) }
             if !withAreas.isEmpty { try applyScanAreas(withAreas) }
         } catch let error as ClientDropped {
             throw error
         } catch TableError.tooManyRecords(let section, let limit) where section == "objects" {
-            throw ClientDropped(reason: "over budget: more than \(limit) live objects (--max-objects)", refuse: true)
+            throw ClientDropped(reason: "over budget: more than \(limit) live objects (--max-objects)")
         } catch {
-            throw ClientDropped(reason: "invalid table: \(error)", refuse: true)
+            throw ClientDropped(reason: "invalid table: \(error)")
         }
     }
 

@@ -25,15 +25,20 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         public var freezeForConfirmation: Bool
         /// What one client may make the daemon hold (`--max-objects`).
         public var clientBudget: ClientBudget
+        /// Also adopt clients of this run directory that have no rendezvous file, from /proc
+        /// (see `ProcessDiscovery`).
+        public var discoverProcesses: Bool
 
         public init(runDirectory: String, minimumAge: Double, scanPeriod: Double, firstScanDelay: Double,
-                    controlFilePath: String, freezeForConfirmation: Bool = true, clientBudget: ClientBudget = ClientBudget()) {
+                    controlFilePath: String, freezeForConfirmation: Bool = true, discoverProcesses: Bool = true,
+                    clientBudget: ClientBudget = ClientBudget()) {
             self.runDirectory = runDirectory
             self.minimumAge = minimumAge
             self.scanPeriod = scanPeriod
             self.firstScanDelay = firstScanDelay
             self.controlFilePath = controlFilePath
             self.freezeForConfirmation = freezeForConfirmation
+            self.discoverProcesses = discoverProcesses
             self.clientBudget = clientBudget
         }
     }
@@ -46,9 +51,12 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
     // Guarded by scanMutex.
     private var sessions: [ClientSession] = []
     private var loggedFailures = Set<String>()
-    /// Clients dropped for what their table holds (invalid, over budget): not adopted again while they
-    /// live, so that the drop is one log line and one failed sync, not one per scan.
-    private var refused = Set<ClientID>()
+    /// Clients whose table could not be adopted, or that were dropped for a fault: not tried again
+    /// while they live.
+    private var rejected = Set<ClientID>()
+    private let processDiscovery: ProcessDiscovery?
+    /// Failures logged one by one per discovery pass; the rest are counted in one line.
+    static let maxFailureLines = 16
     /// Read without the scan mutex by writes (EPERM) and by the running scan (interruption).
     private let enabled = Atomic<Bool>(true)
     private let stackScanning = Atomic<Bool>(true)
@@ -59,6 +67,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
     public init(settings: Settings, logger: Logger) {
         self.settings = settings
         self.logger = logger
+        processDiscovery = settings.discoverProcesses ? ProcessDiscovery(runDirectory: settings.runDirectory) : nil
         scheduler = ScanScheduler(
             period: settings.scanPeriod, firstScanDelay: settings.firstScanDelay,
             scan: { [weak self] in self?.scan() },
@@ -157,7 +166,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
                     log: { [logger] message in logger.warning("kmemleak: \(message)") })
                 newLeaks += result.newLeaks
             } catch {
-                if let dropped = error as? ClientDropped, dropped.refuse { refused.insert(session.id) }
+                rejected.insert(session.id) // a fault, not an exit: not adopted again
                 drop(session, because: "\(error)")
             }
         }
@@ -211,29 +220,49 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
 
     // MARK: - clients
 
-    /// Adopts clients announced in the run directory and drops those that exited. Under scanMutex.
+    /// Adopts clients announced in the run directory (then those found in /proc) and drops those that
+    /// exited. Under scanMutex.
     private func discover() {
         dropExited()
         guard enabled.load(ordering: .acquiring) else { return }
-        refused = refused.filter { Proc.isAlive($0.pid, startTime: $0.startTime) }
-        let known = Set(sessions.map(\.id)).union(refused)
-        let result = ClientDiscovery.scan(runDirectory: settings.runDirectory, known: known)
-        for failure in result.failed where !loggedFailures.contains(failure.path) {
-            loggedFailures.insert(failure.path)
-            logger.warning("kmemleak: ignoring client \(KFormat.escape(failure.path)): \(KFormat.escape("\(failure.error)"))")
+        rejected = rejected.filter { Proc.isAlive($0.pid, startTime: $0.startTime) }
+        // Forget what was said about clients that are gone and files that were removed.
+        let rejectedNames = Set(rejected.map { "\($0)" })
+        loggedFailures = loggedFailures.filter { rejectedNames.contains($0) || ($0.hasPrefix("/") && access($0, F_OK) == 0) }
+        adopt(ClientDiscovery.scan(runDirectory: settings.runDirectory, known: Set(sessions.map(\.id)).union(rejected)))
+        if let processDiscovery {
+            adopt(processDiscovery.scan(known: Set(sessions.map(\.id)).union(rejected)), viaProc: true)
         }
+    }
+
+    private func adopt(_ result: DiscoveryResult, viaProc: Bool = false) {
+        var listed = 0, unlisted = 0
+        for failure in result.failed {
+            if let client = failure.client { rejected.insert(client) }
+            // Said once per file (junk stays until proved stale), or once per client; a directory
+            // full of planted junk gives a bounded number of lines.
+            guard loggedFailures.insert(failure.client.map { "\($0)" } ?? failure.path).inserted else { continue }
+            if listed < Self.maxFailureLines {
+                listed += 1
+                logger.warning("kmemleak: ignoring client \(KFormat.escape(failure.path)): \(KFormat.escape("\(failure.error)"))")
+            } else {
+                unlisted += 1
+            }
+        }
+        if unlisted > 0 { logger.warning("kmemleak: ignoring \(unlisted) more rendezvous files or clients (not listed)") }
+        for path in result.removedStale { logger.info("kmemleak: removed stale rendezvous file \(KFormat.escape(path))") }
         for table in result.adopted {
             do {
                 let session = try ClientSession(table: table, configuration: engineConfiguration(), elfCache: elfCache,
                                                 budget: settings.clientBudget)
                 try? table.setDaemonPid(getpid())
                 sessions.append(session)
-                logger.info("kmemleak: adopted client pid \(table.pid) (\(KFormat.escape(session.comm))), \(table.openedHeader.liveObjects) live objects")
+                logger.info("kmemleak: adopted client pid \(table.pid) (\(KFormat.escape(session.comm))), \(table.openedHeader.liveObjects) live objects\(viaProc ? ", found in /proc (no rendezvous file)" : "")")
                 if table.openedHeader.hasForeignMalloc {
                     logger.notice("kmemleak: client pid \(table.pid) (\(KFormat.escape(session.comm))): malloc is not glibc's, tracked through it")
                 }
             } catch {
-                // Tried again at every scan: say it once per client.
+                rejected.insert(table.id)
                 if loggedFailures.insert("\(table.id)").inserted {
                     logger.warning("kmemleak: cannot adopt client pid \(table.pid): \(KFormat.escape("\(error)"))")
                 }

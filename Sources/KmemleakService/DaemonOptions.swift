@@ -18,12 +18,15 @@ public struct DaemonOptions: Sendable, Equatable {
     /// 4 Mi objects: an adopted object costs the daemon about 66 bytes (BENCHMARKS.md), so one client at
     /// the budget costs about 300 MiB.
     public static let defaultMaxObjectsPerClient = 1 << 22
+    /// Also adopt clients of the run directory that have no rendezvous file, found in /proc.
+    public var discoverProcesses: Bool
 
     public static let defaultRunDirectory = "/run/kmemleak"
 
     public init(
         runDirectory: String = DaemonOptions.defaultRunDirectory, minimumAge: Double = 5, scanPeriod: Double = 600,
         firstScanDelay: Double = 60, mountpoint: String, allowOther: Bool = false,
+        discoverProcesses: Bool = true,
         maxObjectsPerClient: Int = DaemonOptions.defaultMaxObjectsPerClient
     ) {
         self.runDirectory = runDirectory
@@ -33,6 +36,7 @@ public struct DaemonOptions: Sendable, Equatable {
         self.mountpoint = mountpoint
         self.allowOther = allowOther
         self.maxObjectsPerClient = maxObjectsPerClient
+        self.discoverProcesses = discoverProcesses
     }
 
     public var minimumAgeDuration: Duration { .seconds(minimumAge) }

@@ -22,6 +22,9 @@ public enum TableError: Error, Sendable, Equatable, CustomStringConvertible {
     case badRendezvous(path: String, reason: String)
     /// The client is gone or its pid was reused (starttime differs): the rendezvous file is stale.
     case stale(pid: Int32, reason: String)
+    /// The rendezvous file's owner is neither root nor a uid of the process it names: someone else
+    /// wrote it (a squatter).
+    case foreignRendezvous(path: String, owner: UInt32, processUIDs: [UInt32])
     /// The opened file is not a memfd named kmemleak-table (or not the announced mapping).
     case notATable(path: String, reason: String)
     case badMagic(UInt64)
@@ -51,6 +54,8 @@ public enum TableError: Error, Sendable, Equatable, CustomStringConvertible {
         case .system(let e): return e.description
         case .badRendezvous(let p, let r): return "bad rendezvous file \(p): \(r)"
         case .stale(let pid, let r): return "stale client \(pid): \(r)"
+        case .foreignRendezvous(let p, let o, let u):
+            return "\(p) is owned by uid \(o), not by root or the process (uids \(u.map(String.init).joined(separator: ",")))"
         case .notATable(let p, let r): return "\(p) is not a kmemleak table: \(r)"
         case .badMagic(let m): return "bad magic 0x\(String(m, radix: 16))"
         case .badVersion(let v): return "unsupported table version \(v) (want \(KML_ABI_VERSION))"
@@ -73,7 +78,8 @@ public enum TableError: Error, Sendable, Equatable, CustomStringConvertible {
 
 // MARK: - rendezvous
 
-/// One `$RUN_DIR/<pid>.client` file: "pid=<pid> fd=<fd> addr=<hex> size=<bytes> start=<starttime>\n".
+/// One rendezvous file: "pid=<pid> fd=<fd> addr=<hex> size=<bytes> start=<starttime>\n", named
+/// `<pid>.client`, or `<pid>.<16 hex digits>.client` when a squatter held the plain name.
 public struct Rendezvous: Sendable, Equatable {
     public var pid: Int32
     public var fd: Int32
@@ -82,6 +88,9 @@ public struct Rendezvous: Sendable, Equatable {
     public var startTime: UInt64
     /// The file it was read from ("" when parsed from text).
     public var path: String
+    /// Owner and inode of the file it was read from (nil when parsed from text or found in /proc).
+    public var fileOwner: UInt32?
+    public var fileInode: UInt64?
 
     public init(pid: Int32, fd: Int32, address: UInt64, size: UInt64, startTime: UInt64, path: String = "") {
         self.pid = pid; self.fd = fd; self.address = address; self.size = size; self.startTime = startTime
@@ -116,15 +125,44 @@ public struct Rendezvous: Sendable, Equatable {
         return Rendezvous(pid: pid, fd: fd, address: addr, size: size, startTime: start, path: path)
     }
 
+    /// The pid a rendezvous file name announces: `<pid>.client` or `<pid>.<16 hex>.client`; nil for
+    /// any other name (temporary files, junk).
+    public static func pid(fromName name: String) -> Int32? {
+        guard name.hasSuffix(KML_RENDEZVOUS_SUFFIX) else { return nil }
+        let parts = name.dropLast(KML_RENDEZVOUS_SUFFIX.count).split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 1 || (parts.count == 2 && parts[1].utf8.count == 16 && UInt64(parts[1], radix: 16) != nil),
+              parts[0].utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+              let pid = Int32(parts[0]), pid > 0 else { return nil }
+        return pid
+    }
+
+    /// The pid of a shim's temporary file `.<pid>.<16 hex digits>.tmp` (left by a client that died
+    /// before publishing it); nil for any other name.
+    public static func pid(fromTemporaryName name: String) -> Int32? {
+        guard name.hasPrefix("."), name.hasSuffix(".tmp") else { return nil }
+        let inner = name.dropFirst().dropLast(4) // "<pid>.<16 hex>"
+        guard inner.contains(".") else { return nil }
+        return pid(fromName: inner + KML_RENDEZVOUS_SUFFIX)
+    }
+
     /// Reads and parses one rendezvous file (at most 4 KiB); the pid must match the file name.
-    /// The run directory may be writable by clients: symlinks are not followed and only a regular
-    /// file is read (a FIFO there must not block the daemon).
     public static func read(path: String) throws(TableError) -> Rendezvous {
+        let (dir, name) = splitPath(path)
+        let directory: RunDirectory
+        do { directory = try RunDirectory(path: dir) } catch { throw .system(error) }
+        return try read(name, in: directory)
+    }
+
+    /// Reads `name` in `directory`. The run directory may be writable by clients: symlinks are not
+    /// followed and only a regular file is read (a FIFO there must not block the daemon).
+    public static func read(_ name: String, in directory: RunDirectory) throws(TableError) -> Rendezvous {
+        let path = directory.path + "/" + name
         var bytes = [UInt8](repeating: 0, count: 4097)
         let n: Int
+        let st: stat
         do {
-            let h = try FileHandleFD.open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK)
-            let st = try h.fstat()
+            let h = try directory.openFile(name)
+            st = try h.fstat()
             guard (st.st_mode & S_IFMT) == S_IFREG else { throw TableError.badRendezvous(path: path, reason: "not a regular file") }
             n = try bytes.withUnsafeMutableBytes { b in Result { () throws(SystemError) -> Int in try h.pread(into: b, offset: 0) } }.get()
         } catch let e as SystemError {
@@ -136,30 +174,92 @@ public struct Rendezvous: Sendable, Equatable {
         }
         guard n <= 4096 else { throw .badRendezvous(path: path, reason: "too large") }
         bytes.removeSubrange(n...)
-        guard let r = parse(String(decoding: bytes, as: UTF8.self), path: path) else {
+        guard var r = parse(String(decoding: bytes, as: UTF8.self), path: path) else {
             throw .badRendezvous(path: path, reason: "malformed")
         }
-        let name = path.split(separator: "/").last.map(String.init) ?? path
-        guard name == "\(r.pid)\(KML_RENDEZVOUS_SUFFIX)" else {
+        guard pid(fromName: name) == r.pid else {
             throw .badRendezvous(path: path, reason: "file name does not match pid \(r.pid)")
         }
+        r.fileOwner = st.st_uid
+        r.fileInode = UInt64(st.st_ino)
         return r
     }
 
-    /// The `*.client` files of a run directory (full paths, sorted).
+    /// The rendezvous files of a run directory (full paths, sorted).
     public static func list(runDirectory: String) throws(SystemError) -> [String] {
-        try ProcFile.listDirectory(runDirectory)
-            .filter { $0.hasSuffix(KML_RENDEZVOUS_SUFFIX) && Int32($0.dropLast(KML_RENDEZVOUS_SUFFIX.count)) != nil }
-            .sorted()
-            .map { runDirectory + "/" + $0 }
+        try RunDirectory(path: runDirectory).rendezvousNames().map { runDirectory + "/" + $0 }
     }
 
     /// True when the announced process is gone or its pid now belongs to another process.
     public var isStale: Bool { !Proc.isAlive(pid, startTime: startTime) }
 
-    /// Removes a (stale) rendezvous file.
+    /// Removes a (stale) rendezvous file: only a regular file, never what a link points to.
     public static func remove(path: String) throws(SystemError) {
-        _ = try retryingSyscall("unlink", path) { Glibc.unlink(path) }
+        let (dir, name) = splitPath(path)
+        _ = try RunDirectory(path: dir).removeRegularFile(name)
+    }
+
+    static func splitPath(_ path: String) -> (directory: String, name: String) {
+        guard let slash = path.lastIndex(of: "/") else { return (".", path) }
+        let dir = String(path[..<slash])
+        return (dir.isEmpty ? "/" : dir, String(path[path.index(after: slash)...]))
+    }
+}
+
+/// A run directory, opened without following a symlink; every name inside is resolved relative to
+/// it (openat, fstatat, unlinkat), never through a path a client could redirect.
+public final class RunDirectory {
+    public let path: String
+    let fd: Int32
+
+    public init(path: String) throws(SystemError) {
+        self.path = path
+        fd = try retryingSyscall("open", path) { Glibc.open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) }
+    }
+
+    deinit { _ = Glibc.close(fd) }
+
+    /// Identity of the directory (what the shim puts in its memfd's name).
+    public func identity() throws(SystemError) -> (device: UInt64, inode: UInt64) {
+        var st = stat()
+        _ = try retryingSyscall("fstat", path) { Glibc.fstat(fd, &st) }
+        return (UInt64(st.st_dev), UInt64(st.st_ino))
+    }
+
+    /// Every name in the directory but "." and "..".
+    public func names() throws(SystemError) -> [String] {
+        let copy = try retryingSyscall("dup", path) { Glibc.fcntl(fd, F_DUPFD_CLOEXEC, 0) }
+        guard let dir = fdopendir(copy) else {
+            let e = Glibc.errno
+            _ = Glibc.close(copy)
+            throw SystemError(call: "fdopendir", errno: e, context: path)
+        }
+        defer { closedir(dir) }
+        rewinddir(dir) // the duplicate shares its offset with our fd
+        return ProcFile.entries(dir)
+    }
+
+    /// The rendezvous file names (sorted).
+    public func rendezvousNames() throws(SystemError) -> [String] {
+        try names().filter { Rendezvous.pid(fromName: $0) != nil }.sorted()
+    }
+
+    /// Opens `name` read-only, without following a link or blocking on a FIFO.
+    public func openFile(_ name: String) throws(SystemError) -> FileHandleFD {
+        let fd = try retryingSyscall("openat", path + "/" + name) {
+            Glibc.openat(self.fd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+        }
+        return FileHandleFD(fd: fd, path: path + "/" + name)
+    }
+
+    /// Removes `name` if it is a regular file (and, when given, still the inode that was read):
+    /// never a link, a FIFO or a directory. Returns whether it removed it.
+    public func removeRegularFile(_ name: String, inode: UInt64? = nil) throws(SystemError) -> Bool {
+        var st = stat()
+        _ = try retryingSyscall("fstatat", path + "/" + name) { fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) }
+        guard (st.st_mode & S_IFMT) == S_IFREG, inode.map({ $0 == UInt64(st.st_ino) }) ?? true else { return false }
+        _ = try retryingSyscall("unlinkat", path + "/" + name) { unlinkat(fd, name, 0) }
+        return true
     }
 }
 
@@ -352,6 +452,11 @@ public final class ClientTable: Sendable {
         do { st = try Proc.stat(r.pid) } catch { throw .stale(pid: r.pid, reason: "process gone") }
         if st.state == "Z" || st.state == "X" { throw .stale(pid: r.pid, reason: "process exited") }
         if st.startTime != r.startTime { throw .stale(pid: r.pid, reason: "pid reused (start time \(st.startTime) != \(r.startTime))") }
+        // The file must be the process's own: written by root (trusted) or by one of its uids.
+        if let owner = r.fileOwner, owner != 0 {
+            let uids = (try? Proc.uids(r.pid)) ?? []
+            if !uids.contains(owner) { throw .foreignRendezvous(path: r.path, owner: owner, processUIDs: uids) }
+        }
         let mapName = String(r.address, radix: 16) + "-" + String(r.address &+ r.size, radix: 16)
         let candidates = ["/proc/\(r.pid)/map_files/\(mapName)", "/proc/\(r.pid)/fd/\(r.fd)"]
         var lastError: TableError = .notATable(path: candidates[0], reason: "not found")

@@ -174,6 +174,18 @@ public enum Proc {
         return s
     }
 
+    /// The real, effective, saved and file-system uids of `pid` (the `Uid:` line of /proc/PID/status).
+    public static func uids(_ pid: Int32) throws(SystemError) -> [UInt32] {
+        let path = "/proc/\(pid)/status"
+        let text = String(decoding: try ProcFile.read(path, limit: 65536), as: UTF8.self)
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("Uid:") }) else {
+            throw SystemError(call: "parse", errno: EINVAL, context: path)
+        }
+        let uids = line.dropFirst(4).split(whereSeparator: { $0 == "\t" || $0 == " " }).compactMap { UInt32($0) }
+        guard uids.count == 4 else { throw SystemError(call: "parse", errno: EINVAL, context: path) }
+        return uids
+    }
+
     /// True if `pid` exists, is not a zombie, and (when given) started at `startTime`.
     /// The stack pointer of a thread blocked in the kernel, from /proc/PID/task/TID/syscall
     /// ("NR ARGS... SP PC", or "-1 SP PC"); nil while it runs in user space or when unreadable.

@@ -14,6 +14,7 @@ func makeBackend(options: DaemonOptions, logger: Logger) throws -> any ControlFi
         settings: Detector.Settings(
             runDirectory: options.runDirectory, minimumAge: options.minimumAge, scanPeriod: options.scanPeriod,
             firstScanDelay: options.firstScanDelay, controlFilePath: controlFile,
+            discoverProcesses: options.discoverProcesses,
             clientBudget: ClientBudget(maxObjects: options.maxObjectsPerClient)),
         logger: raw)
 }

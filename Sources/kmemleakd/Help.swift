@@ -54,10 +54,14 @@ let helpDiscussion = """
              The control file, mode 0644, in a FUSE file system (fsname
              kmemleak, type fuse.kmemleak) that only root may enter unless
              --allow-other is given.
-      RUN_DIR/<pid>.client
+      RUN_DIR/<pid>.client, RUN_DIR/<pid>.<random>.client
              One per client process, created by libkmemleak.so when the
-             process starts; the daemon adopts the process through it and
-             drops it when the process exits.
+             process starts (the second form when another user holds the
+             first name); the daemon adopts the process through it and
+             drops it when the process exits. Files of processes that are
+             gone, or that another user wrote, are removed (regular files
+             only). Clients of RUN_DIR without a file are found in /proc
+             (their memfd is named after RUN_DIR) unless --no-discover-proc.
 
     ENVIRONMENT
       KMEMLEAK_RUN_DIR

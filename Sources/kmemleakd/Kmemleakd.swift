@@ -11,7 +11,7 @@ struct Kmemleakd: ParsableCommand {
         abstract: "Detect memory leaks in running processes, the way the kernel's kmemleak does.",
         usage: """
             kmemleakd [--run-dir DIR] [--min-age SECONDS] [--scan-period SECONDS] [--first-scan-delay SECONDS]
-                      [--max-objects N] [--allow-other | -o allow_other] MOUNTPOINT
+                      [--max-objects N] [--allow-other | -o allow_other] [--no-discover-proc] MOUNTPOINT
             """,
         discussion: helpDiscussion)
 
@@ -56,6 +56,11 @@ struct Kmemleakd: ParsableCommand {
         help: "Let users other than root into the mount (FUSE allow_other). Each sees only the leaks of its own processes; only root may write commands (see SECURITY).")
     var allowOther = false
 
+    @Flag(
+        name: .customLong("no-discover-proc"),
+        help: "Adopt only clients that announce themselves in RUN_DIR; by default the daemon also finds, in /proc, clients of RUN_DIR whose rendezvous file is missing.")
+    var noProcessDiscovery = false
+
     @Option(
         name: .customShort("o"),
         help: ArgumentHelp("Mount options, comma-separated; only allow_other is accepted (same as --allow-other).", valueName: "OPTIONS"))
@@ -92,6 +97,7 @@ struct Kmemleakd: ParsableCommand {
             runDirectory: runDirectory, minimumAge: minimumAge, scanPeriod: scanPeriod, firstScanDelay: firstScanDelay,
             mountpoint: absolute(mountpoint),
             allowOther: allowOther || mountOptions.contains { $0.split(separator: ",").contains("allow_other") },
+            discoverProcesses: !noProcessDiscovery,
             maxObjectsPerClient: maxObjects)
     }
 

@@ -241,9 +241,15 @@ static int g_unwinder = UNWIND_LIBUNWIND;
 static int g_memfd = -1;
 static dev_t g_memfd_dev;            /* identity of our memfd: the program may close the fd and */
 static ino_t g_memfd_ino;            /* reuse its number; never close someone else's file */
-static pid_t g_rendezvous_pid;
-static char g_rendezvous_path[512];
-static const char *g_run_dir;
+static pid_t g_rendezvous_pid;        /* who published g_rendezvous_name (a forked child did not) */
+static char g_rendezvous_name[64];    /* our file in g_run_dir, and its identity */
+static dev_t g_rendezvous_dev;
+static ino_t g_rendezvous_ino;
+#define KML_RUN_DIR_MAX 300
+static char g_run_dir[KML_RUN_DIR_MAX + 1]; /* a copy: programs rewrite their environment (setproctitle) */
+static dev_t g_run_dir_dev;           /* identity of the run directory, 0/0 if unusable */
+static ino_t g_run_dir_ino;
+static char g_memfd_name[64] = KML_MEMFD_NAME; /* + ":<dev>:<ino>" of the run dir (see kml_run_dir_init) */
 
 static struct kml_header *g_hdr;
 static size_t g_total;
@@ -2024,7 +2030,13 @@ out:
     tracking_leave();
 }
 
-/* ---- rendezvous file ------------------------------------------------------------------------------ */
+/* ---- rendezvous file ------------------------------------------------------------------------------
+ * The run directory is usually mode 1777 and shared with every local user: nothing there may be
+ * trusted. The shim never follows a link, never opens a name that existed before (O_EXCL), never
+ * blocks (O_NONBLOCK: a planted FIFO) and never writes into a file it did not just create. The
+ * temporary name carries getrandom() bits, so it cannot be planted in advance. When `<pid>.client`
+ * cannot be replaced (another user's file in a sticky directory: a squatter), the file is published
+ * as `<pid>.<random>.client`, without replacing anything; the daemon reads both forms. */
 static uint64_t proc_start_time(void)
 {
     char buf[1024];
@@ -2050,25 +2062,101 @@ static uint64_t proc_start_time(void)
     return v;
 }
 
+/* Opens the run directory (created 0755 if missing) if it is safe to publish in: a real directory
+ * (not a symlink), owned by root or by us, and writable by others only if sticky (like /tmp), so
+ * that nobody else can rename or remove what we create there. -1 otherwise. */
+static int run_dir_open(void)
+{
+    if (!g_run_dir[0])
+        return -1;
+    const int flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
+    int dfd = (int)syscall(SYS_openat, AT_FDCWD, g_run_dir, flags);
+    if (dfd < 0 && errno == ENOENT && syscall(SYS_mkdirat, AT_FDCWD, g_run_dir, 0755) == 0)
+        dfd = (int)syscall(SYS_openat, AT_FDCWD, g_run_dir, flags);
+    if (dfd < 0)
+        return -1;
+    struct stat st;
+    uid_t me = (uid_t)syscall(SYS_geteuid);
+    if (syscall(SYS_fstat, dfd, &st) != 0 || !S_ISDIR(st.st_mode) || (st.st_uid != 0 && st.st_uid != me)
+        || ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX))) {
+        syscall(SYS_close, dfd);
+        return -1;
+    }
+    g_run_dir_dev = st.st_dev;
+    g_run_dir_ino = st.st_ino;
+    return dfd;
+}
+
+/* KMEMLEAK_RUN_DIR, copied now; the memfd's name carries the directory's identity so that a daemon
+ * finding the table through /proc (no rendezvous file) adopts only clients of its own run dir. */
+static void kml_run_dir_init(void)
+{
+    const char *env = getenv("KMEMLEAK_RUN_DIR");
+    if (!env || !*env || str_len(env) > KML_RUN_DIR_MAX)
+        env = KML_DEFAULT_RUN_DIR;
+    str_cat(g_run_dir, 0, sizeof(g_run_dir), env);
+    int dfd = run_dir_open();
+    if (dfd < 0)
+        return;
+    syscall(SYS_close, dfd);
+    size_t n = str_len(g_memfd_name);
+    n = str_cat(g_memfd_name, n, sizeof(g_memfd_name), ":");
+    n = num_cat(g_memfd_name, n, sizeof(g_memfd_name), (uint64_t)g_run_dir_dev, 1);
+    n = str_cat(g_memfd_name, n, sizeof(g_memfd_name), ":");
+    num_cat(g_memfd_name, n, sizeof(g_memfd_name), (uint64_t)g_run_dir_ino, 1);
+}
+
+/* 64 unpredictable bits; never blocks (GRND_NONBLOCK). Before the entropy pool is ready the name is
+ * merely unusual: O_EXCL still makes a planted name harmless. */
+static uint64_t random_u64(void)
+{
+    uint64_t v = 0;
+    if (syscall(SYS_getrandom, &v, sizeof(v), 0x1 /* GRND_NONBLOCK */) == (long)sizeof(v))
+        return v;
+    struct timespec ts;
+    syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &ts);
+    return ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ __builtin_ia32_rdtsc() ^ (uint64_t)(uintptr_t)&v;
+}
+
+/* "<prefix><pid>.<16 hex digits><suffix>" */
+static void random_name(char *buf, size_t cap, const char *prefix, pid_t pid, const char *suffix)
+{
+    size_t n = 0;
+    buf[0] = 0;
+    n = str_cat(buf, n, cap, prefix);
+    n = num_cat(buf, n, cap, (uint64_t)pid, 0);
+    n = str_cat(buf, n, cap, ".");
+    uint64_t r = random_u64();
+    for (int i = 60; i >= 0; i -= 4) {
+        char d[2] = {"0123456789abcdef"[(r >> i) & 0xf], 0};
+        n = str_cat(buf, n, cap, d);
+    }
+    str_cat(buf, n, cap, suffix);
+}
+
+/* Gives `tmp` the name `name` unless that name exists: never replaces anything. */
+static int publish_noreplace(int dfd, const char *tmp, const char *name)
+{
+    if (syscall(SYS_renameat2, dfd, tmp, dfd, name, 0x1 /* RENAME_NOREPLACE */) == 0)
+        return 0;
+    if (errno != EINVAL && errno != ENOSYS)
+        return -1;
+    /* a file system without RENAME_NOREPLACE: a hard link fails on an existing name too */
+    if (syscall(SYS_linkat, dfd, tmp, dfd, name, 0) != 0)
+        return -1;
+    syscall(SYS_unlinkat, dfd, tmp, 0);
+    return 0;
+}
+
 static void rendezvous_write(void)
 {
+    int dfd = run_dir_open();
+    if (dfd < 0)
+        return; /* no usable run dir: the daemon can still find the memfd in /proc/<pid>/maps */
     pid_t pid = (pid_t)syscall(SYS_getpid);
-    char dir[400];
-    size_t dl = 0;
-    dir[0] = 0;
-    dl = str_cat(dir, dl, sizeof(dir), g_run_dir);
-    mkdir(dir, 0755); /* if missing and possible */
-    char path[512], tmp[512], line[256];
-    size_t pl = 0, tl = 0, ll = 0;
-    path[0] = tmp[0] = line[0] = 0;
-    pl = str_cat(path, pl, sizeof(path), dir);
-    pl = str_cat(path, pl, sizeof(path), "/");
-    pl = num_cat(path, pl, sizeof(path), (uint64_t)pid, 0);
-    pl = str_cat(path, pl, sizeof(path), KML_RENDEZVOUS_SUFFIX);
-    tl = str_cat(tmp, tl, sizeof(tmp), dir);
-    tl = str_cat(tmp, tl, sizeof(tmp), "/.");
-    tl = num_cat(tmp, tl, sizeof(tmp), (uint64_t)pid, 0);
-    tl = str_cat(tmp, tl, sizeof(tmp), ".client.tmp");
+    char line[256];
+    size_t ll = 0;
+    line[0] = 0;
     ll = str_cat(line, ll, sizeof(line), "pid=");
     ll = num_cat(line, ll, sizeof(line), (uint64_t)pid, 0);
     ll = str_cat(line, ll, sizeof(line), " fd=");
@@ -2080,25 +2168,64 @@ static void rendezvous_write(void)
     ll = str_cat(line, ll, sizeof(line), " start=");
     ll = num_cat(line, ll, sizeof(line), g_hdr->start_time, 0);
     ll = str_cat(line, ll, sizeof(line), "\n");
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return; /* no run dir: the daemon can still find the memfd in /proc/<pid>/maps */
-    ssize_t w = write(fd, line, ll);
-    close(fd);
-    if (w != (ssize_t)ll || rename(tmp, path) != 0) {
-        unlink(tmp);
-        return;
+
+    char tmp[64], name[64];
+    int fd = -1;
+    for (int attempt = 0; attempt < 4 && fd < 0; attempt++) {
+        random_name(tmp, sizeof(tmp), ".", pid, ".tmp");
+        fd = (int)syscall(SYS_openat, dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
+        if (fd < 0 && errno != EEXIST)
+            break;
     }
-    memcpy(g_rendezvous_path, path, pl + 1);
+    if (fd < 0)
+        goto out;
+    /* O_EXCL made it ours; check anyway before writing into it */
+    struct stat st;
+    int ours = syscall(SYS_fstat, fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1 && st.st_size == 0
+        && st.st_uid == (uid_t)syscall(SYS_geteuid);
+    ssize_t w = ours ? (ssize_t)syscall(SYS_write, fd, line, ll) : -1;
+    syscall(SYS_close, fd);
+    if (!ours)
+        goto out; /* not ours after all: leave it alone */
+    if (w != (ssize_t)ll) {
+        syscall(SYS_unlinkat, dfd, tmp, 0);
+        goto out;
+    }
+    size_t nl = num_cat(name, 0, sizeof(name), (uint64_t)pid, 0);
+    str_cat(name, nl, sizeof(name), KML_RENDEZVOUS_SUFFIX);
+    /* rename never follows or writes into the name it replaces: our own file from before an exec,
+     * a dead process's. It fails on another user's file in a sticky directory: then a unique name. */
+    int rc = (int)syscall(SYS_renameat, dfd, tmp, dfd, name);
+    for (int attempt = 0; attempt < 4 && rc != 0 && (attempt == 0 || errno == EEXIST); attempt++) {
+        random_name(name, sizeof(name), "", pid, KML_RENDEZVOUS_SUFFIX);
+        rc = publish_noreplace(dfd, tmp, name);
+    }
+    if (rc != 0) {
+        syscall(SYS_unlinkat, dfd, tmp, 0);
+        goto out;
+    }
+    memcpy(g_rendezvous_name, name, sizeof(name));
+    g_rendezvous_dev = st.st_dev;
+    g_rendezvous_ino = st.st_ino;
     g_rendezvous_pid = pid;
+out:
+    syscall(SYS_close, dfd);
 }
 
+/* At exit: removes our own file, only if the name still is that file (same inode, not a link). */
 static void rendezvous_remove(void)
 {
-    if (g_rendezvous_pid && g_rendezvous_pid == (pid_t)syscall(SYS_getpid)) {
-        unlink(g_rendezvous_path);
-        g_rendezvous_pid = 0;
-    }
+    if (!g_rendezvous_pid || g_rendezvous_pid != (pid_t)syscall(SYS_getpid))
+        return;
+    g_rendezvous_pid = 0;
+    int dfd = (int)syscall(SYS_openat, AT_FDCWD, g_run_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (dfd < 0)
+        return;
+    struct stat st;
+    if (syscall(SYS_newfstatat, dfd, g_rendezvous_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode)
+        && st.st_dev == g_rendezvous_dev && st.st_ino == g_rendezvous_ino)
+        syscall(SYS_unlinkat, dfd, g_rendezvous_name, 0);
+    syscall(SYS_close, dfd);
 }
 
 /* ---- the table ---------------------------------------------------------------------------------- */
@@ -2269,7 +2396,7 @@ static int table_create(void)
     off = round_up(off + (size_t)g_area_cap * sizeof(struct kml_area), PAGE_SIZE_);
     g_total = off;
 
-    int fd = (int)syscall(SYS_memfd_create, KML_MEMFD_NAME, MFD_CLOEXEC);
+    int fd = (int)syscall(SYS_memfd_create, g_memfd_name, MFD_CLOEXEC);
     if (fd < 0)
         return -1;
     if (syscall(SYS_ftruncate, fd, (off_t)g_total) != 0) {
@@ -2452,7 +2579,7 @@ static void atfork_child(void)
     unlock_all();
     int old_tid_slot = t.thread_slot;
     const char *why = NULL;
-    int fd = (int)syscall(SYS_memfd_create, KML_MEMFD_NAME, MFD_CLOEXEC);
+    int fd = (int)syscall(SYS_memfd_create, g_memfd_name, MFD_CLOEXEC);
     if (fd < 0)
         why = "fork: memfd_create failed";
     else if (syscall(SYS_ftruncate, fd, (off_t)g_total) != 0)
@@ -2566,9 +2693,7 @@ __attribute__((constructor(101))) static void kml_init(void)
         g_unwinder = resolve_libgcc() == 0 ? UNWIND_LIBGCC : UNWIND_LIBUNWIND;
     else if (uw && !strcmp(uw, "none"))
         g_unwinder = UNWIND_NONE;
-    g_run_dir = getenv("KMEMLEAK_RUN_DIR");
-    if (!g_run_dir || !*g_run_dir || str_len(g_run_dir) > 300)
-        g_run_dir = KML_DEFAULT_RUN_DIR;
+    kml_run_dir_init();
 
     if (table_create() != 0) {
         t.in_shim = 0;

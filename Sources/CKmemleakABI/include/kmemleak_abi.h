@@ -31,10 +31,13 @@ extern "C" {
 #define KML_ABI_VERSION 2u
 #define KML_MAX_TRACE 16u
 #define KML_COMM_LEN 16u
+/* The memfd is named KML_MEMFD_NAME ":<st_dev hex>:<st_ino hex>" of the client's run directory (plain
+ * KML_MEMFD_NAME when it had none it could use): a daemon finding tables in /proc adopts its own. */
 #define KML_MEMFD_NAME "kmemleak-table"
 #define KML_DEFAULT_RUN_DIR "/run/kmemleak"
 /* Rendezvous file $RUN_DIR/<pid>.client, one line of text, written atomically (tmp + rename):
- * "pid=<pid> fd=<fd> addr=<hex start of the mapping> size=<bytes> start=<starttime of /proc/pid/stat>\n" */
+ * "pid=<pid> fd=<fd> addr=<hex start of the mapping> size=<bytes> start=<starttime of /proc/pid/stat>\n"
+ * or $RUN_DIR/<pid>.<16 hex digits>.client when <pid>.client is another user's file (a squatter). */
 #define KML_RENDEZVOUS_SUFFIX ".client"
 
 /* ---- state words (objects, threads, regions, areas) ---------------------------------------- */

@@ -88,6 +88,7 @@ bench-shim: shim
 # BEGIN clients section (test and benchmark clients of the daemon)
 CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/clients/stack-holder \
 	.build/clients/thread-life .build/clients/libloader-tls.so .build/clients/proctitle \
+	.build/clients/hostile-client .build/clients/libevil.so \
 	.build/clients/roots-client
 clients: $(CLIENTS)
 .build/clients/thread-life: Tests/clients/thread-life.c
@@ -106,6 +107,14 @@ clients: $(CLIENTS)
 .build/clients/roots-client: Tests/clients/roots-client.c Sources/CKmemleakABI/include/kmemleak_abi.h
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
+# The hostile-client tests (issue 9): a client that corrupts its own table, and the library whose
+# symbol name it forges (-O0: the static function must keep its frame and its name).
+.build/clients/hostile-client: Tests/clients/hostile-client.c Sources/CKmemleakABI/include/kmemleak_abi.h
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -ISources/CKmemleakABI/include -o $@ $< -ldl
+.build/clients/libevil.so: Tests/clients/evil-lib.c
+	@mkdir -p $(@D)
+	$(CC) -O0 -g -fPIC -shared -Wall -Wextra -o $@ $<
 .build/clients/proctitle: Tests/clients/proctitle.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -o $@ $<

@@ -63,7 +63,11 @@ let package = Package(
         .target(name: "KmemleakTestSupport", dependencies: ["CKmemleakSys"], path: "Tests/TestSupport"),
         .testTarget(
             name: "KmemleakSystemTests",
-            dependencies: ["KmemleakSystem", "KmemleakEngine", "CKmemleakABI", "CKmemleakSys", "KmemleakTestSupport"]),
+            dependencies: [
+                "KmemleakSystem", "KmemleakEngine", "CKmemleakABI", "CKmemleakSys", "KmemleakTestSupport",
+                // The table fuzzer drives ClientSession (sync, scan, report) over hostile tables.
+                "KmemleakDaemon",
+            ]),
         .testTarget(name: "KmemleakDaemonTests", dependencies: ["KmemleakDaemon"]),
         .testTarget(
             name: "EndToEndTests",

@@ -3,6 +3,22 @@ import Glibc
 import KmemleakEngine
 import KmemleakSystem
 
+/// What one client's table may make the daemon hold. A table's header claims cost the client nothing
+/// (sparse memfd), so the daemon's memory follows the live records it actually read, up to these bounds;
+/// past them the client is dropped.
+public struct ClientBudget: Sendable, Equatable {
+    /// Live object records one client may have (each costs an engine object).
+    public var maxObjects: Int
+    /// The highest object slot index the daemon keeps per-slot state for (11 bytes a slot). Slots are
+    /// reused by the shim, so the highest live slot stays near the peak live count; twice the object
+    /// budget leaves room for the per-thread slot caches.
+    public var maxSlots: Int { maxObjects > Int.max / 2 ? Int.max : maxObjects * 2 }
+
+    public static let defaultMaxObjects = 1 << 22
+
+    public init(maxObjects: Int = ClientBudget.defaultMaxObjects) { self.maxObjects = max(1, maxObjects) }
+}
+
 /// A client is dropped from the daemon: it exited, turned tracking off, or its table is invalid.
 struct ClientDropped: Error, CustomStringConvertible {
     let reason: String
@@ -21,8 +37,10 @@ final class ClientSession {
     let memory: ClientMemory
     let context: ClientReportContext
     private let elfCache: ELFCache
+    private let budget: ClientBudget
 
-    // Per table slot, what the engine holds for it (struct of arrays: no padding). The low 32 bits of
+    // Per table slot up to the highest live slot seen (not objects_used: a claim), what the engine
+    // holds for it (struct of arrays: no padding). The low 32 bits of
     // the allocation sequence number tell a slot's object from a later one in the same slot, and guard
     // against an engine id that was reused after its object was replaced.
     private static let noObject = ObjectID.max
@@ -36,22 +54,29 @@ final class ClientSession {
     /// Scans run over this client by this daemon (mirrored into the table's daemon_scans).
     private var scans: UInt64 = 0
 
-    init(table: ClientTable, configuration: KmemleakConfiguration, elfCache: ELFCache) throws {
+    init(table: ClientTable, configuration: KmemleakConfiguration, elfCache: ELFCache,
+         budget: ClientBudget = ClientBudget()) throws {
         self.table = table
         self.id = table.id
         self.elfCache = elfCache
+        self.budget = budget
         var config = configuration
-        config.possibleCPUs = max(1, Int(table.openedHeader.nrCpuIds))
+        // The header's nr_cpu_ids is a claim (up to 2^16, each a copy of every per-CPU object to scan):
+        // no more than this kernel's possible CPUs.
+        config.possibleCPUs = max(1, min(Int(table.openedHeader.nrCpuIds), HostCPUs.possible))
         config.ticksPerSecond = UInt64(max(1, table.openedHeader.clkTck))
         engine = Kmemleak(configuration: config)
         memory = ClientMemory(pid: table.pid)
         context = ClientReportContext(table: table, symbolizer: try Symbolizer(pid: table.pid, cache: elfCache))
         comm = (try? Proc.stat(table.pid).comm) ?? "?"
-        let capacity = Int(table.openedHeader.objects.capacity)
-        engine.reserveCapacity(Int(min(UInt64(capacity), table.openedHeader.liveObjects + 1024)))
+        // No reserveCapacity from the header's live_objects or capacities: they are claims. The engine
+        // grows with the records actually registered.
     }
 
     var pid: Int32 { table.pid }
+
+    /// Slots the daemon keeps state for (the highest live slot seen + 1).
+    var trackedSlots: Int { slotSeq.count }
 
     // MARK: - sync
 
@@ -61,14 +86,6 @@ final class ClientSession {
         do { header = try table.header() } catch { throw ClientDropped(reason: "invalid table: \(error)") }
         if header.isDisabled {
             throw ClientDropped(reason: "tracking disabled in the client (\(header.disabledReason))")
-        }
-        let used = Int(header.objects.used)
-        if slotSeq.count < used {
-            let grow = used - slotSeq.count
-            slotObject.append(contentsOf: repeatElement(Self.noObject, count: grow))
-            slotSeq.append(contentsOf: repeatElement(0, count: grow))
-            slotVersion.append(contentsOf: repeatElement(0, count: grow))
-            slotBits.append(contentsOf: repeatElement(0, count: grow))
         }
         do {
             let regions = try table.readRegions()
@@ -80,9 +97,14 @@ final class ClientSession {
             // allocation sequence number in the engine, so the order of slots does not matter.
             var seen = [Bool](repeating: false, count: slotSeq.count)
             var withAreas: [ObjectRecord] = []
-            try table.readObjects { record in
+            var slotOverBudget: UInt32? = nil
+            try table.readObjects(maxLive: budget.maxObjects) { record in
                 let slot = Int(record.slot)
-                guard slot < slotSeq.count else { return }
+                guard slot < budget.maxSlots else {
+                    slotOverBudget = slotOverBudget ?? record.slot
+                    return
+                }
+                if slot >= slotSeq.count { growSlots(to: slot + 1, seen: &seen) }
                 seen[slot] = true
                 if slotObject[slot] != Self.noObject && slotSeq[slot] == UInt32(truncatingIfNeeded: record.seq) {
                     guard slotVersion[slot] != UInt16(truncatingIfNeeded: record.version) else { return }
@@ -93,11 +115,28 @@ final class ClientSession {
                 }
                 if record.hasAreas && !record.fullScan { withAreas.append(record) }
             }
+            if let slot = slotOverBudget {
+                throw ClientDropped(reason: "over budget: live object in slot \(slot) (limit \(budget.maxSlots) slots, 2 x --max-objects)")
+            }
             for slot in 0..<slotSeq.count where !seen[slot] && slotObject[slot] != Self.noObject { releaseSlot(slot) }
             if !withAreas.isEmpty { try applyScanAreas(withAreas) }
+        } catch let error as ClientDropped {
+            throw error
+        } catch TableError.tooManyRecords(let section, let limit) where section == "objects" {
+            throw ClientDropped(reason: "over budget: more than \(limit) live objects (--max-objects)")
         } catch {
             throw ClientDropped(reason: "invalid table: \(error)")
         }
+    }
+
+    /// Extends the per-slot arrays to `count` slots (amortised by Array's own growth).
+    private func growSlots(to count: Int, seen: inout [Bool]) {
+        let grow = count - slotSeq.count
+        slotObject.append(contentsOf: repeatElement(Self.noObject, count: grow))
+        slotSeq.append(contentsOf: repeatElement(0, count: grow))
+        slotVersion.append(contentsOf: repeatElement(0, count: grow))
+        slotBits.append(contentsOf: repeatElement(0, count: grow))
+        seen.append(contentsOf: repeatElement(false, count: count - seen.count))
     }
 
     private func releaseSlot(_ slot: Int) {
@@ -161,9 +200,8 @@ final class ClientSession {
             guard let list = bySlot[record.slot],
                   let info = engine.objectInfo(at: record.pointer, percpu: false) else { continue }
             for area in list {
-                let size = area.size == UInt64.max ? UInt64.max : area.size
-                if info.scanAreas.contains(where: { $0.start == area.start && $0.size == size }) { continue }
-                engine.scanArea(area.start, size: size)
+                if info.scanAreas.contains(where: { $0.start == area.start && $0.size == area.size }) { continue }
+                engine.scanArea(area.start, size: area.size)
             }
         }
     }

@@ -14,6 +14,12 @@ public struct DaemonOptions: Sendable, Equatable {
     public var mountpoint: String
     /// `-o allow_other`: users other than root may enter the mount.
     public var allowOther: Bool
+    /// Live objects one client may have before it is dropped (`--max-objects`).
+    public var maxObjectsPerClient: Int
+
+    /// 4 Mi objects: an adopted object costs the daemon about 66 bytes (BENCHMARKS.md), so one client at
+    /// the budget costs about 300 MiB.
+    public static let defaultMaxObjectsPerClient = 1 << 22
     /// Also adopt clients of the run directory that have no rendezvous file, found in /proc.
     public var discoverProcesses: Bool
 
@@ -23,7 +29,8 @@ public struct DaemonOptions: Sendable, Equatable {
     public init(
         runDirectory: String = DaemonOptions.defaultRunDirectory, minimumAge: Double = 5, scanPeriod: Double = 600,
         firstScanDelay: Double = 60, clientScanBudget: Double = DaemonOptions.defaultClientScanBudget,
-        mountpoint: String, allowOther: Bool = false, discoverProcesses: Bool = true
+        mountpoint: String, allowOther: Bool = false, discoverProcesses: Bool = true,
+        maxObjectsPerClient: Int = DaemonOptions.defaultMaxObjectsPerClient
     ) {
         self.clientScanBudget = clientScanBudget
         self.runDirectory = runDirectory
@@ -32,6 +39,7 @@ public struct DaemonOptions: Sendable, Equatable {
         self.firstScanDelay = firstScanDelay
         self.mountpoint = mountpoint
         self.allowOther = allowOther
+        self.maxObjectsPerClient = maxObjectsPerClient
         self.discoverProcesses = discoverProcesses
     }
 

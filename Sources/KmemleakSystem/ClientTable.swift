@@ -46,6 +46,8 @@ public enum TableError: Error, Sendable, Equatable, CustomStringConvertible {
     case badRecord(section: String, slot: UInt32, reason: String)
     case traceTooLong(id: UInt32, length: UInt32)
     case commNotTerminated(id: UInt32)
+    /// A section has more live records than the daemon keeps for one client.
+    case tooManyRecords(section: String, limit: Int)
 
     public var description: String {
         switch self {
@@ -69,6 +71,7 @@ public enum TableError: Error, Sendable, Equatable, CustomStringConvertible {
         case .badRecord(let s, let slot, let r): return "\(s)[\(slot)]: \(r)"
         case .traceTooLong(let id, let l): return "trace \(id): length \(l) > \(KML_MAX_TRACE)"
         case .commNotTerminated(let id): return "comm \(id) not NUL-terminated"
+        case .tooManyRecords(let s, let limit): return "section \(s): more than \(limit) live records"
         }
     }
 }
@@ -402,8 +405,10 @@ public final class ClientTable: Sendable {
 
     /// Slots per bulk pread (64 B objects: 256 KiB).
     public static let chunkSlots = 4096
-    /// Traces (and comms) kept in the cache; beyond, lookups read the table each time.
-    public static let maxCachedTraces = 1 << 20
+    /// Traces and comms kept in the cache; beyond, lookups read the table each time. A client may publish
+    /// 2^30 traces: the cache (about 200 bytes a trace) must not follow.
+    public static let maxCachedTraces = 1 << 16
+    public static let maxCachedComms = 1 << 16
     /// Retries of one changing slot before it is skipped.
     public static let maxSlotRetries = 16
     /// Sanity limits on what a client may claim (the shim accepts up to 2^30 object slots). Nothing
@@ -411,6 +416,12 @@ public final class ClientTable: Sendable {
     public static let maxTotalSize: UInt64 = 1 << 40
     public static let maxCapacity: UInt32 = 1 << 30
     public static let maxCPUs: UInt32 = 1 << 16
+    /// Live records kept from the list sections (each is daemon memory, and regions are searched
+    /// linearly): a table with more is rejected with `tooManyRecords`. Far above real programs (the
+    /// kernel's default pid_max is 2^22 for the whole host).
+    public static let maxThreads = 1 << 17
+    public static let maxRegions = 1 << 12
+    public static let maxAreas = 1 << 20
 
     private let caches = Mutex<Caches>(Caches())
     struct Caches {
@@ -622,7 +633,8 @@ public final class ClientTable: Sendable {
 
     /// Reads `count` entries of `section` from slot 0 and calls `body` with each consistent LIVE
     /// entry (slot, state, pointer to a private aligned copy). See the file comment for the scheme.
-    func forEachLive(_ name: String, _ s: TableHeader.Section, count: UInt32, stats: inout ReadStats,
+    /// More than `maxLive` live entries throws `tooManyRecords` (before calling `body` for the one over).
+    func forEachLive(_ name: String, _ s: TableHeader.Section, count: UInt32, maxLive: Int = .max, stats: inout ReadStats,
                      _ body: (UInt32, UInt32, UnsafeRawPointer) throws(TableError) -> Void) throws(TableError) {
         let esize = Int(s.entrySize)
         guard count > 0, esize >= 4 else { return }
@@ -672,6 +684,7 @@ public final class ClientTable: Sendable {
                 }
                 if sa & KML_STATE_KIND_MASK != KML_STATE_LIVE { continue }
                 stats.live += 1
+                guard stats.live <= maxLive else { throw .tooManyRecords(section: name, limit: maxLive) }
                 try body(first + UInt32(i), sa, UnsafeRawPointer(b.baseAddress! + o))
             }
             // Changing slots: one at a time, three preads each, bounded.
@@ -695,6 +708,7 @@ public final class ClientTable: Sendable {
                         ok = true
                         if sa & KML_STATE_KIND_MASK == KML_STATE_LIVE {
                             stats.live += 1
+                            guard stats.live <= maxLive else { throw .tooManyRecords(section: name, limit: maxLive) }
                             try body(slot, sa, UnsafeRawPointer(one.baseAddress! + esize))
                         }
                         break
@@ -711,13 +725,14 @@ public final class ClientTable: Sendable {
     /// Streams every live object: in slot order per chunk of `chunkSlots`, except slots that changed
     /// during the bulk read, which are re-read one by one after their chunk. Records are validated:
     /// ids within the sections' capacities, a known kind, no address overflow; a bad record throws
-    /// `badRecord` (objects already streamed stay streamed). Memory: three chunk buffers (768 KiB).
+    /// `badRecord` (objects already streamed stay streamed), more than `maxLive` live records throws
+    /// `tooManyRecords`. Memory: three chunk buffers (768 KiB).
     @discardableResult
-    public func readObjects(_ body: (ObjectRecord) -> Void) throws(TableError) -> ReadStats {
+    public func readObjects(maxLive: Int = .max, _ body: (ObjectRecord) -> Void) throws(TableError) -> ReadStats {
         let h = try header()
         var stats = ReadStats()
         let tracesCap = h.traces.capacity, commsCap = h.comms.capacity
-        try forEachLive("objects", h.objects, count: h.objects.used, stats: &stats) { (slot, state, p) throws(TableError) in
+        try forEachLive("objects", h.objects, count: h.objects.used, maxLive: maxLive, stats: &stats) { (slot, state, p) throws(TableError) in
             let o = p.load(as: kml_object.self)
             guard o.trace_id <= tracesCap else { throw .badRecord(section: "objects", slot: slot, reason: "trace_id \(o.trace_id) > capacity \(tracesCap)") }
             guard o.comm_id <= commsCap else { throw .badRecord(section: "objects", slot: slot, reason: "comm_id \(o.comm_id) > capacity \(commsCap)") }
@@ -753,7 +768,7 @@ public final class ClientTable: Sendable {
         let h = try header()
         var out: [ThreadRecord] = []
         var stats = ReadStats()
-        try forEachLive("threads", h.threads, count: h.threads.used, stats: &stats) { (slot, _, p) throws(TableError) in
+        try forEachLive("threads", h.threads, count: h.threads.used, maxLive: Self.maxThreads, stats: &stats) { (slot, _, p) throws(TableError) in
             var t = p.load(as: kml_thread.self)
             guard t.stack_lo <= t.stack_hi, t.tls_lo <= t.tls_hi else {
                 throw .badRecord(section: "threads", slot: slot, reason: "inverted range")
@@ -778,7 +793,7 @@ public final class ClientTable: Sendable {
         var out: [RegionRecord] = []
         var stats = ReadStats()
         let maxCpus = h.nrCpuIds
-        try forEachLive("regions", h.regions, count: h.regions.used, stats: &stats) { (slot, _, p) throws(TableError) in
+        try forEachLive("regions", h.regions, count: h.regions.used, maxLive: Self.maxRegions, stats: &stats) { (slot, _, p) throws(TableError) in
             let r = p.load(as: kml_region.self)
             guard r.kind == KML_REGION_PERCPU || r.kind == KML_REGION_SHIM_PRIVATE else {
                 throw .badRecord(section: "regions", slot: slot, reason: "kind \(r.kind)")
@@ -806,7 +821,7 @@ public final class ClientTable: Sendable {
         var out: [AreaRecord] = []
         var stats = ReadStats()
         let objCap = h.objects.capacity
-        try forEachLive("areas", h.areas, count: h.areas.used, stats: &stats) { (slot, _, p) throws(TableError) in
+        try forEachLive("areas", h.areas, count: h.areas.used, maxLive: Self.maxAreas, stats: &stats) { (slot, _, p) throws(TableError) in
             let a = p.load(as: kml_area.self)
             guard a.object_index < objCap else {
                 throw .badRecord(section: "areas", slot: slot, reason: "object_index \(a.object_index) >= capacity \(objCap)")
@@ -908,7 +923,7 @@ public final class ClientTable: Sendable {
         }.get()
         guard let name = str else { return nil } // all zero: not yet written, do not cache
         caches.withLock { c in
-            if c.comms.count < Self.maxCachedTraces { c.comms[id] = name }
+            if c.comms.count < Self.maxCachedComms { c.comms[id] = name }
         }
         return name
     }

@@ -14,6 +14,8 @@ func makeBackend(options: DaemonOptions, logger: Logger) throws -> any ControlFi
         settings: Detector.Settings(
             runDirectory: options.runDirectory, minimumAge: options.minimumAge, scanPeriod: options.scanPeriod,
             firstScanDelay: options.firstScanDelay, controlFilePath: controlFile,
-            discoverProcesses: options.discoverProcesses, clientScanBudget: options.clientScanBudget),
+            discoverProcesses: options.discoverProcesses,
+            clientBudget: ClientBudget(maxObjects: options.maxObjectsPerClient),
+            clientScanBudget: options.clientScanBudget),
         logger: raw)
 }

@@ -11,8 +11,8 @@ struct Kmemleakd: ParsableCommand {
         abstract: "Detect memory leaks in running processes, the way the kernel's kmemleak does.",
         usage: """
             kmemleakd [--run-dir DIR] [--min-age SECONDS] [--scan-period SECONDS] [--first-scan-delay SECONDS]
-                      [--client-scan-budget SECONDS] [--allow-other | -o allow_other] [--no-discover-proc]
-                      MOUNTPOINT
+                      [--max-objects N] [--client-scan-budget SECONDS] [--allow-other | -o allow_other]
+                      [--no-discover-proc] MOUNTPOINT
             """,
         discussion: helpDiscussion)
 
@@ -46,6 +46,13 @@ struct Kmemleakd: ParsableCommand {
     var firstScanDelay: Double = 60
 
     @Option(
+        name: .customLong("max-objects"),
+        help: ArgumentHelp(
+            "Live objects one client may have (default \(DaemonOptions.defaultMaxObjectsPerClient)); a client over it is dropped with a log line.",
+            valueName: "N"))
+    var maxObjects: Int = DaemonOptions.defaultMaxObjectsPerClient
+
+    @Option(
         name: .customLong("client-scan-budget"),
         help: ArgumentHelp(
             "Longest time one client's scan may take (including its confirmation); past it the scan of that client stops with a log line and its candidates wait for the next scan.",
@@ -54,7 +61,7 @@ struct Kmemleakd: ParsableCommand {
 
     @Flag(
         name: .customLong("allow-other"),
-        help: "Let users other than root into the mount (FUSE allow_other). Mode bits still apply: they may read the report but not write commands.")
+        help: "Let users other than root into the mount (FUSE allow_other). Each sees only the leaks of its own processes; only root may write commands (see SECURITY).")
     var allowOther = false
 
     @Flag(
@@ -80,6 +87,7 @@ struct Kmemleakd: ParsableCommand {
         for option in mountOptions.flatMap({ $0.split(separator: ",") }) where option != "allow_other" {
             throw ValidationError("-o \(option): unsupported mount option (only allow_other is accepted)")
         }
+        guard maxObjects >= 1 else { throw ValidationError("--max-objects: '\(maxObjects)' is not a count >= 1") }
         guard !runDirectory.isEmpty else { throw ValidationError("--run-dir: empty path") }
         var st = stat()
         if stat(mountpoint, &st) != 0 {
@@ -98,7 +106,8 @@ struct Kmemleakd: ParsableCommand {
             runDirectory: runDirectory, minimumAge: minimumAge, scanPeriod: scanPeriod, firstScanDelay: firstScanDelay,
             clientScanBudget: clientScanBudget, mountpoint: absolute(mountpoint),
             allowOther: allowOther || mountOptions.contains { $0.split(separator: ",").contains("allow_other") },
-            discoverProcesses: !noProcessDiscovery)
+            discoverProcesses: !noProcessDiscovery,
+            maxObjectsPerClient: maxObjects)
     }
 
     /// MOUNTPOINT made absolute (not resolved: a stale mount point cannot be resolved).

@@ -78,11 +78,14 @@ struct Kmemleakd: ParsableCommand {
     var mountpoint: String
 
     func validate() throws {
-        for (name, value) in [("--min-age", minimumAge), ("--scan-period", scanPeriod), ("--first-scan-delay", firstScanDelay),
-                              ("--client-scan-budget", clientScanBudget)] {
+        for (name, value) in [("--min-age", minimumAge), ("--scan-period", scanPeriod), ("--first-scan-delay", firstScanDelay)] {
             guard value.isFinite, value >= 0 else {
                 throw ValidationError("\(name): '\(value)' is not a number of seconds >= 0")
             }
+        }
+        // Duration(.seconds:) of a huge value would trap: a day is more than any scan needs.
+        guard clientScanBudget.isFinite, clientScanBudget > 0, clientScanBudget <= 86400 else {
+            throw ValidationError("--client-scan-budget: '\(clientScanBudget)' is not a number of seconds in (0, 86400]")
         }
         for option in mountOptions.flatMap({ $0.split(separator: ",") }) where option != "allow_other" {
             throw ValidationError("-o \(option): unsupported mount option (only allow_other is accepted)")

@@ -96,6 +96,19 @@ struct ScannedMemoryTests {
         #expect(client.wait() == 0)
     }
 
+    /// A client whose scan takes longer than `--client-scan-budget` is stopped with a log line and
+    /// reports nothing (its candidates wait); the budget is per client: the next scan tries again.
+    @Test func aScanOverItsTimeBudgetStopsWithALogLineAndReportsNothing() throws {
+        let d = try Detection(daemonArguments: ["--client-scan-budget", "0.000001"])
+        defer { d.tearDown() }
+        let client = try d.client(kmemleakTestPath)
+        #expect(printed(client, ["LEAK", "PCPU-LEAK"]).count == 14)
+        d.scan(times: 2)
+        #expect(d.report.isEmpty, "report:\n\(d.report)")
+        #expect(waitUntil { d.daemon.stderr.contains("scan of pid \(client.pid) (kmemleak-test) exceeded its time budget") })
+        #expect(!d.daemon.stderr.contains("new suspected memory leaks"))
+    }
+
     /// A client that exits (200k objects, 256 MiB touched, nothing freed) while scans run back to back
     /// gets no report and no "new suspected memory leaks" line. (Whether a scan reads it in the few
     /// milliseconds of its exit is up to timing; ConfirmationTests pins the engine's side exactly.)

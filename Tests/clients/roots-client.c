@@ -4,7 +4,8 @@
  * then "READY"; reads commands on stdin until EOF or "exit".
  *
  *   roots-client deadstack  a spinning thread and a blocked thread each keep the only pointer to a
- *                           LEAK 128 KiB below their stack pointer (dead frames, same stack mapping)
+ *                           LEAK 128 KiB below their stack pointer (dead frames, same stack mapping);
+ *                           the spinning one holds a KEEP in a live frame
  *   roots-client xmm        a spinning thread keeps the only pointer to an object in xmm0 (KEEP);
  *                           command "erase" clears xmm0 (prints "ERASED"): it is a leak then
  *   roots-client guard      a tracked 1 MiB mmap object with a PROT_NONE page in its middle and the
@@ -72,12 +73,20 @@ static __attribute__((noinline)) void plant_below(void) {
     object = NULL;
 }
 
+static __attribute__((noinline)) void spin_holding(void *volatile *slot) {
+    while (!stop_threads) __asm__ volatile("pause" : : "r"(*slot) : "memory");
+}
+
 static void *spin_with_dead_pointer(void *arg) {
     (void)arg;
     plant_below();
+    /* A live frame of this running thread holds the only pointer to a KEEP object. */
+    void *volatile kept = malloc(64);
+    memset(kept, 0x5b, 64);
+    say("KEEP", kept);
     scrub_stack();
     SCRUB_REGISTERS();
-    while (!stop_threads) __asm__ volatile("pause" ::: "memory");
+    spin_holding(&kept);
     return NULL;
 }
 
@@ -220,10 +229,6 @@ static void *vfork_loop(void *arg) {
         if (child > 0) waitpid(child, NULL, 0);
     }
     return NULL;
-}
-
-static __attribute__((noinline)) void spin_holding(void *volatile *slot) {
-    while (!stop_threads) __asm__ volatile("pause" : : "r"(*slot) : "memory");
 }
 
 static void *spin_with_live_pointer(void *arg) {

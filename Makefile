@@ -76,6 +76,13 @@ shim-selftest: shim
 bench-shim: shim
 	$(SHIM_CC) -std=gnu11 -O2 -g -o $(BENCH_DIR)/churn Benchmarks/ShimOverhead/churn.c
 	Benchmarks/ShimOverhead/run.sh $(BENCH_DIR)/churn $(SHIM_SO) $(LSAN_SO)
+
+# issue 10's shim benchmarks (not tests): fork+exec from bash, allocation-heavy python3, 8 threads
+.PHONY: bench-fork
+bench-fork: shim
+	Benchmarks/ForkExec/run.sh $(SHIM_SO) $(LSAN_SO)
+# prerequisites only: other sections may add their benchmarks to `bench` the same way
+bench: bench-shim bench-fork
 # END shim section
 
 # BEGIN clients section (test and benchmark clients of the daemon)

@@ -1945,6 +1945,56 @@ static void unlock_all(void)
 }
 
 static int g_fork_locked, g_fork_nested;
+static int g_fork_fd = -1;           /* the child's table, filled by the parent before fork() */
+static const char *g_fork_why;       /* why it could not be, for the child's disable message */
+
+/* writes [off, off+len) of the table to fd at the same offset: the kernel reads our mapping (present
+ * pages, no faults) and fills the memfd's pages directly, without mapping them anywhere */
+static int snapshot_range(int fd, size_t off, size_t len)
+{
+    const char *src = (const char *)g_hdr;
+    while (len) {
+        long w = syscall(SYS_pwrite64, fd, src + off, len, (off_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        off += (size_t)w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+/* the table as it is at fork time, in a new memfd for the child: taken in the parent with every
+ * lock held, because once fork() returns the parent goes on changing its table. Only the used part
+ * of each array is copied, so the cost follows what is used, and the child maps it with one mmap. */
+static int table_snapshot(void)
+{
+    int fd = (int)syscall(SYS_memfd_create, KML_MEMFD_NAME, MFD_CLOEXEC);
+    if (fd < 0) {
+        g_fork_why = "fork: memfd_create failed";
+        return -1;
+    }
+    if (syscall(SYS_ftruncate, fd, (off_t)g_total) != 0) {
+        g_fork_why = "fork: ftruncate failed";
+        syscall(SYS_close, fd);
+        return -1;
+    }
+    const struct kml_header *h = g_hdr;
+    uint32_t objects = __atomic_load_n(&h->objects_used, __ATOMIC_ACQUIRE);
+    if (snapshot_range(fd, 0, sizeof(*h)) ||
+        snapshot_range(fd, h->objects_offset, (size_t)objects * sizeof(struct kml_object)) ||
+        snapshot_range(fd, h->traces_offset, (size_t)h->traces_used * sizeof(struct kml_trace)) ||
+        snapshot_range(fd, h->threads_offset, (size_t)h->threads_used * sizeof(struct kml_thread)) ||
+        snapshot_range(fd, h->comms_offset, (size_t)h->comms_used * KML_COMM_LEN) ||
+        snapshot_range(fd, h->regions_offset, (size_t)h->regions_used * sizeof(struct kml_region)) ||
+        snapshot_range(fd, h->areas_offset, (size_t)h->areas_used * sizeof(struct kml_area))) {
+        g_fork_why = "fork: writing the child's table failed";
+        syscall(SYS_close, fd);
+        return -1;
+    }
+    return fd;
+}
 
 static void atfork_prepare(void)
 {
@@ -1959,6 +2009,7 @@ static void atfork_prepare(void)
     if (__atomic_load_n(&g_state, __ATOMIC_ACQUIRE) == ST_ON && g_priv) {
         lock_all();
         g_fork_locked = 1;
+        g_fork_fd = table_snapshot();
     }
 }
 
@@ -1967,15 +2018,12 @@ static void atfork_parent(void)
     g_fork_nested = 0;
     if (g_fork_locked) {
         g_fork_locked = 0;
+        if (g_fork_fd >= 0)
+            syscall(SYS_close, g_fork_fd);
+        g_fork_fd = -1;
         unlock_all();
     }
     t.in_shim--;
-}
-
-static void copy_range(char *dst, const char *src, size_t off, size_t len)
-{
-    if (len)
-        memcpy(dst + off, src + off, len);
 }
 
 static void atfork_child(void)
@@ -1998,46 +2046,17 @@ static void atfork_child(void)
     g_fork_locked = 0;
     unlock_all();
     int old_tid_slot = t.thread_slot;
-    const char *why = NULL;
-    int fd = (int)syscall(SYS_memfd_create, KML_MEMFD_NAME, MFD_CLOEXEC);
-    if (fd < 0)
-        why = "fork: memfd_create failed";
-    else if (syscall(SYS_ftruncate, fd, (off_t)g_total) != 0)
-        why = "fork: ftruncate failed";
-    char *tmp = MAP_FAILED;
-    if (!why) {
-        tmp = (char *)raw_mmap(NULL, g_total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
-        if (tmp == MAP_FAILED)
-            why = "fork: mmap failed";
-    }
-    if (why) {
+    int fd = g_fork_fd;
+    g_fork_fd = -1;
+    /* the snapshot replaces the parent's mapping at the same address */
+    void *m = fd < 0 ? MAP_FAILED
+                     : raw_mmap(g_hdr, g_total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd, 0);
+    if (m == MAP_FAILED) {
         if (fd >= 0)
             syscall(SYS_close, fd);
         /* the parent's table must stay intact: detach from it before saying anything */
-        struct kml_header *old = g_hdr;
         g_hdr = NULL;
-        (void)old;
-        kml_disable(why);
-        t.in_shim--;
-        return;
-    }
-    /* copy only what was used: the arrays are sparse */
-    const char *src = (const char *)g_hdr;
-    struct kml_header *h = g_hdr;
-    copy_range(tmp, src, 0, sizeof(*h));
-    copy_range(tmp, src, h->objects_offset, (size_t)h->objects_used * sizeof(struct kml_object));
-    copy_range(tmp, src, h->traces_offset, (size_t)h->traces_used * sizeof(struct kml_trace));
-    copy_range(tmp, src, h->threads_offset, (size_t)h->threads_used * sizeof(struct kml_thread));
-    copy_range(tmp, src, h->comms_offset, (size_t)h->comms_used * KML_COMM_LEN);
-    copy_range(tmp, src, h->regions_offset, (size_t)h->regions_used * sizeof(struct kml_region));
-    copy_range(tmp, src, h->areas_offset, (size_t)h->areas_used * sizeof(struct kml_area));
-    /* the new memfd replaces the parent's mapping at the same address */
-    void *m = raw_mmap(g_hdr, g_total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd, 0);
-    raw_munmap(tmp, g_total);
-    if (m == MAP_FAILED) {
-        syscall(SYS_close, fd);
-        g_hdr = NULL;
-        kml_disable("fork: remap failed");
+        kml_disable(fd < 0 ? g_fork_why : "fork: remap failed");
         t.in_shim--;
         return;
     }
@@ -2045,16 +2064,13 @@ static void atfork_child(void)
         syscall(SYS_close, g_memfd);
     g_memfd = fd;
     remember_memfd(fd);
-    h = g_hdr;
+    struct kml_header *h = g_hdr;
     h->pid = (int32_t)syscall(SYS_getpid);
     h->start_time = proc_start_time();
     h->daemon_pid = 0;
     h->daemon_scans = 0;
-    /* writers that vanished with the other threads: clear their BUSY bits */
-    for (uint32_t i = 0; i < h->objects_used; i++)
-        if (g_obj[i].state & KML_STATE_BUSY)
-            g_obj[i].state &= ~KML_STATE_BUSY;
     /* only the forking thread exists in the child */
+    int others = 0;
     g_thr_free_count = 0;
     for (uint32_t i = 0; i < h->threads_used; i++) {
         struct kml_thread *th = &g_thr[i];
@@ -2065,6 +2081,7 @@ static void atfork_child(void)
             rec_write_end(&th->state, KML_STATE_LIVE);
         } else {
             if ((th->state & KML_STATE_KIND_MASK) == KML_STATE_LIVE) {
+                others = 1;
                 rec_write_begin(&th->state);
                 rec_write_end(&th->state, KML_STATE_FREE);
             }
@@ -2072,6 +2089,12 @@ static void atfork_child(void)
             g_thr_free[g_thr_free_count++] = i;
         }
     }
+    /* writers that vanished with the other threads: clear their BUSY bits. Alone, the forking
+     * thread was not inside the shim, so no record can be BUSY: the pages need not be touched. */
+    if (others)
+        for (uint32_t i = 0; i < h->objects_used; i++)
+            if (g_obj[i].state & KML_STATE_BUSY)
+                g_obj[i].state &= ~KML_STATE_BUSY;
     /* the new table mapping is the same range: its SHIM_PRIVATE region stays valid */
     rendezvous_write();
     t.in_shim--;

@@ -64,6 +64,8 @@ extern void *__libc_pvalloc(size_t);
 #define SLOT_CHUNK 64u            /* object slots a thread takes from the bump pointer at once */
 #define SLOT_BATCH 256u           /* free slots moved between a thread cache and the global list */
 #define NR_STRIPES 4096u          /* object hash lock stripes */
+#define TR_BUCKETS_MIN 1024u      /* initial stack depot buckets */
+#define INDEX_LOAD 2u             /* an index grows (x4) past this many entries per bucket */
 #define UNWIND_EXTRA 8            /* frames captured beyond KML_MAX_TRACE to skip our own */
 
 #define STATE_LIVE_MASK (KML_STATE_KIND_MASK)
@@ -98,11 +100,16 @@ static uint32_t g_obj_cap, g_tr_cap, g_thr_cap, g_comm_cap, g_reg_cap, g_area_ca
 /* private index (raw anonymous mapping) */
 static void *g_priv;
 static size_t g_priv_size;
+/* The hash indexes start small and grow in place inside a reservation sized for the capacity: the
+ * pages a process touches (and that fork() write-protects, so that parent and child copy each one
+ * they touch again) follow its object count, not the table's capacity. */
 static uint32_t *g_obj_buckets;      /* 1-based slot of the first object in the chain */
-static uint32_t g_obj_bucket_mask;
+static uint32_t g_obj_bucket_mask;   /* written with every stripe held; >= NR_STRIPES - 1 */
+static uint32_t g_obj_bucket_max;
 static uint32_t *g_stripes;          /* spinlocks for the object buckets */
 static uint32_t *g_tr_buckets;       /* 1-based trace id */
-static uint32_t g_tr_bucket_mask;
+static uint32_t g_tr_bucket_mask;    /* written under the depot lock, read lock-free */
+static uint32_t g_tr_bucket_max;
 static uint32_t *g_mm_slots;         /* tracked program mappings: object slot indices */
 static uint32_t g_mm_count;
 static uint32_t *g_thr_free;         /* free thread slots */
@@ -373,16 +380,44 @@ static inline int trace_equal(const struct kml_trace *tr, uint32_t hash, const u
 
 static int g_depot_full_warned;
 
+/* x4 buckets (x2 to the last size), in place, under the depot lock: bucket b's chain splits into
+ * b, b+n, b+2n, b+3n. Lock-free readers may walk a chain while it is relinked; every link points to an older (smaller)
+ * id before and after, so a walk always ends, and a miss is retried under the lock. */
+static void depot_grow(void)
+{
+    uint32_t n = g_tr_bucket_mask + 1, shift = (uint32_t)__builtin_ctz(n);
+    uint32_t ways = g_tr_bucket_max / n >= 4 ? 4 : 2;
+    for (uint32_t b = 0; b < n; b++) {
+        uint32_t heads[4] = {0, 0, 0, 0}, tails[4] = {0, 0, 0, 0};
+        for (uint32_t id = g_tr_buckets[b]; id; id = g_tr[id - 1].next) {
+            uint32_t k = (g_tr[id - 1].hash >> shift) & (ways - 1);
+            if (tails[k])
+                __atomic_store_n(&g_tr[tails[k] - 1].next, id, __ATOMIC_RELEASE);
+            else
+                heads[k] = id;
+            tails[k] = id;
+        }
+        for (uint32_t k = 0; k < ways; k++) {
+            if (tails[k])
+                __atomic_store_n(&g_tr[tails[k] - 1].next, 0, __ATOMIC_RELEASE);
+            __atomic_store_n(&g_tr_buckets[b + k * n], heads[k], __ATOMIC_RELEASE);
+        }
+    }
+    __atomic_store_n(&g_tr_bucket_mask, ways * n - 1, __ATOMIC_RELEASE);
+}
+
 /* stack_depot_save: the 1-based id of this trace, added if new (lock-free lookup) */
 static uint32_t depot_save(const uint64_t *f, uint32_t len)
 {
     uint32_t hash = trace_hash(f, len);
-    uint32_t *bucket = &g_tr_buckets[hash & g_tr_bucket_mask];
-    for (uint32_t id = __atomic_load_n(bucket, __ATOMIC_ACQUIRE); id; id = g_tr[id - 1].next)
+    /* lock-free: a lookup that races with depot_grow may miss, and then finds it under the lock */
+    uint32_t *bucket = &g_tr_buckets[hash & __atomic_load_n(&g_tr_bucket_mask, __ATOMIC_ACQUIRE)];
+    for (uint32_t id = __atomic_load_n(bucket, __ATOMIC_ACQUIRE); id; id = __atomic_load_n(&g_tr[id - 1].next, __ATOMIC_RELAXED))
         if (trace_equal(&g_tr[id - 1], hash, f, len))
             return id;
 
     spin_lock(&g_depot_lock);
+    bucket = &g_tr_buckets[hash & g_tr_bucket_mask];
     uint32_t head = __atomic_load_n(bucket, __ATOMIC_ACQUIRE);
     for (uint32_t id = head; id; id = g_tr[id - 1].next)
         if (trace_equal(&g_tr[id - 1], hash, f, len)) {
@@ -406,6 +441,8 @@ static uint32_t depot_save(const uint64_t *f, uint32_t len)
     __atomic_store_n(&tr->len, len, __ATOMIC_RELEASE);
     __atomic_store_n(&g_hdr->traces_used, idx + 1, __ATOMIC_RELEASE);
     __atomic_store_n(bucket, idx + 1, __ATOMIC_RELEASE);
+    if (unlikely(idx + 1 > INDEX_LOAD * (g_tr_bucket_mask + 1)) && g_tr_bucket_mask + 1 < g_tr_bucket_max)
+        depot_grow();
     spin_unlock(&g_depot_lock);
     return idx + 1;
 }
@@ -472,6 +509,49 @@ static inline uint32_t cur_comm(void)
     return t.comm_id;
 }
 
+/* ---- the object index ------------------------------------------------------------------------- */
+/* A pointer's stripe is its hash's low bits: every bucket mask covers them, so it does not change
+ * when the index grows. The bucket is read with the stripe held (obj_index_grow holds them all). */
+static inline uint32_t *obj_stripe(uint32_t hash) { return &g_stripes[hash & (NR_STRIPES - 1)]; }
+static inline uint32_t *obj_bucket(uint32_t hash) { return &g_obj_buckets[hash & g_obj_bucket_mask]; }
+
+static inline uint32_t obj_hash(const struct kml_object *o)
+{
+    return hash_ptr(o->pointer, kind_is_pcpu(o->flags & KML_KIND_MASK));
+}
+
+/* x4 buckets (x2 to the last size), in place, with every stripe held: bucket b's chain splits into
+ * b, b+n, b+2n, b+3n */
+static __attribute__((noinline)) void obj_index_grow(void)
+{
+    for (uint32_t i = 0; i < NR_STRIPES; i++)
+        spin_lock(&g_stripes[i]);
+    uint32_t n = g_obj_bucket_mask + 1, shift = (uint32_t)__builtin_ctz(n);
+    uint32_t used = __atomic_load_n(&g_hdr->objects_used, __ATOMIC_RELAXED);
+    uint32_t ways = g_obj_bucket_max / n >= 4 ? 4 : 2;
+    if (used > INDEX_LOAD * n && n < g_obj_bucket_max) {
+        for (uint32_t b = 0; b < n; b++) {
+            uint32_t heads[4] = {0, 0, 0, 0}, tails[4] = {0, 0, 0, 0};
+            for (uint32_t id = g_obj_buckets[b]; id; id = g_obj[id - 1].hash_next) {
+                uint32_t k = (obj_hash(&g_obj[id - 1]) >> shift) & (ways - 1);
+                if (tails[k])
+                    g_obj[tails[k] - 1].hash_next = id;
+                else
+                    heads[k] = id;
+                tails[k] = id;
+            }
+            for (uint32_t k = 0; k < ways; k++) {
+                if (tails[k])
+                    g_obj[tails[k] - 1].hash_next = 0;
+                g_obj_buckets[b + k * n] = heads[k];
+            }
+        }
+        __atomic_store_n(&g_obj_bucket_mask, ways * n - 1, __ATOMIC_RELAXED);
+    }
+    for (uint32_t i = NR_STRIPES; i-- > 0;)
+        spin_unlock(&g_stripes[i]);
+}
+
 /* ---- object slots -------------------------------------------------------------------------------- */
 static uint32_t slot_alloc(void)
 {
@@ -505,6 +585,11 @@ static uint32_t slot_alloc(void)
                                         __ATOMIC_RELAXED)) {
             t.bump_next = cur + 1;
             t.bump_end = end;
+            /* objects_used bounds the live count: grow the index before its chains get long
+             * (no stripe is held here; callers may hold the mm or pcpu lock, which come first) */
+            if (unlikely(end > INDEX_LOAD * (__atomic_load_n(&g_obj_bucket_mask, __ATOMIC_RELAXED) + 1)) &&
+                __atomic_load_n(&g_obj_bucket_mask, __ATOMIC_RELAXED) + 1 < g_obj_bucket_max)
+                obj_index_grow();
             return cur;
         }
     }
@@ -583,8 +668,6 @@ static inline __attribute__((always_inline)) void current_context(struct objinfo
     oi->transient_gen = 0;
 }
 
-static inline uint32_t *stripe_of(uint32_t b) { return &g_stripes[b & (NR_STRIPES - 1)]; }
-
 /* create_object: a LIVE record, indexed by pointer; slot index or UINT32_MAX */
 static uint32_t create_object(const struct objinfo *oi)
 {
@@ -607,11 +690,12 @@ static uint32_t create_object(const struct objinfo *oi)
     o->transient_gen = oi->transient_gen;
     rec_write_end(&o->state, KML_STATE_LIVE);
 
-    uint32_t b = hash_ptr(oi->pointer, kind_is_pcpu(oi->flags & KML_KIND_MASK)) & g_obj_bucket_mask;
-    uint32_t *l = stripe_of(b);
+    uint32_t h = hash_ptr(oi->pointer, kind_is_pcpu(oi->flags & KML_KIND_MASK));
+    uint32_t *l = obj_stripe(h);
     spin_lock(l);
-    o->hash_next = g_obj_buckets[b];
-    g_obj_buckets[b] = idx + 1;
+    uint32_t *bucket = obj_bucket(h);
+    o->hash_next = *bucket;
+    *bucket = idx + 1;
     spin_unlock(l);
     __atomic_fetch_add(&g_hdr->live_objects, 1, __ATOMIC_RELAXED);
     return idx;
@@ -626,10 +710,10 @@ static inline int obj_matches(const struct kml_object *o, uint64_t ptr, uint32_t
 /* delete_object: unindex and release the record of ptr; copies it to *save; 1 if found */
 static int delete_object(uint64_t ptr, int pcpu, uint32_t kinds, struct kml_object *save)
 {
-    uint32_t b = hash_ptr(ptr, pcpu) & g_obj_bucket_mask;
-    uint32_t *l = stripe_of(b);
+    uint32_t h = hash_ptr(ptr, pcpu);
+    uint32_t *l = obj_stripe(h);
     spin_lock(l);
-    uint32_t *link = &g_obj_buckets[b];
+    uint32_t *link = obj_bucket(h);
     for (uint32_t id = *link; id; link = &g_obj[id - 1].hash_next, id = *link) {
         struct kml_object *o = &g_obj[id - 1];
         if (!obj_matches(o, ptr, kinds))
@@ -652,10 +736,10 @@ static int delete_object(uint64_t ptr, int pcpu, uint32_t kinds, struct kml_obje
 typedef void (*modify_fn)(struct kml_object *o, uintptr_t arg);
 static int modify_object(uint64_t ptr, int pcpu, uint32_t kinds, modify_fn fn, uintptr_t arg)
 {
-    uint32_t b = hash_ptr(ptr, pcpu) & g_obj_bucket_mask;
-    uint32_t *l = stripe_of(b);
+    uint32_t h = hash_ptr(ptr, pcpu);
+    uint32_t *l = obj_stripe(h);
     spin_lock(l);
-    for (uint32_t id = g_obj_buckets[b]; id; id = g_obj[id - 1].hash_next) {
+    for (uint32_t id = *obj_bucket(h); id; id = g_obj[id - 1].hash_next) {
         struct kml_object *o = &g_obj[id - 1];
         if (!obj_matches(o, ptr, kinds))
             continue;
@@ -672,10 +756,10 @@ static int modify_object(uint64_t ptr, int pcpu, uint32_t kinds, modify_fn fn, u
 /* the start of the LIVE plain object containing ptr (exact match first, then a table walk) */
 static int find_containing(uint64_t ptr, uint64_t *start, uint64_t *size, uint32_t *kind)
 {
-    uint32_t b = hash_ptr(ptr, 0) & g_obj_bucket_mask;
-    uint32_t *l = stripe_of(b);
+    uint32_t h = hash_ptr(ptr, 0);
+    uint32_t *l = obj_stripe(h);
     spin_lock(l);
-    for (uint32_t id = g_obj_buckets[b]; id; id = g_obj[id - 1].hash_next) {
+    for (uint32_t id = *obj_bucket(h); id; id = g_obj[id - 1].hash_next) {
         struct kml_object *o = &g_obj[id - 1];
         if (obj_matches(o, ptr, PLAIN_KINDS)) {
             *start = o->pointer;
@@ -803,7 +887,7 @@ EXPORT void *malloc(size_t size)
     void *p = __libc_malloc(size);
     if (likely(p != NULL) && tracking_enter()) {
         /* the bucket line arrives while we unwind */
-        __builtin_prefetch(&g_obj_buckets[hash_ptr((uintptr_t)p, 0) & g_obj_bucket_mask], 1, 3);
+        __builtin_prefetch(&g_obj_buckets[hash_ptr((uintptr_t)p, 0) & __atomic_load_n(&g_obj_bucket_mask, __ATOMIC_RELAXED)], 1, 3);
         track_alloc(p, size);
         tracking_leave();
     }
@@ -1626,10 +1710,10 @@ EXPORT void kmemleak_scan_area(const void *ptr, size_t size)
         goto out;
     }
     /* find the object's slot and seq under its stripe lock */
-    uint32_t b = hash_ptr(start, 0) & g_obj_bucket_mask;
-    uint32_t *l = stripe_of(b);
+    uint32_t h = hash_ptr(start, 0);
+    uint32_t *l = obj_stripe(h);
     spin_lock(l);
-    for (uint32_t id = g_obj_buckets[b]; id; id = g_obj[id - 1].hash_next) {
+    for (uint32_t id = *obj_bucket(h); id; id = g_obj[id - 1].hash_next) {
         struct kml_object *o = &g_obj[id - 1];
         if (!obj_matches(o, start, PLAIN_KINDS))
             continue;
@@ -1874,6 +1958,8 @@ static int table_create(void)
      * in the last-level cache for typical object counts */
     uint32_t obj_buckets = pow2_at_least(g_obj_cap / 4);
     uint32_t tr_buckets = pow2_at_least(g_tr_cap / 4);
+    if (obj_buckets < NR_STRIPES)
+        obj_buckets = NR_STRIPES;
     g_batch_cap = g_obj_cap + 64; /* worst case: chains of one slot */
     size_t p = 0;
     size_t ob_off = p;
@@ -1898,10 +1984,12 @@ static int table_create(void)
     syscall(SYS_madvise, pm, mm_off, MADV_HUGEPAGE);
     g_priv = pm;
     g_obj_buckets = (uint32_t *)((char *)pm + ob_off);
-    g_obj_bucket_mask = obj_buckets - 1;
+    g_obj_bucket_max = obj_buckets;
+    g_obj_bucket_mask = NR_STRIPES - 1;
     g_stripes = (uint32_t *)((char *)pm + st_off);
     g_tr_buckets = (uint32_t *)((char *)pm + tb_off);
-    g_tr_bucket_mask = tr_buckets - 1;
+    g_tr_bucket_max = tr_buckets;
+    g_tr_bucket_mask = (tr_buckets < TR_BUCKETS_MIN ? tr_buckets : TR_BUCKETS_MIN) - 1;
     g_mm_slots = (uint32_t *)((char *)pm + mm_off);
     g_thr_free = (uint32_t *)((char *)pm + tf_off);
     g_batches = (uint32_t *)((char *)pm + ba_off);

@@ -36,6 +36,27 @@ struct ShimFixtureTests {
         #expect(live[b] == nil && live[a2] != nil)
     }
 
+    /// The object index starts small and grows in place as objects accumulate (4096 buckets, x4
+    /// past two objects a bucket): 150000 allocations take it through three growths, and every
+    /// object is still found by free() afterwards.
+    @Test func objectIndexGrowsWithTheObjectCount() throws {
+        let c = try ShimFixture.start()
+        let t = try c.table()
+        try c.child.send("many 150000")
+        var kept = Set<UInt64>()
+        while true {
+            let l = try c.child.readLine(timeout: 60).split(separator: " ")
+            if l.first == "MANYEND" { #expect(Int(l[1]) == kept.count); break }
+            if l.first == "MANY" { kept.formUnion(l.dropFirst().compactMap { hexArg($0) }) }
+        }
+        #expect(kept.count == 75000)
+        let forty = Set(try liveObjects(t).values.filter { $0.size == 40 }.map(\.pointer))
+        // the differences, not the sets: 75000 addresses would drown the report
+        #expect(forty.subtracting(kept).isEmpty && kept.subtracting(forty).isEmpty)
+        _ = try c.child.request("freemany", expect: "OK", timeout: 60)
+        #expect(try liveObjects(t).values.filter { $0.size == 40 }.isEmpty)
+    }
+
     @Test func mmapAndPartialMunmap() throws {
         let c = try ShimFixture.start()
         let t = try c.table()

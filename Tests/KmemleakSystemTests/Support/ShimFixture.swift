@@ -20,6 +20,9 @@ enum ShimFixture {
     __attribute__((noinline)) void *kml_fixture_level2(size_t n) { void *p = kml_fixture_level3(n); sink = p; return p; }
     __attribute__((noinline)) void *kml_fixture_level1(size_t n) { void *p = kml_fixture_level2(n); sink = p; return p; }
 
+    static void *many[200000];
+    static unsigned long many_count;
+
     static int thread_pipe[2];
     static pthread_t threads[64];
     static int nthreads;
@@ -40,6 +43,24 @@ enum ShimFixture {
             if (sscanf(line, "malloc %lu", &a) == 1) printf("OBJ %p\n", malloc(a));
             else if (sscanf(line, "levels %lu", &a) == 1) printf("OBJ %p\n", kml_fixture_level1(a));
             else if (sscanf(line, "free %lx", &a) == 1) { free((void *)a); printf("OK\n"); }
+            else if (sscanf(line, "many %lu", &a) == 1 && a <= 200000) {
+                /* a malloc(40) each, every other one freed again; the kept ones, 256 a line */
+                many_count = 0;
+                for (unsigned long i = 0; i < a; i++) {
+                    void *q = malloc(40);
+                    if (i % 2) free(q); else many[many_count++] = q;
+                }
+                for (unsigned long i = 0; i < many_count; i++) {
+                    if (i % 256 == 0) printf(i ? "\nMANY" : "MANY");
+                    printf(" %p", many[i]);
+                }
+                printf("\nMANYEND %lu\n", many_count);
+            }
+            else if (strncmp(line, "freemany", 8) == 0) {
+                for (unsigned long i = 0; i < many_count; i++) free(many[i]);
+                many_count = 0;
+                printf("OK\n");
+            }
             else if (sscanf(line, "realloc %lx %lu", &a, &b) == 2) printf("OBJ %p\n", realloc((void *)a, b));
             else if (sscanf(line, "mmap %lu", &a) == 1)
                 printf("OBJ %p\n", mmap(NULL, a, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));

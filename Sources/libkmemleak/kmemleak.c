@@ -65,7 +65,8 @@ extern void *__libc_pvalloc(size_t);
 #define SLOT_BATCH 256u           /* free slots moved between a thread cache and the global list */
 #define NR_STRIPES 4096u          /* object hash lock stripes */
 #define TR_BUCKETS_MIN 1024u      /* initial stack depot buckets */
-#define INDEX_LOAD 2u             /* an index grows (x4) past this many entries per bucket */
+#define INDEX_LOAD 1u             /* an index grows (x4) past this many entries per bucket */
+#define LIVE_BATCH 64             /* a thread adds its live-object changes to the header this many at once */
 #define UNWIND_EXTRA 8            /* frames captured beyond KML_MAX_TRACE to skip our own */
 
 #define STATE_LIVE_MASK (KML_STATE_KIND_MASK)
@@ -138,6 +139,7 @@ struct kml_tls {
     uint32_t cache_head; /* 1-based chain of free object slots (via hash_next) */
     uint32_t cache_count;
     uint32_t bump_next, bump_end;
+    int32_t live_delta;  /* LIVE records made minus released, not yet added to the header */
     int thread_slot;     /* 1-based slot in the thread table, 0 = none */
     int exiting;
 };
@@ -552,6 +554,22 @@ static __attribute__((noinline)) void obj_index_grow(void)
         spin_unlock(&g_stripes[i]);
 }
 
+/* the header's live_objects, in per-thread batches: one shared atomic per LIVE_BATCH changes
+ * instead of two per malloc/free pair (the daemon reads it as a size hint and for its log) */
+static void live_flush(void)
+{
+    if (t.live_delta && g_hdr)
+        __atomic_fetch_add(&g_hdr->live_objects, (uint64_t)(int64_t)t.live_delta, __ATOMIC_RELAXED);
+    t.live_delta = 0;
+}
+
+static inline void live_count(int32_t d)
+{
+    t.live_delta += d;
+    if (unlikely(t.live_delta >= LIVE_BATCH || t.live_delta <= -LIVE_BATCH || t.exiting))
+        live_flush();
+}
+
 /* ---- object slots -------------------------------------------------------------------------------- */
 static uint32_t slot_alloc(void)
 {
@@ -648,6 +666,7 @@ static void slot_cache_flush(void)
     }
     t.cache_head = 0;
     t.bump_next = t.bump_end = 0;
+    live_flush();
 }
 
 /* ---- object lifetime --------------------------------------------------------------------------- */
@@ -697,7 +716,7 @@ static uint32_t create_object(const struct objinfo *oi)
     o->hash_next = *bucket;
     *bucket = idx + 1;
     spin_unlock(l);
-    __atomic_fetch_add(&g_hdr->live_objects, 1, __ATOMIC_RELAXED);
+    live_count(1);
     return idx;
 }
 
@@ -724,7 +743,7 @@ static int delete_object(uint64_t ptr, int pcpu, uint32_t kinds, struct kml_obje
         rec_write_begin(&o->state);
         rec_write_end(&o->state, KML_STATE_FREE);
         spin_unlock(l);
-        __atomic_fetch_sub(&g_hdr->live_objects, 1, __ATOMIC_RELAXED);
+        live_count(-1);
         slot_free(id - 1);
         return 1;
     }

@@ -12,30 +12,22 @@ RUN_DIR=$(mktemp -d /dev/shm/kml-bench-fork.XXXXXX); trap 'rm -rf "$RUN_DIR"' EX
 export KMEMLEAK_RUN_DIR=$RUN_DIR
 BASH_BIN=$(command -v bash)
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-# prints "wall cpu" in seconds for one run of the loop body $1 under the environment "${@:2}"
+. "$(dirname "$(realpath "$0")")/../peers.sh"
+# prints "wall cpu" in seconds for one run of the loop body $1 under configuration $2
 run_once() {
-    local body=$1; shift
     local out
-    out=$( { /usr/bin/time -f '%e %U %S' env "$@" "$BASH_BIN" -c "for ((i = 0; i < $N; i++)); do x=$body; done" >/dev/null; } 2>&1 | tail -1)
+    peer_env "$2"
+    out=$( { /usr/bin/time -f '%e %U %S' env "${PEER_ENV[@]}" "$BASH_BIN" -c "for ((i = 0; i < $N; i++)); do x=$1; done" >/dev/null; } 2>&1 | tail -1)
     awk '{printf "%.3f %.3f\n", $1, $2 + $3}' <<<"$out"
 }
 configs=(plain shim lsan)
-cfg_env() {
-    case $1 in
-    plain) echo "" ;;
-    shim) echo "LD_PRELOAD=$SHIM" ;;
-    lsan) echo "LD_PRELOAD=$LSAN LSAN_OPTIONS=detect_leaks=0" ;;
-    esac
-}
-echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+machine
 echo "workload: bash loop of $N command substitutions, $REPS reps interleaved, medians (s)"
 for body in '$(true)' '$(/bin/true)'; do
     declare -A W=() C=()
     for ((r = 0; r < REPS; r++)); do
         for c in "${configs[@]}"; do
-            # shellcheck disable=SC2046
-            read -r w cpu < <(run_once "$body" $(cfg_env "$c"))
+            read -r w cpu < <(run_once "$body" "$c")
             W[$c]+="$w " C[$c]+="$cpu "
         done
     done

@@ -11,19 +11,14 @@ ROUNDS=${ROUNDS:-30} REPS=${REPS:-3} PY=${PYTHON:-/usr/bin/python3}
 WORKLOAD=$(dirname "$(realpath "$0")")/workload.py
 RUN_DIR=$(mktemp -d /dev/shm/kml-bench-python.XXXXXX); trap 'rm -rf "$RUN_DIR"' EXIT
 export KMEMLEAK_RUN_DIR=$RUN_DIR PYTHONMALLOC=malloc
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+. "$(dirname "$(realpath "$0")")/../peers.sh"
 configs=(plain shim lsan lsan_full)
 run_cfg() { # config -> "cpu_seconds max_rss_mb"
-    local e=()
-    case $1 in
-    shim) e=(LD_PRELOAD="$SHIM") ;;
-    lsan) e=(LD_PRELOAD="$LSAN" LSAN_OPTIONS=detect_leaks=0) ;;
-    lsan_full) e=(LD_PRELOAD="$LSAN" LSAN_OPTIONS=detect_leaks=0:fast_unwind_on_malloc=0) ;;
-    esac
-    { /usr/bin/time -f '%U %S %M' env "${e[@]}" "$PY" "$WORKLOAD" "$ROUNDS" >/dev/null; } 2>&1 | tail -1 |
+    peer_env "$1"
+    { /usr/bin/time -f '%U %S %M' env "${PEER_ENV[@]}" "$PY" "$WORKLOAD" "$ROUNDS" >/dev/null; } 2>&1 | tail -1 |
         awk '{printf "%.2f %.0f\n", $1 + $2, $3 / 1024}'
 }
-echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+machine
 echo "workload: PYTHONMALLOC=malloc $PY workload.py $ROUNDS, $REPS reps interleaved, medians"
 declare -A C M
 for ((r = 0; r < REPS; r++)); do

@@ -10,18 +10,13 @@ BIN=$(realpath "$1") SHIM=$(realpath "$2") LSAN=$3
 OPS=${OPS:-500000} REPS=${REPS:-5}
 RUN_DIR=$(mktemp -d /dev/shm/kml-bench-threads.XXXXXX); trap 'rm -rf "$RUN_DIR"' EXIT
 export KMEMLEAK_RUN_DIR=$RUN_DIR
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+. "$(dirname "$(realpath "$0")")/../peers.sh"
 configs=(plain shim lsan lsan_full)
 run_cfg() { # config threads ops -> cpu_ns_per_op
-    local e=()
-    case $1 in
-    shim) e=(LD_PRELOAD="$SHIM") ;;
-    lsan) e=(LD_PRELOAD="$LSAN" LSAN_OPTIONS=detect_leaks=0) ;;
-    lsan_full) e=(LD_PRELOAD="$LSAN" LSAN_OPTIONS=detect_leaks=0:fast_unwind_on_malloc=0) ;;
-    esac
-    env "${e[@]}" "$BIN" "$2" "$3" | sed -n 's/.*cpu_ns_per_op=\([0-9.]*\).*/\1/p'
+    peer_env "$1"
+    env "${PEER_ENV[@]}" "$BIN" "$2" "$3" | sed -n 's/.*cpu_ns_per_op=\([0-9.]*\).*/\1/p'
 }
-echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+machine
 echo "workload: $BIN, $OPS ops per thread (free + malloc of 16..1039 B, 10k live per thread), $REPS reps interleaved, median CPU ns/op"
 declare -A R
 for ((r = 0; r < REPS; r++)); do

@@ -67,7 +67,7 @@ extern void *__libc_pvalloc(size_t);
 #define TR_BUCKETS_MIN 1024u      /* initial stack depot buckets */
 #define INDEX_LOAD 1u             /* an index grows (x4) past this many entries per bucket */
 #define LIVE_BATCH 64             /* a thread adds its live-object changes to the header this many at once */
-#define UNWIND_EXTRA 8            /* frames captured beyond KML_MAX_TRACE to skip our own */
+#define UNWIND_EXTRA 4            /* frames captured beyond KML_MAX_TRACE to skip our own (at most 3) */
 
 #define STATE_LIVE_MASK (KML_STATE_KIND_MASK)
 #define KIND_BIT(k) (1u << (k))

@@ -4,6 +4,7 @@
 # builtin) and N `$(/bin/true)` (fork + exec), plain, under the shim and under LeakSanitizer's
 # preload, REPS times interleaved; the figures are the medians of wall time and of CPU time (user +
 # system of bash and all its children).
+# env SHIM_BASE=<another libkmemleak.so> adds it as configuration shim_base.
 # usage: run.sh <libkmemleak.so> <liblsan.so>    env: N (default 1000), REPS (default 5)
 set -euo pipefail
 SHIM=$(realpath "$1") LSAN=$2
@@ -20,7 +21,7 @@ run_once() {
     out=$( { /usr/bin/time -f '%e %U %S' env "${PEER_ENV[@]}" "$BASH_BIN" -c "for ((i = 0; i < $N; i++)); do x=$1; done" >/dev/null; } 2>&1 | tail -1)
     awk '{printf "%.3f %.3f\n", $1, $2 + $3}' <<<"$out"
 }
-configs=(plain shim lsan)
+mapfile -t configs < <(with_base plain shim lsan)
 machine
 echo "workload: bash loop of $N command substitutions, $REPS reps interleaved, medians (s)"
 for body in '$(true)' '$(/bin/true)'; do

@@ -4,6 +4,7 @@
 # workload.py plain, under the shim and under LeakSanitizer's preload (default fast unwinder, and
 # fast_unwind_on_malloc=0, which gives it full stacks), REPS times interleaved; figures are medians
 # of CPU seconds (user + system) and of the peak RSS.
+# env SHIM_BASE=<another libkmemleak.so> adds it as configuration shim_base.
 # usage: run.sh <libkmemleak.so> <liblsan.so>   env: ROUNDS (default 30), REPS (default 3), PYTHON (default /usr/bin/python3)
 set -euo pipefail
 SHIM=$(realpath "$1") LSAN=$2
@@ -12,7 +13,7 @@ WORKLOAD=$(dirname "$(realpath "$0")")/workload.py
 RUN_DIR=$(mktemp -d /dev/shm/kml-bench-python.XXXXXX); trap 'rm -rf "$RUN_DIR"' EXIT
 export KMEMLEAK_RUN_DIR=$RUN_DIR PYTHONMALLOC=malloc
 . "$(dirname "$(realpath "$0")")/../peers.sh"
-configs=(plain shim lsan lsan_full)
+mapfile -t configs < <(with_base plain shim lsan lsan_full)
 run_cfg() { # config -> "cpu_seconds max_rss_mb"
     peer_env "$1"
     { /usr/bin/time -f '%U %S %M' env "${PEER_ENV[@]}" "$PY" "$WORKLOAD" "$ROUNDS" >/dev/null; } 2>&1 | tail -1 |

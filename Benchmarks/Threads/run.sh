@@ -4,6 +4,7 @@
 # window), plain, under the shim and under LeakSanitizer's preload (default and full unwinding),
 # REPS times interleaved; figures are medians of process CPU ns per operation. "scaling" is the
 # 8-thread figure over the 1-thread one: 1.0 means the threads cost no more per operation than one.
+# env SHIM_BASE=<another libkmemleak.so> adds it as configuration shim_base.
 # usage: run.sh <threads binary> <libkmemleak.so> <liblsan.so>   env: OPS (per thread, default 500000), REPS (default 5)
 set -euo pipefail
 BIN=$(realpath "$1") SHIM=$(realpath "$2") LSAN=$3
@@ -11,7 +12,7 @@ OPS=${OPS:-500000} REPS=${REPS:-5}
 RUN_DIR=$(mktemp -d /dev/shm/kml-bench-threads.XXXXXX); trap 'rm -rf "$RUN_DIR"' EXIT
 export KMEMLEAK_RUN_DIR=$RUN_DIR
 . "$(dirname "$(realpath "$0")")/../peers.sh"
-configs=(plain shim lsan lsan_full)
+mapfile -t configs < <(with_base plain shim lsan lsan_full)
 run_cfg() { # config threads ops -> cpu_ns_per_op
     peer_env "$1"
     env "${PEER_ENV[@]}" "$BIN" "$2" "$3" | sed -n 's/.*cpu_ns_per_op=\([0-9.]*\).*/\1/p'

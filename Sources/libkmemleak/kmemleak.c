@@ -108,6 +108,7 @@ static uint32_t *g_obj_buckets;      /* 1-based slot of the first object in the 
 static uint32_t g_obj_bucket_mask;   /* written with every stripe held; >= NR_STRIPES - 1 */
 static uint32_t g_obj_bucket_max;
 static uint32_t *g_stripes;          /* spinlocks for the object buckets */
+static int g_stripes_wiped;          /* MADV_WIPEONFORK took: a forked child's stripes are all zero */
 static uint32_t *g_tr_buckets;       /* 1-based trace id */
 static uint32_t g_tr_bucket_mask;    /* written under the depot lock, read lock-free */
 static uint32_t g_tr_bucket_max;
@@ -2001,6 +2002,9 @@ static int table_create(void)
         return -1;
     /* the hash buckets are accessed at random: huge pages spare the TLB (not the lists) */
     syscall(SYS_madvise, pm, mm_off, MADV_HUGEPAGE);
+    /* a forked child starts with zeroed (unlocked) stripes, and fork() leaves the parent's stripe
+     * pages writable: neither side copies them when it next takes a lock */
+    g_stripes_wiped = syscall(SYS_madvise, (char *)pm + st_off, tb_off - st_off, MADV_WIPEONFORK) == 0;
     g_priv = pm;
     g_obj_buckets = (uint32_t *)((char *)pm + ob_off);
     g_obj_bucket_max = obj_buckets;
@@ -2037,10 +2041,10 @@ static void lock_all(void)
     spin_lock(&g_area_lock); /* taken under a stripe lock by kmemleak_scan_area */
 }
 
-static void unlock_all(void)
+static void unlock_all(int stripes)
 {
     spin_unlock(&g_area_lock);
-    for (uint32_t i = 0; i < NR_STRIPES; i++)
+    for (uint32_t i = 0; stripes && i < NR_STRIPES; i++)
         spin_unlock(&g_stripes[i]);
     spin_unlock(&g_batch_lock);
     spin_unlock(&g_depot_lock);
@@ -2128,7 +2132,7 @@ static void atfork_parent(void)
         if (g_fork_fd >= 0)
             syscall(SYS_close, g_fork_fd);
         g_fork_fd = -1;
-        unlock_all();
+        unlock_all(1);
     }
     t.in_shim--;
 }
@@ -2151,7 +2155,7 @@ static void atfork_child(void)
         return;
     }
     g_fork_locked = 0;
-    unlock_all();
+    unlock_all(!g_stripes_wiped);
     int old_tid_slot = t.thread_slot;
     int fd = g_fork_fd;
     g_fork_fd = -1;

@@ -2262,6 +2262,10 @@ __attribute__((constructor(101))) static void kml_init(void)
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
     if (syscall(SYS_gettid) == syscall(SYS_getpid))
         thread_register(1);
+    /* libunwind's DWARF cache per thread (in its TLS): the global one takes a lock on every miss
+     * of the per-thread frame cache that unw_backtrace tries first */
+    if (g_unwinder == UNWIND_LIBUNWIND)
+        unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD);
     /* warm the unwinder up (its first call may allocate: untracked here) */
     capture_trace();
     rendezvous_write();

@@ -384,8 +384,9 @@ static inline int trace_equal(const struct kml_trace *tr, uint32_t hash, const u
 static int g_depot_full_warned;
 
 /* x4 buckets (x2 to the last size), in place, under the depot lock: bucket b's chain splits into
- * b, b+n, b+2n, b+3n. Lock-free readers may walk a chain while it is relinked; every link points to an older (smaller)
- * id before and after, so a walk always ends, and a miss is retried under the lock. */
+ * b, b+n, b+2n, b+3n. Lock-free readers may walk a chain while it is relinked; every link points to
+ * an older (smaller) id before and after, so a walk always ends, and a miss is retried under the
+ * lock. */
 static void depot_grow(void)
 {
     uint32_t n = g_tr_bucket_mask + 1, shift = (uint32_t)__builtin_ctz(n);
@@ -415,7 +416,8 @@ static uint32_t depot_save(const uint64_t *f, uint32_t len)
     uint32_t hash = trace_hash(f, len);
     /* lock-free: a lookup that races with depot_grow may miss, and then finds it under the lock */
     uint32_t *bucket = &g_tr_buckets[hash & __atomic_load_n(&g_tr_bucket_mask, __ATOMIC_ACQUIRE)];
-    for (uint32_t id = __atomic_load_n(bucket, __ATOMIC_ACQUIRE); id; id = __atomic_load_n(&g_tr[id - 1].next, __ATOMIC_RELAXED))
+    for (uint32_t id = __atomic_load_n(bucket, __ATOMIC_ACQUIRE); id;
+         id = __atomic_load_n(&g_tr[id - 1].next, __ATOMIC_RELAXED))
         if (trace_equal(&g_tr[id - 1], hash, f, len))
             return id;
 
@@ -606,8 +608,8 @@ static uint32_t slot_alloc(void)
             t.bump_end = end;
             /* objects_used bounds the live count: grow the index before its chains get long
              * (no stripe is held here; callers may hold the mm or pcpu lock, which come first) */
-            if (unlikely(end > INDEX_LOAD * (__atomic_load_n(&g_obj_bucket_mask, __ATOMIC_RELAXED) + 1)) &&
-                __atomic_load_n(&g_obj_bucket_mask, __ATOMIC_RELAXED) + 1 < g_obj_bucket_max)
+            uint32_t buckets = __atomic_load_n(&g_obj_bucket_mask, __ATOMIC_RELAXED) + 1;
+            if (unlikely(end > INDEX_LOAD * buckets) && buckets < g_obj_bucket_max)
                 obj_index_grow();
             return cur;
         }
@@ -1974,8 +1976,8 @@ static int table_create(void)
     h->alloc_seq = 1;
 
     /* private index */
-    /* a quarter of the capacities: chains of 4 when full, and a bucket array small enough to stay
-     * in the last-level cache for typical object counts */
+    /* bucket reservations for a quarter of the capacities (chains of 4 when full); the indexes use
+     * only their first 4096 (objects) and 1024 (traces) buckets until they grow */
     uint32_t obj_buckets = pow2_at_least(g_obj_cap / 4);
     uint32_t tr_buckets = pow2_at_least(g_tr_cap / 4);
     if (obj_buckets < NR_STRIPES)
@@ -2058,6 +2060,7 @@ static void unlock_all(int stripes)
 static int g_fork_locked, g_fork_nested;
 static int g_fork_fd = -1;           /* the child's table, filled by the parent before fork() */
 static const char *g_fork_why;       /* why it could not be, for the child's disable message */
+static int g_fork_errno;
 
 /* writes [off, off+len) of the table to fd at the same offset: the kernel reads our mapping (present
  * pages, no faults) and fills the memfd's pages directly, without mapping them anywhere */
@@ -2068,6 +2071,8 @@ static int snapshot_range(int fd, size_t off, size_t len)
         long w = syscall(SYS_pwrite64, fd, src + off, len, (off_t)off);
         if (w < 0 && errno == EINTR)
             continue;
+        if (w == 0)
+            errno = EIO; /* no progress, and no errno of its own */
         if (w <= 0)
             return -1;
         off += (size_t)w;
@@ -2084,14 +2089,18 @@ static int table_snapshot(void)
     int fd = (int)syscall(SYS_memfd_create, KML_MEMFD_NAME, MFD_CLOEXEC);
     if (fd < 0) {
         g_fork_why = "fork: memfd_create failed";
+        g_fork_errno = errno;
         return -1;
     }
     if (syscall(SYS_ftruncate, fd, (off_t)g_total) != 0) {
         g_fork_why = "fork: ftruncate failed";
+        g_fork_errno = errno;
         syscall(SYS_close, fd);
         return -1;
     }
     const struct kml_header *h = g_hdr;
+    /* slot allocation is lock-free: the header copied next may count more slots than are copied
+     * here; those stay all-zero (FREE) in the child, and their writers do not exist there */
     uint32_t objects = __atomic_load_n(&h->objects_used, __ATOMIC_ACQUIRE);
     if (snapshot_range(fd, 0, sizeof(*h)) ||
         snapshot_range(fd, h->objects_offset, (size_t)objects * sizeof(struct kml_object)) ||
@@ -2101,6 +2110,7 @@ static int table_snapshot(void)
         snapshot_range(fd, h->regions_offset, (size_t)h->regions_used * sizeof(struct kml_region)) ||
         snapshot_range(fd, h->areas_offset, (size_t)h->areas_used * sizeof(struct kml_area))) {
         g_fork_why = "fork: writing the child's table failed";
+        g_fork_errno = errno;
         syscall(SYS_close, fd);
         return -1;
     }
@@ -2163,11 +2173,16 @@ static void atfork_child(void)
     void *m = fd < 0 ? MAP_FAILED
                      : raw_mmap(g_hdr, g_total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd, 0);
     if (m == MAP_FAILED) {
+        char why[128];
+        size_t n = str_cat(why, 0, sizeof(why), fd < 0 ? g_fork_why : "fork: remap failed");
+        n = str_cat(why, n, sizeof(why), " (errno ");
+        n = num_cat(why, n, sizeof(why), (uint64_t)(fd < 0 ? g_fork_errno : errno), 0);
+        str_cat(why, n, sizeof(why), ")");
         if (fd >= 0)
             syscall(SYS_close, fd);
         /* the parent's table must stay intact: detach from it before saying anything */
         g_hdr = NULL;
-        kml_disable(fd < 0 ? g_fork_why : "fork: remap failed");
+        kml_disable(why);
         t.in_shim--;
         return;
     }

@@ -120,6 +120,32 @@ struct ShimFixtureTests {
         #expect(try childTable.readThreads().map(\.tid) == [childPid])
     }
 
+    /// A fork whose snapshot cannot be made (no file descriptor for the child's memfd): the child
+    /// stops tracking and says why with the errno; the parent's table is untouched by it and the
+    /// parent goes on tracking.
+    @Test func forkWithoutAFileDescriptorLeavesTheChildUntracked() throws {
+        let c = try ShimFixture.start()
+        let parentTable = try c.table()
+        _ = try c.child.request("nofds", expect: "OK 0")
+        try c.child.send("fork")
+        var childPid: Int32 = 0, childObj: UInt64 = 0, forked: Int32 = 0
+        while childPid == 0 || forked == 0 {
+            let l = try c.child.readLine().split(separator: " ")
+            if l.first == "CHILD", l.count == 3 { childPid = Int32(l[1]) ?? 0; childObj = hexArg(l[2]) ?? 0 }
+            if l.first == "FORKED", l.count == 2 { forked = Int32(l[1]) ?? 0 }
+        }
+        defer { kill(childPid, SIGKILL) }
+        #expect(childPid == forked)
+        let said = "kmemleak: fork: memfd_create failed (errno \(EMFILE)), tracking disabled"
+        #expect(eventually { c.child.stderrText().contains(said) }, "stderr: \(c.child.stderrText())")
+        #expect(access(c.dir.path + "/\(childPid).client", F_OK) != 0)
+        let a = try c.ask("malloc 123", "OBJ")[0]
+        let parentLive = try liveObjects(parentTable)
+        #expect(parentLive[a]?.size == 123)
+        #expect(parentLive[childObj]?.size != 777)
+        #expect(try parentTable.readThreads().map(\.tid) == [c.pid])
+    }
+
     @Test func annotations() throws {
         let c = try ShimFixture.start()
         let t = try c.table()

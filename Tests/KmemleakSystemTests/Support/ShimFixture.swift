@@ -10,7 +10,9 @@ enum ShimFixture {
     #include <stdio.h>
     #include <stdlib.h>
     #include <string.h>
+    #include <fcntl.h>
     #include <sys/mman.h>
+    #include <sys/resource.h>
     #include <sys/syscall.h>
     #include <unistd.h>
     #include "kmemleak.h"
@@ -82,6 +84,15 @@ enum ShimFixture {
                 write(thread_pipe[1], "x", 1);
                 pthread_join(threads[--nthreads], NULL);
                 printf("JOINED\n");
+            }
+            else if (strncmp(line, "nofds", 5) == 0) {
+                /* no new file descriptor from now on: the lowest free one becomes the limit */
+                int fd = open("/dev/null", O_RDONLY);
+                close(fd);
+                struct rlimit rl;
+                getrlimit(RLIMIT_NOFILE, &rl);
+                rl.rlim_cur = (rlim_t)fd;
+                printf("OK %d\n", setrlimit(RLIMIT_NOFILE, &rl));
             }
             else if (strncmp(line, "fork", 4) == 0) {
                 pid_t p = fork();

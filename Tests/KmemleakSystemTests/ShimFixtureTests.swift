@@ -96,13 +96,7 @@ struct ShimFixtureTests {
         let c = try ShimFixture.start()
         let parentTable = try c.table()
         let a = try c.ask("malloc 123", "OBJ")[0]
-        try c.child.send("fork")
-        var childPid: Int32 = 0, childObj: UInt64 = 0, forked: Int32 = 0
-        while childPid == 0 || forked == 0 {
-            let l = try c.child.readLine().split(separator: " ")
-            if l.first == "CHILD", l.count == 3 { childPid = Int32(l[1]) ?? 0; childObj = hexArg(l[2]) ?? 0 }
-            if l.first == "FORKED", l.count == 2 { forked = Int32(l[1]) ?? 0 }
-        }
+        let (childPid, childObj, forked) = try c.fork()
         defer { kill(childPid, SIGKILL) }
         #expect(childPid == forked)
         let r = try Rendezvous.read(path: c.dir.path + "/\(childPid).client")
@@ -127,13 +121,7 @@ struct ShimFixtureTests {
         let c = try ShimFixture.start()
         let parentTable = try c.table()
         _ = try c.child.request("nofds", expect: "OK 0")
-        try c.child.send("fork")
-        var childPid: Int32 = 0, childObj: UInt64 = 0, forked: Int32 = 0
-        while childPid == 0 || forked == 0 {
-            let l = try c.child.readLine().split(separator: " ")
-            if l.first == "CHILD", l.count == 3 { childPid = Int32(l[1]) ?? 0; childObj = hexArg(l[2]) ?? 0 }
-            if l.first == "FORKED", l.count == 2 { forked = Int32(l[1]) ?? 0 }
-        }
+        let (childPid, childObj, forked) = try c.fork()
         defer { kill(childPid, SIGKILL) }
         #expect(childPid == forked)
         let said = "kmemleak: fork: memfd_create failed (errno \(EMFILE)), tracking disabled"

@@ -137,6 +137,19 @@ enum ShimFixture {
 }
 
 extension ShimClient {
+    /// `fork`: the child's pid and its malloc(777) as the child reports them, and fork()'s result
+    /// as the parent reports it (the two lines come in either order).
+    func fork() throws -> (childPid: Int32, childObj: UInt64, forked: Int32) {
+        try child.send("fork")
+        var childPid: Int32 = 0, childObj: UInt64 = 0, forked: Int32 = 0
+        while childPid == 0 || forked == 0 {
+            let l = try child.readLine().split(separator: " ")
+            if l.first == "CHILD", l.count == 3 { childPid = Int32(l[1]) ?? 0; childObj = hexArg(l[2]) ?? 0 }
+            if l.first == "FORKED", l.count == 2 { forked = Int32(l[1]) ?? 0 }
+        }
+        return (childPid, childObj, forked)
+    }
+
     /// Sends a command and returns the hex numbers of its reply (after the tag).
     func ask(_ cmd: String, _ tag: String) throws -> [UInt64] {
         let line = try child.request(cmd, expect: tag + " ")

@@ -25,6 +25,29 @@ enum ShimFixture {
     static void *many[200000];
     static unsigned long many_count;
 
+    /* a malloc under a distinct stack for each `bits`: 12 frames of stack_a or stack_b (noipa and a
+     * different body each, so that the compiler neither merges nor inlines them) */
+    static volatile int stack_b_calls;
+    __attribute__((noinline, noipa)) void *stack_b(unsigned long bits, int depth);
+    __attribute__((noinline, noipa)) void *stack_a(unsigned long bits, int depth) {
+        void *p = depth == 0 ? malloc(24) : (bits & 1) ? stack_a(bits >> 1, depth - 1) : stack_b(bits >> 1, depth - 1);
+        __asm__ volatile("" ::: "memory");
+        return p;
+    }
+    __attribute__((noinline, noipa)) void *stack_b(unsigned long bits, int depth) {
+        stack_b_calls++;
+        void *p = depth == 0 ? malloc(24) : (bits & 1) ? stack_a(bits >> 1, depth - 1) : stack_b(bits >> 1, depth - 1);
+        __asm__ volatile("" ::: "memory");
+        return p;
+    }
+    static void print_many(void) {
+        for (unsigned long i = 0; i < many_count; i++) {
+            if (i % 256 == 0) printf(i ? "\nMANY" : "MANY");
+            printf(" %p", many[i]);
+        }
+        printf("\nMANYEND %lu\n", many_count);
+    }
+
     static int thread_pipe[2];
     static pthread_t threads[64];
     static int nthreads;
@@ -52,11 +75,12 @@ enum ShimFixture {
                     void *q = malloc(40);
                     if (i % 2) free(q); else many[many_count++] = q;
                 }
-                for (unsigned long i = 0; i < many_count; i++) {
-                    if (i % 256 == 0) printf(i ? "\nMANY" : "MANY");
-                    printf(" %p", many[i]);
-                }
-                printf("\nMANYEND %lu\n", many_count);
+                print_many();
+            }
+            else if (sscanf(line, "stacks %lu", &a) == 1 && a <= 4096) {
+                /* a malloc(24) each under its own stack (index i: the low 12 bits of i choose it) */
+                for (many_count = 0; many_count < a; many_count++) many[many_count] = stack_a(many_count, 12);
+                print_many();
             }
             else if (strncmp(line, "freemany", 8) == 0) {
                 for (unsigned long i = 0; i < many_count; i++) free(many[i]);
@@ -148,6 +172,20 @@ extension ShimClient {
             if l.first == "FORKED", l.count == 2 { forked = Int32(l[1]) ?? 0 }
         }
         return (childPid, childObj, forked)
+    }
+
+    /// A command that answers with MANY lines of addresses and MANYEND <count>: the addresses in order.
+    func many(_ cmd: String) throws -> [UInt64] {
+        try child.send(cmd)
+        var addrs: [UInt64] = []
+        while true {
+            let l = try child.readLine(timeout: 60).split(separator: " ")
+            if l.first == "MANYEND" {
+                guard Int(l[1]) == addrs.count else { throw TestError("\(cmd): \(addrs.count) addresses, MANYEND \(l[1])") }
+                return addrs
+            }
+            if l.first == "MANY" { addrs += l.dropFirst().compactMap { hexArg($0) } }
+        }
     }
 
     /// Sends a command and returns the hex numbers of its reply (after the tag).

@@ -83,6 +83,18 @@ shim-selftest: shim
 bench-shim: shim
 	$(SHIM_CC) -std=gnu11 -O2 -g -o $(BENCH_DIR)/churn Benchmarks/ShimOverhead/churn.c
 	Benchmarks/ShimOverhead/run.sh $(BENCH_DIR)/churn $(SHIM_SO) $(LSAN_SO)
+
+# issue 10's shim benchmarks (not tests): fork+exec from bash, allocation-heavy python3, 8 threads
+.PHONY: bench-fork bench-python bench-threads
+bench-fork: shim
+	Benchmarks/ForkExec/run.sh $(SHIM_SO) $(LSAN_SO)
+bench-python: shim
+	Benchmarks/Python/run.sh $(SHIM_SO) $(LSAN_SO)
+bench-threads: shim
+	$(SHIM_CC) -std=gnu11 -O2 -g -pthread -o $(BENCH_DIR)/threads Benchmarks/Threads/threads.c
+	Benchmarks/Threads/run.sh $(BENCH_DIR)/threads $(SHIM_SO) $(LSAN_SO)
+# prerequisites only: other sections may add their benchmarks to `bench` the same way
+bench: bench-shim bench-fork bench-python bench-threads
 # END shim section
 
 # BEGIN clients section (test and benchmark clients of the daemon)

@@ -8,36 +8,11 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "workload.h"
+
 #define WINDOW 100000
 
 static void *slots[WINDOW];
-
-static inline uint64_t rnd(uint64_t *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
-
-__attribute__((noinline)) static void *alloc_level3(size_t n)
-{
-    void *p = malloc(n);
-    __asm__ volatile("" ::: "memory");
-    return p;
-}
-__attribute__((noinline)) static void *alloc_level2(size_t n)
-{
-    void *p = alloc_level3(n);
-    __asm__ volatile("" ::: "memory");
-    return p;
-}
-__attribute__((noinline)) static void *alloc_level1(size_t n)
-{
-    void *p = alloc_level2(n);
-    __asm__ volatile("" ::: "memory");
-    return p;
-}
 
 int main(int argc, char **argv)
 {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Shim overhead benchmark (make bench-shim). Not a timed test: it prints a table for BENCHMARKS.md.
 # usage: run.sh <churn binary> <libkmemleak.so> <liblsan.so>
-# env: OPS (default 10000000), REPS (default 5), SMALL_OPS for heaptrack/valgrind (default 1000000),
+# env: SHIM_BASE=<another libkmemleak.so> adds configuration shim_base; OPS (default 10000000), REPS (default 5), SMALL_OPS for heaptrack/valgrind (default 1000000),
 #      PEERS=0 to skip heaptrack and valgrind.
 set -euo pipefail
 CHURN=$(realpath "$1") SHIM=$(realpath "$2") LSAN=$3
@@ -9,20 +9,18 @@ OPS=${OPS:-10000000} REPS=${REPS:-5} SMALL_OPS=${SMALL_OPS:-1000000} PEERS=${PEE
 RUN_DIR=$(mktemp -d); trap 'rm -rf "$RUN_DIR"' EXIT
 export KMEMLEAK_RUN_DIR=$RUN_DIR
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 minimum() { sort -n | head -1; }
 # the figure is the thread CPU time per operation (cpu_ns_per_op): wall time on a shared machine is noise
 nsop() { "$@" | sed -n 's/.*cpu_ns_per_op=\([0-9.]*\).*/\1/p'; }
 
 declare -A R
-configs=(plain shim shim_libgcc shim_nounwind lsan)
+. "$(dirname "$(realpath "$0")")/../peers.sh"
+mapfile -t configs < <(with_base plain shim shim_libgcc shim_nounwind lsan lsan_full)
 run_cfg() {
     case $1 in
-    plain) nsop env "$CHURN" "$2" ;;
-    shim) nsop env LD_PRELOAD="$SHIM" "$CHURN" "$2" ;;
+    plain | shim | shim_base | lsan | lsan_full) peer_env "$1" && nsop env "${PEER_ENV[@]}" "$CHURN" "$2" ;;
     shim_libgcc) nsop env LD_PRELOAD="$SHIM" KMEMLEAK_UNWINDER=libgcc "$CHURN" "$2" ;;
     shim_nounwind) nsop env LD_PRELOAD="$SHIM" KMEMLEAK_UNWINDER=none "$CHURN" "$2" ;;
-    lsan) nsop env LD_PRELOAD="$LSAN" LSAN_OPTIONS=detect_leaks=0 "$CHURN" "$2" ;;
     esac
 }
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r)"
@@ -30,7 +28,7 @@ echo "workload: $CHURN $OPS ops (free + malloc of 16..1039 B, 100k live, 3 calls
 for ((r = 0; r < REPS; r++)); do
     for c in "${configs[@]}"; do
         ops=$OPS
-        [[ $c == shim_libgcc ]] && ops=$((OPS / 10))
+        [[ $c == shim_libgcc || $c == lsan_full ]] && ops=$((OPS / 10))
         R[$c]+="$(run_cfg "$c" "$ops") "
     done
 done
@@ -44,6 +42,7 @@ for c in "${configs[@]}"; do
     printf "%-16s %10.1f %10.1f %10.1f %10.1f   (ns/op, all: %s)\n" "$c" "$v" "$(echo "$v - $MED_plain" | bc -l)" \
         "$m" "$(echo "$m - $MIN_plain" | bc -l)" "${R[$c]}"
 done
+echo "lsan_full overhead / shim overhead (goal: 4 or more): median $(echo "($MED_lsan_full - $MED_plain) / ($MED_shim - $MED_plain)" | bc -l | cut -c1-5)"
 echo "shim overhead / LSan overhead: median $(echo "($MED_shim - $MED_plain) / ($MED_lsan - $MED_plain)" | bc -l | cut -c1-5)," \
      "min $(echo "($MIN_shim - $MIN_plain) / ($MIN_lsan - $MIN_plain)" | bc -l | cut -c1-5)"
 

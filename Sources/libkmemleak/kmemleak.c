@@ -224,7 +224,10 @@ enum { ALIGNED_MEMALIGN, ALIGNED_ALLOC, ALIGNED_VALLOC, ALIGNED_PVALLOC };
 #define SLOT_CHUNK 64u            /* object slots a thread takes from the bump pointer at once */
 #define SLOT_BATCH 256u           /* free slots moved between a thread cache and the global list */
 #define NR_STRIPES 4096u          /* object hash lock stripes */
-#define UNWIND_EXTRA 8            /* frames captured beyond KML_MAX_TRACE to skip our own */
+#define TR_BUCKETS_MIN 1024u      /* initial stack depot buckets */
+#define INDEX_LOAD 1u             /* an index grows (x4) past this many entries per bucket */
+#define LIVE_BATCH 64             /* a thread adds its live-object changes to the header this many at once */
+#define UNWIND_EXTRA 4            /* frames captured beyond KML_MAX_TRACE to skip our own (at most 3) */
 
 #define STATE_LIVE_MASK (KML_STATE_KIND_MASK)
 #define KIND_BIT(k) (1u << (k))
@@ -264,11 +267,17 @@ static uint32_t g_obj_cap, g_tr_cap, g_thr_cap, g_comm_cap, g_reg_cap, g_area_ca
 /* private index (raw anonymous mapping) */
 static void *g_priv;
 static size_t g_priv_size;
+/* The hash indexes start small and grow in place inside a reservation sized for the capacity: the
+ * pages a process touches (and that fork() write-protects, so that parent and child copy each one
+ * they touch again) follow its object count, not the table's capacity. */
 static uint32_t *g_obj_buckets;      /* 1-based slot of the first object in the chain */
-static uint32_t g_obj_bucket_mask;
+static uint32_t g_obj_bucket_mask;   /* written with every stripe held; >= NR_STRIPES - 1 */
+static uint32_t g_obj_bucket_max;
 static uint32_t *g_stripes;          /* spinlocks for the object buckets */
+static int g_stripes_wiped;          /* MADV_WIPEONFORK took: a forked child's stripes are all zero */
 static uint32_t *g_tr_buckets;       /* 1-based trace id */
-static uint32_t g_tr_bucket_mask;
+static uint32_t g_tr_bucket_mask;    /* written under the depot lock, read lock-free */
+static uint32_t g_tr_bucket_max;
 static uint32_t *g_mm_slots;         /* tracked program mappings: object slot indices */
 static uint32_t g_mm_count;
 static uint32_t *g_thr_free;         /* free thread slots */
@@ -297,6 +306,7 @@ struct kml_tls {
     uint32_t cache_head; /* 1-based chain of free object slots (via hash_next) */
     uint32_t cache_count;
     uint32_t bump_next, bump_end;
+    int32_t live_delta;  /* LIVE records made minus released, not yet added to the header */
     int thread_slot;     /* 1-based slot in the thread table, 0 = none */
     int exiting;
 };
@@ -539,16 +549,46 @@ static inline int trace_equal(const struct kml_trace *tr, uint32_t hash, const u
 
 static int g_depot_full_warned;
 
+/* x4 buckets (x2 to the last size), in place, under the depot lock: bucket b's chain splits into
+ * b, b+n, b+2n, b+3n. Lock-free readers may walk a chain while it is relinked; every link points to
+ * an older (smaller) id before and after, so a walk always ends, and a miss is retried under the
+ * lock. */
+static void depot_grow(void)
+{
+    uint32_t n = g_tr_bucket_mask + 1, shift = (uint32_t)__builtin_ctz(n);
+    uint32_t ways = g_tr_bucket_max / n >= 4 ? 4 : 2;
+    for (uint32_t b = 0; b < n; b++) {
+        uint32_t heads[4] = {0, 0, 0, 0}, tails[4] = {0, 0, 0, 0};
+        for (uint32_t id = g_tr_buckets[b]; id; id = g_tr[id - 1].next) {
+            uint32_t k = (g_tr[id - 1].hash >> shift) & (ways - 1);
+            if (tails[k])
+                __atomic_store_n(&g_tr[tails[k] - 1].next, id, __ATOMIC_RELEASE);
+            else
+                heads[k] = id;
+            tails[k] = id;
+        }
+        for (uint32_t k = 0; k < ways; k++) {
+            if (tails[k])
+                __atomic_store_n(&g_tr[tails[k] - 1].next, 0, __ATOMIC_RELEASE);
+            __atomic_store_n(&g_tr_buckets[b + k * n], heads[k], __ATOMIC_RELEASE);
+        }
+    }
+    __atomic_store_n(&g_tr_bucket_mask, ways * n - 1, __ATOMIC_RELEASE);
+}
+
 /* stack_depot_save: the 1-based id of this trace, added if new (lock-free lookup) */
 static uint32_t depot_save(const uint64_t *f, uint32_t len)
 {
     uint32_t hash = trace_hash(f, len);
-    uint32_t *bucket = &g_tr_buckets[hash & g_tr_bucket_mask];
-    for (uint32_t id = __atomic_load_n(bucket, __ATOMIC_ACQUIRE); id; id = g_tr[id - 1].next)
+    /* lock-free: a lookup that races with depot_grow may miss, and then finds it under the lock */
+    uint32_t *bucket = &g_tr_buckets[hash & __atomic_load_n(&g_tr_bucket_mask, __ATOMIC_ACQUIRE)];
+    for (uint32_t id = __atomic_load_n(bucket, __ATOMIC_ACQUIRE); id;
+         id = __atomic_load_n(&g_tr[id - 1].next, __ATOMIC_RELAXED))
         if (trace_equal(&g_tr[id - 1], hash, f, len))
             return id;
 
     spin_lock(&g_depot_lock);
+    bucket = &g_tr_buckets[hash & g_tr_bucket_mask];
     uint32_t head = __atomic_load_n(bucket, __ATOMIC_ACQUIRE);
     for (uint32_t id = head; id; id = g_tr[id - 1].next)
         if (trace_equal(&g_tr[id - 1], hash, f, len)) {
@@ -572,6 +612,8 @@ static uint32_t depot_save(const uint64_t *f, uint32_t len)
     __atomic_store_n(&tr->len, len, __ATOMIC_RELEASE);
     __atomic_store_n(&g_hdr->traces_used, idx + 1, __ATOMIC_RELEASE);
     __atomic_store_n(bucket, idx + 1, __ATOMIC_RELEASE);
+    if (unlikely(idx + 1 > INDEX_LOAD * (g_tr_bucket_mask + 1)) && g_tr_bucket_mask + 1 < g_tr_bucket_max)
+        depot_grow();
     spin_unlock(&g_depot_lock);
     return idx + 1;
 }
@@ -638,6 +680,65 @@ static inline uint32_t cur_comm(void)
     return t.comm_id;
 }
 
+/* ---- the object index ------------------------------------------------------------------------- */
+/* A pointer's stripe is its hash's low bits: every bucket mask covers them, so it does not change
+ * when the index grows. The bucket is read with the stripe held (obj_index_grow holds them all). */
+static inline uint32_t *obj_stripe(uint32_t hash) { return &g_stripes[hash & (NR_STRIPES - 1)]; }
+static inline uint32_t *obj_bucket(uint32_t hash) { return &g_obj_buckets[hash & g_obj_bucket_mask]; }
+
+static inline uint32_t obj_hash(const struct kml_object *o)
+{
+    return hash_ptr(o->pointer, kind_is_pcpu(o->flags & KML_KIND_MASK));
+}
+
+/* x4 buckets (x2 to the last size), in place, with every stripe held: bucket b's chain splits into
+ * b, b+n, b+2n, b+3n */
+static __attribute__((noinline)) void obj_index_grow(void)
+{
+    for (uint32_t i = 0; i < NR_STRIPES; i++)
+        spin_lock(&g_stripes[i]);
+    uint32_t n = g_obj_bucket_mask + 1, shift = (uint32_t)__builtin_ctz(n);
+    uint32_t used = __atomic_load_n(&g_hdr->objects_used, __ATOMIC_RELAXED);
+    uint32_t ways = g_obj_bucket_max / n >= 4 ? 4 : 2;
+    if (used > INDEX_LOAD * n && n < g_obj_bucket_max) {
+        for (uint32_t b = 0; b < n; b++) {
+            uint32_t heads[4] = {0, 0, 0, 0}, tails[4] = {0, 0, 0, 0};
+            for (uint32_t id = g_obj_buckets[b]; id; id = g_obj[id - 1].hash_next) {
+                uint32_t k = (obj_hash(&g_obj[id - 1]) >> shift) & (ways - 1);
+                if (tails[k])
+                    g_obj[tails[k] - 1].hash_next = id;
+                else
+                    heads[k] = id;
+                tails[k] = id;
+            }
+            for (uint32_t k = 0; k < ways; k++) {
+                if (tails[k])
+                    g_obj[tails[k] - 1].hash_next = 0;
+                g_obj_buckets[b + k * n] = heads[k];
+            }
+        }
+        __atomic_store_n(&g_obj_bucket_mask, ways * n - 1, __ATOMIC_RELAXED);
+    }
+    for (uint32_t i = NR_STRIPES; i-- > 0;)
+        spin_unlock(&g_stripes[i]);
+}
+
+/* the header's live_objects, in per-thread batches: one shared atomic per LIVE_BATCH changes
+ * instead of two per malloc/free pair (the daemon reads it as a size hint and for its log) */
+static void live_flush(void)
+{
+    if (t.live_delta && g_hdr)
+        __atomic_fetch_add(&g_hdr->live_objects, (uint64_t)(int64_t)t.live_delta, __ATOMIC_RELAXED);
+    t.live_delta = 0;
+}
+
+static inline void live_count(int32_t d)
+{
+    t.live_delta += d;
+    if (unlikely(t.live_delta >= LIVE_BATCH || t.live_delta <= -LIVE_BATCH || t.exiting))
+        live_flush();
+}
+
 /* ---- object slots -------------------------------------------------------------------------------- */
 static uint32_t slot_alloc(void)
 {
@@ -671,6 +772,11 @@ static uint32_t slot_alloc(void)
                                         __ATOMIC_RELAXED)) {
             t.bump_next = cur + 1;
             t.bump_end = end;
+            /* objects_used bounds the live count: grow the index before its chains get long
+             * (no stripe is held here; callers may hold the mm or pcpu lock, which come first) */
+            uint32_t buckets = __atomic_load_n(&g_obj_bucket_mask, __ATOMIC_RELAXED) + 1;
+            if (unlikely(end > INDEX_LOAD * buckets) && buckets < g_obj_bucket_max)
+                obj_index_grow();
             return cur;
         }
     }
@@ -729,6 +835,7 @@ static void slot_cache_flush(void)
     }
     t.cache_head = 0;
     t.bump_next = t.bump_end = 0;
+    live_flush();
 }
 
 /* ---- object lifetime --------------------------------------------------------------------------- */
@@ -748,8 +855,6 @@ static inline __attribute__((always_inline)) void current_context(struct objinfo
     oi->seq = __atomic_fetch_add(&g_hdr->alloc_seq, 1, __ATOMIC_RELAXED);
     oi->transient_gen = 0;
 }
-
-static inline uint32_t *stripe_of(uint32_t b) { return &g_stripes[b & (NR_STRIPES - 1)]; }
 
 /* create_object: a LIVE record, indexed by pointer; slot index or UINT32_MAX */
 static uint32_t create_object(const struct objinfo *oi)
@@ -773,13 +878,14 @@ static uint32_t create_object(const struct objinfo *oi)
     o->transient_gen = oi->transient_gen;
     rec_write_end(&o->state, KML_STATE_LIVE);
 
-    uint32_t b = hash_ptr(oi->pointer, kind_is_pcpu(oi->flags & KML_KIND_MASK)) & g_obj_bucket_mask;
-    uint32_t *l = stripe_of(b);
+    uint32_t h = hash_ptr(oi->pointer, kind_is_pcpu(oi->flags & KML_KIND_MASK));
+    uint32_t *l = obj_stripe(h);
     spin_lock(l);
-    o->hash_next = g_obj_buckets[b];
-    g_obj_buckets[b] = idx + 1;
+    uint32_t *bucket = obj_bucket(h);
+    o->hash_next = *bucket;
+    *bucket = idx + 1;
     spin_unlock(l);
-    __atomic_fetch_add(&g_hdr->live_objects, 1, __ATOMIC_RELAXED);
+    live_count(1);
     return idx;
 }
 
@@ -792,10 +898,10 @@ static inline int obj_matches(const struct kml_object *o, uint64_t ptr, uint32_t
 /* delete_object: unindex and release the record of ptr; copies it to *save; 1 if found */
 static int delete_object(uint64_t ptr, int pcpu, uint32_t kinds, struct kml_object *save)
 {
-    uint32_t b = hash_ptr(ptr, pcpu) & g_obj_bucket_mask;
-    uint32_t *l = stripe_of(b);
+    uint32_t h = hash_ptr(ptr, pcpu);
+    uint32_t *l = obj_stripe(h);
     spin_lock(l);
-    uint32_t *link = &g_obj_buckets[b];
+    uint32_t *link = obj_bucket(h);
     for (uint32_t id = *link; id; link = &g_obj[id - 1].hash_next, id = *link) {
         struct kml_object *o = &g_obj[id - 1];
         if (!obj_matches(o, ptr, kinds))
@@ -806,7 +912,7 @@ static int delete_object(uint64_t ptr, int pcpu, uint32_t kinds, struct kml_obje
         rec_write_begin(&o->state);
         rec_write_end(&o->state, KML_STATE_FREE);
         spin_unlock(l);
-        __atomic_fetch_sub(&g_hdr->live_objects, 1, __ATOMIC_RELAXED);
+        live_count(-1);
         slot_free(id - 1);
         return 1;
     }
@@ -818,10 +924,10 @@ static int delete_object(uint64_t ptr, int pcpu, uint32_t kinds, struct kml_obje
 typedef void (*modify_fn)(struct kml_object *o, uintptr_t arg);
 static int modify_object(uint64_t ptr, int pcpu, uint32_t kinds, modify_fn fn, uintptr_t arg)
 {
-    uint32_t b = hash_ptr(ptr, pcpu) & g_obj_bucket_mask;
-    uint32_t *l = stripe_of(b);
+    uint32_t h = hash_ptr(ptr, pcpu);
+    uint32_t *l = obj_stripe(h);
     spin_lock(l);
-    for (uint32_t id = g_obj_buckets[b]; id; id = g_obj[id - 1].hash_next) {
+    for (uint32_t id = *obj_bucket(h); id; id = g_obj[id - 1].hash_next) {
         struct kml_object *o = &g_obj[id - 1];
         if (!obj_matches(o, ptr, kinds))
             continue;
@@ -838,10 +944,10 @@ static int modify_object(uint64_t ptr, int pcpu, uint32_t kinds, modify_fn fn, u
 /* the start of the LIVE plain object containing ptr (exact match first, then a table walk) */
 static int find_containing(uint64_t ptr, uint64_t *start, uint64_t *size, uint32_t *kind)
 {
-    uint32_t b = hash_ptr(ptr, 0) & g_obj_bucket_mask;
-    uint32_t *l = stripe_of(b);
+    uint32_t h = hash_ptr(ptr, 0);
+    uint32_t *l = obj_stripe(h);
     spin_lock(l);
-    for (uint32_t id = g_obj_buckets[b]; id; id = g_obj[id - 1].hash_next) {
+    for (uint32_t id = *obj_bucket(h); id; id = g_obj[id - 1].hash_next) {
         struct kml_object *o = &g_obj[id - 1];
         if (obj_matches(o, ptr, PLAIN_KINDS)) {
             *start = o->pointer;
@@ -988,7 +1094,7 @@ static inline __attribute__((always_inline)) void *malloc_from(size_t size, cons
     void *p = next_malloc(size);
     if (likely(p != NULL) && tracking_enter()) {
         /* the bucket line arrives while we unwind */
-        __builtin_prefetch(&g_obj_buckets[hash_ptr((uintptr_t)p, 0) & g_obj_bucket_mask], 1, 3);
+        __builtin_prefetch(&g_obj_buckets[hash_ptr((uintptr_t)p, 0) & __atomic_load_n(&g_obj_bucket_mask, __ATOMIC_RELAXED)], 1, 3);
         track_alloc(p, size, caller_min_count(caller));
         tracking_leave();
     }
@@ -1998,10 +2104,10 @@ EXPORT void kmemleak_scan_area(const void *ptr, size_t size)
         goto out;
     }
     /* find the object's slot and seq under its stripe lock */
-    uint32_t b = hash_ptr(start, 0) & g_obj_bucket_mask;
-    uint32_t *l = stripe_of(b);
+    uint32_t h = hash_ptr(start, 0);
+    uint32_t *l = obj_stripe(h);
     spin_lock(l);
-    for (uint32_t id = g_obj_buckets[b]; id; id = g_obj[id - 1].hash_next) {
+    for (uint32_t id = *obj_bucket(h); id; id = g_obj[id - 1].hash_next) {
         struct kml_object *o = &g_obj[id - 1];
         if (!obj_matches(o, start, PLAIN_KINDS))
             continue;
@@ -2450,10 +2556,12 @@ static int table_create(void)
     h->alloc_seq = 1;
 
     /* private index */
-    /* a quarter of the capacities: chains of 4 when full, and a bucket array small enough to stay
-     * in the last-level cache for typical object counts */
+    /* bucket reservations for a quarter of the capacities (chains of 4 when full); the indexes use
+     * only their first 4096 (objects) and 1024 (traces) buckets until they grow */
     uint32_t obj_buckets = pow2_at_least(g_obj_cap / 4);
     uint32_t tr_buckets = pow2_at_least(g_tr_cap / 4);
+    if (obj_buckets < NR_STRIPES)
+        obj_buckets = NR_STRIPES;
     g_batch_cap = g_obj_cap + 64; /* worst case: chains of one slot */
     size_t p = 0;
     size_t ob_off = p;
@@ -2476,12 +2584,17 @@ static int table_create(void)
         return -1;
     /* the hash buckets are accessed at random: huge pages spare the TLB (not the lists) */
     syscall(SYS_madvise, pm, mm_off, MADV_HUGEPAGE);
+    /* a forked child starts with zeroed (unlocked) stripes, and fork() leaves the parent's stripe
+     * pages writable: neither side copies them when it next takes a lock */
+    g_stripes_wiped = syscall(SYS_madvise, (char *)pm + st_off, tb_off - st_off, MADV_WIPEONFORK) == 0;
     g_priv = pm;
     g_obj_buckets = (uint32_t *)((char *)pm + ob_off);
-    g_obj_bucket_mask = obj_buckets - 1;
+    g_obj_bucket_max = obj_buckets;
+    g_obj_bucket_mask = NR_STRIPES - 1;
     g_stripes = (uint32_t *)((char *)pm + st_off);
     g_tr_buckets = (uint32_t *)((char *)pm + tb_off);
-    g_tr_bucket_mask = tr_buckets - 1;
+    g_tr_bucket_max = tr_buckets;
+    g_tr_bucket_mask = (tr_buckets < TR_BUCKETS_MIN ? tr_buckets : TR_BUCKETS_MIN) - 1;
     g_mm_slots = (uint32_t *)((char *)pm + mm_off);
     g_thr_free = (uint32_t *)((char *)pm + tf_off);
     g_batches = (uint32_t *)((char *)pm + ba_off);
@@ -2510,10 +2623,10 @@ static void lock_all(void)
     spin_lock(&g_area_lock); /* taken under a stripe lock by kmemleak_scan_area */
 }
 
-static void unlock_all(void)
+static void unlock_all(int stripes)
 {
     spin_unlock(&g_area_lock);
-    for (uint32_t i = 0; i < NR_STRIPES; i++)
+    for (uint32_t i = 0; stripes && i < NR_STRIPES; i++)
         spin_unlock(&g_stripes[i]);
     spin_unlock(&g_batch_lock);
     spin_unlock(&g_depot_lock);
@@ -2525,6 +2638,64 @@ static void unlock_all(void)
 }
 
 static int g_fork_locked, g_fork_nested;
+static int g_fork_fd = -1;           /* the child's table, filled by the parent before fork() */
+static const char *g_fork_why;       /* why it could not be, for the child's disable message */
+static int g_fork_errno;
+
+/* writes [off, off+len) of the table to fd at the same offset: the kernel reads our mapping (present
+ * pages, no faults) and fills the memfd's pages directly, without mapping them anywhere */
+static int snapshot_range(int fd, size_t off, size_t len)
+{
+    const char *src = (const char *)g_hdr;
+    while (len) {
+        long w = syscall(SYS_pwrite64, fd, src + off, len, (off_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w == 0)
+            errno = EIO; /* no progress, and no errno of its own */
+        if (w <= 0)
+            return -1;
+        off += (size_t)w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+/* the table as it is at fork time, in a new memfd for the child: taken in the parent with every
+ * lock held, because once fork() returns the parent goes on changing its table. Only the used part
+ * of each array is copied, so the cost follows what is used, and the child maps it with one mmap. */
+static int table_snapshot(void)
+{
+    int fd = (int)syscall(SYS_memfd_create, g_memfd_name, MFD_CLOEXEC);
+    if (fd < 0) {
+        g_fork_why = "fork: memfd_create failed";
+        g_fork_errno = errno;
+        return -1;
+    }
+    if (syscall(SYS_ftruncate, fd, (off_t)g_total) != 0) {
+        g_fork_why = "fork: ftruncate failed";
+        g_fork_errno = errno;
+        syscall(SYS_close, fd);
+        return -1;
+    }
+    const struct kml_header *h = g_hdr;
+    /* slot allocation is lock-free: the header copied next may count more slots than are copied
+     * here; those stay all-zero (FREE) in the child, and their writers do not exist there */
+    uint32_t objects = __atomic_load_n(&h->objects_used, __ATOMIC_ACQUIRE);
+    if (snapshot_range(fd, 0, sizeof(*h)) ||
+        snapshot_range(fd, h->objects_offset, (size_t)objects * sizeof(struct kml_object)) ||
+        snapshot_range(fd, h->traces_offset, (size_t)h->traces_used * sizeof(struct kml_trace)) ||
+        snapshot_range(fd, h->threads_offset, (size_t)h->threads_used * sizeof(struct kml_thread)) ||
+        snapshot_range(fd, h->comms_offset, (size_t)h->comms_used * KML_COMM_LEN) ||
+        snapshot_range(fd, h->regions_offset, (size_t)h->regions_used * sizeof(struct kml_region)) ||
+        snapshot_range(fd, h->areas_offset, (size_t)h->areas_used * sizeof(struct kml_area))) {
+        g_fork_why = "fork: writing the child's table failed";
+        g_fork_errno = errno;
+        syscall(SYS_close, fd);
+        return -1;
+    }
+    return fd;
+}
 
 static void atfork_prepare(void)
 {
@@ -2539,6 +2710,7 @@ static void atfork_prepare(void)
     if (__atomic_load_n(&g_state, __ATOMIC_ACQUIRE) == ST_ON && g_priv) {
         lock_all();
         g_fork_locked = 1;
+        g_fork_fd = table_snapshot();
     }
 }
 
@@ -2547,15 +2719,12 @@ static void atfork_parent(void)
     g_fork_nested = 0;
     if (g_fork_locked) {
         g_fork_locked = 0;
-        unlock_all();
+        if (g_fork_fd >= 0)
+            syscall(SYS_close, g_fork_fd);
+        g_fork_fd = -1;
+        unlock_all(1);
     }
     t.in_shim--;
-}
-
-static void copy_range(char *dst, const char *src, size_t off, size_t len)
-{
-    if (len)
-        memcpy(dst + off, src + off, len);
 }
 
 static void atfork_child(void)
@@ -2576,48 +2745,24 @@ static void atfork_child(void)
         return;
     }
     g_fork_locked = 0;
-    unlock_all();
+    unlock_all(!g_stripes_wiped);
     int old_tid_slot = t.thread_slot;
-    const char *why = NULL;
-    int fd = (int)syscall(SYS_memfd_create, g_memfd_name, MFD_CLOEXEC);
-    if (fd < 0)
-        why = "fork: memfd_create failed";
-    else if (syscall(SYS_ftruncate, fd, (off_t)g_total) != 0)
-        why = "fork: ftruncate failed";
-    char *tmp = MAP_FAILED;
-    if (!why) {
-        tmp = (char *)raw_mmap(NULL, g_total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
-        if (tmp == MAP_FAILED)
-            why = "fork: mmap failed";
-    }
-    if (why) {
+    int fd = g_fork_fd;
+    g_fork_fd = -1;
+    /* the snapshot replaces the parent's mapping at the same address */
+    void *m = fd < 0 ? MAP_FAILED
+                     : raw_mmap(g_hdr, g_total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd, 0);
+    if (m == MAP_FAILED) {
+        char why[128];
+        size_t n = str_cat(why, 0, sizeof(why), fd < 0 ? g_fork_why : "fork: remap failed");
+        n = str_cat(why, n, sizeof(why), " (errno ");
+        n = num_cat(why, n, sizeof(why), (uint64_t)(fd < 0 ? g_fork_errno : errno), 0);
+        str_cat(why, n, sizeof(why), ")");
         if (fd >= 0)
             syscall(SYS_close, fd);
         /* the parent's table must stay intact: detach from it before saying anything */
-        struct kml_header *old = g_hdr;
         g_hdr = NULL;
-        (void)old;
         kml_disable(why);
-        t.in_shim--;
-        return;
-    }
-    /* copy only what was used: the arrays are sparse */
-    const char *src = (const char *)g_hdr;
-    struct kml_header *h = g_hdr;
-    copy_range(tmp, src, 0, sizeof(*h));
-    copy_range(tmp, src, h->objects_offset, (size_t)h->objects_used * sizeof(struct kml_object));
-    copy_range(tmp, src, h->traces_offset, (size_t)h->traces_used * sizeof(struct kml_trace));
-    copy_range(tmp, src, h->threads_offset, (size_t)h->threads_used * sizeof(struct kml_thread));
-    copy_range(tmp, src, h->comms_offset, (size_t)h->comms_used * KML_COMM_LEN);
-    copy_range(tmp, src, h->regions_offset, (size_t)h->regions_used * sizeof(struct kml_region));
-    copy_range(tmp, src, h->areas_offset, (size_t)h->areas_used * sizeof(struct kml_area));
-    /* the new memfd replaces the parent's mapping at the same address */
-    void *m = raw_mmap(g_hdr, g_total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd, 0);
-    raw_munmap(tmp, g_total);
-    if (m == MAP_FAILED) {
-        syscall(SYS_close, fd);
-        g_hdr = NULL;
-        kml_disable("fork: remap failed");
         t.in_shim--;
         return;
     }
@@ -2625,16 +2770,13 @@ static void atfork_child(void)
         syscall(SYS_close, g_memfd);
     g_memfd = fd;
     remember_memfd(fd);
-    h = g_hdr;
+    struct kml_header *h = g_hdr;
     h->pid = (int32_t)syscall(SYS_getpid);
     h->start_time = proc_start_time();
     h->daemon_pid = 0;
     h->daemon_scans = 0;
-    /* writers that vanished with the other threads: clear their BUSY bits */
-    for (uint32_t i = 0; i < h->objects_used; i++)
-        if (g_obj[i].state & KML_STATE_BUSY)
-            g_obj[i].state &= ~KML_STATE_BUSY;
     /* only the forking thread exists in the child */
+    int others = 0;
     g_thr_free_count = 0;
     for (uint32_t i = 0; i < h->threads_used; i++) {
         struct kml_thread *th = &g_thr[i];
@@ -2645,6 +2787,7 @@ static void atfork_child(void)
             rec_write_end(&th->state, KML_STATE_LIVE);
         } else {
             if ((th->state & KML_STATE_KIND_MASK) == KML_STATE_LIVE) {
+                others = 1;
                 rec_write_begin(&th->state);
                 rec_write_end(&th->state, KML_STATE_FREE);
             }
@@ -2656,6 +2799,12 @@ static void atfork_child(void)
     if (old_tid_slot && (g_thr[old_tid_slot - 1].state & KML_STATE_KIND_MASK) == KML_STATE_LIVE &&
         (g_thr[old_tid_slot - 1].flags & KML_THREAD_DETACHED))
         g_thr_detached = 1;
+    /* writers that vanished with the other threads: clear their BUSY bits. Alone, the forking
+     * thread was not inside the shim, so no record can be BUSY: the pages need not be touched. */
+    if (others)
+        for (uint32_t i = 0; i < h->objects_used; i++)
+            if (g_obj[i].state & KML_STATE_BUSY)
+                g_obj[i].state &= ~KML_STATE_BUSY;
     /* the new table mapping is the same range: its SHIM_PRIVATE region stays valid */
     rendezvous_write();
     t.in_shim--;
@@ -2718,6 +2867,10 @@ __attribute__((constructor(101))) static void kml_init(void)
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
     if (syscall(SYS_gettid) == syscall(SYS_getpid))
         thread_register(1, 0);
+    /* libunwind's DWARF cache per thread (in its TLS): the global one takes a lock on every miss
+     * of the per-thread frame cache that unw_backtrace tries first */
+    if (g_unwinder == UNWIND_LIBUNWIND)
+        unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD);
     /* warm the unwinder up (its first call may allocate: untracked here) */
     capture_trace();
     rendezvous_write();

@@ -36,6 +36,41 @@ struct ShimFixtureTests {
         #expect(live[b] == nil && live[a2] != nil)
     }
 
+    /// The object index starts small and grows in place as objects accumulate (4096 buckets, x4
+    /// past two objects a bucket): 150000 allocations take it through three growths, and every
+    /// object is still found by free() afterwards.
+    @Test func objectIndexGrowsWithTheObjectCount() throws {
+        let c = try ShimFixture.start()
+        let t = try c.table()
+        let kept = Set(try c.many("many 150000"))
+        #expect(kept.count == 75000)
+        let forty = Set(try liveObjects(t).values.filter { $0.size == 40 }.map(\.pointer))
+        // the differences, not the sets: 75000 addresses would drown the report
+        #expect(forty.subtracting(kept).isEmpty && kept.subtracting(forty).isEmpty)
+        _ = try c.child.request("freemany", expect: "OK", timeout: 60)
+        #expect(try liveObjects(t).values.filter { $0.size == 40 }.isEmpty)
+    }
+
+    /// The stack depot starts with 1024 buckets and grows x4 in place: 3000 distinct stacks take it
+    /// past 1024 traces; each gets its own trace id, and the same stacks allocated again after the
+    /// growth find the same ids (a broken split makes the second round add new traces).
+    @Test func stackDepotGrowsAndFindsItsTracesAgain() throws {
+        let c = try ShimFixture.start()
+        let t = try c.table()
+        func round() throws -> [UInt32] {
+            let addrs = try c.many("stacks 3000")
+            #expect(addrs.count == 3000)
+            let live = try liveObjects(t)
+            let ids = addrs.map { live[$0]?.traceId ?? 0 }
+            _ = try c.child.request("freemany", expect: "OK", timeout: 60)
+            return ids
+        }
+        let first = try round()
+        #expect(!first.contains(0))
+        #expect(Set(first).count == 3000)
+        #expect(try round() == first)
+    }
+
     @Test func mmapAndPartialMunmap() throws {
         let c = try ShimFixture.start()
         let t = try c.table()
@@ -75,13 +110,7 @@ struct ShimFixtureTests {
         let c = try ShimFixture.start()
         let parentTable = try c.table()
         let a = try c.ask("malloc 123", "OBJ")[0]
-        try c.child.send("fork")
-        var childPid: Int32 = 0, childObj: UInt64 = 0, forked: Int32 = 0
-        while childPid == 0 || forked == 0 {
-            let l = try c.child.readLine().split(separator: " ")
-            if l.first == "CHILD", l.count == 3 { childPid = Int32(l[1]) ?? 0; childObj = hexArg(l[2]) ?? 0 }
-            if l.first == "FORKED", l.count == 2 { forked = Int32(l[1]) ?? 0 }
-        }
+        let (childPid, childObj, forked) = try c.fork()
         defer { kill(childPid, SIGKILL) }
         #expect(childPid == forked)
         let r = try Rendezvous.read(path: c.dir.path + "/\(childPid).client")
@@ -97,6 +126,26 @@ struct ShimFixtureTests {
         #expect(parentLive[childObj]?.size != 777)
         // The child's threads: only the forking thread, with the child's tid.
         #expect(try childTable.readThreads().map(\.tid) == [childPid])
+    }
+
+    /// A fork whose snapshot cannot be made (no file descriptor for the child's memfd): the child
+    /// stops tracking and says why with the errno; the parent's table is untouched by it and the
+    /// parent goes on tracking.
+    @Test func forkWithoutAFileDescriptorLeavesTheChildUntracked() throws {
+        let c = try ShimFixture.start()
+        let parentTable = try c.table()
+        _ = try c.child.request("nofds", expect: "OK 0")
+        let (childPid, childObj, forked) = try c.fork()
+        defer { kill(childPid, SIGKILL) }
+        #expect(childPid == forked)
+        let said = "kmemleak: fork: memfd_create failed (errno \(EMFILE)), tracking disabled"
+        #expect(eventually { c.child.stderrText().contains(said) }, "stderr: \(c.child.stderrText())")
+        #expect(access(c.dir.path + "/\(childPid).client", F_OK) != 0)
+        let a = try c.ask("malloc 123", "OBJ")[0]
+        let parentLive = try liveObjects(parentTable)
+        #expect(parentLive[a]?.size == 123)
+        #expect(parentLive[childObj]?.size != 777)
+        #expect(try parentTable.readThreads().map(\.tid) == [c.pid])
     }
 
     @Test func annotations() throws {

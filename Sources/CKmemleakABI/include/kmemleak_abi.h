@@ -122,7 +122,8 @@ struct kml_header {
     uint32_t reserved5;
 
     uint64_t alloc_seq;       /* next allocation sequence number (allocation order) */
-    uint64_t live_objects;    /* current number of LIVE object records */
+    uint64_t live_objects;    /* number of LIVE object records, approximate: each client thread adds
+                                 its changes in batches (within 64 per thread) */
 
     /* written only by the daemon */
     int32_t daemon_pid;       /* pid of the daemon that adopted this table, 0 if none */

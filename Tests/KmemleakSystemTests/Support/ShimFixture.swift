@@ -10,7 +10,9 @@ enum ShimFixture {
     #include <stdio.h>
     #include <stdlib.h>
     #include <string.h>
+    #include <fcntl.h>
     #include <sys/mman.h>
+    #include <sys/resource.h>
     #include <sys/syscall.h>
     #include <unistd.h>
     #include "kmemleak.h"
@@ -19,6 +21,32 @@ enum ShimFixture {
     __attribute__((noinline)) void *kml_fixture_level3(size_t n) { void *p = malloc(n); sink = p; return p; }
     __attribute__((noinline)) void *kml_fixture_level2(size_t n) { void *p = kml_fixture_level3(n); sink = p; return p; }
     __attribute__((noinline)) void *kml_fixture_level1(size_t n) { void *p = kml_fixture_level2(n); sink = p; return p; }
+
+    static void *many[200000];
+    static unsigned long many_count;
+
+    /* a malloc under a distinct stack for each `bits`: 12 frames of stack_a or stack_b (noipa and a
+     * different body each, so that the compiler neither merges nor inlines them) */
+    static volatile int stack_b_calls;
+    __attribute__((noinline, noipa)) void *stack_b(unsigned long bits, int depth);
+    __attribute__((noinline, noipa)) void *stack_a(unsigned long bits, int depth) {
+        void *p = depth == 0 ? malloc(24) : (bits & 1) ? stack_a(bits >> 1, depth - 1) : stack_b(bits >> 1, depth - 1);
+        __asm__ volatile("" ::: "memory");
+        return p;
+    }
+    __attribute__((noinline, noipa)) void *stack_b(unsigned long bits, int depth) {
+        stack_b_calls++;
+        void *p = depth == 0 ? malloc(24) : (bits & 1) ? stack_a(bits >> 1, depth - 1) : stack_b(bits >> 1, depth - 1);
+        __asm__ volatile("" ::: "memory");
+        return p;
+    }
+    static void print_many(void) {
+        for (unsigned long i = 0; i < many_count; i++) {
+            if (i % 256 == 0) printf(i ? "\nMANY" : "MANY");
+            printf(" %p", many[i]);
+        }
+        printf("\nMANYEND %lu\n", many_count);
+    }
 
     static int thread_pipe[2];
     static pthread_t threads[64];
@@ -40,6 +68,25 @@ enum ShimFixture {
             if (sscanf(line, "malloc %lu", &a) == 1) printf("OBJ %p\n", malloc(a));
             else if (sscanf(line, "levels %lu", &a) == 1) printf("OBJ %p\n", kml_fixture_level1(a));
             else if (sscanf(line, "free %lx", &a) == 1) { free((void *)a); printf("OK\n"); }
+            else if (sscanf(line, "many %lu", &a) == 1 && a <= 200000) {
+                /* a malloc(40) each, every other one freed again; the kept ones, 256 a line */
+                many_count = 0;
+                for (unsigned long i = 0; i < a; i++) {
+                    void *q = malloc(40);
+                    if (i % 2) free(q); else many[many_count++] = q;
+                }
+                print_many();
+            }
+            else if (sscanf(line, "stacks %lu", &a) == 1 && a <= 4096) {
+                /* a malloc(24) each under its own stack (index i: the low 12 bits of i choose it) */
+                for (many_count = 0; many_count < a; many_count++) many[many_count] = stack_a(many_count, 12);
+                print_many();
+            }
+            else if (strncmp(line, "freemany", 8) == 0) {
+                for (unsigned long i = 0; i < many_count; i++) free(many[i]);
+                many_count = 0;
+                printf("OK\n");
+            }
             else if (sscanf(line, "realloc %lx %lu", &a, &b) == 2) printf("OBJ %p\n", realloc((void *)a, b));
             else if (sscanf(line, "mmap %lu", &a) == 1)
                 printf("OBJ %p\n", mmap(NULL, a, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
@@ -61,6 +108,15 @@ enum ShimFixture {
                 write(thread_pipe[1], "x", 1);
                 pthread_join(threads[--nthreads], NULL);
                 printf("JOINED\n");
+            }
+            else if (strncmp(line, "nofds", 5) == 0) {
+                /* no new file descriptor from now on: the lowest free one becomes the limit */
+                int fd = open("/dev/null", O_RDONLY);
+                close(fd);
+                struct rlimit rl;
+                getrlimit(RLIMIT_NOFILE, &rl);
+                rl.rlim_cur = (rlim_t)fd;
+                printf("OK %d\n", setrlimit(RLIMIT_NOFILE, &rl));
             }
             else if (strncmp(line, "fork", 4) == 0) {
                 pid_t p = fork();
@@ -105,6 +161,33 @@ enum ShimFixture {
 }
 
 extension ShimClient {
+    /// `fork`: the child's pid and its malloc(777) as the child reports them, and fork()'s result
+    /// as the parent reports it (the two lines come in either order).
+    func fork() throws -> (childPid: Int32, childObj: UInt64, forked: Int32) {
+        try child.send("fork")
+        var childPid: Int32 = 0, childObj: UInt64 = 0, forked: Int32 = 0
+        while childPid == 0 || forked == 0 {
+            let l = try child.readLine().split(separator: " ")
+            if l.first == "CHILD", l.count == 3 { childPid = Int32(l[1]) ?? 0; childObj = hexArg(l[2]) ?? 0 }
+            if l.first == "FORKED", l.count == 2 { forked = Int32(l[1]) ?? 0 }
+        }
+        return (childPid, childObj, forked)
+    }
+
+    /// A command that answers with MANY lines of addresses and MANYEND <count>: the addresses in order.
+    func many(_ cmd: String) throws -> [UInt64] {
+        try child.send(cmd)
+        var addrs: [UInt64] = []
+        while true {
+            let l = try child.readLine(timeout: 60).split(separator: " ")
+            if l.first == "MANYEND" {
+                guard Int(l[1]) == addrs.count else { throw TestError("\(cmd): \(addrs.count) addresses, MANYEND \(l[1])") }
+                return addrs
+            }
+            if l.first == "MANY" { addrs += l.dropFirst().compactMap { hexArg($0) } }
+        }
+    }
+
     /// Sends a command and returns the hex numbers of its reply (after the tag).
     func ask(_ cmd: String, _ tag: String) throws -> [UInt64] {
         let line = try child.request(cmd, expect: tag + " ")

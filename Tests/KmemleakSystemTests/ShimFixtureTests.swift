@@ -139,7 +139,7 @@ struct ShimFixtureTests {
         defer { kill(childPid, SIGKILL) }
         #expect(childPid == forked)
         let said = "kmemleak: fork: memfd_create failed (errno \(EMFILE)), tracking disabled"
-        #expect(eventually { c.child.stderrText().contains(said) }, "stderr: \(c.child.stderrText())")
+        #expect(eventually { c.child.stderr.contains(said) }, "stderr: \(c.child.stderr)")
         #expect(access(c.dir.path + "/\(childPid).client", F_OK) != 0)
         let a = try c.ask("malloc 123", "OBJ")[0]
         let parentLive = try liveObjects(parentTable)

@@ -18,7 +18,7 @@ help:
 	@echo "make shim-selftest  run every shim fixture with and without the shim"
 	@$(MAKE) --no-print-directory help-service
 
-DEB_PACKAGES := libfuse3-dev fuse3 libunwind-dev pkg-config make gcc binutils valgrind heaptrack liblsan0 systemd python3
+DEB_PACKAGES := libfuse3-dev fuse3 libunwind-dev pkg-config make gcc g++ binutils valgrind heaptrack liblsan0 systemd python3
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -79,8 +79,15 @@ bench-shim: shim
 # END shim section
 
 # BEGIN clients section (test and benchmark clients of the daemon)
-CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/clients/stack-holder
+CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/clients/stack-holder \
+	.build/clients/every-size .build/clients/new-array-zero
 clients: $(CLIENTS)
+.build/clients/every-size: Tests/clients/every-size.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -o $@ $<
+.build/clients/new-array-zero: Tests/clients/new-array-zero.cpp
+	@mkdir -p $(@D)
+	$(CXX) -O2 -g -Wall -Wextra -o $@ $<
 .build/clients/pointer-churn: Tests/clients/pointer-churn.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<

@@ -54,6 +54,10 @@ struct ConfirmState {
 }
 
 let rootID = UInt32.max
+/// The scanned id of allocator-data roots (`RootRegion.isAllocatorData`); every other root is `rootID`.
+let allocatorRootID = UInt32.max - 1
+/// Whether a scanned id is a root's rather than an object's.
+@inline(__always) func isRootID(_ id: UInt32) -> Bool { id >= allocatorRootID }
 
 struct EngineState {
     var possibleCPUs: Int
@@ -82,6 +86,9 @@ struct EngineState {
     var objectCount = 0
     var gray = GrayQueue()
     var confirm: ConfirmState? = nil
+    /// Words of this batch that pointed at the end of an 8-byte malloc block (see `newArrayCookie`): they
+    /// count once the block's first word has been read as 0.
+    var cookieRefs: [UInt32] = []
     var logs: [String] = []
     var replacesStaleObjects = false
     var logDisable = true
@@ -176,7 +183,8 @@ struct EngineState {
     // MARK: lifetime
 
     /// create_object / __link_object.
-    mutating func createObject(_ ptr: UInt64, size: UInt64, minCount: Int32, percpuObject: Bool, _ m: ObjectMetadata) {
+    mutating func createObject(_ ptr: UInt64, size: UInt64, minCount: Int32, percpuObject: Bool,
+                               mallocChunk: Bool = false, _ m: ObjectMetadata) {
         let space: Space = percpuObject ? .percpu : .plain
         let ext = max(size, 1)
         let end = ptr.addingReportingOverflow(ext).overflow ? UInt64.max : ptr + ext
@@ -208,7 +216,7 @@ struct EngineState {
             guard records[Int(parent)].seq < m.seq,
                   let h = lookup(records[Int(parent)].pointer, alias: false, space) else { return }
             deleteObject(h, space)
-            createObject(ptr, size: size, minCount: minCount, percpuObject: percpuObject, m)
+            createObject(ptr, size: size, minCount: minCount, percpuObject: percpuObject, mallocChunk: mallocChunk, m)
             return
         }
         if let parent {
@@ -221,9 +229,10 @@ struct EngineState {
         if let f = freeSlots.popLast() { id = f } else { id = UInt32(records.count); records.append(ObjectRecord(pointer: 0, seqFlags: 0, created: 0, size32: 0, checksum: 0, context: 0, minCount: 0, count: 0)) }
         var flags: UInt64 = UInt64(ObjectFlags.allocated | (percpuObject ? ObjectFlags.percpu : 0))
         if scanning { flags |= ObjectRecord.newDuringScan }
+        if mallocChunk && !percpuObject { flags |= ObjectRecord.mallocChunk }
         let ctx = intern(ContextKey(pid: m.pid, comm: m.comm, trace: m.trace))
         records[Int(id)] = ObjectRecord(
-            pointer: ptr, seqFlags: (m.seq << 8) | flags, created: m.creationTime,
+            pointer: ptr, seqFlags: (m.seq << ObjectRecord.seqShift) | flags, created: m.creationTime,
             size32: size >= UInt64(UInt32.max) ? UInt32.max : UInt32(size), checksum: 0, context: ctx,
             minCount: Int16(clamping: minCount), count: 0)
         if size >= UInt64(UInt32.max) { withExtras(id) { $0.bigSize = size } }

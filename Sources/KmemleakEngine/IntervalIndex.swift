@@ -8,7 +8,8 @@
 struct ObjectRecord {
     /// Object pointer (per-CPU objects: handle).
     var pointer: UInt64
-    /// seq << 8 | flags (kernel flags in the low 6 bits, `hasExtras` in bit 6).
+    /// seq << seqShift | flags (kernel flags in the low 6 bits, `hasExtras` in bit 6, `newDuringScan` in
+    /// bit 7, `mallocChunk` in bit 8).
     var seqFlags: UInt64
     /// Creation time (CLOCK_BOOTTIME ns).
     var created: UInt64
@@ -26,9 +27,14 @@ struct ObjectRecord {
     static let hasExtras: UInt64 = 0x40
     /// Registered while a scan was running: not reported by that scan (it may have missed its references).
     static let newDuringScan: UInt64 = 0x80
+    /// A block of glibc's malloc (the table's KML_KIND_MALLOC): glibc's chunk layout applies to it.
+    static let mallocChunk: UInt64 = 0x100
+    static let seqShift: UInt64 = 9
+
+    @inline(__always) var isMallocChunk: Bool { seqFlags & Self.mallocChunk != 0 }
 
     @inline(__always) var flags: UInt32 { UInt32(truncatingIfNeeded: seqFlags & 0xff) }
-    @inline(__always) var seq: UInt64 { seqFlags >> 8 }
+    @inline(__always) var seq: UInt64 { seqFlags >> Self.seqShift }
     @inline(__always) func has(_ f: UInt32) -> Bool { UInt32(truncatingIfNeeded: seqFlags) & f != 0 }
     @inline(__always) mutating func set(_ f: UInt32) { seqFlags |= UInt64(f) }
     @inline(__always) mutating func clear(_ f: UInt32) { seqFlags &= ~UInt64(f) }

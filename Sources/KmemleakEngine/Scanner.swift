@@ -197,8 +197,10 @@ extension EngineState {
         var aliases: [UInt64] = []
         var cookies = cookieRefs
         cookieRefs = []
+        var bits = mayTakeReference
+        mayTakeReference = []
         let nrec = records.count
-        records.withRecords { rec in
+        bits.withUnsafeMutableBufferPointer { bits in records.withRecords { rec in
             for c in group {
                 if !isRootID(c.id) {
                     guard Int(c.id) < nrec, rec[Int(c.id)].pointee.allocated else { continue }
@@ -211,11 +213,12 @@ extension EngineState {
                 let base = UnsafeRawPointer(bitPattern: bufferBase + c.off + Int(first - c.addr))!
                 for i in 0..<n {
                     let w = base.loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
-                    Self.pointerUpdateRefs(w, pl, rec, c.id, &g, ex, pl, &aliases, &cookies)
-                    Self.pointerUpdateRefs(w, pc, rec, c.id, &g, ex, pl, &aliases, &cookies)
+                    Self.pointerUpdateRefs(w, pl, rec, c.id, &g, ex, pl, &aliases, &cookies, bits)
+                    if pc.count > 0 { Self.pointerUpdateRefs(w, pc, rec, c.id, &g, ex, pl, &aliases, &cookies, bits) }
                 }
             }
-        }
+        } }
+        mayTakeReference = bits
         cookieRefs = cookies
         gray = g
         for a in aliases { _ = lookup(a, alias: false, .plain) }
@@ -232,12 +235,21 @@ extension EngineState {
     static func pointerUpdateRefs(
         _ w: UInt64, _ idx: IntervalIndex, _ rec: Rec, _ scanned: UInt32,
         _ g: inout GrayQueue, _ ex: [UInt32: ObjectExtras], _ plainIdx: IntervalIndex, _ aliases: inout [UInt64],
-        _ cookies: inout [UInt32]
+        _ cookies: inout [UInt32], _ bits: UnsafeMutableBufferPointer<UInt64>
     ) {
         if w < idx.minAddr || w >= idx.maxAddr { return }
-        guard let h = idx.predecessor(w, rec) else { return }
+        guard let h = idx.predecessor(w) else { return }
         let id = h.id
+        let word = Int(id >> 6)
+        let bit: UInt64 = 1 << UInt64(id & 63)
+        let tracked = word < bits.count
+        if tracked && bits[word] & bit == 0 { return }
         let r = rec[Int(id)].pointee
+        if tracked && !r.isWhite && r.seqFlags & ObjectRecord.hasExtras == 0 {
+            // Gray or black, no excess_ref: nothing a word can do to it until the next scan.
+            bits[word] &= ~bit
+            return
+        }
         let size = objectSize(r, id, ex)
         let offset = w &- r.pointer
         if offset >= max(size, 1) {
@@ -253,7 +265,7 @@ extension EngineState {
             updateRefs(id, rec, &g)
         }
         if excess != 0 {
-            guard let h2 = plainIdx.predecessor(excess, rec) else { return }
+            guard let h2 = plainIdx.predecessor(excess) else { return }
             let r2 = rec[Int(h2.id)].pointee
             if excess &- r2.pointer >= max(objectSize(r2, h2.id, ex), 1) { return }
             if r2.pointer != excess {
@@ -401,6 +413,7 @@ struct Scanner<M: MemoryReader> {
             s.scanning = true
             s.lastScanStart = now  // jiffies_last_scan
             s.gray.reset()
+            s.mayTakeReference = Array(repeating: ~0, count: (s.records.count + 63) / 64)
             return (s.epoch, s.scanRootRegions())
         }
         guard let (ep, roots) = start else { return ScanResult(interrupted: true) }

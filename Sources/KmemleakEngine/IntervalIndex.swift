@@ -72,16 +72,26 @@ struct IntervalIndex {
 
     @inline(__always) static func extent(_ r: ObjectRecord, _ size: UInt64) -> UInt64 { max(size, 1) }
 
+    /// The last index i < n with sorted[i] <= addr, or -1. Branchless (the comparison becomes a
+    /// conditional move): a scan's lookups go to random blocks, where a branchy search mispredicts
+    /// about every other step.
+    @inline(__always) static func lastAtMost(_ addr: UInt64, _ sorted: UnsafePointer<UInt64>, _ n: Int) -> Int {
+        if n == 0 { return -1 }
+        var base = 0
+        var len = n
+        while len > 1 {
+            let half = len >> 1
+            base = sorted[base &+ half] <= addr ? base &+ half : base
+            len &-= half
+        }
+        return sorted[base] <= addr ? base : base &- 1
+    }
+
     /// Last logical block whose minimum is <= addr, or -1.
     @inline(__always) func blockIndex(_ addr: UInt64) -> Int {
         mins.withUnsafeBufferPointer { m in
-            var lo = 0
-            var hi = m.count
-            while lo < hi {
-                let mid = (lo &+ hi) >> 1
-                if m[mid] <= addr { lo = mid &+ 1 } else { hi = mid }
-            }
-            return lo - 1
+            guard let base = m.baseAddress else { return -1 }
+            return Self.lastAtMost(addr, base, m.count)
         }
     }
 
@@ -90,14 +100,7 @@ struct IntervalIndex {
         let p = Int(phys[b])
         let n = Int(counts[p])
         return keys.withUnsafeBufferPointer { kp in
-            let base = kp.baseAddress! + p * Self.blockCapacity
-            var lo = 0
-            var hi = n
-            while lo < hi {
-                let mid = (lo &+ hi) >> 1
-                if base[mid] <= addr { lo = mid &+ 1 } else { hi = mid }
-            }
-            return lo - 1
+            Self.lastAtMost(addr, kp.baseAddress! + p * Self.blockCapacity, n)
         }
     }
 

@@ -78,6 +78,19 @@ bench-shim: shim
 	Benchmarks/ShimOverhead/run.sh $(BENCH_DIR)/churn $(SHIM_SO) $(LSAN_SO)
 # END shim section
 
+# BEGIN bench section (every benchmark; the figures go to BENCHMARKS.md by hand)
+.PHONY: bench-engine bench-scan
+bench: bench-shim bench-engine bench-scan
+bench-engine:
+	$(SWIFT) run -c release $(SWIFT_FLAGS) kmemleak-engine-bench
+# One daemon scan against LeakSanitizer's __lsan_do_recoverable_leak_check on the same heap (needs root
+# and FUSE): issue 4's zero-filled C heap, issue 10's realistic C heap, and python3 (PYTHONMALLOC=malloc).
+bench-scan: shim clients build
+	Benchmarks/ScanVsLSan/run.sh 1000000 1000 3
+	HEAP=real Benchmarks/ScanVsLSan/run.sh 1000000 1000 3
+	CLIENT=Benchmarks/ScanVsLSan/py-heap.py Benchmarks/ScanVsLSan/run.sh 1500000 1000 3
+# END bench section
+
 # BEGIN clients section (test and benchmark clients of the daemon)
 CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/clients/stack-holder \
 	.build/clients/every-size .build/clients/new-array-zero

@@ -18,7 +18,7 @@ help:
 	@echo "make shim-selftest  run every shim fixture with and without the shim"
 	@$(MAKE) --no-print-directory help-service
 
-DEB_PACKAGES := libfuse3-dev fuse3 libunwind-dev pkg-config make gcc binutils valgrind heaptrack liblsan0 systemd python3 \
+DEB_PACKAGES := libfuse3-dev fuse3 libunwind-dev pkg-config make gcc g++ binutils valgrind heaptrack liblsan0 systemd python3 \
 	libjemalloc2 redis-server libtcmalloc-minimal4
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -97,11 +97,25 @@ bench-threads: shim
 bench: bench-shim bench-fork bench-python bench-threads
 # END shim section
 
+# BEGIN bench section (every benchmark; the figures go to BENCHMARKS.md by hand)
+.PHONY: bench-engine bench-scan
+bench: bench-shim bench-engine bench-scan
+bench-engine:
+	$(SWIFT) run -c release $(SWIFT_FLAGS) kmemleak-engine-bench
+# One daemon scan against LeakSanitizer's __lsan_do_recoverable_leak_check on the same heap (needs root
+# and FUSE): issue 4's zero-filled C heap, issue 10's realistic C heap, and python3 (PYTHONMALLOC=malloc).
+bench-scan: shim clients build
+	Benchmarks/ScanVsLSan/run.sh 1000000 1000 3
+	HEAP=real Benchmarks/ScanVsLSan/run.sh 1000000 1000 3
+	CLIENT=Benchmarks/ScanVsLSan/py-heap.py Benchmarks/ScanVsLSan/run.sh 1500000 1000 3
+# END bench section
+
 # BEGIN clients section (test and benchmark clients of the daemon)
 CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/clients/stack-holder \
 	.build/clients/thread-life .build/clients/libloader-tls.so .build/clients/proctitle \
 	.build/clients/hostile-client .build/clients/libevil.so \
-	.build/clients/roots-client
+	.build/clients/roots-client \
+	.build/clients/every-size .build/clients/new-array-zero
 clients: $(CLIENTS)
 .build/clients/thread-life: Tests/clients/thread-life.c
 	@mkdir -p $(@D)
@@ -110,6 +124,12 @@ clients: $(CLIENTS)
 .build/clients/libloader-tls.so: Tests/clients/loader-tls-lib.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -fPIC -shared -o $@ $<
+.build/clients/every-size: Tests/clients/every-size.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -o $@ $<
+.build/clients/new-array-zero: Tests/clients/new-array-zero.cpp
+	@mkdir -p $(@D)
+	$(CXX) -O2 -g -Wall -Wextra -o $@ $<
 .build/clients/pointer-churn: Tests/clients/pointer-churn.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<

@@ -5,6 +5,9 @@
 #
 #   Benchmarks/ScanVsLSan/run.sh [N] [L] [REPS]         (defaults 1000000 1000 3; needs root + FUSE)
 #
+# HEAP=real (issue 10) gives the client a realistic heap (mixed sizes, pointer-like words, text; see
+# scan-client.c); the default is issue 4's zero-filled heap.
+#
 # Binaries (override through the environment):
 #   KMEMLEAKD  (default .build-bench/release/kmemleakd, else .build/release/kmemleakd)
 #   SHIM       (default .build/release/libkmemleak.so)         build: make shim clients
@@ -65,7 +68,7 @@ canon() { sed -n "s/$1/\\1/p" | tr 'A-F' 'a-f' | sed 's/^0x0*/0x/' | sort -u; }
 start_client() {
     local out=$1; shift
     rm -f "$TMP/in"; mkfifo "$TMP/in"
-    env "$@" "$CLIENT" "$N" "$L" <"$TMP/in" >"$out" &
+    env "$@" "$CLIENT" "$N" "$L" ${HEAP:+"$HEAP"} <"$TMP/in" >"$out" &
     CPID=$!
     exec 3>"$TMP/in"
     wait_for grep -qs '^READY' "$out"
@@ -78,7 +81,7 @@ stop_client() {
 
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 MEM_TOTAL=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
-echo "# scan vs LSan: N=$N L=$L reps=$REPS nproc=$(nproc) mem=$MEM_TOTAL load(1/5/15)=$LOAD0 $(date -u +%FT%TZ)"
+echo "# scan vs LSan: heap=${HEAP:-zero} N=$N L=$L reps=$REPS nproc=$(nproc) mem=$MEM_TOTAL load(1/5/15)=$LOAD0 $(date -u +%FT%TZ)"
 echo "# kmemleakd=$KMEMLEAKD"
 printf 'rep\tmetric\tvalue\n' >"$RESULTS"
 rec() { printf '%s\t%s\t%s\n' "$REP" "$1" "$2" >>"$RESULTS"; echo "  $1 = $2"; }

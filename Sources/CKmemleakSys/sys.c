@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <malloc.h>
 #include "ckmemleak_sys.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -33,6 +34,8 @@ long ckml_statfs_type(const char *path) {
 }
 
 pid_t ckml_gettid(void) { return (pid_t)syscall(SYS_gettid); }
+
+int ckml_malloc_set_mmap_threshold(int bytes) { return mallopt(M_MMAP_THRESHOLD, bytes); }
 
 int ckml_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
 

@@ -155,7 +155,8 @@ final class ClientSession {
         // Not registered (a newer overlapping object holds the range): the slot stays empty and is
         // tried again at the next sync.
         guard let id = engine.register(record.pointer, size: record.size, minCount: max(record.minCount, 0),
-                                       percpu: record.isPerCPU, metadata: metadata) else { return }
+                                       percpu: record.isPerCPU, mallocChunk: record.kind == KML_KIND_MALLOC,
+                                       metadata: metadata) else { return }
         if record.isPerCPU {
             if record.minCount < 0 { engine.ignorePercpu(record.pointer) }
         } else {
@@ -339,6 +340,6 @@ extension RootRange {
         case .stack: engineKind = .stack
         case .tls: engineKind = .tls
         }
-        return RootRegion(start: start, length: length, kind: engineKind)
+        return RootRegion(start: start, length: length, kind: engineKind, isAllocatorData: isAllocatorData)
     }
 }

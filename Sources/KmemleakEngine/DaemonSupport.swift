@@ -27,13 +27,23 @@ public typealias ObjectID = UInt32
 extension Kmemleak {
     /// Registers a plain (`alloc` with `minCount`) or per-CPU (`allocPercpu`) object and returns its id,
     /// or nil when it was not registered (detector disabled, or a newer overlapping object won).
+    ///
+    /// `mallocChunk`: the block came from glibc's malloc family (the table's KML_KIND_MALLOC). Two
+    /// LeakSanitizer-style rules then apply to it:
+    /// - a word of allocator data (`RootRegion.isAllocatorData`) equal to the header of the chunk after
+    ///   the block (`pointer - 16 + request2size(size)`) is not a reference: glibc's main_arena keeps
+    ///   such words (top, bins, last_remainder), and for sizes 17..24, 33..40, ... (size mod 16 in 1...8)
+    ///   that header lies inside the block's last 8 bytes;
+    /// - for an 8-byte block whose first word is 0 (the array cookie of C++ `new T[0]` for a T with a
+    ///   destructor), a pointer to its end (`pointer + 8`, what `new T[0]` returns) is a reference.
     public func register(_ pointer: Address, size: UInt64, minCount: Int32, percpu: Bool,
-                         metadata: ObjectMetadata) -> ObjectID? {
+                         mallocChunk: Bool = false, metadata: ObjectMetadata) -> ObjectID? {
         guard pointer != 0, pointer < UInt64.max - 4094 else { return nil }
         return withState { s -> ObjectID? in
             guard s.enabled else { return nil }
             s.lastCreatedID = nil
-            s.createObject(pointer, size: size, minCount: percpu ? 1 : minCount, percpuObject: percpu, metadata)
+            s.createObject(pointer, size: size, minCount: percpu ? 1 : minCount, percpuObject: percpu,
+                           mallocChunk: mallocChunk, metadata)
             return s.lastCreatedID
         }
     }

@@ -54,6 +54,10 @@ struct ConfirmState {
 }
 
 let rootID = UInt32.max
+/// The scanned id of allocator-data roots (`RootRegion.isAllocatorData`); every other root is `rootID`.
+let allocatorRootID = UInt32.max - 1
+/// Whether a scanned id is a root's rather than an object's.
+@inline(__always) func isRootID(_ id: UInt32) -> Bool { id >= allocatorRootID }
 
 struct EngineState {
     var possibleCPUs: Int
@@ -82,6 +86,14 @@ struct EngineState {
     var objectCount = 0
     var gray = GrayQueue()
     var confirm: ConfirmState? = nil
+    /// One bit per id, set at each scan's prepare step and for each new object: a word that points into
+    /// the object may still change something in this scan. The scan clears it once it has seen the
+    /// object gray or black without excess_ref (colours only darken during a scan), so later words that
+    /// land on it skip the record (a cache miss per word on large heaps).
+    var mayTakeReference: [UInt64] = []
+    /// Words of this batch that pointed at the end of an 8-byte malloc block (see `newArrayCookie`): they
+    /// count once the block's first word has been read as 0.
+    var cookieRefs: [UInt32] = []
     var logs: [String] = []
     var replacesStaleObjects = false
     var logDisable = true
@@ -146,7 +158,7 @@ struct EngineState {
         let hit: (id: UInt32, b: Int, pos: Int)?
         do {
             let idx = space == .plain ? plain : percpu
-            hit = records.count == 0 ? nil : records.withRecords { rec in idx.predecessor(ptr, rec) }
+            hit = idx.predecessor(ptr)
         }
         guard let h = hit else { return nil }
         let r = records[Int(h.id)]
@@ -176,7 +188,8 @@ struct EngineState {
     // MARK: lifetime
 
     /// create_object / __link_object.
-    mutating func createObject(_ ptr: UInt64, size: UInt64, minCount: Int32, percpuObject: Bool, _ m: ObjectMetadata) {
+    mutating func createObject(_ ptr: UInt64, size: UInt64, minCount: Int32, percpuObject: Bool,
+                               mallocChunk: Bool = false, _ m: ObjectMetadata) {
         let space: Space = percpuObject ? .percpu : .plain
         let ext = max(size, 1)
         let end = ptr.addingReportingOverflow(ext).overflow ? UInt64.max : ptr + ext
@@ -192,7 +205,7 @@ struct EngineState {
         let succ: UInt32?
         do {
             let idx = space == .plain ? plain : percpu
-            pred = records.count == 0 ? nil : records.withRecords { rec in idx.predecessor(ptr, rec) }
+            pred = idx.predecessor(ptr)
             succ = idx.successor(pred?.b ?? -1, pred?.pos ?? -1)
         }
         var parent: UInt32? = nil
@@ -208,7 +221,7 @@ struct EngineState {
             guard records[Int(parent)].seq < m.seq,
                   let h = lookup(records[Int(parent)].pointer, alias: false, space) else { return }
             deleteObject(h, space)
-            createObject(ptr, size: size, minCount: minCount, percpuObject: percpuObject, m)
+            createObject(ptr, size: size, minCount: minCount, percpuObject: percpuObject, mallocChunk: mallocChunk, m)
             return
         }
         if let parent {
@@ -221,33 +234,33 @@ struct EngineState {
         if let f = freeSlots.popLast() { id = f } else { id = UInt32(records.count); records.append(ObjectRecord(pointer: 0, seqFlags: 0, created: 0, size32: 0, checksum: 0, context: 0, minCount: 0, count: 0)) }
         var flags: UInt64 = UInt64(ObjectFlags.allocated | (percpuObject ? ObjectFlags.percpu : 0))
         if scanning { flags |= ObjectRecord.newDuringScan }
+        if mallocChunk && !percpuObject { flags |= ObjectRecord.mallocChunk }
         let ctx = intern(ContextKey(pid: m.pid, comm: m.comm, trace: m.trace))
         records[Int(id)] = ObjectRecord(
-            pointer: ptr, seqFlags: (m.seq << 8) | flags, created: m.creationTime,
+            pointer: ptr, seqFlags: (m.seq << ObjectRecord.seqShift) | flags, created: m.creationTime,
             size32: size >= UInt64(UInt32.max) ? UInt32.max : UInt32(size), checksum: 0, context: ctx,
             minCount: Int16(clamping: minCount), count: 0)
         if size >= UInt64(UInt32.max) { withExtras(id) { $0.bigSize = size } }
-        do {
-            let recs = records
-            if percpuObject {
-                percpu.insert(id, key: ptr, afterBlock: pred?.b ?? -1, pos: pred?.pos ?? -1) { recs[Int($0)].pointer }
-            } else {
-                plain.insert(id, key: ptr, afterBlock: pred?.b ?? -1, pos: pred?.pos ?? -1) { recs[Int($0)].pointer }
-            }
+        if percpuObject {
+            percpu.insert(id, key: ptr, afterBlock: pred?.b ?? -1, pos: pred?.pos ?? -1)
+        } else {
+            plain.insert(id, key: ptr, afterBlock: pred?.b ?? -1, pos: pred?.pos ?? -1)
         }
         objectCount += 1
         lastCreatedID = id
+        let word = Int(id >> 6)
+        if word >= mayTakeReference.count {
+            mayTakeReference.append(contentsOf: repeatElement(0, count: word + 1 - mayTakeReference.count))
+        }
+        mayTakeReference[word] |= 1 << UInt64(id & 63)
     }
 
     /// Removes an object found by `lookup` (the kernel's __delete_object).
     mutating func deleteObject(_ hit: (id: UInt32, b: Int, pos: Int), _ space: Space) {
-        do {
-            let recs = records
-            if space == .plain {
-                plain.remove(b: hit.b, pos: hit.pos) { recs[Int($0)].pointer }
-            } else {
-                percpu.remove(b: hit.b, pos: hit.pos) { recs[Int($0)].pointer }
-            }
+        if space == .plain {
+            plain.remove(b: hit.b, pos: hit.pos)
+        } else {
+            percpu.remove(b: hit.b, pos: hit.pos)
         }
         let id = hit.id
         if records[Int(id)].seqFlags & ObjectRecord.hasExtras != 0 { extras[id] = nil }
@@ -417,7 +430,7 @@ struct EngineState {
     var memoryBytes: Int {
         var n = records.capacity * MemoryLayout<ObjectRecord>.stride
         n += freeSlots.capacity * 4 + deferredFree.capacity * 4
-        n += plain.memoryBytes + percpu.memoryBytes
+        n += plain.memoryBytes + percpu.memoryBytes + mayTakeReference.capacity * 8
         n += extras.capacity * (MemoryLayout<UInt32>.stride + MemoryLayout<ObjectExtras>.stride + 1)
         for e in extras.values { n += e.areas.capacity * 16 }
         n += contextKeys.capacity * MemoryLayout<ContextKey>.stride

@@ -8,7 +8,8 @@
 struct ObjectRecord {
     /// Object pointer (per-CPU objects: handle).
     var pointer: UInt64
-    /// seq << 8 | flags (kernel flags in the low 6 bits, `hasExtras` in bit 6).
+    /// seq << seqShift | flags (kernel flags in the low 6 bits, `hasExtras` in bit 6, `newDuringScan` in
+    /// bit 7, `mallocChunk` in bit 8).
     var seqFlags: UInt64
     /// Creation time (CLOCK_BOOTTIME ns).
     var created: UInt64
@@ -26,9 +27,14 @@ struct ObjectRecord {
     static let hasExtras: UInt64 = 0x40
     /// Registered while a scan was running: not reported by that scan (it may have missed its references).
     static let newDuringScan: UInt64 = 0x80
+    /// A block of glibc's malloc (the table's KML_KIND_MALLOC): glibc's chunk layout applies to it.
+    static let mallocChunk: UInt64 = 0x100
+    static let seqShift: UInt64 = 9
+
+    @inline(__always) var isMallocChunk: Bool { seqFlags & Self.mallocChunk != 0 }
 
     @inline(__always) var flags: UInt32 { UInt32(truncatingIfNeeded: seqFlags & 0xff) }
-    @inline(__always) var seq: UInt64 { seqFlags >> 8 }
+    @inline(__always) var seq: UInt64 { seqFlags >> Self.seqShift }
     @inline(__always) func has(_ f: UInt32) -> Bool { UInt32(truncatingIfNeeded: seqFlags) & f != 0 }
     @inline(__always) mutating func set(_ f: UInt32) { seqFlags |= UInt64(f) }
     @inline(__always) mutating func clear(_ f: UInt32) { seqFlags &= ~UInt64(f) }
@@ -48,8 +54,11 @@ struct IntervalIndex {
     var phys: [Int32] = []
     /// Entries used in each physical block.
     var counts: [Int32] = []
-    /// Physical storage: block p holds ids[p*B ..< p*B + counts[p]].
+    /// Physical storage: block p holds ids[p*B ..< p*B + counts[p]], sorted by pointer.
     var ids: [UInt32] = []
+    /// The pointers of `ids`, side by side: a lookup searches one block's keys (2 KiB, contiguous)
+    /// instead of chasing each probe into the records (a cache miss per probe on large heaps).
+    var keys: [UInt64] = []
     var freeBlocks: [Int32] = []
     var count = 0
     /// Grow-only filters: values outside [minAddr, maxAddr) skip the lookup.
@@ -57,37 +66,41 @@ struct IntervalIndex {
     var maxAddr: UInt64 = 0
 
     var memoryBytes: Int {
-        mins.capacity * 8 + phys.capacity * 4 + counts.capacity * 4 + ids.capacity * 4 + freeBlocks.capacity * 4
+        mins.capacity * 8 + phys.capacity * 4 + counts.capacity * 4 + ids.capacity * 4 + keys.capacity * 8
+            + freeBlocks.capacity * 4
     }
 
     @inline(__always) static func extent(_ r: ObjectRecord, _ size: UInt64) -> UInt64 { max(size, 1) }
 
+    /// The last index i < n with sorted[i] <= addr, or -1. Branchless (the comparison becomes a
+    /// conditional move): a scan's lookups go to random blocks, where a branchy search mispredicts
+    /// about every other step.
+    @inline(__always) static func lastAtMost(_ addr: UInt64, _ sorted: UnsafePointer<UInt64>, _ n: Int) -> Int {
+        if n == 0 { return -1 }
+        var base = 0
+        var len = n
+        while len > 1 {
+            let half = len >> 1
+            base = sorted[base &+ half] <= addr ? base &+ half : base
+            len &-= half
+        }
+        return sorted[base] <= addr ? base : base &- 1
+    }
+
     /// Last logical block whose minimum is <= addr, or -1.
     @inline(__always) func blockIndex(_ addr: UInt64) -> Int {
         mins.withUnsafeBufferPointer { m in
-            var lo = 0
-            var hi = m.count
-            while lo < hi {
-                let mid = (lo &+ hi) >> 1
-                if m[mid] <= addr { lo = mid &+ 1 } else { hi = mid }
-            }
-            return lo - 1
+            guard let base = m.baseAddress else { return -1 }
+            return Self.lastAtMost(addr, base, m.count)
         }
     }
 
     /// In logical block b: the last position whose pointer is <= addr (or -1).
-    @inline(__always) func position(_ b: Int, _ addr: UInt64, _ rec: Rec) -> Int {
+    @inline(__always) func position(_ b: Int, _ addr: UInt64) -> Int {
         let p = Int(phys[b])
         let n = Int(counts[p])
-        return ids.withUnsafeBufferPointer { idp in
-            let base = idp.baseAddress! + p * Self.blockCapacity
-            var lo = 0
-            var hi = n
-            while lo < hi {
-                let mid = (lo &+ hi) >> 1
-                if rec[Int(base[mid])].pointee.pointer <= addr { lo = mid &+ 1 } else { hi = mid }
-            }
-            return lo - 1
+        return keys.withUnsafeBufferPointer { kp in
+            Self.lastAtMost(addr, kp.baseAddress! + p * Self.blockCapacity, n)
         }
     }
 
@@ -96,10 +109,10 @@ struct IntervalIndex {
     }
 
     /// The id of the object with the greatest pointer <= addr, with its logical block and position.
-    @inline(__always) func predecessor(_ addr: UInt64, _ rec: Rec) -> (id: UInt32, b: Int, pos: Int)? {
+    @inline(__always) func predecessor(_ addr: UInt64) -> (id: UInt32, b: Int, pos: Int)? {
         let b = blockIndex(addr)
         if b < 0 { return nil }
-        let pos = position(b, addr, rec)
+        let pos = position(b, addr)
         if pos < 0 { return nil }  // cannot happen: mins[b] <= addr
         return (idAt(b, pos), b, pos)
     }
@@ -115,14 +128,26 @@ struct IntervalIndex {
         return nil
     }
 
+    /// Moves `n` entries (id and key) from physical index `src` to `dst` (overlapping ranges allowed).
+    private mutating func moveEntries(from src: Int, to dst: Int, count n: Int) {
+        guard n > 0, src != dst else { return }
+        ids.withUnsafeMutableBufferPointer { b in
+            (b.baseAddress! + dst).update(from: b.baseAddress! + src, count: n)
+        }
+        keys.withUnsafeMutableBufferPointer { b in
+            (b.baseAddress! + dst).update(from: b.baseAddress! + src, count: n)
+        }
+    }
+
     /// Inserts `id` (whose record has pointer `key`) after position (b, pos) as found by `predecessor`
     /// (b = -1: before everything).
-    mutating func insert(_ id: UInt32, key: UInt64, afterBlock b0: Int, pos pos0: Int, keyOf: (UInt32) -> UInt64) {
+    mutating func insert(_ id: UInt32, key: UInt64, afterBlock b0: Int, pos pos0: Int) {
         let B = Self.blockCapacity
         count += 1
         if mins.isEmpty {
             let p = newBlock()
             ids[p * B] = id
+            keys[p * B] = key
             counts[p] = 1
             mins.append(key)
             phys.append(Int32(p))
@@ -137,14 +162,11 @@ struct IntervalIndex {
             let q = Int(phys[b + 1])
             let m = Int(counts[q])
             let k = (B - m) / 2
-            ids.withUnsafeMutableBufferPointer { buf in
-                var j = m - 1
-                while j >= 0 { buf[q * B + j + k] = buf[q * B + j]; j -= 1 }
-                for t in 0..<k { buf[q * B + t] = buf[p * B + B - k + t] }
-            }
+            moveEntries(from: q * B, to: q * B + k, count: m)
+            moveEntries(from: p * B + B - k, to: q * B, count: k)
             counts[p] = Int32(B - k)
             counts[q] = Int32(m + k)
-            mins[b + 1] = keyOf(ids[q * B])
+            mins[b + 1] = keys[q * B]
             if pos > B - k {
                 b += 1
                 pos -= B - k
@@ -155,13 +177,11 @@ struct IntervalIndex {
             let q = Int(phys[b - 1])
             let m = Int(counts[q])
             let k = (B - m) / 2
-            ids.withUnsafeMutableBufferPointer { buf in
-                for t in 0..<k { buf[q * B + m + t] = buf[p * B + t] }
-                for j in 0..<(B - k) { buf[p * B + j] = buf[p * B + j + k] }
-            }
+            moveEntries(from: p * B, to: q * B + m, count: k)
+            moveEntries(from: p * B + k, to: p * B, count: B - k)
             counts[q] = Int32(m + k)
             counts[p] = Int32(B - k)
-            mins[b] = keyOf(ids[p * B])
+            mins[b] = keys[p * B]
             if pos < k {
                 b -= 1
                 pos += m
@@ -175,16 +195,10 @@ struct IntervalIndex {
             let n = Int(counts[p])
             let keep = (b == mins.count - 1 && pos == n) ? n : n / 2
             let moved = n - keep
-            ids.withUnsafeMutableBufferPointer { buf in
-                for k in 0..<moved { buf[q * B + k] = buf[p * B + keep + k] }
-            }
+            moveEntries(from: p * B + keep, to: q * B, count: moved)
             counts[p] = Int32(keep)
             counts[q] = Int32(moved)
-            if moved > 0 {
-                mins.insert(keyOf(ids[q * B]), at: b + 1)
-            } else {
-                mins.insert(key, at: b + 1)
-            }
+            mins.insert(moved > 0 ? keys[q * B] : key, at: b + 1)
             phys.insert(Int32(q), at: b + 1)
             if pos > keep {
                 b += 1
@@ -197,11 +211,9 @@ struct IntervalIndex {
             }
         }
         let n = Int(counts[p])
-        ids.withUnsafeMutableBufferPointer { buf in
-            var k = n
-            while k > pos { buf[p * B + k] = buf[p * B + k - 1]; k -= 1 }
-            buf[p * B + pos] = id
-        }
+        moveEntries(from: p * B + pos, to: p * B + pos + 1, count: n - pos)
+        ids[p * B + pos] = id
+        keys[p * B + pos] = key
         counts[p] = Int32(n + 1)
         if pos == 0 { mins[b] = key }
     }
@@ -211,22 +223,23 @@ struct IntervalIndex {
         let p = counts.count
         counts.append(0)
         if ids.capacity < ids.count + Self.blockCapacity {
-            // Grow by 1/8 rather than doubling: this array is most of the index's memory.
-            ids.reserveCapacity(ids.count + max(16 * Self.blockCapacity, ids.count / 8))
+            // Grow by 1/8 rather than doubling: these arrays are most of the index's memory.
+            let capacity = ids.count + max(16 * Self.blockCapacity, ids.count / 8)
+            ids.reserveCapacity(capacity)
+            keys.reserveCapacity(capacity)
         }
         ids.append(contentsOf: repeatElement(0, count: Self.blockCapacity))
+        keys.append(contentsOf: repeatElement(0, count: Self.blockCapacity))
         return p
     }
 
-    /// Removes the entry at (b, pos); `key` gives the pointer of an id (for block minima).
-    mutating func remove(b: Int, pos: Int, key: (UInt32) -> UInt64) {
+    /// Removes the entry at (b, pos).
+    mutating func remove(b: Int, pos: Int) {
         let B = Self.blockCapacity
         count -= 1
         let p = Int(phys[b])
         let n = Int(counts[p])
-        ids.withUnsafeMutableBufferPointer { buf in
-            for k in pos..<(n - 1) { buf[p * B + k] = buf[p * B + k + 1] }
-        }
+        moveEntries(from: p * B + pos + 1, to: p * B + pos, count: n - 1 - pos)
         counts[p] = Int32(n - 1)
         if n - 1 == 0 {
             mins.remove(at: b)
@@ -234,15 +247,13 @@ struct IntervalIndex {
             freeBlocks.append(Int32(p))
             return
         }
-        if pos == 0 { mins[b] = key(ids[p * B]) }
+        if pos == 0 { mins[b] = keys[p * B] }
         // Merge with the next block when both are sparse.
         if b + 1 < mins.count {
             let q = Int(phys[b + 1])
             let m = Int(counts[q])
             if n - 1 + m <= B / 2 {
-                ids.withUnsafeMutableBufferPointer { buf in
-                    for k in 0..<m { buf[p * B + n - 1 + k] = buf[q * B + k] }
-                }
+                moveEntries(from: q * B, to: p * B + n - 1, count: m)
                 counts[p] = Int32(n - 1 + m)
                 counts[q] = 0
                 mins.remove(at: b + 1)

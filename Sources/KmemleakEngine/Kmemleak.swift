@@ -91,11 +91,14 @@ public final class Kmemleak: Sendable {
     /// reported (grey), -1 = ignored (black). NULL and error pointers are ignored. An overlap with a
     /// registered object disables the detector (kernel log message).
     /// A zero-size object occupies one byte for lookups (so `malloc(0)` blocks can be referenced).
-    public func alloc(_ pointer: Address, size: UInt64, minCount: Int32 = 1, metadata: ObjectMetadata) {
+    /// `mallocChunk`: a block of glibc's malloc (see `register(_:size:minCount:percpu:mallocChunk:metadata:)`).
+    public func alloc(_ pointer: Address, size: UInt64, minCount: Int32 = 1, mallocChunk: Bool = false,
+                      metadata: ObjectMetadata) {
         guard Self.valid(pointer) else { return }
         withState { s in
             guard s.enabled else { return }
-            s.createObject(pointer, size: size, minCount: minCount, percpuObject: false, metadata)
+            s.createObject(pointer, size: size, minCount: minCount, percpuObject: false, mallocChunk: mallocChunk,
+                           metadata)
         }
     }
 

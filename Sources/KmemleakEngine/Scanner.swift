@@ -81,9 +81,68 @@ extension EngineState {
         }
     }
 
-    /// The root regions of this scan: `.stack` dropped when stack=off, sorted and merged.
-    func mergedRoots() -> [(start: UInt64, end: UInt64)] {
-        Self.merge(roots.filter { stackScan || $0.kind != .stack }, into: [])
+    /// The root regions of this scan: `.stack` dropped when stack=off.
+    func scanRootRegions() -> [RootRegion] {
+        roots.filter { stackScan || $0.kind != .stack }
+    }
+
+    /// The spans that scan `regions` with no byte scanned twice, in address order: allocator data as
+    /// `allocatorRootID` where no other root covers it (a byte that is also another root's counts fully),
+    /// everything else as `rootID`.
+    static func rootSpans(_ regions: [RootRegion]) -> [Span] {
+        let other = merge(regions.filter { !$0.isAllocatorData }, into: [])
+        let allocator = subtract(merge(regions.filter { $0.isAllocatorData }, into: []), other)
+        var tagged = other.map { (start: $0.start, end: $0.end, id: rootID) }
+        tagged += allocator.map { (start: $0.start, end: $0.end, id: allocatorRootID) }
+        tagged.sort { $0.start < $1.start }
+        var spans: [Span] = []
+        for t in tagged { addSpan(t.id, t.start, t.end - t.start, into: &spans) }
+        return spans
+    }
+
+    /// The parts of `a` outside every interval of `b` (both sorted and non-overlapping).
+    static func subtract(_ a: [(start: UInt64, end: UInt64)], _ b: [(start: UInt64, end: UInt64)])
+        -> [(start: UInt64, end: UInt64)]
+    {
+        var out: [(start: UInt64, end: UInt64)] = []
+        var k = 0
+        for var r in a {
+            while k < b.count && b[k].end <= r.start { k += 1 }
+            var j = k
+            while j < b.count && b[j].start < r.end {
+                if b[j].start > r.start { out.append((r.start, b[j].start)) }
+                r.start = max(r.start, b[j].end)
+                j += 1
+            }
+            if r.start < r.end { out.append(r) }
+        }
+        return out
+    }
+
+    /// The header of the chunk after a glibc malloc block of `size` bytes at `pointer` (x86-64, glibc 2.36
+    /// malloc.c: the chunk starts 16 bytes before the block and spans request2size(size) =
+    /// max(MINSIZE 32, (size + SIZE_SZ 8 + MALLOC_ALIGN_MASK 15) & ~15) bytes). A chunk may be up to 32
+    /// bytes longer (a remainder too small to split stays in it, memalign, realloc in place); its next
+    /// header then lies beyond the block, so only this address can be one inside it.
+    @inline(__always) static func nextChunkHeader(_ pointer: UInt64, _ size: UInt64) -> UInt64 {
+        let padded = size &+ 23
+        let chunk = padded < 32 || padded < size ? 32 : padded & ~15
+        return pointer &- 16 &+ chunk
+    }
+
+    /// Whether word `w`, read from the scanned range `scanned` and pointing into object `r`, is glibc's
+    /// own bookkeeping rather than a reference: a word of allocator data pointing exactly at the header
+    /// of the chunk after a malloc block.
+    @inline(__always) static func isChunkHeaderWord(_ w: UInt64, _ r: ObjectRecord, _ size: UInt64, _ scanned: UInt32) -> Bool {
+        scanned == allocatorRootID && r.isMallocChunk && w == nextChunkHeader(r.pointer, size)
+    }
+
+    /// LeakSanitizer's IsSpecialCaseOfOperatorNew0: `new T[0]` for a T with a destructor allocates an
+    /// 8-byte block holding the element count 0 (the array cookie) and returns its end. A word pointing
+    /// just past an 8-byte malloc block is such a reference if the block's first word is 0 (checked by
+    /// the scanner once read: `cookieRefs`).
+    @inline(__always) static func mayBeNewArrayCookieEnd(_ offset: UInt64, _ r: ObjectRecord, _ size: UInt64) -> Bool {
+        offset == 8 && size == 8 && r.isMallocChunk
     }
 
     /// `regions` as sorted, non-overlapping intervals, merged with `intervals` (already such intervals).
@@ -123,7 +182,7 @@ extension EngineState {
     mutating func scanGroup(_ bufferBase: Int, _ group: [(off: Int, addr: UInt64, len: Int, id: UInt32)]) {
         if confirm != nil {
             for c in group {
-                if c.id != rootID {
+                if !isRootID(c.id) {
                     guard Int(c.id) < records.count, records[Int(c.id)].allocated else { continue }
                 }
                 scanBlock(UnsafeRawPointer(bitPattern: bufferBase + c.off)!, addr: c.addr, len: c.len, scanned: c.id)
@@ -136,10 +195,14 @@ extension EngineState {
         var g = gray
         gray = GrayQueue()
         var aliases: [UInt64] = []
+        var cookies = cookieRefs
+        cookieRefs = []
+        var bits = mayTakeReference
+        mayTakeReference = []
         let nrec = records.count
-        records.withRecords { rec in
+        bits.withUnsafeMutableBufferPointer { bits in records.withRecords { rec in
             for c in group {
-                if c.id != rootID {
+                if !isRootID(c.id) {
                     guard Int(c.id) < nrec, rec[Int(c.id)].pointee.allocated else { continue }
                 }
                 guard c.len >= 8 else { continue }
@@ -150,11 +213,13 @@ extension EngineState {
                 let base = UnsafeRawPointer(bitPattern: bufferBase + c.off + Int(first - c.addr))!
                 for i in 0..<n {
                     let w = base.loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
-                    Self.pointerUpdateRefs(w, pl, rec, c.id, &g, ex, pl, &aliases)
-                    Self.pointerUpdateRefs(w, pc, rec, c.id, &g, ex, pl, &aliases)
+                    Self.pointerUpdateRefs(w, pl, rec, c.id, &g, ex, pl, &aliases, &cookies, bits)
+                    if pc.count > 0 { Self.pointerUpdateRefs(w, pc, rec, c.id, &g, ex, pl, &aliases, &cookies, bits) }
                 }
             }
-        }
+        } }
+        mayTakeReference = bits
+        cookieRefs = cookies
         gray = g
         for a in aliases { _ = lookup(a, alias: false, .plain) }
     }
@@ -169,14 +234,30 @@ extension EngineState {
     @inline(__always)
     static func pointerUpdateRefs(
         _ w: UInt64, _ idx: IntervalIndex, _ rec: Rec, _ scanned: UInt32,
-        _ g: inout GrayQueue, _ ex: [UInt32: ObjectExtras], _ plainIdx: IntervalIndex, _ aliases: inout [UInt64]
+        _ g: inout GrayQueue, _ ex: [UInt32: ObjectExtras], _ plainIdx: IntervalIndex, _ aliases: inout [UInt64],
+        _ cookies: inout [UInt32], _ bits: UnsafeMutableBufferPointer<UInt64>
     ) {
         if w < idx.minAddr || w >= idx.maxAddr { return }
-        guard let h = idx.predecessor(w, rec) else { return }
+        guard let h = idx.predecessor(w) else { return }
         let id = h.id
+        let word = Int(id >> 6)
+        let bit: UInt64 = 1 << UInt64(id & 63)
+        let tracked = word < bits.count
+        if tracked && bits[word] & bit == 0 { return }
         let r = rec[Int(id)].pointee
-        if w &- r.pointer >= max(objectSize(r, id, ex), 1) { return }
+        if tracked && !r.isWhite && r.seqFlags & ObjectRecord.hasExtras == 0 {
+            // Gray or black, no excess_ref: nothing a word can do to it until the next scan.
+            bits[word] &= ~bit
+            return
+        }
+        let size = objectSize(r, id, ex)
+        let offset = w &- r.pointer
+        if offset >= max(size, 1) {
+            if mayBeNewArrayCookieEnd(offset, r, size) && id != scanned && r.isWhite { cookies.append(id) }
+            return
+        }
         if id == scanned { return }
+        if isChunkHeaderWord(w, r, size, scanned) { return }
         var excess: UInt64 = 0
         if r.isGray {
             if r.seqFlags & ObjectRecord.hasExtras != 0 { excess = ex[id]?.excessRef ?? 0 }
@@ -184,7 +265,7 @@ extension EngineState {
             updateRefs(id, rec, &g)
         }
         if excess != 0 {
-            guard let h2 = plainIdx.predecessor(excess, rec) else { return }
+            guard let h2 = plainIdx.predecessor(excess) else { return }
             let r2 = rec[Int(h2.id)].pointee
             if excess &- r2.pointer >= max(objectSize(r2, h2.id, ex), 1) { return }
             if r2.pointer != excess {
@@ -207,13 +288,14 @@ extension EngineState {
 
     // MARK: confirmation passes
 
-    mutating func buildConfirm(_ cands: [UInt32]) {
+    /// `zeroCookies`: the 8-byte malloc candidates whose first word is 0: a pointer to their end counts.
+    mutating func buildConfirm(_ cands: [UInt32], zeroCookies: Set<UInt32> = []) {
         var c = ConfirmState()
         var per: [[(start: UInt64, end: UInt64, id: UInt32)]] = [[], []]
         for id in cands {
             let r = records[Int(id)]
             let sp = r.has(ObjectFlags.percpu) ? 1 : 0
-            let end = r.pointer &+ max(size(id), 1)
+            let end = r.pointer &+ max(size(id), 1) &+ (zeroCookies.contains(id) ? 1 : 0)
             per[sp].append((r.pointer, end < r.pointer ? UInt64.max : end, id))
         }
         for sp in 0..<2 {
@@ -244,6 +326,7 @@ extension EngineState {
     mutating func confirmWords(_ base: UnsafeRawPointer, _ n: Int, _ scanned: UInt32) {
         guard var c = confirm else { return }
         confirm = nil
+        let ex = extras
         records.withRecords { rec in
             for i in 0..<n {
                 let w = base.loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
@@ -261,6 +344,10 @@ extension EngineState {
                     if k < 0 || w >= c.ends[sp][k] || c.spared[sp][k] { continue }
                     let id = c.ids[sp][k]
                     if id == scanned { continue }
+                    if scanned == allocatorRootID {
+                        let r = rec[Int(id)].pointee
+                        if Self.isChunkHeaderWord(w, r, Self.objectSize(r, id, ex), scanned) { continue }
+                    }
                     c.passCount[sp][k] += 1
                     if c.passCount[sp][k] >= c.minCounts[sp][k] {
                         c.spared[sp][k] = true
@@ -290,8 +377,8 @@ struct Scanner<M: MemoryReader> {
     let memory: M
     let stop: () -> Bool
     var hooks: ConfirmationHooks? = nil
-    /// This scan's merged root intervals (confirmation merges the hooks' extra roots into them).
-    var mergedRootIntervals: [(start: UInt64, end: UInt64)] = []
+    /// This scan's root regions (confirmation adds the hooks' extra roots to them).
+    var rootRegions: [RootRegion] = []
     var result = ScanResult()
     var epoch = 0
     let buffer: UnsafeMutableRawBufferPointer
@@ -321,16 +408,17 @@ struct Scanner<M: MemoryReader> {
     @inline(__always) func alive(_ s: EngineState) -> Bool { s.enabled && s.epoch == epoch }
 
     mutating func run(now: UInt64) -> ScanResult {
-        let start: (Int, [(start: UInt64, end: UInt64)])? = engine.withState { s in
+        let start: (Int, [RootRegion])? = engine.withState { s in
             guard s.enabled else { return nil }
             s.scanning = true
             s.lastScanStart = now  // jiffies_last_scan
             s.gray.reset()
-            return (s.epoch, s.mergedRoots())
+            s.mayTakeReference = Array(repeating: ~0, count: (s.records.count + 63) / 64)
+            return (s.epoch, s.scanRootRegions())
         }
         guard let (ep, roots) = start else { return ScanResult(interrupted: true) }
         epoch = ep
-        mergedRootIntervals = roots
+        rootRegions = roots
         defer {
             let ep = epoch
             engine.withState { s in
@@ -342,7 +430,7 @@ struct Scanner<M: MemoryReader> {
                 s.confirm = nil
             }
         }
-        for r in roots { EngineState.addSpan(rootID, r.start, r.end - r.start, into: &rootSpans) }
+        rootSpans = EngineState.rootSpans(roots)
 
         // 1. Prepare: whiten every object, seed the gray list with gray ones.
         var slot = 0
@@ -527,6 +615,61 @@ struct Scanner<M: MemoryReader> {
             }
             readBatch()
             scanPieces()
+            resolveCookieRefs()
+        }
+    }
+
+    /// The ids among `objects` whose first 8 bytes read fully as 0 (several MemoryReader calls of at most
+    /// `maxBatchRanges` ranges, through the batch buffer).
+    mutating func readZeroFirstWords(_ objects: [(id: UInt32, pointer: UInt64)]) -> Set<UInt32> {
+        var zero = Set<UInt32>()
+        var k = 0
+        while k < objects.count {
+            let chunk = objects[k..<min(k + maxBatchRanges, objects.count)]
+            k += chunk.count
+            ranges.removeAll(keepingCapacity: true)
+            for o in chunk { ranges.append(MemoryRange(address: o.pointer, length: 8)) }
+            var got = Array(repeating: 0, count: ranges.count)
+            let buf = buffer
+            let mem = memory
+            ranges.withUnsafeBufferPointer { r in
+                got.withUnsafeMutableBufferPointer { b in mem.read(r, into: buf, bytesRead: b) }
+            }
+            for (i, o) in chunk.enumerated() where got[i] >= 8 {
+                if buf.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self) == 0 { zero.insert(o.id) }
+            }
+        }
+        return zero
+    }
+
+    /// The words of the last batch that pointed at the end of an 8-byte malloc block count as references
+    /// when that block's first word is 0 (`EngineState.mayBeNewArrayCookieEnd`).
+    mutating func resolveCookieRefs() {
+        let ep = epoch
+        let pending: (refs: [UInt32], objects: [(id: UInt32, pointer: UInt64)])? = engine.withState { s in
+            guard s.enabled && s.epoch == ep, !s.cookieRefs.isEmpty else { return nil }
+            let refs = s.cookieRefs
+            s.cookieRefs = []
+            var seen = Set<UInt32>()
+            var objects: [(id: UInt32, pointer: UInt64)] = []
+            for id in refs where seen.insert(id).inserted && Int(id) < s.records.count && s.records[Int(id)].allocated {
+                objects.append((id, s.records[Int(id)].pointer))
+            }
+            return (refs, objects)
+        }
+        guard let pending else { return }
+        let zero = readZeroFirstWords(pending.objects)
+        if zero.isEmpty { return }
+        engine.withState { s in
+            guard s.enabled && s.epoch == ep else { return }
+            var g = s.gray
+            s.gray = GrayQueue()
+            s.records.withRecords { rec in
+                for id in pending.refs where zero.contains(id) && rec[Int(id)].pointee.allocated {
+                    EngineState.updateRefs(id, rec, &g)
+                }
+            }
+            s.gray = g
         }
     }
 
@@ -661,12 +804,7 @@ struct Scanner<M: MemoryReader> {
                 result.postponed = true
                 return
             }
-            if !extra.isEmpty {
-                spans = []
-                for r in EngineState.merge(extra, into: mergedRootIntervals) {
-                    EngineState.addSpan(rootID, r.start, r.end - r.start, into: &spans)
-                }
-            }
+            if !extra.isEmpty { spans = EngineState.rootSpans(rootRegions + extra) }
         }
         defer { hooks?.end() }
         // Every white object takes part, not only the reportable ones: a reachable object that the
@@ -680,8 +818,16 @@ struct Scanner<M: MemoryReader> {
                 cands.append(UInt32(i))
             }
         }) else { return }
+        // The client is still now: the array cookies read here are the ones the passes will see.
+        let cookieCandidates: [(id: UInt32, pointer: UInt64)] = engine.withState { s in
+            cands.compactMap { id in
+                let r = s.records[Int(id)]
+                return r.isMallocChunk && s.size(id) == 8 ? (id, r.pointer) : nil
+            }
+        }
+        let zeroCookies = readZeroFirstWords(cookieCandidates)
         let cs = cands
-        engine.withState { s in s.buildConfirm(cs) }
+        engine.withState { s in s.buildConfirm(cs, zeroCookies: zeroCookies) }
         let saved = countObjects
         countObjects = false
         defer { countObjects = saved }

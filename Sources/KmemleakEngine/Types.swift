@@ -107,7 +107,7 @@ public struct ObjectMetadata: Sendable, Equatable, Hashable {
     public var creationTime: UInt64
     /// Stack-depot id of the allocation trace, resolved through `ReportContext.frames`; 0 = none.
     public var trace: UInt32
-    /// Allocation sequence number: the report lists objects in ascending `seq` (only the low 56 bits are kept).
+    /// Allocation sequence number: the report lists objects in ascending `seq` (only the low 55 bits are kept).
     public var seq: UInt64
 
     /// Creates metadata.
@@ -141,12 +141,18 @@ public struct RootRegion: Sendable, Equatable {
     public var length: UInt64
     /// Kind of root.
     public var kind: Kind
+    /// The writable data of the C library that implements malloc (glibc's libc.so.6, where `main_arena`
+    /// lives). Its words that point exactly at the header of the chunk after a malloc block are the
+    /// allocator's bookkeeping (top, bins, last_remainder), not references to that block; see
+    /// `Kmemleak.register(_:size:minCount:percpu:mallocChunk:metadata:)`.
+    public var isAllocatorData: Bool
 
     /// Creates a root region.
-    public init(start: Address, length: UInt64, kind: Kind) {
+    public init(start: Address, length: UInt64, kind: Kind, isAllocatorData: Bool = false) {
         self.start = start
         self.length = length
         self.kind = kind
+        self.isAllocatorData = isAllocatorData
     }
 }
 

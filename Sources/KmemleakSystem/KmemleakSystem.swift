@@ -10,6 +10,7 @@
 //   Roots.swift           RootRange: writable PT_LOAD data of every ELF object, thread stacks, static TLS
 //   ELF.swift             a small validated ELF64 reader: program headers, build id, FUNC symbol index
 //   Symbolizer.swift      %pS-style `name+0xoff/0xsize [module]` for a process, shared ELFCache
+//   MallocTuning.swift    the daemon's own malloc: a fixed mmap threshold
 //
 // Everything read from a client (its table, its rendezvous file, its maps, its ELF files) is untrusted:
 // malformed input gives a typed error, never a trap and never an allocation sized by a claimed count.

@@ -20,9 +20,14 @@ public struct RootRange: Sendable, Equatable, CustomStringConvertible {
     public var label: String
     /// The thread of a stack root.
     public var tid: Int32?
+    /// Writable data of the C library that implements malloc (`Roots.isAllocatorLibrary`): glibc's
+    /// main_arena lives there, whose words point at chunk headers, not at blocks.
+    public var isAllocatorData: Bool
 
-    public init(start: UInt64, length: UInt64, kind: Kind, label: String, tid: Int32? = nil) {
+    public init(start: UInt64, length: UInt64, kind: Kind, label: String, tid: Int32? = nil,
+                isAllocatorData: Bool = false) {
         self.start = start; self.length = length; self.kind = kind; self.label = label; self.tid = tid
+        self.isAllocatorData = isAllocatorData
     }
 
     public var end: UInt64 { start + length }
@@ -34,6 +39,12 @@ public struct RootRange: Sendable, Equatable, CustomStringConvertible {
 public enum Roots {
     /// File names whose segments are never roots (the shim itself).
     public static let defaultExcludedModules: Set<String> = ["libkmemleak.so"]
+
+    /// Whether an ELF file name is glibc's C library (libc.so.6; libc-2.x.so before glibc 2.34), whose
+    /// writable data holds malloc's main_arena and mp_.
+    public static func isAllocatorLibrary(_ name: String) -> Bool {
+        name == "libc.so.6" || (name.hasPrefix("libc-") && name.hasSuffix(".so"))
+    }
 
     /// Computes the roots of `pid`.
     ///
@@ -70,6 +81,7 @@ public enum Roots {
             let name = String(base.filePath.split(separator: "/").last ?? "")
             i = j
             if excludedModules.contains(name) { continue }
+            let allocatorData = isAllocatorLibrary(name)
             guard let file = cache.file(for: base, open: { Symbolizer.openELF(pid: pid, mapping: base) }),
                   let first = file.firstLoadVaddr else { continue }
             let bias = base.start &- first
@@ -84,10 +96,10 @@ public enum Roots {
                     let s = max(lo, m.start), e = min(hi, m.end)
                     guard s < e else { continue }
                     if let r = run, r.1 == s { run = (r.0, e); continue }
-                    if let r = run { roots.append(RootRange(start: r.0, length: r.1 - r.0, kind: .data, label: base.filePath)) }
+                    if let r = run { roots.append(RootRange(start: r.0, length: r.1 - r.0, kind: .data, label: base.filePath, isAllocatorData: allocatorData)) }
                     run = (s, e)
                 }
-                if let r = run { roots.append(RootRange(start: r.0, length: r.1 - r.0, kind: .data, label: base.filePath)) }
+                if let r = run { roots.append(RootRange(start: r.0, length: r.1 - r.0, kind: .data, label: base.filePath, isAllocatorData: allocatorData)) }
             }
         }
         // stacks and TLS; threads that have exited: only the TCB of a joinable one
@@ -176,7 +188,8 @@ public enum Roots {
                 pieces = next
             }
             for (s, e) in pieces where s < e {
-                out.append(RootRange(start: s, length: e - s, kind: r.kind, label: r.label, tid: r.tid))
+                out.append(RootRange(start: s, length: e - s, kind: r.kind, label: r.label, tid: r.tid,
+                                     isAllocatorData: r.isAllocatorData))
             }
         }
         return out

@@ -1,6 +1,7 @@
 import Glibc
 import KmemleakFS
 import KmemleakService
+import KmemleakSystem
 import Logging
 import Synchronization
 
@@ -8,6 +9,7 @@ import Synchronization
 /// loop until SIGTERM/SIGINT/SIGHUP (or an external unmount), STOPPING=1, `stop()`, unmount.
 /// Returns the process exit status. The caller must have called `TerminationSignals.block()` first.
 func runDaemon(options: DaemonOptions, logger: Logger) -> Int32 {
+    if !MallocTuning.fixMmapThreshold() { logger.warning("cannot fix malloc's mmap threshold (mallopt refused)") }
     let backend: any ControlFileBackend & DaemonService
     do {
         backend = try makeBackend(options: options, logger: logger)

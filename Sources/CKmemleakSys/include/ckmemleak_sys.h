@@ -12,6 +12,9 @@ ssize_t ckml_process_vm_read(pid_t pid, void *local, size_t len, uint64_t remote
 struct ckml_range { uint64_t remote; void *local; size_t len; };
 ssize_t ckml_process_vm_readv(pid_t pid, const struct ckml_range *ranges, size_t count);
 
+/* mallopt(M_MMAP_THRESHOLD, bytes): a fixed threshold (glibc's dynamic one is then off). 1 on success. */
+int ckml_malloc_set_mmap_threshold(int bytes);
+
 /* statfs f_type of a path, or -1 and errno. */
 long ckml_statfs_type(const char *path);
 

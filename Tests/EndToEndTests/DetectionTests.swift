@@ -4,18 +4,18 @@ import KmemleakFS
 import Testing
 
 /// The repository root (the shim, kmemleak-test and the test clients are built there by `make`).
-private let repositoryRoot: String = {
+let repositoryRoot: String = {
     var url = URL(fileURLWithPath: #filePath)
     for _ in 0..<3 { url.deleteLastPathComponent() }
     return url.path
 }()
 
-private let shimPath = repositoryRoot + "/.build/release/libkmemleak.so"
-private let kmemleakTestPath = repositoryRoot + "/.build/release/kmemleak-test"
-private func clientPath(_ name: String) -> String { repositoryRoot + "/.build/clients/" + name }
+let shimPath = repositoryRoot + "/.build/release/libkmemleak.so"
+let kmemleakTestPath = repositoryRoot + "/.build/release/kmemleak-test"
+func clientPath(_ name: String) -> String { repositoryRoot + "/.build/clients/" + name }
 
 /// A real kmemleakd on a temporary mount, and clients under LD_PRELOAD reporting to it.
-private final class Detection {
+final class Detection {
     let temp: TemporaryDirectory
     let mountpoint: String
     let runDirectory: String
@@ -46,10 +46,10 @@ private final class Detection {
         guard served, child.isRunning else { throw TestFailure("kmemleakd did not start: \(child.stderr)") }
     }
 
-    /// Starts `path` under the shim; waits for its READY line.
-    func client(_ path: String, _ arguments: [String] = []) throws -> ChildProcess {
+    /// Starts `path` under the shim (with `env` added); waits for its READY line.
+    func client(_ path: String, _ arguments: [String] = [], env: [String: String] = [:]) throws -> ChildProcess {
         let client = try ChildProcess(
-            path, arguments, env: ["LD_PRELOAD": shimPath, "KMEMLEAK_RUN_DIR": runDirectory],
+            path, arguments, env: env.merging(["LD_PRELOAD": shimPath, "KMEMLEAK_RUN_DIR": runDirectory]) { $1 },
             stderrFile: temp.sub("client\(clients.count).stderr"))
         clients.append(client)
         _ = try client.waitFor("READY", timeout: 30)
@@ -85,7 +85,7 @@ private final class Detection {
 }
 
 /// Addresses of `unreferenced object[ (percpu)] 0x... (size N):` lines.
-private func addresses(in report: String) -> Set<UInt64> {
+func addresses(in report: String) -> Set<UInt64> {
     var result = Set<UInt64>()
     for line in report.split(separator: "\n") where line.hasPrefix("unreferenced object") {
         guard let token = line.split(separator: " ").first(where: { $0.hasPrefix("0x") }),
@@ -96,7 +96,7 @@ private func addresses(in report: String) -> Set<UInt64> {
 }
 
 /// Addresses the client printed after `tags` (e.g. "LEAK", "PCPU-LEAK").
-private func printed(_ client: ChildProcess, _ tags: Set<String>) -> Set<UInt64> {
+func printed(_ client: ChildProcess, _ tags: Set<String>) -> Set<UInt64> {
     var result = Set<UInt64>()
     for line in client.transcript.split(separator: "\n") {
         let parts = line.split(separator: " ")

@@ -75,6 +75,8 @@ def load(port, count):
 
 
 PLANTED = 16
+# The warm-up blocks (see plant), as raw pointers: reachable for good, never reported.
+KEPT = (ctypes.c_void_p * PLANTED)()
 
 
 def leak_size(i):
@@ -103,12 +105,16 @@ def plant(count):
     results = []
 
     def work():
-        # Nothing is freed while the blocks are made, so no block reuses a Python object's address:
-        # the result objects are zeroed and kept until the end.
-        for size in sizes:
+        # A first round, kept for good, takes the chunks that the thread's start freed (whose addresses
+        # stale copies still hold); the planted round then comes from memory never used. Nothing is
+        # freed meanwhile: the result objects are zeroed and kept until the end.
+        for size in sizes + sizes:
             results.append(malloc(size))
         for i, block in enumerate(results):
-            blocks[i] = block
+            if i < count:
+                KEPT[i] = block
+            else:
+                blocks[i - count] = block
             block.value = None
 
     thread = threading.Thread(target=work)

@@ -11,7 +11,15 @@ load="$py $here/load.py"
 work=$(mktemp -d /tmp/kml-bench-real.XXXXXX)
 mkdir -p "$work/run"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+# An interrupted run ends each server it started (nginx: its workers too, they would outlive a killed
+# master). Each *_once runs in a command substitution, a subshell with its own `pids` and EXIT trap.
+stop_servers() {
+  for p in "${pids[@]}"; do
+    for c in $(cat "/proc/$p/task/$p/children" 2>/dev/null); do kill -9 "$c" 2>/dev/null; rm -f "/$c.client"; done
+    kill -9 "$p" 2>/dev/null || true
+  done
+}
+cleanup() { stop_servers; rm -rf "$work"; }
 trap cleanup EXIT
 
 free_port() { $py -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -39,16 +47,19 @@ http { access_log off; client_body_temp_path $prefix/body; proxy_temp_path $pref
   server { listen 127.0.0.1:$port; location / { return 200 "hello\n"; } } }
 CONF
   $(env_for "$1") /usr/sbin/nginx -p "$prefix" -c "$prefix/nginx.conf" -e stderr >>"$work/nginx.log" 2>&1 &
-  local master=$!; pids+=("$master")
+  local master=$!; pids+=("$master"); trap stop_servers EXIT
   $load wait "$port" >&2; $load http "$port" 200
+  local workers; workers=$(cat "/proc/$master/task/$master/children" 2>/dev/null || true)
   kill -QUIT "$master"; wait "$master" || true
+  # workers that lost KMEMLEAK_RUN_DIR to setproctitle announce themselves in /: leave nothing there
+  for w in $workers; do rm -f "/$w.client"; done
 }
 
 redis_once() {
   local port; port=$(free_port)
   $(env_for "$1") /usr/bin/redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
     --daemonize no --dir "$work" >>"$work/redis.log" 2>&1 &
-  local server=$!; pids+=("$server")
+  local server=$!; pids+=("$server"); trap stop_servers EXIT
   if $load wait "$port" >&2 2>/dev/null; then $load redis "$port" 200; else echo "crashed"; fi
   kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true
 }

@@ -82,6 +82,8 @@ private final class RealPrograms {
         for pid in descendants where isProcess(pid, named: nil) { kill(pid, SIGKILL) }
         // Not our children: wait until init has reaped them, or at least they are gone.
         _ = waitUntil(timeout: .seconds(20)) { descendants.allSatisfy { !isProcess($0, named: nil) } }
+        // A process that lost KMEMLEAK_RUN_DIR (setproctitle) announces itself in `/`: leave nothing there.
+        for pid in programs.map(\.pid) + descendants { unlink("/\(pid).client") }
         detection.tearDown()
     }
 }
@@ -316,8 +318,6 @@ struct RealProgramTests {
         master.signal(SIGQUIT)
         #expect(master.exitCode(timeout: 60) == 0, "\(master.stderr)")
         #expect(waitUntil(timeout: .seconds(30)) { workers.allSatisfy { !isProcess($0, named: nil) } })
-        // Workers that lost their run directory (setproctitle) announce themselves in `/`: leave nothing there.
-        for pid in [master.pid] + workers { unlink("/\(pid).client") }
     }
 
     /// redis-server (Debian's is linked with jemalloc): starts under the shim, answers PING/SET/GET, no

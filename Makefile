@@ -22,7 +22,7 @@ help:
 # The real-programs suite (Tests/EndToEndTests/RealProgramTests.swift) runs Debian's own programs under the
 # shim: python3 is Debian's /usr/bin/python3, never a python3 found first on PATH.
 DEB_PACKAGES := libfuse3-dev fuse3 libunwind-dev pkg-config make gcc binutils valgrind heaptrack liblsan0 systemd python3 \
-	nginx-light redis-server sqlite3
+	libjemalloc2 redis-server libtcmalloc-minimal4 nginx-light sqlite3
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -46,8 +46,11 @@ SHIM_HDRS := Sources/libkmemleak/include/kmemleak.h Sources/CKmemleakABI/include
 SHIM_SO := $(BUILD)/libkmemleak.so
 KMLTEST := $(BUILD)/kmemleak-test
 FIXTURE_DIR := .build/fixtures
-FIXTURE_SRCS := $(wildcard Tests/fixtures/*.c)
+FIXTURE_SRCS := $(filter-out Tests/fixtures/jemalloc.c,$(wildcard Tests/fixtures/*.c))
 FIXTURES := $(patsubst Tests/fixtures/%.c,$(FIXTURE_DIR)/%,$(FIXTURE_SRCS))
+# linked with Debian's libjemalloc2 (a foreign allocator); its test is skipped where it is missing
+JEMALLOC_SO := $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2)
+FIXTURES += $(if $(JEMALLOC_SO),$(FIXTURE_DIR)/jemalloc)
 PROG_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Wno-unused-parameter -pthread $(SHIM_INC)
 BENCH_DIR := .build/bench
 LSAN_SO ?= /usr/lib/x86_64-linux-gnu/liblsan.so.0
@@ -69,6 +72,9 @@ $(KMLTEST): Sources/kmemleak-test/kmemleak-test.c $(SHIM_HDRS) | shim-dirs
 $(FIXTURE_DIR)/backtrace: Tests/fixtures/backtrace.c Tests/fixtures/common.h $(SHIM_HDRS) | shim-dirs
 	$(SHIM_CC) $(PROG_CFLAGS) -fomit-frame-pointer -fno-inline-functions -o $@ $<
 
+$(FIXTURE_DIR)/jemalloc: Tests/fixtures/jemalloc.c Tests/fixtures/common.h | shim-dirs
+	$(SHIM_CC) $(PROG_CFLAGS) -o $@ $< -l:libjemalloc.so.2
+
 $(FIXTURE_DIR)/%: Tests/fixtures/%.c Tests/fixtures/common.h $(SHIM_HDRS) | shim-dirs
 	$(SHIM_CC) $(PROG_CFLAGS) -o $@ $<
 
@@ -83,8 +89,18 @@ bench-shim: shim
 # END shim section
 
 # BEGIN clients section (test and benchmark clients of the daemon)
-CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/clients/stack-holder .build/clients/many-leaks
+CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/clients/stack-holder \
+	.build/clients/thread-life .build/clients/libloader-tls.so .build/clients/proctitle \
+	.build/clients/hostile-client .build/clients/libevil.so \
+	.build/clients/roots-client .build/clients/many-leaks
 clients: $(CLIENTS)
+.build/clients/thread-life: Tests/clients/thread-life.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -Wno-unused-parameter -pthread -o $@ $< -ldl
+# dlopened by thread-life: its __thread variable is in a dynamic TLS block allocated by ld.so
+.build/clients/libloader-tls.so: Tests/clients/loader-tls-lib.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -fPIC -shared -o $@ $<
 .build/clients/pointer-churn: Tests/clients/pointer-churn.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
@@ -94,6 +110,20 @@ clients: $(CLIENTS)
 .build/clients/many-leaks: Tests/clients/many-leaks.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
+.build/clients/roots-client: Tests/clients/roots-client.c Sources/CKmemleakABI/include/kmemleak_abi.h
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
+# The hostile-client tests (issue 9): a client that corrupts its own table, and the library whose
+# symbol name it forges (-O0: the static function must keep its frame and its name).
+.build/clients/hostile-client: Tests/clients/hostile-client.c Sources/CKmemleakABI/include/kmemleak_abi.h
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -ISources/CKmemleakABI/include -o $@ $< -ldl
+.build/clients/libevil.so: Tests/clients/evil-lib.c
+	@mkdir -p $(@D)
+	$(CC) -O0 -g -fPIC -shared -Wall -Wextra -o $@ $<
+.build/clients/proctitle: Tests/clients/proctitle.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -o $@ $<
 .build/clients/scan-client: Benchmarks/ScanVsLSan/scan-client.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -o $@ $<

@@ -29,13 +29,17 @@ let package = Package(
                 "KmemleakEngine", "CKmemleakABI", "CKmemleakSys",
                 .product(name: "Logging", package: "swift-log"),
             ]),
-        // The FUSE front: MOUNTPOINT/kmemleak over the daemon's state.
+        // The FUSE adapter: MOUNTPOINT/kmemleak over a ControlFileBackend.
         .target(
             name: "KmemleakFS",
             dependencies: [
                 "KmemleakEngine", "KmemleakSystem", "CFuse3", "CKmemleakSys",
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // The service layer: options, signals, sd_notify, the log handler (no FUSE, no detection).
+        .target(
+            name: "KmemleakService",
+            dependencies: ["KmemleakSystem", .product(name: "Logging", package: "swift-log")]),
         // The daemon's work: adopt clients, sync their tables into engines, scan, report, schedule.
         .target(
             name: "KmemleakDaemon",
@@ -46,7 +50,7 @@ let package = Package(
         .executableTarget(
             name: "kmemleakd",
             dependencies: [
-                "KmemleakDaemon", "KmemleakFS", "KmemleakSystem", "KmemleakEngine",
+                "KmemleakDaemon", "KmemleakFS", "KmemleakService", "KmemleakSystem", "KmemleakEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -59,13 +63,17 @@ let package = Package(
         .target(name: "KmemleakTestSupport", dependencies: ["CKmemleakSys"], path: "Tests/TestSupport"),
         .testTarget(
             name: "KmemleakSystemTests",
-            dependencies: ["KmemleakSystem", "KmemleakEngine", "CKmemleakABI", "CKmemleakSys", "KmemleakTestSupport"]),
+            dependencies: [
+                "KmemleakSystem", "KmemleakEngine", "CKmemleakABI", "CKmemleakSys", "KmemleakTestSupport",
+                // The table fuzzer drives ClientSession (sync, scan, report) over hostile tables.
+                "KmemleakDaemon",
+            ]),
         .testTarget(name: "KmemleakDaemonTests", dependencies: ["KmemleakDaemon"]),
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
-                "KmemleakDaemon", "KmemleakFS", "KmemleakSystem", "KmemleakEngine", "CKmemleakSys",
-                "KmemleakTestSupport",
+                "KmemleakDaemon", "KmemleakFS", "KmemleakService", "KmemleakSystem", "KmemleakEngine",
+                "CKmemleakSys", "KmemleakTestSupport",
             ]),
     ],
     swiftLanguageModes: [.v6]

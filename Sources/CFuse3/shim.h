@@ -8,6 +8,3 @@ static inline struct fuse *cfuse_new(struct fuse_args *args, const struct fuse_o
 }
 static inline int cfuse_loop_mt(struct fuse *f, int clone_fd) { return fuse_loop_mt(f, clone_fd); }
 
-/* Names the calling thread (prctl is variadic, so Swift cannot call it directly). */
-#include <sys/prctl.h>
-static inline void cfuse_set_thread_name(const char *name) { prctl(PR_SET_NAME, name, 0, 0, 0); }

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/vfs.h>
@@ -38,3 +39,5 @@ int ckml_memfd_create(const char *name, unsigned int flags) { return memfd_creat
 int ckml_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
 int64_t ckml_seek_data(int fd, int64_t offset) { return (int64_t)lseek(fd, (off_t)offset, SEEK_DATA); }
+
+void ckml_set_thread_name(const char *name) { prctl(PR_SET_NAME, name, 0, 0, 0); }

@@ -24,6 +24,10 @@ final class ClientMemory: MemoryReader, Sendable {
 
     func hideRegisters() { registers.withLock { $0 = [] } }
 
+    func scannablePart(of range: MemoryRange) -> MemoryRange? {
+        range.address >= Self.registersBase ? range : process.scannablePart(of: range)
+    }
+
     func read(_ ranges: UnsafeBufferPointer<MemoryRange>, into buffer: UnsafeMutableRawBufferPointer,
               bytesRead: UnsafeMutableBufferPointer<Int>) {
         guard ranges.contains(where: { $0.address >= Self.registersBase }) else {

@@ -3,6 +3,22 @@ import Glibc
 import KmemleakEngine
 import KmemleakSystem
 
+/// What one client's table may make the daemon hold. A table's header claims cost the client nothing
+/// (sparse memfd), so the daemon's memory follows the live records it actually read, up to these bounds;
+/// past them the client is dropped.
+public struct ClientBudget: Sendable, Equatable {
+    /// Live object records one client may have (each costs an engine object).
+    public var maxObjects: Int
+    /// The highest object slot index the daemon keeps per-slot state for (11 bytes a slot). Slots are
+    /// reused by the shim, so the highest live slot stays near the peak live count; twice the object
+    /// budget leaves room for the per-thread slot caches.
+    public var maxSlots: Int { maxObjects > Int.max / 2 ? Int.max : maxObjects * 2 }
+
+    public static let defaultMaxObjects = 1 << 22
+
+    public init(maxObjects: Int = ClientBudget.defaultMaxObjects) { self.maxObjects = max(1, maxObjects) }
+}
+
 /// A client is dropped from the daemon: it exited, turned tracking off, or its table is invalid.
 struct ClientDropped: Error, CustomStringConvertible {
     let reason: String
@@ -21,8 +37,10 @@ final class ClientSession {
     let memory: ClientMemory
     let context: ClientReportContext
     private let elfCache: ELFCache
+    private let budget: ClientBudget
 
-    // Per table slot, what the engine holds for it (struct of arrays: no padding). The low 32 bits of
+    // Per table slot up to the highest live slot seen (not objects_used: a claim), what the engine
+    // holds for it (struct of arrays: no padding). The low 32 bits of
     // the allocation sequence number tell a slot's object from a later one in the same slot, and guard
     // against an engine id that was reused after its object was replaced.
     private static let noObject = ObjectID.max
@@ -36,22 +54,29 @@ final class ClientSession {
     /// Scans run over this client by this daemon (mirrored into the table's daemon_scans).
     private var scans: UInt64 = 0
 
-    init(table: ClientTable, configuration: KmemleakConfiguration, elfCache: ELFCache) throws {
+    init(table: ClientTable, configuration: KmemleakConfiguration, elfCache: ELFCache,
+         budget: ClientBudget = ClientBudget()) throws {
         self.table = table
         self.id = table.id
         self.elfCache = elfCache
+        self.budget = budget
         var config = configuration
-        config.possibleCPUs = max(1, Int(table.openedHeader.nrCpuIds))
+        // The header's nr_cpu_ids is a claim (up to 2^16, each a copy of every per-CPU object to scan):
+        // no more than this kernel's possible CPUs.
+        config.possibleCPUs = max(1, min(Int(table.openedHeader.nrCpuIds), HostCPUs.possible))
         config.ticksPerSecond = UInt64(max(1, table.openedHeader.clkTck))
         engine = Kmemleak(configuration: config)
         memory = ClientMemory(pid: table.pid)
         context = ClientReportContext(table: table, symbolizer: try Symbolizer(pid: table.pid, cache: elfCache))
         comm = (try? Proc.stat(table.pid).comm) ?? "?"
-        let capacity = Int(table.openedHeader.objects.capacity)
-        engine.reserveCapacity(Int(min(UInt64(capacity), table.openedHeader.liveObjects + 1024)))
+        // No reserveCapacity from the header's live_objects or capacities: they are claims. The engine
+        // grows with the records actually registered.
     }
 
     var pid: Int32 { table.pid }
+
+    /// Slots the daemon keeps state for (the highest live slot seen + 1).
+    var trackedSlots: Int { slotSeq.count }
 
     // MARK: - sync
 
@@ -61,14 +86,6 @@ final class ClientSession {
         do { header = try table.header() } catch { throw ClientDropped(reason: "invalid table: \(error)") }
         if header.isDisabled {
             throw ClientDropped(reason: "tracking disabled in the client (\(header.disabledReason))")
-        }
-        let used = Int(header.objects.used)
-        if slotSeq.count < used {
-            let grow = used - slotSeq.count
-            slotObject.append(contentsOf: repeatElement(Self.noObject, count: grow))
-            slotSeq.append(contentsOf: repeatElement(0, count: grow))
-            slotVersion.append(contentsOf: repeatElement(0, count: grow))
-            slotBits.append(contentsOf: repeatElement(0, count: grow))
         }
         do {
             let regions = try table.readRegions()
@@ -80,9 +97,14 @@ final class ClientSession {
             // allocation sequence number in the engine, so the order of slots does not matter.
             var seen = [Bool](repeating: false, count: slotSeq.count)
             var withAreas: [ObjectRecord] = []
-            try table.readObjects { record in
+            var slotOverBudget: UInt32? = nil
+            try table.readObjects(maxLive: budget.maxObjects) { record in
                 let slot = Int(record.slot)
-                guard slot < slotSeq.count else { return }
+                guard slot < budget.maxSlots else {
+                    slotOverBudget = slotOverBudget ?? record.slot
+                    return
+                }
+                if slot >= slotSeq.count { growSlots(to: slot + 1, seen: &seen) }
                 seen[slot] = true
                 if slotObject[slot] != Self.noObject && slotSeq[slot] == UInt32(truncatingIfNeeded: record.seq) {
                     guard slotVersion[slot] != UInt16(truncatingIfNeeded: record.version) else { return }
@@ -93,11 +115,28 @@ final class ClientSession {
                 }
                 if record.hasAreas && !record.fullScan { withAreas.append(record) }
             }
+            if let slot = slotOverBudget {
+                throw ClientDropped(reason: "over budget: live object in slot \(slot) (limit \(budget.maxSlots) slots, 2 x --max-objects)")
+            }
             for slot in 0..<slotSeq.count where !seen[slot] && slotObject[slot] != Self.noObject { releaseSlot(slot) }
             if !withAreas.isEmpty { try applyScanAreas(withAreas) }
+        } catch let error as ClientDropped {
+            throw error
+        } catch TableError.tooManyRecords(let section, let limit) where section == "objects" {
+            throw ClientDropped(reason: "over budget: more than \(limit) live objects (--max-objects)")
         } catch {
             throw ClientDropped(reason: "invalid table: \(error)")
         }
+    }
+
+    /// Extends the per-slot arrays to `count` slots (amortised by Array's own growth).
+    private func growSlots(to count: Int, seen: inout [Bool]) {
+        let grow = count - slotSeq.count
+        slotObject.append(contentsOf: repeatElement(Self.noObject, count: grow))
+        slotSeq.append(contentsOf: repeatElement(0, count: grow))
+        slotVersion.append(contentsOf: repeatElement(0, count: grow))
+        slotBits.append(contentsOf: repeatElement(0, count: grow))
+        seen.append(contentsOf: repeatElement(false, count: count - seen.count))
     }
 
     private func releaseSlot(_ slot: Int) {
@@ -161,64 +200,134 @@ final class ClientSession {
             guard let list = bySlot[record.slot],
                   let info = engine.objectInfo(at: record.pointer, percpu: false) else { continue }
             for area in list {
-                let size = area.size == UInt64.max ? UInt64.max : area.size
-                if info.scanAreas.contains(where: { $0.start == area.start && $0.size == size }) { continue }
-                engine.scanArea(area.start, size: size)
+                if info.scanAreas.contains(where: { $0.start == area.start && $0.size == area.size }) { continue }
+                engine.scanArea(area.start, size: area.size)
             }
         }
     }
 
     // MARK: - scan
 
+    /// Thread-root claims already logged as refused (once each per client).
+    private var refusedLogged = Set<String>()
+    private var cannotTraceLogged = false
+
     /// Syncs, computes the roots and runs one engine scan. The confirmation of new candidates happens with
-    /// the client frozen (see `Detector`); `freeze` decides whether that is possible.
-    func scan(stackScanning: Bool, shouldStop: () -> Bool, freeze: Bool, log: @escaping (String) -> Void) throws -> ScanResult {
+    /// the client frozen (see `Detector`); `freeze` decides whether that is possible. A scan that takes
+    /// longer than `budget` stops (with a log line): its candidates wait for the next scan.
+    func scan(stackScanning: Bool, shouldStop: () -> Bool, freeze: Bool, budget: Duration,
+              log: @escaping (String) -> Void) throws -> ScanResult {
         guard table.isAlive else { throw ClientDropped(reason: "exited") }
         try sync()
-        let roots: [RootRange]
-        do { roots = try table.roots(includeStacks: true, cache: elfCache) } catch {
-            guard table.isAlive else { throw ClientDropped(reason: "exited") }
-            throw ClientDropped(reason: "cannot compute roots: \(error)")
-        }
+        let (maps, roots, refused) = try currentRoots()
+        logRefused(refused, dataRoots: roots.filter { $0.kind == .data }, log: log)
+        restrictMemory(maps: maps, roots: roots, log: log)
         engine.stackScanning = stackScanning
-        // Threads blocked in the kernel tell their stack pointer: scan their stacks from there.
+        // A thread blocked in the kernel tells its stack pointer: its stack counts from there. A running
+        // thread's stack below its (unknown) stack pointer holds dead frames, whose stale pointers would
+        // hide leaks: with the freeze, it is read only by the confirmation, from the exact stack pointer;
+        // the main pass leaves it out (objects held only there become candidates).
         var blocked: [Int32: UInt64] = [:]
-        for root in roots where root.kind == .stack {
-            if let tid = root.tid, let sp = Proc.stackPointer(pid, tid: tid) { blocked[tid] = sp }
+        var mainRoots: [RootRange] = []
+        for root in roots {
+            if root.kind == .stack, let tid = root.tid {
+                if let sp = blocked[tid] ?? Proc.stackPointer(pid, tid: tid) {
+                    blocked[tid] = sp
+                } else if freeze {
+                    continue
+                }
+            }
+            mainRoots.append(root)
         }
-        engine.setRoots(Roots.trimStacks(roots, stackPointers: blocked).map(\.engineRegion))
+        engine.setRoots(Roots.trimStacks(mainRoots, stackPointers: blocked).map(\.engineRegion))
         try? context.symbolizer.refresh()
 
         var frozen: FrozenProcess?
         let hooks = ConfirmationHooks(
-            begin: { [self] () -> [RootRegion] in
+            begin: { [self] () -> [RootRegion]? in
                 guard freeze else { return [] }
-                do {
-                    let stopped = try FrozenProcess(pid: pid)
-                    frozen = stopped
-                    // The client is still: pick up what it allocated and freed since the scan began.
-                    try? sync()
-                    // Registers are task state like the stack: `stack=off` leaves both out. The stacks
-                    // of the stopped threads count from their exact stack pointers.
-                    guard stackScanning else { return [] }
-                    let stacks = Roots.trimStacks(roots.filter { $0.kind == .stack },
-                                                  stackPointers: stopped.stackPointers).map(\.engineRegion)
-                    return stacks + (memory.showRegisters(stopped.registers).map { [$0] } ?? [])
-                } catch {
-                    log("cannot freeze pid \(pid) for confirmation (\(error)); confirming while it runs")
-                    return []
+                let stopped: FrozenProcess
+                do throws(ThreadFreezeError) { stopped = try FrozenProcess(pid: pid) } catch {
+                    if error.errno == ETIMEDOUT || error.errno == ESRCH {
+                        // A thread in an uninterruptible wait (vfork, I/O), or the process going away.
+                        log("cannot freeze pid \(pid) in time (\(error)); its candidates wait for the next scan")
+                        return nil
+                    }
+                    // Not traceable at all (a debugger holds it, or no permission): confirm while it
+                    // runs, whole stacks counted.
+                    if !cannotTraceLogged {
+                        cannotTraceLogged = true
+                        log("cannot freeze pid \(pid) for confirmation (\(error)); confirming while it runs")
+                    }
+                    return stackScanning ? roots.filter { $0.kind == .stack }.map(\.engineRegion) : []
                 }
+                frozen = stopped
+                // The client is still: pick up what it allocated, freed and mapped since the scan began.
+                try? sync()
+                if let (maps, now, _) = try? currentRoots() { restrictMemory(maps: maps, roots: now, log: log) }
+                // Registers are task state like the stack: `stack=off` leaves both out. The stacks
+                // of the stopped threads count from their exact stack pointers.
+                guard stackScanning else { return [] }
+                let stacks = Roots.trimStacks(roots.filter { $0.kind == .stack },
+                                              stackPointers: stopped.stackPointers).map(\.engineRegion)
+                return stacks + (memory.showRegisters(stopped.registers).map { [$0] } ?? [])
             },
             end: { [self] in
                 memory.hideRegisters()
                 frozen?.thaw()
                 frozen = nil
+            },
+            mayReport: { [self] in
+                // What a scan read from a process that exited (or is exiting) meanwhile is not its
+                // program's memory any more (torn down, or read as nothing): report none of it.
+                !memory.process.stats.processGone
+                    && Proc.isRunningProgram(pid, startTime: table.openedHeader.startTime)
             })
-        let result = engine.scan(now: bootTimeNanoseconds(), memory: memory, shouldStop: shouldStop,
-                                 confirmation: hooks)
+        let clock = ContinuousClock()
+        let deadline = clock.now + budget
+        var overBudget = false
+        let result = engine.scan(now: bootTimeNanoseconds(), memory: memory, shouldStop: {
+            if shouldStop() { return true }
+            if clock.now < deadline { return false }
+            overBudget = true
+            return true
+        }, confirmation: hooks)
+        if overBudget && result.interrupted {
+            log("scan of pid \(pid) (\(comm)) exceeded its time budget of \(budget); its candidates wait for the next scan")
+        }
         scans += 1
         try? table.setDaemonScans(scans)
         return result
+    }
+
+    /// The client's mappings and roots now, stack and TLS claims confined to anonymous private memory.
+    private func currentRoots() throws -> (maps: [MapEntry], roots: [RootRange], refused: [RootRange]) {
+        do {
+            let maps = try Proc.maps(pid)
+            let (roots, refused) = try table.roots(maps: maps, includeStacks: true, cache: elfCache)
+            return (maps, roots, refused)
+        } catch {
+            guard table.isAlive else { throw ClientDropped(reason: "exited") }
+            throw ClientDropped(reason: "cannot compute roots: \(error)")
+        }
+    }
+
+    /// From now on the client's memory is read only where its pointers can be (see ScannableMemory).
+    private func restrictMemory(maps: [MapEntry], roots: [RootRange], log: (String) -> Void) {
+        do {
+            try memory.process.restrict(to: ScannableMemory(maps: maps, dataRoots: roots.filter { $0.kind == .data }))
+        } catch {
+            log("cannot map the scannable memory of pid \(pid): \(error)")
+        }
+    }
+
+    private func logRefused(_ refused: [RootRange], dataRoots: [RootRange], log: (String) -> Void) {
+        for part in refused {
+            // A claim inside an ELF data segment (the main thread's TLS may be there) is read as data anyway.
+            if dataRoots.contains(where: { $0.start <= part.start && part.end <= $0.end }) { continue }
+            guard refusedLogged.insert(part.description).inserted else { continue }
+            log("pid \(pid): thread root \(part) is not anonymous private memory; not scanned")
+        }
     }
 }
 

@@ -23,15 +23,26 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         public var controlFilePath: String
         /// Freeze a client (ptrace) while confirming new leak candidates; see README "False positives".
         public var freezeForConfirmation: Bool
+        /// Seconds one client's scan may take (see `--client-scan-budget`).
+        public var clientScanBudget: Double
+        /// What one client may make the daemon hold (`--max-objects`).
+        public var clientBudget: ClientBudget
+        /// Also adopt clients of this run directory that have no rendezvous file, from /proc
+        /// (see `ProcessDiscovery`).
+        public var discoverProcesses: Bool
 
         public init(runDirectory: String, minimumAge: Double, scanPeriod: Double, firstScanDelay: Double,
-                    controlFilePath: String, freezeForConfirmation: Bool = true) {
+                    controlFilePath: String, freezeForConfirmation: Bool = true, discoverProcesses: Bool = true,
+                    clientBudget: ClientBudget = ClientBudget(), clientScanBudget: Double = 30) {
+            self.clientScanBudget = clientScanBudget
             self.runDirectory = runDirectory
             self.minimumAge = minimumAge
             self.scanPeriod = scanPeriod
             self.firstScanDelay = firstScanDelay
             self.controlFilePath = controlFilePath
             self.freezeForConfirmation = freezeForConfirmation
+            self.discoverProcesses = discoverProcesses
+            self.clientBudget = clientBudget
         }
     }
 
@@ -43,6 +54,12 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
     // Guarded by scanMutex.
     private var sessions: [ClientSession] = []
     private var loggedFailures = Set<String>()
+    /// Clients whose table could not be adopted, or that were dropped for a fault: not tried again
+    /// while they live.
+    private var rejected = Set<ClientID>()
+    private let processDiscovery: ProcessDiscovery?
+    /// Failures logged one by one per discovery pass; the rest are counted in one line.
+    static let maxFailureLines = 16
     /// Read without the scan mutex by writes (EPERM) and by the running scan (interruption).
     private let enabled = Atomic<Bool>(true)
     private let stackScanning = Atomic<Bool>(true)
@@ -53,6 +70,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
     public init(settings: Settings, logger: Logger) {
         self.settings = settings
         self.logger = logger
+        processDiscovery = settings.discoverProcesses ? ProcessDiscovery(runDirectory: settings.runDirectory) : nil
         scheduler = ScanScheduler(
             period: settings.scanPeriod, firstScanDelay: settings.firstScanDelay,
             scan: { [weak self] in self?.scan() },
@@ -77,6 +95,15 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
 
     // MARK: - ControlFileBackend
 
+    /// Only the daemon's user (root) may write commands: `scan` freezes every client (ptrace), `clear`
+    /// and `off` change what every user sees, `dump=` logs any client's object. The mount's mode bits
+    /// (0644, owned by the daemon, `default_permissions`) already refuse other users; this is the same
+    /// rule in the daemon.
+    public func write(command: [UInt8], from requester: Requester) -> Int32? {
+        guard requester.isRoot || requester.uid == getuid() else { return EACCES }
+        return write(command: command)
+    }
+
     public func write(command: [UInt8]) -> Int32? {
         let parsed = ControlCommand.parse(command, disabled: !enabled.load(ordering: .acquiring))
         let command: ControlCommand
@@ -96,12 +123,18 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         return nil
     }
 
-    public func openReport() -> any ReportStream {
+    public func openReport() -> any ReportStream { openReport(for: .root) }
+
+    /// The report as `requester` may see it: root (or the daemon's user) sees every client; another
+    /// user only the clients that run as that user, by /proc's rules (``ProcessOwner``), decided when
+    /// the file is first read. Like /proc/PID/mem: someone else's process memory is not theirs to read.
+    public func openReport(for requester: Requester) -> any ReportStream {
         scanMutex.lock()
         defer { scanMutex.unlock() }
         dropExited()
+        let everything = requester.isRoot || requester.uid == getuid()
         var entries: [(session: ClientSession, entry: ReportEntry)] = []
-        for session in sessions {
+        for session in sessions where everything || isOwned(session, by: requester.uid) {
             for entry in session.engine.reportSnapshot(memory: session.memory) { entries.append((session, entry)) }
         }
         let stream = RecordStream(recordCount: entries.count) { index in
@@ -109,6 +142,12 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
             return Kmemleak.renderBytes(entry, context: session.context)
         }
         return ReportStreamAdapter(stream: stream)
+    }
+
+    /// Whether `uid` owns the client: its uids now, and still the same process afterwards (a pid reused
+    /// between the two reads must not hand someone else's leaks to the new owner).
+    private func isOwned(_ session: ClientSession, by uid: uid_t) -> Bool {
+        ProcessOwner.uid(of: session.pid) == uid && Proc.isAlive(session.pid, startTime: session.table.openedHeader.startTime)
     }
 
     // MARK: - commands
@@ -126,13 +165,16 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
             do {
                 let result = try session.scan(
                     stackScanning: stack, shouldStop: { [self] in !self.enabled.load(ordering: .relaxed) },
-                    freeze: settings.freezeForConfirmation,
+                    freeze: settings.freezeForConfirmation, budget: .seconds(settings.clientScanBudget),
                     log: { [logger] message in logger.warning("kmemleak: \(message)") })
                 newLeaks += result.newLeaks
             } catch {
+                rejected.insert(session.id) // a fault, not an exit: not adopted again
                 drop(session, because: "\(error)")
             }
         }
+        // Files only exited clients mapped: their headers and symbols go.
+        elfCache.retainOnly(mappedBy: sessions.map(\.context.symbolizer))
         if newLeaks > 0 {
             logger.info("\(Kmemleak.newLeaksLine(newLeaks, controlFilePath: settings.controlFilePath))")
         }
@@ -181,26 +223,51 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
 
     // MARK: - clients
 
-    /// Adopts clients announced in the run directory and drops those that exited. Under scanMutex.
+    /// Adopts clients announced in the run directory (then those found in /proc) and drops those that
+    /// exited. Under scanMutex.
     private func discover() {
         dropExited()
         guard enabled.load(ordering: .acquiring) else { return }
-        let known = Set(sessions.map(\.id))
-        let result = ClientDiscovery.scan(runDirectory: settings.runDirectory, known: known)
-        for failure in result.failed where !loggedFailures.contains(failure.path) {
-            loggedFailures.insert(failure.path)
-            logger.warning("kmemleak: ignoring client \(failure.path): \(failure.error)")
+        rejected = rejected.filter { Proc.isAlive($0.pid, startTime: $0.startTime) }
+        // Forget what was said about clients that are gone and files that were removed.
+        let rejectedNames = Set(rejected.map { "\($0)" })
+        loggedFailures = loggedFailures.filter { rejectedNames.contains($0) || ($0.hasPrefix("/") && access($0, F_OK) == 0) }
+        adopt(ClientDiscovery.scan(runDirectory: settings.runDirectory, known: Set(sessions.map(\.id)).union(rejected)))
+        if let processDiscovery {
+            adopt(processDiscovery.scan(known: Set(sessions.map(\.id)).union(rejected)), viaProc: true)
         }
+    }
+
+    private func adopt(_ result: DiscoveryResult, viaProc: Bool = false) {
+        var listed = 0, unlisted = 0
+        for failure in result.failed {
+            if let client = failure.client { rejected.insert(client) }
+            // Said once per file (junk stays until proved stale), or once per client; a directory
+            // full of planted junk gives a bounded number of lines.
+            guard loggedFailures.insert(failure.client.map { "\($0)" } ?? failure.path).inserted else { continue }
+            if listed < Self.maxFailureLines {
+                listed += 1
+                logger.warning("kmemleak: ignoring client \(KFormat.escape(failure.path)): \(KFormat.escape("\(failure.error)"))")
+            } else {
+                unlisted += 1
+            }
+        }
+        if unlisted > 0 { logger.warning("kmemleak: ignoring \(unlisted) more rendezvous files or clients (not listed)") }
+        for path in result.removedStale { logger.info("kmemleak: removed stale rendezvous file \(KFormat.escape(path))") }
         for table in result.adopted {
             do {
-                let session = try ClientSession(table: table, configuration: engineConfiguration(), elfCache: elfCache)
+                let session = try ClientSession(table: table, configuration: engineConfiguration(), elfCache: elfCache,
+                                                budget: settings.clientBudget)
                 try? table.setDaemonPid(getpid())
                 sessions.append(session)
-                logger.info("kmemleak: adopted client pid \(table.pid) (\(session.comm)), \(table.openedHeader.liveObjects) live objects")
+                logger.info("kmemleak: adopted client pid \(table.pid) (\(KFormat.escape(session.comm))), \(table.openedHeader.liveObjects) live objects\(viaProc ? ", found in /proc (no rendezvous file)" : "")")
+                if table.openedHeader.hasForeignMalloc {
+                    logger.notice("kmemleak: client pid \(table.pid) (\(KFormat.escape(session.comm))): malloc is not glibc's, tracked through it")
+                }
             } catch {
-                // Tried again at every scan: say it once per client.
+                rejected.insert(table.id)
                 if loggedFailures.insert("\(table.id)").inserted {
-                    logger.warning("kmemleak: cannot adopt client pid \(table.pid): \(error)")
+                    logger.warning("kmemleak: cannot adopt client pid \(table.pid): \(KFormat.escape("\(error)"))")
                 }
             }
         }
@@ -212,7 +279,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
 
     private func drop(_ session: ClientSession, because reason: String) {
         sessions.removeAll { $0 === session }
-        logger.info("kmemleak: dropped client pid \(session.pid) (\(session.comm)): \(reason)")
+        logger.info("kmemleak: dropped client pid \(session.pid) (\(KFormat.escape(session.comm))): \(KFormat.escape(reason))")
     }
 
     private func engineConfiguration() -> KmemleakConfiguration {

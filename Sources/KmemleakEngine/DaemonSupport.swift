@@ -3,14 +3,20 @@
 /// Called around the confirmation passes of a scan that has new leak candidates (see
 /// `Kmemleak.scan(now:memory:shouldStop:confirmation:)`): `begin` may stop the client, register
 /// objects it allocated meanwhile, and return extra roots to scan (for example its threads' registers
-/// shown through the `MemoryReader`); `end` always follows a `begin`.
+/// shown through the `MemoryReader`), or nil when the confirmation cannot be done now (the client
+/// could not be stopped in time): the scan then reports nothing new and its candidates wait for the
+/// next scan. `end` always follows a `begin`. `mayReport` is asked right before the report (after
+/// `end`): false discards the scan's new leaks (the client exited while we read it).
 public struct ConfirmationHooks {
-    public var begin: () -> [RootRegion]
+    public var begin: () -> [RootRegion]?
     public var end: () -> Void
+    public var mayReport: () -> Bool
 
-    public init(begin: @escaping () -> [RootRegion], end: @escaping () -> Void) {
+    public init(begin: @escaping () -> [RootRegion]?, end: @escaping () -> Void,
+                mayReport: @escaping () -> Bool = { true }) {
         self.begin = begin
         self.end = end
+        self.mayReport = mayReport
     }
 }
 

@@ -47,9 +47,35 @@ public enum KFormat {
         return rows
     }
 
-    /// `%pS` of a frame: the symbolizer's text, or `0x%lx` when unresolved.
+    /// A client-supplied string (comm, symbol or module name) made safe for one report or log line, the
+    /// way the kernel's string_escape_mem (%pE) does with ESCAPE_SPACE | ESCAPE_SPECIAL | ESCAPE_HEX:
+    /// `\n \t \r \v \f` and `\\ \"` as C escapes, every other byte outside printable ASCII (controls,
+    /// DEL, each byte of non-ASCII UTF-8) as `\xNN`. Printable ASCII without `"` and `\` is unchanged, so
+    /// real names print as before, and no escaped string can end a line or close a quoted field.
+    public static func escape(_ string: String) -> String {
+        let utf8 = string.utf8
+        guard utf8.contains(where: { $0 < 0x20 || $0 >= 0x7f || $0 == 0x22 || $0 == 0x5c }) else { return string }
+        var out: [UInt8] = []
+        out.reserveCapacity(utf8.count * 2)
+        for byte in utf8 {
+            switch byte {
+            case 0x0a: out += [0x5c, UInt8(ascii: "n")]
+            case 0x09: out += [0x5c, UInt8(ascii: "t")]
+            case 0x0d: out += [0x5c, UInt8(ascii: "r")]
+            case 0x0b: out += [0x5c, UInt8(ascii: "v")]
+            case 0x0c: out += [0x5c, UInt8(ascii: "f")]
+            case 0x22, 0x5c: out += [0x5c, byte]
+            case 0x20..<0x7f: out.append(byte)
+            default: out += [0x5c, UInt8(ascii: "x"), hexDigits[Int(byte >> 4)], hexDigits[Int(byte & 0xf)]]
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// `%pS` of a frame: the symbolizer's text (escaped: symbol and module names come from the client's
+    /// ELF files), or `0x%lx` when unresolved.
     static func symbol(_ addr: UInt64, _ context: some ReportContext) -> String {
-        context.symbolize(addr) ?? ("0x" + hex(addr))
+        context.symbolize(addr).map(escape) ?? ("0x" + hex(addr))
     }
 
     /// dump_object_info's lines for `info` ("kmemleak: " prefix; the frames follow as " %pS" without
@@ -72,7 +98,8 @@ public enum KFormat {
         return lines
     }
 
-    static func commOf(_ ctx: some ReportContext, _ id: UInt32) -> String? { ctx.comm(id) }
+    /// The comm of `id`, escaped (the client names its threads).
+    static func commOf(_ ctx: some ReportContext, _ id: UInt32) -> String? { ctx.comm(id).map(escape) }
     static func framesOf(_ ctx: some ReportContext, _ t: UInt32) -> [Address] { Array(ctx.frames(t).prefix(16)) }
     static func symbolOf(_ ctx: some ReportContext, _ a: Address) -> String { symbol(a, ctx) }
 

@@ -25,6 +25,16 @@ public protocol MemoryReader {
         _ ranges: UnsafeBufferPointer<MemoryRange>,
         into buffer: UnsafeMutableRawBufferPointer,
         bytesRead: UnsafeMutableBufferPointer<Int>)
+
+    /// The first part of `range` worth reading (memory that may hold pointers), or nil when nothing
+    /// in it is: a reader may skip unmapped, unreadable, file-backed or never-touched pages. The part
+    /// lies inside `range`; what precedes it is skipped, what follows it is asked about again.
+    /// Called with the engine's lock held (must not call into the engine). Default: the whole range.
+    func scannablePart(of range: MemoryRange) -> MemoryRange?
+}
+
+extension MemoryReader {
+    public func scannablePart(of range: MemoryRange) -> MemoryRange? { range }
 }
 
 extension MemoryReader {

@@ -79,10 +79,11 @@ extension Kmemleak {
     ///     [<%016lx>] %pS            (at most 16 frames; %pS = symbolize() or 0x%lx)
     /// ```
     /// The hex dump shows `entry.contents` (min(size, 32) bytes, fewer if the read came back short).
-    /// An unknown comm prints as an empty string.
+    /// An unknown comm prints as an empty string. comm and symbols are client-supplied: they print
+    /// escaped (`KFormat.escape`), so every line has one of these shapes whatever the client wrote.
     public static func render(_ e: ReportEntry, context: some ReportContext) -> String {
         var s = "unreferenced object\(e.isPercpu ? " (percpu)" : "") \(KFormat.address(e.pointer)) (size \(e.size)):\n"
-        s += "  comm \"\(context.comm(e.comm) ?? "")\", pid \(e.pid), jiffies \(e.jiffies)\n"
+        s += "  comm \"\(KFormat.commOf(context, e.comm) ?? "")\", pid \(e.pid), jiffies \(e.jiffies)\n"
         let bytes = Array(e.contents.prefix(Int(min(e.size, 32))))
         if e.isPercpu {
             s += "  hex dump (first \(bytes.count) bytes on cpu \(e.cpu)):\n"

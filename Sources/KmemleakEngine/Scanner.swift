@@ -377,6 +377,11 @@ struct Scanner<M: MemoryReader> {
         // Confirmation passes (not in the kernel).
         confirmationPasses()
         if interrupted || stop() { interrupted = true; return result }
+        if result.postponed { return result }
+        if let hooks, !hooks.mayReport() {
+            result.postponed = true
+            return result
+        }
         // 7. Report.
         report()
         return result
@@ -401,9 +406,27 @@ struct Scanner<M: MemoryReader> {
                 // Cut the next piece: pieces end at alignUp(start, 8) + k * maxBatchBytes, so no word
                 // straddles two pieces.
                 var sp = expansion[expCursor]
+                // Skip what the reader knows cannot hold pointers (unmapped, file-backed or
+                // never-touched pages): only its first scannable part is cut next.
+                let asked = MemoryRange(address: sp.start, length: Int(min(sp.remaining, UInt64(Int.max))))
+                var partLength = sp.remaining
+                if sp.remaining > 0 {
+                    if let part = memory.scannablePart(of: asked), part.length > 0, part.address >= sp.start,
+                       part.address - sp.start < sp.remaining {
+                        let skip = part.address - sp.start
+                        sp.start = part.address
+                        sp.remaining -= skip
+                        partLength = min(sp.remaining, UInt64(part.length))
+                    } else {
+                        sp.start &+= sp.remaining
+                        sp.remaining = 0
+                        partLength = 0
+                    }
+                }
+                // Pieces end at alignUp(start, 8) + k * maxBatchBytes (after a skip too).
                 let m = UInt64(maxBatchBytes)
-                let limit = sp.first ? (((sp.start &+ 7) & ~7) &+ m) &- sp.start : m
-                let len = min(sp.remaining, limit)
+                let limit = (((sp.start &+ 7) & ~7) &+ m) &- sp.start
+                let len = min(partLength, limit)
                 if bytes + Int(len) > maxBatchBytes && !pieces.isEmpty { return true }
                 let whole = len == sp.remaining
                 var tags: UInt8 = sp.first ? 1 : 0
@@ -633,7 +656,11 @@ struct Scanner<M: MemoryReader> {
         var spans = rootSpans
         if let hooks {
             // Merged with this scan's roots, so that no byte is counted twice.
-            let extra = hooks.begin()
+            guard let extra = hooks.begin() else {
+                hooks.end()
+                result.postponed = true
+                return
+            }
             if !extra.isEmpty {
                 spans = []
                 for r in EngineState.merge(extra, into: mergedRootIntervals) {

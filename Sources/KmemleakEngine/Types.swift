@@ -208,6 +208,9 @@ public struct ScanResult: Sendable, Equatable {
     public var bytesChecksummed: Int
     /// Candidates spared by confirmation passes.
     public var sparedByConfirmation: Int
+    /// True when the confirmation hooks withheld the report (`begin` returned nil or `mayReport`
+    /// false): nothing was reported, the candidates wait for the next scan.
+    public var postponed: Bool = false
 
     /// Creates a result.
     public init(newLeaks: Int = 0, interrupted: Bool = false, objectsScanned: Int = 0, bytesScanned: Int = 0,

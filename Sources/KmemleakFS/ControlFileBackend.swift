@@ -1,3 +1,5 @@
+import Glibc
+
 /// What the FUSE front needs from the daemon: the two halves of the kernel's `kmemleak_fops`.
 ///
 /// The front is thin (DESIGN.md decision 7): every write to `MOUNTPOINT/kmemleak` becomes one
@@ -18,6 +20,13 @@ public protocol ControlFileBackend: Sendable {
     /// Called at most once per open file, on its first read (never for a file that is only written);
     /// the front drops the stream when the file is released.
     func openReport() -> any ReportStream
+
+    /// ``write(command:)`` for a request made by `requester` (nil on success, else the errno).
+    func write(command: [UInt8], from requester: Requester) -> Int32?
+
+    /// ``openReport()`` for the file `requester` opened: the snapshot may show only what that user
+    /// may see.
+    func openReport(for requester: Requester) -> any ReportStream
 }
 
 /// One open file's view of the report: a byte string fixed when ``ControlFileBackend/openReport()`` ran.
@@ -28,6 +37,28 @@ public protocol ReportStream: Sendable {
     /// May return fewer bytes than `buffer.count` before the end (for example at a chunk boundary);
     /// the front calls again until the buffer is full or 0 comes back.
     func read(at offset: Int, into buffer: UnsafeMutableRawBufferPointer) -> Int
+}
+
+/// Who made a request to the file system: the credentials of the calling process, from the FUSE
+/// request (`fuse_get_context`). With `--allow-other` users other than root reach the mount, and the
+/// backend decides what each may see and do.
+public struct Requester: Sendable, Equatable {
+    public var uid: uid_t
+    public var gid: gid_t
+    public var pid: pid_t
+
+    public init(uid: uid_t, gid: gid_t, pid: pid_t) { self.uid = uid; self.gid = gid; self.pid = pid }
+
+    /// The daemon's own user (root): sees and may do everything.
+    public static let root = Requester(uid: 0, gid: 0, pid: 0)
+    public var isRoot: Bool { uid == 0 }
+}
+
+/// The per-requester entry points. The defaults ignore the requester: a backend that has per-user
+/// rules implements these (the front always calls them).
+extension ControlFileBackend {
+    public func write(command: [UInt8], from requester: Requester) -> Int32? { write(command: command) }
+    public func openReport(for requester: Requester) -> any ReportStream { openReport() }
 }
 
 /// The kernel copies at most this many bytes of a write (`char buf[64]`, NUL-terminated).

@@ -30,12 +30,12 @@ final class ControlFileSystem: Sendable {
         self.mountTime = now
     }
 
-    /// Registers a new open file and returns its handle (stored in `fi->fh`).
-    func open() -> UInt64 {
+    /// Registers a new open file, opened by `requester`, and returns its handle (stored in `fi->fh`).
+    func open(by requester: Requester) -> UInt64 {
         openFiles.withLock { state in
             let handle = state.next
             state.next += 1
-            state.files[handle] = OpenFile()
+            state.files[handle] = OpenFile(openedBy: requester)
             return handle
         }
     }
@@ -67,9 +67,9 @@ final class ControlFileSystem: Sendable {
     }
 
     /// One write is one command, as in `kmemleak_write`: only the first 63 bytes count.
-    func write(_ bytes: UnsafeRawBufferPointer) -> Int32 {
+    func write(_ bytes: UnsafeRawBufferPointer, from requester: Requester) -> Int32 {
         let command = Array(bytes.prefix(maxCommandLength))
-        if let error = backend.write(command: command) {
+        if let error = backend.write(command: command, from: requester) {
             return -(error > 0 ? error : EINVAL)
         }
         return Int32(bytes.count)
@@ -100,16 +100,20 @@ final class ControlFileSystem: Sendable {
     }
 }
 
-/// Per-open state: the report snapshot, taken lazily by the first read.
+/// Per-open state: who opened it, and the report snapshot, taken lazily by the first read.
 final class OpenFile: Sendable {
+    /// The opener's credentials at open time (like /proc: a descriptor passed on keeps its view).
+    let requester: Requester
     private let snapshot = Mutex<(any ReportStream)?>(nil)
+
+    init(openedBy requester: Requester) { self.requester = requester }
 
     /// The snapshot, taken now if this is the first read. Concurrent first reads of the same open
     /// file wait for one `openReport()` call.
     func stream(_ backend: any ControlFileBackend) -> any ReportStream {
         snapshot.withLock { current in
             if let current { return current }
-            let stream = backend.openReport()
+            let stream = backend.openReport(for: requester)
             current = stream
             return stream
         }
@@ -120,6 +124,12 @@ final class OpenFile: Sendable {
 
 private func currentFileSystem() -> ControlFileSystem {
     Unmanaged<ControlFileSystem>.fromOpaque(fuse_get_context()!.pointee.private_data).takeUnretainedValue()
+}
+
+/// The credentials of the process that made the current FUSE request.
+private func currentRequester() -> Requester {
+    guard let context = fuse_get_context() else { return Requester(uid: uid_t.max, gid: gid_t.max, pid: 0) }
+    return Requester(uid: context.pointee.uid, gid: context.pointee.gid, pid: context.pointee.pid)
 }
 
 private func pathString(_ path: UnsafePointer<CChar>?) -> String {
@@ -166,7 +176,7 @@ func makeOperations() -> fuse_operations {
         guard pathString(path) == ControlFileSystem.filePath else { return -ENOENT }
         fi.pointee.direct_io = 1
         fi.pointee.keep_cache = 0
-        fi.pointee.fh = currentFileSystem().open()
+        fi.pointee.fh = currentFileSystem().open(by: currentRequester())
         return 0
     }
     ops.read = { _, buf, size, offset, fi in
@@ -177,7 +187,8 @@ func makeOperations() -> fuse_operations {
     }
     ops.write = { _, buf, size, _, _ in
         guard let buf else { return -EINVAL }
-        return currentFileSystem().write(UnsafeRawBufferPointer(start: buf, count: min(size, Int(Int32.max))))
+        return currentFileSystem().write(UnsafeRawBufferPointer(start: buf, count: min(size, Int(Int32.max))),
+                                         from: currentRequester())
     }
     ops.release = { _, fi in
         if let fi { currentFileSystem().release(fi.pointee.fh) }

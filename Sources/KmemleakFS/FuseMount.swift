@@ -1,5 +1,6 @@
 import CFuse3
 import Glibc
+import KmemleakSystem
 import Logging
 import Synchronization
 
@@ -39,7 +40,7 @@ public enum FuseMountError: Error, CustomStringConvertible, Equatable {
 /// the calling thread), `exit()` from any thread, and `unmountAndDestroy()` after the loop returned.
 ///
 /// Installs no signal handlers (libfuse's are process-global): the daemon routes signals to `exit()`
-/// itself (see ``TerminationSignals``), and tests mount several of these in one process.
+/// itself (see KmemleakService.TerminationSignals), and tests mount several of these in one process.
 public final class FuseMount: @unchecked Sendable {
     // @unchecked: `fuse` is an OpaquePointer (not Sendable). libfuse allows fuse_exit from any thread;
     // every other use is serialised by `lifecycle`.

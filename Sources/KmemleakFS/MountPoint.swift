@@ -158,7 +158,8 @@ func runProgram(_ arguments: [String]) -> Int32 {
     posix_spawnattr_setsigmask(&attributes, &emptyMask)
     var defaults = sigset_t()
     sigemptyset(&defaults)
-    for signal in TerminationSignals.all { sigaddset(&defaults, signal) }
+    // The signals a daemon blocks or ignores (SIGPIPE) must not reach the helper that way.
+    for signal in [SIGTERM, SIGINT, SIGHUP, SIGPIPE] { sigaddset(&defaults, signal) }
     posix_spawnattr_setsigdefault(&attributes, &defaults)
     posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
     var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]

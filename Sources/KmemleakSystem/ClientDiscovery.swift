@@ -25,16 +25,20 @@ extension ClientTable {
 public struct DiscoveryResult: Sendable {
     /// Newly opened tables (clients not in `known`).
     public var adopted: [ClientTable] = []
-    /// Rendezvous files removed because their process is gone or its pid was reused.
+    /// Rendezvous files removed because their process is gone, its pid was reused, or someone else
+    /// wrote them.
     public var removedStale: [String] = []
-    /// Files that could not be adopted (bad table, bad file, permission...), with why.
-    public var failed: [(path: String, error: TableError)] = []
+    /// Files (or processes) that could not be adopted (bad table, bad file, permission...), with
+    /// why, and the client they name when it lives: the caller need not try that one again.
+    public var failed: [(path: String, error: TableError, client: ClientID?)] = []
     public init() {}
 }
 
 public enum ClientDiscovery {
-    /// Scans `runDirectory` for `<pid>.client` files and opens the tables of clients not in `known`.
-    /// Stale files (process gone, pid reused) are removed when `removeStale` is set.
+    /// Scans `runDirectory` for rendezvous files (`<pid>.client`, `<pid>.<random>.client`) and opens
+    /// the tables of clients not in `known`. Files proved stale (process gone, pid reused, written by
+    /// someone else than the process) are removed when `removeStale` is set: regular files only,
+    /// relative to the directory opened without following links.
     /// `logger` (optional) gets one line per adopted client, removed stale file and failure.
     public static func scan(runDirectory: String, known: Set<ClientID>, removeStale: Bool = true,
                             logger: Logger? = nil) -> DiscoveryResult {
@@ -49,71 +53,196 @@ public enum ClientDiscovery {
 
     private static func scanQuietly(runDirectory: String, known: Set<ClientID>, removeStale: Bool) -> DiscoveryResult {
         var result = DiscoveryResult()
-        let paths: [String]
-        do { paths = try Rendezvous.list(runDirectory: runDirectory) } catch {
-            result.failed.append((runDirectory, .system(error)))
+        let directory: RunDirectory
+        let names: [String]
+        let all: [String]
+        do {
+            directory = try RunDirectory(path: runDirectory)
+            all = try directory.names()
+        } catch {
+            result.failed.append((runDirectory, .system(error), nil))
             return result
         }
-        for path in paths {
+        func remove(_ name: String, inode: UInt64?) -> Bool {
+            guard (try? directory.removeRegularFile(name, inode: inode)) == true else { return false }
+            result.removedStale.append(directory.path + "/" + name)
+            return true
+        }
+        names = all.filter { Rendezvous.pid(fromName: $0) != nil }.sorted()
+        // Temporary files of clients that died before publishing.
+        for name in all where removeStale {
+            if let pid = Rendezvous.pid(fromTemporaryName: name), !Proc.isAlive(pid) { _ = remove(name, inode: nil) }
+        }
+        for name in names {
+            let path = directory.path + "/" + name
             let r: Rendezvous
-            do { r = try Rendezvous.read(path: path) } catch {
-                // Malformed: remove it only if the pid in its name is not a live process.
-                let name = path.split(separator: "/").last.map(String.init) ?? path
-                let pid = Int32(name.dropLast(KML_RENDEZVOUS_SUFFIX_LEN)) ?? 0
+            do { r = try Rendezvous.read(name, in: directory) } catch {
                 if case .system(let e) = error, e.errno == ENOENT { continue } // removed meanwhile
-                if removeStale && !Proc.isAlive(pid) {
-                    if (try? Rendezvous.remove(path: path)) != nil { result.removedStale.append(path) }
-                } else {
-                    result.failed.append((path, error))
-                }
+                // Malformed: removed once the pid in its name is not a live process. Links, FIFOs
+                // and directories stay (reported: the caller says it once).
+                if removeStale, let pid = Rendezvous.pid(fromName: name), !Proc.isAlive(pid), remove(name, inode: nil) { continue }
+                result.failed.append((path, error, nil))
                 continue
             }
-            if known.contains(ClientID(pid: r.pid, startTime: r.startTime, tableAddress: r.address)) { continue }
+            let id = ClientID(pid: r.pid, startTime: r.startTime, tableAddress: r.address)
+            if known.contains(id) { continue }
             do {
                 result.adopted.append(try ClientTable.open(r))
             } catch {
-                if case .stale = error {
-                    if removeStale, (try? Rendezvous.remove(path: path)) != nil { result.removedStale.append(path) }
-                    else if !removeStale { result.failed.append((path, error)) }
-                } else {
-                    result.failed.append((path, error))
+                switch error {
+                case .stale, .foreignRendezvous:
+                    if !(removeStale && remove(name, inode: r.fileInode)) { result.failed.append((path, error, nil)) }
+                default:
+                    result.failed.append((path, error, id))
                 }
             }
         }
         return result
+    }
+}
+
+/// Finds clients without a rendezvous file (the run directory was unusable to them, or the file was
+/// removed): processes mapping a `memfd:kmemleak-table` (through /proc/PID/maps).
+///
+/// Several daemons: the shim names its memfd `kmemleak-table:<dev>:<ino>` after the identity of its
+/// run directory; a daemon adopts only tables named after its own run directory, and tables without
+/// an identity (the shim could use no run directory) only when it serves the default run directory.
+/// A table whose header names another live daemon is left to it.
+///
+/// Cheap at every scan: a process seen before (same pid and /proc/PID inode, from readdir) costs no
+/// syscall; stat and maps are read for new processes, and stat for 1 in `recheckInterval` known ones
+/// per pass (an exec usually changes comm: the maps are read again). A process found not to be a
+/// client is remembered only once it is older than `settleTicks` (its shim may still be starting).
+/// Limit: a long-running process that execs into a client without changing its comm is found only
+/// through its rendezvous file.
+public final class ProcessDiscovery {
+    /// nil: every table, whatever its run directory (tests).
+    public let runDirectory: String?
+    public let acceptsAnonymousTables: Bool
+    /// Processes younger than this (clock ticks) are looked at again at the next pass.
+    public var settleTicks: UInt64 = 200
+
+    /// Processes whose stat is re-read at each pass: 1 in `recheckInterval`.
+    public var recheckInterval: UInt64 = 16
+
+    /// A process as last seen: its /proc/PID inode (a new one for every new process with that pid;
+    /// the same across exec), start time, comm and table mapping.
+    private struct Seen { var inode: UInt64; var startTime: UInt64; var comm: String; var table: MapEntry? }
+    private var seen: [Int32: Seen] = [:]
+    private var pass: UInt64 = 0
+    /// Stats and maps read in the last pass (for tests and measurements).
+    public private(set) var mapsReadLastPass = 0
+    public private(set) var statsReadLastPass = 0
+
+    public init(runDirectory: String?, acceptsAnonymousTables: Bool? = nil) {
+        self.runDirectory = runDirectory
+        self.acceptsAnonymousTables = acceptsAnonymousTables ?? (runDirectory == KML_DEFAULT_RUN_DIR)
+    }
+
+    /// The memfd name of our clients' tables, "" when the run directory cannot be opened.
+    private func ownTableName() -> String {
+        guard let runDirectory, let id = try? RunDirectory(path: runDirectory).identity() else { return "" }
+        return "/memfd:" + KML_MEMFD_NAME + ":" + String(id.device, radix: 16) + ":" + String(id.inode, radix: 16)
+    }
+
+    /// Whether a table mapping's name says it belongs to this daemon.
+    func isOurs(_ path: String, ownName: String) -> Bool {
+        if runDirectory == nil { return true }
+        let name = path.hasSuffix(" (deleted)") ? String(path.dropLast(10)) : path
+        if !ownName.isEmpty && name == ownName { return true }
+        return acceptsAnonymousTables && name == "/memfd:" + KML_MEMFD_NAME
+    }
+
+    /// One pass over /proc: opens the tables of our clients not in `known`.
+    public func scan(known: Set<ClientID>) -> DiscoveryResult {
+        var result = DiscoveryResult()
+        let me = getpid()
+        let ownName = ownTableName()
+        let now = Self.uptimeTicks()
+        var alive: [Int32: Seen] = [:]
+        mapsReadLastPass = 0
+        statsReadLastPass = 0
+        pass &+= 1
+        for (name, inode) in (try? ProcFile.entriesWithInodes("/proc")) ?? [] {
+            guard let pid = Int32(name), pid != me else { continue }
+            var entry: Seen
+            if let old = seen[pid], old.inode == inode, !isDueForCheck(pid) {
+                entry = old // the same process instance as last time: no syscall
+            } else {
+                guard let st = try? Proc.stat(pid), st.state != "Z", st.state != "X" else { continue }
+                statsReadLastPass += 1
+                if let old = seen[pid], old.inode == inode, old.startTime == st.startTime, old.comm == st.comm {
+                    entry = old
+                } else {
+                    guard let maps = try? Proc.maps(pid) else { continue } // kernel thread, gone, or not ours to read
+                    mapsReadLastPass += 1
+                    entry = Seen(inode: inode, startTime: st.startTime, comm: st.comm,
+                                 table: maps.first { $0.shared && $0.path.hasPrefix("/memfd:" + KML_MEMFD_NAME) })
+                    let settled = now.map { $0 >= st.startTime && $0 - st.startTime >= settleTicks } ?? false
+                    if entry.table == nil && !settled { continue } // its shim may still be starting: look again
+                }
+            }
+            alive[pid] = entry
+            guard var m = entry.table, isOurs(m.path, ownName: ownName) else { continue }
+            if known.contains(ClientID(pid: pid, startTime: entry.startTime, tableAddress: m.start)) { continue }
+            // Ours but not adopted: new, or it called exec (a new table, maybe elsewhere): fresh maps.
+            guard let maps = try? Proc.maps(pid) else { continue }
+            mapsReadLastPass += 1
+            guard let fresh = maps.first(where: { $0.shared && $0.path.hasPrefix("/memfd:" + KML_MEMFD_NAME) }) else {
+                alive[pid]?.table = nil
+                continue
+            }
+            alive[pid]?.table = fresh
+            m = fresh
+            let id = ClientID(pid: pid, startTime: entry.startTime, tableAddress: m.start)
+            if known.contains(id) || !isOurs(m.path, ownName: ownName) { continue }
+            let r = Rendezvous(pid: pid, fd: -1, address: m.start, size: m.length, startTime: entry.startTime,
+                               path: "/proc/\(pid)/maps")
+            do throws(TableError) {
+                let table = try ClientTable.open(r)
+                let daemon = (try? table.header())?.daemonPid ?? 0
+                if daemon != 0 && daemon != me && Proc.isAlive(daemon) { continue } // another daemon's
+                result.adopted.append(table)
+            } catch {
+                if case .stale = error { continue }
+                result.failed.append((r.path, error, id))
+            }
+        }
+        seen = alive
+        return result
+    }
+
+    /// Each pass re-reads /proc/PID/stat of one process in `recheckInterval`: an exec (same pid, same
+    /// /proc inode) shows as a new comm within that many passes.
+    private func isDueForCheck(_ pid: Int32) -> Bool {
+        (UInt64(UInt32(bitPattern: pid)) &+ pass) % recheckInterval == 0
+    }
+
+    /// Processes in /proc now (for measurements).
+    public static func processCount() -> Int {
+        ((try? ProcFile.listDirectory("/proc")) ?? []).filter { Int32($0) != nil }.count
+    }
+
+    /// CLOCK_BOOTTIME in clock ticks (the unit of /proc/PID/stat's start time).
+    static func uptimeTicks() -> UInt64? {
+        var ts = timespec()
+        guard clock_gettime(CLOCK_BOOTTIME, &ts) == 0 else { return nil }
+        let hz = UInt64(max(1, sysconf(Int32(_SC_CLK_TCK))))
+        return UInt64(ts.tv_sec) &* hz &+ UInt64(ts.tv_nsec) / (1_000_000_000 / hz)
     }
 }
 
 extension ClientDiscovery {
-    /// Finds clients without a rendezvous file (their run directory was not writable): every process
-    /// whose /proc/PID/maps has a `/memfd:kmemleak-table` mapping. Reads the maps of every process,
-    /// so call it rarely (at start-up, then now and then). Tables are opened through
-    /// /proc/PID/map_files (needs CAP_SYS_ADMIN); failures are reported, nothing is removed.
+    /// One pass of `ProcessDiscovery` without memory between passes; adopts every table (tests).
     public static func scanProcesses(known: Set<ClientID>, logger: Logger? = nil) -> DiscoveryResult {
-        var result = DiscoveryResult()
-        let me = getpid()
-        let pids = ((try? ProcFile.listDirectory("/proc")) ?? []).compactMap { Int32($0) }.filter { $0 != me }.sorted()
-        for pid in pids {
-            guard let maps = try? Proc.maps(pid),
-                  let m = maps.first(where: { $0.path.hasPrefix("/memfd:" + KML_MEMFD_NAME) && $0.shared }),
-                  let st = try? Proc.stat(pid) else { continue }
-            let r = Rendezvous(pid: pid, fd: -1, address: m.start, size: m.length, startTime: st.startTime,
-                               path: "/proc/\(pid)/maps")
-            if known.contains(ClientID(pid: pid, startTime: st.startTime, tableAddress: m.start)) { continue }
-            do throws(TableError) {
-                let t = try ClientTable.open(r)
-                result.adopted.append(t)
-                logger?.info("kmemleak: adopted client \(pid) from its maps (no rendezvous file)")
-            } catch {
-                result.failed.append((r.path, error))
-                logger?.warning("kmemleak: cannot adopt \(pid) from its maps: \(error)")
-            }
-        }
+        let discovery = ProcessDiscovery(runDirectory: nil)
+        discovery.settleTicks = 0
+        let result = discovery.scan(known: known)
+        for t in result.adopted { logger?.info("kmemleak: adopted client \(t.pid) from its maps (no rendezvous file)") }
+        for f in result.failed { logger?.warning("kmemleak: cannot adopt \(f.path): \(f.error)") }
         return result
     }
 }
-
-let KML_RENDEZVOUS_SUFFIX_LEN = 7 // ".client"
 
 /// `ReportContext` over one client: comms and traces from its table, symbols from its maps.
 public final class ClientReportContext: ReportContext, Sendable {

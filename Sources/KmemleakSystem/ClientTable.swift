@@ -22,6 +22,9 @@ public enum TableError: Error, Sendable, Equatable, CustomStringConvertible {
     case badRendezvous(path: String, reason: String)
     /// The client is gone or its pid was reused (starttime differs): the rendezvous file is stale.
     case stale(pid: Int32, reason: String)
+    /// The rendezvous file's owner is neither root nor a uid of the process it names: someone else
+    /// wrote it (a squatter).
+    case foreignRendezvous(path: String, owner: UInt32, processUIDs: [UInt32])
     /// The opened file is not a memfd named kmemleak-table (or not the announced mapping).
     case notATable(path: String, reason: String)
     case badMagic(UInt64)
@@ -43,12 +46,16 @@ public enum TableError: Error, Sendable, Equatable, CustomStringConvertible {
     case badRecord(section: String, slot: UInt32, reason: String)
     case traceTooLong(id: UInt32, length: UInt32)
     case commNotTerminated(id: UInt32)
+    /// A section has more live records than the daemon keeps for one client.
+    case tooManyRecords(section: String, limit: Int)
 
     public var description: String {
         switch self {
         case .system(let e): return e.description
         case .badRendezvous(let p, let r): return "bad rendezvous file \(p): \(r)"
         case .stale(let pid, let r): return "stale client \(pid): \(r)"
+        case .foreignRendezvous(let p, let o, let u):
+            return "\(p) is owned by uid \(o), not by root or the process (uids \(u.map(String.init).joined(separator: ",")))"
         case .notATable(let p, let r): return "\(p) is not a kmemleak table: \(r)"
         case .badMagic(let m): return "bad magic 0x\(String(m, radix: 16))"
         case .badVersion(let v): return "unsupported table version \(v) (want \(KML_ABI_VERSION))"
@@ -64,13 +71,15 @@ public enum TableError: Error, Sendable, Equatable, CustomStringConvertible {
         case .badRecord(let s, let slot, let r): return "\(s)[\(slot)]: \(r)"
         case .traceTooLong(let id, let l): return "trace \(id): length \(l) > \(KML_MAX_TRACE)"
         case .commNotTerminated(let id): return "comm \(id) not NUL-terminated"
+        case .tooManyRecords(let s, let limit): return "section \(s): more than \(limit) live records"
         }
     }
 }
 
 // MARK: - rendezvous
 
-/// One `$RUN_DIR/<pid>.client` file: "pid=<pid> fd=<fd> addr=<hex> size=<bytes> start=<starttime>\n".
+/// One rendezvous file: "pid=<pid> fd=<fd> addr=<hex> size=<bytes> start=<starttime>\n", named
+/// `<pid>.client`, or `<pid>.<16 hex digits>.client` when a squatter held the plain name.
 public struct Rendezvous: Sendable, Equatable {
     public var pid: Int32
     public var fd: Int32
@@ -79,6 +88,9 @@ public struct Rendezvous: Sendable, Equatable {
     public var startTime: UInt64
     /// The file it was read from ("" when parsed from text).
     public var path: String
+    /// Owner and inode of the file it was read from (nil when parsed from text or found in /proc).
+    public var fileOwner: UInt32?
+    public var fileInode: UInt64?
 
     public init(pid: Int32, fd: Int32, address: UInt64, size: UInt64, startTime: UInt64, path: String = "") {
         self.pid = pid; self.fd = fd; self.address = address; self.size = size; self.startTime = startTime
@@ -113,15 +125,44 @@ public struct Rendezvous: Sendable, Equatable {
         return Rendezvous(pid: pid, fd: fd, address: addr, size: size, startTime: start, path: path)
     }
 
+    /// The pid a rendezvous file name announces: `<pid>.client` or `<pid>.<16 hex>.client`; nil for
+    /// any other name (temporary files, junk).
+    public static func pid(fromName name: String) -> Int32? {
+        guard name.hasSuffix(KML_RENDEZVOUS_SUFFIX) else { return nil }
+        let parts = name.dropLast(KML_RENDEZVOUS_SUFFIX.count).split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 1 || (parts.count == 2 && parts[1].utf8.count == 16 && UInt64(parts[1], radix: 16) != nil),
+              parts[0].utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+              let pid = Int32(parts[0]), pid > 0 else { return nil }
+        return pid
+    }
+
+    /// The pid of a shim's temporary file `.<pid>.<16 hex digits>.tmp` (left by a client that died
+    /// before publishing it); nil for any other name.
+    public static func pid(fromTemporaryName name: String) -> Int32? {
+        guard name.hasPrefix("."), name.hasSuffix(".tmp") else { return nil }
+        let inner = name.dropFirst().dropLast(4) // "<pid>.<16 hex>"
+        guard inner.contains(".") else { return nil }
+        return pid(fromName: inner + KML_RENDEZVOUS_SUFFIX)
+    }
+
     /// Reads and parses one rendezvous file (at most 4 KiB); the pid must match the file name.
-    /// The run directory may be writable by clients: symlinks are not followed and only a regular
-    /// file is read (a FIFO there must not block the daemon).
     public static func read(path: String) throws(TableError) -> Rendezvous {
+        let (dir, name) = splitPath(path)
+        let directory: RunDirectory
+        do { directory = try RunDirectory(path: dir) } catch { throw .system(error) }
+        return try read(name, in: directory)
+    }
+
+    /// Reads `name` in `directory`. The run directory may be writable by clients: symlinks are not
+    /// followed and only a regular file is read (a FIFO there must not block the daemon).
+    public static func read(_ name: String, in directory: RunDirectory) throws(TableError) -> Rendezvous {
+        let path = directory.path + "/" + name
         var bytes = [UInt8](repeating: 0, count: 4097)
         let n: Int
+        let st: stat
         do {
-            let h = try FileHandleFD.open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK)
-            let st = try h.fstat()
+            let h = try directory.openFile(name)
+            st = try h.fstat()
             guard (st.st_mode & S_IFMT) == S_IFREG else { throw TableError.badRendezvous(path: path, reason: "not a regular file") }
             n = try bytes.withUnsafeMutableBytes { b in Result { () throws(SystemError) -> Int in try h.pread(into: b, offset: 0) } }.get()
         } catch let e as SystemError {
@@ -133,30 +174,92 @@ public struct Rendezvous: Sendable, Equatable {
         }
         guard n <= 4096 else { throw .badRendezvous(path: path, reason: "too large") }
         bytes.removeSubrange(n...)
-        guard let r = parse(String(decoding: bytes, as: UTF8.self), path: path) else {
+        guard var r = parse(String(decoding: bytes, as: UTF8.self), path: path) else {
             throw .badRendezvous(path: path, reason: "malformed")
         }
-        let name = path.split(separator: "/").last.map(String.init) ?? path
-        guard name == "\(r.pid)\(KML_RENDEZVOUS_SUFFIX)" else {
+        guard pid(fromName: name) == r.pid else {
             throw .badRendezvous(path: path, reason: "file name does not match pid \(r.pid)")
         }
+        r.fileOwner = st.st_uid
+        r.fileInode = UInt64(st.st_ino)
         return r
     }
 
-    /// The `*.client` files of a run directory (full paths, sorted).
+    /// The rendezvous files of a run directory (full paths, sorted).
     public static func list(runDirectory: String) throws(SystemError) -> [String] {
-        try ProcFile.listDirectory(runDirectory)
-            .filter { $0.hasSuffix(KML_RENDEZVOUS_SUFFIX) && Int32($0.dropLast(KML_RENDEZVOUS_SUFFIX.count)) != nil }
-            .sorted()
-            .map { runDirectory + "/" + $0 }
+        try RunDirectory(path: runDirectory).rendezvousNames().map { runDirectory + "/" + $0 }
     }
 
     /// True when the announced process is gone or its pid now belongs to another process.
     public var isStale: Bool { !Proc.isAlive(pid, startTime: startTime) }
 
-    /// Removes a (stale) rendezvous file.
+    /// Removes a (stale) rendezvous file: only a regular file, never what a link points to.
     public static func remove(path: String) throws(SystemError) {
-        _ = try retryingSyscall("unlink", path) { Glibc.unlink(path) }
+        let (dir, name) = splitPath(path)
+        _ = try RunDirectory(path: dir).removeRegularFile(name)
+    }
+
+    static func splitPath(_ path: String) -> (directory: String, name: String) {
+        guard let slash = path.lastIndex(of: "/") else { return (".", path) }
+        let dir = String(path[..<slash])
+        return (dir.isEmpty ? "/" : dir, String(path[path.index(after: slash)...]))
+    }
+}
+
+/// A run directory, opened without following a symlink; every name inside is resolved relative to
+/// it (openat, fstatat, unlinkat), never through a path a client could redirect.
+public final class RunDirectory {
+    public let path: String
+    let fd: Int32
+
+    public init(path: String) throws(SystemError) {
+        self.path = path
+        fd = try retryingSyscall("open", path) { Glibc.open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) }
+    }
+
+    deinit { _ = Glibc.close(fd) }
+
+    /// Identity of the directory (what the shim puts in its memfd's name).
+    public func identity() throws(SystemError) -> (device: UInt64, inode: UInt64) {
+        var st = stat()
+        _ = try retryingSyscall("fstat", path) { Glibc.fstat(fd, &st) }
+        return (UInt64(st.st_dev), UInt64(st.st_ino))
+    }
+
+    /// Every name in the directory but "." and "..".
+    public func names() throws(SystemError) -> [String] {
+        let copy = try retryingSyscall("dup", path) { Glibc.fcntl(fd, F_DUPFD_CLOEXEC, 0) }
+        guard let dir = fdopendir(copy) else {
+            let e = Glibc.errno
+            _ = Glibc.close(copy)
+            throw SystemError(call: "fdopendir", errno: e, context: path)
+        }
+        defer { closedir(dir) }
+        rewinddir(dir) // the duplicate shares its offset with our fd
+        return ProcFile.entries(dir)
+    }
+
+    /// The rendezvous file names (sorted).
+    public func rendezvousNames() throws(SystemError) -> [String] {
+        try names().filter { Rendezvous.pid(fromName: $0) != nil }.sorted()
+    }
+
+    /// Opens `name` read-only, without following a link or blocking on a FIFO.
+    public func openFile(_ name: String) throws(SystemError) -> FileHandleFD {
+        let fd = try retryingSyscall("openat", path + "/" + name) {
+            Glibc.openat(self.fd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+        }
+        return FileHandleFD(fd: fd, path: path + "/" + name)
+    }
+
+    /// Removes `name` if it is a regular file (and, when given, still the inode that was read):
+    /// never a link, a FIFO or a directory. Returns whether it removed it.
+    public func removeRegularFile(_ name: String, inode: UInt64? = nil) throws(SystemError) -> Bool {
+        var st = stat()
+        _ = try retryingSyscall("fstatat", path + "/" + name) { fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) }
+        guard (st.st_mode & S_IFMT) == S_IFREG, inode.map({ $0 == UInt64(st.st_ino) }) ?? true else { return false }
+        _ = try retryingSyscall("unlinkat", path + "/" + name) { unlinkat(fd, name, 0) }
+        return true
     }
 }
 
@@ -196,6 +299,8 @@ public struct TableHeader: Sendable, Equatable {
     public var isTracking: Bool { flags & KML_TABLE_TRACKING != 0 }
     public var isDisabled: Bool { flags & KML_TABLE_DISABLED != 0 }
     public var isEnvOff: Bool { flags & KML_TABLE_ENV_OFF != 0 }
+    /// The program's malloc is another allocator's (jemalloc, tcmalloc, ...): the shim tracks through it.
+    public var hasForeignMalloc: Bool { flags & KML_TABLE_FOREIGN_MALLOC != 0 }
 
     func sameGeometry(_ o: TableHeader) -> Bool {
         totalSize == o.totalSize && objects.sameGeometry(o.objects) && traces.sameGeometry(o.traces)
@@ -237,6 +342,16 @@ public struct ThreadRecord: Sendable, Equatable {
     public var tlsLo: UInt64
     public var tlsHi: UInt64
     public var comm: String
+    /// KML_THREAD_DETACHED: once its task has exited nothing of it is a root.
+    public var detached: Bool = false
+    /// Offset of the thread pointer (struct pthread, the TCB) in [tlsLo, tlsHi).
+    public var tcbOffset: UInt64 = 0
+
+    public init(slot: UInt32, tid: Int32, stackLo: UInt64, stackHi: UInt64, tlsLo: UInt64, tlsHi: UInt64,
+                comm: String, detached: Bool = false, tcbOffset: UInt64 = 0) {
+        self.slot = slot; self.tid = tid; self.stackLo = stackLo; self.stackHi = stackHi
+        self.tlsLo = tlsLo; self.tlsHi = tlsHi; self.comm = comm; self.detached = detached; self.tcbOffset = tcbOffset
+    }
 }
 
 public struct RegionRecord: Sendable, Equatable {
@@ -290,8 +405,10 @@ public final class ClientTable: Sendable {
 
     /// Slots per bulk pread (64 B objects: 256 KiB).
     public static let chunkSlots = 4096
-    /// Traces (and comms) kept in the cache; beyond, lookups read the table each time.
-    public static let maxCachedTraces = 1 << 20
+    /// Traces and comms kept in the cache; beyond, lookups read the table each time. A client may publish
+    /// 2^30 traces: the cache (about 200 bytes a trace) must not follow.
+    public static let maxCachedTraces = 1 << 16
+    public static let maxCachedComms = 1 << 16
     /// Retries of one changing slot before it is skipped.
     public static let maxSlotRetries = 16
     /// Sanity limits on what a client may claim (the shim accepts up to 2^30 object slots). Nothing
@@ -299,6 +416,12 @@ public final class ClientTable: Sendable {
     public static let maxTotalSize: UInt64 = 1 << 40
     public static let maxCapacity: UInt32 = 1 << 30
     public static let maxCPUs: UInt32 = 1 << 16
+    /// Live records kept from the list sections (each is daemon memory, and regions are searched
+    /// linearly): a table with more is rejected with `tooManyRecords`. Far above real programs (the
+    /// kernel's default pid_max is 2^22 for the whole host).
+    public static let maxThreads = 1 << 17
+    public static let maxRegions = 1 << 12
+    public static let maxAreas = 1 << 20
 
     private let caches = Mutex<Caches>(Caches())
     struct Caches {
@@ -329,6 +452,11 @@ public final class ClientTable: Sendable {
         do { st = try Proc.stat(r.pid) } catch { throw .stale(pid: r.pid, reason: "process gone") }
         if st.state == "Z" || st.state == "X" { throw .stale(pid: r.pid, reason: "process exited") }
         if st.startTime != r.startTime { throw .stale(pid: r.pid, reason: "pid reused (start time \(st.startTime) != \(r.startTime))") }
+        // The file must be the process's own: written by root (trusted) or by one of its uids.
+        if let owner = r.fileOwner, owner != 0 {
+            let uids = (try? Proc.uids(r.pid)) ?? []
+            if !uids.contains(owner) { throw .foreignRendezvous(path: r.path, owner: owner, processUIDs: uids) }
+        }
         let mapName = String(r.address, radix: 16) + "-" + String(r.address &+ r.size, radix: 16)
         let candidates = ["/proc/\(r.pid)/map_files/\(mapName)", "/proc/\(r.pid)/fd/\(r.fd)"]
         var lastError: TableError = .notATable(path: candidates[0], reason: "not found")
@@ -505,7 +633,8 @@ public final class ClientTable: Sendable {
 
     /// Reads `count` entries of `section` from slot 0 and calls `body` with each consistent LIVE
     /// entry (slot, state, pointer to a private aligned copy). See the file comment for the scheme.
-    func forEachLive(_ name: String, _ s: TableHeader.Section, count: UInt32, stats: inout ReadStats,
+    /// More than `maxLive` live entries throws `tooManyRecords` (before calling `body` for the one over).
+    func forEachLive(_ name: String, _ s: TableHeader.Section, count: UInt32, maxLive: Int = .max, stats: inout ReadStats,
                      _ body: (UInt32, UInt32, UnsafeRawPointer) throws(TableError) -> Void) throws(TableError) {
         let esize = Int(s.entrySize)
         guard count > 0, esize >= 4 else { return }
@@ -555,6 +684,7 @@ public final class ClientTable: Sendable {
                 }
                 if sa & KML_STATE_KIND_MASK != KML_STATE_LIVE { continue }
                 stats.live += 1
+                guard stats.live <= maxLive else { throw .tooManyRecords(section: name, limit: maxLive) }
                 try body(first + UInt32(i), sa, UnsafeRawPointer(b.baseAddress! + o))
             }
             // Changing slots: one at a time, three preads each, bounded.
@@ -578,6 +708,7 @@ public final class ClientTable: Sendable {
                         ok = true
                         if sa & KML_STATE_KIND_MASK == KML_STATE_LIVE {
                             stats.live += 1
+                            guard stats.live <= maxLive else { throw .tooManyRecords(section: name, limit: maxLive) }
                             try body(slot, sa, UnsafeRawPointer(one.baseAddress! + esize))
                         }
                         break
@@ -594,13 +725,14 @@ public final class ClientTable: Sendable {
     /// Streams every live object: in slot order per chunk of `chunkSlots`, except slots that changed
     /// during the bulk read, which are re-read one by one after their chunk. Records are validated:
     /// ids within the sections' capacities, a known kind, no address overflow; a bad record throws
-    /// `badRecord` (objects already streamed stay streamed). Memory: three chunk buffers (768 KiB).
+    /// `badRecord` (objects already streamed stay streamed), more than `maxLive` live records throws
+    /// `tooManyRecords`. Memory: three chunk buffers (768 KiB).
     @discardableResult
-    public func readObjects(_ body: (ObjectRecord) -> Void) throws(TableError) -> ReadStats {
+    public func readObjects(maxLive: Int = .max, _ body: (ObjectRecord) -> Void) throws(TableError) -> ReadStats {
         let h = try header()
         var stats = ReadStats()
         let tracesCap = h.traces.capacity, commsCap = h.comms.capacity
-        try forEachLive("objects", h.objects, count: h.objects.used, stats: &stats) { (slot, state, p) throws(TableError) in
+        try forEachLive("objects", h.objects, count: h.objects.used, maxLive: maxLive, stats: &stats) { (slot, state, p) throws(TableError) in
             let o = p.load(as: kml_object.self)
             guard o.trace_id <= tracesCap else { throw .badRecord(section: "objects", slot: slot, reason: "trace_id \(o.trace_id) > capacity \(tracesCap)") }
             guard o.comm_id <= commsCap else { throw .badRecord(section: "objects", slot: slot, reason: "comm_id \(o.comm_id) > capacity \(commsCap)") }
@@ -636,7 +768,7 @@ public final class ClientTable: Sendable {
         let h = try header()
         var out: [ThreadRecord] = []
         var stats = ReadStats()
-        try forEachLive("threads", h.threads, count: h.threads.used, stats: &stats) { (slot, _, p) throws(TableError) in
+        try forEachLive("threads", h.threads, count: h.threads.used, maxLive: Self.maxThreads, stats: &stats) { (slot, _, p) throws(TableError) in
             var t = p.load(as: kml_thread.self)
             guard t.stack_lo <= t.stack_hi, t.tls_lo <= t.tls_hi else {
                 throw .badRecord(section: "threads", slot: slot, reason: "inverted range")
@@ -646,8 +778,12 @@ public final class ClientTable: Sendable {
                 return String(decoding: b[0..<n], as: UTF8.self)
             }
             guard let c = comm else { throw .badRecord(section: "threads", slot: slot, reason: "comm not NUL-terminated") }
+            guard UInt64(t.tcb_offset) <= t.tls_hi - t.tls_lo else {
+                throw .badRecord(section: "threads", slot: slot, reason: "TCB outside the TLS range")
+            }
             out.append(ThreadRecord(slot: slot, tid: t.tid, stackLo: t.stack_lo, stackHi: t.stack_hi,
-                                    tlsLo: t.tls_lo, tlsHi: t.tls_hi, comm: c))
+                                    tlsLo: t.tls_lo, tlsHi: t.tls_hi, comm: c,
+                                    detached: t.flags & KML_THREAD_DETACHED != 0, tcbOffset: UInt64(t.tcb_offset)))
         }
         return out
     }
@@ -657,7 +793,7 @@ public final class ClientTable: Sendable {
         var out: [RegionRecord] = []
         var stats = ReadStats()
         let maxCpus = h.nrCpuIds
-        try forEachLive("regions", h.regions, count: h.regions.used, stats: &stats) { (slot, _, p) throws(TableError) in
+        try forEachLive("regions", h.regions, count: h.regions.used, maxLive: Self.maxRegions, stats: &stats) { (slot, _, p) throws(TableError) in
             let r = p.load(as: kml_region.self)
             guard r.kind == KML_REGION_PERCPU || r.kind == KML_REGION_SHIM_PRIVATE else {
                 throw .badRecord(section: "regions", slot: slot, reason: "kind \(r.kind)")
@@ -685,7 +821,7 @@ public final class ClientTable: Sendable {
         var out: [AreaRecord] = []
         var stats = ReadStats()
         let objCap = h.objects.capacity
-        try forEachLive("areas", h.areas, count: h.areas.used, stats: &stats) { (slot, _, p) throws(TableError) in
+        try forEachLive("areas", h.areas, count: h.areas.used, maxLive: Self.maxAreas, stats: &stats) { (slot, _, p) throws(TableError) in
             let a = p.load(as: kml_area.self)
             guard a.object_index < objCap else {
                 throw .badRecord(section: "areas", slot: slot, reason: "object_index \(a.object_index) >= capacity \(objCap)")
@@ -787,7 +923,7 @@ public final class ClientTable: Sendable {
         }.get()
         guard let name = str else { return nil } // all zero: not yet written, do not cache
         caches.withLock { c in
-            if c.comms.count < Self.maxCachedTraces { c.comms[id] = name }
+            if c.comms.count < Self.maxCachedComms { c.comms[id] = name }
         }
         return name
     }

@@ -55,6 +55,11 @@ struct LEBytes {
 }
 
 /// An ELF64 file: header, program headers, and (lazily) its sorted function-symbol index.
+///
+/// Every file a client maps is hostile input: the reader keeps no descriptor open (the file is
+/// re-opened, through `reopen`, only to build the symbol index), keeps only what it uses (the program
+/// headers, at most the kernel's own limit of them, and the two symbol-table section headers) and bounds
+/// what one file may make it read and hold (`maxSymbolTableBytes`).
 public final class ELFFile: @unchecked Sendable {
     // Immutable after init except `index`, which is built under `lock`.
     public let path: String
@@ -64,16 +69,29 @@ public final class ELFFile: @unchecked Sendable {
     public let buildID: [UInt8]?
     /// Where separate debug files are looked up by build id (`<dir>/xx/yyyy.debug`).
     public static let debugDirectory = "/usr/lib/debug/.build-id"
-    private let file: FileHandleFD
+    /// Opens the same file again (same device and inode) to build the symbol index; nil if gone.
+    private let reopen: @Sendable () -> FileHandleFD?
+    private let device: UInt64
+    private let inode: UInt64
     private let fileSize: UInt64
-    private let sectionHeaders: [Section]
+    /// .symtab and .dynsym with their string tables (the only section headers kept).
+    private let symbolTables: [(symbols: Section, strings: Section)]
+    private let hasSymtab: Bool
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private var index: SymbolIndex?
+    /// Told the bytes of the symbol index once it is built (the cache's accounting).
+    var onIndexBuilt: (@Sendable (Int) -> Void)?
 
     public static let ET_EXEC: UInt16 = 2
     public static let ET_DYN: UInt16 = 3
-    /// Largest section we read (a symbol or string table).
-    static let maxSectionBytes: UInt64 = 512 << 20
+    /// Largest section we read (a symbol or string table) and the most one file's symbol and string
+    /// tables may make us read together: a bigger one gives no symbols (the build id's debug file may).
+    static let maxSectionBytes: UInt64 = 64 << 20
+    static let maxSymbolTableBytes: UInt64 = 96 << 20
+    /// The kernel's binfmt_elf limit (65536 bytes of program headers): more is not a loadable file.
+    static let maxProgramHeaders = 65536 / 56
+    /// e_shnum is 16 bits: at most 4 MiB of section headers, read once and dropped.
+    static let sectionHeaderSize = 64
 
     struct Section {
         var type: UInt32
@@ -83,20 +101,31 @@ public final class ELFFile: @unchecked Sendable {
         var entsize: UInt64
     }
 
-    /// Opens and validates the ELF header and program headers of `path`.
+    /// Opens and validates the ELF header and program headers of `path` (re-opened by path, same
+    /// inode, for the symbol index).
     public convenience init(path: String) throws(ELFError) {
         let h: FileHandleFD
-        do { h = try FileHandleFD.open(path, O_RDONLY) } catch { throw .io(error) }
-        try self.init(file: h)
+        do { h = try Self.openRegular(path) } catch { throw .io(error) }
+        try self.init(file: h, reopen: { try? Self.openRegular(path) })
     }
 
-    public init(file h: FileHandleFD) throws(ELFError) {
+    /// Opens `path` for reading without blocking on a FIFO or device and without becoming its
+    /// controlling terminal (client-named paths); the caller checks it is a regular file.
+    static func openRegular(_ path: String) throws(SystemError) -> FileHandleFD {
+        try FileHandleFD.open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY)
+    }
+
+    /// Reads the headers from `h` (not kept: closed when the caller drops it). `reopen` gives the same
+    /// file again later; its device and inode are checked.
+    public init(file h: FileHandleFD, reopen: @escaping @Sendable () -> FileHandleFD?) throws(ELFError) {
         pthread_mutex_init(lock, nil)
-        self.file = h
         self.path = h.path
+        self.reopen = reopen
         let st: stat
         do { st = try h.fstat() } catch { throw .io(error) }
         guard (st.st_mode & S_IFMT) == S_IFREG else { throw .notELF }
+        device = UInt64(st.st_dev)
+        inode = UInt64(st.st_ino)
         fileSize = UInt64(st.st_size)
         guard fileSize >= 64 else { throw .notELF }
         let ehdr = try Self.readBytes(h, offset: 0, count: 64, fileSize: fileSize)
@@ -111,8 +140,10 @@ public final class ELFFile: @unchecked Sendable {
         var phs: [ELFProgramHeader] = []
         if phnum > 0 {
             guard phentsize == 56 else { throw .malformed("e_phentsize \(phentsize)") }
+            guard Int(phnum) <= Self.maxProgramHeaders else { throw .malformed("e_phnum \(phnum) > \(Self.maxProgramHeaders)") }
             let raw = try Self.readBytes(h, offset: phoff, count: Int(phnum) * 56, fileSize: fileSize)
             let p = LEBytes(bytes: raw)
+            phs.reserveCapacity(Int(phnum))
             for i in 0..<Int(phnum) {
                 let o = i * 56
                 phs.append(ELFProgramHeader(type: p.u32(o)!, flags: p.u32(o + 4)!, offset: p.u64(o + 8)!,
@@ -122,19 +153,39 @@ public final class ELFFile: @unchecked Sendable {
         }
         programHeaders = phs
         buildID = Self.readBuildID(h, phs, fileSize: fileSize)
-        // Section headers (optional: a file without them just has no symbols).
-        var secs: [Section] = []
-        if shnum > 0 && shoff != 0 && shentsize == 64 {
-            if let raw = try? Self.readBytes(h, offset: shoff, count: Int(shnum) * 64, fileSize: fileSize) {
-                let s = LEBytes(bytes: raw)
-                for i in 0..<Int(shnum) {
-                    let o = i * 64
-                    secs.append(Section(type: s.u32(o + 4)!, offset: s.u64(o + 24)!, size: s.u64(o + 32)!,
-                                        link: s.u32(o + 40)!, entsize: s.u64(o + 56)!))
-                }
+        // Section headers (optional: a file without them just has no symbols). Only the symbol tables
+        // and their string tables are kept.
+        var tables: [(symbols: Section, strings: Section)] = []
+        var symtab = false
+        if shnum > 0 && shoff != 0 && Int(shentsize) == Self.sectionHeaderSize,
+           let raw = try? Self.readBytes(h, offset: shoff, count: Int(shnum) * Self.sectionHeaderSize, fileSize: fileSize) {
+            let s = LEBytes(bytes: raw)
+            func section(_ i: Int) -> Section {
+                let o = i * Self.sectionHeaderSize
+                return Section(type: s.u32(o + 4)!, offset: s.u64(o + 24)!, size: s.u64(o + 32)!,
+                               link: s.u32(o + 40)!, entsize: s.u64(o + 56)!)
+            }
+            let SHT_SYMTAB: UInt32 = 2, SHT_STRTAB: UInt32 = 3, SHT_DYNSYM: UInt32 = 11
+            for wanted in [SHT_SYMTAB, SHT_DYNSYM] {
+                guard let i = (0..<Int(shnum)).first(where: { section($0).type == wanted && section($0).size > 0 })
+                else { continue }
+                if wanted == SHT_SYMTAB { symtab = true }
+                let sym = section(i)
+                guard sym.entsize == 24 || sym.entsize == 0, Int(sym.link) < Int(shnum) else { continue }
+                let str = section(Int(sym.link))
+                guard str.type == SHT_STRTAB else { continue }
+                tables.append((sym, str))
             }
         }
-        sectionHeaders = secs
+        symbolTables = tables
+        hasSymtab = symtab
+    }
+
+    /// Bytes this file holds: program headers, and the symbol index once built.
+    public var memoryBytes: Int {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return programHeaders.capacity * MemoryLayout<ELFProgramHeader>.stride + (index?.memoryBytes ?? 0) + 256
     }
 
     deinit {
@@ -183,30 +234,31 @@ public final class ELFFile: @unchecked Sendable {
         if let idx = index { return idx }
         let idx = (try? buildIndex()) ?? SymbolIndex.empty
         index = idx
+        onIndexBuilt?(idx.memoryBytes)
         return idx
     }
 
-    /// Reads .symtab (else .dynsym) and its string table into a sorted index of FUNC symbols.
+    /// Reads .symtab (else .dynsym) and its string table into a sorted index of FUNC symbols, from the
+    /// file opened again (same device and inode).
     private func buildIndex() throws(ELFError) -> SymbolIndex {
-        let SHT_SYMTAB: UInt32 = 2, SHT_STRTAB: UInt32 = 3, SHT_DYNSYM: UInt32 = 11
         var best = SymbolIndex.empty
-        for wanted in [SHT_SYMTAB, SHT_DYNSYM] {
-            guard let sec = sectionHeaders.first(where: { $0.type == wanted && $0.size > 0 }) else { continue }
-            guard sec.entsize == 24 || sec.entsize == 0, Int(sec.link) < sectionHeaders.count else { continue }
-            let strSec = sectionHeaders[Int(sec.link)]
-            guard strSec.type == SHT_STRTAB else { continue }
-            guard let symRaw = try? Self.readBytes(file, offset: sec.offset, count: Int(min(sec.size, Self.maxSectionBytes + 1)), fileSize: fileSize),
-                  let strRaw = try? Self.readBytes(file, offset: strSec.offset, count: Int(min(strSec.size, Self.maxSectionBytes + 1)), fileSize: fileSize)
-            else { continue }
-            let idx = SymbolIndex.build(symbols: symRaw, strings: strRaw)
-            if idx.addresses.count > best.addresses.count || wanted == SHT_SYMTAB && !idx.addresses.isEmpty {
-                best = idx
-                if wanted == SHT_SYMTAB { break }
+        if let h = reopen(), let st = try? h.fstat(), UInt64(st.st_dev) == device, UInt64(st.st_ino) == inode,
+           (st.st_mode & S_IFMT) == S_IFREG {
+            for (sec, strSec) in symbolTables {
+                guard sec.size <= Self.maxSectionBytes, strSec.size <= Self.maxSectionBytes,
+                      sec.size + strSec.size <= Self.maxSymbolTableBytes,
+                      let symRaw = try? Self.readBytes(h, offset: sec.offset, count: Int(sec.size), fileSize: fileSize),
+                      let strRaw = try? Self.readBytes(h, offset: strSec.offset, count: Int(strSec.size), fileSize: fileSize)
+                else { continue }
+                let idx = SymbolIndex.build(symbols: symRaw, strings: strRaw)
+                if idx.addresses.count > best.addresses.count { best = idx }
+                // .symtab is a superset of .dynsym for functions.
+                if hasSymtab && !idx.addresses.isEmpty { break }
             }
         }
         // Only .dynsym here (a stripped distribution library): the separate debug file installed
         // for its build id (e.g. libc6-dbg) has the full .symtab at the same link-time addresses.
-        if !sectionHeaders.contains(where: { $0.type == SHT_SYMTAB && $0.size > 0 }), let debug = debugFile() {
+        if !hasSymtab, let debug = debugFile() {
             let idx = debug.symbolIndex()
             if idx.addresses.count > best.addresses.count { best = idx }
         }
@@ -255,6 +307,10 @@ struct SymbolIndex: Sendable {
 
     static let empty = SymbolIndex()
 
+    var memoryBytes: Int {
+        addresses.capacity * 8 + sizes.capacity * 8 + nameOffsets.capacity * 4 + nameLengths.capacity * 2 + strings.capacity
+    }
+
     static func build(symbols: [UInt8], strings: [UInt8]) -> SymbolIndex {
         let STT_FUNC: UInt8 = 2, STT_GNU_IFUNC: UInt8 = 10
         let STB_GLOBAL: UInt8 = 1, STB_WEAK: UInt8 = 2
@@ -288,6 +344,8 @@ struct SymbolIndex: Sendable {
         entries.sort { $0.addr != $1.addr ? $0.addr < $1.addr : ($0.rank != $1.rank ? $0.rank < $1.rank : $0.size > $1.size) }
         var idx = SymbolIndex()
         idx.addresses.reserveCapacity(entries.count)
+        // Only the kept names are copied (not the whole string table, which also names data and files).
+        var names: [UInt8] = []
         var lastAddr: UInt64? = nil
         for e in entries {
             if e.addr == lastAddr {
@@ -300,10 +358,11 @@ struct SymbolIndex: Sendable {
             lastAddr = e.addr
             idx.addresses.append(e.addr)
             idx.sizes.append(e.size)
-            idx.nameOffsets.append(e.off)
+            idx.nameOffsets.append(UInt32(names.count))
             idx.nameLengths.append(e.len)
+            names.append(contentsOf: strings[Int(e.off)..<(Int(e.off) + Int(e.len))])
         }
-        idx.strings = strings
+        idx.strings = names
         return idx
     }
 

@@ -46,6 +46,13 @@ public struct ProcStat: Sendable, Equatable {
     public var ppid: Int32
     /// Field 22: start time in clock ticks since boot (detects pid reuse).
     public var startTime: UInt64
+    /// Field 9: the kernel's task flags (PF_*).
+    public var flags: UInt32 = 0
+
+    /// PF_EXITING: the task is in do_exit (its memory may already be torn down).
+    public static let exitingFlag: UInt32 = 0x4
+    /// The task is exiting or dead: what its memory shows is no longer the program's.
+    public var isExiting: Bool { state == "Z" || state == "X" || flags & Self.exitingFlag != 0 }
 }
 
 public enum ProcParse {
@@ -133,11 +140,14 @@ public enum ProcParse {
         let comm = String(decoding: bytes[(open + 1)..<close], as: UTF8.self)
         guard close + 2 <= bytes.count else { return nil }
         let rest = bytes[(close + 1)...].split(separator: UInt8(ascii: " "), omittingEmptySubsequences: true)
-        // rest[0] = field 3 (state), rest[1] = field 4 (ppid), rest[19] = field 22 (starttime)
+        // rest[0] = field 3 (state), rest[1] = field 4 (ppid), rest[6] = field 9 (flags),
+        // rest[19] = field 22 (starttime)
         guard rest.count >= 20, let st = rest[0].first,
               let ppid = Int32(String(decoding: rest[1], as: UTF8.self)),
+              let flags = UInt32(String(decoding: rest[6], as: UTF8.self)),
               let start = UInt64(String(decoding: rest[19], as: UTF8.self).trimmingSpaces()) else { return nil }
-        return ProcStat(pid: pid, comm: comm, state: Character(Unicode.Scalar(st)), ppid: ppid, startTime: start)
+        return ProcStat(pid: pid, comm: comm, state: Character(Unicode.Scalar(st)), ppid: ppid, startTime: start,
+                        flags: flags)
     }
 
     @inline(__always)
@@ -174,7 +184,18 @@ public enum Proc {
         return s
     }
 
-    /// True if `pid` exists, is not a zombie, and (when given) started at `startTime`.
+    /// The real, effective, saved and file-system uids of `pid` (the `Uid:` line of /proc/PID/status).
+    public static func uids(_ pid: Int32) throws(SystemError) -> [UInt32] {
+        let path = "/proc/\(pid)/status"
+        let text = String(decoding: try ProcFile.read(path, limit: 65536), as: UTF8.self)
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("Uid:") }) else {
+            throw SystemError(call: "parse", errno: EINVAL, context: path)
+        }
+        let uids = line.dropFirst(4).split(whereSeparator: { $0 == "\t" || $0 == " " }).compactMap { UInt32($0) }
+        guard uids.count == 4 else { throw SystemError(call: "parse", errno: EINVAL, context: path) }
+        return uids
+    }
+
     /// The stack pointer of a thread blocked in the kernel, from /proc/PID/task/TID/syscall
     /// ("NR ARGS... SP PC", or "-1 SP PC"); nil while it runs in user space or when unreadable.
     public static func stackPointer(_ pid: Int32, tid: Int32) -> UInt64? {
@@ -186,6 +207,30 @@ public enum Proc {
         return UInt64(String(decoding: sp.dropFirst(2), as: UTF8.self), radix: 16)
     }
 
+    /// TracerPid of a thread (/proc/PID/task/TID/status): 0 when untraced; nil when unreadable.
+    public static func tracerPid(_ pid: Int32, tid: Int32) -> Int32? {
+        guard let bytes = try? ProcFile.read("/proc/\(pid)/task/\(tid)/status", limit: 16384) else { return nil }
+        for line in bytes.split(separator: UInt8(ascii: "\n")) where line.starts(with: Array("TracerPid:".utf8)) {
+            return Int32(String(decoding: line.dropFirst(10), as: UTF8.self).trimmingSpaces())
+        }
+        return nil
+    }
+
+    /// Whether the process `pid` (started at `startTime`) still runs a program: some thread of it is
+    /// neither exiting (PF_EXITING) nor dead. False when unreadable.
+    public static func isRunningProgram(_ pid: Int32, startTime: UInt64) -> Bool {
+        guard let leader = try? stat(pid), leader.startTime == startTime else { return false }
+        if !leader.isExiting { return true }
+        // A leader that called pthread_exit is a zombie while its other threads run on.
+        for tid in (try? tasks(pid)) ?? [] where tid != pid {
+            guard let bytes = try? ProcFile.read("/proc/\(pid)/task/\(tid)/stat", limit: 8192),
+                  let s = ProcParse.parseStat(bytes) else { continue }
+            if !s.isExiting { return true }
+        }
+        return false
+    }
+
+    /// True if `pid` exists, is not a zombie, and (when given) started at `startTime`.
     public static func isAlive(_ pid: Int32, startTime: UInt64? = nil) -> Bool {
         guard pid > 0, let s = try? stat(pid) else { return false }
         if s.state == "Z" || s.state == "X" { return false }

@@ -15,12 +15,25 @@ import Synchronization
 /// range keeps its leading bytes (its remainder is retried once alone: a short read may just be
 /// short), then the batch goes on from the next range: one unmapped object never hides the rest.
 /// A dead process (ESRCH) or a denied one (EPERM) reads 0 bytes everywhere, never a trap.
+///
+/// Once `restrict(to:)` was given the client's scannable memory, nothing outside it is read: a
+/// range reads only its leading bytes that lie in it, and `scannablePart(of:)` leads the engine past
+/// what cannot hold pointers (unmapped and file-backed memory, PROT_NONE pages, pages never touched).
 public final class ProcessMemory: MemoryReader, Sendable {
     public let pid: Int32
     /// Ranges per syscall (the kernel's IOV_MAX is 1024).
     public static let maxIovecs = 1024
 
     private let counters = Counters()
+    private let scannable = Mutex<Scannable?>(nil)
+
+    /// The scannable memory and an open /proc/PID/pagemap (closed with the last reference).
+    private final class Scannable: Sendable {
+        let memory: ScannableMemory
+        let pagemap: Int32
+        init(memory: ScannableMemory, pagemap: Int32) { self.memory = memory; self.pagemap = pagemap }
+        deinit { close(pagemap) }
+    }
 
     public struct Stats: Sendable, Equatable {
         public var syscalls: Int
@@ -42,6 +55,107 @@ public final class ProcessMemory: MemoryReader, Sendable {
 
     public init(pid: Int32) {
         self.pid = pid
+    }
+
+    /// From now on reads only `memory` (a snapshot of the client's mappings; see `ScannableMemory`).
+    /// - Throws: when /proc/PID/pagemap cannot be opened (nothing is restricted then).
+    public func restrict(to memory: ScannableMemory) throws(SystemError) {
+        let path = "/proc/\(pid)/pagemap"
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SystemError(call: "open", errno: errno, context: path) }
+        let state = Scannable(memory: memory, pagemap: fd)
+        scannable.withLock { $0 = state }
+    }
+
+    /// Ranges of at least this many bytes are checked against /proc/PID/pagemap: pages never
+    /// touched (neither present nor swapped) are skipped, so a huge untouched mapping costs nothing.
+    public static let pagemapThreshold: UInt64 = 64 << 10
+    static let pageSize: UInt64 = 4096
+    /// pagemap bits: 63 present, 62 swapped, 61 file page or shared anonymous.
+    static let presentBit: UInt64 = 1 << 63, swappedBit: UInt64 = 1 << 62, filePageBit: UInt64 = 1 << 61
+    /// Pages looked up per pagemap read, and the longest run returned as one part.
+    static let pagemapChunk: UInt64 = 4096, longestPart: UInt64 = 1 << 20
+
+    public func scannablePart(of range: MemoryRange) -> MemoryRange? {
+        guard range.length > 0 else { return nil }
+        guard let state = scannable.withLock({ $0 }) else { return range }
+        let (sum, overflow) = range.address.addingReportingOverflow(UInt64(range.length))
+        let end = overflow ? UInt64.max : sum
+        let intervals = state.memory.intervals
+        var k = state.memory.firstInterval(endingAfter: range.address)
+        while k < intervals.count, intervals[k].start < end {
+            let iv = intervals[k]
+            k += 1
+            let lo = max(range.address, iv.start), hi = min(end, iv.end)
+            guard lo < hi else { continue }
+            guard iv.copiedOnly || hi - lo >= Self.pagemapThreshold else {
+                return MemoryRange(address: lo, length: Int(hi - lo))
+            }
+            if let run = touchedRun(state.pagemap, lo, hi, copiedOnly: iv.copiedOnly) {
+                return MemoryRange(address: run.start, length: Int(run.end - run.start))
+            }
+        }
+        return nil
+    }
+
+    /// The first run of pages in [lo, hi) worth reading per pagemap (at most `longestPart` bytes):
+    /// present or swapped pages; with `copiedOnly`, only anonymous ones (the written copies of a
+    /// private file mapping: its other pages hold the file's bytes, never a pointer into the heap).
+    /// When pagemap cannot be read, the rest counts as worth reading unless `copiedOnly`.
+    private func touchedRun(_ fd: Int32, _ lo: UInt64, _ hi: UInt64, copiedOnly: Bool) -> (start: UInt64, end: UInt64)? {
+        let page = Self.pageSize
+        var entries = [UInt64](repeating: 0, count: Int(Self.pagemapChunk))
+        var p = lo / page
+        let lastPage = (hi - 1) / page
+        var runStart: UInt64? = nil
+        while p <= lastPage {
+            let count = Int(min(Self.pagemapChunk, lastPage - p + 1))
+            let (offset, o) = p.multipliedReportingOverflow(by: 8)
+            let got = o ? -1 : entries.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count * 8, off_t(truncatingIfNeeded: offset)) }
+            counters.syscalls.wrappingAdd(1, ordering: .relaxed)
+            if got < 8 {
+                if copiedOnly { return runStart.map { ($0, max($0, min(hi, p * page))) } }
+                let start = runStart ?? max(lo, p * page)
+                return (start, min(hi, start &+ Self.longestPart))
+            }
+            for i in 0..<(got / 8) {
+                let e = entries[i]
+                let wanted = copiedOnly ? (e & Self.presentBit != 0 && e & Self.filePageBit == 0) || e & Self.swappedBit != 0
+                                        : e & (Self.presentBit | Self.swappedBit) != 0
+                let address = (p + UInt64(i)) * page
+                if let start = runStart {
+                    if !wanted || address - start >= Self.longestPart { return (start, min(hi, address)) }
+                } else if wanted {
+                    runStart = max(lo, address)
+                }
+            }
+            p += UInt64(got / 8)
+        }
+        return runStart.map { ($0, hi) }
+    }
+
+    /// How many leading bytes of [address, address+length) lie in the scannable memory; in a private
+    /// file mapping's data only its written copies count.
+    private func scannablePrefix(_ state: Scannable, _ address: UInt64, _ length: Int) -> Int {
+        let (sum, overflow) = address.addingReportingOverflow(UInt64(length))
+        let end = overflow ? UInt64.max : sum
+        let intervals = state.memory.intervals
+        var k = state.memory.firstInterval(endingAfter: address)
+        var covered = address
+        while covered < end, k < intervals.count, intervals[k].start <= covered {
+            let iv = intervals[k]
+            k += 1
+            let hi = min(end, iv.end)
+            guard hi > covered else { continue }
+            if iv.copiedOnly {
+                guard let run = touchedRun(state.pagemap, covered, hi, copiedOnly: true), run.start == covered else { break }
+                covered = run.end
+                if covered < hi { break }
+            } else {
+                covered = hi
+            }
+        }
+        return Int(covered - address)
     }
 
     public var stats: Stats {
@@ -88,6 +202,25 @@ public final class ProcessMemory: MemoryReader, Sendable {
         }
         counters.requested.wrappingAdd(total, ordering: .relaxed)
         guard let base = buffer.baseAddress else { return }
+        // Restricted: each range reads only its leading bytes in the scannable memory.
+        if let state = scannable.withLock({ $0 }) {
+            var clipped = Array(ranges[0..<count])
+            for i in 0..<usable where clipped[i].length > 0 {
+                clipped[i].length = scannablePrefix(state, clipped[i].address, clipped[i].length)
+            }
+            clipped.withUnsafeBufferPointer {
+                read(clipped: $0, usable: usable, base: base, localOffsets: localOffsets, bytesRead: bytesRead, state)
+            }
+            return
+        }
+        read(clipped: UnsafeBufferPointer(rebasing: ranges[0..<count]), usable: usable, base: base,
+             localOffsets: localOffsets, bytesRead: bytesRead, nil)
+    }
+
+    /// Reads `ranges` (their lengths as clipped) at their places `localOffsets` in `base`.
+    private func read(clipped ranges: UnsafeBufferPointer<MemoryRange>, usable: Int, base: UnsafeMutableRawPointer,
+                      localOffsets: [Int], bytesRead: UnsafeMutableBufferPointer<Int>, _ state: Scannable?) {
+        let count = ranges.count
         var t = Tally()
         if usable < count { t.faults += count - usable }
         defer {
@@ -95,7 +228,8 @@ public final class ProcessMemory: MemoryReader, Sendable {
             counters.read.wrappingAdd(t.got, ordering: .relaxed)
             counters.faults.wrappingAdd(t.faults, ordering: .relaxed)
         }
-        let retry = readCoalesced(ranges, usable: usable, base: base, localOffsets: localOffsets, bytesRead: bytesRead, &t)
+        let retry = readCoalesced(ranges, usable: usable, base: base, localOffsets: localOffsets, bytesRead: bytesRead,
+                                  within: state?.memory, &t)
         guard !t.gone else { return }
         readIndividually(ranges, indices: retry, base: base, localOffsets: localOffsets, bytesRead: bytesRead, &t)
     }
@@ -116,8 +250,10 @@ public final class ProcessMemory: MemoryReader, Sendable {
 
     /// Pass 1: groups of nearby ranges, one iovec each. Returns the ranges of groups that did not
     /// read in full (they are retried one by one, which attributes faults exactly).
+    /// With `within`, a remote span never covers bytes outside its plainly scannable memory.
     private func readCoalesced(_ ranges: UnsafeBufferPointer<MemoryRange>, usable: Int, base: UnsafeMutableRawPointer,
-                               localOffsets: [Int], bytesRead: UnsafeMutableBufferPointer<Int>, _ t: inout Tally) -> [Int] {
+                               localOffsets: [Int], bytesRead: UnsafeMutableBufferPointer<Int>,
+                               within scannable: ScannableMemory?, _ t: inout Tally) -> [Int] {
         var retry: [Int] = []
         var groups: [Group] = []
         groups.reserveCapacity(min(Self.maxIovecs, usable))
@@ -143,7 +279,8 @@ public final class ProcessMemory: MemoryReader, Sendable {
                     let a = ranges[j].address
                     guard l > 0, a >= g.end, a - g.end <= Self.coalesceGap,
                           !a.addingReportingOverflow(UInt64(l)).overflow,
-                          a + UInt64(l) - g.start <= Self.coalesceSpan else { break }
+                          a + UInt64(l) - g.start <= Self.coalesceSpan,
+                          scannable?.isPlain(g.start, a + UInt64(l)) ?? true else { break }
                     g.end = a + UInt64(l)
                     g.last = j
                     j += 1

@@ -45,9 +45,13 @@ public enum Roots {
     ///   `excludedModules` are skipped.
     /// - stack: each table thread's [stack_lo, stack_hi); the main thread (zero range) uses [stack].
     /// - tls: each table thread's [tls_lo, tls_hi).
+    /// Threads whose tid is not in `liveTasks` (when given) have exited: a joinable one keeps only its
+    /// TCB [tls_lo + tcb_offset, tls_hi) as a root (struct pthread holds the value it returned until it
+    /// is joined), a detached one nothing (its stack and TLS are glibc's cache now).
     /// Then every KML_REGION_SHIM_PRIVATE region and `excluded` ranges (the table mapping) are cut out.
     public static func compute(pid: Int32, maps: [MapEntry], threads: [ThreadRecord], regions: [RegionRecord],
-                               excluded: [(start: UInt64, length: UInt64)] = [], includeStacks: Bool = true,
+                               excluded: [(start: UInt64, length: UInt64)] = [], liveTasks: Set<Int32>? = nil,
+                               includeStacks: Bool = true,
                                excludedModules: Set<String> = defaultExcludedModules,
                                cache: ELFCache) -> [RootRange] {
         var roots: [RootRange] = []
@@ -86,7 +90,14 @@ public enum Roots {
                 if let r = run { roots.append(RootRange(start: r.0, length: r.1 - r.0, kind: .data, label: base.filePath)) }
             }
         }
-        // stacks and TLS
+        // stacks and TLS; threads that have exited: only the TCB of a joinable one
+        let exited = threads.filter { thread in liveTasks.map { !$0.contains(thread.tid) } ?? false }
+        let threads = threads.filter { liveTasks?.contains($0.tid) ?? true }
+        for t in exited where !t.detached && t.tlsHi > t.tlsLo {
+            let tcb = t.tlsLo + t.tcbOffset
+            guard tcb < t.tlsHi else { continue }
+            roots.append(RootRange(start: tcb, length: t.tlsHi - tcb, kind: .tls, label: "tid \(t.tid) (exited, not joined)"))
+        }
         if includeStacks {
             for t in threads where t.stackHi > t.stackLo {
                 roots.append(RootRange(start: t.stackLo, length: t.stackHi - t.stackLo, kind: .stack, label: "tid \(t.tid)", tid: t.tid))
@@ -105,6 +116,31 @@ public enum Roots {
         cuts += regions.filter { $0.isShimPrivate }.map { (start: $0.start, end: $0.start &+ $0.size) }
         if !cuts.isEmpty { roots = subtract(roots, cuts) }
         return roots.sorted { $0.start != $1.start ? $0.start < $1.start : $0.length < $1.length }
+    }
+
+    /// Stack and TLS roots are the client's claim: each is cut to the readable anonymous private
+    /// mappings it lies in (where thread stacks and TLS live). `refused` lists the claimed parts that lay
+    /// in other mappings (a file, shared memory): never read, worth a log line. Unmapped parts just go.
+    public static func confineThreadRoots(_ roots: [RootRange], maps: [MapEntry]) -> (roots: [RootRange], refused: [RootRange]) {
+        let sorted = maps.sorted { $0.start < $1.start }
+        var kept: [RootRange] = []
+        var refused: [RootRange] = []
+        for root in roots {
+            guard root.kind == .stack || root.kind == .tls else { kept.append(root); continue }
+            for m in sorted where m.start < root.end && root.start < m.end {
+                var part = root
+                part.start = max(root.start, m.start)
+                part.length = min(root.end, m.end) - part.start
+                let anonymousPrivate = m.inode == 0 && !m.shared && !m.path.hasPrefix("[v")
+                if anonymousPrivate && m.readable {
+                    kept.append(part)
+                } else if !anonymousPrivate {
+                    part.label += " in \(m.path.isEmpty ? "a shared mapping" : m.path)"
+                    refused.append(part)
+                }
+            }
+        }
+        return (kept, refused)
     }
 
     /// x86-64 leaf functions may keep data in the 128 bytes below the stack pointer (the red zone).
@@ -147,6 +183,81 @@ public enum Roots {
     }
 }
 
+/// The parts of a client's address space that may hold its pointers, and so may be read: its
+/// readable anonymous mappings (private ones, `[heap]`, `[stack]`, and shared anonymous memory,
+/// which the kernel backs itself), and the data segments of its ELF objects, of which only the
+/// written (copied) pages of the private file mapping count. Nothing else file-backed is read: a
+/// file's pages can be served by anyone (a FUSE server may never answer) and hold no heap pointer.
+public struct ScannableMemory: Sendable, Equatable {
+    public struct Interval: Sendable, Equatable {
+        public var start: UInt64
+        public var end: UInt64
+        /// A private file mapping's pages: read only those written (anonymous copies; see pagemap).
+        public var copiedOnly: Bool
+    }
+
+    /// Sorted, disjoint.
+    public private(set) var intervals: [Interval]
+
+    public init(maps: [MapEntry], dataRoots: [RootRange]) {
+        var all: [Interval] = []
+        for m in maps where m.readable && Self.isAnonymousMemory(m) {
+            all.append(Interval(start: m.start, end: m.end, copiedOnly: false))
+        }
+        let files = maps.filter { $0.readable && !$0.shared && $0.isFileBacked && !Self.isAnonymousMemory($0) }
+        for root in dataRoots where root.kind == .data {
+            for m in files {
+                let s = max(root.start, m.start), e = min(root.end, m.end)
+                if s < e { all.append(Interval(start: s, end: e, copiedOnly: true)) }
+            }
+        }
+        all.sort { $0.start < $1.start }
+        var merged: [Interval] = []
+        for iv in all {
+            if let last = merged.last, iv.start < last.end {
+                // Overlap (mappings never overlap; data roots might): the stricter rule wins for it.
+                if iv.end > last.end { merged.append(Interval(start: last.end, end: iv.end, copiedOnly: iv.copiedOnly)) }
+                continue
+            }
+            if let last = merged.last, last.end == iv.start, last.copiedOnly == iv.copiedOnly {
+                merged[merged.count - 1].end = iv.end
+            } else {
+                merged.append(iv)
+            }
+        }
+        intervals = merged
+    }
+
+    /// Memory the kernel backs itself: anonymous (including `[heap]`, `[stack]`, `[anon:...]`, but not
+    /// the `[vdso]`/`[vvar]` pseudo mappings) or shared anonymous (`/dev/zero`, SysV shm).
+    public static func isAnonymousMemory(_ m: MapEntry) -> Bool {
+        if m.inode == 0 { return !m.path.hasPrefix("[v") }
+        return m.path == "/dev/zero (deleted)" || m.path.hasPrefix("/SYSV")
+    }
+
+    /// Index of the first interval whose end lies above `address`.
+    public func firstInterval(endingAfter address: UInt64) -> Int {
+        var lo = 0, hi = intervals.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if intervals[mid].end <= address { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
+    }
+
+    /// Whether [start, end) lies inside anonymous scannable memory (one run of intervals).
+    public func isPlain(_ start: UInt64, _ end: UInt64) -> Bool {
+        var k = firstInterval(endingAfter: start)
+        var covered = start
+        while k < intervals.count, intervals[k].start <= covered, !intervals[k].copiedOnly {
+            covered = intervals[k].end
+            if covered >= end { return true }
+            k += 1
+        }
+        return false
+    }
+}
+
 extension ClientTable {
     /// The roots of this client now: reads /proc/PID/maps, the table's threads and regions, and cuts
     /// out the table mapping itself (when opened from a rendezvous).
@@ -154,13 +265,27 @@ extension ClientTable {
                       excludedModules: Set<String> = Roots.defaultExcludedModules) throws(TableError) -> [RootRange] {
         let maps: [MapEntry]
         do { maps = try Proc.maps(pid) } catch { throw .system(error) }
+        return try roots(maps: maps, includeStacks: includeStacks, cache: cache, excludedModules: excludedModules).roots
+    }
+
+    /// The roots of this client for `maps` (its /proc/PID/maps), stack and TLS claims confined to
+    /// anonymous private memory (`refused`: the claimed parts that lay elsewhere).
+    public func roots(maps: [MapEntry], includeStacks: Bool = true, cache: ELFCache,
+                      excludedModules: Set<String> = Roots.defaultExcludedModules) throws(TableError)
+        -> (roots: [RootRange], refused: [RootRange]) {
         let threads = try readThreads()
+        // Listed after the records were read: a record's thread existed when it registered, so a tid
+        // missing here has exited.
+        let liveTasks: Set<Int32>
+        do { liveTasks = Set(try Proc.tasks(pid)) } catch { throw .system(error) }
         let regions = try readRegions()
         var excluded: [(start: UInt64, length: UInt64)] = []
         if let r = rendezvous { excluded.append((r.address, r.size)) }
         // Any other mapping of the table memfd too (found by its name).
         for m in maps where m.path.hasPrefix("/memfd:" + KML_MEMFD_NAME) { excluded.append((m.start, m.length)) }
-        return Roots.compute(pid: pid, maps: maps, threads: threads, regions: regions, excluded: excluded,
-                             includeStacks: includeStacks, excludedModules: excludedModules, cache: cache)
+        let all = Roots.compute(pid: pid, maps: maps, threads: threads, regions: regions, excluded: excluded,
+                                liveTasks: liveTasks, includeStacks: includeStacks, excludedModules: excludedModules,
+                                cache: cache)
+        return Roots.confineThreadRoots(all, maps: maps)
     }
 }

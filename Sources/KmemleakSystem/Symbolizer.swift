@@ -4,25 +4,103 @@ import Synchronization
 
 /// ELF files shared by every `Symbolizer`, keyed by (device, inode) of the mapped file, so that libc's
 /// symbol index is built once for all clients.
+///
+/// Bounded, since clients choose what they map: at most `maxEntries` files (failures to parse count:
+/// they are cached as nil) and `maxBytes` of parsed headers and symbol indexes; past either, the least
+/// recently used entries go. `retainOnly(mappedBy:)` drops the files no live client maps any more.
+/// No descriptor is kept (see `ELFFile`).
 public final class ELFCache: Sendable {
     struct Key: Hashable, Sendable { var major: UInt32; var minor: UInt32; var inode: UInt64 }
-    private let files = Mutex<[Key: ELFFile?]>([:])
+    struct Entry {
+        var file: ELFFile?
+        var bytes: Int
+        var lastUse: UInt64
+    }
+    struct State {
+        var entries: [Key: Entry] = [:]
+        var bytes = 0
+        var clock: UInt64 = 0
+    }
+    private let state = Mutex<State>(State())
+    public let maxEntries: Int
+    public let maxBytes: Int
 
-    public init() {}
+    public static let defaultMaxEntries = 4096
+    public static let defaultMaxBytes = 256 << 20
+    /// What an entry without a file (not ELF, unreadable) is counted as.
+    static let entryOverhead = 128
+
+    public init(maxEntries: Int = ELFCache.defaultMaxEntries, maxBytes: Int = ELFCache.defaultMaxBytes) {
+        self.maxEntries = max(1, maxEntries)
+        self.maxBytes = max(0, maxBytes)
+    }
+
+    static func key(_ m: MapEntry) -> Key { Key(major: m.devMajor, minor: m.devMinor, inode: m.inode) }
 
     /// The cached file for a mapping, opening it with `open` the first time (nil results are cached too).
     func file(for m: MapEntry, open: () -> ELFFile?) -> ELFFile? {
-        let key = Key(major: m.devMajor, minor: m.devMinor, inode: m.inode)
-        if let hit = files.withLock({ $0[key] }) { return hit }
+        let key = Self.key(m)
+        let hit: ELFFile?? = state.withLock { s in
+            guard var e = s.entries[key] else { return nil }
+            s.clock &+= 1
+            e.lastUse = s.clock
+            s.entries[key] = e
+            return .some(e.file)
+        }
+        if let hit { return hit }
         let f = open()
-        files.withLock { $0[key] = f }
+        // The symbol index is built later and lazily: it is counted when it is.
+        f?.onIndexBuilt = { [weak self, weak f] bytes in
+            guard let self, let f else { return }
+            self.state.withLock { s in
+                guard var e = s.entries[key], e.file === f else { return }
+                e.bytes += bytes
+                s.entries[key] = e
+                s.bytes += bytes
+                self.evict(&s, keeping: key)
+            }
+        }
+        // Outside our lock: the file's lock is taken before ours when its index is built.
+        let bytes = (f?.memoryBytes ?? 0) + Self.entryOverhead
+        state.withLock { s in
+            if let old = s.entries.removeValue(forKey: key) { s.bytes -= old.bytes }
+            s.clock &+= 1
+            s.entries[key] = Entry(file: f, bytes: bytes, lastUse: s.clock)
+            s.bytes += bytes
+            evict(&s, keeping: key)
+        }
         return f
     }
 
-    public var count: Int { files.withLock { $0.count } }
+    /// Least recently used first, until both bounds hold (the entry just used stays).
+    private func evict(_ s: inout State, keeping key: Key) {
+        guard s.entries.count > maxEntries || s.bytes > maxBytes else { return }
+        let order = s.entries.filter { $0.key != key }.sorted { $0.value.lastUse < $1.value.lastUse }
+        for (k, e) in order {
+            guard s.entries.count > maxEntries || s.bytes > maxBytes else { break }
+            s.entries.removeValue(forKey: k)
+            s.bytes -= e.bytes
+        }
+    }
+
+    public var count: Int { state.withLock { $0.entries.count } }
+    /// Bytes held by the cached files (headers and symbol indexes), as accounted.
+    public var bytes: Int { state.withLock { $0.bytes } }
 
     /// Drops every cached file (e.g. when memory matters more than speed).
-    public func removeAll() { files.withLock { $0.removeAll() } }
+    public func removeAll() { state.withLock { $0 = State() } }
+
+    /// Keeps only the files that one of `symbolizers` has mapped (as of its last refresh).
+    public func retainOnly(mappedBy symbolizers: [Symbolizer]) {
+        var mapped = Set<Key>()
+        for symbolizer in symbolizers { mapped.formUnion(symbolizer.mappedFileKeys) }
+        state.withLock { s in
+            for (k, e) in s.entries where !mapped.contains(k) {
+                s.entries.removeValue(forKey: k)
+                s.bytes -= e.bytes
+            }
+        }
+    }
 }
 
 /// Symbolizes addresses of one process from a snapshot of its /proc/PID/maps.
@@ -54,8 +132,8 @@ public final class Symbolizer: @unchecked Sendable {
         var module: String?
     }
 
-    /// Memoized results kept per symbolizer (distinct PCs).
-    public static let memoLimit = 1 << 18
+    /// Memoized results kept per symbolizer (distinct PCs; about 100 bytes each, per client).
+    public static let memoLimit = 1 << 16
 
     public init(pid: Int32, cache: ELFCache = ELFCache()) throws(SystemError) {
         self.pid = pid
@@ -103,6 +181,11 @@ public final class Symbolizer: @unchecked Sendable {
     /// the symbol containing `address` itself (the kernel's `%pS` on a plain pointer).
     public func symbolize(exact address: UInt64) -> String? {
         lock.withLock { state in resolve(address, adjust: 0, &state) }
+    }
+
+    /// The files this process maps (as of the last refresh), as ELF cache keys.
+    var mappedFileKeys: Set<ELFCache.Key> {
+        lock.withLock { state in Set(state.maps.filter(\.isFileBacked).map(ELFCache.key)) }
     }
 
     /// The mapping containing `address`, if any.
@@ -172,12 +255,24 @@ public final class Symbolizer: @unchecked Sendable {
     }
 
     /// Opens the ELF file behind a mapping: /proc/PID/map_files first (works for deleted files and
-    /// other mount namespaces), then the path; the inode must match the mapping.
+    /// other mount namespaces), then the path (non-blocking: the client may have put a FIFO there);
+    /// the inode must match the mapping. Only the headers are read; the descriptor is closed on return
+    /// and the file opened the same way again to build its symbol index.
     static func openELF(pid: Int32, mapping m: MapEntry) -> ELFFile? {
-        for path in ["/proc/\(pid)/map_files/\(m.mapFilesName)", m.filePath] {
-            guard let h = try? FileHandleFD.open(path, O_RDONLY), let st = try? h.fstat(),
+        let paths = ["/proc/\(pid)/map_files/\(m.mapFilesName)", m.filePath]
+        let inode = m.inode
+        let reopen: @Sendable () -> FileHandleFD? = {
+            for path in paths {
+                guard let h = try? ELFFile.openRegular(path), let st = try? h.fstat(), UInt64(st.st_ino) == inode
+                else { continue }
+                return h
+            }
+            return nil
+        }
+        for path in paths {
+            guard let h = try? ELFFile.openRegular(path), let st = try? h.fstat(),
                   UInt64(st.st_ino) == m.inode else { continue }
-            if let f = try? ELFFile(file: h) { return f }
+            if let f = try? ELFFile(file: h, reopen: reopen) { return f }
         }
         return nil
     }

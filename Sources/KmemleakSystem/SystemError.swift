@@ -90,7 +90,7 @@ enum ProcFile {
     static func read(_ path: String, limit: Int = 16 << 20) throws(SystemError) -> [UInt8] {
         let h = try FileHandleFD.open(path, O_RDONLY)
         var out: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
+        var chunk = [UInt8](repeating: 0, count: min(65536, max(1, limit))) // small files, small buffers (stat of every pid)
         while out.count < limit {
             let want = min(chunk.count, limit - out.count)
             let n = try chunk.withUnsafeMutableBytes { b in
@@ -119,13 +119,29 @@ enum ProcFile {
             throw SystemError(call: "opendir", errno: Glibc.errno, context: path)
         }
         defer { closedir(dir) }
-        var names: [String] = []
+        return entries(dir)
+    }
+
+    /// The names in an open directory stream, but "." and "..".
+    static func entries(_ dir: OpaquePointer) -> [String] { entriesWithInodes(dir).map(\.name) }
+
+    /// The names and inode numbers (d_ino) in an open directory stream, but "." and "..".
+    static func entriesWithInodes(_ dir: OpaquePointer) -> [(name: String, inode: UInt64)] {
+        var entries: [(name: String, inode: UInt64)] = []
         while let ent = readdir(dir) {
             let name = withUnsafePointer(to: ent.pointee.d_name) {
                 $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
             }
-            if name != "." && name != ".." { names.append(name) }
+            if name != "." && name != ".." { entries.append((name, UInt64(ent.pointee.d_ino))) }
         }
-        return names
+        return entries
+    }
+
+    static func entriesWithInodes(_ path: String) throws(SystemError) -> [(name: String, inode: UInt64)] {
+        guard let dir = opendir(path) else {
+            throw SystemError(call: "opendir", errno: Glibc.errno, context: path)
+        }
+        defer { closedir(dir) }
+        return entriesWithInodes(dir)
     }
 }

@@ -1,5 +1,6 @@
 import KmemleakDaemon
 import KmemleakFS
+import KmemleakService
 import Logging
 
 /// The daemon's backend: the Detector over every client announced in the run directory.
@@ -12,6 +13,9 @@ func makeBackend(options: DaemonOptions, logger: Logger) throws -> any ControlFi
     return Detector(
         settings: Detector.Settings(
             runDirectory: options.runDirectory, minimumAge: options.minimumAge, scanPeriod: options.scanPeriod,
-            firstScanDelay: options.firstScanDelay, controlFilePath: controlFile),
+            firstScanDelay: options.firstScanDelay, controlFilePath: controlFile,
+            discoverProcesses: options.discoverProcesses,
+            clientBudget: ClientBudget(maxObjects: options.maxObjectsPerClient),
+            clientScanBudget: options.clientScanBudget),
         logger: raw)
 }

@@ -1,5 +1,6 @@
 import Glibc
 import KmemleakFS
+import KmemleakService
 import Logging
 import Synchronization
 

@@ -54,10 +54,14 @@ let helpDiscussion = """
              The control file, mode 0644, in a FUSE file system (fsname
              kmemleak, type fuse.kmemleak) that only root may enter unless
              --allow-other is given.
-      RUN_DIR/<pid>.client
+      RUN_DIR/<pid>.client, RUN_DIR/<pid>.<random>.client
              One per client process, created by libkmemleak.so when the
-             process starts; the daemon adopts the process through it and
-             drops it when the process exits.
+             process starts (the second form when another user holds the
+             first name); the daemon adopts the process through it and
+             drops it when the process exits. Files of processes that are
+             gone, or that another user wrote, are removed (regular files
+             only). Clients of RUN_DIR without a file are found in /proc
+             (their memfd is named after RUN_DIR) unless --no-discover-proc.
 
     ENVIRONMENT
       KMEMLEAK_RUN_DIR
@@ -85,6 +89,26 @@ let helpDiscussion = """
       # cat /mnt/kmemleak
       # echo clear > /mnt/kmemleak
       # kill %1          (SIGTERM: /mnt is unmounted, the daemon exits 0)
+
+    SECURITY
+      The daemon runs as root and reads its clients' memory; every byte a
+      client writes into its table and every file it maps is treated as
+      hostile. A client cannot crash the daemon, and its cost is bounded:
+      at most --max-objects live objects (default 4194304; table slots up
+      to twice that), 131072 threads, 4096 regions and 1048576 scan areas,
+      else it is dropped with one log line; mapped ELF files are parsed
+      with no descriptor kept, at most 1170 program headers and 96 MiB of
+      symbol tables each, in a cache of at most 4096 files and 256 MiB.
+      Names the client controls (comm, symbol and module names) are
+      escaped in the report and the log (\\n, \\", \\\\, \\xNN), so each
+      line keeps the kernel's shape.
+      Without --allow-other only root can enter the mount. With it, any
+      user may read MOUNTPOINT/kmemleak but sees only the records of
+      clients that run as that user (real, effective, saved and fs uid,
+      and dumpable, as /proc decides), fixed when the file is first read;
+      root sees every client. Only root may write commands (scan, clear,
+      off, stack=, scan=, dump=): other users get EACCES ("Permission
+      denied"), from the file's mode 0644 and from the daemon itself.
 
     MOUNT POINT
       A stale mount left by a killed daemon ("Transport endpoint is not

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import KmemleakFS
+import KmemleakService
 import Logging
 
 @main
@@ -10,7 +11,8 @@ struct Kmemleakd: ParsableCommand {
         abstract: "Detect memory leaks in running processes, the way the kernel's kmemleak does.",
         usage: """
             kmemleakd [--run-dir DIR] [--min-age SECONDS] [--scan-period SECONDS] [--first-scan-delay SECONDS]
-                      [--allow-other | -o allow_other] MOUNTPOINT
+                      [--max-objects N] [--client-scan-budget SECONDS] [--allow-other | -o allow_other]
+                      [--no-discover-proc] MOUNTPOINT
             """,
         discussion: helpDiscussion)
 
@@ -43,10 +45,29 @@ struct Kmemleakd: ParsableCommand {
             valueName: "SECONDS"))
     var firstScanDelay: Double = 60
 
+    @Option(
+        name: .customLong("max-objects"),
+        help: ArgumentHelp(
+            "Live objects one client may have (default \(DaemonOptions.defaultMaxObjectsPerClient)); a client over it is dropped with a log line.",
+            valueName: "N"))
+    var maxObjects: Int = DaemonOptions.defaultMaxObjectsPerClient
+
+    @Option(
+        name: .customLong("client-scan-budget"),
+        help: ArgumentHelp(
+            "Longest time one client's scan may take (including its confirmation); past it the scan of that client stops with a log line and its candidates wait for the next scan.",
+            valueName: "SECONDS"))
+    var clientScanBudget: Double = DaemonOptions.defaultClientScanBudget
+
     @Flag(
         name: .customLong("allow-other"),
-        help: "Let users other than root into the mount (FUSE allow_other). Mode bits still apply: they may read the report but not write commands.")
+        help: "Let users other than root into the mount (FUSE allow_other). Each sees only the leaks of its own processes; only root may write commands (see SECURITY).")
     var allowOther = false
+
+    @Flag(
+        name: .customLong("no-discover-proc"),
+        help: "Adopt only clients that announce themselves in RUN_DIR; by default the daemon also finds, in /proc, clients of RUN_DIR whose rendezvous file is missing.")
+    var noProcessDiscovery = false
 
     @Option(
         name: .customShort("o"),
@@ -62,9 +83,14 @@ struct Kmemleakd: ParsableCommand {
                 throw ValidationError("\(name): '\(value)' is not a number of seconds >= 0")
             }
         }
+        // Duration(.seconds:) of a huge value would trap: a day is more than any scan needs.
+        guard clientScanBudget.isFinite, clientScanBudget > 0, clientScanBudget <= 86400 else {
+            throw ValidationError("--client-scan-budget: '\(clientScanBudget)' is not a number of seconds in (0, 86400]")
+        }
         for option in mountOptions.flatMap({ $0.split(separator: ",") }) where option != "allow_other" {
             throw ValidationError("-o \(option): unsupported mount option (only allow_other is accepted)")
         }
+        guard maxObjects >= 1 else { throw ValidationError("--max-objects: '\(maxObjects)' is not a count >= 1") }
         guard !runDirectory.isEmpty else { throw ValidationError("--run-dir: empty path") }
         var st = stat()
         if stat(mountpoint, &st) != 0 {
@@ -81,8 +107,10 @@ struct Kmemleakd: ParsableCommand {
     var options: DaemonOptions {
         DaemonOptions(
             runDirectory: runDirectory, minimumAge: minimumAge, scanPeriod: scanPeriod, firstScanDelay: firstScanDelay,
-            mountpoint: absolute(mountpoint),
-            allowOther: allowOther || mountOptions.contains { $0.split(separator: ",").contains("allow_other") })
+            clientScanBudget: clientScanBudget, mountpoint: absolute(mountpoint),
+            allowOther: allowOther || mountOptions.contains { $0.split(separator: ",").contains("allow_other") },
+            discoverProcesses: !noProcessDiscovery,
+            maxObjectsPerClient: maxObjects)
     }
 
     /// MOUNTPOINT made absolute (not resolved: a stale mount point cannot be resolved).

@@ -16,6 +16,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <gnu/libc-version.h>
 #include <link.h>
 #include <pthread.h>
 #include <sched.h>
@@ -26,6 +27,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/auxv.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -52,6 +54,164 @@ extern void *__libc_realloc(void *, size_t);
 extern void *__libc_memalign(size_t, size_t);
 extern void *__libc_valloc(size_t);
 extern void *__libc_pvalloc(size_t);
+
+/* ---- the allocator underneath ----------------------------------------------------------------
+ * Every malloc-family call goes to the next definition after the shim in the global scope, i.e.
+ * what the program would call without us, so that the members we do not interpose
+ * (malloc_usable_size, malloc_trim, mallinfo2, mallctl, ...) always get pointers of their own
+ * allocator. glibc's: direct calls to __libc_*. A foreign allocator (jemalloc, tcmalloc, mimalloc
+ * linked into the program): called through pointers and tracked through. Resolved at the first
+ * call, before any pointer is handed out; allocations nested in that dlsym come from a small
+ * static arena whose blocks free() ignores. */
+static int module_text(uintptr_t addr, uintptr_t *lo, uintptr_t *len, const char **name);
+
+enum { ALLOC_UNRESOLVED, ALLOC_GLIBC, ALLOC_FOREIGN };
+static int g_alloc_mode;             /* ALLOC_* (atomic) */
+static int g_alloc_resolver;         /* tid resolving (atomic) */
+static struct {
+    void *(*malloc)(size_t);
+    void (*free)(void *);
+    void *(*calloc)(size_t, size_t);
+    void *(*realloc)(void *, size_t);
+    void *(*memalign)(size_t, size_t);
+    void *(*aligned_alloc)(size_t, size_t);
+    int (*posix_memalign)(void **, size_t, size_t);
+    void *(*valloc)(size_t);
+    void *(*pvalloc)(size_t);
+} g_next;
+
+#define BOOT_ARENA_SIZE 65536u
+static char g_boot_arena[BOOT_ARENA_SIZE] __attribute__((aligned(64)));
+static size_t g_boot_used;           /* (atomic) */
+
+static inline int in_boot_arena(const void *p)
+{
+    return (uintptr_t)p - (uintptr_t)g_boot_arena < BOOT_ARENA_SIZE;
+}
+
+/* 16-byte header holding the size (for realloc out of the arena); NULL when exhausted */
+static void *boot_alloc(size_t size, size_t align)
+{
+    if (align < 16)
+        align = 16;
+    if (size > BOOT_ARENA_SIZE || align > 4096)
+        return NULL;
+    size_t need = (size + 15) / 16 * 16 + 16 + align; /* header, then up to align - 1 of padding */
+    size_t off = __atomic_fetch_add(&g_boot_used, need, __ATOMIC_RELAXED);
+    if (off + need > BOOT_ARENA_SIZE)
+        return NULL;
+    uintptr_t p = ((uintptr_t)g_boot_arena + off + 16 + align - 1) & ~(uintptr_t)(align - 1);
+    ((size_t *)p)[-1] = size;
+    return (void *)p; /* static .bss: already zero for calloc */
+}
+
+static void resolve_allocator(void)
+{
+    int tid = (int)syscall(SYS_gettid), none = 0;
+    if (!__atomic_compare_exchange_n(&g_alloc_resolver, &none, tid, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        if (none == tid)
+            return; /* nested in our own dlsym: the caller uses the arena */
+        while (__atomic_load_n(&g_alloc_mode, __ATOMIC_ACQUIRE) == ALLOC_UNRESOLVED)
+            sched_yield();
+        return;
+    }
+    int mode = ALLOC_GLIBC;
+    void *m = dlsym(RTLD_NEXT, "malloc"), *f = dlsym(RTLD_NEXT, "free");
+    /* glibc's code is the module of gnu_get_libc_version (comparing with __libc_malloc is not
+     * enough: tcmalloc defines __libc_malloc too) */
+    uintptr_t libc_lo = 0, libc_len = 0;
+    if (module_text((uintptr_t)&gnu_get_libc_version, &libc_lo, &libc_len, NULL) != 0)
+        libc_lo = (uintptr_t)__libc_malloc, libc_len = 1;
+    if (m && f && (uintptr_t)m - libc_lo >= libc_len) {
+        g_next.malloc = (void *(*)(size_t))m;
+        g_next.free = (void (*)(void *))f;
+        g_next.calloc = (void *(*)(size_t, size_t))dlsym(RTLD_NEXT, "calloc");
+        g_next.realloc = (void *(*)(void *, size_t))dlsym(RTLD_NEXT, "realloc");
+        g_next.memalign = (void *(*)(size_t, size_t))dlsym(RTLD_NEXT, "memalign");
+        g_next.aligned_alloc = (void *(*)(size_t, size_t))dlsym(RTLD_NEXT, "aligned_alloc");
+        g_next.posix_memalign = (int (*)(void **, size_t, size_t))dlsym(RTLD_NEXT, "posix_memalign");
+        g_next.valloc = (void *(*)(size_t))dlsym(RTLD_NEXT, "valloc");
+        g_next.pvalloc = (void *(*)(size_t))dlsym(RTLD_NEXT, "pvalloc");
+        mode = ALLOC_FOREIGN;
+    }
+    __atomic_store_n(&g_alloc_mode, mode, __ATOMIC_RELEASE);
+}
+
+/* the mode, resolved if need be; ALLOC_UNRESOLVED only inside our own dlsym */
+static __attribute__((noinline)) int alloc_mode_slow(void)
+{
+    if (__atomic_load_n(&g_alloc_mode, __ATOMIC_ACQUIRE) == ALLOC_UNRESOLVED)
+        resolve_allocator();
+    return __atomic_load_n(&g_alloc_mode, __ATOMIC_ACQUIRE);
+}
+
+#define GLIBC_ALLOCATOR() likely(__atomic_load_n(&g_alloc_mode, __ATOMIC_RELAXED) == ALLOC_GLIBC)
+/* the foreign allocator's function, or glibc's if it has none by that name */
+#define FOREIGN_OR(fn, glibc) (g_next.fn ? g_next.fn : (glibc))
+
+static void *next_malloc(size_t size)
+{
+    if (GLIBC_ALLOCATOR())
+        return __libc_malloc(size);
+    switch (alloc_mode_slow()) {
+    case ALLOC_GLIBC: return __libc_malloc(size);
+    case ALLOC_FOREIGN: return g_next.malloc(size);
+    default: return boot_alloc(size, 16);
+    }
+}
+
+static void next_free(void *p)
+{
+    if (unlikely(in_boot_arena(p)))
+        return;
+    if (GLIBC_ALLOCATOR() || alloc_mode_slow() != ALLOC_FOREIGN)
+        __libc_free(p);
+    else
+        g_next.free(p);
+}
+
+static void *next_calloc(size_t n, size_t size)
+{
+    if (GLIBC_ALLOCATOR())
+        return __libc_calloc(n, size);
+    switch (alloc_mode_slow()) {
+    case ALLOC_GLIBC: return __libc_calloc(n, size);
+    case ALLOC_FOREIGN: return FOREIGN_OR(calloc, __libc_calloc)(n, size);
+    default: {
+        size_t total;
+        return __builtin_mul_overflow(n, size, &total) ? NULL : boot_alloc(total, 16);
+    }
+    }
+}
+
+static void *next_realloc(void *old, size_t size)
+{
+    if (unlikely(in_boot_arena(old))) {
+        size_t had = ((size_t *)old)[-1];
+        void *p = next_malloc(size);
+        if (p)
+            memcpy(p, old, had < size ? had : size);
+        return p;
+    }
+    if (GLIBC_ALLOCATOR() || alloc_mode_slow() != ALLOC_FOREIGN)
+        return __libc_realloc(old, size);
+    return FOREIGN_OR(realloc, __libc_realloc)(old, size);
+}
+
+/* memalign, aligned_alloc, valloc, pvalloc: fn is glibc's __libc_* of the same meaning */
+static void *next_aligned(int which, size_t align, size_t size)
+{
+    int mode = GLIBC_ALLOCATOR() ? ALLOC_GLIBC : alloc_mode_slow();
+    if (mode == ALLOC_UNRESOLVED)
+        return boot_alloc(which >= 2 ? PAGE_ALIGN(size) : size, which >= 2 ? 4096 : align);
+    switch (which) {
+    case 0: return mode == ALLOC_FOREIGN ? FOREIGN_OR(memalign, __libc_memalign)(align, size) : __libc_memalign(align, size);
+    case 1: return mode == ALLOC_FOREIGN ? FOREIGN_OR(aligned_alloc, __libc_memalign)(align, size) : __libc_memalign(align, size);
+    case 2: return mode == ALLOC_FOREIGN ? FOREIGN_OR(valloc, __libc_valloc)(size) : __libc_valloc(size);
+    default: return mode == ALLOC_FOREIGN ? FOREIGN_OR(pvalloc, __libc_pvalloc)(size) : __libc_pvalloc(size);
+    }
+}
+enum { ALIGNED_MEMALIGN, ALIGNED_ALLOC, ALIGNED_VALLOC, ALIGNED_PVALLOC };
 
 /* ---- constants -------------------------------------------------------------------------------- */
 #define DEFAULT_MAX_OBJECTS 4194304u
@@ -81,9 +241,15 @@ static int g_unwinder = UNWIND_LIBUNWIND;
 static int g_memfd = -1;
 static dev_t g_memfd_dev;            /* identity of our memfd: the program may close the fd and */
 static ino_t g_memfd_ino;            /* reuse its number; never close someone else's file */
-static pid_t g_rendezvous_pid;
-static char g_rendezvous_path[512];
-static const char *g_run_dir;
+static pid_t g_rendezvous_pid;        /* who published g_rendezvous_name (a forked child did not) */
+static char g_rendezvous_name[64];    /* our file in g_run_dir, and its identity */
+static dev_t g_rendezvous_dev;
+static ino_t g_rendezvous_ino;
+#define KML_RUN_DIR_MAX 300
+static char g_run_dir[KML_RUN_DIR_MAX + 1]; /* a copy: programs rewrite their environment (setproctitle) */
+static dev_t g_run_dir_dev;           /* identity of the run directory, 0/0 if unusable */
+static ino_t g_run_dir_ino;
+static char g_memfd_name[64] = KML_MEMFD_NAME; /* + ":<dev>:<ino>" of the run dir (see kml_run_dir_init) */
 
 static struct kml_header *g_hdr;
 static size_t g_total;
@@ -782,14 +948,33 @@ static int mm_unmap_range(uint64_t lo, uint64_t hi)
 }
 
 /* ---- the malloc family -------------------------------------------------------------------------- */
-static inline __attribute__((always_inline)) void track_alloc(void *p, size_t size)
+/* The dynamic linker's own allocations (DTVs, dynamic TLS blocks of dlopen'ed libraries and NSS
+ * modules, link maps, dlerror strings) are not leaks of the program: it keeps them in places that
+ * are no roots (cached thread stacks, its own anonymous memory). As LeakSanitizer does
+ * (use_ld_allocations), a block whose caller is ld.so's code gets min_count 0: grey, never
+ * reported, its contents scanned (a block stored in a dlopen'ed library's __thread variable stays
+ * reachable through its TLS block). */
+static uintptr_t g_ldso_lo, g_ldso_len;      /* ld.so's executable segment */
+static uintptr_t g_foreign_lo, g_foreign_len; /* a foreign allocator's: its own mmaps are its heap */
+
+static inline int from_code(const void *caller, uintptr_t lo, uintptr_t len)
+{
+    return (uintptr_t)caller - lo < len;
+}
+
+static inline int32_t caller_min_count(const void *caller)
+{
+    return from_code(caller, g_ldso_lo, g_ldso_len) ? 0 : 1;
+}
+
+static inline __attribute__((always_inline)) void track_alloc(void *p, size_t size, int32_t min_count)
 {
     struct objinfo oi;
     current_context(&oi);
     oi.pointer = (uint64_t)(uintptr_t)p;
     oi.size = size;
     oi.flags = KML_KIND_MALLOC;
-    oi.min_count = 1;
+    oi.min_count = min_count;
     create_object(&oi);
 }
 
@@ -798,17 +983,19 @@ static inline void untrack_free(void *p)
     delete_object((uint64_t)(uintptr_t)p, 0, KIND_BIT(KML_KIND_MALLOC), NULL);
 }
 
-EXPORT void *malloc(size_t size)
+static inline __attribute__((always_inline)) void *malloc_from(size_t size, const void *caller)
 {
-    void *p = __libc_malloc(size);
+    void *p = next_malloc(size);
     if (likely(p != NULL) && tracking_enter()) {
         /* the bucket line arrives while we unwind */
         __builtin_prefetch(&g_obj_buckets[hash_ptr((uintptr_t)p, 0) & g_obj_bucket_mask], 1, 3);
-        track_alloc(p, size);
+        track_alloc(p, size, caller_min_count(caller));
         tracking_leave();
     }
     return p;
 }
+
+EXPORT void *malloc(size_t size) { return malloc_from(size, __builtin_return_address(0)); }
 
 EXPORT void free(void *p)
 {
@@ -818,14 +1005,14 @@ EXPORT void free(void *p)
         untrack_free(p);
         tracking_leave();
     }
-    __libc_free(p);
+    next_free(p);
 }
 
 EXPORT void *calloc(size_t n, size_t size)
 {
-    void *p = __libc_calloc(n, size);
+    void *p = next_calloc(n, size);
     if (likely(p != NULL) && tracking_enter()) {
-        track_alloc(p, n * size);
+        track_alloc(p, n * size, caller_min_count(__builtin_return_address(0)));
         tracking_leave();
     }
     return p;
@@ -833,16 +1020,17 @@ EXPORT void *calloc(size_t n, size_t size)
 
 EXPORT void *realloc(void *old, size_t size)
 {
+    const void *caller = __builtin_return_address(0);
     if (!old)
-        return malloc(size);
+        return malloc_from(size, caller);
     if (!tracking_enter())
-        return __libc_realloc(old, size);
+        return next_realloc(old, size);
     /* unindex first: once glibc has released old, another thread may get the same address */
     struct kml_object saved;
     int had = delete_object((uint64_t)(uintptr_t)old, 0, KIND_BIT(KML_KIND_MALLOC), &saved);
-    void *p = __libc_realloc(old, size);
+    void *p = next_realloc(old, size);
     if (p) {
-        track_alloc(p, size);
+        track_alloc(p, size, caller_min_count(caller));
     } else if (had && size) {
         /* failed: old is still allocated, put its record back */
         struct objinfo oi = {saved.pointer, saved.size, saved.seq, saved.time_ns, saved.trace_id,
@@ -864,39 +1052,56 @@ EXPORT void *reallocarray(void *old, size_t n, size_t size)
     return realloc(old, total);
 }
 
-static inline void *track_aligned(void *p, size_t size)
+static inline void *track_aligned(void *p, size_t size, const void *caller)
 {
     if (likely(p != NULL) && tracking_enter()) {
-        track_alloc(p, size);
+        track_alloc(p, size, caller_min_count(caller));
         tracking_leave();
     }
     return p;
 }
 
-EXPORT void *memalign(size_t align, size_t size) { return track_aligned(__libc_memalign(align, size), size); }
+EXPORT void *memalign(size_t align, size_t size)
+{
+    return track_aligned(next_aligned(ALIGNED_MEMALIGN, align, size), size, __builtin_return_address(0));
+}
 
 EXPORT void *aligned_alloc(size_t align, size_t size)
 {
-    return track_aligned(__libc_memalign(align, size), size);
+    return track_aligned(next_aligned(ALIGNED_ALLOC, align, size), size, __builtin_return_address(0));
 }
 
 EXPORT int posix_memalign(void **out, size_t align, size_t size)
 {
+    const void *caller = __builtin_return_address(0);
+    if (!GLIBC_ALLOCATOR() && alloc_mode_slow() == ALLOC_FOREIGN && g_next.posix_memalign) {
+        int r = g_next.posix_memalign(out, align, size);
+        if (r == 0)
+            track_aligned(*out, size, caller);
+        return r;
+    }
     if (align % sizeof(void *) != 0 || (align & (align - 1)) != 0 || align == 0)
         return EINVAL;
     int saved = errno;
-    void *p = __libc_memalign(align, size);
+    void *p = next_aligned(ALIGNED_MEMALIGN, align, size);
     if (!p) {
         errno = saved;
         return ENOMEM;
     }
-    *out = track_aligned(p, size);
+    *out = track_aligned(p, size, caller);
     return 0;
 }
 
-EXPORT void *valloc(size_t size) { return track_aligned(__libc_valloc(size), size); }
+EXPORT void *valloc(size_t size)
+{
+    return track_aligned(next_aligned(ALIGNED_VALLOC, 0, size), size, __builtin_return_address(0));
+}
 
-EXPORT void *pvalloc(size_t size) { return track_aligned(__libc_pvalloc(size), PAGE_ALIGN(size ? size : 1)); }
+EXPORT void *pvalloc(size_t size)
+{
+    return track_aligned(next_aligned(ALIGNED_PVALLOC, 0, size), PAGE_ALIGN(size ? size : 1),
+                         __builtin_return_address(0));
+}
 
 /* ---- mmap family ------------------------------------------------------------------------------ */
 static inline int mapping_tracked(int prot, int flags)
@@ -936,6 +1141,8 @@ static __attribute__((noinline)) void *mmap_tracked(void *addr, size_t len, int 
 
 EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
+    if (unlikely(g_foreign_len) && from_code(__builtin_return_address(0), g_foreign_lo, g_foreign_len))
+        return raw_mmap(addr, len, prot, flags, fd, off); /* a foreign allocator's heap */
     if (!tracking_enter())
         return raw_mmap(addr, len, prot, flags, fd, off);
     void *p = mmap_tracked(addr, len, prot, flags, fd, off);
@@ -1026,7 +1233,52 @@ static void tls_range(uint64_t *lo, uint64_t *hi)
     *hi = tp + g_tcb_size;
 }
 
-static void thread_register(int is_main)
+/* A thread's record lives until the thread is really gone, not until its pthread key destructor:
+ * later destructors, glibc's own thread cleanup (__libc_thread_freeres: dlerror state, ...) and the
+ * value it returns (struct pthread's result, in its TCB) still use the thread's memory. A joinable
+ * thread's record is released when it is joined (the daemon scans only the TCB of a thread whose
+ * task has exited); a detached one's when its task no longer exists (tgkill(pid, tid, 0) fails
+ * with ESRCH), checked in batches when threads register (and when the table is full); any record
+ * is released when a new thread gets its descriptor (then glibc has reclaimed it). Under g_thr_lock. */
+static uint32_t g_thr_detached;      /* records with KML_THREAD_DETACHED */
+static uint32_t g_thr_sweep_at = 32; /* sweep when g_thr_detached reaches this */
+
+static void thread_release_slot(uint32_t idx)
+{
+    struct kml_thread *th = &g_thr[idx];
+    if ((th->state & KML_STATE_KIND_MASK) != KML_STATE_LIVE)
+        return;
+    if (th->flags & KML_THREAD_DETACHED)
+        g_thr_detached--;
+    rec_write_begin(&th->state);
+    rec_write_end(&th->state, KML_STATE_FREE);
+    g_thr_ptid[idx] = 0;
+    g_thr_free[g_thr_free_count++] = idx;
+}
+
+static void thread_sweep_detached(void)
+{
+    pid_t pid = (pid_t)syscall(SYS_getpid);
+    uint32_t used = g_hdr->threads_used;
+    for (uint32_t i = 0; i < used; i++) {
+        struct kml_thread *th = &g_thr[i];
+        if ((th->state & KML_STATE_KIND_MASK) == KML_STATE_LIVE && (th->flags & KML_THREAD_DETACHED) &&
+            syscall(SYS_tgkill, pid, th->tid, 0) != 0 && errno == ESRCH)
+            thread_release_slot(i);
+    }
+    g_thr_sweep_at = 2 * g_thr_detached + 32; /* amortised O(1) per thread however many live */
+}
+
+/* releases the records of pthread_t th (joined, or its descriptor reused); under g_thr_lock */
+static void thread_release_ptid(pthread_t th)
+{
+    uint32_t used = g_hdr->threads_used;
+    for (uint32_t i = 0; i < used; i++)
+        if (g_thr_ptid[i] == th && (int)i + 1 != t.thread_slot)
+            thread_release_slot(i);
+}
+
+static void thread_register(int is_main, int detached)
 {
     uint64_t stack_lo = 0, stack_hi = 0;
     if (!is_main) {
@@ -1041,7 +1293,14 @@ static void thread_register(int is_main)
             pthread_attr_destroy(&attr);
         }
     }
+    char name[KML_COMM_LEN + 1];
+    memset(name, 0, sizeof(name));
+    syscall(SYS_prctl, PR_GET_NAME, name, 0, 0, 0);
+    pthread_t self = pthread_self();
     spin_lock(&g_thr_lock);
+    thread_release_ptid(self); /* a finished thread whose descriptor glibc gave us */
+    if (g_thr_detached >= g_thr_sweep_at || (!g_thr_free_count && g_hdr->threads_used >= g_thr_cap))
+        thread_sweep_detached();
     uint32_t idx;
     if (g_thr_free_count) {
         idx = g_thr_free[--g_thr_free_count];
@@ -1053,38 +1312,52 @@ static void thread_register(int is_main)
         kml_disable("thread table full");
         return;
     }
-    spin_unlock(&g_thr_lock);
-
-    char name[KML_COMM_LEN + 1];
-    memset(name, 0, sizeof(name));
-    syscall(SYS_prctl, PR_GET_NAME, name, 0, 0, 0);
     struct kml_thread *th = &g_thr[idx];
+    uint64_t tls_lo, tls_hi;
+    tls_range(&tls_lo, &tls_hi);
     rec_write_begin(&th->state);
     th->tid = cur_tid();
     th->stack_lo = stack_lo;
     th->stack_hi = stack_hi;
-    tls_range(&th->tls_lo, &th->tls_hi);
+    th->tls_lo = tls_lo;
+    th->tls_hi = tls_hi;
+    th->flags = detached ? KML_THREAD_DETACHED : 0;
+    th->tcb_offset = (uint32_t)(thread_pointer() - tls_lo);
     memcpy(th->comm, name, KML_COMM_LEN);
     rec_write_end(&th->state, KML_STATE_LIVE);
-    g_thr_ptid[idx] = pthread_self();
+    if (detached)
+        g_thr_detached++;
+    g_thr_ptid[idx] = self;
+    spin_unlock(&g_thr_lock);
     t.thread_slot = (int)idx + 1;
     if (!is_main)
         pthread_setspecific(g_thread_key, (void *)1);
 }
 
-static void thread_unregister(void)
+/* after a successful join (release) or detach (mark) of th */
+static void thread_joined_or_detached(pthread_t th, int joined)
 {
-    if (!t.thread_slot || !g_thr)
+    if (__atomic_load_n(&g_state, __ATOMIC_ACQUIRE) != ST_ON || !g_thr || t.in_shim)
         return;
-    uint32_t idx = (uint32_t)t.thread_slot - 1;
-    t.thread_slot = 0;
-    struct kml_thread *th = &g_thr[idx];
-    spin_lock(&g_thr_lock); /* a rename from another thread writes the record under this lock */
-    rec_write_begin(&th->state);
-    rec_write_end(&th->state, KML_STATE_FREE);
-    g_thr_ptid[idx] = 0;
-    g_thr_free[g_thr_free_count++] = idx;
+    t.in_shim = 1;
+    spin_lock(&g_thr_lock);
+    if (joined) {
+        thread_release_ptid(th);
+    } else {
+        uint32_t used = g_hdr->threads_used;
+        for (uint32_t i = 0; i < used; i++) {
+            struct kml_thread *r = &g_thr[i];
+            if (g_thr_ptid[i] != th || (r->state & KML_STATE_KIND_MASK) != KML_STATE_LIVE ||
+                (r->flags & KML_THREAD_DETACHED))
+                continue;
+            rec_write_begin(&r->state);
+            r->flags |= KML_THREAD_DETACHED;
+            rec_write_end(&r->state, KML_STATE_LIVE);
+            g_thr_detached++;
+        }
+    }
     spin_unlock(&g_thr_lock);
+    t.in_shim = 0;
 }
 
 static void thread_write_comm(uint32_t idx, const char *name)
@@ -1120,13 +1393,13 @@ static void thread_renamed(pthread_t th, const char *name)
         }
 }
 
-/* pthread key destructor: runs on return, pthread_exit and cancellation */
+/* pthread key destructor: runs on return, pthread_exit and cancellation. The thread record stays
+ * (see thread_register); only the object slot cache goes back. */
 static void thread_exit_dtor(void *v)
 {
     (void)v;
     int was = t.in_shim;
     t.in_shim = 1;
-    thread_unregister();
     if (g_obj)
         slot_cache_flush();
     t.exiting = 1;
@@ -1136,18 +1409,48 @@ static void thread_exit_dtor(void *v)
 struct start_arg {
     void *(*fn)(void *);
     void *arg;
+    int detached;
 };
+
+/* pthread keeps only our wrapper (in the new thread's TCB) until the thread runs: a grey object,
+ * so that the program's argument stays reachable through it */
+static struct start_arg *start_arg_new(void *(*fn)(void *), void *arg, const pthread_attr_t *attr)
+{
+    struct start_arg *a = (struct start_arg *)next_malloc(sizeof(*a));
+    if (!a)
+        return NULL;
+    int ds = PTHREAD_CREATE_JOINABLE;
+    if (attr)
+        pthread_attr_getdetachstate(attr, &ds);
+    a->fn = fn;
+    a->arg = arg;
+    a->detached = ds == PTHREAD_CREATE_DETACHED;
+    if (tracking_enter()) {
+        track_alloc(a, sizeof(*a), 0);
+        tracking_leave();
+    }
+    return a;
+}
+
+static void start_arg_free(struct start_arg *a)
+{
+    if (tracking_enter()) {
+        untrack_free(a);
+        tracking_leave();
+    }
+    next_free(a);
+}
 
 static void *thread_start(void *p)
 {
     struct start_arg a = *(struct start_arg *)p;
-    __libc_free(p);
     t.tid = 0;
     if (__atomic_load_n(&g_state, __ATOMIC_ACQUIRE) == ST_ON && !t.in_shim) {
         t.in_shim = 1;
-        thread_register(0);
+        thread_register(0, a.detached);
         t.in_shim = 0;
     }
+    start_arg_free((struct start_arg *)p); /* after registering: a now lives on our stack */
     return a.fn(a.arg);
 }
 
@@ -1172,15 +1475,84 @@ EXPORT int pthread_create(pthread_t *th, const pthread_attr_t *attr, void *(*fn)
     }
     if (__atomic_load_n(&g_state, __ATOMIC_ACQUIRE) != ST_ON)
         return real_pthread_create(th, attr, fn, arg);
-    struct start_arg *a = (struct start_arg *)__libc_malloc(sizeof(*a));
+    struct start_arg *a = start_arg_new(fn, arg, attr);
     if (!a)
         return real_pthread_create(th, attr, fn, arg);
-    a->fn = fn;
-    a->arg = arg;
     int r = real_pthread_create(th, attr, thread_start, a);
     if (r)
-        __libc_free(a);
+        start_arg_free(a);
     return r;
+}
+
+/* join and detach: the next definition, resolved on first use (NULL if there is none) */
+static void *next_symbol(void **slot, const char *name)
+{
+    void *f = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    if (likely(f != NULL))
+        return f;
+    int was = t.in_shim;
+    t.in_shim = 1;
+    f = dlsym(RTLD_NEXT, name);
+    t.in_shim = was;
+    __atomic_store_n(slot, f, __ATOMIC_RELEASE);
+    return f;
+}
+
+static void *g_next_join, *g_next_tryjoin, *g_next_timedjoin, *g_next_clockjoin, *g_next_detach,
+    *g_next_thrd_join, *g_next_thrd_detach;
+
+/* r: the result of a join (joined = 1) or detach of th; 0 is success for both (thrd_success) */
+static int joined_or_detached(int r, pthread_t th, int joined)
+{
+    if (r == 0)
+        thread_joined_or_detached(th, joined);
+    return r;
+}
+
+EXPORT int pthread_join(pthread_t th, void **ret)
+{
+    int (*f)(pthread_t, void **) = (int (*)(pthread_t, void **))next_symbol(&g_next_join, "pthread_join");
+    return f ? joined_or_detached(f(th, ret), th, 1) : ENOSYS;
+}
+
+EXPORT int pthread_tryjoin_np(pthread_t th, void **ret)
+{
+    int (*f)(pthread_t, void **) = (int (*)(pthread_t, void **))next_symbol(&g_next_tryjoin, "pthread_tryjoin_np");
+    return f ? joined_or_detached(f(th, ret), th, 1) : ENOSYS;
+}
+
+EXPORT int pthread_timedjoin_np(pthread_t th, void **ret, const struct timespec *abstime)
+{
+    int (*f)(pthread_t, void **, const struct timespec *) = (int (*)(pthread_t, void **, const struct timespec *))
+        next_symbol(&g_next_timedjoin, "pthread_timedjoin_np");
+    return f ? joined_or_detached(f(th, ret, abstime), th, 1) : ENOSYS;
+}
+
+EXPORT int pthread_clockjoin_np(pthread_t th, void **ret, clockid_t clock, const struct timespec *abstime)
+{
+    int (*f)(pthread_t, void **, clockid_t, const struct timespec *) =
+        (int (*)(pthread_t, void **, clockid_t, const struct timespec *))next_symbol(&g_next_clockjoin,
+                                                                                   "pthread_clockjoin_np");
+    return f ? joined_or_detached(f(th, ret, clock, abstime), th, 1) : ENOSYS;
+}
+
+EXPORT int pthread_detach(pthread_t th)
+{
+    int (*f)(pthread_t) = (int (*)(pthread_t))next_symbol(&g_next_detach, "pthread_detach");
+    return f ? joined_or_detached(f(th), th, 0) : ENOSYS;
+}
+
+/* C11 threads: glibc's thrd_join/thrd_detach do not go through pthread_join/pthread_detach's PLT */
+EXPORT int thrd_join(pthread_t th, int *res)
+{
+    int (*f)(pthread_t, int *) = (int (*)(pthread_t, int *))next_symbol(&g_next_thrd_join, "thrd_join");
+    return f ? joined_or_detached(f(th, res), th, 1) : 2 /* thrd_error */;
+}
+
+EXPORT int thrd_detach(pthread_t th)
+{
+    int (*f)(pthread_t) = (int (*)(pthread_t))next_symbol(&g_next_thrd_detach, "thrd_detach");
+    return f ? joined_or_detached(f(th), th, 0) : 2 /* thrd_error */;
 }
 
 static void comm_changed(void)
@@ -1658,7 +2030,13 @@ out:
     tracking_leave();
 }
 
-/* ---- rendezvous file ------------------------------------------------------------------------------ */
+/* ---- rendezvous file ------------------------------------------------------------------------------
+ * The run directory is usually mode 1777 and shared with every local user: nothing there may be
+ * trusted. The shim never follows a link, never opens a name that existed before (O_EXCL), never
+ * blocks (O_NONBLOCK: a planted FIFO) and never writes into a file it did not just create. The
+ * temporary name carries getrandom() bits, so it cannot be planted in advance. When `<pid>.client`
+ * cannot be replaced (another user's file in a sticky directory: a squatter), the file is published
+ * as `<pid>.<random>.client`, without replacing anything; the daemon reads both forms. */
 static uint64_t proc_start_time(void)
 {
     char buf[1024];
@@ -1684,25 +2062,101 @@ static uint64_t proc_start_time(void)
     return v;
 }
 
+/* Opens the run directory (created 0755 if missing) if it is safe to publish in: a real directory
+ * (not a symlink), owned by root or by us, and writable by others only if sticky (like /tmp), so
+ * that nobody else can rename or remove what we create there. -1 otherwise. */
+static int run_dir_open(void)
+{
+    if (!g_run_dir[0])
+        return -1;
+    const int flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
+    int dfd = (int)syscall(SYS_openat, AT_FDCWD, g_run_dir, flags);
+    if (dfd < 0 && errno == ENOENT && syscall(SYS_mkdirat, AT_FDCWD, g_run_dir, 0755) == 0)
+        dfd = (int)syscall(SYS_openat, AT_FDCWD, g_run_dir, flags);
+    if (dfd < 0)
+        return -1;
+    struct stat st;
+    uid_t me = (uid_t)syscall(SYS_geteuid);
+    if (syscall(SYS_fstat, dfd, &st) != 0 || !S_ISDIR(st.st_mode) || (st.st_uid != 0 && st.st_uid != me)
+        || ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX))) {
+        syscall(SYS_close, dfd);
+        return -1;
+    }
+    g_run_dir_dev = st.st_dev;
+    g_run_dir_ino = st.st_ino;
+    return dfd;
+}
+
+/* KMEMLEAK_RUN_DIR, copied now; the memfd's name carries the directory's identity so that a daemon
+ * finding the table through /proc (no rendezvous file) adopts only clients of its own run dir. */
+static void kml_run_dir_init(void)
+{
+    const char *env = getenv("KMEMLEAK_RUN_DIR");
+    if (!env || !*env || str_len(env) > KML_RUN_DIR_MAX)
+        env = KML_DEFAULT_RUN_DIR;
+    str_cat(g_run_dir, 0, sizeof(g_run_dir), env);
+    int dfd = run_dir_open();
+    if (dfd < 0)
+        return;
+    syscall(SYS_close, dfd);
+    size_t n = str_len(g_memfd_name);
+    n = str_cat(g_memfd_name, n, sizeof(g_memfd_name), ":");
+    n = num_cat(g_memfd_name, n, sizeof(g_memfd_name), (uint64_t)g_run_dir_dev, 1);
+    n = str_cat(g_memfd_name, n, sizeof(g_memfd_name), ":");
+    num_cat(g_memfd_name, n, sizeof(g_memfd_name), (uint64_t)g_run_dir_ino, 1);
+}
+
+/* 64 unpredictable bits; never blocks (GRND_NONBLOCK). Before the entropy pool is ready the name is
+ * merely unusual: O_EXCL still makes a planted name harmless. */
+static uint64_t random_u64(void)
+{
+    uint64_t v = 0;
+    if (syscall(SYS_getrandom, &v, sizeof(v), 0x1 /* GRND_NONBLOCK */) == (long)sizeof(v))
+        return v;
+    struct timespec ts;
+    syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &ts);
+    return ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ __builtin_ia32_rdtsc() ^ (uint64_t)(uintptr_t)&v;
+}
+
+/* "<prefix><pid>.<16 hex digits><suffix>" */
+static void random_name(char *buf, size_t cap, const char *prefix, pid_t pid, const char *suffix)
+{
+    size_t n = 0;
+    buf[0] = 0;
+    n = str_cat(buf, n, cap, prefix);
+    n = num_cat(buf, n, cap, (uint64_t)pid, 0);
+    n = str_cat(buf, n, cap, ".");
+    uint64_t r = random_u64();
+    for (int i = 60; i >= 0; i -= 4) {
+        char d[2] = {"0123456789abcdef"[(r >> i) & 0xf], 0};
+        n = str_cat(buf, n, cap, d);
+    }
+    str_cat(buf, n, cap, suffix);
+}
+
+/* Gives `tmp` the name `name` unless that name exists: never replaces anything. */
+static int publish_noreplace(int dfd, const char *tmp, const char *name)
+{
+    if (syscall(SYS_renameat2, dfd, tmp, dfd, name, 0x1 /* RENAME_NOREPLACE */) == 0)
+        return 0;
+    if (errno != EINVAL && errno != ENOSYS)
+        return -1;
+    /* a file system without RENAME_NOREPLACE: a hard link fails on an existing name too */
+    if (syscall(SYS_linkat, dfd, tmp, dfd, name, 0) != 0)
+        return -1;
+    syscall(SYS_unlinkat, dfd, tmp, 0);
+    return 0;
+}
+
 static void rendezvous_write(void)
 {
+    int dfd = run_dir_open();
+    if (dfd < 0)
+        return; /* no usable run dir: the daemon can still find the memfd in /proc/<pid>/maps */
     pid_t pid = (pid_t)syscall(SYS_getpid);
-    char dir[400];
-    size_t dl = 0;
-    dir[0] = 0;
-    dl = str_cat(dir, dl, sizeof(dir), g_run_dir);
-    mkdir(dir, 0755); /* if missing and possible */
-    char path[512], tmp[512], line[256];
-    size_t pl = 0, tl = 0, ll = 0;
-    path[0] = tmp[0] = line[0] = 0;
-    pl = str_cat(path, pl, sizeof(path), dir);
-    pl = str_cat(path, pl, sizeof(path), "/");
-    pl = num_cat(path, pl, sizeof(path), (uint64_t)pid, 0);
-    pl = str_cat(path, pl, sizeof(path), KML_RENDEZVOUS_SUFFIX);
-    tl = str_cat(tmp, tl, sizeof(tmp), dir);
-    tl = str_cat(tmp, tl, sizeof(tmp), "/.");
-    tl = num_cat(tmp, tl, sizeof(tmp), (uint64_t)pid, 0);
-    tl = str_cat(tmp, tl, sizeof(tmp), ".client.tmp");
+    char line[256];
+    size_t ll = 0;
+    line[0] = 0;
     ll = str_cat(line, ll, sizeof(line), "pid=");
     ll = num_cat(line, ll, sizeof(line), (uint64_t)pid, 0);
     ll = str_cat(line, ll, sizeof(line), " fd=");
@@ -1714,42 +2168,83 @@ static void rendezvous_write(void)
     ll = str_cat(line, ll, sizeof(line), " start=");
     ll = num_cat(line, ll, sizeof(line), g_hdr->start_time, 0);
     ll = str_cat(line, ll, sizeof(line), "\n");
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return; /* no run dir: the daemon can still find the memfd in /proc/<pid>/maps */
-    ssize_t w = write(fd, line, ll);
-    close(fd);
-    if (w != (ssize_t)ll || rename(tmp, path) != 0) {
-        unlink(tmp);
-        return;
+
+    char tmp[64], name[64];
+    int fd = -1;
+    for (int attempt = 0; attempt < 4 && fd < 0; attempt++) {
+        random_name(tmp, sizeof(tmp), ".", pid, ".tmp");
+        fd = (int)syscall(SYS_openat, dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
+        if (fd < 0 && errno != EEXIST)
+            break;
     }
-    memcpy(g_rendezvous_path, path, pl + 1);
+    if (fd < 0)
+        goto out;
+    /* O_EXCL made it ours; check anyway before writing into it */
+    struct stat st;
+    int ours = syscall(SYS_fstat, fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1 && st.st_size == 0
+        && st.st_uid == (uid_t)syscall(SYS_geteuid);
+    ssize_t w = ours ? (ssize_t)syscall(SYS_write, fd, line, ll) : -1;
+    syscall(SYS_close, fd);
+    if (!ours)
+        goto out; /* not ours after all: leave it alone */
+    if (w != (ssize_t)ll) {
+        syscall(SYS_unlinkat, dfd, tmp, 0);
+        goto out;
+    }
+    size_t nl = num_cat(name, 0, sizeof(name), (uint64_t)pid, 0);
+    str_cat(name, nl, sizeof(name), KML_RENDEZVOUS_SUFFIX);
+    /* rename never follows or writes into the name it replaces: our own file from before an exec,
+     * a dead process's. It fails on another user's file in a sticky directory: then a unique name. */
+    int rc = (int)syscall(SYS_renameat, dfd, tmp, dfd, name);
+    for (int attempt = 0; attempt < 4 && rc != 0 && (attempt == 0 || errno == EEXIST); attempt++) {
+        random_name(name, sizeof(name), "", pid, KML_RENDEZVOUS_SUFFIX);
+        rc = publish_noreplace(dfd, tmp, name);
+    }
+    if (rc != 0) {
+        syscall(SYS_unlinkat, dfd, tmp, 0);
+        goto out;
+    }
+    memcpy(g_rendezvous_name, name, sizeof(name));
+    g_rendezvous_dev = st.st_dev;
+    g_rendezvous_ino = st.st_ino;
     g_rendezvous_pid = pid;
+out:
+    syscall(SYS_close, dfd);
 }
 
+/* At exit: removes our own file, only if the name still is that file (same inode, not a link). */
 static void rendezvous_remove(void)
 {
-    if (g_rendezvous_pid && g_rendezvous_pid == (pid_t)syscall(SYS_getpid)) {
-        unlink(g_rendezvous_path);
-        g_rendezvous_pid = 0;
-    }
+    if (!g_rendezvous_pid || g_rendezvous_pid != (pid_t)syscall(SYS_getpid))
+        return;
+    g_rendezvous_pid = 0;
+    int dfd = (int)syscall(SYS_openat, AT_FDCWD, g_run_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (dfd < 0)
+        return;
+    struct stat st;
+    if (syscall(SYS_newfstatat, dfd, g_rendezvous_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode)
+        && st.st_dev == g_rendezvous_dev && st.st_ino == g_rendezvous_ino)
+        syscall(SYS_unlinkat, dfd, g_rendezvous_name, 0);
+    syscall(SYS_close, dfd);
 }
 
 /* ---- the table ---------------------------------------------------------------------------------- */
+/* whether a PT_LOAD segment of the module contains addr */
+static int module_contains(const struct dl_phdr_info *info, uintptr_t addr)
+{
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type == PT_LOAD && addr >= lo && addr < lo + ph->p_memsz)
+            return 1;
+    }
+    return 0;
+}
+
 static int phdr_cb(struct dl_phdr_info *info, size_t sz, void *data)
 {
     (void)sz;
-    uintptr_t self = (uintptr_t)data;
-    int mine = 0;
-    for (int i = 0; i < info->dlpi_phnum; i++) {
-        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-        if (ph->p_type != PT_LOAD)
-            continue;
-        uintptr_t lo = info->dlpi_addr + ph->p_vaddr, hi = lo + ph->p_memsz;
-        if (self >= lo && self < hi)
-            mine = 1;
-    }
-    if (!mine)
+    if (!module_contains(info, (uintptr_t)data))
         return 0;
     for (int i = 0; i < info->dlpi_phnum; i++) {
         const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
@@ -1764,6 +2259,91 @@ static int phdr_cb(struct dl_phdr_info *info, size_t sz, void *data)
             region_add(KML_REGION_SHIM_PRIVATE, lo & ~(PAGE_SIZE_ - 1), PAGE_ALIGN(hi) - (lo & ~(PAGE_SIZE_ - 1)),
                        0, 0, 0);
     }
+    return 1;
+}
+
+/* the executable segment(s) of the module containing addr, and its name */
+struct text_query {
+    uintptr_t addr, lo, hi;
+    const char *name;
+};
+
+static int text_query_cb(struct dl_phdr_info *info, size_t sz, void *data)
+{
+    (void)sz;
+    struct text_query *q = (struct text_query *)data;
+    if (!module_contains(info, q->addr))
+        return 0;
+    uintptr_t lo = UINTPTR_MAX, hi = 0;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t s = info->dlpi_addr + ph->p_vaddr, e = s + ph->p_memsz;
+        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_X)) {
+            lo = s < lo ? s : lo;
+            hi = e > hi ? e : hi;
+        }
+    }
+    if (lo >= hi)
+        return 0;
+    q->lo = lo;
+    q->hi = hi;
+    q->name = info->dlpi_name;
+    return 1;
+}
+
+static int module_text(uintptr_t addr, uintptr_t *lo, uintptr_t *len, const char **name)
+{
+    struct text_query q = {addr, 0, 0, NULL};
+    if (!addr || !dl_iterate_phdr(text_query_cb, &q))
+        return -1;
+    *lo = q.lo;
+    *len = q.hi - q.lo;
+    if (name)
+        *name = q.name;
+    return 0;
+}
+
+/* ld.so's code (the module loaded at AT_BASE, as LeakSanitizer finds it) and a foreign malloc's */
+static void find_allocating_modules(void)
+{
+    uintptr_t base = (uintptr_t)getauxval(AT_BASE);
+    if (module_text(base ? base : (uintptr_t)&_r_debug, &g_ldso_lo, &g_ldso_len, NULL) != 0)
+        g_ldso_lo = g_ldso_len = 0;
+    if (__atomic_load_n(&g_alloc_mode, __ATOMIC_ACQUIRE) != ALLOC_FOREIGN)
+        return;
+    const char *name = NULL;
+    if (module_text((uintptr_t)g_next.malloc, &g_foreign_lo, &g_foreign_len, &name) != 0)
+        g_foreign_lo = g_foreign_len = 0;
+    char msg[512];
+    size_t len = str_cat(msg, 0, sizeof(msg), "kmemleak: malloc is not glibc's (");
+    len = str_cat(msg, len, sizeof(msg), name && *name ? name : "the program");
+    len = str_cat(msg, len, sizeof(msg), "): tracking through it\n");
+    ssize_t r = write(2, msg, len);
+    (void)r;
+}
+
+/* A malloc that comes before ours in the global scope (an allocator earlier in LD_PRELOAD, or in
+ * the program itself) gets every call: nothing could be tracked. Says so and disables tracking. */
+static int malloc_is_not_ours(void)
+{
+    uintptr_t first = (uintptr_t)dlsym(RTLD_DEFAULT, "malloc");
+    if (!first || (first >= g_text_lo && first < g_text_hi))
+        return 0;
+    /* a non-PIE program that takes malloc's address has its PLT stub as the canonical address: an
+     * undefined symbol there defines nothing (the stub jumps to the first definition) */
+    Dl_info info;
+    const ElfW(Sym) *sym = NULL;
+    if (!dladdr1((void *)first, &info, (void **)&sym, RTLD_DL_SYMENT) || !sym || sym->st_shndx == SHN_UNDEF)
+        return 0;
+    uintptr_t lo, len;
+    const char *name = NULL;
+    if (module_text(first, &lo, &len, &name) != 0 || !name || !*name)
+        name = "the program";
+    char reason[128];
+    size_t n = str_cat(reason, 0, sizeof(reason), "malloc is not the shim's but ");
+    n = str_cat(reason, n, sizeof(reason), name);
+    str_cat(reason, n, sizeof(reason), "'s (put libkmemleak.so first in LD_PRELOAD)");
+    kml_disable(reason);
     return 1;
 }
 
@@ -1816,7 +2396,7 @@ static int table_create(void)
     off = round_up(off + (size_t)g_area_cap * sizeof(struct kml_area), PAGE_SIZE_);
     g_total = off;
 
-    int fd = (int)syscall(SYS_memfd_create, KML_MEMFD_NAME, MFD_CLOEXEC);
+    int fd = (int)syscall(SYS_memfd_create, g_memfd_name, MFD_CLOEXEC);
     if (fd < 0)
         return -1;
     if (syscall(SYS_ftruncate, fd, (off_t)g_total) != 0) {
@@ -1999,7 +2579,7 @@ static void atfork_child(void)
     unlock_all();
     int old_tid_slot = t.thread_slot;
     const char *why = NULL;
-    int fd = (int)syscall(SYS_memfd_create, KML_MEMFD_NAME, MFD_CLOEXEC);
+    int fd = (int)syscall(SYS_memfd_create, g_memfd_name, MFD_CLOEXEC);
     if (fd < 0)
         why = "fork: memfd_create failed";
     else if (syscall(SYS_ftruncate, fd, (off_t)g_total) != 0)
@@ -2072,6 +2652,10 @@ static void atfork_child(void)
             g_thr_free[g_thr_free_count++] = i;
         }
     }
+    g_thr_detached = 0;
+    if (old_tid_slot && (g_thr[old_tid_slot - 1].state & KML_STATE_KIND_MASK) == KML_STATE_LIVE &&
+        (g_thr[old_tid_slot - 1].flags & KML_THREAD_DETACHED))
+        g_thr_detached = 1;
     /* the new table mapping is the same range: its SHIM_PRIVATE region stays valid */
     rendezvous_write();
     t.in_shim--;
@@ -2096,6 +2680,7 @@ __attribute__((constructor(101))) static void kml_init(void)
     __atomic_store_n(&g_state, ST_INIT, __ATOMIC_RELEASE);
     t.in_shim = 1;
     dl_iterate_phdr(phdr_cb, (void *)(uintptr_t)&kml_init); /* text range (regions come later) */
+    alloc_mode_slow(); /* usually resolved already, by the first allocation */
     const char *env = getenv("KMEMLEAK");
     if (env && (!strcmp(env, "off") || !strcmp(env, "0"))) {
         /* KMEMLEAK=off: no table, no rendezvous file; everything is forwarded untouched */
@@ -2108,9 +2693,7 @@ __attribute__((constructor(101))) static void kml_init(void)
         g_unwinder = resolve_libgcc() == 0 ? UNWIND_LIBGCC : UNWIND_LIBUNWIND;
     else if (uw && !strcmp(uw, "none"))
         g_unwinder = UNWIND_NONE;
-    g_run_dir = getenv("KMEMLEAK_RUN_DIR");
-    if (!g_run_dir || !*g_run_dir || str_len(g_run_dir) > 300)
-        g_run_dir = KML_DEFAULT_RUN_DIR;
+    kml_run_dir_init();
 
     if (table_create() != 0) {
         t.in_shim = 0;
@@ -2118,6 +2701,13 @@ __attribute__((constructor(101))) static void kml_init(void)
         return;
     }
     dl_iterate_phdr(phdr_cb, (void *)(uintptr_t)&kml_init); /* the shim's writable segments */
+    if (malloc_is_not_ours()) {
+        t.in_shim = 0;
+        return;
+    }
+    find_allocating_modules();
+    if (__atomic_load_n(&g_alloc_mode, __ATOMIC_ACQUIRE) == ALLOC_FOREIGN)
+        g_hdr->flags |= KML_TABLE_FOREIGN_MALLOC;
     kml_init_tls_info();
     resolve_pthread();
     if (pthread_key_create(&g_thread_key, thread_exit_dtor) != 0) {
@@ -2127,11 +2717,11 @@ __attribute__((constructor(101))) static void kml_init(void)
     }
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
     if (syscall(SYS_gettid) == syscall(SYS_getpid))
-        thread_register(1);
+        thread_register(1, 0);
     /* warm the unwinder up (its first call may allocate: untracked here) */
     capture_trace();
     rendezvous_write();
-    __atomic_store_n(&g_hdr->flags, KML_TABLE_TRACKING, __ATOMIC_RELEASE);
+    __atomic_store_n(&g_hdr->flags, g_hdr->flags | KML_TABLE_TRACKING, __ATOMIC_RELEASE);
     __atomic_store_n(&g_state, ST_ON, __ATOMIC_RELEASE);
     t.in_shim = 0;
 }

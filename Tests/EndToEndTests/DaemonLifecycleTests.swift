@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import KmemleakFS
+import KmemleakService
 import Testing
 
 /// One `kmemleakd` under test: own temp dir, mount point, notify socket; killed and unmounted at the end.

@@ -22,7 +22,11 @@ final class Detection {
     private(set) var daemons: [ChildProcess] = []
     private var clients: [ChildProcess] = []
 
-    init(startDaemon: Bool = true) throws {
+    /// More kmemleakd options (e.g. `--allow-other`), for every daemon this harness starts.
+    let daemonArguments: [String]
+
+    init(startDaemon: Bool = true, daemonArguments: [String] = []) throws {
+        self.daemonArguments = daemonArguments
         try #require(access(shimPath, R_OK) == 0 && access(kmemleakTestPath, X_OK) == 0, "run `make shim clients`")
         temp = try TemporaryDirectory()
         mountpoint = try temp.makeDirectory("mnt")
@@ -37,7 +41,7 @@ final class Detection {
     func startDaemon() throws {
         let child = try ChildProcess.withOutputFiles(
             [try daemonPath(), "--run-dir", runDirectory, "--min-age", "0", "--scan-period", "0",
-             "--first-scan-delay", "3600", mountpoint],
+             "--first-scan-delay", "3600"] + daemonArguments + [mountpoint],
             in: temp.path, name: "kmemleakd\(daemons.count)")
         daemons.append(child)
         let served = waitUntil(timeout: .seconds(30)) {
@@ -46,11 +50,21 @@ final class Detection {
         guard served, child.isRunning else { throw TestFailure("kmemleakd did not start: \(child.stderr)") }
     }
 
-    /// Starts `path` under the shim (with `env` added); waits for its READY line.
-    func client(_ path: String, _ arguments: [String] = [], env: [String: String] = [:]) throws -> ChildProcess {
+    /// Starts `path` under the shim (`environment` added last); waits for its READY line.
+    func client(_ path: String, _ arguments: [String] = [], environment: [String: String] = [:],
+                readyTimeout: Double = 30) throws -> ChildProcess {
         let client = try ChildProcess(
-            path, arguments, env: env.merging(["LD_PRELOAD": shimPath, "KMEMLEAK_RUN_DIR": runDirectory]) { $1 },
+            path, arguments,
+            env: ["LD_PRELOAD": shimPath, "KMEMLEAK_RUN_DIR": runDirectory].merging(environment) { $1 },
             stderrFile: temp.sub("client\(clients.count).stderr"))
+        clients.append(client)
+        _ = try client.waitFor("READY", timeout: readyTimeout)
+        return client
+    }
+
+    /// Starts a client this harness did not spawn itself (e.g. as another user); it is terminated at
+    /// tear-down like the others. Waits for its READY line.
+    func adopt(_ client: ChildProcess) throws -> ChildProcess {
         clients.append(client)
         _ = try client.waitFor("READY", timeout: 30)
         return client

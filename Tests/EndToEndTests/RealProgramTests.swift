@@ -47,7 +47,7 @@ private final class RealPrograms {
     /// Debian's python3 running Tests/clients/python-server.py under the shim, adopted.
     func startPython(_ env: [String: String]) throws -> ChildProcess {
         try #require(access(python3, X_OK) == 0, "apt-get install python3 (make deps)")
-        let python = try detection.client(python3, [pythonClient], env: env)
+        let python = try detection.client(python3, [pythonClient], environment: env)
         #expect(waitUntilAdopted([python.pid]), "daemon log:\n\(detection.daemon.stderr)")
         return python
     }

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import KmemleakFS
+import KmemleakService
 @_exported import KmemleakTestSupport
 import Logging
 import Synchronization

@@ -145,6 +145,66 @@ struct FixtureProtocolTests {
         #expect(!fileExists(c.dir.path + "/\(c.pid).client"))
     }
 
+    /// A program linked with jemalloc: malloc_usable_size and mallctl work on its pointers, which are
+    /// tracked; the table and stderr say once that malloc is not glibc's.
+    @Test(.enabled(if: fileExists(Shim.fixture("jemalloc")), "needs libjemalloc2 (make shim builds the fixture)"))
+    func jemallocProgramIsTrackedThroughItsAllocator() throws {
+        let c = try ShimClient(Shim.fixture("jemalloc"))
+        var exp = FixtureExpectations()
+        var lines: [String] = []
+        while true {
+            let line = try c.child.readLine()
+            if line == "READY" { break }
+            lines.append(line)
+            try exp.apply(Substring(line))
+        }
+        #expect(lines.contains("USABLE ok"))
+        #expect(lines.contains { $0.hasPrefix("JEMALLOC ") })
+        #expect(exp.objects.count == 7)
+        let t = try c.table()
+        #expect(try t.header().hasForeignMalloc)
+        try exp.verify(t, pid: c.pid, fixture: "jemalloc")
+        c.child.closeStdin()
+        #expect(c.child.wait() == 0)
+        let stderr = c.child.stderr.split(separator: "\n")
+        #expect(stderr.count == 1, "stderr: \(stderr)")
+        #expect(stderr.first?.hasPrefix("kmemleak: malloc is not glibc's (/") == true)
+        #expect(stderr.first?.hasSuffix("/libjemalloc.so.2): tracking through it") == true)
+    }
+
+    /// jemalloc before the shim in LD_PRELOAD gets every malloc: the shim says so once, tracks nothing,
+    /// and the program runs normally.
+    @Test(.enabled(if: fileExists(Shim.fixture("jemalloc")), "needs libjemalloc2 (make shim builds the fixture)"))
+    func anAllocatorBeforeTheShimDisablesTrackingWithOneLine() throws {
+        let dir = try TempDir()
+        let jemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+        let child = try ChildProcess(Shim.fixture("jemalloc"), [],
+                                     env: ["LD_PRELOAD": jemalloc + ":" + Shim.library, "KMEMLEAK_RUN_DIR": dir.path],
+                                     stderrFile: dir.path + "/stderr.txt")
+        _ = try child.waitFor("USABLE ok")
+        _ = try child.waitFor("READY")
+        child.closeStdin()
+        #expect(child.wait() == 0)
+        #expect(child.stderr ==
+                "kmemleak: malloc is not the shim's but \(jemalloc)'s (put libkmemleak.so first in LD_PRELOAD), tracking disabled\n")
+    }
+
+    /// Records stay until their thread is gone for good, and are reused then: 2000 detached and 2000
+    /// joined threads (at most 5 at a time) fit in a table of 16 thread records.
+    @Test func recordsOfGoneThreadsAreReused() throws {
+        let path = Shim.root + "/.build/clients/thread-life"
+        try #require(fileExists(path), "run `make clients`")
+        let c = try ShimClient(path, ["churn", "2000"], env: ["KMEMLEAK_MAX_THREADS": "16"])
+        _ = try c.child.waitFor("READY", timeout: 120)
+        let t = try c.table()
+        #expect(try t.header().isTracking)
+        let live = Set(try Proc.tasks(c.pid))
+        #expect(try t.readThreads().filter { live.contains($0.tid) }.map(\.tid) == [c.pid])
+        c.child.closeStdin()
+        #expect(c.child.wait() == 0)
+        #expect(c.child.stderr == "", "no \"thread table full\"")
+    }
+
     @Test func forkFixture() throws {
         let path = Shim.fixture("fork")
         try #require(fileExists(path))

@@ -1,3 +1,4 @@
+import Foundation
 import CKmemleakSys
 import Glibc
 import KmemleakEngine
@@ -48,6 +49,11 @@ import Testing
         let line = "1234 (a) b (c)) R 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615\n"
         let s = ProcParse.parseStat(Array(line.utf8))
         #expect(s?.pid == 1234 && s?.comm == "a) b (c)" && s?.state == "R" && s?.ppid == 1 && s?.startTime == 987654)
+        #expect(s?.flags == 4194560 && s?.isExiting == false)
+        // PF_EXITING (0x4) in field 9, or a zombie: the program is gone.
+        let exiting = ProcParse.parseStat(Array(line.replacingOccurrences(of: "4194560", with: "4194564").utf8))
+        #expect(exiting?.isExiting == true)
+        #expect(ProcParse.parseStat(Array(line.replacingOccurrences(of: ") R 1", with: ") Z 1").utf8))?.isExiting == true)
         #expect(ProcParse.parseStat(Array("1234 (x R 1".utf8)) == nil)
         #expect(ProcParse.parseStat(Array("1234 (x) R 1 2 3".utf8)) == nil)
         #expect(ProcParse.parseStat([]) == nil)

@@ -184,7 +184,7 @@ struct ShimFixtureTests {
         var v: UInt32 = 99
         #expect(pwrite(fd, &v, 4, 8) == 4) // version
         #expect(throws: TableError.badVersion(99)) { try ClientTable.open(r) }
-        v = 1
+        v = KML_ABI_VERSION
         pwrite(fd, &v, 4, 8)
         var used: UInt32 = 0xffff_ffff
         let usedOffset = MemoryLayout<kml_header>.offset(of: \kml_header.threads_used)!
@@ -234,6 +234,72 @@ struct ShimFixtureTests {
         #expect(t.isAlive)
         let again = ClientDiscovery.scanProcesses(known: Set(result.adopted.map(\.id)))
         #expect(!again.adopted.contains { $0.pid == c.pid })
+    }
+
+    /// /proc discovery adopts only the tables named after its own run directory (several daemons on
+    /// one host), and reads the maps of a process only once while it stays the same process.
+    @Test func processDiscoveryAdoptsOnlyItsOwnRunDirectorysClients() throws {
+        let c = try ShimFixture.start()
+        let r = try c.rendezvous()
+        let other = try TempDir()
+        let mine = ProcessDiscovery(runDirectory: c.dir.path)
+        mine.settleTicks = 0
+        let first = mine.scan(known: [])
+        #expect(first.adopted.map(\.pid) == [c.pid])
+        #expect(first.adopted.first?.rendezvous?.address == r.address)
+        #expect(mine.scan(known: Set(first.adopted.map(\.id))).adopted.isEmpty)
+        // Processes seen before cost no syscall, but 1 in 16 that re-reads its stat (plus the new ones).
+        #expect(mine.mapsReadLastPass < max(1, ProcessDiscovery.processCount() / 2))
+        #expect(mine.statsReadLastPass < max(1, ProcessDiscovery.processCount() / 2))
+        let theirs = ProcessDiscovery(runDirectory: other.path)
+        #expect(!theirs.scan(known: []).adopted.contains { $0.pid == c.pid })
+        // Not the default run directory: tables without an identity are not its own either.
+        #expect(!theirs.acceptsAnonymousTables && ProcessDiscovery(runDirectory: KML_DEFAULT_RUN_DIR).acceptsAnonymousTables)
+        // The memfd's name carries the run directory's identity.
+        var st = stat()
+        #expect(stat(c.dir.path, &st) == 0)
+        let name = try #require(try Proc.maps(c.pid).first { $0.start == r.address }).path
+        #expect(name == "/memfd:kmemleak-table:\(String(st.st_dev, radix: 16)):\(String(st.st_ino, radix: 16)) (deleted)")
+    }
+
+    /// The shim publishes only in a run directory nobody else can tamper with: not through a
+    /// symlink, not in another user's directory (even sticky), not in a non-sticky directory others
+    /// may write. Its memfd then carries no run directory identity.
+    @Test(.enabled(if: getuid() == 0, "needs root (chown)"))
+    func unsafeRunDirectoriesAreNotUsed() throws {
+        let base = try TempDir()
+        let good = base.path + "/good", link = base.path + "/link", foreign = base.path + "/foreign", open = base.path + "/open"
+        #expect(mkdir(good, 0o755) == 0 && symlink(good, link) == 0 && mkdir(foreign, 0o755) == 0 && mkdir(open, 0o755) == 0)
+        #expect(chown(foreign, 65534, 65534) == 0 && chmod(foreign, 0o1777) == 0 && chmod(open, 0o777) == 0)
+        func announced(_ pid: Int32) -> [String] {
+            [good, foreign, open].flatMap { dir in
+                ((try? ProcFile.listDirectory(dir)) ?? []).filter { $0.contains("\(pid).") }
+            }
+        }
+        for dir in [link, foreign, open] {
+            let c = try ShimFixture.start(env: ["KMEMLEAK_RUN_DIR": dir])
+            let table = try #require(try Proc.maps(c.pid).first { $0.path.hasPrefix("/memfd:kmemleak-table") })
+            #expect(table.path == "/memfd:kmemleak-table (deleted)", "\(dir)")
+            #expect(announced(c.pid).isEmpty, "\(dir): \(announced(c.pid))")
+        }
+        let c = try ShimFixture.start(env: ["KMEMLEAK_RUN_DIR": good])
+        #expect(announced(c.pid) == ["\(c.pid).client"])
+    }
+
+    /// After an exec (same pid, same /proc inode, same comm here) the new table is found in /proc.
+    @Test func processDiscoveryFindsTheTableOfAnExec() throws {
+        let c = try ShimFixture.start()
+        let discovery = ProcessDiscovery(runDirectory: c.dir.path)
+        discovery.settleTicks = 0
+        let t1 = try #require(discovery.scan(known: []).adopted.first { $0.pid == c.pid })
+        try c.child.send("exec")
+        _ = try c.child.waitFor("READY ")
+        #expect(!t1.isAlive)
+        let r2 = try c.rendezvous()
+        guard r2.address != t1.rendezvous?.address else { return } // same address: the same ClientID
+        // The daemon drops the old session first (it is no longer alive): known no longer has it.
+        let t2 = try #require(discovery.scan(known: []).adopted.first { $0.pid == c.pid })
+        #expect(t2.inode != t1.inode && t2.isAlive && t2.rendezvous?.address == r2.address)
     }
 
     @Test func daemonFieldsAreWrittenToTheClient() throws {

@@ -196,4 +196,25 @@ func dlsymAddress(_ name: String) throws -> UInt64 {
         #expect(Roots.compute(pid: 10, maps: maps, threads: threads, regions: [], includeStacks: false, cache: ELFCache())
                     .allSatisfy { $0.kind == .tls })
     }
+
+    /// Records of threads whose task has exited: a joinable one keeps only its TCB (the value it returned
+    /// lives there until pthread_join), a detached one nothing.
+    @Test func exitedThreadsKeepOnlyTheTCBOfJoinableOnes() {
+        let threads = [
+            ThreadRecord(slot: 0, tid: 10, stackLo: 0, stackHi: 0, tlsLo: 0x1000, tlsHi: 0x1100, comm: "main"),
+            ThreadRecord(slot: 1, tid: 11, stackLo: 0x10000, stackHi: 0x20000, tlsLo: 0x30000, tlsHi: 0x31000, comm: "live",
+                         tcbOffset: 0x800),
+            ThreadRecord(slot: 2, tid: 12, stackLo: 0x40000, stackHi: 0x50000, tlsLo: 0x60000, tlsHi: 0x61000, comm: "joinable",
+                         tcbOffset: 0x900),
+            ThreadRecord(slot: 3, tid: 13, stackLo: 0x70000, stackHi: 0x80000, tlsLo: 0x90000, tlsHi: 0x91000, comm: "detached",
+                         detached: true, tcbOffset: 0x900),
+        ]
+        let roots = Roots.compute(pid: 10, maps: [], threads: threads, regions: [], liveTasks: [10, 11], cache: ELFCache())
+        #expect(roots.filter { $0.kind == .stack }.map { [$0.start, $0.end] } == [[0x10000, 0x20000]])
+        #expect(roots.filter { $0.kind == .tls }.map { [$0.start, $0.end] } ==
+                [[0x1000, 0x1100], [0x30000, 0x31000], [0x60900, 0x61000]])
+        // Without a task list every record is a live thread.
+        let all = Roots.compute(pid: 10, maps: [], threads: threads, regions: [], cache: ELFCache())
+        #expect(all.filter { $0.kind == .stack }.count == 3 && all.filter { $0.kind == .tls }.count == 4)
+    }
 }

@@ -110,7 +110,7 @@ func allObjects(_ t: ClientTable) throws(TableError) -> ([ObjectRecord], ReadSta
 
     static let corruptions: [Corruption] = [
         .init(name: "bad magic", apply: { $0.header.magic = 0x1234; $0.writeHeader() }, check: { $0 == .badMagic(0x1234) }),
-        .init(name: "version", apply: { $0.header.version = 2; $0.writeHeader() }, check: { $0 == .badVersion(2) }),
+        .init(name: "version", apply: { $0.header.version = KML_ABI_VERSION + 1; $0.writeHeader() }, check: { $0 == .badVersion(KML_ABI_VERSION + 1) }),
         .init(name: "header_size", apply: { $0.header.header_size = 100; $0.writeHeader() }, check: { $0 == .badHeaderSize(100) }),
         .init(name: "total_size small", apply: { $0.header.total_size = 10; $0.writeHeader() }, check: { $0 == .badTotalSize(10) }),
         .init(name: "total_size > file", apply: { $0.header.total_size += 4096; $0.writeHeader() }, check: { if case .truncated = $0 { true } else { false } }),
@@ -382,6 +382,85 @@ func allObjects(_ t: ClientTable) throws(TableError) -> ([ObjectRecord], ReadSta
         // Name/pid mismatch.
         try writeFile(dir.path + "/1.client", "pid=\(getpid()) fd=3 addr=1000 size=4096 start=1\n")
         #expect { try Rendezvous.read(path: dir.path + "/1.client") } throws: { e in if case .badRendezvous = e as? TableError { true } else { false } }
+    }
+
+    @Test func rendezvousNames() {
+        #expect(Rendezvous.pid(fromName: "123.client") == 123)
+        #expect(Rendezvous.pid(fromName: "123.00ff00ff00ff00ff.client") == 123)
+        #expect(Rendezvous.pid(fromTemporaryName: ".123.00ff00ff00ff00ff.tmp") == 123)
+        for junk in [".123.tmp", "123.00ff00ff00ff00ff.tmp", ".123.client.tmp", ".123.00ff00ff00ff00ff.client", "..tmp"] {
+            #expect(Rendezvous.pid(fromTemporaryName: junk) == nil, "\(junk)")
+        }
+        for junk in [".123.client", "123.client.tmp", ".123.00ff00ff00ff00ff.tmp", "123.0ff.client", "123.00ff00ff00ff00fg.client",
+                     "-1.client", "+1.client", "0.client", "99999999999.client", "1.2.3.client", "client", ".client", "a.client"] {
+            #expect(Rendezvous.pid(fromName: junk) == nil, "\(junk)")
+        }
+    }
+
+    /// A file that is not root's nor the process's was written by someone else (a squatter): it is
+    /// not adopted, and removed, while the process's own (random) name is adopted. Links, FIFOs and
+    /// directories under rendezvous names are never removed.
+    @Test func squattedFilesAreForeignAndRemovedOthersKept() throws {
+        let dir = try TempDir()
+        let (s, p, r) = try announce(dir)
+        defer { munmap(p, Int(s.totalSize)) }
+        #expect(chown(r.path, 65534, 65534) == 0)
+        #expect {
+            try ClientTable.open(try Rendezvous.read(path: r.path))
+        } throws: { e in if case .foreignRendezvous(_, 65534, _) = e as? TableError { true } else { false } }
+        let own = dir.path + "/\(getpid()).0123456789abcdef.client"
+        try writeFile(own, r.line)
+        let (c, dead) = try Helper.start()
+        c.terminate()
+        #expect(symlink("/etc/passwd", dir.path + "/\(dead).client") == 0)
+        #expect(mkfifo(dir.path + "/\(dead).0000000000000000.client", 0o644) == 0)
+        #expect(mkdir(dir.path + "/\(dead).1111111111111111.client", 0o755) == 0)
+        let deadTemporary = dir.path + "/.\(dead).2222222222222222.tmp", liveTemporary = dir.path + "/.\(getpid()).3333333333333333.tmp"
+        try writeFile(deadTemporary, "pid=")
+        try writeFile(liveTemporary, "pid=")
+        let result = ClientDiscovery.scan(runDirectory: dir.path, known: [])
+        #expect(result.adopted.map(\.rendezvous?.path) == [own])
+        #expect(result.removedStale == [deadTemporary, r.path] && !fileExists(r.path) && !fileExists(deadTemporary))
+        #expect(fileExists(liveTemporary))
+        #expect(result.failed.count == 3 && result.failed.allSatisfy { $0.client == nil })
+        var st = stat()
+        #expect(lstat(dir.path + "/\(dead).client", &st) == 0 && (st.st_mode & S_IFMT) == S_IFLNK)
+        #expect(fileExists(dir.path + "/\(dead).0000000000000000.client") && fileExists(dir.path + "/\(dead).1111111111111111.client"))
+        #expect(fileExists("/etc/passwd"))
+    }
+
+    /// A live client whose table is invalid is reported with its identity, so that the daemon does
+    /// not open it again at every scan (it passes it in `known`); its file is not removed.
+    @Test func invalidTableIsReportedWithItsClient() throws {
+        let dir = try TempDir()
+        let (s, p, r) = try announce(dir)
+        defer { munmap(p, Int(s.totalSize)) }
+        s.header.magic = 0x1234
+        s.writeHeader()
+        let result = ClientDiscovery.scan(runDirectory: dir.path, known: [])
+        #expect(result.adopted.isEmpty && result.removedStale.isEmpty)
+        let failure = try #require(result.failed.first)
+        #expect(failure.error == .badMagic(0x1234) && failure.path == r.path)
+        let client = try #require(failure.client)
+        #expect(client == ClientID(pid: getpid(), startTime: r.startTime, tableAddress: r.address))
+        let again = ClientDiscovery.scan(runDirectory: dir.path, known: [client])
+        #expect(again.adopted.isEmpty && again.failed.isEmpty && again.removedStale.isEmpty)
+        #expect(fileExists(r.path))
+    }
+
+    /// A run directory that is a symlink is not used.
+    @Test func runDirectoryIsNotFollowed() throws {
+        let dir = try TempDir()
+        let (s, p, _) = try announce(dir)
+        defer { munmap(p, Int(s.totalSize)) }
+        let link = dir.path + ".link"
+        #expect(symlink(dir.path, link) == 0)
+        defer { unlink(link) }
+        let result = ClientDiscovery.scan(runDirectory: link, known: [])
+        #expect(result.adopted.isEmpty)
+        #expect(result.failed.count == 1)
+        guard case .system(let e)? = result.failed.first?.error else { Issue.record("\(result.failed)"); return }
+        #expect(e.call == "open" && (e.errno == ENOTDIR || e.errno == ELOOP))
     }
 
 }

@@ -15,10 +15,16 @@ struct ThreadFreezeTests {
         #expect(threads.count == 4)
 
         let frozen = try FrozenProcess(pid: client.pid)
-        #expect(frozen.registers.count == 4 * 27)
+        #expect(frozen.stackPointers.count == 4)
+        // General-purpose registers and the XSAVE area (at least its 512-byte legacy region).
+        for tid in threads { #expect(frozen.vectorStateBytes[tid].map { $0 >= 512 } ?? false) }
+        #expect(frozen.registers.count >= 4 * (27 + 64))
         for tid in threads { #expect(threadState(client.pid, tid) == "t") }
         frozen.thaw()
-        for tid in threads { #expect(threadState(client.pid, tid) != "t") }
+        for tid in threads {
+            #expect(threadState(client.pid, tid) != "t")
+            #expect(Proc.tracerPid(client.pid, tid: tid) == 0)
+        }
         // It still works: it answers on stdin after the stop.
         client.closeStdin()
         _ = try client.waitFor("MOVES")

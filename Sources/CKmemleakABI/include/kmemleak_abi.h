@@ -28,13 +28,16 @@ extern "C" {
 #endif
 
 #define KML_MAGIC 0x313050414d4c4d4bULL /* "KMLMAP01" little-endian */
-#define KML_ABI_VERSION 1u
+#define KML_ABI_VERSION 2u
 #define KML_MAX_TRACE 16u
 #define KML_COMM_LEN 16u
+/* The memfd is named KML_MEMFD_NAME ":<st_dev hex>:<st_ino hex>" of the client's run directory (plain
+ * KML_MEMFD_NAME when it had none it could use): a daemon finding tables in /proc adopts its own. */
 #define KML_MEMFD_NAME "kmemleak-table"
 #define KML_DEFAULT_RUN_DIR "/run/kmemleak"
 /* Rendezvous file $RUN_DIR/<pid>.client, one line of text, written atomically (tmp + rename):
- * "pid=<pid> fd=<fd> addr=<hex start of the mapping> size=<bytes> start=<starttime of /proc/pid/stat>\n" */
+ * "pid=<pid> fd=<fd> addr=<hex start of the mapping> size=<bytes> start=<starttime of /proc/pid/stat>\n"
+ * or $RUN_DIR/<pid>.<16 hex digits>.client when <pid>.client is another user's file (a squatter). */
 #define KML_RENDEZVOUS_SUFFIX ".client"
 
 /* ---- state words (objects, threads, regions, areas) ---------------------------------------- */
@@ -48,6 +51,7 @@ extern "C" {
 #define KML_TABLE_TRACKING 0x1u /* set while the client tracks; cleared when tracking is off */
 #define KML_TABLE_DISABLED 0x2u /* tracking turned off by an error (reason in disabled_reason) */
 #define KML_TABLE_ENV_OFF 0x4u  /* KMEMLEAK=off: the table exists but nothing is tracked */
+#define KML_TABLE_FOREIGN_MALLOC 0x8u /* malloc is not glibc's (jemalloc, ...): tracked through it */
 
 /* ---- object kinds (low 4 bits of kml_object.flags) ------------------------------------------- */
 #define KML_KIND_MASK 0xfu
@@ -153,14 +157,19 @@ struct kml_trace {
     uint64_t frames[KML_MAX_TRACE];
 };
 
-/* One thread. stack_* = 0 for the main thread (the daemon uses [stack] from /proc/pid/maps). */
+/* One thread. stack_* = 0 for the main thread (the daemon uses [stack] from /proc/pid/maps).
+ * A record lives until the thread is gone for good: a thread whose task has exited keeps its
+ * record until it is joined (joinable: only its TCB [tls_lo + tcb_offset, tls_hi) is a root, it
+ * holds the value the thread returned) or until the shim notices (detached: no roots at all). */
+#define KML_THREAD_DETACHED 0x1u      /* created detached or pthread_detach'ed */
 struct kml_thread {
     uint32_t state;
     int32_t tid;
     uint64_t stack_lo, stack_hi;  /* [lo, hi) */
     uint64_t tls_lo, tls_hi;      /* static TLS block and thread control block */
     char comm[KML_COMM_LEN];
-    uint64_t reserved;
+    uint32_t flags;               /* KML_THREAD_* */
+    uint32_t tcb_offset;          /* thread pointer - tls_lo: where struct pthread starts */
 };
 
 #define KML_REGION_PERCPU 0x1u      /* per-CPU handles [start, start+size) -> copies */

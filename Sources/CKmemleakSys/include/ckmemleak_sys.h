@@ -26,4 +26,6 @@ int64_t ckml_seek_data(int fd, int64_t offset);
 
 /* pipe2(fds, O_CLOEXEC) (not imported by Glibc without _GNU_SOURCE); used by tests' child helper. */
 int ckml_pipe_cloexec(int fds[2]);
+/* Names the calling thread (prctl is variadic, so Swift cannot call it directly). */
+void ckml_set_thread_name(const char *name);
 #endif

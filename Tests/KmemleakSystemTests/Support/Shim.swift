@@ -25,7 +25,7 @@ final class ShimClient {
         dir = try TempDir()
         var e = env
         e["LD_PRELOAD"] = Shim.library
-        e["KMEMLEAK_RUN_DIR"] = dir.path
+        e["KMEMLEAK_RUN_DIR"] = env["KMEMLEAK_RUN_DIR"] ?? dir.path
         child = try ChildProcess(program, args, env: e, stderrFile: dir.path + "/stderr.txt")
     }
 

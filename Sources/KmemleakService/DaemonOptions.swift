@@ -8,23 +8,39 @@ public struct DaemonOptions: Sendable, Equatable {
     public var scanPeriod: Double
     /// Seconds from start to the first automatic scan (kernel: SECS_FIRST_SCAN, 60).
     public var firstScanDelay: Double
+    /// Seconds one client's scan may take before it is stopped (its candidates wait).
+    public var clientScanBudget: Double
     /// Where `kmemleak` is served.
     public var mountpoint: String
     /// `-o allow_other`: users other than root may enter the mount.
     public var allowOther: Bool
+    /// Live objects one client may have before it is dropped (`--max-objects`).
+    public var maxObjectsPerClient: Int
+
+    /// 4 Mi objects: an adopted object costs the daemon about 66 bytes (BENCHMARKS.md), so one client at
+    /// the budget costs about 300 MiB.
+    public static let defaultMaxObjectsPerClient = 1 << 22
+    /// Also adopt clients of the run directory that have no rendezvous file, found in /proc.
+    public var discoverProcesses: Bool
 
     public static let defaultRunDirectory = "/run/kmemleak"
+    public static let defaultClientScanBudget: Double = 30
 
     public init(
         runDirectory: String = DaemonOptions.defaultRunDirectory, minimumAge: Double = 5, scanPeriod: Double = 600,
-        firstScanDelay: Double = 60, mountpoint: String, allowOther: Bool = false
+        firstScanDelay: Double = 60, clientScanBudget: Double = DaemonOptions.defaultClientScanBudget,
+        mountpoint: String, allowOther: Bool = false, discoverProcesses: Bool = true,
+        maxObjectsPerClient: Int = DaemonOptions.defaultMaxObjectsPerClient
     ) {
+        self.clientScanBudget = clientScanBudget
         self.runDirectory = runDirectory
         self.minimumAge = minimumAge
         self.scanPeriod = scanPeriod
         self.firstScanDelay = firstScanDelay
         self.mountpoint = mountpoint
         self.allowOther = allowOther
+        self.maxObjectsPerClient = maxObjectsPerClient
+        self.discoverProcesses = discoverProcesses
     }
 
     public var minimumAgeDuration: Duration { .seconds(minimumAge) }

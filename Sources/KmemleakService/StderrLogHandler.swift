@@ -32,8 +32,8 @@ public struct StderrLogHandler: LogHandler {
         line += event.message.description
         let merged = metadata.merging(event.metadata ?? [:]) { $1 }
         for key in merged.keys.sorted() { line += " \(key)=\(merged[key]!)" }
-        line += "\n"
-        var bytes = Array(line.utf8)
+        var bytes = Self.oneLine(Array(line.utf8))
+        bytes.append(0x0a)
         bytes.withUnsafeMutableBytes { raw in
             var offset = 0
             while offset < raw.count {
@@ -43,6 +43,23 @@ public struct StderrLogHandler: LogHandler {
                 offset += written
             }
         }
+    }
+
+    /// Messages may carry client-supplied text: a control byte (a newline above all) is written as
+    /// `\xNN`, so that one message is always one line of the log (the callers escape what they quote).
+    static func oneLine(_ bytes: [UInt8]) -> [UInt8] {
+        guard bytes.contains(where: { $0 < 0x20 || $0 == 0x7f }) else { return bytes }
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count + 16)
+        for byte in bytes {
+            if byte < 0x20 || byte == 0x7f {
+                out += [UInt8(ascii: "\\"), UInt8(ascii: "x"), digits[Int(byte >> 4)], digits[Int(byte & 0xf)]]
+            } else {
+                out.append(byte)
+            }
+        }
+        return out
     }
 
     static func priority(_ level: Logger.Level) -> Int {

@@ -1,0 +1,187 @@
+// Programs that rewrite their argv/environment area to set their process title (nginx, postgres,
+// sshd...) stay tracked, and clients without a rendezvous file are found in /proc by the daemon of
+// their own run directory only.
+import Foundation
+import Glibc
+import KmemleakTestSupport
+import Testing
+
+/// Addresses of the report's record headers, with repetitions (several processes may leak at the
+/// same address: a forked child inherits its parent's leaks).
+private func reportedAddressList(_ report: String) -> [UInt64] {
+    report.split(separator: "\n").filter { $0.hasPrefix("unreferenced object") }.compactMap { line in
+        line.split(separator: " ").first { $0.hasPrefix("0x") }.flatMap { UInt64($0.dropFirst(2), radix: 16) }
+    }
+}
+
+/// Values printed after `tag` in the transcript, in order.
+private func printedList(_ client: ChildProcess, _ tag: String) -> [String] {
+    var values: [String] = []
+    for line in client.transcript.split(separator: "\n") {
+        let parts = line.split(separator: " ")
+        if parts.count == 2 && parts[0] == tag { values.append(String(parts[1])) }
+    }
+    return values
+}
+
+/// Rendezvous-like names for `pid` directly under `/` (what a lost run directory path produces).
+private func filesInRoot(for pids: [Int32]) -> [String] {
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: "/")) ?? []
+    return names.filter { name in pids.contains { name.hasPrefix("\($0).") || name.hasPrefix(".\($0).") } }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+private func freePort() throws -> UInt16 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw TestFailure("socket: \(errno)") }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    }
+    guard bound else { throw TestFailure("bind: \(errno)") }
+    return UInt16(bigEndian: address.sin_port)
+}
+
+/// One HTTP/1.0 GET on 127.0.0.1:port (5 s send/receive timeouts); the whole response.
+private func httpGet(port: UInt16, path: String = "/") -> String? {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var timeout = timeval(tv_sec: 5, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = port.bigEndian
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+    }
+    guard connected else { return nil }
+    let request = Array("GET \(path) HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".utf8)
+    guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, 0) }) == request.count else { return nil }
+    return (try? readAll(fd: fd, chunk: 4096)).map { String(decoding: $0, as: UTF8.self) }
+}
+
+/// Children of `pid` (from /proc/*/stat).
+private func children(of pid: Int32) -> [Int32] {
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return names.compactMap { Int32($0) }.filter { child in
+        guard let stat = try? String(contentsOfFile: "/proc/\(child)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 1 && Int32(fields[1]) == pid
+    }.sorted()
+}
+
+@Suite(.enabled(if: canMount, "needs root and /dev/fuse"))
+struct ProcessTitleTests {
+    /// The fixture overwrites its whole argv + environment area, then forks 2 workers: all three
+    /// announce themselves in the run directory (none in `/`) and their leaks are reported exactly.
+    @Test func programsThatRewriteTheirEnvironmentStayTracked() throws {
+        let d = try Detection()
+        defer { d.tearDown() }
+        let client = try d.client(clientPath("proctitle"), ["2"])
+        let pids = printedList(client, "PID").compactMap { Int32($0) }
+        let leaks = printedList(client, "LEAK").compactMap { UInt64($0.dropFirst(2), radix: 16) }
+        try #require(pids.count == 3 && leaks.count == 3 && pids[0] == client.pid, "\(client.transcript)")
+        let title = try String(contentsOfFile: "/proc/\(client.pid)/cmdline", encoding: .utf8)
+        #expect(title.hasPrefix("proctitle: master process"))
+        #expect(filesInRoot(for: pids).isEmpty)
+        for pid in pids { #expect(access(d.runDirectory + "/\(pid).client", F_OK) == 0) }
+        d.scan(times: 2)
+        // Each worker inherited the master's leak (its table is a copy) and made its own.
+        let expected = [leaks[0]] + leaks.dropFirst().flatMap { [leaks[0], $0] }
+        #expect(reportedAddressList(d.report).sorted() == expected.sorted(), "report:\n\(d.report)\n\(client.transcript)\n\(d.daemon.stderr)")
+        for pid in pids { #expect(d.daemon.stderr.contains("kmemleak: adopted client pid \(pid) ")) }
+        try client.send("exit")
+        client.wait()
+        #expect(filesInRoot(for: pids).isEmpty)
+    }
+
+    /// Debian's nginx with a master and 2 workers (forked after the master set its title), on a
+    /// free port: all three are adopted, nothing appears in `/`, requests are served.
+    @Test(.enabled(if: access("/usr/sbin/nginx", X_OK) == 0, "needs nginx (nginx-light)"))
+    func nginxMasterAndWorkersAreAdopted() throws {
+        let d = try Detection()
+        defer { d.tearDown() }
+        let prefix = try d.temp.makeDirectory("nginx")
+        #expect(chmod(d.temp.path, 0o755) == 0)
+        let port = try freePort()
+        let config = """
+            daemon off;
+            master_process on;
+            worker_processes 2;
+            pid \(prefix)/nginx.pid;
+            events { worker_connections 64; }
+            http {
+                access_log off;
+                client_body_temp_path \(prefix)/body;
+                proxy_temp_path \(prefix)/proxy;
+                fastcgi_temp_path \(prefix)/fastcgi;
+                uwsgi_temp_path \(prefix)/uwsgi;
+                scgi_temp_path \(prefix)/scgi;
+                server { listen 127.0.0.1:\(port); location / { return 200 "ok\\n"; } }
+            }
+            """
+        try config.write(toFile: prefix + "/nginx.conf", atomically: false, encoding: .utf8)
+        let nginx = try ChildProcess(
+            "/usr/sbin/nginx", ["-p", prefix, "-c", prefix + "/nginx.conf", "-e", prefix + "/error.log"],
+            env: ["LD_PRELOAD": shimPath, "KMEMLEAK_RUN_DIR": d.runDirectory], stderrFile: prefix + "/stderr")
+        var workers: [Int32] = []
+        defer {
+            kill(nginx.pid, SIGTERM) // fast shutdown: the master stops its workers
+            let stopped = waitUntil(timeout: .seconds(20)) { workers.allSatisfy { kill($0, 0) != 0 } }
+            if !stopped { for worker in workers { kill(worker, SIGKILL) } }
+            nginx.terminate()
+        }
+        let started = waitUntil(timeout: .seconds(30)) {
+            workers = children(of: nginx.pid)
+            return workers.count == 2 && httpGet(port: port)?.hasSuffix("\r\n\r\nok\n") == true
+        }
+        let errorLog = (try? String(contentsOfFile: prefix + "/error.log", encoding: .utf8)) ?? ""
+        try #require(started, "nginx did not serve: \(errorLog)")
+        let processes = [nginx.pid] + workers
+        #expect(waitUntil(timeout: .seconds(30)) { processes.allSatisfy { access(d.runDirectory + "/\($0).client", F_OK) == 0 } })
+        #expect(filesInRoot(for: processes).isEmpty)
+        d.scan()
+        for pid in processes {
+            #expect(d.daemon.stderr.contains("kmemleak: adopted client pid \(pid) (nginx)"), "\(d.daemon.stderr)")
+        }
+        for _ in 0..<20 { #expect(httpGet(port: port)?.hasSuffix("\r\n\r\nok\n") == true) }
+        d.scan()
+        #expect(!d.daemon.stderr.contains("dropped client"), "\(d.daemon.stderr)")
+        #expect(filesInRoot(for: processes).isEmpty)
+    }
+
+    /// A client that cannot write its run directory (another user's client, a root-owned 0755
+    /// directory) has no rendezvous file: the daemon of that directory finds it in /proc and scans
+    /// it exactly; a daemon of another run directory leaves it alone.
+    @Test(.enabled(if: access("/usr/bin/setpriv", X_OK) == 0, "needs setpriv"))
+    func clientsWithoutARendezvousFileAreFoundByTheirOwnDaemonOnly() throws {
+        let user = try UnprivilegedUser.ensure("kmemleak-victim")
+        let d = try Detection()
+        defer { d.tearDown() }
+        let other = try Detection()
+        defer { other.tearDown() }
+        #expect(chmod(d.temp.path, 0o755) == 0) // reachable, but the run directory stays root's 0755
+        let client = try user.spawn(kmemleakTestPath, env: ["LD_PRELOAD": shimPath, "KMEMLEAK_RUN_DIR": d.runDirectory],
+                                    stderrFile: d.temp.sub("victim.stderr"))
+        defer { client.terminate() }
+        _ = try client.waitFor("READY", timeout: 30)
+        let leaks = printed(client, ["LEAK", "PCPU-LEAK"])
+        #expect(leaks.count == 14)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: d.runDirectory).isEmpty)
+        d.scan(times: 2)
+        #expect(d.reportedAddresses == leaks, "report:\n\(d.report)\nlog:\n\(d.daemon.stderr)")
+        #expect(d.daemon.stderr.contains("kmemleak: adopted client pid \(client.pid) (kmemleak-test), "))
+        #expect(d.daemon.stderr.contains("found in /proc"))
+        other.scan(times: 2)
+        #expect(!other.daemon.stderr.contains("client pid \(client.pid) "), "\(other.daemon.stderr)")
+        #expect(!other.reportedAddresses.contains { leaks.contains($0) })
+    }
+}

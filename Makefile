@@ -15,11 +15,14 @@ help:
 	@echo "make build   build kmemleakd, libkmemleak.so and kmemleak-test (release)"
 	@echo "make test    build everything and run the test suite"
 	@echo "make bench   run the benchmarks (figures go to BENCHMARKS.md by hand)"
+	@echo "make bench-real  time the real programs' load loops with and without the shim"
 	@echo "make shim-selftest  run every shim fixture with and without the shim"
 	@$(MAKE) --no-print-directory help-service
 
+# The real-programs suite (Tests/EndToEndTests/RealProgramTests.swift) runs Debian's own programs under the
+# shim: python3 is Debian's /usr/bin/python3, never a python3 found first on PATH.
 DEB_PACKAGES := libfuse3-dev fuse3 libunwind-dev pkg-config make gcc g++ binutils valgrind heaptrack liblsan0 systemd python3 \
-	libjemalloc2 redis-server libtcmalloc-minimal4
+	libjemalloc2 redis-server libtcmalloc-minimal4 nginx-light sqlite3
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -114,7 +117,7 @@ bench-scan: shim clients build
 CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/clients/stack-holder \
 	.build/clients/thread-life .build/clients/libloader-tls.so .build/clients/proctitle \
 	.build/clients/hostile-client .build/clients/libevil.so \
-	.build/clients/roots-client \
+	.build/clients/roots-client .build/clients/many-leaks \
 	.build/clients/every-size .build/clients/new-array-zero
 clients: $(CLIENTS)
 .build/clients/thread-life: Tests/clients/thread-life.c
@@ -136,6 +139,9 @@ clients: $(CLIENTS)
 .build/clients/stack-holder: Tests/clients/stack-holder.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
+.build/clients/many-leaks: Tests/clients/many-leaks.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
 .build/clients/roots-client: Tests/clients/roots-client.c Sources/CKmemleakABI/include/kmemleak_abi.h
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
@@ -153,6 +159,10 @@ clients: $(CLIENTS)
 .build/clients/scan-client: Benchmarks/ScanVsLSan/scan-client.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -o $@ $<
+# The real-programs suite's load loops with and without the shim (not a test; figures to BENCHMARKS.md).
+.PHONY: bench-real
+bench-real: shim clients
+	Benchmarks/RealPrograms/run.sh $(SHIM_SO) .build/clients/many-leaks
 # END clients section
 
 build: shim

@@ -210,6 +210,8 @@ public final class ProcessDiscovery {
                 // reason to reject the child for good. Look again at the next pass.
                 if case .pidMismatch = error { continue }
                 if case .startTimeMismatch = error { continue }
+                // A shim still writing its header publishes the magic last: zero means not yet.
+                if case .badMagic(0) = error { continue }
                 result.failed.append((r.path, error, id))
             }
         }

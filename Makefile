@@ -116,7 +116,8 @@ bench-scan: shim clients build
 # BEGIN clients section (test and benchmark clients of the daemon)
 CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/clients/stack-holder \
 	.build/clients/thread-life .build/clients/libloader-tls.so .build/clients/proctitle \
-	.build/clients/hostile-client .build/clients/libevil.so \
+	.build/clients/hostile-client .build/clients/libevil.so .build/clients/fork-window \
+	.build/clients/libfork-window-hook.so \
 	.build/clients/roots-client .build/clients/many-leaks \
 	.build/clients/every-size .build/clients/new-array-zero
 clients: $(CLIENTS)
@@ -159,6 +160,13 @@ clients: $(CLIENTS)
 .build/clients/scan-client: Benchmarks/ScanVsLSan/scan-client.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -o $@ $<
+.build/clients/fork-window: Tests/clients/fork-window.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -o $@ $< -ldl
+# preloaded after the shim by fork-window: holds a fork child before the shim gives it its table
+.build/clients/libfork-window-hook.so: Tests/clients/fork-window-hook.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -fPIC -shared -pthread -o $@ $<
 # The real-programs suite's load loops with and without the shim (not a test; figures to BENCHMARKS.md).
 .PHONY: bench-real
 bench-real: shim clients

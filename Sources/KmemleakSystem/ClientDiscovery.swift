@@ -205,6 +205,13 @@ public final class ProcessDiscovery {
                 result.adopted.append(table)
             } catch {
                 if case .stale = error { continue }
+                // A fork child maps its parent's table until the shim's atfork handler gave it its
+                // own (same address), and then writes its pid and start time: not a fault, and no
+                // reason to reject the child for good. Look again at the next pass.
+                if case .pidMismatch = error { continue }
+                if case .startTimeMismatch = error { continue }
+                // A shim still writing its header publishes the magic last: zero means not yet.
+                if case .badMagic(0) = error { continue }
                 result.failed.append((r.path, error, id))
             }
         }

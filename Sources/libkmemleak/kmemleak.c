@@ -2525,7 +2525,6 @@ static int table_create(void)
     g_area = (struct kml_area *)((char *)m + area_off);
 
     struct kml_header *h = g_hdr;
-    h->magic = KML_MAGIC;
     h->version = KML_ABI_VERSION;
     h->header_size = sizeof(struct kml_header);
     h->total_size = g_total;
@@ -2554,6 +2553,9 @@ static int table_create(void)
     h->areas_capacity = g_area_cap;
     h->area_size = sizeof(struct kml_area);
     h->alloc_seq = 1;
+    /* published last: a daemon's /proc discovery may read the header while we write it, and takes
+     * a zero magic for "not yet", not for a bad table */
+    __atomic_store_n(&h->magic, KML_MAGIC, __ATOMIC_RELEASE);
 
     /* private index */
     /* bucket reservations for a quarter of the capacities (chains of 4 when full); the indexes use

@@ -68,7 +68,7 @@ extern "C" {
 
 /* Header at offset 0 of the memfd. All offsets are from the start of the table. */
 struct kml_header {
-    uint64_t magic;        /* KML_MAGIC */
+    uint64_t magic;        /* KML_MAGIC, stored last: 0 while the shim writes the header */
     uint32_t version;      /* KML_ABI_VERSION */
     uint32_t header_size;  /* sizeof(struct kml_header) */
     uint64_t total_size;   /* size of the memfd in bytes */

@@ -263,6 +263,9 @@ final class ClientSession {
                     return stackScanning ? roots.filter { $0.kind == .stack }.map(\.engineRegion) : []
                 }
                 frozen = stopped
+                // An exec since the scan began replaced the program (same pid and start time): what
+                // was read is the old program's memory, and its table is gone.
+                guard table.isStillMapped else { return nil }
                 // The client is still: pick up what it allocated, freed and mapped since the scan began.
                 try? sync()
                 if let (maps, now, _) = try? currentRoots() { restrictMemory(maps: maps, roots: now, log: log) }
@@ -281,8 +284,10 @@ final class ClientSession {
             mayReport: { [self] in
                 // What a scan read from a process that exited (or is exiting) meanwhile is not its
                 // program's memory any more (torn down, or read as nothing): report none of it.
+                // An exec keeps the pid and start time but maps a new table: the same holds.
                 !memory.process.stats.processGone
                     && Proc.isRunningProgram(pid, startTime: table.openedHeader.startTime)
+                    && table.isStillMapped
             })
         let clock = ContinuousClock()
         let deadline = clock.now + budget

@@ -132,6 +132,35 @@ struct ScannedMemoryTests {
     }
 }
 
+extension ScannedMemoryTests {
+    /// A client that execs a program without the shim while scans run (the same pid and start time, a
+    /// new address space and no table) gets no report and no count line: what was read is the old
+    /// program's memory, or nothing.
+    @Test func aClientExecingWhileScansRunGetsNoReport() throws {
+        let d = try Detection()
+        defer { d.tearDown() }
+        for _ in 1...2 {
+            let client = try d.client(rootsClient, ["exit", "200000"], readyTimeout: 120)
+            d.scan()
+            let scanner = BackgroundScans(controlFile: d.controlFile)
+            #expect(waitUntil(timeout: .seconds(120)) { scanner.completed >= 1 })
+            try client.send("exec")
+            #expect(waitUntil(timeout: .seconds(60)) { processComm(client.pid) == "sleep" })
+            let after = scanner.completed
+            #expect(waitUntil(timeout: .seconds(120)) { scanner.completed >= after + 2 })
+            scanner.stop()
+            #expect(!d.report.contains("pid \(client.pid),"), "report:\n\(d.report.prefix(2000))")
+            client.terminate()
+        }
+        #expect(!d.daemon.stderr.contains("new suspected memory leaks"), "log:\n\(d.daemon.stderr.suffix(2000))")
+    }
+}
+
+/// The comm of `pid` (/proc/PID/comm), or nil once it is gone.
+private func processComm(_ pid: Int32) -> String? {
+    (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
 /// Writes `scan` to the control file back to back on a thread of its own until stopped.
 private final class BackgroundScans: Sendable {
     private let state = Mutex((running: true, completed: 0))

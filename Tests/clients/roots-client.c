@@ -18,7 +18,8 @@
  *   roots-client vfork      one thread loops vfork + exec of /bin/true (the child sleeping 300 ms
  *                           first, so the parent waits uninterruptibly), another spins holding the
  *                           only pointer to a KEEP object in a live frame
- *   roots-client exit N     N objects (KEEP) in a global array and 256 MiB touched; "exit" exits
+ *   roots-client exit N     N objects (KEEP) in a global array and 256 MiB touched; "exit" exits,
+ *                           "exec" execs /bin/sleep 600 without the shim (same pid and start time)
  *                           without freeing anything
  */
 #define _GNU_SOURCE
@@ -279,6 +280,13 @@ int main(int argc, char **argv) {
     say("READY", NULL);
     char line[64];
     while (fgets(line, sizeof line, stdin) && strncmp(line, "exit", 4) != 0) {
+        if (strncmp(line, "exec", 4) == 0 && strcmp(mode, "exit") == 0) {
+            /* a new program in the same process (same pid and start time), without the shim */
+            unsetenv("LD_PRELOAD");
+            char *const argv_sleep[] = {"sleep", "600", NULL};
+            execv("/bin/sleep", argv_sleep);
+            _exit(127);
+        }
         if (strncmp(line, "erase", 5) == 0) {
             erase_xmm = 1;
             while (!xmm_erased) usleep(1000);

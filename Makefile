@@ -87,6 +87,8 @@ bench-shim: shim
 # pause benchmark (issue 10 goal 2): the longest stop of a client thread per scan, seen from inside
 bench-pause: shim
 	$(SHIM_CC) -std=gnu11 -O2 -g -Wall -Wextra -pthread -o $(BENCH_DIR)/pause-client Benchmarks/Pause/pause-client.c
+	$(SHIM_CC) -std=gnu11 -O2 -g -Wall -Wextra -o $(BENCH_DIR)/written-pages-probe Benchmarks/Pause/written-pages-probe.c
+	$(BENCH_DIR)/written-pages-probe
 	$(SWIFT) build -c release --product kmemleakd $(SWIFT_FLAGS)
 	Benchmarks/Pause/run.sh
 # END shim section

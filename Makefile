@@ -16,6 +16,7 @@ help:
 	@echo "make test    build everything and run the test suite"
 	@echo "make bench   run the benchmarks (figures go to BENCHMARKS.md by hand)"
 	@echo "make bench-real  time the real programs' load loops with and without the shim"
+	@echo "make bench-pause  the longest client pause per scan, 1M objects, 1000 candidates (root + FUSE)"
 	@echo "make shim-selftest  run every shim fixture with and without the shim"
 	@$(MAKE) --no-print-directory help-service
 
@@ -55,7 +56,7 @@ PROG_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Wno-unused-parameter -pthread $(
 BENCH_DIR := .build/bench
 LSAN_SO ?= /usr/lib/x86_64-linux-gnu/liblsan.so.0
 
-.PHONY: shim shim-dirs shim-selftest bench-shim
+.PHONY: shim shim-dirs shim-selftest bench-shim bench-pause
 shim: shim-dirs $(SHIM_SO) $(KMLTEST) $(FIXTURES)
 
 shim-dirs:
@@ -97,12 +98,19 @@ bench-threads: shim
 	$(SHIM_CC) -std=gnu11 -O2 -g -pthread -o $(BENCH_DIR)/threads Benchmarks/Threads/threads.c
 	Benchmarks/Threads/run.sh $(BENCH_DIR)/threads $(SHIM_SO) $(LSAN_SO)
 # prerequisites only: other sections may add their benchmarks to `bench` the same way
-bench: bench-shim bench-fork bench-python bench-threads
+bench: bench-shim bench-fork bench-python bench-threads bench-pause
+# pause benchmark (issue 10 goal 2): the longest stop of a client thread per scan, seen from inside
+bench-pause: shim
+	$(SHIM_CC) -std=gnu11 -O2 -g -Wall -Wextra -pthread -o $(BENCH_DIR)/pause-client Benchmarks/Pause/pause-client.c
+	$(SHIM_CC) -std=gnu11 -O2 -g -Wall -Wextra -o $(BENCH_DIR)/written-pages-probe Benchmarks/Pause/written-pages-probe.c
+	$(BENCH_DIR)/written-pages-probe
+	$(SWIFT) build -c release --product kmemleakd $(SWIFT_FLAGS)
+	Benchmarks/Pause/run.sh
 # END shim section
 
 # BEGIN bench section (every benchmark; the figures go to BENCHMARKS.md by hand)
 .PHONY: bench-engine bench-scan
-bench: bench-shim bench-engine bench-scan
+bench: bench-shim bench-engine bench-scan bench-real
 bench-engine:
 	$(SWIFT) run -c release $(SWIFT_FLAGS) kmemleak-engine-bench
 # One daemon scan against LeakSanitizer's __lsan_do_recoverable_leak_check on the same heap (needs root

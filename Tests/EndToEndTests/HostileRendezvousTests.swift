@@ -9,7 +9,8 @@ import Testing
 /// Plants, for the next `count` pids the kernel will hand out (the free ones after ns_last_pid,
 /// wrapping from pid_max to 300 as the kernel does): `<pid>.client` as a symlink to SECRET, a FIFO or
 /// a squatter's regular file (in turn), and the old temporary name `.<pid>.client.tmp` as a symlink
-/// to SECRET. For dead pids well behind the current one: junk `<pid>.client` files (stale). One
+/// to SECRET. For dead pids well behind the current one (500 to 1500 pids back, wrapping below 300 to
+/// pid_max as the kernel's allocation does): junk `<pid>.client` files (stale). One
 /// process, no fork, so that it takes no pid of the range itself. Prints "STALE <pid>" lines, then
 /// "PLANTED <pid>,<pid>,...".
 private let attackerScript = """
@@ -17,7 +18,13 @@ private let attackerScript = """
     d, secret, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     last = int(open('/proc/sys/kernel/ns_last_pid').read())
     pid_max = int(open('/proc/sys/kernel/pid_max').read())
-    for p in range(max(300, last - 1500), last - 500):
+    def before(p):
+        return p - 1 if p - 1 >= 300 else pid_max - 1
+    p = last
+    for _ in range(500):
+        p = before(p)
+    for _ in range(1000):
+        p = before(p)
         if not os.path.exists(f'/proc/{p}'):
             with open(f'{d}/{p}.client', 'w') as f:
                 f.write('junk\\n')

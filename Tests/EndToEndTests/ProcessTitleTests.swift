@@ -30,53 +30,6 @@ private func filesInRoot(for pids: [Int32]) -> [String] {
     return names.filter { name in pids.contains { name.hasPrefix("\($0).") || name.hasPrefix(".\($0).") } }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-private func freePort() throws -> UInt16 {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw TestFailure("socket: \(errno)") }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-    }
-    guard bound else { throw TestFailure("bind: \(errno)") }
-    return UInt16(bigEndian: address.sin_port)
-}
-
-/// One HTTP/1.0 GET on 127.0.0.1:port (5 s send/receive timeouts); the whole response.
-private func httpGet(port: UInt16, path: String = "/") -> String? {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var timeout = timeval(tv_sec: 5, tv_usec: 0)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = port.bigEndian
-    let connected = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-    }
-    guard connected else { return nil }
-    let request = Array("GET \(path) HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".utf8)
-    guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, 0) }) == request.count else { return nil }
-    return (try? readAll(fd: fd, chunk: 4096)).map { String(decoding: $0, as: UTF8.self) }
-}
-
-/// Children of `pid` (from /proc/*/stat).
-private func children(of pid: Int32) -> [Int32] {
-    let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-    return names.compactMap { Int32($0) }.filter { child in
-        guard let stat = try? String(contentsOfFile: "/proc/\(child)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return false }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        return fields.count > 1 && Int32(fields[1]) == pid
-    }.sorted()
-}
 
 @Suite(.enabled(if: canMount, "needs root and /dev/fuse"))
 struct ProcessTitleTests {
@@ -111,23 +64,8 @@ struct ProcessTitleTests {
         defer { d.tearDown() }
         let prefix = try d.temp.makeDirectory("nginx")
         #expect(chmod(d.temp.path, 0o755) == 0)
-        let port = try freePort()
-        let config = """
-            daemon off;
-            master_process on;
-            worker_processes 2;
-            pid \(prefix)/nginx.pid;
-            events { worker_connections 64; }
-            http {
-                access_log off;
-                client_body_temp_path \(prefix)/body;
-                proxy_temp_path \(prefix)/proxy;
-                fastcgi_temp_path \(prefix)/fastcgi;
-                uwsgi_temp_path \(prefix)/uwsgi;
-                scgi_temp_path \(prefix)/scgi;
-                server { listen 127.0.0.1:\(port); location / { return 200 "ok\\n"; } }
-            }
-            """
+        let port = try freeLoopbackPort()
+        let config = nginxConfiguration(prefix: prefix, port: port, location: "return 200 \"ok\\n\";")
         try config.write(toFile: prefix + "/nginx.conf", atomically: false, encoding: .utf8)
         let nginx = try ChildProcess(
             "/usr/sbin/nginx", ["-p", prefix, "-c", prefix + "/nginx.conf", "-e", prefix + "/error.log"],
@@ -141,7 +79,7 @@ struct ProcessTitleTests {
         }
         let started = waitUntil(timeout: .seconds(30)) {
             workers = children(of: nginx.pid)
-            return workers.count == 2 && httpGet(port: port)?.hasSuffix("\r\n\r\nok\n") == true
+            return workers.count == 2 && (try? httpGet(port: port, path: "/"))?.hasSuffix("\r\n\r\nok\n") == true
         }
         let errorLog = (try? String(contentsOfFile: prefix + "/error.log", encoding: .utf8)) ?? ""
         try #require(started, "nginx did not serve: \(errorLog)")
@@ -152,7 +90,7 @@ struct ProcessTitleTests {
         for pid in processes {
             #expect(d.daemon.stderr.contains("kmemleak: adopted client pid \(pid) (nginx)"), "\(d.daemon.stderr)")
         }
-        for _ in 0..<20 { #expect(httpGet(port: port)?.hasSuffix("\r\n\r\nok\n") == true) }
+        for _ in 0..<20 { #expect((try? httpGet(port: port, path: "/"))?.hasSuffix("\r\n\r\nok\n") == true) }
         d.scan()
         #expect(!d.daemon.stderr.contains("dropped client"), "\(d.daemon.stderr)")
         #expect(filesInRoot(for: processes).isEmpty)

@@ -36,25 +36,7 @@ for f in "$KMEMLEAKD" "$SHIM" "$CLIENT"; do
 done
 KMEMLEAKD=$(realpath "$KMEMLEAKD"); SHIM=$(realpath "$SHIM"); CLIENT=$(realpath "$CLIENT")
 
-TMP=$(mktemp -d /tmp/pause.XXXXXX)
-DPID= CPID= MNT=
-cleanup() {
-    exec 3>&- 2>/dev/null || true
-    [[ -n $CPID ]] && kill "$CPID" 2>/dev/null && wait "$CPID" 2>/dev/null || true
-    [[ -n $DPID ]] && kill -TERM "$DPID" 2>/dev/null && wait "$DPID" 2>/dev/null || true
-    if [[ -n $MNT ]] && grep -q " $MNT " /proc/mounts; then fusermount3 -u "$MNT" 2>/dev/null || true; fi
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-now() { date +%s%N; }
-# wait_for CMD... : poll a condition (20 ms steps, 600 s limit)
-wait_for() {
-    local i
-    for ((i = 0; i < 30000; i++)); do "$@" && return 0; sleep 0.02; done
-    echo "timed out waiting for: $*" >&2; return 1
-}
+source Benchmarks/daemon-run.sh pause
 lines() { grep -c "$1" "$TMP/client.out" || true; }
 # ask CMD REPLY_PREFIX : send a command to the client and wait for one more line starting with the prefix
 ask() {
@@ -63,7 +45,6 @@ ask() {
     wait_for eval "[[ \$(grep -c '^$2' '$TMP/client.out') -gt $before ]]"
 }
 ms() { awk -v d="$1" 'BEGIN { printf "%.1f", d / 1e6 }'; }
-canon() { sed -n "s/$1/\\1/p" | tr 'A-F' 'a-f' | sed 's/^0x0*/0x/' | sort -u; }
 
 echo "# pause: N=$N L=$L reps=$REPS nproc=$(nproc) load(1/5/15)=$(cut -d' ' -f1-3 /proc/loadavg) $(date -u +%FT%TZ)"
 echo "# kmemleakd=$KMEMLEAKD"

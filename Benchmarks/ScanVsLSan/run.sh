@@ -37,32 +37,13 @@ for f in "$KMEMLEAKD" "$SHIM" "$CLIENT" "$LSAN_SO"; do
 done
 KMEMLEAKD=$(realpath "$KMEMLEAKD"); SHIM=$(realpath "$SHIM"); CLIENT=$(realpath "$CLIENT")
 
-TMP=$(mktemp -d /tmp/scanvslsan.XXXXXX)
-DPID= CPID= MNT=
-cleanup() {
-    exec 3>&- 2>/dev/null || true
-    [[ -n $CPID ]] && kill "$CPID" 2>/dev/null && wait "$CPID" 2>/dev/null || true
-    [[ -n $DPID ]] && kill -TERM "$DPID" 2>/dev/null && wait "$DPID" 2>/dev/null || true
-    if [[ -n $MNT ]] && grep -q " $MNT " /proc/mounts; then fusermount3 -u "$MNT" 2>/dev/null || true; fi
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-now() { date +%s%N; }
-# wait_for CMD... : poll a condition (20 ms steps, 600 s limit)
-wait_for() {
-    local i
-    for ((i = 0; i < 30000; i++)); do "$@" && return 0; sleep 0.02; done
-    echo "timed out waiting for: $*" >&2; return 1
-}
+source Benchmarks/daemon-run.sh scanvslsan
 status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 # CPU ticks (utime+stime+cutime+cstime; LSan's StopTheWorld tracer is a cloned child, reaped by the
 # client, so it lands in cutime/cstime)
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 + $14 + $15 }'; }
 TICK_NS=$((1000000000 / $(getconf CLK_TCK)))
 canon_lines() { sed 's/^LEAK //' | tr 'A-F' 'a-f' | sed 's/^0x0*/0x/'; }
-canon() { sed -n "s/$1/\\1/p" | tr 'A-F' 'a-f' | sed 's/^0x0*/0x/' | sort -u; }
 
 # start_client OUTFILE ENV... : scan-client with stdin on fifo fd 3; sets CPID
 start_client() {

@@ -258,7 +258,10 @@ public final class Symbolizer: @unchecked Sendable {
     /// other mount namespaces), then the path (non-blocking: the client may have put a FIFO there);
     /// the inode must match the mapping. Only the headers are read; the descriptor is closed on return
     /// and the file opened the same way again to build its symbol index.
+    /// Nothing on a FUSE file system is touched, not even opened (its server answers, or not, when it
+    /// likes): its data segments are no roots and its symbols stay unknown.
     static func openELF(pid: Int32, mapping m: MapEntry) -> ELFFile? {
+        guard let mounts = try? Proc.mountedFileSystems(pid), mounts.isSafeToRead(m.device) else { return nil }
         let paths = ["/proc/\(pid)/map_files/\(m.mapFilesName)", m.filePath]
         let inode = m.inode
         let reopen: @Sendable () -> FileHandleFD? = {

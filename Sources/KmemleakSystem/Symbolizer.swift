@@ -145,10 +145,12 @@ public final class Symbolizer: @unchecked Sendable {
     public func refresh() throws(SystemError) {
         let maps = try Proc.maps(pid)
         let exe = (try? Proc.exe(pid)) ?? ""
-        let exeInode: UInt64 = (try? FileHandleFD.open("/proc/\(pid)/exe", O_RDONLY).fstat()).map { UInt64($0.st_ino) } ?? 0
+        let exePath = exe.hasSuffix(" (deleted)") ? String(exe.dropLast(10)) : exe
+        // From the maps, not by opening /proc/PID/exe: on a FUSE mount an open waits for its server.
+        let exeInode = maps.first { $0.isFileBacked && $0.filePath == exePath }?.inode ?? 0
         lock.withLock {
             $0.maps = maps
-            $0.exePath = exe.hasSuffix(" (deleted)") ? String(exe.dropLast(10)) : exe
+            $0.exePath = exePath
             $0.exeInode = exeInode
             $0.resolved = [:]
             $0.memo = [:]

@@ -127,7 +127,7 @@ CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/client
 	.build/clients/hostile-client .build/clients/libevil.so .build/clients/fork-window \
 	.build/clients/libfork-window-hook.so \
 	.build/clients/roots-client .build/clients/many-leaks \
-	.build/clients/every-size .build/clients/new-array-zero
+	.build/clients/every-size .build/clients/new-array-zero .build/clients/slow-fuse
 clients: $(CLIENTS)
 .build/clients/thread-life: Tests/clients/thread-life.c
 	@mkdir -p $(@D)
@@ -156,6 +156,10 @@ clients: $(CLIENTS)
 	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
 # The hostile-client tests (issue 9): a client that corrupts its own table, and the library whose
 # symbol name it forges (-O0: the static function must keep its frame and its name).
+# A FUSE file system whose file never answers a read (issue 9 item 6: scans must not wait on it).
+.build/clients/slow-fuse: Tests/clients/slow-fuse.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra $$(pkg-config --cflags fuse3) -o $@ $< $$(pkg-config --libs fuse3)
 .build/clients/hostile-client: Tests/clients/hostile-client.c Sources/CKmemleakABI/include/kmemleak_abi.h
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -ISources/CKmemleakABI/include -o $@ $< -ldl

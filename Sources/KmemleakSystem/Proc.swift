@@ -36,6 +36,41 @@ public struct MapEntry: Sendable, Equatable {
     }
     /// The `/proc/PID/map_files/` entry name: lowercase hex, no padding.
     public var mapFilesName: String { String(start, radix: 16) + "-" + String(end, radix: 16) }
+    public var device: DeviceNumber { DeviceNumber(major: devMajor, minor: devMinor) }
+}
+
+/// A file system's device number (st_dev), as /proc/PID/maps and /proc/PID/mountinfo show it.
+public struct DeviceNumber: Sendable, Hashable {
+    public var major: UInt32
+    public var minor: UInt32
+    public init(major: UInt32, minor: UInt32) { self.major = major; self.minor = minor }
+}
+
+/// The file systems of a process's mount namespace (/proc/PID/mountinfo), by device: which of them
+/// the daemon may open files on.
+public struct MountedFileSystems: Sendable, Equatable {
+    /// Devices of mounts served by the kernel.
+    public private(set) var kernelServed: Set<DeviceNumber> = []
+    /// Devices of FUSE mounts (`fuse`, `fuse.NAME`, `fuseblk`): a process answers every open, stat and
+    /// read there, and may never answer.
+    public private(set) var userSpaceServed: Set<DeviceNumber> = []
+
+    public init(kernelServed: Set<DeviceNumber> = [], userSpaceServed: Set<DeviceNumber> = []) {
+        self.kernelServed = kernelServed; self.userSpaceServed = userSpaceServed
+    }
+
+    /// Whether files on `device` may be opened and read without waiting on a user-space server: not a
+    /// FUSE mount, and either a mount of this namespace or a real block device (before Linux 6.8 maps
+    /// show an overlayfs file's lower device, which a container does not mount). An unlisted anonymous
+    /// device (major 0) may be a FUSE mount detached with `umount -l` whose server still runs.
+    public func isSafeToRead(_ device: DeviceNumber) -> Bool {
+        if userSpaceServed.contains(device) { return false }
+        return kernelServed.contains(device) || device.major != 0
+    }
+
+    public static func isUserSpaceServed(type: String) -> Bool {
+        type == "fuse" || type == "fuseblk" || type.hasPrefix("fuse.")
+    }
 }
 
 /// The fields of /proc/PID/stat we use.
@@ -151,6 +186,29 @@ public enum ProcParse {
     }
 
     @inline(__always)
+    /// Parses the text of /proc/PID/mountinfo: "ID PARENT MAJOR:MINOR ROOT POINT OPTIONS [TAGS...] - TYPE
+    /// SOURCE OPTIONS" per line (paths escape spaces as \\040). Malformed lines are skipped.
+    public static func parseMountInfo(_ bytes: [UInt8]) -> MountedFileSystems {
+        var kernelServed = Set<DeviceNumber>(), userSpaceServed = Set<DeviceNumber>()
+        // Whole lines only: a line cut at the read limit may have lost the end of its type ("fu").
+        let complete = bytes[..<(bytes.lastIndex(of: UInt8(ascii: "\n")).map { $0 + 1 } ?? 0)]
+        for line in complete.split(separator: UInt8(ascii: "\n")) {
+            let fields = line.split(separator: UInt8(ascii: " "))
+            guard fields.count > 7, let dash = fields[6...].firstIndex(where: { $0.elementsEqual([UInt8(ascii: "-")]) }),
+                  dash + 1 < fields.count else { continue }
+            let numbers = fields[2].split(separator: UInt8(ascii: ":"))
+            guard numbers.count == 2, let major = UInt32(String(decoding: numbers[0], as: UTF8.self)),
+                  let minor = UInt32(String(decoding: numbers[1], as: UTF8.self)) else { continue }
+            let device = DeviceNumber(major: major, minor: minor)
+            if MountedFileSystems.isUserSpaceServed(type: String(decoding: fields[dash + 1], as: UTF8.self)) {
+                userSpaceServed.insert(device)
+            } else {
+                kernelServed.insert(device)
+            }
+        }
+        return MountedFileSystems(kernelServed: kernelServed, userSpaceServed: userSpaceServed)
+    }
+
     static func hexDigit(_ c: UInt8) -> UInt8? {
         switch c {
         case 48...57: return c - 48
@@ -174,6 +232,11 @@ extension String {
 public enum Proc {
     public static func maps(_ pid: Int32) throws(SystemError) -> [MapEntry] {
         ProcParse.parseMaps(try ProcFile.read("/proc/\(pid)/maps", limit: 256 << 20)).entries
+    }
+
+    /// The file systems of `pid`'s mount namespace.
+    public static func mountedFileSystems(_ pid: Int32) throws(SystemError) -> MountedFileSystems {
+        ProcParse.parseMountInfo(try ProcFile.read("/proc/\(pid)/mountinfo", limit: 64 << 20))
     }
 
     public static func stat(_ pid: Int32) throws(SystemError) -> ProcStat {

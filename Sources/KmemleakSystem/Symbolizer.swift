@@ -145,10 +145,12 @@ public final class Symbolizer: @unchecked Sendable {
     public func refresh() throws(SystemError) {
         let maps = try Proc.maps(pid)
         let exe = (try? Proc.exe(pid)) ?? ""
-        let exeInode: UInt64 = (try? FileHandleFD.open("/proc/\(pid)/exe", O_RDONLY).fstat()).map { UInt64($0.st_ino) } ?? 0
+        let exePath = exe.hasSuffix(" (deleted)") ? String(exe.dropLast(10)) : exe
+        // From the maps, not by opening /proc/PID/exe: on a FUSE mount an open waits for its server.
+        let exeInode = maps.first { $0.isFileBacked && $0.filePath == exePath }?.inode ?? 0
         lock.withLock {
             $0.maps = maps
-            $0.exePath = exe.hasSuffix(" (deleted)") ? String(exe.dropLast(10)) : exe
+            $0.exePath = exePath
             $0.exeInode = exeInode
             $0.resolved = [:]
             $0.memo = [:]
@@ -258,7 +260,10 @@ public final class Symbolizer: @unchecked Sendable {
     /// other mount namespaces), then the path (non-blocking: the client may have put a FIFO there);
     /// the inode must match the mapping. Only the headers are read; the descriptor is closed on return
     /// and the file opened the same way again to build its symbol index.
+    /// Nothing on a FUSE file system is touched, not even opened (its server answers, or not, when it
+    /// likes): its data segments are no roots and its symbols stay unknown.
     static func openELF(pid: Int32, mapping m: MapEntry) -> ELFFile? {
+        guard let mounts = try? Proc.mountedFileSystems(pid), mounts.isSafeToRead(m.device) else { return nil }
         let paths = ["/proc/\(pid)/map_files/\(m.mapFilesName)", m.filePath]
         let inode = m.inode
         let reopen: @Sendable () -> FileHandleFD? = {

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import KmemleakFS
 import KmemleakTestSupport
 import Synchronization
 import Testing
@@ -75,6 +76,39 @@ struct ScannedMemoryTests {
         d.scan(times: 2)
         #expect(d.reportedAddresses == leaks, "report:\n\(d.report)")
         #expect(d.daemon.stderr.contains("is not anonymous private memory; not scanned"))
+    }
+
+    /// The same claim on a PROT_READ mapping of a file whose FUSE server never answers a read: two
+    /// scans and a read of the report end (a hang guard only: each would wait on that server for as long
+    /// as it lives if the daemon read the file), the server is asked for no read, an ordinary client's
+    /// leaks are exact and the refusal is logged once.
+    @Test func aStackClaimOnASlowFUSEFileStallsNoScanAndNoReader() throws {
+        let d = try Detection()
+        defer { d.tearDown() }
+        let server = try SlowFUSEServer(mountpoint: d.temp.makeDirectory("slow-fuse"), logDirectory: d.temp.path)
+        defer { server.stop() }
+        let ordinary = try d.client(kmemleakTestPath)
+        let leaks = printed(ordinary, ["LEAK", "PCPU-LEAK"])
+        #expect(leaks.count == 14)
+        let claimer = try d.client(rootsClient, ["fakestack-ro", server.file])
+        #expect(server.reads.isEmpty, "mapping the file read it: \(server.reads)")
+
+        let controlFile = d.controlFile
+        let outcome = OffThread { () -> (scans: [Int], report: String) in
+            let scans = (1...2).map { _ in writeOnce(controlFile, Array("scan\n".utf8)).result }
+            let report = (try? readAll(controlFile)).map { String(decoding: $0, as: UTF8.self) } ?? "<unreadable>"
+            return (scans, report)
+        }
+        let result = outcome.wait(timeout: .seconds(120))
+        try #require(result != nil, "hang guard: the scans or the read of the report waited on the FUSE server, asked for \(server.reads)")
+        #expect(result?.scans == [5, 5])
+        #expect(addresses(in: result?.report ?? "") == leaks, "report:\n\(result?.report ?? "")")
+        #expect(server.reads.isEmpty, "the daemon read the FUSE file: \(server.reads)")
+        let refusals = d.daemon.stderr.split(separator: "\n").filter {
+            $0.contains("pid \(claimer.pid): thread root") && $0.contains("is not anonymous private memory; not scanned")
+        }
+        #expect(refusals.count == 1, "log:\n\(d.daemon.stderr.suffix(2000))")
+        #expect(refusals.first?.contains(server.file) == true)
     }
 
     /// A thread looping on vfork (its parent waiting uninterruptibly) cannot be frozen in time: after
@@ -197,5 +231,60 @@ private func threadStates(_ pid: Int32) -> [(tid: Int32, state: String, tracer: 
             if line.hasPrefix("TracerPid:") { tracer = Int32(line.dropFirst(10).trimmingCharacters(in: .whitespaces)) ?? -1 }
         }
         return (tid, state, tracer)
+    }
+}
+
+/// `body` run on a thread of its own; `wait` gives up after a timeout (the thread may stay blocked).
+private final class OffThread<Result: Sendable>: Sendable {
+    private let outcome = Mutex<Result?>(nil)
+
+    init(_ body: @escaping @Sendable () -> Result) {
+        Thread { [self] in
+            let result = body()
+            outcome.withLock { $0 = result }
+        }.start()
+    }
+
+    func wait(timeout: Duration) -> Result? {
+        var result: Result?
+        _ = waitUntil(timeout: timeout) {
+            result = outcome.withLock { $0 }
+            return result != nil
+        }
+        return result
+    }
+}
+
+/// A running `slow-fuse` (Tests/clients/slow-fuse.c) on `mountpoint`: its file never answers a read.
+private final class SlowFUSEServer {
+    let mountpoint: String
+    var file: String { mountpoint + "/slow" }
+    private let process: ChildProcess
+
+    init(mountpoint: String, logDirectory: String) throws {
+        self.mountpoint = mountpoint
+        process = try ChildProcess.withOutputFiles([clientPath("slow-fuse"), mountpoint], in: logDirectory, name: "slow-fuse")
+        let mounted = waitUntil(timeout: .seconds(30)) {
+            !process.isRunning || (process.stdout.contains("MOUNTED") && MountPoint.mounts(at: mountpoint).count == 1)
+        }
+        guard mounted, process.isRunning else {
+            stop()
+            throw TestFailure("slow-fuse did not mount: \(process.stderr)")
+        }
+    }
+
+    /// The reads the server was asked for ("READ offset size" lines).
+    var reads: [String] { process.stdout.split(separator: "\n").filter { $0.hasPrefix("READ ") }.map(String.init) }
+
+    /// Detaches the mount (a blocked request fails once the server is gone) and ends the server.
+    func stop() {
+        if let unmount = try? ChildProcess("/usr/bin/fusermount3", ["-u", "-z", mountpoint], stdinPipe: false,
+                                           stdout: .inherit, stderr: .inherit) {
+            unmount.wait(timeout: 30)
+            unmount.terminate()
+        }
+        process.signal(SIGTERM)
+        if process.wait(timeout: 20) == nil { process.terminate() }
+        #expect(MountPoint.mounts(at: mountpoint).isEmpty, "slow-fuse left its mount")
     }
 }

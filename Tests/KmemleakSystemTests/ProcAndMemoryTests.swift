@@ -45,6 +45,28 @@ import Testing
         #expect(e.count == 1 && skipped == 2)
     }
 
+    /// FUSE mounts (by type, with or without tags) are user-space served; so may be an anonymous device
+    /// listed nowhere (a detached mount), a junk line's or a cut line's; an unlisted block device is not.
+    @Test func mountInfoSeparatesFUSEMounts() {
+        let text = """
+        22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+        44 27 0:41 / /tmp/a\\040b rw,nosuid,nodev,relatime shared:7 master:2 - fuse.slow-fuse slow-fuse rw,user_id=0
+        45 27 0:42 / /mnt/plain rw - fuse plain rw
+        46 27 8:17 / /mnt/ntfs rw - fuseblk /dev/sdb1 rw
+        47 27 0:43 / /tmp rw - tmpfs tmpfs rw
+        junk - fuse
+        48 27 0:44 / /cut rw - fu
+        """
+        let mounts = ProcParse.parseMountInfo(Array(text.utf8))
+        #expect(mounts.isSafeToRead(DeviceNumber(major: 8, minor: 1)))
+        #expect(mounts.isSafeToRead(DeviceNumber(major: 0, minor: 43)))
+        for minor: UInt32 in [41, 42, 44, 99] { #expect(!mounts.isSafeToRead(DeviceNumber(major: 0, minor: minor)), "0:\(minor)") }
+        #expect(!mounts.isSafeToRead(DeviceNumber(major: 8, minor: 17)))
+        #expect(mounts.isSafeToRead(DeviceNumber(major: 254, minor: 3)))
+        #expect(mounts.userSpaceServed == [DeviceNumber(major: 0, minor: 41), DeviceNumber(major: 0, minor: 42),
+                                           DeviceNumber(major: 8, minor: 17)])
+    }
+
     @Test func statWithHostileComm() {
         let line = "1234 (a) b (c)) R 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615\n"
         let s = ProcParse.parseStat(Array(line.utf8))

@@ -15,6 +15,9 @@
  *   roots-client fakestack FILE
  *                           a thread's record in the shim's table is rewritten to claim a MAP_SHARED
  *                           mapping of FILE as its stack; that mapping holds the only pointer to a LEAK
+ *   roots-client fakestack-ro FILE
+ *                           the same claim on a PROT_READ MAP_PRIVATE mapping of FILE that is never
+ *                           touched (FILE may be served by a FUSE server that never answers a read)
  *   roots-client vfork      one thread loops vfork + exec of /bin/true (the child sleeping 300 ms
  *                           first, so the parent waits uninterruptibly), another spins holding the
  *                           only pointer to a KEEP object in a live frame
@@ -189,6 +192,23 @@ static struct kml_header *own_table(void) {
     return found;
 }
 
+/* Rewrites the table record of a new idle thread to claim [lo, lo + size) as its stack. */
+static int claim_as_stack(void *lo, size_t size) {
+    pthread_t t;
+    pthread_create(&t, NULL, idle_thread, NULL);
+    while (!claimed_tid) usleep(1000);
+    struct kml_header *h = own_table();
+    if (!h) return 1;
+    for (uint32_t i = 0; i < h->threads_used; i++) {
+        struct kml_thread *record = (struct kml_thread *)((char *)h + h->threads_offset + (size_t)i * h->thread_size);
+        if (record->tid != claimed_tid) continue;
+        record->stack_lo = (uint64_t)(uintptr_t)lo;
+        record->stack_hi = (uint64_t)(uintptr_t)lo + size;
+        return 0;
+    }
+    return 1;
+}
+
 static int fakestack(const char *file) {
     int fd = open(file, O_RDWR | O_CREAT | O_TRUNC, 0600);
     if (fd < 0 || ftruncate(fd, 65536) != 0) return 1;
@@ -199,19 +219,18 @@ static int fakestack(const char *file) {
     memset(object, 0x44, 88);
     mapping[100] = object;
     say("LEAK", object);
-    pthread_t t;
-    pthread_create(&t, NULL, idle_thread, NULL);
-    while (!claimed_tid) usleep(1000);
-    struct kml_header *h = own_table();
-    if (!h) return 1;
-    for (uint32_t i = 0; i < h->threads_used; i++) {
-        struct kml_thread *record = (struct kml_thread *)((char *)h + h->threads_offset + (size_t)i * h->thread_size);
-        if (record->tid != claimed_tid) continue;
-        record->stack_lo = (uint64_t)(uintptr_t)mapping;
-        record->stack_hi = (uint64_t)(uintptr_t)mapping + 65536;
-        return 0;
-    }
-    return 1;
+    return claim_as_stack(mapping, 65536);
+}
+
+/* Neither we nor the shim touch the mapping: mapping a file reads nothing from it. */
+static int fakestack_readonly(const char *file) {
+    size_t size = 1 << 20;
+    int fd = open(file, O_RDONLY);
+    if (fd < 0) return 1;
+    void *mapping = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (mapping == MAP_FAILED) return 1;
+    return claim_as_stack(mapping, size);
 }
 
 /* ---- vfork ---- */
@@ -262,6 +281,8 @@ int main(int argc, char **argv) {
         if (noreserve() != 0) { perror("noreserve"); return 1; }
     } else if (strcmp(mode, "fakestack") == 0 && argc > 2) {
         if (fakestack(argv[2]) != 0) { perror("fakestack"); return 1; }
+    } else if (strcmp(mode, "fakestack-ro") == 0 && argc > 2) {
+        if (fakestack_readonly(argv[2]) != 0) { perror("fakestack-ro"); return 1; }
     } else if (strcmp(mode, "vfork") == 0) {
         pthread_create(&threads[0], NULL, vfork_loop, NULL);
         pthread_create(&threads[1], NULL, spin_with_live_pointer, NULL);
@@ -272,7 +293,7 @@ int main(int argc, char **argv) {
         touched_area = malloc(256 << 20); /* its teardown keeps the exit going for a while */
         memset(touched_area, 1, 256 << 20);
     } else {
-        fprintf(stderr, "usage: roots-client deadstack|xmm|guard|noreserve|fakestack FILE|vfork|exit N\n");
+        fprintf(stderr, "usage: roots-client deadstack|xmm|guard|noreserve|fakestack FILE|fakestack-ro FILE|vfork|exit N\n");
         return 64;
     }
     /* Give the threads time to announce themselves before READY (they print under a lock). */

@@ -64,6 +64,7 @@ public enum Roots {
                                excluded: [(start: UInt64, length: UInt64)] = [], liveTasks: Set<Int32>? = nil,
                                includeStacks: Bool = true,
                                excludedModules: Set<String> = defaultExcludedModules,
+                               mounts: MountedFileSystems? = nil,
                                cache: ELFCache) -> [RootRange] {
         var roots: [RootRange] = []
         let maps = maps.sorted { $0.start < $1.start }
@@ -82,6 +83,12 @@ public enum Roots {
             i = j
             if excludedModules.contains(name) { continue }
             let allocatorData = isAllocatorLibrary(name)
+            if let mounts, !mounts.isSafeToRead(base.device) {
+                // A file the daemon never opens (a FUSE server answers when it likes: a program run from
+                // sshfs or fuse-overlayfs): its data is known from the maps alone.
+                roots += unopenedFileData(instance, label: base.filePath, allocatorData: allocatorData)
+                continue
+            }
             guard let file = cache.file(for: base, open: { Symbolizer.openELF(pid: pid, mapping: base) }),
                   let first = file.firstLoadVaddr else { continue }
             let bias = base.start &- first
@@ -153,6 +160,31 @@ public enum Roots {
             }
         }
         return (kept, refused)
+    }
+
+    /// The data of a mapped file whose program headers are not read: each private writable mapping of
+    /// the file (.data and the rest of its writable PT_LOAD), and the anonymous writable mapping right
+    /// after the last of them (.bss beyond the file's pages). Conservative: a writable private mapping
+    /// of the file that is no PT_LOAD counts too. Only written pages of the file mappings are read
+    /// (`ScannableMemory`), so the file's server is never asked.
+    static func unopenedFileData(_ instance: ArraySlice<MapEntry>, label: String, allocatorData: Bool) -> [RootRange] {
+        var roots: [RootRange] = []
+        var previousWasData = false
+        for m in instance {
+            let isData = m.isFileBacked && m.readable && m.writable && !m.shared
+            let isBSS = previousWasData && m.isAnonymous && m.readable && m.writable && !m.shared
+                && roots.last.map { $0.end == m.start } == true
+            if isData || isBSS {
+                if let last = roots.last, last.end == m.start {
+                    roots[roots.count - 1].length += m.length
+                } else {
+                    roots.append(RootRange(start: m.start, length: m.length, kind: .data, label: label,
+                                           isAllocatorData: allocatorData))
+                }
+            }
+            previousWasData = isData
+        }
+        return roots
     }
 
     /// x86-64 leaf functions may keep data in the 128 bytes below the stack pointer (the red zone).
@@ -298,7 +330,7 @@ extension ClientTable {
         for m in maps where m.path.hasPrefix("/memfd:" + KML_MEMFD_NAME) { excluded.append((m.start, m.length)) }
         let all = Roots.compute(pid: pid, maps: maps, threads: threads, regions: regions, excluded: excluded,
                                 liveTasks: liveTasks, includeStacks: includeStacks, excludedModules: excludedModules,
-                                cache: cache)
+                                mounts: try? Proc.mountedFileSystems(pid), cache: cache)
         return Roots.confineThreadRoots(all, maps: maps)
     }
 }

@@ -147,6 +147,34 @@ func dlsymAddress(_ name: String) throws -> UInt64 {
 }
 
 @Suite struct RootsTests {
+    /// A program whose file lives on a FUSE mount is never opened (its server may never answer): its
+    /// .data and .bss are still roots, taken from the maps alone (its writable private mappings and the
+    /// anonymous mapping right after them).
+    @Test func dataAndBssOfAProgramOnAFuseMountFromTheMapsAlone() throws {
+        let (c, pid) = try Helper.start()
+        defer { c.terminate() }
+        let v = try addrs(try c.request("data", expect: "addr"))
+        let (data, bss) = (v[0], v[1])
+        let maps = try Proc.maps(pid)
+        let program = try #require(maps.first { $0.path.hasSuffix("/helper") })
+        let fuse = MountedFileSystems(kernelServed: [], userSpaceServed: [program.device])
+        #expect(!fuse.isSafeToRead(program.device))
+        let roots = Roots.compute(pid: pid, maps: maps, threads: [], regions: [], mounts: fuse, cache: ELFCache())
+        func covered(_ a: UInt64, _ n: UInt64) -> Bool {
+            roots.contains { $0.kind == .data && $0.start <= a && a + n <= $0.end && $0.label.hasSuffix("/helper") }
+        }
+        #expect(covered(data, 8192))
+        #expect(covered(bss, 65536))
+        // Nothing of the program that is not writable private memory: no text, no read-only data.
+        for r in roots where r.label.hasSuffix("/helper") {
+            for m in maps where m.start < r.end && r.start < m.end {
+                #expect(m.writable && !m.shared, "\(r) overlaps \(m)")
+            }
+        }
+        // Other files are still read from their program headers.
+        #expect(roots.contains { $0.kind == .data && $0.label.hasSuffix("/libc.so.6") })
+    }
+
     /// .data and a 64 KiB .bss (beyond the file's end: the anonymous mapping after the file's rw
     /// pages) of a child are covered by data roots computed from its ELF program headers.
     @Test func dataAndBssOfAChild() throws {

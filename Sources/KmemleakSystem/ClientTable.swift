@@ -523,6 +523,9 @@ public final class ClientTable: Sendable {
         guard let r = rendezvous else { return true }
         let mapName = String(r.address, radix: 16) + "-" + String(r.address &+ r.size, radix: 16)
         for path in ["/proc/\(pid)/map_files/\(mapName)", "/proc/\(pid)/fd/\(r.fd)"] {
+            // The link's name first: a stat that follows it to a file of a FUSE server (the client
+            // mapped one over the table's range) would wait on that server.
+            if let target = try? ProcFile.readlink(path), !target.hasPrefix("/memfd:" + KML_MEMFD_NAME) { return false }
             var st = stat()
             if fstatat(AT_FDCWD, path, &st, 0) == 0 { return UInt64(st.st_ino) == inode }
             if errno == ENOENT { return false }

@@ -169,7 +169,7 @@ clients: $(CLIENTS)
 .build/clients/proctitle: Tests/clients/proctitle.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -o $@ $<
-.build/clients/scan-client: Benchmarks/ScanVsLSan/scan-client.c
+.build/clients/scan-client: Benchmarks/ScanVsLSan/scan-client.c Benchmarks/bench-util.h
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -o $@ $<
 .build/clients/fork-window: Tests/clients/fork-window.c

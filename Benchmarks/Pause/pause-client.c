@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "../bench-util.h"
 
 #define CHAINS 1000
 
@@ -30,17 +31,6 @@ static struct node *chains[CHAINS];
 static _Atomic uint64_t max_gap_ns, gaps_over_1ms, readings;
 static atomic_bool reset_requested;
 
-static uint64_t xorshift(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-    return *s = x;
-}
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 /* Sleeps between readings (not a spin): on a 2-core machine a spinning thread would take a core
  * from the daemon it measures. A 200 us sleep adds ~0.2 ms + wake-up latency to every gap. */

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "../bench-util.h"
 
 #define CHAINS 1000
 
@@ -28,17 +29,6 @@ static struct node *chains[CHAINS];
 
 int __lsan_do_recoverable_leak_check(void) __attribute__((weak));
 
-static uint64_t xorshift(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-    return *s = x;
-}
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static __attribute__((noinline)) void leak_some(unsigned count, uint64_t *seed) {
     for (unsigned i = 0; i < count; i++) {

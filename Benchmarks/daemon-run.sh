@@ -1,7 +1,13 @@
 # daemon-run.sh - sourced by the benchmarks that run a real kmemleakd and a client (ScanVsLSan, Pause):
 # a temporary directory, clean-up of the client, the daemon and the mount on every exit path, and the
 # polling helpers. Usage: `source Benchmarks/daemon-run.sh NAME`; the script sets CPID, DPID and MNT
-# as it starts them (and opens the client's stdin fifo as fd 3).
+# as it starts them (and opens the client's stdin fifo as fd 3). Sourced from the repository root; the
+# binaries default to the release builds (KMEMLEAKD: .build-bench's if there, for a benchmark build).
+if [[ -z "${KMEMLEAKD:-}" ]]; then
+    if [[ -x .build-bench/release/kmemleakd ]]; then KMEMLEAKD=.build-bench/release/kmemleakd
+    else KMEMLEAKD=.build/release/kmemleakd; fi
+fi
+SHIM=${SHIM:-.build/release/libkmemleak.so}
 TMP=$(mktemp -d "/tmp/$1.XXXXXX")
 DPID= CPID= MNT=
 cleanup() {

@@ -31,7 +31,6 @@ static struct node *chains[CHAINS];
 static _Atomic uint64_t max_gap_ns, gaps_over_1ms, readings;
 static atomic_bool reset_requested;
 
-
 /* Sleeps between readings (not a spin): on a 2-core machine a spinning thread would take a core
  * from the daemon it measures. A 200 us sleep adds ~0.2 ms + wake-up latency to every gap. */
 static void *gap_thread(void *arg) {
@@ -54,16 +53,6 @@ static void *gap_thread(void *arg) {
         last = t;
     }
     return NULL;
-}
-
-static __attribute__((noinline)) void leak_some(unsigned count, uint64_t *seed) {
-    for (unsigned i = 0; i < count; i++) {
-        size_t size = 16 + xorshift(seed) % 1024;
-        volatile char *leak = malloc(size);
-        memset((char *)leak, 0x5a, size);
-        printf("LEAK %p\n", (void *)leak);
-        leak = NULL;
-    }
 }
 
 int main(int argc, char **argv) {

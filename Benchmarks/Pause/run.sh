@@ -23,11 +23,7 @@ N=${1:-1000000}
 L=${2:-1000}
 REPS=${3:-3}
 cd "$(dirname "$0")/../.."
-if [[ -z "${KMEMLEAKD:-}" ]]; then
-    if [[ -x .build-bench/release/kmemleakd ]]; then KMEMLEAKD=.build-bench/release/kmemleakd
-    else KMEMLEAKD=.build/release/kmemleakd; fi
-fi
-SHIM=${SHIM:-.build/release/libkmemleak.so}
+source Benchmarks/daemon-run.sh pause
 CLIENT=${CLIENT:-.build/bench/pause-client}
 RESULTS=${RESULTS:-/tmp/pause-results.tsv}
 KEEP_LOGS=${KEEP_LOGS:-}          # a directory: copy each rep's daemon log there
@@ -36,7 +32,6 @@ for f in "$KMEMLEAKD" "$SHIM" "$CLIENT"; do
 done
 KMEMLEAKD=$(realpath "$KMEMLEAKD"); SHIM=$(realpath "$SHIM"); CLIENT=$(realpath "$CLIENT")
 
-source Benchmarks/daemon-run.sh pause
 lines() { grep -c "$1" "$TMP/client.out" || true; }
 # ask CMD REPLY_PREFIX : send a command to the client and wait for one more line starting with the prefix
 ask() {

@@ -23,11 +23,7 @@ N=${1:-1000000}
 L=${2:-1000}
 REPS=${3:-3}
 cd "$(dirname "$0")/../.."
-if [[ -z "${KMEMLEAKD:-}" ]]; then
-    if [[ -x .build-bench/release/kmemleakd ]]; then KMEMLEAKD=.build-bench/release/kmemleakd
-    else KMEMLEAKD=.build/release/kmemleakd; fi
-fi
-SHIM=${SHIM:-.build/release/libkmemleak.so}
+source Benchmarks/daemon-run.sh scanvslsan
 CLIENT=${CLIENT:-.build/clients/scan-client}
 LSAN_SO=${LSAN_SO:-/usr/lib/x86_64-linux-gnu/liblsan.so.0}
 RESULTS=${RESULTS:-/tmp/scanvslsan-results.tsv}
@@ -37,7 +33,6 @@ for f in "$KMEMLEAKD" "$SHIM" "$CLIENT" "$LSAN_SO"; do
 done
 KMEMLEAKD=$(realpath "$KMEMLEAKD"); SHIM=$(realpath "$SHIM"); CLIENT=$(realpath "$CLIENT")
 
-source Benchmarks/daemon-run.sh scanvslsan
 status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 # CPU ticks (utime+stime+cutime+cstime; LSan's StopTheWorld tracer is a cloned child, reaped by the
 # client, so it lands in cutime/cstime)

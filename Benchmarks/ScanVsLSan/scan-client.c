@@ -29,17 +29,6 @@ static struct node *chains[CHAINS];
 
 int __lsan_do_recoverable_leak_check(void) __attribute__((weak));
 
-
-static __attribute__((noinline)) void leak_some(unsigned count, uint64_t *seed) {
-    for (unsigned i = 0; i < count; i++) {
-        size_t size = 16 + xorshift(seed) % 1024;
-        volatile char *leak = malloc(size);
-        memset((char *)leak, 0x5a, size);
-        printf("LEAK %p\n", (void *)leak);
-        leak = NULL;
-    }
-}
-
 /* A real program's size mix: most objects small, a few large (up to 16 KiB). */
 static size_t real_size(uint64_t *seed) {
     uint64_t r = xorshift(seed) % 100;

@@ -29,6 +29,8 @@ let package = Package(
                 "KmemleakEngine", "CKmemleakABI", "CKmemleakSys",
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // Pure: the mount's views (summary, JSON, ...) rendered from a LeakSnapshot, and suppressions.
+        .target(name: "KmemleakReports", dependencies: ["KmemleakEngine"]),
         // The FUSE adapter: MOUNTPOINT/kmemleak over a ControlFileBackend.
         .target(
             name: "KmemleakFS",

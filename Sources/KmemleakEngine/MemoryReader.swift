@@ -65,4 +65,12 @@ public protocol ReportContext {
     /// `symbol+0xoff/0xsize` with ` [module]` appended for code outside the main executable,
     /// or nil when the address resolves to nothing (the report then prints `0x...`).
     func symbolize(_ address: Address) -> String?
+    /// The frames a return address resolves to (inlined functions first, see `SymbolizedFrame`); at
+    /// least one, whose `address` is `address`.
+    func describe(_ address: Address) -> [SymbolizedFrame]
+}
+
+extension ReportContext {
+    /// A context without a structured symbolizer: the bare address.
+    public func describe(_ address: Address) -> [SymbolizedFrame] { [SymbolizedFrame(address: address)] }
 }

@@ -23,7 +23,8 @@ help:
 # The real-programs suite (Tests/EndToEndTests/RealProgramTests.swift) runs Debian's own programs under the
 # shim: python3 is Debian's /usr/bin/python3, never a python3 found first on PATH.
 DEB_PACKAGES := libfuse3-dev fuse3 libunwind-dev pkg-config make gcc g++ binutils valgrind heaptrack liblsan0 systemd python3 \
-	libjemalloc2 redis-server libtcmalloc-minimal4 nginx-light sqlite3
+	libjemalloc2 redis-server libtcmalloc-minimal4 nginx-light sqlite3 \
+	libdw-dev elfutils zlib1g-dev golang-go prometheus prometheus-node-exporter
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -189,8 +190,11 @@ build: shim
 	$(SWIFT) build -c release --static-swift-stdlib $(SWIFT_FLAGS)
 
 # The Swift suites (engine, system, daemon, end-to-end on real mounts), then the service tests, which
-# need the release build (unit verification, install tree, sd_notify, the demo).
-test: shim clients
+# need the release build (unit verification, install tree, sd_notify, the demo). Installs what is missing
+# first (make deps is idempotent), so that `make test` alone works on a fresh machine.
+test:
+	$(MAKE) --no-print-directory deps
+	$(MAKE) --no-print-directory shim clients
 	$(SWIFT) build --build-tests $(SWIFT_FLAGS)
 	$(SWIFT) test --skip-build $(SWIFT_FLAGS)
 	$(MAKE) --no-print-directory shim-selftest

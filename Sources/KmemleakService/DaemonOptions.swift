@@ -22,6 +22,8 @@ public struct DaemonOptions: Sendable, Equatable {
     public static let defaultMaxObjectsPerClient = 1 << 22
     /// Also adopt clients of the run directory that have no rendezvous file, found in /proc.
     public var discoverProcesses: Bool
+    /// `--control-link PATH`: made a symbolic link to MOUNTPOINT/kmemleak while the daemon runs.
+    public var controlFileLink: String?
 
     public static let defaultRunDirectory = "/run/kmemleak"
     public static let defaultClientScanBudget: Double = 30
@@ -30,8 +32,9 @@ public struct DaemonOptions: Sendable, Equatable {
         runDirectory: String = DaemonOptions.defaultRunDirectory, minimumAge: Double = 5, scanPeriod: Double = 600,
         firstScanDelay: Double = 60, clientScanBudget: Double = DaemonOptions.defaultClientScanBudget,
         mountpoint: String, allowOther: Bool = false, discoverProcesses: Bool = true,
-        maxObjectsPerClient: Int = DaemonOptions.defaultMaxObjectsPerClient
+        maxObjectsPerClient: Int = DaemonOptions.defaultMaxObjectsPerClient, controlFileLink: String? = nil
     ) {
+        self.controlFileLink = controlFileLink
         self.clientScanBudget = clientScanBudget
         self.runDirectory = runDirectory
         self.minimumAge = minimumAge
@@ -47,4 +50,7 @@ public struct DaemonOptions: Sendable, Equatable {
     /// nil when automatic scanning is off (`--scan-period 0`).
     public var scanPeriodDuration: Duration? { scanPeriod > 0 ? .seconds(scanPeriod) : nil }
     public var firstScanDelayDuration: Duration { .seconds(firstScanDelay) }
+
+    /// MOUNTPOINT/kmemleak.
+    public var controlFilePath: String { mountpoint.hasSuffix("/") ? mountpoint + "kmemleak" : mountpoint + "/kmemleak" }
 }

@@ -9,11 +9,11 @@ func makeBackend(options: DaemonOptions, logger: Logger) throws -> any ControlFi
     // so it logs through a handler without a label.
     var raw = Logger(label: "")
     raw.logLevel = logger.logLevel
-    let controlFile = options.mountpoint.hasSuffix("/") ? options.mountpoint + "kmemleak" : options.mountpoint + "/kmemleak"
+    let controlFile = options.controlFilePath
     return Detector(
         settings: Detector.Settings(
             runDirectory: options.runDirectory, minimumAge: options.minimumAge, scanPeriod: options.scanPeriod,
-            firstScanDelay: options.firstScanDelay, controlFilePath: controlFile,
+            firstScanDelay: options.firstScanDelay, controlFilePath: options.controlFileLink ?? controlFile,
             discoverProcesses: options.discoverProcesses,
             clientBudget: ClientBudget(maxObjects: options.maxObjectsPerClient),
             clientScanBudget: options.clientScanBudget),

@@ -29,7 +29,7 @@ func runDaemon(options: DaemonOptions, logger: Logger) -> Int32 {
     let beginStopping: @Sendable () -> Void = {
         if !stopping.exchange(true, ordering: .acquiringAndReleasing) { SystemdNotify.send("STOPPING=1") }
     }
-    let controlFile = options.mountpoint.hasSuffix("/") ? options.mountpoint + "kmemleak" : options.mountpoint + "/kmemleak"
+    let controlFile = options.controlFilePath
 
     let mount: FuseMount
     do {
@@ -55,6 +55,17 @@ func runDaemon(options: DaemonOptions, logger: Logger) -> Int32 {
         return 1
     }
 
+    // After the mount and the detector are up: a `cat` through the link waits only for the loop below.
+    let link = options.controlFileLink.map { ControlFileLink(path: $0, target: controlFile) }
+    if let link {
+        do {
+            try link.create()
+            logger.info("\(link.path) -> \(controlFile)")
+        } catch {
+            logger.error("--control-link: \(error)")
+        }
+    }
+
     TerminationSignals.startWatcher { signal in
         logger.info("\(TerminationSignals.name(signal)) received, unmounting \(options.mountpoint)")
         beginStopping()
@@ -64,6 +75,7 @@ func runDaemon(options: DaemonOptions, logger: Logger) -> Int32 {
     let result = mount.run(multithreaded: true)
     beginStopping()
     logger.debug("request loop ended", metadata: ["result": "\(result)"])
+    link?.remove()
     backend.stop()
     mount.unmountAndDestroy()
     logger.info("stopped")

@@ -54,6 +54,12 @@ let helpDiscussion = """
              The control file, mode 0644, in a FUSE file system (fsname
              kmemleak, type fuse.kmemleak) that only root may enter unless
              --allow-other is given.
+      /mnt/kmemleak
+             The service's --control-link: a symbolic link to
+             /run/kmemleakd/kmemleak, where the unit mounts the file system,
+             so that nothing else under /mnt is hidden. Made after the mount,
+             removed at stop; anything else already at the path is left alone
+             (one error line) and the mount still serves.
       RUN_DIR/<pid>.client, RUN_DIR/<pid>.<random>.client
              One per client process, created by libkmemleak.so when the
              process starts (the second form when another user holds the
@@ -114,7 +120,9 @@ let helpDiscussion = """
       A stale mount left by a killed daemon ("Transport endpoint is not
       connected") is cleared and replaced at start. A mount point on which
       another file system is mounted and alive is an error: mounts are never
-      stacked.
+      stacked. The mount hides whatever the directory held, so give the
+      daemon a directory of its own (the unit: /run/kmemleakd) and use
+      --control-link for a well-known path such as /mnt/kmemleak.
 
     EXIT STATUS
       0    stopped by SIGTERM, SIGINT or SIGHUP, or unmounted from outside

@@ -12,7 +12,7 @@ struct Kmemleakd: ParsableCommand {
         usage: """
             kmemleakd [--run-dir DIR] [--min-age SECONDS] [--scan-period SECONDS] [--first-scan-delay SECONDS]
                       [--max-objects N] [--client-scan-budget SECONDS] [--allow-other | -o allow_other]
-                      [--no-discover-proc] MOUNTPOINT
+                      [--no-discover-proc] [--control-link PATH] MOUNTPOINT
             """,
         discussion: helpDiscussion)
 
@@ -70,6 +70,13 @@ struct Kmemleakd: ParsableCommand {
     var noProcessDiscovery = false
 
     @Option(
+        name: .customLong("control-link"),
+        help: ArgumentHelp(
+            "While the daemon runs, PATH is a symbolic link to MOUNTPOINT/kmemleak (the unit: /mnt/kmemleak, so that the mount needs a directory of its own and hides nothing under /mnt). Anything already at PATH that is not that link is left alone, with an error in the log.",
+            valueName: "PATH"))
+    var controlLink: String?
+
+    @Option(
         name: .customShort("o"),
         help: ArgumentHelp("Mount options, comma-separated; only allow_other is accepted (same as --allow-other).", valueName: "OPTIONS"))
     var mountOptions: [String] = []
@@ -92,6 +99,7 @@ struct Kmemleakd: ParsableCommand {
         }
         guard maxObjects >= 1 else { throw ValidationError("--max-objects: '\(maxObjects)' is not a count >= 1") }
         guard !runDirectory.isEmpty else { throw ValidationError("--run-dir: empty path") }
+        if let controlLink, controlLink.isEmpty { throw ValidationError("--control-link: empty path") }
         var st = stat()
         if stat(mountpoint, &st) != 0 {
             let error = errno
@@ -110,7 +118,7 @@ struct Kmemleakd: ParsableCommand {
             clientScanBudget: clientScanBudget, mountpoint: absolute(mountpoint),
             allowOther: allowOther || mountOptions.contains { $0.split(separator: ",").contains("allow_other") },
             discoverProcesses: !noProcessDiscovery,
-            maxObjectsPerClient: maxObjects)
+            maxObjectsPerClient: maxObjects, controlFileLink: controlLink.map(absolute))
     }
 
     /// MOUNTPOINT made absolute (not resolved: a stale mount point cannot be resolved).

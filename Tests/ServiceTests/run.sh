@@ -85,14 +85,15 @@ usr/share/doc/kmemleak/examples/override-kmemleak.conf'
 t_unit_contents() {
     local u=$UNIT_TEMPLATE k bad=0 active
     active=$(grep -v '^[[:space:]]*#' "$u")
-    for k in 'Type=notify' 'NotifyAccess=main' 'ExecStart=@bindir@/kmemleakd /mnt' 'Restart=on-failure' \
+    for k in 'Type=notify' 'NotifyAccess=main' 'ExecStart=@bindir@/kmemleakd --control-link /mnt/kmemleak /run/kmemleakd' \
+        'ExecStartPre=-/bin/mkdir -p /run/kmemleakd' 'Restart=on-failure' \
         'KillSignal=SIGTERM' 'NoNewPrivileges=yes' \
         'CapabilityBoundingSet=CAP_SYS_ADMIN CAP_SYS_PTRACE CAP_DAC_READ_SEARCH' \
         'RuntimeDirectory=kmemleak' 'RuntimeDirectoryMode=1777' 'RuntimeDirectoryPreserve=yes' \
         'WantedBy=multi-user.target'; do
         grep -qxF "$k" <<<"$active" || { echo "missing: $k"; bad=1; }
     done
-    grep -q '^ExecStopPost=-.*fusermount3 -u -z /mnt' <<<"$active" || { echo "missing: ExecStopPost fusermount3 safety net"; bad=1; }
+    grep -q '^ExecStopPost=-.*fusermount3 -u -z /run/kmemleakd' <<<"$active" || { echo "missing: ExecStopPost fusermount3 safety net"; bad=1; }
     # Options that create a mount namespace would hide the FUSE mount from the host (see the unit).
     for k in ProtectSystem ProtectHome PrivateTmp PrivateDevices PrivateMounts ProtectKernelTunables \
         ProtectKernelModules ProtectKernelLogs ProtectControlGroups ProtectProc ProcSubset ReadWritePaths \
@@ -189,7 +190,7 @@ t_install_tree() {
         "$d/usr/lib/pkgconfig/kmemleak.pc" "$d/usr/share/doc/kmemleak/examples/override-kmemleak.conf"; then
         echo "placeholders left in the files above"; bad=1
     fi
-    grep -qx 'ExecStart=/usr/bin/kmemleakd /mnt' "$d/usr/lib/systemd/system/kmemleakd.service" || { echo "ExecStart not substituted"; bad=1; }
+    grep -qx 'ExecStart=/usr/bin/kmemleakd --control-link /mnt/kmemleak /run/kmemleakd' "$d/usr/lib/systemd/system/kmemleakd.service" || { echo "ExecStart not substituted"; bad=1; }
     grep -qx 'Environment=LD_PRELOAD=/usr/lib/libkmemleak.so KMEMLEAK_RUN_DIR=/run/kmemleak' \
         "$d/usr/share/doc/kmemleak/examples/override-kmemleak.conf" || { echo "drop-in Environment= not substituted"; bad=1; }
     # SYSTEMDUNITDIR is overridable.
@@ -211,7 +212,7 @@ t_uninstall() {
 t_install_prefix() {
     local d=$TMPROOT/prefix
     install_into "$d" /opt/kmemleak || fail "install-only failed"
-    grep -qx 'ExecStart=/opt/kmemleak/bin/kmemleakd /mnt' "$d/opt/kmemleak/lib/systemd/system/kmemleakd.service" ||
+    grep -qx 'ExecStart=/opt/kmemleak/bin/kmemleakd --control-link /mnt/kmemleak /run/kmemleakd' "$d/opt/kmemleak/lib/systemd/system/kmemleakd.service" ||
         fail "ExecStart does not follow PREFIX"
     [ -f "$d/opt/kmemleak/lib/tmpfiles.d/kmemleak.conf" ] || fail "tmpfiles.d does not follow PREFIX"
     make --no-print-directory -s uninstall DESTDIR="$d" PREFIX=/opt/kmemleak || fail "uninstall failed"
@@ -288,11 +289,11 @@ t_seccomp_control() {
     cat "$dir/log"
 }
 
-# ExecStopPost= of the unit, run for a temporary mount point instead of /mnt.
+# ExecStopPost= of the unit, run for a temporary mount point instead of /run/kmemleakd.
 stop_post() { # MOUNTPOINT
     local cmd
     cmd=$(sed -n 's/^ExecStopPost=-//p' "$UNIT_TEMPLATE" | sed 's/\$\$/$/g')
-    cmd=${cmd//\/mnt/$1}
+    cmd=${cmd//\/run\/kmemleakd/$1}
     eval "$cmd"
 }
 t_stop_post_leaves_others() {
@@ -320,6 +321,65 @@ t_stop_post_stale() {
     if awk -v m="$dir/mnt" '$5 == m { f = 1 } END { exit !f }' /proc/self/mountinfo; then
         fail "the stale mount left by kill -9 is still there after ExecStopPost"
     fi
+}
+
+# The installed unit's ExecStartPre= and ExecStart=, run for real with /mnt and /run/kmemleakd moved
+# under a test root (and a run directory of the test's own): the mount is in its own directory, the
+# link gives /mnt/kmemleak, and what an administrator keeps under /mnt stays visible.
+unit_start_command() { # ROOT KEY: the unit's KEY= command with the test root's paths
+    local root=$1 key=$2
+    sed -n "s/^$key=-\{0,1\}//p" "$root/unit/usr/lib/systemd/system/kmemleakd.service" |
+        sed -e "s|/run/kmemleakd|$root/run/kmemleakd|g" -e "s| /mnt/| $root/mnt/|g" \
+            -e "s|^/usr/bin/kmemleakd|$root/unit/usr/bin/kmemleakd --run-dir $root/clients --scan-period 0|"
+}
+wait_for() { # SECONDS COMMAND...: polls every 0.1 s
+    local i n=$(($1 * 10)); shift
+    for ((i = 0; i < n; i++)); do "$@" && return 0; sleep 0.1; done
+    return 1
+}
+# Installs under ROOT/unit, runs ExecStartPre= and ExecStart= (log in ROOT/log) and waits for the mount:
+# UNIT_PID is the daemon.
+unit_start() { # ROOT
+    local r=$1
+    install_into "$r/unit" /usr || fail "install-only failed"
+    eval "$(unit_start_command "$r" ExecStartPre)" || fail "ExecStartPre failed"
+    bash -c "exec $(unit_start_command "$r" ExecStart)" >"$r/log" 2>&1 &
+    UNIT_PID=$!
+    wait_for 30 is_our_mount "$r/run/kmemleakd" || { kill -KILL $UNIT_PID; cat "$r/log"; fail "the unit's command did not mount"; }
+}
+is_our_mount() { [ "$(findmnt -rn -M "$1" -o SOURCE,FSTYPE)" = "kmemleak fuse.kmemleak" ]; }
+t_unit_keeps_mnt() {
+    have_daemon || skip "kmemleakd not built yet (.build/release/kmemleakd)"
+    need_root_fuse
+    local r=$TMPROOT/keeps-mnt pid
+    mkdir -p "$r/mnt/disk" "$r/run" "$r/clients"
+    echo "an administrator's file" >"$r/mnt/disk/notes"
+    unit_start "$r"
+    pid=$UNIT_PID
+    wait_for 10 test -L "$r/mnt/kmemleak" || { kill -TERM $pid; cat "$r/log"; fail "no $r/mnt/kmemleak link"; }
+    echo scan >"$r/mnt/kmemleak" || { kill -TERM $pid; fail "echo scan > mnt/kmemleak failed"; }
+    cat "$r/mnt/kmemleak" >/dev/null || { kill -TERM $pid; fail "cat mnt/kmemleak failed"; }
+    [ "$(cat "$r/mnt/disk/notes")" = "an administrator's file" ] || { kill -TERM $pid; fail "mnt/disk hidden"; }
+    findmnt -rn -M "$r/mnt" >/dev/null && { kill -TERM $pid; fail "something is mounted on mnt itself"; }
+    kill -TERM $pid; wait $pid || fail "daemon exit status $?"
+    [ ! -e "$r/mnt/kmemleak" ] && [ ! -L "$r/mnt/kmemleak" ] || fail "the link is left after stop"
+    is_our_mount "$r/run/kmemleakd" && fail "still mounted after stop"
+    [ "$(ls "$r/mnt")" = disk ] || fail "mnt changed: $(ls "$r/mnt")"
+}
+# Something of the administrator's at /mnt/kmemleak is never replaced; the mount still serves.
+t_unit_link_occupied() {
+    have_daemon || skip "kmemleakd not built yet (.build/release/kmemleakd)"
+    need_root_fuse
+    local r=$TMPROOT/occupied pid
+    mkdir -p "$r/mnt" "$r/run" "$r/clients"
+    echo "keep me" >"$r/mnt/kmemleak"
+    unit_start "$r"
+    pid=$UNIT_PID
+    wait_for 10 grep -q "not replaced" "$r/log" || { kill -TERM $pid; cat "$r/log"; fail "no error line for the occupied path"; }
+    echo scan >"$r/run/kmemleakd/kmemleak" || { kill -TERM $pid; fail "the mount does not serve"; }
+    kill -TERM $pid; wait $pid || fail "daemon exit status $?"
+    cat "$r/log"
+    [ "$(cat "$r/mnt/kmemleak")" = "keep me" ] || fail "the administrator's file was changed"
 }
 
 # ---- the demo --------------------------------------------------------------------------------------
@@ -381,6 +441,8 @@ run "pkg-config: --cflags --libs" t_pkgconfig
 run "pkg-config: compile and link a client" t_pkgconfig_build
 run "unit: ExecStopPost leaves a non-kmemleak mount alone" t_stop_post_leaves_others
 run "unit: ExecStopPost removes a stale kmemleak mount (kill -9)" t_stop_post_stale
+run "unit: mounts its own directory, /mnt/kmemleak is a link, nothing under /mnt hidden" t_unit_keeps_mnt
+run "unit: an existing /mnt/kmemleak is left alone, the mount still serves" t_unit_link_occupied
 run "harness: sd_notify check against fake-kmemleakd" t_notify_harness
 run "sd_notify: READY=1 after mount, STOPPING=1 + exit 0 on SIGTERM" t_notify
 run "sd_notify: with the unit's capabilities, no_new_privs and SystemCallFilter" t_notify_unit_caps

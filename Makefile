@@ -278,3 +278,15 @@ demo:
 test-service:
 	bash Tests/ServiceTests/run.sh
 # END service section
+
+# BEGIN pprof section (the pprof view's generated code)
+# Regenerates Sources/KmemleakPprof/Generated/profile.pb.swift from the committed .proto; never run by
+# build or test (the generated file is committed). Needs protoc (Debian protobuf-compiler) and
+# swift-protobuf 1.39.0's plugin: `swift build -c release --product protoc-gen-swift` in its checkout.
+PROTOC_GEN_SWIFT ?= $(or $(shell command -v protoc-gen-swift 2>/dev/null),/tmp/swift-protobuf/.build/release/protoc-gen-swift)
+.PHONY: pprof-proto
+pprof-proto:
+	protoc --plugin=protoc-gen-swift=$(PROTOC_GEN_SWIFT) --swift_opt=Visibility=Internal \
+	  --proto_path=Sources/KmemleakPprof/proto --swift_out=Sources/KmemleakPprof/Generated \
+	  Sources/KmemleakPprof/proto/profile.proto
+# END pprof section

@@ -13,6 +13,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // The pprof view: the runtime library only (the generated code is committed, no plugin).
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         // Pure Swift, no syscalls: the kernel's kmemleak algorithm over a MemoryReader.
@@ -31,6 +33,15 @@ let package = Package(
             ]),
         // Pure: the mount's views (summary, JSON, ...) rendered from a LeakSnapshot, and suppressions.
         .target(name: "KmemleakReports", dependencies: ["KmemleakEngine"]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // MOUNTPOINT/kmemleak.pb.gz: a LeakSnapshot as a gzip-compressed pprof profile (pure but for zlib).
+        .target(
+            name: "KmemleakPprof",
+            dependencies: [
+                "KmemleakReports", "KmemleakEngine", "CZlib",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            exclude: ["proto"]),
         // The FUSE adapter: MOUNTPOINT/kmemleak over a ControlFileBackend.
         .target(
             name: "KmemleakFS",
@@ -71,6 +82,12 @@ let package = Package(
                 "KmemleakDaemon",
             ]),
         .testTarget(name: "KmemleakDaemonTests", dependencies: ["KmemleakDaemon"]),
+        // The pprof and Prometheus renderers, checked by go tool pprof, promtool and node_exporter.
+        .testTarget(
+            name: "KmemleakExportTests",
+            dependencies: [
+                "KmemleakPprof", "KmemleakReports", "KmemleakEngine", "KmemleakTestSupport",
+            ]),
         .testTarget(
             name: "EndToEndTests",
             dependencies: [

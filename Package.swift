@@ -15,6 +15,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         // The pprof view: the runtime library only (the generated code is committed, no plugin).
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        // The Prometheus view: the collector registry and its text exposition.
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // Pure Swift, no syscalls: the kernel's kmemleak algorithm over a MemoryReader.
@@ -42,6 +44,13 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             exclude: ["proto"]),
+        // MOUNTPOINT/kmemleak.prom: the daemon's and the clients' figures in Prometheus's text format.
+        .target(
+            name: "KmemleakPrometheus",
+            dependencies: [
+                "KmemleakReports", "KmemleakEngine",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]),
         // The FUSE adapter: MOUNTPOINT/kmemleak over a ControlFileBackend.
         .target(
             name: "KmemleakFS",
@@ -86,7 +95,7 @@ let package = Package(
         .testTarget(
             name: "KmemleakExportTests",
             dependencies: [
-                "KmemleakPprof", "KmemleakReports", "KmemleakEngine", "KmemleakTestSupport",
+                "KmemleakPprof", "KmemleakPrometheus", "KmemleakReports", "KmemleakEngine", "KmemleakTestSupport",
             ]),
         .testTarget(
             name: "EndToEndTests",

@@ -127,7 +127,8 @@ CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/client
 	.build/clients/hostile-client .build/clients/libevil.so .build/clients/fork-window \
 	.build/clients/libfork-window-hook.so \
 	.build/clients/roots-client .build/clients/many-leaks \
-	.build/clients/every-size .build/clients/new-array-zero .build/clients/slow-fuse
+	.build/clients/every-size .build/clients/new-array-zero .build/clients/slow-fuse \
+	.build/clients/three-sites
 clients: $(CLIENTS)
 .build/clients/thread-life: Tests/clients/thread-life.c
 	@mkdir -p $(@D)
@@ -151,6 +152,10 @@ clients: $(CLIENTS)
 .build/clients/many-leaks: Tests/clients/many-leaks.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
+# The views' end-to-end client (-O0 -g: every call site keeps its frame and its line).
+.build/clients/three-sites: Tests/clients/three-sites.c
+	@mkdir -p $(@D)
+	$(CC) -O0 -g -Wall -Wextra -o $@ $<
 .build/clients/roots-client: Tests/clients/roots-client.c Sources/CKmemleakABI/include/kmemleak_abi.h
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<

@@ -51,28 +51,28 @@ let package = Package(
                 "KmemleakReports", "KmemleakEngine",
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]),
-        // The FUSE adapter: MOUNTPOINT/kmemleak over a ControlFileBackend.
+        // The FUSE adapter: MOUNTPOINT/kmemleak and the views (LeakView) over a ControlFileBackend.
         .target(
             name: "KmemleakFS",
             dependencies: [
-                "KmemleakEngine", "KmemleakSystem", "CFuse3", "CKmemleakSys",
+                "KmemleakEngine", "KmemleakReports", "KmemleakSystem", "CFuse3", "CKmemleakSys",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // The service layer: options, signals, sd_notify, the log handler (no FUSE, no detection).
         .target(
             name: "KmemleakService",
-            dependencies: ["KmemleakSystem", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["KmemleakSystem", "KmemleakReports", .product(name: "Logging", package: "swift-log")]),
         // The daemon's work: adopt clients, sync their tables into engines, scan, report, schedule.
         .target(
             name: "KmemleakDaemon",
             dependencies: [
-                "KmemleakFS", "KmemleakSystem", "KmemleakEngine", "CKmemleakSys",
+                "KmemleakFS", "KmemleakReports", "KmemleakSystem", "KmemleakEngine", "CKmemleakSys",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(
             name: "kmemleakd",
             dependencies: [
-                "KmemleakDaemon", "KmemleakFS", "KmemleakService", "KmemleakSystem", "KmemleakEngine",
+                "KmemleakDaemon", "KmemleakFS", "KmemleakReports", "KmemleakService", "KmemleakSystem", "KmemleakEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -81,6 +81,7 @@ let package = Package(
             dependencies: ["KmemleakEngine"],
             path: "Benchmarks/EngineScan"),
         .testTarget(name: "KmemleakEngineTests", dependencies: ["KmemleakEngine"]),
+        .testTarget(name: "KmemleakReportsTests", dependencies: ["KmemleakReports", "KmemleakEngine"]),
         // Shared by the test targets: child processes with pipes and timeouts.
         .target(name: "KmemleakTestSupport", dependencies: ["CKmemleakSys"], path: "Tests/TestSupport"),
         .testTarget(
@@ -100,7 +101,7 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
-                "KmemleakDaemon", "KmemleakFS", "KmemleakService", "KmemleakSystem", "KmemleakEngine",
+                "KmemleakDaemon", "KmemleakFS", "KmemleakReports", "KmemleakService", "KmemleakSystem", "KmemleakEngine",
                 "CKmemleakSys", "KmemleakTestSupport",
             ]),
     ],

@@ -1,3 +1,6 @@
+import KmemleakReports
+import KmemleakSystem
+
 /// The daemon's configuration, as parsed from its command line (`kmemleakd --help`).
 public struct DaemonOptions: Sendable, Equatable {
     /// Where clients (`libkmemleak.so`) register: `RUN_DIR/<pid>.client`. Default `/run/kmemleak`.
@@ -22,6 +25,8 @@ public struct DaemonOptions: Sendable, Equatable {
     public static let defaultMaxObjectsPerClient = 1 << 22
     /// Also adopt clients of the run directory that have no rendezvous file, found in /proc.
     public var discoverProcesses: Bool
+    /// LeakSanitizer-format suppression files (`--suppressions FILE`, repeatable), in the order given.
+    public var suppressionFiles: [String]
 
     public static let defaultRunDirectory = "/run/kmemleak"
     public static let defaultClientScanBudget: Double = 30
@@ -30,8 +35,9 @@ public struct DaemonOptions: Sendable, Equatable {
         runDirectory: String = DaemonOptions.defaultRunDirectory, minimumAge: Double = 5, scanPeriod: Double = 600,
         firstScanDelay: Double = 60, clientScanBudget: Double = DaemonOptions.defaultClientScanBudget,
         mountpoint: String, allowOther: Bool = false, discoverProcesses: Bool = true,
-        maxObjectsPerClient: Int = DaemonOptions.defaultMaxObjectsPerClient
+        maxObjectsPerClient: Int = DaemonOptions.defaultMaxObjectsPerClient, suppressionFiles: [String] = []
     ) {
+        self.suppressionFiles = suppressionFiles
         self.clientScanBudget = clientScanBudget
         self.runDirectory = runDirectory
         self.minimumAge = minimumAge
@@ -47,4 +53,19 @@ public struct DaemonOptions: Sendable, Equatable {
     /// nil when automatic scanning is off (`--scan-period 0`).
     public var scanPeriodDuration: Duration? { scanPeriod > 0 ? .seconds(scanPeriod) : nil }
     public var firstScanDelayDuration: Duration { .seconds(firstScanDelay) }
+
+    /// Reads and parses every suppression file; the error names the file and the line.
+    public func loadSuppressions() throws -> Suppressions {
+        var suppressions = Suppressions()
+        for file in suppressionFiles {
+            let bytes: [UInt8]
+            do {
+                bytes = try ConfigurationFile.read(file)
+            } catch {
+                throw SuppressionFileError(file: file, line: 0, reason: "\(error)")
+            }
+            try suppressions.parse(bytes, file: file)
+        }
+        return suppressions
+    }
 }

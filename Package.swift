@@ -67,6 +67,7 @@ let package = Package(
             name: "KmemleakDaemon",
             dependencies: [
                 "KmemleakFS", "KmemleakReports", "KmemleakSystem", "KmemleakEngine", "CKmemleakSys",
+                "KmemleakPprof", "KmemleakPrometheus",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(

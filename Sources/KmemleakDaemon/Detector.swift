@@ -2,6 +2,8 @@ import Foundation
 import Glibc
 import KmemleakEngine
 import KmemleakFS
+import KmemleakPprof
+import KmemleakPrometheus
 import KmemleakReports
 import KmemleakSystem
 import Logging
@@ -69,6 +71,8 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
     private let enabled = Atomic<Bool>(true)
     private let stackScanning = Atomic<Bool>(true)
     private var scheduler: ScanScheduler!
+    /// The daemon's counters for MOUNTPOINT/kmemleak.prom (scans, their durations, failures).
+    public let metrics = DaemonMetrics()
 
     /// - Parameter logger: writes each message as one line, verbatim: the messages carry the kernel's
     ///   `kmemleak: ` prefix themselves (dump frames must not have it).
@@ -147,6 +151,11 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
 
     /// One view of the mount, from the snapshot ``leakSnapshot(for:)`` takes for `requester`.
     public func openView(_ view: LeakView, for requester: Requester) -> any ReportStream {
+        switch view {
+        case .pprof: return BytesReportStream(pprofFile(for: requester))
+        case .prometheus: return BytesReportStream(metricsFile(for: requester))
+        case .summary, .json: break
+        }
         switch view.render(leakSnapshot(for: requester)) {
         case .bytes(let bytes):
             return BytesReportStream(bytes)
@@ -159,21 +168,23 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
     /// with its process, comm, direct/indirect kind (per client, ``Kmemleak/indirectLeaks(among:memory:)``)
     /// and symbolized stack; plus what each suppression hid.
     public func leakSnapshot(for requester: Requester) -> LeakSnapshot {
-        withVisibleReports(for: requester) { reports in
-            var snapshot = LeakSnapshot()
-            for report in reports {
-                let indirect = Kmemleak.indirectLeaks(among: report.entries, memory: report.session.memory)
-                for index in report.unsuppressed {
-                    let entry = report.entries[index]
-                    snapshot.leaks.append(Leak(
-                        entry: entry, processID: report.session.pid,
-                        comm: report.session.context.comm(entry.comm) ?? "",
-                        kind: indirect[index] ? .indirect : .direct, stack: report.stacks.stack(entry.trace)))
-                }
+        withVisibleReports(for: requester) { snapshot(of: $0) }
+    }
+
+    private func snapshot(of reports: [ClientReport]) -> LeakSnapshot {
+        var snapshot = LeakSnapshot()
+        for report in reports {
+            let indirect = Kmemleak.indirectLeaks(among: report.entries, memory: report.session.memory)
+            for index in report.unsuppressed {
+                let entry = report.entries[index]
+                snapshot.leaks.append(Leak(
+                    entry: entry, processID: report.session.pid,
+                    comm: report.session.context.comm(entry.comm) ?? "",
+                    kind: indirect[index] ? .indirect : .direct, stack: report.stacks.stack(entry.trace)))
             }
-            snapshot.suppressed = Self.suppressionCounts(reports, settings.suppressions)
-            return snapshot
         }
+        snapshot.suppressed = Self.suppressionCounts(reports, settings.suppressions)
+        return snapshot
     }
 
     /// One client's reported leaks at a snapshot, with which of them no suppression hides.
@@ -250,6 +261,8 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         scanMutex.lock()
         defer { scanMutex.unlock() }
         guard enabled.load(ordering: .acquiring) else { return 0 }
+        let started = ContinuousClock.now
+        defer { metrics.scanFinished(after: ContinuousClock.now - started) }
         discover()
         var newLeaks = 0
         let stack = stackScanning.load(ordering: .acquiring)
@@ -258,9 +271,13 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
                 let result = try session.scan(
                     stackScanning: stack, shouldStop: { [self] in !self.enabled.load(ordering: .relaxed) },
                     freeze: settings.freezeForConfirmation, budget: .seconds(settings.clientScanBudget),
-                    log: { [logger] message in logger.warning("kmemleak: \(message)") })
+                    log: { [logger, metrics] message in
+                        metrics.count(.scanIncomplete)
+                        logger.warning("kmemleak: \(message)")
+                    })
                 newLeaks += result.newLeaks
             } catch {
+                if session.table.isAlive { metrics.count(.clientDropped) }
                 rejected.insert(session.id) // a fault, not an exit: not adopted again
                 drop(session, because: "\(error)")
             }
@@ -337,6 +354,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
             // Said once per file (junk stays until proved stale), or once per client; a directory
             // full of planted junk gives a bounded number of lines.
             guard loggedFailures.insert(failure.client.map { "\($0)" } ?? failure.path).inserted else { continue }
+            metrics.count(.adoptionFailed)
             if listed < Self.maxFailureLines {
                 listed += 1
                 logger.warning("kmemleak: ignoring client \(KFormat.escape(failure.path)): \(KFormat.escape("\(failure.error)"))")
@@ -358,6 +376,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
                 }
             } catch {
                 rejected.insert(table.id)
+                metrics.count(.adoptionFailed)
                 if loggedFailures.insert("\(table.id)").inserted {
                     logger.warning("kmemleak: cannot adopt client pid \(table.pid): \(KFormat.escape("\(error)"))")
                 }
@@ -385,6 +404,37 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         let logger = self.logger
         config.log = { line in logger.warning("\(line)") }
         return config
+    }
+}
+
+// MARK: - The pprof and Prometheus views (MOUNTPOINT/kmemleak.pb.gz, MOUNTPOINT/kmemleak.prom)
+
+extension Detector {
+    /// The leaks `requester` may see as a pprof profile, taken now.
+    func pprofFile(for requester: Requester) -> [UInt8] {
+        let snapshot = leakSnapshot(for: requester)
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        do {
+            return try PprofProfile.render(snapshot, timeNanos: Int64(now.tv_sec) &* 1_000_000_000 &+ Int64(now.tv_nsec))
+        } catch {
+            logger.warning("kmemleak: \(error)")
+            return []
+        }
+    }
+
+    /// The metrics `requester` may see: the leaks and figures of the clients it may see (the same
+    /// rule as every view), the daemon's counters.
+    func metricsFile(for requester: Requester) -> [UInt8] {
+        let (leaks, clients): (LeakSnapshot, [ClientFigures]) = withVisibleReports(for: requester) { reports in
+            let clients = reports.map { report -> ClientFigures in
+                let session = report.session
+                return ClientFigures(processID: session.pid, comm: session.comm, trackedObjects: session.engine.objectCount,
+                                     trackedBytes: session.engine.objectBytes)
+            }
+            return (self.snapshot(of: reports), clients)
+        }
+        return PrometheusExposition.render(snapshot: leaks, clients: clients, daemon: metrics)
     }
 }
 

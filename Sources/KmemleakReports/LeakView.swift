@@ -7,6 +7,10 @@ public enum LeakView: String, CaseIterable, Sendable {
     case summary = "kmemleak.summary"
     /// NDJSON, one object per leak (``JSONView``).
     case json = "kmemleak.json"
+    /// A gzip-compressed pprof profile (KmemleakPprof).
+    case pprof = "kmemleak.pb.gz"
+    /// The Prometheus text exposition (KmemleakPrometheus).
+    case prometheus = "kmemleak.prom"
 
     /// The file's name in the mount (fixed: checks outside the project rely on them).
     public var fileName: String { rawValue }
@@ -17,6 +21,9 @@ public enum LeakView: String, CaseIterable, Sendable {
         switch self {
         case .summary: SummaryView(snapshot).output
         case .json: JSONView(snapshot).output
+        // Their formats live in modules of their own (protobuf and zlib, a Prometheus registry) and need
+        // more than the leaks (the time, the clients' and the daemon's figures): the daemon renders them.
+        case .pprof, .prometheus: .bytes([])
         }
     }
 }

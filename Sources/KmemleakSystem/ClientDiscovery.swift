@@ -272,6 +272,7 @@ public final class ClientReportContext: ReportContext, Sendable {
         var frame = SymbolizedFrame(address: address)
         if let mapping = symbolizer.mapping(containing: address), mapping.isFileBacked {
             frame.module = mapping.filePath
+            frame.mapping = ModuleMapping(start: mapping.start, limit: mapping.end, fileOffset: mapping.offset)
         }
         if let text = symbolizer.symbolize(address), let parsed = Self.parseSymbol(text) {
             frame.symbol = parsed.name

@@ -62,13 +62,3 @@ final class ScratchDirectory {
     }
     func remove() { try? FileManager.default.removeItem(atPath: path) }
 }
-
-/// Runs a tool to completion (at most `timeout` seconds) with its output in files of `directory`;
-/// returns its exit code, stdout and stderr.
-func runTool(_ arguments: [String], env: [String: String] = [:], in directory: ScratchDirectory,
-             timeout: Double = 120) throws -> (code: Int32?, stdout: String, stderr: String) {
-    let child = try ChildProcess.withOutputFiles(arguments, env: env, in: directory.path, name: "tool")
-    let code = child.exitCode(timeout: timeout)
-    child.terminate()
-    return (code, child.stdout, child.stderr)
-}

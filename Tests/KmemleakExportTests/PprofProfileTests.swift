@@ -118,7 +118,7 @@ import Testing
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
         let path = try scratch.write("kmemleak.pb.gz", file)
-        let run = try runTool(["/bin/gzip", "-dc", path], in: scratch)
+        let run = try ChildProcess.run(["/bin/gzip", "-dc", path], in: scratch.path)
         #expect(run.code == 0, "\(run.stderr)")
         #expect(Array(run.stdout.utf8).count > 0)
         let unzipped = try Data(contentsOf: URL(fileURLWithPath: scratch.path + "/tool.stdout"))
@@ -127,49 +127,21 @@ import Testing
 
     // MARK: - go tool pprof (Debian golang-go)
 
-    static let go = "/usr/bin/go"
-
-    /// `go tool pprof ARGS FILE`, offline: a private HOME and GOCACHE, no toolchain download, no proxy.
-    static func pprof(_ arguments: [String], _ file: String, in scratch: ScratchDirectory) throws -> String {
-        let env = ["HOME": scratch.path, "GOCACHE": scratch.path + "/gocache", "GOPATH": scratch.path + "/gopath",
-                   "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local", "GOPROXY": "off", "PPROF_TMPDIR": scratch.path,
-                   "PPROF_BINARY_PATH": scratch.path]
-        let run = try runTool([go, "tool", "pprof"] + arguments + [file], env: env, in: scratch)
-        guard run.code == 0 else { throw TestError("go tool pprof \(arguments) failed (\(run.code.map { "\($0)" } ?? "timeout")): \(run.stderr)") }
-        return run.stdout
-    }
-
-    /// The `-top` rows as (flat value, function name).
-    static func topRows(_ output: String) -> [(flat: String, name: String)] {
-        output.split(separator: "\n").compactMap { line in
-            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard fields.count >= 6, fields[1].hasSuffix("%"), fields[2].hasSuffix("%") else { return nil }
-            // An inlined function is listed as "NAME (inline)".
-            let name = fields[5...].joined(separator: " ")
-            return (String(fields[0]), name.hasSuffix(" (inline)") ? String(name.dropLast(9)) : name)
-        }
-    }
-
-    @Test(.enabled(if: access(go, X_OK) == 0, "go (Debian golang-go) is not installed"))
+    @Test(.enabled(if: GoPprof.isInstalled, "go (Debian golang-go) is not installed"))
     func goToolPprofListsTheThreeSitesWithTheirCounts() throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
         let file = try scratch.write("kmemleak.pb.gz", try PprofProfile.render(Fixture.threeSites(), timeNanos: 1))
-        // -nodefraction=0: by default -top hides nodes under 0.5% of the total (site_b, site_c).
-        let top = ["-top", "-nodefraction=0"]
-        let objects = Self.topRows(try Self.pprof(top + ["-sample_index=inuse_objects"], file, in: scratch))
-        let byName = Dictionary(objects.map { ($0.name, $0.flat) }, uniquingKeysWith: { a, _ in a })
-        #expect(byName["site_a"] == "1001", "\(objects)")
-        #expect(byName["site_b"] == "2", "\(objects)")
-        #expect(byName["site_c"] == "1", "\(objects)")
-        let space = Self.topRows(try Self.pprof(top + ["-sample_index=inuse_space", "-unit=byte"], file, in: scratch))
-        let spaceByName = Dictionary(space.map { ($0.name, $0.flat) }, uniquingKeysWith: { a, _ in a })
-        #expect(spaceByName["site_a"] == "32032B", "\(space)")
-        #expect(spaceByName["site_b"] == "300B", "\(space)")
-        #expect(spaceByName["site_c"] == "4096B", "\(space)")
+        let byName = try GoPprof.top(file, ["-sample_index=inuse_objects"], in: scratch.path)
+        #expect(byName["site_a"] == "1001", "\(byName)")
+        #expect(byName["site_b"] == "2", "\(byName)")
+        #expect(byName["site_c"] == "1", "\(byName)")
+        let spaceByName = try GoPprof.top(file, ["-sample_index=inuse_space", "-unit=byte"], in: scratch.path)
+        #expect(spaceByName["site_a"] == "32032B", "\(spaceByName)")
+        #expect(spaceByName["site_b"] == "300B", "\(spaceByName)")
+        #expect(spaceByName["site_c"] == "4096B", "\(spaceByName)")
         // The labels: one process's share (a regexp: a bare 200 would be a numeric label's range).
-        let pid200 = Self.topRows(try Self.pprof(top + ["-sample_index=inuse_objects", "-tagfocus=pid=^200$"], file, in: scratch))
-        #expect(pid200.first?.name == "site_a" && pid200.first?.flat == "1", "\(pid200)")
-        #expect(pid200.filter { $0.flat != "0" }.count == 1, "\(pid200)")
+        let pid200 = try GoPprof.top(file, ["-sample_index=inuse_objects", "-tagfocus=pid=^200$"], in: scratch.path)
+        #expect(pid200["site_a"] == "1" && pid200.values.filter { $0 != "0" }.count == 1, "\(pid200)")
     }
 }

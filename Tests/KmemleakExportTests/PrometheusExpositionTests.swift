@@ -142,17 +142,13 @@ import Testing
 
     // MARK: - promtool (Debian prometheus)
 
-    static let promtool = "/usr/bin/promtool"
-
     static func check(_ bytes: [UInt8]) throws -> (code: Int32?, output: String) {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let file = try scratch.write("kmemleak.prom", bytes)
-        let run = try runTool(["/bin/sh", "-c", "exec \(promtool) check metrics < \"$0\"", file], in: scratch)
-        return (run.code, run.stdout + run.stderr)
+        return try Promtool.checkMetrics(try scratch.write("kmemleak.prom", bytes), in: scratch.path)
     }
 
-    @Test(.enabled(if: access(promtool, X_OK) == 0, "promtool (Debian prometheus) is not installed"))
+    @Test(.enabled(if: Promtool.isInstalled, "promtool (Debian prometheus) is not installed"))
     func promtoolChecksTheMetrics() throws {
         // The check itself: a comm written unescaped breaks the file, and promtool says so.
         let broken = try Self.check(Array("# TYPE kmemleak_clients gauge\nkmemleak_clients{comm=\"a\"b\"} 1\n".utf8))

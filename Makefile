@@ -110,9 +110,13 @@ bench-pause: shim
 
 # BEGIN bench section (every benchmark; the figures go to BENCHMARKS.md by hand)
 .PHONY: bench-engine bench-scan
-bench: bench-shim bench-engine bench-scan bench-real
+bench: bench-shim bench-engine bench-scan bench-real bench-views
 bench-engine:
 	$(SWIFT) run -c release $(SWIFT_FLAGS) kmemleak-engine-bench
+# Render time of each view of the mount (every LeakView) for 10k and 100k leaks, and the classification.
+.PHONY: bench-views
+bench-views:
+	$(SWIFT) run -c release $(SWIFT_FLAGS) kmemleak-views-bench
 # One daemon scan against LeakSanitizer's __lsan_do_recoverable_leak_check on the same heap (needs root
 # and FUSE): issue 4's zero-filled C heap, issue 10's realistic C heap, and python3 (PYTHONMALLOC=malloc).
 bench-scan: shim clients build

@@ -81,6 +81,10 @@ let package = Package(
             name: "kmemleak-engine-bench",
             dependencies: ["KmemleakEngine"],
             path: "Benchmarks/EngineScan"),
+        .executableTarget(
+            name: "kmemleak-views-bench",
+            dependencies: ["KmemleakReports", "KmemleakEngine"],
+            path: "Benchmarks/ViewRender"),
         .testTarget(name: "KmemleakEngineTests", dependencies: ["KmemleakEngine"]),
         .testTarget(name: "KmemleakReportsTests", dependencies: ["KmemleakReports", "KmemleakEngine"]),
         // Shared by the test targets: child processes with pipes and timeouts.

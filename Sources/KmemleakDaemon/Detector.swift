@@ -175,11 +175,14 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         var snapshot = LeakSnapshot()
         for report in reports {
             let indirect = Kmemleak.indirectLeaks(among: report.entries, memory: report.session.memory)
+            // Read from the client's table once per comm id, not once per leak.
+            var comms: [UInt32: String] = [:]
             for index in report.unsuppressed {
                 let entry = report.entries[index]
+                let comm = comms[entry.comm] ?? report.session.context.comm(entry.comm) ?? ""
+                comms[entry.comm] = comm
                 snapshot.leaks.append(Leak(
-                    entry: entry, processID: report.session.pid,
-                    comm: report.session.context.comm(entry.comm) ?? "",
+                    entry: entry, processID: report.session.pid, comm: comm,
                     kind: indirect[index] ? .indirect : .direct, stack: report.stacks.stack(entry.trace)))
             }
         }

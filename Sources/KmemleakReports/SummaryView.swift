@@ -114,63 +114,70 @@ public struct SummaryView: Sendable {
     public var output: ViewOutput {
         let view = self
         return .chunks(count: blocks.count + 1) { index in
-            index < view.blocks.count ? Array(view.renderBlock(index).utf8) : Array(view.renderEnd().utf8)
+            var out = ByteWriter()
+            if index < view.blocks.count { view.renderBlock(index, into: &out) } else { view.renderEnd(into: &out) }
+            return out.bytes
         }
     }
 
-    func renderBlock(_ index: Int) -> String {
+    func renderBlock(_ index: Int, into out: inout ByteWriter) {
         let block = blocks[index]
-        var s = "\(block.bytes) byte(s) in \(block.objects) object(s) (\(block.direct) direct, \(block.indirect) indirect) allocated from:\n"
-        let listed = block.processes.prefix(Self.maxProcessesListed).map { "\($0.pid) (\(KFormat.escape($0.comm)))" }
-        s += "  processes: " + listed.joined(separator: ", ")
-        if block.processes.count > listed.count { s += " and \(block.processes.count - listed.count) more" }
-        s += "\n"
+        out.decimal(block.bytes); out.raw(" byte(s) in "); out.decimal(block.objects); out.raw(" object(s) (")
+        out.decimal(block.direct); out.raw(" direct, "); out.decimal(block.indirect); out.raw(" indirect) allocated from:\n")
+        out.raw("  processes: ")
+        let listed = block.processes.prefix(Self.maxProcessesListed)
+        for (i, process) in listed.enumerated() {
+            if i > 0 { out.raw(", ") }
+            out.decimal(Int64(process.pid)); out.raw(" ("); out.raw(KFormat.escape(process.comm)); out.raw(")")
+        }
+        if block.processes.count > listed.count { out.raw(" and "); out.decimal(block.processes.count - listed.count); out.raw(" more") }
+        out.raw("\n")
         var number = 0
         for frames in block.stack {
             for frame in frames {
-                s += "    #\(number) " + Self.describe(frame) + "\n"
+                out.raw("    #"); out.decimal(number); out.raw(" ")
+                Self.describe(frame, into: &out)
+                out.raw("\n")
                 number += 1
             }
         }
-        return s + "\n"
+        out.raw("\n")
     }
 
     /// `0xADDRESS[ in SYMBOL[+0xOFF]][ FILE[:LINE]][ (MODULE+0xOFFSET)][ (inlined)]`.
-    static func describe(_ frame: SymbolizedFrame) -> String {
-        var s = "0x" + KFormat.hex(frame.address, width: 16)
+    static func describe(_ frame: SymbolizedFrame, into out: inout ByteWriter) {
+        out.raw("0x"); out.hex(frame.address, width: 16)
         if let symbol = frame.symbol {
-            s += " in " + KFormat.escape(symbol)
-            if let offset = frame.symbolOffset { s += "+0x" + KFormat.hex(offset) }
+            out.raw(" in "); out.raw(KFormat.escape(symbol))
+            if let offset = frame.symbolOffset { out.raw("+0x"); out.hex(offset) }
         }
         if let file = frame.file {
-            s += " " + KFormat.escape(file)
-            if let line = frame.line { s += ":\(line)" }
+            out.raw(" "); out.raw(KFormat.escape(file))
+            if let line = frame.line { out.raw(":"); out.decimal(line) }
         }
         if let module = frame.module {
-            s += " (" + KFormat.escape(module)
-            if let offset = frame.moduleOffset { s += "+0x" + KFormat.hex(offset) }
-            s += ")"
+            out.raw(" ("); out.raw(KFormat.escape(module))
+            if let offset = frame.moduleOffset { out.raw("+0x"); out.hex(offset) }
+            out.raw(")")
         }
-        if frame.inlined { s += " (inlined)" }
-        return s
+        if frame.inlined { out.raw(" (inlined)") }
     }
 
-    func renderEnd() -> String {
-        var s = ""
+    func renderEnd(into out: inout ByteWriter) {
         if !suppressed.isEmpty {
-            s += "Suppressions used:\n  count      bytes pattern\n"
+            out.raw("Suppressions used:\n  count      bytes pattern\n")
             for count in suppressed {
-                s += "  " + Self.pad(String(count.leaks), 5) + " " + Self.pad(String(count.bytes), 10)
-                s += " leak:" + KFormat.escape(count.pattern) + "\n"
+                out.raw("  "); out.raw(Self.pad(String(count.leaks), 5)); out.raw(" "); out.raw(Self.pad(String(count.bytes), 10))
+                out.raw(" leak:"); out.raw(KFormat.escape(count.pattern)); out.raw("\n")
             }
-            s += "\n"
+            out.raw("\n")
         }
         let suppressedLeaks = suppressed.reduce(0) { $0 + $1.leaks }
         let suppressedBytes = suppressed.reduce(UInt64(0)) { $0 &+ $1.bytes }
-        s += "SUMMARY: \(totals.bytes) byte(s) leaked in \(totals.objects) allocation(s)"
-        s += " (\(totals.direct) direct, \(totals.indirect) indirect) from \(blocks.count) backtrace(s);"
-        s += " \(suppressedLeaks) suppressed (\(suppressedBytes) byte(s)).\n"
-        return s
+        out.raw("SUMMARY: "); out.decimal(totals.bytes); out.raw(" byte(s) leaked in "); out.decimal(totals.objects)
+        out.raw(" allocation(s) ("); out.decimal(totals.direct); out.raw(" direct, "); out.decimal(totals.indirect)
+        out.raw(" indirect) from "); out.decimal(blocks.count); out.raw(" backtrace(s); "); out.decimal(suppressedLeaks)
+        out.raw(" suppressed ("); out.decimal(suppressedBytes); out.raw(" byte(s)).\n")
     }
 
     static func pad(_ s: String, _ width: Int) -> String {

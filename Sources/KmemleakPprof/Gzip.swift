@@ -2,8 +2,8 @@
 import CZlib
 
 enum Gzip {
-    /// zlib's default level: pprof files are written once per open and read by tools.
-    static let level: Int32 = Z_DEFAULT_COMPRESSION
+    /// Fastest: the file is made at every open, and Go's own runtime/pprof writes its profiles so too.
+    static let level: Int32 = Z_BEST_SPEED
 
     /// `bytes` as one gzip member, in one deflate call into a buffer of deflateBound's size.
     static func compress(_ bytes: [UInt8]) throws(PprofError) -> [UInt8] {

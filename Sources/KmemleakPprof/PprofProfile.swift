@@ -24,7 +24,7 @@ public enum PprofError: Error, CustomStringConvertible {
 ///
 /// Sample types `inuse_objects/count` and `inuse_space/bytes` (the names of Go's heap profiles, which
 /// every pprof consumer knows); one sample per distinct stack and client process, with string labels
-/// `pid` and `comm`. One Location per distinct return address (and symbolization), its Lines the inline
+/// `pid` and `comm`. One Location per distinct return address of a process, its Lines the inline
 /// chain innermost first; one Function per (name, file); one Mapping per mapped file, with its build id,
 /// so that a fleet system can symbolize stripped frames later.
 public enum PprofProfile {
@@ -74,7 +74,9 @@ public enum PprofProfile {
         builder.profile.sample.reserveCapacity(groups.count)
         for group in groups {
             var sample = Perftools_Profiles_Sample()
-            sample.locationID = group.leak.stack.compactMap { frames in frames.isEmpty ? nil : builder.location(frames) }
+            sample.locationID = group.leak.stack.compactMap { frames in
+                frames.isEmpty ? nil : builder.location(frames, processID: group.leak.processID)
+            }
             sample.value = [group.objects, group.bytes]
             sample.label = [
                 builder.label(pidKey, "\(group.leak.processID)"),
@@ -104,10 +106,17 @@ struct ProfileBuilder {
     var profile = Perftools_Profiles_Profile()
     private var strings: [String: Int64] = ["": 0]
     private var functions: [FunctionKey: UInt64] = [:]
-    private var locations: [[SymbolizedFrame]: UInt64] = [:]
+    private var locations: [LocationKey: UInt64] = [:]
     private var mappings: [MappingKey: Int] = [:]
 
     init() { profile.stringTable = [""] }
+
+    /// A return address means one thing within one process (its describe() is fixed per snapshot);
+    /// hashing the address, not the frames, keeps 100k distinct stacks cheap.
+    struct LocationKey: Hashable {
+        var processID: Int32
+        var address: Address
+    }
 
     struct FunctionKey: Hashable {
         var name: String
@@ -149,10 +158,11 @@ struct ProfileBuilder {
         return l
     }
 
-    /// The Location of one return address: `frames` as `ReportContext.describe` gave them (inlined
-    /// functions first, all at the same address).
-    mutating func location(_ frames: [SymbolizedFrame]) -> UInt64 {
-        if let id = locations[frames] { return id }
+    /// The Location of one return address in one process: `frames` as `ReportContext.describe` gave
+    /// them (inlined functions first, all at the same address).
+    mutating func location(_ frames: [SymbolizedFrame], processID: Int32) -> UInt64 {
+        let key = LocationKey(processID: processID, address: frames[0].address)
+        if let id = locations[key] { return id }
         let id = UInt64(profile.location.count + 1)
         var location = Perftools_Profiles_Location()
         location.id = id
@@ -167,7 +177,7 @@ struct ProfileBuilder {
             location.line.append(line)
         }
         profile.location.append(location)
-        locations[frames] = id
+        locations[key] = id
         return id
     }
 

@@ -44,10 +44,11 @@ import Testing
         #expect(other.objects == 1 && other.bytes == 32 && other.comm == "other")
     }
 
-    @Test func locationsAreOnePerAddressWithTheInlineChainInnermostFirst() throws {
+    @Test func locationsAreOnePerAddressOfAProcessWithTheInlineChainInnermostFirst() throws {
         let p = try Self.decode(Fixture.threeSites())
-        // site_a, site_b, main, site_c/main (one address), libc: shared by every sample and process.
-        #expect(p.location.count == 5)
+        // pid 100: site_a, site_b, main, site_c/main (one address), libc, shared by its samples; pid 200:
+        // site_a, main, libc again (an address means one thing within one process).
+        #expect(p.location.count == 8)
         #expect(Set(p.location.map(\.address)).count == 5)
         let inlined = try #require(p.location.first { $0.address == 0x5555_5555_5320 })
         let functions = Dictionary(uniqueKeysWithValues: p.function.map { ($0.id, $0) })
@@ -58,7 +59,7 @@ import Testing
         #expect(p.function.filter { p.stringTable[Int($0.name)] == "main" }.count == 1)
         let mainFunction = try #require(p.function.first { p.stringTable[Int($0.name)] == "main" })
         #expect(p.stringTable[Int(mainFunction.filename)] == "leaky.c")
-        #expect(Set(p.location.map(\.id)) == Set(1...5))
+        #expect(Set(p.location.map(\.id)) == Set(1...8))
     }
 
     @Test func mappingsCarryTheClientsRangeOffsetFileAndBuildID() throws {

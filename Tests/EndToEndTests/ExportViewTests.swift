@@ -14,6 +14,15 @@ private func value(of series: String, in text: String) -> Double? {
     return Double(lines[0].dropFirst(series.count + 1))
 }
 
+/// three-sites under the shim, its 1004 leaks (1000 + 2 + 2) reported by the mount.
+private func threeSitesReported(on d: Detection) throws -> ChildProcess {
+    let client = try d.client(threeSitesPath)
+    let leaks = printed(client, ["LEAK"])
+    try #require(leaks.count == 1004)
+    try #require(d.scanUntilReported(leaks), "report:\n\(d.report.prefix(4000))")
+    return client
+}
+
 @Suite(.enabled(if: canMount, "needs root and /dev/fuse"))
 struct ExportViewEndToEndTests {
     /// Three call sites, one of them 1000 times: go tool pprof lists each site with its objects and
@@ -22,10 +31,7 @@ struct ExportViewEndToEndTests {
     func goToolPprofReadsTheMountsProfile() throws {
         let d = try Detection()
         defer { d.tearDown() }
-        let client = try d.client(threeSitesPath)
-        let leaks = printed(client, ["LEAK"])
-        #expect(leaks.count == 1004)
-        #expect(d.scanUntilReported(leaks), "report:\n\(d.report.prefix(4000))")
+        let client = try threeSitesReported(on: d)
         // A copy: pprof opens the file several times and looks for its binaries beside it.
         let work = try d.temp.makeDirectory("pprof")
         let profile = work + "/kmemleak.pb.gz"
@@ -51,9 +57,7 @@ struct ExportViewEndToEndTests {
     func promtoolAcceptsTheMountsMetricsAndTheyMatchTheLeaks() throws {
         let d = try Detection()
         defer { d.tearDown() }
-        let client = try d.client(threeSitesPath)
-        let leaks = printed(client, ["LEAK"])
-        #expect(d.scanUntilReported(leaks), "report:\n\(d.report.prefix(4000))")
+        let client = try threeSitesReported(on: d)
         let text = String(decoding: try readAll(d.mountpoint + "/kmemleak.prom"), as: UTF8.self)
         let labels = #"{comm="three-sites",pid="\#(client.pid)"}"#
         #expect(value(of: "kmemleak_suspected_leaks" + labels, in: text) == 1004, "\(text)")
@@ -78,9 +82,7 @@ struct ExportViewEndToEndTests {
     func nodeExporterServesTheMountsMetrics() throws {
         let d = try Detection()
         defer { d.tearDown() }
-        let client = try d.client(threeSitesPath)
-        let leaks = printed(client, ["LEAK"])
-        #expect(d.scanUntilReported(leaks), "report:\n\(d.report.prefix(4000))")
+        let client = try threeSitesReported(on: d)
         let port = try freeLoopbackPort()
         let work = try d.temp.makeDirectory("node-exporter")
         let exporter = try ChildProcess.withOutputFiles(

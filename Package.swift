@@ -83,7 +83,7 @@ let package = Package(
             path: "Benchmarks/EngineScan"),
         .executableTarget(
             name: "kmemleak-views-bench",
-            dependencies: ["KmemleakReports", "KmemleakEngine"],
+            dependencies: ["KmemleakReports", "KmemleakEngine", "KmemleakPprof", "KmemleakPrometheus"],
             path: "Benchmarks/ViewRender"),
         .testTarget(name: "KmemleakEngineTests", dependencies: ["KmemleakEngine"]),
         .testTarget(name: "KmemleakReportsTests", dependencies: ["KmemleakReports", "KmemleakEngine"]),

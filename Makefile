@@ -111,9 +111,13 @@ bench-pause: shim
 
 # BEGIN bench section (every benchmark; the figures go to BENCHMARKS.md by hand)
 .PHONY: bench-engine bench-scan
-bench: bench-shim bench-engine bench-scan bench-real
+bench: bench-shim bench-engine bench-scan bench-real bench-views
 bench-engine:
 	$(SWIFT) run -c release $(SWIFT_FLAGS) kmemleak-engine-bench
+# Render time of each view of the mount (every LeakView) for 10k and 100k leaks, and the classification.
+.PHONY: bench-views
+bench-views:
+	$(SWIFT) run -c release $(SWIFT_FLAGS) kmemleak-views-bench
 # One daemon scan against LeakSanitizer's __lsan_do_recoverable_leak_check on the same heap (needs root
 # and FUSE): issue 4's zero-filled C heap, issue 10's realistic C heap, and python3 (PYTHONMALLOC=malloc).
 bench-scan: shim clients build
@@ -128,7 +132,8 @@ CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/client
 	.build/clients/hostile-client .build/clients/libevil.so .build/clients/fork-window \
 	.build/clients/libfork-window-hook.so \
 	.build/clients/roots-client .build/clients/many-leaks \
-	.build/clients/every-size .build/clients/new-array-zero .build/clients/slow-fuse
+	.build/clients/every-size .build/clients/new-array-zero .build/clients/slow-fuse \
+	.build/clients/three-sites
 clients: $(CLIENTS)
 .build/clients/thread-life: Tests/clients/thread-life.c
 	@mkdir -p $(@D)
@@ -152,6 +157,10 @@ clients: $(CLIENTS)
 .build/clients/many-leaks: Tests/clients/many-leaks.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
+# The views' end-to-end client (-O0 -g: every call site keeps its frame and its line).
+.build/clients/three-sites: Tests/clients/three-sites.c
+	@mkdir -p $(@D)
+	$(CC) -O0 -g -Wall -Wextra -o $@ $<
 .build/clients/roots-client: Tests/clients/roots-client.c Sources/CKmemleakABI/include/kmemleak_abi.h
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
@@ -282,3 +291,15 @@ demo:
 test-service:
 	bash Tests/ServiceTests/run.sh
 # END service section
+
+# BEGIN pprof section (the pprof view's generated code)
+# Regenerates Sources/KmemleakPprof/Generated/profile.pb.swift from the committed .proto; never run by
+# build or test (the generated file is committed). Needs protoc (Debian protobuf-compiler) and
+# swift-protobuf 1.39.0's plugin: `swift build -c release --product protoc-gen-swift` in its checkout.
+PROTOC_GEN_SWIFT ?= $(or $(shell command -v protoc-gen-swift 2>/dev/null),/tmp/swift-protobuf/.build/release/protoc-gen-swift)
+.PHONY: pprof-proto
+pprof-proto:
+	protoc --plugin=protoc-gen-swift=$(PROTOC_GEN_SWIFT) --swift_opt=Visibility=Internal \
+	  --proto_path=Sources/KmemleakPprof/proto --swift_out=Sources/KmemleakPprof/Generated \
+	  Sources/KmemleakPprof/proto/profile.proto
+# END pprof section

@@ -13,6 +13,10 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // The pprof view: the runtime library only (the generated code is committed, no plugin).
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        // The Prometheus view: the collector registry and its text exposition.
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // Pure Swift, no syscalls: the kernel's kmemleak algorithm over a MemoryReader.
@@ -31,28 +35,45 @@ let package = Package(
             ]),
         // Pure: the mount's views (summary, JSON, ...) rendered from a LeakSnapshot, and suppressions.
         .target(name: "KmemleakReports", dependencies: ["KmemleakEngine"]),
-        // The FUSE adapter: MOUNTPOINT/kmemleak over a ControlFileBackend.
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // MOUNTPOINT/kmemleak.pb.gz: a LeakSnapshot as a gzip-compressed pprof profile (pure but for zlib).
+        .target(
+            name: "KmemleakPprof",
+            dependencies: [
+                "KmemleakReports", "KmemleakEngine", "CZlib",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            exclude: ["proto"]),
+        // MOUNTPOINT/kmemleak.prom: the daemon's and the clients' figures in Prometheus's text format.
+        .target(
+            name: "KmemleakPrometheus",
+            dependencies: [
+                "KmemleakReports", "KmemleakEngine",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]),
+        // The FUSE adapter: MOUNTPOINT/kmemleak and the views (LeakView) over a ControlFileBackend.
         .target(
             name: "KmemleakFS",
             dependencies: [
-                "KmemleakEngine", "KmemleakSystem", "CFuse3", "CKmemleakSys",
+                "KmemleakEngine", "KmemleakReports", "KmemleakSystem", "CFuse3", "CKmemleakSys",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // The service layer: options, signals, sd_notify, the log handler (no FUSE, no detection).
         .target(
             name: "KmemleakService",
-            dependencies: ["KmemleakSystem", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["KmemleakSystem", "KmemleakReports", .product(name: "Logging", package: "swift-log")]),
         // The daemon's work: adopt clients, sync their tables into engines, scan, report, schedule.
         .target(
             name: "KmemleakDaemon",
             dependencies: [
-                "KmemleakFS", "KmemleakSystem", "KmemleakEngine", "CKmemleakSys",
+                "KmemleakFS", "KmemleakReports", "KmemleakSystem", "KmemleakEngine", "CKmemleakSys",
+                "KmemleakPprof", "KmemleakPrometheus",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(
             name: "kmemleakd",
             dependencies: [
-                "KmemleakDaemon", "KmemleakFS", "KmemleakService", "KmemleakSystem", "KmemleakEngine",
+                "KmemleakDaemon", "KmemleakFS", "KmemleakReports", "KmemleakService", "KmemleakSystem", "KmemleakEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -60,7 +81,12 @@ let package = Package(
             name: "kmemleak-engine-bench",
             dependencies: ["KmemleakEngine"],
             path: "Benchmarks/EngineScan"),
+        .executableTarget(
+            name: "kmemleak-views-bench",
+            dependencies: ["KmemleakReports", "KmemleakEngine", "KmemleakPprof", "KmemleakPrometheus"],
+            path: "Benchmarks/ViewRender"),
         .testTarget(name: "KmemleakEngineTests", dependencies: ["KmemleakEngine"]),
+        .testTarget(name: "KmemleakReportsTests", dependencies: ["KmemleakReports", "KmemleakEngine"]),
         // Shared by the test targets: child processes with pipes and timeouts.
         .target(name: "KmemleakTestSupport", dependencies: ["CKmemleakSys"], path: "Tests/TestSupport"),
         .testTarget(
@@ -71,10 +97,16 @@ let package = Package(
                 "KmemleakDaemon",
             ]),
         .testTarget(name: "KmemleakDaemonTests", dependencies: ["KmemleakDaemon"]),
+        // The pprof and Prometheus renderers, checked by go tool pprof, promtool and node_exporter.
+        .testTarget(
+            name: "KmemleakExportTests",
+            dependencies: [
+                "KmemleakPprof", "KmemleakPrometheus", "KmemleakReports", "KmemleakEngine", "KmemleakTestSupport",
+            ]),
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
-                "KmemleakDaemon", "KmemleakFS", "KmemleakService", "KmemleakSystem", "KmemleakEngine",
+                "KmemleakDaemon", "KmemleakFS", "KmemleakReports", "KmemleakService", "KmemleakSystem", "KmemleakEngine",
                 "CKmemleakSys", "KmemleakTestSupport",
             ]),
     ],

@@ -2,6 +2,9 @@ import Foundation
 import Glibc
 import KmemleakEngine
 import KmemleakFS
+import KmemleakPprof
+import KmemleakPrometheus
+import KmemleakReports
 import KmemleakSystem
 import Logging
 import Synchronization
@@ -30,10 +33,14 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         /// Also adopt clients of this run directory that have no rendezvous file, from /proc
         /// (see `ProcessDiscovery`).
         public var discoverProcesses: Bool
+        /// Leaks these match (`--suppressions`) are in no file of the mount; the views count them.
+        public var suppressions: Suppressions
 
         public init(runDirectory: String, minimumAge: Double, scanPeriod: Double, firstScanDelay: Double,
                     controlFilePath: String, freezeForConfirmation: Bool = true, discoverProcesses: Bool = true,
-                    clientBudget: ClientBudget = ClientBudget(), clientScanBudget: Double = 30) {
+                    clientBudget: ClientBudget = ClientBudget(), clientScanBudget: Double = 30,
+                    suppressions: Suppressions = Suppressions()) {
+            self.suppressions = suppressions
             self.clientScanBudget = clientScanBudget
             self.runDirectory = runDirectory
             self.minimumAge = minimumAge
@@ -64,6 +71,8 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
     private let enabled = Atomic<Bool>(true)
     private let stackScanning = Atomic<Bool>(true)
     private var scheduler: ScanScheduler!
+    /// The daemon's counters for MOUNTPOINT/kmemleak.prom (scans, their durations, failures).
+    public let metrics = DaemonMetrics()
 
     /// - Parameter logger: writes each message as one line, verbatim: the messages carry the kernel's
     ///   `kmemleak: ` prefix themselves (dump frames must not have it).
@@ -128,20 +137,117 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
     /// The report as `requester` may see it: root (or the daemon's user) sees every client; another
     /// user only the clients that run as that user, by /proc's rules (``ProcessOwner``), decided when
     /// the file is first read. Like /proc/PID/mem: someone else's process memory is not theirs to read.
+    /// Suppressed leaks are left out.
     public func openReport(for requester: Requester) -> any ReportStream {
-        scanMutex.lock()
-        defer { scanMutex.unlock() }
-        dropExited()
-        let everything = requester.isRoot || requester.uid == getuid()
-        var entries: [(session: ClientSession, entry: ReportEntry)] = []
-        for session in sessions where everything || isOwned(session, by: requester.uid) {
-            for entry in session.engine.reportSnapshot(memory: session.memory) { entries.append((session, entry)) }
+        let entries: [(session: ClientSession, entry: ReportEntry)] = withVisibleReports(for: requester) { reports in
+            reports.flatMap { report in report.unsuppressed.map { (report.session, report.entries[$0]) } }
         }
         let stream = RecordStream(recordCount: entries.count) { index in
             let (session, entry) = entries[index]
             return Kmemleak.renderBytes(entry, context: session.context)
         }
         return ReportStreamAdapter(stream: stream)
+    }
+
+    /// One view of the mount, from the snapshot ``leakSnapshot(for:)`` takes for `requester`.
+    public func openView(_ view: LeakView, for requester: Requester) -> any ReportStream {
+        switch view {
+        case .pprof: return BytesReportStream(pprofFile(for: requester))
+        case .prometheus: return BytesReportStream(metricsFile(for: requester))
+        case .summary, .json: break
+        }
+        switch view.render(leakSnapshot(for: requester)) {
+        case .bytes(let bytes):
+            return BytesReportStream(bytes)
+        case .chunks(let count, let render):
+            return ReportStreamAdapter(stream: RecordStream(recordCount: count, renderRecord: render))
+        }
+    }
+
+    /// The leaks `requester` may see (the same as ``openReport(for:)``), resolved for the views: each
+    /// with its process, comm, direct/indirect kind (per client, ``Kmemleak/indirectLeaks(among:memory:)``)
+    /// and symbolized stack; plus what each suppression hid.
+    public func leakSnapshot(for requester: Requester) -> LeakSnapshot {
+        withVisibleReports(for: requester) { snapshot(of: $0) }
+    }
+
+    private func snapshot(of reports: [ClientReport]) -> LeakSnapshot {
+        var snapshot = LeakSnapshot()
+        for report in reports {
+            let indirect = Kmemleak.indirectLeaks(among: report.entries, memory: report.session.memory)
+            // Read from the client's table once per comm id, not once per leak.
+            var comms: [UInt32: String] = [:]
+            for index in report.unsuppressed {
+                let entry = report.entries[index]
+                let comm = comms[entry.comm] ?? report.session.context.comm(entry.comm) ?? ""
+                comms[entry.comm] = comm
+                snapshot.leaks.append(Leak(
+                    entry: entry, processID: report.session.pid, comm: comm,
+                    kind: indirect[index] ? .indirect : .direct, stack: report.stacks.stack(entry.trace)))
+            }
+        }
+        snapshot.suppressed = Self.suppressionCounts(reports, settings.suppressions)
+        return snapshot
+    }
+
+    /// One client's reported leaks at a snapshot, with which of them no suppression hides.
+    struct ClientReport {
+        let session: ClientSession
+        let entries: [ReportEntry]
+        /// Indices into `entries`, in order.
+        let unsuppressed: [Int]
+        /// (index into `entries`, rule index) for each suppressed leak.
+        let suppressed: [(entry: Int, rule: Int)]
+        let stacks: StackCache
+    }
+
+    /// Takes every visible client's report snapshot under the scan mutex (reads wait for a running
+    /// scan, as in the kernel) and applies the suppressions.
+    private func withVisibleReports<T>(for requester: Requester, _ body: ([ClientReport]) -> T) -> T {
+        scanMutex.lock()
+        defer { scanMutex.unlock() }
+        dropExited()
+        let everything = requester.isRoot || requester.uid == getuid()
+        var reports: [ClientReport] = []
+        for session in sessions where everything || isOwned(session, by: requester.uid) {
+            let entries = session.engine.reportSnapshot(memory: session.memory)
+            let stacks = StackCache(context: session.context)
+            var unsuppressed: [Int] = []
+            var suppressed: [(entry: Int, rule: Int)] = []
+            if settings.suppressions.isEmpty {
+                unsuppressed = Array(entries.indices)
+            } else {
+                var ruleOfTrace: [UInt32: Int?] = [:]
+                for (index, entry) in entries.enumerated() {
+                    let rule: Int?
+                    if let known = ruleOfTrace[entry.trace] {
+                        rule = known
+                    } else {
+                        rule = settings.suppressions.match(stacks.stack(entry.trace))
+                        ruleOfTrace[entry.trace] = rule
+                    }
+                    if let rule { suppressed.append((index, rule)) } else { unsuppressed.append(index) }
+                }
+            }
+            reports.append(ClientReport(session: session, entries: entries, unsuppressed: unsuppressed,
+                                        suppressed: suppressed, stacks: stacks))
+        }
+        return body(reports)
+    }
+
+    /// Per rule that hid at least one leak, in the rules' order.
+    static func suppressionCounts(_ reports: [ClientReport], _ suppressions: Suppressions) -> [SuppressionCount] {
+        var leaks = [Int](repeating: 0, count: suppressions.rules.count)
+        var bytes = [UInt64](repeating: 0, count: suppressions.rules.count)
+        for report in reports {
+            for hit in report.suppressed {
+                leaks[hit.rule] += 1
+                bytes[hit.rule] &+= report.entries[hit.entry].size
+            }
+        }
+        return suppressions.rules.indices.compactMap { rule in
+            leaks[rule] > 0 ? SuppressionCount(pattern: suppressions.rules[rule].pattern, leaks: leaks[rule], bytes: bytes[rule]) : nil
+        }
     }
 
     /// Whether `uid` owns the client: its uids now, and still the same process afterwards (a pid reused
@@ -158,6 +264,8 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         scanMutex.lock()
         defer { scanMutex.unlock() }
         guard enabled.load(ordering: .acquiring) else { return 0 }
+        let started = ContinuousClock.now
+        defer { metrics.scanFinished(after: ContinuousClock.now - started) }
         discover()
         var newLeaks = 0
         let stack = stackScanning.load(ordering: .acquiring)
@@ -166,9 +274,13 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
                 let result = try session.scan(
                     stackScanning: stack, shouldStop: { [self] in !self.enabled.load(ordering: .relaxed) },
                     freeze: settings.freezeForConfirmation, budget: .seconds(settings.clientScanBudget),
-                    log: { [logger] message in logger.warning("kmemleak: \(message)") })
+                    log: { [logger, metrics] message in
+                        metrics.count(.scanIncomplete)
+                        logger.warning("kmemleak: \(message)")
+                    })
                 newLeaks += result.newLeaks
             } catch {
+                if session.table.isAlive { metrics.count(.clientDropped) }
                 rejected.insert(session.id) // a fault, not an exit: not adopted again
                 drop(session, because: "\(error)")
             }
@@ -245,6 +357,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
             // Said once per file (junk stays until proved stale), or once per client; a directory
             // full of planted junk gives a bounded number of lines.
             guard loggedFailures.insert(failure.client.map { "\($0)" } ?? failure.path).inserted else { continue }
+            metrics.count(.adoptionFailed)
             if listed < Self.maxFailureLines {
                 listed += 1
                 logger.warning("kmemleak: ignoring client \(KFormat.escape(failure.path)): \(KFormat.escape("\(failure.error)"))")
@@ -266,6 +379,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
                 }
             } catch {
                 rejected.insert(table.id)
+                metrics.count(.adoptionFailed)
                 if loggedFailures.insert("\(table.id)").inserted {
                     logger.warning("kmemleak: cannot adopt client pid \(table.pid): \(KFormat.escape("\(error)"))")
                 }
@@ -293,6 +407,53 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         let logger = self.logger
         config.log = { line in logger.warning("\(line)") }
         return config
+    }
+}
+
+// MARK: - The pprof and Prometheus views (MOUNTPOINT/kmemleak.pb.gz, MOUNTPOINT/kmemleak.prom)
+
+extension Detector {
+    /// The leaks `requester` may see as a pprof profile, taken now.
+    func pprofFile(for requester: Requester) -> [UInt8] {
+        let snapshot = leakSnapshot(for: requester)
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        do {
+            return try PprofProfile.render(snapshot, timeNanos: Int64(now.tv_sec) &* 1_000_000_000 &+ Int64(now.tv_nsec))
+        } catch {
+            logger.warning("kmemleak: \(error)")
+            return []
+        }
+    }
+
+    /// The metrics `requester` may see: the leaks and figures of the clients it may see (the same
+    /// rule as every view), the daemon's counters.
+    func metricsFile(for requester: Requester) -> [UInt8] {
+        let (leaks, clients): (LeakSnapshot, [ClientFigures]) = withVisibleReports(for: requester) { reports in
+            let clients = reports.map { report -> ClientFigures in
+                let session = report.session
+                return ClientFigures(processID: session.pid, comm: session.comm, trackedObjects: session.engine.objectCount,
+                                     trackedBytes: session.engine.objectBytes)
+            }
+            return (self.snapshot(of: reports), clients)
+        }
+        return PrometheusExposition.render(snapshot: leaks, clients: clients, daemon: metrics)
+    }
+}
+
+/// The symbolized stacks of one client's stack-depot ids, each resolved once per snapshot (100k
+/// leaks from one site symbolize 16 frames, not 1.6M).
+final class StackCache {
+    private let context: ClientReportContext
+    private var stacks: [UInt32: [[SymbolizedFrame]]] = [:]
+
+    init(context: ClientReportContext) { self.context = context }
+
+    func stack(_ trace: UInt32) -> [[SymbolizedFrame]] {
+        if let known = stacks[trace] { return known }
+        let stack = trace == 0 ? [] : context.frames(trace).prefix(16).map { context.describe($0) }
+        stacks[trace] = stack
+        return stack
     }
 }
 

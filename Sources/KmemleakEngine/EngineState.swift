@@ -84,6 +84,8 @@ struct EngineState {
     var epoch = 0
     var lastScanStart: UInt64 = 0
     var objectCount = 0
+    /// Sum of the live objects' sizes (wrapping: sizes are the client's word).
+    var objectBytes: UInt64 = 0
     var gray = GrayQueue()
     var confirm: ConfirmState? = nil
     /// One bit per id, set at each scan's prepare step and for each new object: a word that points into
@@ -247,6 +249,7 @@ struct EngineState {
             plain.insert(id, key: ptr, afterBlock: pred?.b ?? -1, pos: pred?.pos ?? -1)
         }
         objectCount += 1
+        objectBytes &+= size
         lastCreatedID = id
         let word = Int(id >> 6)
         if word >= mayTakeReference.count {
@@ -263,6 +266,7 @@ struct EngineState {
             percpu.remove(b: hit.b, pos: hit.pos)
         }
         let id = hit.id
+        objectBytes &-= size(id)
         if records[Int(id)].seqFlags & ObjectRecord.hasExtras != 0 { extras[id] = nil }
         records[Int(id)].seqFlags = 0
         records[Int(id)].pointer = 0
@@ -376,6 +380,7 @@ struct EngineState {
         contextKeys = []
         contextIDs = [:]
         objectCount = 0
+        objectBytes = 0
         gray.reset()
         confirm = nil
         epoch += 1

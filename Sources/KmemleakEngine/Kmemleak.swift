@@ -59,6 +59,9 @@ public final class Kmemleak: Sendable {
     /// Number of tracked objects (plain and per-CPU).
     public var objectCount: Int { state.withLock { $0.objectCount } }
 
+    /// Bytes of the tracked objects (the sum of their sizes), kept as objects come and go.
+    public var objectBytes: UInt64 { state.withLock { $0.objectBytes } }
+
     /// True when the last scans found leaks not yet cleared (`kmemleak_found_leaks`).
     public var foundLeaks: Bool { state.withLock { $0.foundLeaks } }
 

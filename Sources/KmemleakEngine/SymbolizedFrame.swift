@@ -26,10 +26,13 @@ public struct SymbolizedFrame: Sendable, Hashable {
     public var line: Int?
     /// True for a function inlined into the next frame.
     public var inlined: Bool
+    /// The client's mapping of `module` that contains the address, as its maps list it: what a pprof
+    /// Mapping needs so that a fleet system can symbolize the address later. Nil when unknown.
+    public var mapping: ModuleMapping?
 
     public init(address: Address, module: String? = nil, buildID: String? = nil, moduleOffset: UInt64? = nil,
                 symbol: String? = nil, symbolOffset: UInt64? = nil, symbolSize: UInt64? = nil,
-                file: String? = nil, line: Int? = nil, inlined: Bool = false) {
+                file: String? = nil, line: Int? = nil, inlined: Bool = false, mapping: ModuleMapping? = nil) {
         self.address = address
         self.module = module
         self.buildID = buildID
@@ -40,5 +43,21 @@ public struct SymbolizedFrame: Sendable, Hashable {
         self.file = file
         self.line = line
         self.inlined = inlined
+        self.mapping = mapping
+    }
+}
+
+/// One line of a client's maps for a mapped file: `start-limit ... offset ... path`.
+public struct ModuleMapping: Sendable, Hashable {
+    public var start: Address
+    /// One past the last byte.
+    public var limit: Address
+    /// Offset in the file of the byte mapped at `start`.
+    public var fileOffset: UInt64
+
+    public init(start: Address, limit: Address, fileOffset: UInt64) {
+        self.start = start
+        self.limit = limit
+        self.fileOffset = fileOffset
     }
 }

@@ -1,4 +1,5 @@
 import Glibc
+import KmemleakReports
 
 /// What the FUSE front needs from the daemon: the two halves of the kernel's `kmemleak_fops`.
 ///
@@ -27,6 +28,11 @@ public protocol ControlFileBackend: Sendable {
     /// ``openReport()`` for the file `requester` opened: the snapshot may show only what that user
     /// may see.
     func openReport(for requester: Requester) -> any ReportStream
+
+    /// One read-only view (`MOUNTPOINT/kmemleak.summary`, ...) for the file `requester` opened: a
+    /// consistent snapshot of exactly what ``openReport(for:)`` would show that requester, taken once
+    /// per open file on its first read, like the report.
+    func openView(_ view: LeakView, for requester: Requester) -> any ReportStream
 }
 
 /// One open file's view of the report: a byte string fixed when ``ControlFileBackend/openReport()`` ran.
@@ -54,11 +60,29 @@ public struct Requester: Sendable, Equatable {
     public var isRoot: Bool { uid == 0 }
 }
 
+/// A stream over bytes made at open (a view rendered whole, e.g. a compressed profile).
+public struct BytesReportStream: ReportStream {
+    public let bytes: [UInt8]
+
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+    public func read(at offset: Int, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        guard offset >= 0, offset < bytes.count, buffer.count > 0 else { return 0 }
+        let count = min(buffer.count, bytes.count - offset)
+        bytes.withUnsafeBytes { source in
+            buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[offset..<(offset + count)]))
+        }
+        return count
+    }
+}
+
 /// The per-requester entry points. The defaults ignore the requester: a backend that has per-user
 /// rules implements these (the front always calls them).
 extension ControlFileBackend {
     public func write(command: [UInt8], from requester: Requester) -> Int32? { write(command: command) }
     public func openReport(for requester: Requester) -> any ReportStream { openReport() }
+    /// A backend without views (test fakes of the control file) serves them empty.
+    public func openView(_ view: LeakView, for requester: Requester) -> any ReportStream { BytesReportStream([]) }
 }
 
 /// The kernel copies at most this many bytes of a write (`char buf[64]`, NUL-terminated).

@@ -1,7 +1,51 @@
 import CFuse3
 import Glibc
+import KmemleakReports
 import Logging
 import Synchronization
+
+/// A file of the mount: the control file, or one of the read-only views next to it.
+enum MountFile: Equatable, Sendable {
+    case control
+    case view(LeakView)
+
+    /// Every file, in readdir order.
+    static let all: [MountFile] = [.control] + LeakView.allCases.map { .view($0) }
+
+    init?(path: String) {
+        guard path.hasPrefix("/") else { return nil }
+        let name = path.dropFirst()
+        if name == ControlFileSystem.fileName {
+            self = .control
+        } else if let view = LeakView(rawValue: String(name)) {
+            self = .view(view)
+        } else {
+            return nil
+        }
+    }
+
+    var name: String {
+        switch self {
+        case .control: ControlFileSystem.fileName
+        case .view(let view): view.fileName
+        }
+    }
+
+    /// The control file is 0644 like debugfs's; views are 0444: nobody writes them.
+    var mode: mode_t {
+        switch self {
+        case .control: 0o644
+        case .view: 0o444
+        }
+    }
+
+    var inode: ino_t {
+        switch self {
+        case .control: 2
+        case .view(let view): ino_t(3 + (LeakView.allCases.firstIndex(of: view) ?? 0))
+        }
+    }
+}
 
 /// The state behind one mount: the backend and the open files (keyed by `fi->fh`).
 ///
@@ -10,7 +54,6 @@ import Synchronization
 /// (inside `openReport()`) never holds up the others.
 final class ControlFileSystem: Sendable {
     static let fileName = "kmemleak"
-    static let filePath = "/kmemleak"
 
     let backend: any ControlFileBackend
     let logger: Logger
@@ -30,12 +73,13 @@ final class ControlFileSystem: Sendable {
         self.mountTime = now
     }
 
-    /// Registers a new open file, opened by `requester`, and returns its handle (stored in `fi->fh`).
-    func open(by requester: Requester) -> UInt64 {
+    /// Registers a new open file of `mountFile`, opened by `requester`, and returns its handle (stored
+    /// in `fi->fh`).
+    func open(_ mountFile: MountFile, by requester: Requester) -> UInt64 {
         openFiles.withLock { state in
             let handle = state.next
             state.next += 1
-            state.files[handle] = OpenFile(openedBy: requester)
+            state.files[handle] = OpenFile(mountFile, openedBy: requester)
             return handle
         }
     }
@@ -67,7 +111,9 @@ final class ControlFileSystem: Sendable {
     }
 
     /// One write is one command, as in `kmemleak_write`: only the first 63 bytes count.
-    func write(_ bytes: UnsafeRawBufferPointer, from requester: Requester) -> Int32 {
+    func write(_ handle: UInt64, _ bytes: UnsafeRawBufferPointer, from requester: Requester) -> Int32 {
+        // Views are never open for writing (open refuses it); a handle that is not one is stale.
+        guard let file = file(handle), file.mountFile == .control else { return -EBADF }
         let command = Array(bytes.prefix(maxCommandLength))
         if let error = backend.write(command: command, from: requester) {
             return -(error > 0 ? error : EINVAL)
@@ -88,32 +134,39 @@ final class ControlFileSystem: Sendable {
             st.st_ino = 1
             st.st_mode = mode_t(0o040000) | 0o755
             st.st_nlink = 2
-        case Self.filePath:
-            st.st_ino = 2
-            st.st_mode = mode_t(0o100000) | 0o644
-            st.st_nlink = 1
-            st.st_size = 0
         default:
-            return -ENOENT
+            guard let mountFile = MountFile(path: path) else { return -ENOENT }
+            st.st_ino = mountFile.inode
+            st.st_mode = mode_t(0o100000) | mountFile.mode
+            st.st_nlink = 1
+            st.st_size = 0  // like debugfs: the size is not known before the snapshot is rendered
         }
         return 0
     }
 }
 
-/// Per-open state: who opened it, and the report snapshot, taken lazily by the first read.
+/// Per-open state: which file, who opened it, and its snapshot, taken lazily by the first read.
 final class OpenFile: Sendable {
+    let mountFile: MountFile
     /// The opener's credentials at open time (like /proc: a descriptor passed on keeps its view).
     let requester: Requester
     private let snapshot = Mutex<(any ReportStream)?>(nil)
 
-    init(openedBy requester: Requester) { self.requester = requester }
+    init(_ mountFile: MountFile, openedBy requester: Requester) {
+        self.mountFile = mountFile
+        self.requester = requester
+    }
 
     /// The snapshot, taken now if this is the first read. Concurrent first reads of the same open
     /// file wait for one `openReport()` call.
     func stream(_ backend: any ControlFileBackend) -> any ReportStream {
         snapshot.withLock { current in
             if let current { return current }
-            let stream = backend.openReport(for: requester)
+            let stream: any ReportStream
+            switch mountFile {
+            case .control: stream = backend.openReport(for: requester)
+            case .view(let view): stream = backend.openView(view, for: requester)
+            }
             current = stream
             return stream
         }
@@ -161,22 +214,25 @@ func makeOperations() -> fuse_operations {
         let noFlags = fuse_fill_dir_flags(rawValue: 0)
         _ = filler(buf, ".", nil, 0, noFlags)
         _ = filler(buf, "..", nil, 0, noFlags)
-        _ = filler(buf, ControlFileSystem.fileName, nil, 0, noFlags)
+        for file in MountFile.all { _ = filler(buf, file.name, nil, 0, noFlags) }
         return 0
     }
     ops.opendir = { path, _ in
-        switch pathString(path) {
-        case "/": return 0
-        case ControlFileSystem.filePath: return -ENOTDIR
-        default: return -ENOENT
-        }
+        let path = pathString(path)
+        if path == "/" { return 0 }
+        return MountFile(path: path) == nil ? -ENOENT : -ENOTDIR
     }
     ops.open = { path, fi in
         guard let fi else { return -EINVAL }
-        guard pathString(path) == ControlFileSystem.filePath else { return -ENOENT }
+        guard let mountFile = MountFile(path: pathString(path)) else { return -ENOENT }
+        // Mode 0444 refuses writers, but root passes mode bits (CAP_DAC_OVERRIDE): refuse here with
+        // the errno a read-only file gives.
+        if mountFile != .control && (fi.pointee.flags & O_ACCMODE != O_RDONLY || fi.pointee.flags & O_TRUNC != 0) {
+            return -EACCES
+        }
         fi.pointee.direct_io = 1
         fi.pointee.keep_cache = 0
-        fi.pointee.fh = currentFileSystem().open(by: currentRequester())
+        fi.pointee.fh = currentFileSystem().open(mountFile, by: currentRequester())
         return 0
     }
     ops.read = { _, buf, size, offset, fi in
@@ -185,9 +241,9 @@ func makeOperations() -> fuse_operations {
         let buffer = UnsafeMutableRawBufferPointer(start: buf, count: min(size, Int(Int32.max)))
         return currentFileSystem().read(fi.pointee.fh, at: Int(offset), into: buffer)
     }
-    ops.write = { _, buf, size, _, _ in
-        guard let buf else { return -EINVAL }
-        return currentFileSystem().write(UnsafeRawBufferPointer(start: buf, count: min(size, Int(Int32.max))),
+    ops.write = { _, buf, size, _, fi in
+        guard let buf, let fi else { return -EINVAL }
+        return currentFileSystem().write(fi.pointee.fh, UnsafeRawBufferPointer(start: buf, count: min(size, Int(Int32.max))),
                                          from: currentRequester())
     }
     ops.release = { _, fi in
@@ -198,16 +254,18 @@ func makeOperations() -> fuse_operations {
     ops.fsync = { _, _, _ in 0 }
     // `echo scan > file` opens with O_TRUNC; debugfs ignores it and so do we.
     ops.truncate = { path, _, _ in
-        switch pathString(path) {
-        case ControlFileSystem.filePath: return 0
-        case "/": return -EISDIR
-        default: return -ENOENT
+        let path = pathString(path)
+        if path == "/" { return -EISDIR }
+        switch MountFile(path: path) {
+        case .control: return 0
+        case .view: return -EACCES
+        case nil: return -ENOENT
         }
     }
     ops.utimens = { path, _, _ in
-        pathString(path) == ControlFileSystem.filePath || pathString(path) == "/" ? 0 : -ENOENT
+        pathString(path) == "/" || MountFile(path: pathString(path)) != nil ? 0 : -ENOENT
     }
-    // The directory holds exactly one file: nothing can be created, removed or renamed.
+    // The directory holds exactly the files above: nothing can be created, removed or renamed.
     ops.create = { _, _, _ in -EACCES }
     ops.mknod = { _, _, _ in -EACCES }
     ops.mkdir = { _, _ in -EACCES }

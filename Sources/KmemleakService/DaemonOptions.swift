@@ -1,3 +1,6 @@
+import KmemleakReports
+import KmemleakSystem
+
 /// The daemon's configuration, as parsed from its command line (`kmemleakd --help`).
 public struct DaemonOptions: Sendable, Equatable {
     /// Where clients (`libkmemleak.so`) register: `RUN_DIR/<pid>.client`. Default `/run/kmemleak`.
@@ -24,6 +27,8 @@ public struct DaemonOptions: Sendable, Equatable {
     public var discoverProcesses: Bool
     /// `--control-link PATH`: made a symbolic link to MOUNTPOINT/kmemleak while the daemon runs.
     public var controlFileLink: String?
+    /// LeakSanitizer-format suppression files (`--suppressions FILE`, repeatable), in the order given.
+    public var suppressionFiles: [String]
 
     public static let defaultRunDirectory = "/run/kmemleak"
     public static let defaultClientScanBudget: Double = 30
@@ -32,9 +37,11 @@ public struct DaemonOptions: Sendable, Equatable {
         runDirectory: String = DaemonOptions.defaultRunDirectory, minimumAge: Double = 5, scanPeriod: Double = 600,
         firstScanDelay: Double = 60, clientScanBudget: Double = DaemonOptions.defaultClientScanBudget,
         mountpoint: String, allowOther: Bool = false, discoverProcesses: Bool = true,
-        maxObjectsPerClient: Int = DaemonOptions.defaultMaxObjectsPerClient, controlFileLink: String? = nil
+        maxObjectsPerClient: Int = DaemonOptions.defaultMaxObjectsPerClient, controlFileLink: String? = nil,
+        suppressionFiles: [String] = []
     ) {
         self.controlFileLink = controlFileLink
+        self.suppressionFiles = suppressionFiles
         self.clientScanBudget = clientScanBudget
         self.runDirectory = runDirectory
         self.minimumAge = minimumAge
@@ -53,4 +60,19 @@ public struct DaemonOptions: Sendable, Equatable {
 
     /// MOUNTPOINT/kmemleak.
     public var controlFilePath: String { mountpoint.hasSuffix("/") ? mountpoint + "kmemleak" : mountpoint + "/kmemleak" }
+
+    /// Reads and parses every suppression file; the error names the file and the line.
+    public func loadSuppressions() throws -> Suppressions {
+        var suppressions = Suppressions()
+        for file in suppressionFiles {
+            let bytes: [UInt8]
+            do {
+                bytes = try ConfigurationFile.read(file)
+            } catch {
+                throw SuppressionFileError(file: file, line: 0, reason: "\(error)")
+            }
+            try suppressions.parse(bytes, file: file)
+        }
+        return suppressions
+    }
 }

@@ -145,3 +145,16 @@ enum ProcFile {
         return entriesWithInodes(dir)
     }
 }
+
+/// The daemon's own configuration files (`--suppressions FILE`), read whole.
+public enum ConfigurationFile {
+    /// At most this many bytes: a suppression file is a few lines.
+    public static let maxSize = 4 << 20
+
+    /// The file's bytes; a file longer than ``maxSize`` is an error (EFBIG), not silently cut.
+    public static func read(_ path: String) throws(SystemError) -> [UInt8] {
+        let bytes = try ProcFile.read(path, limit: maxSize + 1)
+        if bytes.count > maxSize { throw SystemError(call: "read", errno: EFBIG, context: path) }
+        return bytes
+    }
+}

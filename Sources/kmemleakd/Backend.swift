@@ -1,5 +1,6 @@
 import KmemleakDaemon
 import KmemleakFS
+import KmemleakReports
 import KmemleakService
 import Logging
 
@@ -9,6 +10,12 @@ func makeBackend(options: DaemonOptions, logger: Logger) throws -> any ControlFi
     // so it logs through a handler without a label.
     var raw = Logger(label: "")
     raw.logLevel = logger.logLevel
+    let suppressions: Suppressions
+    do {
+        suppressions = try options.loadSuppressions()
+    } catch {
+        throw BackendError(message: "--suppressions: \(error)")
+    }
     let controlFile = options.controlFilePath
     return Detector(
         settings: Detector.Settings(
@@ -16,6 +23,12 @@ func makeBackend(options: DaemonOptions, logger: Logger) throws -> any ControlFi
             firstScanDelay: options.firstScanDelay, controlFilePath: options.controlFileLink ?? controlFile,
             discoverProcesses: options.discoverProcesses,
             clientBudget: ClientBudget(maxObjects: options.maxObjectsPerClient),
-            clientScanBudget: options.clientScanBudget),
+            clientScanBudget: options.clientScanBudget, suppressions: suppressions),
         logger: raw)
+}
+
+/// Why the backend cannot be made (printed after "cannot start the detector: ").
+struct BackendError: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
 }

@@ -49,11 +49,33 @@ let helpDiscussion = """
       a scan, but waits while one runs. Each open file reads one consistent
       snapshot.
 
+    VIEWS
+      Read-only files (mode 0444) next to the control file, each one
+      consistent snapshot per open file, covering exactly the leaks that
+      MOUNTPOINT/kmemleak shows (suppressed ones in none of them):
+      kmemleak.summary
+             One block per distinct backtrace, largest total size first:
+             bytes, objects, direct and indirect counts (as LeakSanitizer
+             classifies them), the pids and comms, the frames; then the
+             suppressions used and a SUMMARY line of totals.
+      kmemleak.json
+             NDJSON, one object per leak (schema in README.md).
+
+    SUPPRESSIONS
+      --suppressions FILE reads LeakSanitizer's format: one leak:PATTERN
+      per line, # comments and blank lines. PATTERN matches a substring of
+      the module path, function or source file name of any frame; * is any
+      run of characters, ^ and $ anchor the start and end. A bad file (any
+      other line, an empty pattern, unreadable) stops the daemon before it
+      mounts, with the file and line.
+
     FILES
       MOUNTPOINT/kmemleak
              The control file, mode 0644, in a FUSE file system (fsname
              kmemleak, type fuse.kmemleak) that only root may enter unless
              --allow-other is given.
+      MOUNTPOINT/kmemleak.summary, MOUNTPOINT/kmemleak.json
+             The views (see VIEWS), mode 0444.
       /mnt/kmemleak
              The service's --control-link: a symbolic link to
              /run/kmemleakd/kmemleak, where the unit mounts the file system,
@@ -109,10 +131,10 @@ let helpDiscussion = """
       escaped in the report and the log (\\n, \\", \\\\, \\xNN), so each
       line keeps the kernel's shape.
       Without --allow-other only root can enter the mount. With it, any
-      user may read MOUNTPOINT/kmemleak but sees only the records of
-      clients that run as that user (real, effective, saved and fs uid,
-      and dumpable, as /proc decides), fixed when the file is first read;
-      root sees every client. Only root may write commands (scan, clear,
+      user may read MOUNTPOINT/kmemleak and the views but sees only the
+      records of clients that run as that user (real, effective, saved and
+      fs uid, and dumpable, as /proc decides), fixed when a file is first
+      read; root sees every client. Only root may write commands (scan, clear,
       off, stack=, scan=, dump=): other users get EACCES ("Permission
       denied"), from the file's mode 0644 and from the daemon itself.
 

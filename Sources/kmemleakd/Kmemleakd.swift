@@ -12,7 +12,7 @@ struct Kmemleakd: ParsableCommand {
         usage: """
             kmemleakd [--run-dir DIR] [--min-age SECONDS] [--scan-period SECONDS] [--first-scan-delay SECONDS]
                       [--max-objects N] [--client-scan-budget SECONDS] [--allow-other | -o allow_other]
-                      [--no-discover-proc] [--control-link PATH] MOUNTPOINT
+                      [--no-discover-proc] [--suppressions FILE]... [--control-link PATH] MOUNTPOINT
             """,
         discussion: helpDiscussion)
 
@@ -77,6 +77,13 @@ struct Kmemleakd: ParsableCommand {
     var controlLink: String?
 
     @Option(
+        name: .customLong("suppressions"),
+        help: ArgumentHelp(
+            "LeakSanitizer suppression file (leak:PATTERN lines); repeatable. Matching leaks are in no file of the mount and are counted in kmemleak.summary. A bad file stops the daemon before it mounts.",
+            valueName: "FILE"))
+    var suppressionFiles: [String] = []
+
+    @Option(
         name: .customShort("o"),
         help: ArgumentHelp("Mount options, comma-separated; only allow_other is accepted (same as --allow-other).", valueName: "OPTIONS"))
     var mountOptions: [String] = []
@@ -118,7 +125,8 @@ struct Kmemleakd: ParsableCommand {
             clientScanBudget: clientScanBudget, mountpoint: absolute(mountpoint),
             allowOther: allowOther || mountOptions.contains { $0.split(separator: ",").contains("allow_other") },
             discoverProcesses: !noProcessDiscovery,
-            maxObjectsPerClient: maxObjects, controlFileLink: controlLink.map(absolute))
+            maxObjectsPerClient: maxObjects, controlFileLink: controlLink.map(absolute),
+            suppressionFiles: suppressionFiles)
     }
 
     /// MOUNTPOINT made absolute (not resolved: a stale mount point cannot be resolved).

@@ -67,7 +67,8 @@ struct DaemonLifecycleTests {
             " off ", "EPERM", "EINVAL", "ERANGE", "EINTR", "63 bytes", "MOUNTPOINT/kmemleak", "RUN_DIR/<pid>.client",
             "KMEMLEAK_RUN_DIR", "LD_PRELOAD=libkmemleak.so", "KMEMLEAK=off", "NOTIFY_SOCKET", "READY=1",
             "LD_PRELOAD=/usr/lib/libkmemleak.so KMEMLEAK_RUN_DIR=/run/kmemleak", "echo scan > /mnt/kmemleak",
-            "cat /mnt/kmemleak", "EXIT STATUS", "SIGTERM",
+            "cat /mnt/kmemleak", "EXIT STATUS", "SIGTERM", "--suppressions", "leak:PATTERN", "kmemleak.summary",
+            "kmemleak.json",
         ] {
             #expect(help.contains(needle), "--help lacks \(needle)")
         }

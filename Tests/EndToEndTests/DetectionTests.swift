@@ -70,6 +70,30 @@ final class Detection {
         return client
     }
 
+    /// Lets clients of another user register in the run directory and reach the binaries (tests with
+    /// `--allow-other`).
+    func openToOtherUsers() {
+        chmod(temp.path, 0o755)
+        chmod(runDirectory, 0o1777)
+    }
+
+    /// Starts `path` as `user` under the shim; waits for its READY line.
+    func client(_ path: String, as user: UnprivilegedUser, name: String = "user-client") throws -> ChildProcess {
+        try adopt(try user.spawn(path, env: ["LD_PRELOAD": shimPath, "KMEMLEAK_RUN_DIR": runDirectory],
+                                 stderrFile: temp.sub("\(name).stderr")))
+    }
+
+    /// Scans until the report holds exactly `expected` (objects with changing contents wait a scan
+    /// more); false if it never does within the timeout.
+    func scanUntilReported(_ expected: Set<UInt64>, timeout: Duration = .seconds(60)) -> Bool {
+        scan(times: 2)
+        return waitUntil(timeout: timeout) {
+            if reportedAddresses == expected { return true }
+            scan()
+            return false
+        }
+    }
+
     /// One write to the control file; returns 0 or the errno the write failed with.
     @discardableResult
     func write(_ command: String) -> Int32 {

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import KmemleakFS
+import KmemleakReports
 import Synchronization
 import Testing
 
@@ -62,6 +63,7 @@ final class FakeBackend: ControlFileBackend {
         var commands: [[UInt8]] = []
         var openReports = 0
         var generated: Int? = nil
+        var openViews: [LeakView] = []
     }
     let state = Mutex(State())
 
@@ -85,6 +87,16 @@ final class FakeBackend: ControlFileBackend {
             return ChunkedReport(state.text, chunkSize: state.chunkSize)
         }
     }
+
+    /// Each view reads its own name, then the report text.
+    func openView(_ view: LeakView, for requester: Requester) -> any ReportStream {
+        state.withLock { state -> any ReportStream in
+            state.openViews.append(view)
+            return ChunkedReport(Self.viewText(view, state.text), chunkSize: state.chunkSize)
+        }
+    }
+
+    static func viewText(_ view: LeakView, _ text: [UInt8]) -> [UInt8] { Array("VIEW \(view.fileName)\n".utf8) + text }
 }
 
 /// Deterministic report-like text of about `size` bytes.
@@ -305,7 +317,8 @@ struct FuseFrontTests {
             #expect(st.st_size == 0)
             #expect(stat(dir, &st) == 0)
             #expect(st.st_mode == 0o040755)
-            #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["kmemleak"])
+            #expect(try Set(FileManager.default.contentsOfDirectory(atPath: dir))
+                    == Set(["kmemleak"] + LeakView.allCases.map(\.fileName)))
             #expect(statErrno(dir + "/other") == ENOENT)
             #expect(statErrno(dir + "/kmemleak/x") == ENOTDIR)
             #expect(open(dir + "/other", O_RDONLY) == -1 && errno == ENOENT)
@@ -319,6 +332,55 @@ struct FuseFrontTests {
             #expect(entry.source == "kmemleak")
             #expect(entry.allOptions.contains("default_permissions"))
             #expect(!entry.allOptions.contains("allow_other"))
+        }
+    }
+
+    /// Every view is a read-only file next to `kmemleak` that cat, dd and Python read whole, one
+    /// snapshot per open file; no one, root included, opens it for writing.
+    @Test func viewsAreReadOnlyFilesReadWhole() throws {
+        let backend = FakeBackend()
+        let text = sampleReport(size: 20_000, seed: 5)
+        backend.state.withLock { $0.text = text; $0.chunkSize = 777 }
+        try withMountedFS(backend) { (dir, _, temp) throws in
+            for view in LeakView.allCases {
+                let file = dir + "/" + view.fileName
+                let expected = FakeBackend.viewText(view, text)
+                var st = stat()
+                #expect(stat(file, &st) == 0)
+                #expect(st.st_mode == 0o100444)
+                #expect(st.st_size == 0)
+                #expect(try readAll(file) == expected)
+                #expect(try readAll(file, chunk: 7) == expected)
+                let tools = [
+                    ["/bin/cat", file], ["/bin/dd", "if=\(file)", "bs=7", "status=none"],
+                    ["/usr/bin/python3", "-c", "import sys; sys.stdout.buffer.write(open(sys.argv[1], 'rb').read())", file],
+                ]
+                for (index, tool) in tools.enumerated() {
+                    let child = try ChildProcess.withOutputFiles(tool, in: temp.path, name: "\(view.rawValue)-\(index)")
+                    defer { child.terminate() }
+                    #expect(child.exitCode() == 0, "\(tool[0])")
+                    #expect(try Array(Data(contentsOf: URL(fileURLWithPath: try #require(child.stdoutPath)))) == expected,
+                            "\(tool[0]) read \(view.fileName)")
+                }
+                // Root passes mode bits: the file system itself refuses writers, as a read-only file does.
+                for flags in [O_WRONLY, O_RDWR, O_WRONLY | O_TRUNC, O_RDONLY | O_TRUNC] {
+                    #expect(open(file, flags) == -1 && errno == EACCES, "open flags \(flags)")
+                }
+                #expect(truncate(file, 0) == -1 && errno == EACCES)
+                #expect(writeOnce(file, Array("scan\n".utf8)).errno == EACCES)
+                #expect(unlink(file) == -1 && errno == EPERM)
+            }
+            // One snapshot per open file: reading a descriptor twice (pread at 0) asks once.
+            let before = backend.state.withLock { $0.openViews.count }
+            let fd = open(dir + "/" + LeakView.summary.fileName, O_RDONLY)
+            #expect(fd >= 0)
+            defer { close(fd) }
+            let first = try readAll(fd: fd)
+            #expect(lseek(fd, 0, SEEK_SET) == 0)
+            backend.text = Array("changed".utf8)
+            #expect(try readAll(fd: fd) == first)
+            #expect(backend.state.withLock { $0.openViews.count } == before + 1)
+            #expect(backend.state.withLock { $0.commands.isEmpty }, "a view write reached the backend")
         }
     }
 

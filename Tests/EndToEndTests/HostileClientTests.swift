@@ -177,12 +177,9 @@ struct HostileClientTests {
         let d = try Detection(daemonArguments: ["--allow-other"])
         defer { d.tearDown() }
         // The user's client must reach the run directory (it registers there) and the binaries.
-        chmod(d.temp.path, 0o755)
-        chmod(d.runDirectory, 0o1777)
+        d.openToOtherUsers()
         let rootClient = try d.client(kmemleakTestPath)
-        let userClient = try d.adopt(try user.spawn(
-            hostileClientPath, env: ["LD_PRELOAD": shimPath, "KMEMLEAK_RUN_DIR": d.runDirectory],
-            stderrFile: d.temp.sub("user-client.stderr")))
+        let userClient = try d.client(hostileClientPath, as: user)
         d.scan(times: 2)
         let rootLeaks = printed(rootClient, ["LEAK", "PCPU-LEAK"])
         let userLeaks = printed(userClient, ["LEAK"])

@@ -25,9 +25,7 @@ struct TestFailure: Error, CustomStringConvertible {
 final class TemporaryDirectory {
     let path: String
     init() throws {
-        var template = Array("/tmp/kmemleak-e2e.XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw TestFailure("mkdtemp: \(errno)") }
-        path = String(cString: made)
+        path = try makeTemporaryDirectory("/tmp/kmemleak-e2e.XXXXXX")
     }
     func sub(_ name: String) -> String { path + "/" + name }
     func makeDirectory(_ name: String) throws -> String {

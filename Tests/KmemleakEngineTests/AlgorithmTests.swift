@@ -584,3 +584,26 @@ let A: UInt64 = 0x10000, B: UInt64 = 0x10100, C: UInt64 = 0x10200, D: UInt64 = 0
         #expect(w.settle() == [B])
     }
 }
+
+/// The tracked bytes the Prometheus view shows per client: kept with every alloc, free, partial free
+/// and clear, never recomputed.
+@Suite struct ObjectBytesTests {
+    @Test func followAllocFreePartAndClear() {
+        let e = makeEngine()
+        e.alloc(0x1000, size: 100, metadata: meta(1))
+        e.alloc(0x2000, size: 0x1_0000_0000, metadata: meta(2))  // over 32 bits: kept outside the record
+        e.allocPercpu(0x9000, size: 8, metadata: meta(3))
+        #expect(e.objectBytes == 100 + 0x1_0000_0000 + 8)
+        e.freePart(0x1010, size: 16, metadata: meta(4))  // 16 + 68 left on either side
+        #expect(e.objectCount == 4 && e.objectBytes == 84 + 0x1_0000_0000 + 8)
+        e.free(0x2000)
+        e.freePercpu(0x9000)
+        #expect(e.objectBytes == 84)
+        e.free(0x1000)
+        e.free(0x1020)
+        #expect(e.objectCount == 0 && e.objectBytes == 0)
+        e.alloc(0x3000, size: 5, metadata: meta(5))
+        e.disable()  // no leaks found: the metadata goes
+        #expect(e.objectCount == 0 && e.objectBytes == 0)
+    }
+}

@@ -267,3 +267,10 @@ public final class ChildProcess {
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 }
+
+/// A new directory from a mkdtemp template (`/tmp/NAME.XXXXXX`), for a test's files.
+public func makeTemporaryDirectory(_ template: String) throws -> String {
+    var bytes = Array(template.utf8CString)
+    guard let made = mkdtemp(&bytes) else { throw TestError("mkdtemp \(template): errno \(errno)") }
+    return String(cString: made)
+}

@@ -264,4 +264,5 @@ public final class ClientReportContext: ReportContext, Sendable {
     public func comm(_ id: UInt32) -> String? { (try? table.comm(id)) ?? nil }
     public func frames(_ trace: UInt32) -> [Address] { (try? table.frames(trace)) ?? [] }
     public func symbolize(_ address: Address) -> String? { symbolizer.symbolize(address) }
+    public func describe(_ address: Address) -> [SymbolizedFrame] { symbolizer.describe(address) }
 }

@@ -33,8 +33,8 @@ func fakeMapping(inode: UInt64, path: String = "/nonexistent") -> MapEntry {
         let before = openDescriptorCount()
         let files = try (0..<200).map { _ in try ELFFile(path: "/bin/true") }
         #expect(openDescriptorCount() < before + 20)
-        // The symbol index opens the file again, and closes it.
-        for f in files { _ = f.symbolCount }
+        // The debug image opens the file again, reads it, and closes it.
+        for f in files { _ = f.debugModule(name: "/bin/true", directory: .standard) }
         #expect(openDescriptorCount() < before + 20)
     }
 
@@ -47,7 +47,7 @@ func fakeMapping(inode: UInt64, path: String = "/nonexistent") -> MapEntry {
         let f = try ELFFile(path: dir.path + "/many-sh")
         #expect(f.programHeaders.count == 4)
         #expect(f.memoryBytes < 4096)
-        #expect(f.symbolCount == 0)
+        #expect(f.debugModule(name: "many-sh", directory: .standard) == nil)
     }
 
     @Test func cacheIsBoundedByEntriesAndBytes() throws {
@@ -63,14 +63,15 @@ func fakeMapping(inode: UInt64, path: String = "/nonexistent") -> MapEntry {
         _ = cache.file(for: fakeMapping(inode: 9)) { opened += 1; return nil }
         #expect(opened == 1)
 
-        // Bytes: symbol indexes count once built; over the bound, the older entries go.
+        // Bytes: debug modules count once loaded; over the bound, the older entries go.
         let small = ELFCache(maxEntries: 100, maxBytes: 64 << 10)
         let libc = try ownLibc()
         let first = small.file(for: fakeMapping(inode: 100)) { try? ELFFile(path: libc.filePath) }
         let second = small.file(for: fakeMapping(inode: 101)) { try? ELFFile(path: libc.filePath) }
         #expect(small.count == 2)
-        #expect((first?.symbolCount ?? 0) > 1000 && (second?.symbolCount ?? 0) > 1000)
-        #expect(small.count == 1, "libc's index is far over 64 KiB: only the entry that built last stays")
+        #expect(first?.debugModule(name: libc.filePath, directory: .standard)?.hasSymbols == true)
+        #expect(second?.debugModule(name: libc.filePath, directory: .standard)?.hasSymbols == true)
+        #expect(small.count == 1, "libc's symbols are far over 64 KiB: only the entry that loaded last stays")
         #expect(small.bytes > 64 << 10)
     }
 

@@ -30,10 +30,14 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         /// Also adopt clients of this run directory that have no rendezvous file, from /proc
         /// (see `ProcessDiscovery`).
         public var discoverProcesses: Bool
+        /// Where separate debug files are looked up (`--debug-file-directory`).
+        public var debugFileDirectory: String
 
         public init(runDirectory: String, minimumAge: Double, scanPeriod: Double, firstScanDelay: Double,
                     controlFilePath: String, freezeForConfirmation: Bool = true, discoverProcesses: Bool = true,
-                    clientBudget: ClientBudget = ClientBudget(), clientScanBudget: Double = 30) {
+                    clientBudget: ClientBudget = ClientBudget(), clientScanBudget: Double = 30,
+                    debugFileDirectory: String = DebugFileDirectory.defaultPath) {
+            self.debugFileDirectory = debugFileDirectory
             self.clientScanBudget = clientScanBudget
             self.runDirectory = runDirectory
             self.minimumAge = minimumAge
@@ -48,7 +52,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
 
     private let settings: Settings
     private let logger: Logger
-    private let elfCache = ELFCache()
+    private let elfCache: ELFCache
     /// The kernel's scan_mutex: scans, clear, off, dump and report snapshots.
     private let scanMutex = NSLock()
     // Guarded by scanMutex.
@@ -70,6 +74,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
     public init(settings: Settings, logger: Logger) {
         self.settings = settings
         self.logger = logger
+        elfCache = ELFCache(debugFiles: DebugFileDirectory(settings.debugFileDirectory))
         processDiscovery = settings.discoverProcesses ? ProcessDiscovery(runDirectory: settings.runDirectory) : nil
         scheduler = ScanScheduler(
             period: settings.scanPeriod, firstScanDelay: settings.firstScanDelay,

@@ -22,6 +22,10 @@ public struct DaemonOptions: Sendable, Equatable {
     public static let defaultMaxObjectsPerClient = 1 << 22
     /// Also adopt clients of the run directory that have no rendezvous file, found in /proc.
     public var discoverProcesses: Bool
+    /// Where separate debug files are looked up (`--debug-file-directory`), and nowhere else.
+    public var debugFileDirectory: String
+
+    public static let defaultDebugFileDirectory = "/usr/lib/debug"
 
     public static let defaultRunDirectory = "/run/kmemleak"
     public static let defaultClientScanBudget: Double = 30
@@ -30,8 +34,10 @@ public struct DaemonOptions: Sendable, Equatable {
         runDirectory: String = DaemonOptions.defaultRunDirectory, minimumAge: Double = 5, scanPeriod: Double = 600,
         firstScanDelay: Double = 60, clientScanBudget: Double = DaemonOptions.defaultClientScanBudget,
         mountpoint: String, allowOther: Bool = false, discoverProcesses: Bool = true,
-        maxObjectsPerClient: Int = DaemonOptions.defaultMaxObjectsPerClient
+        maxObjectsPerClient: Int = DaemonOptions.defaultMaxObjectsPerClient,
+        debugFileDirectory: String = DaemonOptions.defaultDebugFileDirectory
     ) {
+        self.debugFileDirectory = debugFileDirectory
         self.clientScanBudget = clientScanBudget
         self.runDirectory = runDirectory
         self.minimumAge = minimumAge

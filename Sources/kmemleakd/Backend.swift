@@ -16,6 +16,6 @@ func makeBackend(options: DaemonOptions, logger: Logger) throws -> any ControlFi
             firstScanDelay: options.firstScanDelay, controlFilePath: controlFile,
             discoverProcesses: options.discoverProcesses,
             clientBudget: ClientBudget(maxObjects: options.maxObjectsPerClient),
-            clientScanBudget: options.clientScanBudget),
+            clientScanBudget: options.clientScanBudget, debugFileDirectory: options.debugFileDirectory),
         logger: raw)
 }

@@ -59,6 +59,13 @@ struct Kmemleakd: ParsableCommand {
             valueName: "SECONDS"))
     var clientScanBudget: Double = DaemonOptions.defaultClientScanBudget
 
+    @Option(
+        name: .customLong("debug-file-directory"),
+        help: ArgumentHelp(
+            "Where separate debug files are looked up, by build id (DIR/.build-id/xx/yyyy.debug) and by .gnu_debuglink (DIR/<the file's directory>/NAME); never next to a client's files (default \(DaemonOptions.defaultDebugFileDirectory)).",
+            valueName: "DIR"))
+    var debugFileDirectory: String = DaemonOptions.defaultDebugFileDirectory
+
     @Flag(
         name: .customLong("allow-other"),
         help: "Let users other than root into the mount (FUSE allow_other). Each sees only the leaks of its own processes; only root may write commands (see SECURITY).")
@@ -92,6 +99,10 @@ struct Kmemleakd: ParsableCommand {
         }
         guard maxObjects >= 1 else { throw ValidationError("--max-objects: '\(maxObjects)' is not a count >= 1") }
         guard !runDirectory.isEmpty else { throw ValidationError("--run-dir: empty path") }
+        // libdwfl's search path is colon-separated, and relative entries name the client's directories.
+        guard debugFileDirectory.hasPrefix("/"), !debugFileDirectory.contains(":") else {
+            throw ValidationError("--debug-file-directory: '\(debugFileDirectory)' is not an absolute path without ':'")
+        }
         var st = stat()
         if stat(mountpoint, &st) != 0 {
             let error = errno
@@ -110,7 +121,7 @@ struct Kmemleakd: ParsableCommand {
             clientScanBudget: clientScanBudget, mountpoint: absolute(mountpoint),
             allowOther: allowOther || mountOptions.contains { $0.split(separator: ",").contains("allow_other") },
             discoverProcesses: !noProcessDiscovery,
-            maxObjectsPerClient: maxObjects)
+            maxObjectsPerClient: maxObjects, debugFileDirectory: debugFileDirectory)
     }
 
     /// MOUNTPOINT made absolute (not resolved: a stale mount point cannot be resolved).

@@ -17,6 +17,7 @@ help:
 	@echo "make bench   run the benchmarks (figures go to BENCHMARKS.md by hand)"
 	@echo "make bench-real  time the real programs' load loops with and without the shim"
 	@echo "make bench-pause  the longest client pause per scan, 1M objects, 1000 candidates (root + FUSE)"
+	@echo "make bench-report  cat of 10k symbolized records from MOUNTPOINT/kmemleak (root + FUSE)"
 	@echo "make shim-selftest  run every shim fixture with and without the shim"
 	@$(MAKE) --no-print-directory help-service
 
@@ -120,6 +121,12 @@ bench-scan: shim clients build
 	Benchmarks/ScanVsLSan/run.sh 1000000 1000 3
 	HEAP=real Benchmarks/ScanVsLSan/run.sh 1000000 1000 3
 	CLIENT=Benchmarks/ScanVsLSan/py-heap.py Benchmarks/ScanVsLSan/run.sh 1500000 1000 3
+# Reading MOUNTPOINT/kmemleak with 10k symbolized records (issue 11; root and FUSE).
+.PHONY: bench-report
+bench: bench-report
+bench-report: shim clients
+	$(SWIFT) build -c release --product kmemleakd $(SWIFT_FLAGS)
+	Benchmarks/Report/run.sh 10000 5
 # END bench section
 
 # BEGIN clients section (test and benchmark clients of the daemon)

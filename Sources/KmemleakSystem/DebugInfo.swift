@@ -115,7 +115,8 @@ final class DebugModule: @unchecked Sendable {
         hasSymbols = mainElf != nil && dwfl_module_getsymtab(module) > 0
         functions = hasSymbols ? FunctionSymbols(module) : FunctionSymbols()
         var dwarfBias: Dwarf_Addr = 0
-        hasDWARF = mainElf != nil && dwfl_module_getdwarf(module, &dwarfBias) != nil
+        let dwarf = mainElf != nil ? dwfl_module_getdwarf(module, &dwarfBias) : nil
+        hasDWARF = dwarf.map { Self.isSelfContained($0, directory: directory) } ?? false
         var debugFile: UnsafePointer<CChar>? = nil
         dwfl_module_info(module, nil, nil, nil, nil, nil, nil, &debugFile)
         var debugBytes = 0
@@ -203,6 +204,39 @@ final class DebugModule: @unchecked Sendable {
             }
         }
         return frames
+    }
+
+    /// Whether libdw can answer from this DWARF alone. Two things would make it open files by names the
+    /// client wrote (blocking `open`s: a FIFO there would hang the daemon): split DWARF (a skeleton
+    /// unit's DW_AT_dwo_name, under its DW_AT_comp_dir) and a dwz alternate file libdwfl did not find
+    /// under the debug directory (libdw then tries the .gnu_debugaltlink path itself). Such modules
+    /// keep their symbols, without lines.
+    private static func isSelfContained(_ dwarf: OpaquePointer, directory: DebugFileDirectory) -> Bool {
+        var cu: OpaquePointer? = nil
+        var next: OpaquePointer? = nil
+        var unitType: UInt8 = 0
+        // Without a sub-DIE, dwarf_get_units does not look for split units.
+        while dwarf_get_units(dwarf, cu, &next, nil, &unitType, nil, nil) == 0 {
+            // DW_UT_skeleton, DW_UT_split_compile, DW_UT_split_type (GNU DebugFission's too).
+            if unitType == 4 || unitType == 5 || unitType == 6 { return false }
+            cu = next
+        }
+        var altName: UnsafePointer<CChar>? = nil
+        var altID: UnsafeRawPointer? = nil
+        let idLength = dwelf_dwarf_gnu_debugaltlink(dwarf, &altName, &altID)
+        if idLength != 0 {
+            // libdwfl looked it up by build id (our find_debuginfo): present there, or refuse.
+            guard idLength > 0, let altID, idLength <= 64 else { return false }
+            let id = UnsafeRawBufferPointer(start: altID, count: idLength)
+            let hex = id.map { String($0 >> 4, radix: 16) + String($0 & 0xf, radix: 16) }.joined()
+            let path = directory.path + "/.build-id/" + hex.prefix(2) + "/" + hex.dropFirst(2)
+            func isRegularFile(_ p: String) -> Bool {
+                var st = stat()
+                return stat(p, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
+            }
+            guard isRegularFile(path + ".debug") || isRegularFile(path) else { return false }
+        }
+        return true
     }
 
     /// A source path as the compiler saw it: relative names are relative to the CU's directory.

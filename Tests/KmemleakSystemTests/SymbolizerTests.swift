@@ -434,6 +434,20 @@ enum SymbolSites {
     /// Issue 9: a local user may plant FIFOs where debuggers look (next to the binary, in its .debug/);
     /// the daemon looks only under the debug-file directory, so it never opens them (an open would
     /// block: the test unblocks it by opening the FIFO's other end, and fails).
+    /// Split DWARF names its .dwo by DW_AT_comp_dir + DW_AT_dwo_name, which the client wrote: libdw
+    /// would open it (blocking). A module with skeleton units keeps its symbols, without lines.
+    @Test func splitDWARFSkeletonIsNotFollowed() throws {
+        let temp = try TempDir()
+        let build = try run("/bin/sh", ["-c", "cd \(temp.path) && cc -O1 -g -gsplit-dwarf -fno-optimize-sibling-calls -o prog \(SymbolSites.source) && ls *.dwo"])
+        try #require(build.status == 0, "\(build.output)")
+        let dwo = temp.path + "/" + String(build.output.split(separator: "\n").last ?? "")
+        #expect(unlink(dwo) == 0 && mkfifo(dwo, 0o666) == 0)
+        let (c, sym, direct, _) = try SymbolSites.symbolize(temp.path + "/prog")
+        defer { c.terminate() }
+        let frames = try describeUnlessBlocked(sym, direct, fifos: [dwo])
+        #expect(frames?.first?.symbol == "direct_site" && frames?.first?.line == nil, "\(String(describing: frames))")
+    }
+
     @Test func fifosPlantedNextToTheBinaryAreNeverOpened() throws {
         let temp = try TempDir()
         let directory = try SymbolSites.debugDirectory(temp)
@@ -449,18 +463,25 @@ enum SymbolSites {
         }
         let (c, sym, direct, _) = try SymbolSites.symbolize(binary, debugFiles: directory)
         defer { c.terminate() }
-        let result = Mutex<[SymbolizedFrame]?>(nil)
-        let thread = try startThread { result.withLock { $0 = sym.describe(direct) } }
-        let deadline = ChildProcess.now() + 60
-        while result.withLock({ $0 == nil }) && ChildProcess.now() < deadline { usleep(10_000) }
-        let frames = result.withLock { $0 }
-        #expect(frames != nil, "describe blocked: it opened a planted FIFO")
-        if frames == nil {
-            for fifo in fifos { let fd = open(fifo, O_WRONLY | O_NONBLOCK); if fd >= 0 { close(fd) } }
-        }
-        pthread_join(thread, nil)
+        let frames = try describeUnlessBlocked(sym, direct, fifos: fifos)
         #expect(frames?.first?.symbol == nil && frames?.first?.module == binary)
     }
+}
+
+/// `describe(pc)` on a thread of its own, waited for 60 s: if it blocks (it opened one of `fifos`), the
+/// test fails and the FIFOs' other ends are opened to let it go.
+func describeUnlessBlocked(_ sym: Symbolizer, _ pc: UInt64, fifos: [String]) throws -> [SymbolizedFrame]? {
+    let result = Mutex<[SymbolizedFrame]?>(nil)
+    let thread = try startThread { result.withLock { $0 = sym.describe(pc) } }
+    let deadline = ChildProcess.now() + 60
+    while result.withLock({ $0 == nil }) && ChildProcess.now() < deadline { usleep(10_000) }
+    let frames = result.withLock { $0 }
+    #expect(frames != nil, "describe blocked: it opened a planted FIFO")
+    if frames == nil {
+        for fifo in fifos { let fd = open(fifo, O_WRONLY | O_NONBLOCK); if fd >= 0 { close(fd) } }
+    }
+    pthread_join(thread, nil)
+    return frames
 }
 
 /// Runs `body` on a thread of its own (not the test's cooperative pool: it may block).

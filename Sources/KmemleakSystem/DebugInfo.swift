@@ -62,8 +62,8 @@ struct DebugLookup: Equatable {
 
 /// One ELF file in its own Dwfl: the file's own address space (look up ELF virtual addresses), its
 /// symbols (.symtab, .dynsym, MiniDebugInfo, or the separate debug file's), its DWARF (the file's, or
-/// the separate debug file's). Everything is loaded at init from an `ELFDebugImage`; libdw is not
-/// thread-safe, so lookups are serialized.
+/// the separate debug file's), from an `ELFDebugImage`: symbols at init, DWARF on first need; libdw
+/// is not thread-safe, so lookups are serialized.
 final class DebugModule: @unchecked Sendable {
     // All fields immutable after init; libdw state is touched only under `lock`.
     private let dwfl: OpaquePointer
@@ -71,13 +71,14 @@ final class DebugModule: @unchecked Sendable {
     private let data: UnsafeMutablePointer<kml_module_data>
     private let image: ELFDebugImage
     private let directory: DebugFileDirectory
-    private let lock = Mutex<Void>(())
+    /// DWARF is loaded on the first lookup that wants source frames (the kernel's text does not):
+    /// nil until then, then whether it is there and usable.
+    private let dwarfState = Mutex<Bool?>(nil)
     /// Dwfl address = file address + bias (0 unless the headers moved under us).
     private let bias: UInt64
     /// What the module holds: its image, plus the separate debug file found (mapped by libelf).
     let memoryBytes: Int
     let hasSymbols: Bool
-    let hasDWARF: Bool
     /// libdwfl's function symbols, sorted (see `FunctionSymbols`).
     private let functions: FunctionSymbols
 
@@ -111,12 +112,9 @@ final class DebugModule: @unchecked Sendable {
         var elfBias: Dwarf_Addr = 0
         let mainElf = dwfl_module_getelf(module, &elfBias)
         bias = elfBias
-        // Load now: symbols (and with them the separate debug file), then DWARF.
+        // Symbols now (and with them the separate debug file); DWARF when first asked for.
         hasSymbols = mainElf != nil && dwfl_module_getsymtab(module) > 0
         functions = hasSymbols ? FunctionSymbols(module) : FunctionSymbols()
-        var dwarfBias: Dwarf_Addr = 0
-        let dwarf = mainElf != nil ? dwfl_module_getdwarf(module, &dwarfBias) : nil
-        hasDWARF = dwarf.map { Self.isSelfContained($0, directory: directory) } ?? false
         var debugFile: UnsafePointer<CChar>? = nil
         dwfl_module_info(module, nil, nil, nil, nil, nil, nil, &debugFile)
         var debugBytes = 0
@@ -135,13 +133,13 @@ final class DebugModule: @unchecked Sendable {
     /// The symbol and, with `sourceFrames`, the source frames of `address` (a file address: for a
     /// return address, `pc - 1`). The kernel's text needs the symbol only, which is much cheaper.
     func lookup(_ address: UInt64, sourceFrames: Bool = true) -> DebugLookup {
-        lock.withLock { _ in
+        dwarfState.withLock { dwarfState in
             let a = address &+ bias
             var result = DebugLookup(symbol: nil, frames: [])
             if let i = functions.lookup(a) {
                 result.symbol = (functions.names[i], functions.addresses[i] &- bias, functions.sizes[i])
             }
-            guard hasDWARF, sourceFrames else { return result }
+            guard sourceFrames, loadDWARF(&dwarfState) else { return result }
             var lineFile: String? = nil
             var lineNumber: Int? = nil
             if let line = dwfl_module_getsrc(module, a) {
@@ -204,6 +202,18 @@ final class DebugModule: @unchecked Sendable {
             }
         }
         return frames
+    }
+
+    /// Whether the module has usable DWARF (loads it).
+    var hasDWARF: Bool { dwarfState.withLock { loadDWARF(&$0) } }
+
+    private func loadDWARF(_ state: inout Bool?) -> Bool {
+        if let loaded = state { return loaded }
+        var dwarfBias: Dwarf_Addr = 0
+        let dwarf = dwfl_module_getdwarf(module, &dwarfBias)
+        let usable = dwarf.map { Self.isSelfContained($0, directory: directory) } ?? false
+        state = usable
+        return usable
     }
 
     /// Whether libdw can answer from this DWARF alone. Two things would make it open files by names the

@@ -17,6 +17,7 @@ help:
 	@echo "make bench   run the benchmarks (figures go to BENCHMARKS.md by hand)"
 	@echo "make bench-real  time the real programs' load loops with and without the shim"
 	@echo "make bench-pause  the longest client pause per scan, 1M objects, 1000 candidates (root + FUSE)"
+	@echo "make bench-report  cat of 10k symbolized records from MOUNTPOINT/kmemleak (root + FUSE)"
 	@echo "make shim-selftest  run every shim fixture with and without the shim"
 	@$(MAKE) --no-print-directory help-service
 
@@ -24,7 +25,7 @@ help:
 # shim: python3 is Debian's /usr/bin/python3, never a python3 found first on PATH.
 DEB_PACKAGES := libfuse3-dev fuse3 libunwind-dev pkg-config make gcc g++ binutils valgrind heaptrack liblsan0 systemd python3 \
 	libjemalloc2 redis-server libtcmalloc-minimal4 nginx-light sqlite3 \
-	libdw-dev elfutils zlib1g-dev golang-go prometheus prometheus-node-exporter
+	libdw-dev liblzma-dev xz-utils elfutils zlib1g-dev golang-go prometheus prometheus-node-exporter
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -124,16 +125,25 @@ bench-scan: shim clients build
 	Benchmarks/ScanVsLSan/run.sh 1000000 1000 3
 	HEAP=real Benchmarks/ScanVsLSan/run.sh 1000000 1000 3
 	CLIENT=Benchmarks/ScanVsLSan/py-heap.py Benchmarks/ScanVsLSan/run.sh 1500000 1000 3
+# Reading MOUNTPOINT/kmemleak with 10k symbolized records (issue 11; root and FUSE).
+.PHONY: bench-report
+bench: bench-report
+bench-report: shim clients
+	$(SWIFT) build -c release --product kmemleakd $(SWIFT_FLAGS)
+	Benchmarks/Report/run.sh 10000 5
 # END bench section
 
 # BEGIN clients section (test and benchmark clients of the daemon)
+# The symbolizer's fixture and its stripped copies (rules below).
+SYMBOL_SITES := .build/clients/symbol-sites .build/clients/symbol-sites.stripped \
+	.build/clients/symbol-sites-noid.stripped .build/clients/symbol-sites.minidebuginfo
 CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/clients/stack-holder \
 	.build/clients/thread-life .build/clients/libloader-tls.so .build/clients/proctitle \
 	.build/clients/hostile-client .build/clients/libevil.so .build/clients/fork-window \
 	.build/clients/libfork-window-hook.so \
 	.build/clients/roots-client .build/clients/many-leaks \
 	.build/clients/every-size .build/clients/new-array-zero .build/clients/slow-fuse \
-	.build/clients/three-sites
+	.build/clients/three-sites $(SYMBOL_SITES)
 clients: $(CLIENTS)
 .build/clients/thread-life: Tests/clients/thread-life.c
 	@mkdir -p $(@D)
@@ -164,6 +174,31 @@ clients: $(CLIENTS)
 .build/clients/roots-client: Tests/clients/roots-client.c Sources/CKmemleakABI/include/kmemleak_abi.h
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
+# The symbolizer's fixture (issue 11 item 1): -g, no sibling calls (return addresses stay in their
+# functions), and its stripped copies: with a separate debug file (build id and .gnu_debuglink), without
+# a build id (found by .gnu_debuglink only), and with MiniDebugInfo (.gnu_debugdata, as gdb's manual
+# makes it: the function symbols .dynsym lacks, xz-compressed).
+SYMBOL_SITES_CFLAGS := -O1 -g -fno-omit-frame-pointer -fno-optimize-sibling-calls -Wall -Wextra
+.build/clients/symbol-sites: Tests/clients/symbol-sites.c
+	@mkdir -p $(@D)
+	$(CC) $(SYMBOL_SITES_CFLAGS) -o $@ $<
+.build/clients/symbol-sites-noid: Tests/clients/symbol-sites.c
+	@mkdir -p $(@D)
+	$(CC) $(SYMBOL_SITES_CFLAGS) -Wl,--build-id=none -o $@ $<
+.build/clients/%.stripped: .build/clients/%
+	objcopy --only-keep-debug $< $<.debug
+	strip --strip-all -o $@ $<
+	objcopy --add-gnu-debuglink=$<.debug $@
+.build/clients/symbol-sites.minidebuginfo: .build/clients/symbol-sites
+	nm -D $< --format=posix --defined-only | awk '{ print $$1 }' | sort > $@.dynsyms
+	nm $< --format=posix --defined-only | awk '{ if ($$2 == "T" || $$2 == "t") print $$1 }' | sort > $@.funcsyms
+	comm -13 $@.dynsyms $@.funcsyms > $@.keep
+	objcopy --only-keep-debug $< $@.full
+	objcopy -S --remove-section .gdb_index --remove-section .comment --keep-symbols=$@.keep $@.full $@.mini
+	rm -f $@.mini.xz && xz $@.mini
+	strip --strip-all -R .comment -o $@ $<
+	objcopy --add-section .gnu_debugdata=$@.mini.xz $@
+	rm -f $@.dynsyms $@.funcsyms $@.keep $@.full $@.mini.xz
 # The hostile-client tests (issue 9): a client that corrupts its own table, and the library whose
 # symbol name it forges (-O0: the static function must keep its frame and its name).
 # A FUSE file system whose file never answers a read (issue 9 item 6: scans must not wait on it).

@@ -26,11 +26,15 @@ let package = Package(
         // Thin C wrappers for what Glibc does not import (process_vm_readv, statfs, ...).
         .target(name: "CKmemleakSys"),
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        // elfutils: libdwfl/libdw/libelf (symbols, DWARF lines and inlining), and the callbacks it needs.
+        .systemLibrary(name: "CLibdw", pkgConfig: "libdw", providers: [.apt(["libdw-dev"])]),
+        // liblzma: MiniDebugInfo is decompressed once, bounded, before libdwfl does.
+        .systemLibrary(name: "CLzma", pkgConfig: "liblzma", providers: [.apt(["liblzma-dev"])]),
         // The only module that makes syscalls: /proc, process_vm_readv, the client table reader, ELF symbols.
         .target(
             name: "KmemleakSystem",
             dependencies: [
-                "KmemleakEngine", "CKmemleakABI", "CKmemleakSys",
+                "KmemleakEngine", "CKmemleakABI", "CKmemleakSys", "CLibdw", "CLzma",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // Pure: the mount's views (summary, JSON, ...) rendered from a LeakSnapshot, and suppressions.

@@ -35,12 +35,16 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         public var discoverProcesses: Bool
         /// Leaks these match (`--suppressions`) are in no file of the mount; the views count them.
         public var suppressions: Suppressions
+        /// Where separate debug files are looked up (`--debug-file-directory`).
+        public var debugFileDirectory: String
 
         public init(runDirectory: String, minimumAge: Double, scanPeriod: Double, firstScanDelay: Double,
                     controlFilePath: String, freezeForConfirmation: Bool = true, discoverProcesses: Bool = true,
                     clientBudget: ClientBudget = ClientBudget(), clientScanBudget: Double = 30,
-                    suppressions: Suppressions = Suppressions()) {
+                    suppressions: Suppressions = Suppressions(),
+                    debugFileDirectory: String = DebugFileDirectory.defaultPath) {
             self.suppressions = suppressions
+            self.debugFileDirectory = debugFileDirectory
             self.clientScanBudget = clientScanBudget
             self.runDirectory = runDirectory
             self.minimumAge = minimumAge
@@ -55,7 +59,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
 
     private let settings: Settings
     private let logger: Logger
-    private let elfCache = ELFCache()
+    private let elfCache: ELFCache
     /// The kernel's scan_mutex: scans, clear, off, dump and report snapshots.
     private let scanMutex = NSLock()
     // Guarded by scanMutex.
@@ -79,6 +83,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
     public init(settings: Settings, logger: Logger) {
         self.settings = settings
         self.logger = logger
+        elfCache = ELFCache(debugFiles: DebugFileDirectory(settings.debugFileDirectory))
         processDiscovery = settings.discoverProcesses ? ProcessDiscovery(runDirectory: settings.runDirectory) : nil
         scheduler = ScanScheduler(
             period: settings.scanPeriod, firstScanDelay: settings.firstScanDelay,

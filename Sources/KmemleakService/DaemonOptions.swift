@@ -29,6 +29,10 @@ public struct DaemonOptions: Sendable, Equatable {
     public var controlFileLink: String?
     /// LeakSanitizer-format suppression files (`--suppressions FILE`, repeatable), in the order given.
     public var suppressionFiles: [String]
+    /// Where separate debug files are looked up (`--debug-file-directory`), and nowhere else.
+    public var debugFileDirectory: String
+
+    public static let defaultDebugFileDirectory = "/usr/lib/debug"
 
     public static let defaultRunDirectory = "/run/kmemleak"
     public static let defaultClientScanBudget: Double = 30
@@ -38,10 +42,11 @@ public struct DaemonOptions: Sendable, Equatable {
         firstScanDelay: Double = 60, clientScanBudget: Double = DaemonOptions.defaultClientScanBudget,
         mountpoint: String, allowOther: Bool = false, discoverProcesses: Bool = true,
         maxObjectsPerClient: Int = DaemonOptions.defaultMaxObjectsPerClient, controlFileLink: String? = nil,
-        suppressionFiles: [String] = []
+        suppressionFiles: [String] = [], debugFileDirectory: String = DaemonOptions.defaultDebugFileDirectory
     ) {
         self.controlFileLink = controlFileLink
         self.suppressionFiles = suppressionFiles
+        self.debugFileDirectory = debugFileDirectory
         self.clientScanBudget = clientScanBudget
         self.runDirectory = runDirectory
         self.minimumAge = minimumAge

@@ -265,41 +265,13 @@ public final class ClientReportContext: ReportContext, Sendable {
     public func frames(_ trace: UInt32) -> [Address] { (try? table.frames(trace)) ?? [] }
     public func symbolize(_ address: Address) -> String? { symbolizer.symbolize(address) }
 
-    /// The views' frame from what the ELF symbolizer knows: the mapped file, and the symbol and
-    /// offset of its `name+0xoff/0xsize [module]` text (no file:line, no inlining, no module offset:
-    /// those need DWARF).
+    /// The symbolizer's frames, each with the client's mapping of its module (for pprof's Mapping).
     public func describe(_ address: Address) -> [SymbolizedFrame] {
-        var frame = SymbolizedFrame(address: address)
-        if let mapping = symbolizer.mapping(containing: address), mapping.isFileBacked {
-            frame.module = mapping.filePath
-            frame.mapping = ModuleMapping(start: mapping.start, limit: mapping.end, fileOffset: mapping.offset)
+        var frames = symbolizer.describe(address)
+        if let m = symbolizer.mapping(containing: address), m.isFileBacked {
+            let mapping = ModuleMapping(start: m.start, limit: m.end, fileOffset: m.offset)
+            for i in frames.indices { frames[i].mapping = mapping }
         }
-        if let text = symbolizer.symbolize(address), let parsed = Self.parseSymbol(text) {
-            frame.symbol = parsed.name
-            frame.symbolOffset = parsed.offset
-            frame.symbolSize = parsed.size
-        }
-        return [frame]
-    }
-
-    /// `name+0xoff/0xsize[ [module]]` split into its parts (the name may itself contain `+`).
-    static func parseSymbol(_ text: String) -> (name: String, offset: UInt64, size: UInt64)? {
-        var bytes = Array(text.utf8)
-        if bytes.last == UInt8(ascii: "]"), let open = lastIndex(of: Array(" [".utf8), in: bytes) {
-            bytes.removeSubrange(open...)
-        }
-        guard let slash = lastIndex(of: Array("/0x".utf8), in: bytes),
-              let plus = lastIndex(of: Array("+0x".utf8), in: Array(bytes[..<slash])),
-              let offset = UInt64(String(decoding: bytes[(plus + 3)..<slash], as: UTF8.self), radix: 16),
-              let size = UInt64(String(decoding: bytes[(slash + 3)...], as: UTF8.self), radix: 16)
-        else { return nil }
-        return (String(decoding: bytes[..<plus], as: UTF8.self), offset, size)
-    }
-
-    private static func lastIndex(of needle: [UInt8], in haystack: [UInt8]) -> Int? {
-        guard haystack.count >= needle.count else { return nil }
-        return stride(from: haystack.count - needle.count, through: 0, by: -1).first {
-            haystack[$0..<($0 + needle.count)].elementsEqual(needle)
-        }
+        return frames
     }
 }

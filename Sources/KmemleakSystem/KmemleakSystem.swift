@@ -8,8 +8,10 @@
 //                         RegionRecord/AreaRecord streams, cached traces and comms, daemon fields
 //   ClientDiscovery.swift rendezvous directory scan (adopt, remove stale), ClientID, ClientReportContext
 //   Roots.swift           RootRange: writable PT_LOAD data of every ELF object, thread stacks, static TLS
-//   ELF.swift             a small validated ELF64 reader: program headers, build id, FUNC symbol index
-//   Symbolizer.swift      %pS-style `name+0xoff/0xsize [module]` for a process, shared ELFCache
+//   ELF.swift             a small validated ELF64 reader: program headers, build id
+//   ELFDebugImage.swift   the validated in-memory copy of a file's symbols and DWARF that libelf reads
+//   DebugInfo.swift       elfutils (libdwfl/libdw): symbols, file:line, inline chains of one file
+//   Symbolizer.swift      frames and %pS text for a process's return addresses, shared ELFCache
 //   MallocTuning.swift    the daemon's own malloc: a fixed mmap threshold
 //
 // Everything read from a client (its table, its rendezvous file, its maps, its ELF files) is untrusted:

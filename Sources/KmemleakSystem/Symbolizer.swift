@@ -1,14 +1,17 @@
-// %pS-style symbols for the return addresses of one client process.
+// Symbols, source lines and inline chains for the return addresses of one client process (elfutils),
+// and the kernel's %pS text made from them.
 import Glibc
+import KmemleakEngine
 import Synchronization
 
 /// ELF files shared by every `Symbolizer`, keyed by (device, inode) of the mapped file, so that libc's
-/// symbol index is built once for all clients.
+/// Dwfl (symbols, DWARF) is loaded once for all clients, in the file's own address space.
 ///
 /// Bounded, since clients choose what they map: at most `maxEntries` files (failures to parse count:
-/// they are cached as nil) and `maxBytes` of parsed headers and symbol indexes; past either, the least
-/// recently used entries go. `retainOnly(mappedBy:)` drops the files no live client maps any more.
-/// No descriptor is kept (see `ELFFile`).
+/// they are cached as nil) and `maxBytes` of parsed headers and debug modules (their images and
+/// separate debug files, roughly); past either, the least recently used entries go.
+/// `retainOnly(mappedBy:)` drops the files no live client maps any more. No descriptor is kept (see
+/// `ELFFile`, `ELFDebugImage`).
 public final class ELFCache: Sendable {
     struct Key: Hashable, Sendable { var major: UInt32; var minor: UInt32; var inode: UInt64 }
     struct Entry {
@@ -24,15 +27,19 @@ public final class ELFCache: Sendable {
     private let state = Mutex<State>(State())
     public let maxEntries: Int
     public let maxBytes: Int
+    /// Where separate debug files are looked up (`--debug-file-directory`).
+    public let debugFiles: DebugFileDirectory
 
     public static let defaultMaxEntries = 4096
     public static let defaultMaxBytes = 256 << 20
     /// What an entry without a file (not ELF, unreadable) is counted as.
     static let entryOverhead = 128
 
-    public init(maxEntries: Int = ELFCache.defaultMaxEntries, maxBytes: Int = ELFCache.defaultMaxBytes) {
+    public init(maxEntries: Int = ELFCache.defaultMaxEntries, maxBytes: Int = ELFCache.defaultMaxBytes,
+                debugFiles: DebugFileDirectory = .standard) {
         self.maxEntries = max(1, maxEntries)
         self.maxBytes = max(0, maxBytes)
+        self.debugFiles = debugFiles
     }
 
     static func key(_ m: MapEntry) -> Key { Key(major: m.devMajor, minor: m.devMinor, inode: m.inode) }
@@ -49,8 +56,8 @@ public final class ELFCache: Sendable {
         }
         if let hit { return hit }
         let f = open()
-        // The symbol index is built later and lazily: it is counted when it is.
-        f?.onIndexBuilt = { [weak self, weak f] bytes in
+        // The debug module is loaded later and lazily: it is counted when it is.
+        f?.onDebugInfoLoaded = { [weak self, weak f] bytes in
             guard let self, let f else { return }
             self.state.withLock { s in
                 guard var e = s.entries[key], e.file === f else { return }
@@ -60,7 +67,7 @@ public final class ELFCache: Sendable {
                 self.evict(&s, keeping: key)
             }
         }
-        // Outside our lock: the file's lock is taken before ours when its index is built.
+        // Outside our lock: the file's lock is taken before ours when its debug module loads.
         let bytes = (f?.memoryBytes ?? 0) + Self.entryOverhead
         state.withLock { s in
             if let old = s.entries.removeValue(forKey: key) { s.bytes -= old.bytes }
@@ -84,7 +91,7 @@ public final class ELFCache: Sendable {
     }
 
     public var count: Int { state.withLock { $0.entries.count } }
-    /// Bytes held by the cached files (headers and symbol indexes), as accounted.
+    /// Bytes held by the cached files (headers and debug modules), as accounted.
     public var bytes: Int { state.withLock { $0.bytes } }
 
     /// Drops every cached file (e.g. when memory matters more than speed).
@@ -105,13 +112,15 @@ public final class ELFCache: Sendable {
 
 /// Symbolizes addresses of one process from a snapshot of its /proc/PID/maps.
 ///
-/// Frames are return addresses. The symbol is the one containing `pc - 1` (so a call that is the
-/// last instruction of a function resolves to that function, not the next one) and the offset
-/// printed is `pc - symbol start`, as the kernel's `%pS` prints the return address itself.
-/// Output: `name+0xoff/0xsize`, plus ` [module]` (the file name) outside the main executable;
-/// `@VERSION` suffixes are stripped. Call `refresh()` after the process maps new code (dlopen).
+/// Frames are return addresses: the symbol and the source line are those of `pc - 1` (the call
+/// instruction: a call that is the last instruction of a function resolves to that function, not the
+/// next one), and the offsets printed are those of `pc` itself, as the kernel's `%pS` prints the return
+/// address. `describe` gives the structured frames (inlined functions first); `symbolize` the kernel's
+/// text: `name+0xoff/0xsize`, plus ` [module]` (the file name) outside the main executable, `@VERSION`
+/// suffixes stripped; in a mapped ELF file without a symbol, `(PATH+0xOFFSET)` with OFFSET in the file's
+/// own addresses (what `addr2line -e PATH` takes). Call `refresh()` after the process maps new code.
 public final class Symbolizer: @unchecked Sendable {
-    // Mutable state (`maps`, `biases`, `memo`) is guarded by `lock`.
+    // Mutable state (`maps`, `resolved`, `memo`) is guarded by `lock`.
     public let pid: Int32
     private let cache: ELFCache
     private let lock = Mutex<State>(State())
@@ -120,19 +129,30 @@ public final class Symbolizer: @unchecked Sendable {
         var maps: [MapEntry] = []
         var exePath: String = ""
         var exeInode: UInt64 = 0
-        /// Per mapping index: (file, bias, module) once resolved; nil entry = not an ELF.
+        /// Per mapping index: the file and its bias once resolved; nil entry = not an ELF.
         var resolved: [Int: Resolved?] = [:]
-        var memo: [UInt64: String?] = [:]
+        var memo: [UInt64: Resolution] = [:]
         var refreshedAt: Double = 0
     }
 
     struct Resolved {
         var file: ELFFile
+        /// Load address - file address.
         var bias: UInt64
-        var module: String?
+        /// The mapped path, and whether it is the main executable (no ` [module]` in the text).
+        var path: String
+        var isMain: Bool
+        var buildID: String?
     }
 
-    /// Memoized results kept per symbolizer (distinct PCs; about 100 bytes each, per client).
+    /// What one return address resolves to: kernel text, and frames once asked for (source lines and
+    /// inline chains cost far more than the symbol).
+    struct Resolution {
+        var frames: [SymbolizedFrame]?
+        var text: String?
+    }
+
+    /// Memoized results kept per symbolizer (distinct PCs, per client).
     public static let memoLimit = 1 << 16
 
     public init(pid: Int32, cache: ELFCache = ELFCache()) throws(SystemError) {
@@ -167,22 +187,30 @@ public final class Symbolizer: @unchecked Sendable {
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
-    /// `name+0xoff/0xsize [module]` for a return address (symbol containing `pc - 1`, offset of
-    /// `pc`), or nil when it is in no ELF symbol.
-    public func symbolize(_ pc: UInt64) -> String? {
-        lock.withLock { state in
-            if let hit = state.memo[pc] { return hit }
-            let s = resolve(pc, adjust: 1, &state)
-            if state.memo.count >= Self.memoLimit { state.memo.removeAll(keepingCapacity: true) }
-            state.memo[pc] = s
-            return s
-        }
+    /// The frames a return address resolves to: inlined functions first, then the function containing
+    /// it; always at least one frame, whose `address` is `pc`.
+    public func describe(_ pc: UInt64) -> [SymbolizedFrame] {
+        memoized(pc, sourceFrames: true).frames ?? [SymbolizedFrame(address: pc)]
     }
+
+    /// The kernel's `%pS` text for a return address (see the type's comment), or nil when it is in no
+    /// mapped ELF file (the report prints `0x...`).
+    public func symbolize(_ pc: UInt64) -> String? { memoized(pc, sourceFrames: false).text }
 
     /// Like `symbolize` for an address that is not a return address (a function or data pointer):
     /// the symbol containing `address` itself (the kernel's `%pS` on a plain pointer).
     public func symbolize(exact address: UInt64) -> String? {
-        lock.withLock { state in resolve(address, adjust: 0, &state) }
+        lock.withLock { state in resolve(address, adjust: 0, sourceFrames: false, &state).text }
+    }
+
+    private func memoized(_ pc: UInt64, sourceFrames: Bool) -> Resolution {
+        lock.withLock { state in
+            if let hit = state.memo[pc], !sourceFrames || hit.frames != nil { return hit }
+            let r = resolve(pc, adjust: 1, sourceFrames: sourceFrames, &state)
+            if state.memo.count >= Self.memoLimit { state.memo.removeAll(keepingCapacity: true) }
+            state.memo[pc] = r
+            return r
+        }
     }
 
     /// The files this process maps (as of the last refresh), as ELF cache keys.
@@ -205,8 +233,9 @@ public final class Symbolizer: @unchecked Sendable {
         return lo - 1
     }
 
-    private func resolve(_ pc: UInt64, adjust: UInt64, _ state: inout State) -> String? {
-        guard pc >= adjust else { return nil }
+    private func resolve(_ pc: UInt64, adjust: UInt64, sourceFrames: Bool, _ state: inout State) -> Resolution {
+        let bare = Resolution(frames: [SymbolizedFrame(address: pc)], text: nil)
+        guard pc >= adjust else { return bare }
         let a = pc - adjust
         var found = Self.mappingIndex(a, state.maps)
         if found == nil, Self.monotonicNow() - state.refreshedAt > Self.autoRefreshInterval,
@@ -217,7 +246,7 @@ public final class Symbolizer: @unchecked Sendable {
             state.refreshedAt = Self.monotonicNow()
             found = Self.mappingIndex(a, maps)
         }
-        guard let mi = found else { return nil }
+        guard let mi = found else { return bare }
         let r: Resolved?
         if let cached = state.resolved[mi] {
             r = cached
@@ -225,14 +254,51 @@ public final class Symbolizer: @unchecked Sendable {
             r = resolveMapping(mi, state)
             state.resolved[mi] = .some(r)
         }
-        guard let res = r else { return nil }
-        let fileAddr = a &- res.bias
-        guard let sym = res.file.symbol(containing: fileAddr) else { return nil }
-        let off = (pc &- res.bias) &- sym.address
-        var s = sym.name
-        s += "+0x" + String(off, radix: 16) + "/0x" + String(sym.size, radix: 16)
-        if let m = res.module { s += " [" + m + "]" }
-        return s
+        guard let res = r else {
+            // A file we do not read (on FUSE, not ELF): its name only.
+            let m = state.maps[mi]
+            return Resolution(frames: [SymbolizedFrame(address: pc, module: m.isFileBacked ? m.filePath : nil)], text: nil)
+        }
+        let moduleOffset = pc &- res.bias
+        let lookup = res.file.debugModule(name: res.path, directory: cache.debugFiles)?
+            .lookup(a &- res.bias, sourceFrames: sourceFrames)
+        var resolution = Self.resolution(pc: pc, moduleOffset: moduleOffset, res, lookup ?? DebugLookup(symbol: nil, frames: []))
+        if !sourceFrames { resolution.frames = nil }
+        return resolution
+    }
+
+    /// Frames and text from what the file's debug module said about the address.
+    static func resolution(pc: UInt64, moduleOffset: UInt64, _ res: Resolved, _ lookup: DebugLookup) -> Resolution {
+        let frame = SymbolizedFrame(address: pc, module: res.path, buildID: res.buildID, moduleOffset: moduleOffset)
+        var outer = frame
+        if let sym = lookup.symbol {
+            outer.symbol = sym.name
+            outer.symbolOffset = moduleOffset &- sym.start
+            outer.symbolSize = sym.size
+        }
+        var frames: [SymbolizedFrame] = []
+        for source in lookup.frames.dropLast() {
+            var inlined = frame
+            inlined.symbol = source.function
+            inlined.file = source.file
+            inlined.line = source.line
+            inlined.inlined = true
+            frames.append(inlined)
+        }
+        if let source = lookup.frames.last {
+            if outer.symbol == nil { outer.symbol = source.function }
+            outer.file = source.file
+            outer.line = source.line
+        }
+        frames.append(outer)
+        let text: String
+        if let sym = lookup.symbol {
+            text = sym.name + "+0x" + String(moduleOffset &- sym.start, radix: 16) + "/0x" + String(sym.size, radix: 16)
+                + (res.isMain ? "" : " [" + String(res.path.split(separator: "/").last ?? Substring(res.path)) + "]")
+        } else {
+            text = "(" + res.path + "+0x" + String(moduleOffset, radix: 16) + ")"
+        }
+        return Resolution(frames: frames, text: text)
     }
 
     private func resolveMapping(_ mi: Int, _ state: State) -> Resolved? {
@@ -250,16 +316,14 @@ public final class Symbolizer: @unchecked Sendable {
         let pid = self.pid
         guard let file = cache.file(for: m, open: { Self.openELF(pid: pid, mapping: b) }),
               let first = file.firstLoadVaddr else { return nil }
-        let bias = b.start &- first
         let isMain = (state.exeInode != 0 && state.exeInode == m.inode) || m.filePath == state.exePath
-        let module: String? = isMain ? nil : String(m.filePath.split(separator: "/").last ?? Substring(m.filePath))
-        return Resolved(file: file, bias: bias, module: module)
+        return Resolved(file: file, bias: b.start &- first, path: m.filePath, isMain: isMain, buildID: file.buildIDHex)
     }
 
     /// Opens the ELF file behind a mapping: /proc/PID/map_files first (works for deleted files and
     /// other mount namespaces), then the path (non-blocking: the client may have put a FIFO there);
     /// the inode must match the mapping. Only the headers are read; the descriptor is closed on return
-    /// and the file opened the same way again to build its symbol index.
+    /// and the file opened the same way again, once, to read its debug image.
     /// Nothing on a FUSE file system is touched, not even opened (its server answers, or not, when it
     /// likes): its data segments are no roots and its symbols stay unknown.
     static func openELF(pid: Int32, mapping m: MapEntry) -> ELFFile? {

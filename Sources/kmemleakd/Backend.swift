@@ -23,7 +23,8 @@ func makeBackend(options: DaemonOptions, logger: Logger) throws -> any ControlFi
             firstScanDelay: options.firstScanDelay, controlFilePath: options.controlFileLink ?? controlFile,
             discoverProcesses: options.discoverProcesses,
             clientBudget: ClientBudget(maxObjects: options.maxObjectsPerClient),
-            clientScanBudget: options.clientScanBudget, suppressions: suppressions),
+            clientScanBudget: options.clientScanBudget, suppressions: suppressions,
+            debugFileDirectory: options.debugFileDirectory),
         logger: raw)
 }
 

@@ -108,6 +108,10 @@ let helpDiscussion = """
       KMEMLEAKD_LOG_LEVEL
              Daemon log threshold: trace, debug, info (default), notice,
              warning, error or critical.
+      DEBUGINFOD_URLS
+             In the daemon: debug files missing from --debug-file-directory
+             are fetched by build id from these debuginfod servers. Unset
+             (the default under systemd), nothing reaches the network.
 
     EXAMPLE
       # kmemleakd --scan-period 0 /mnt &
@@ -125,8 +129,12 @@ let helpDiscussion = """
       at most --max-objects live objects (default 4194304; table slots up
       to twice that), 131072 threads, 4096 regions and 1048576 scan areas,
       else it is dropped with one log line; mapped ELF files are parsed
-      with no descriptor kept, at most 1170 program headers and 96 MiB of
-      symbol tables each, in a cache of at most 4096 files and 256 MiB.
+      with no descriptor kept and nothing of them mapped: at most 1170
+      program headers, and an in-memory copy of at most 512 MiB of symbol
+      tables and DWARF (compressed sections: 1 GiB declared, MiniDebugInfo:
+      128 MiB) that elfutils reads, in a cache of at most 4096 files and
+      256 MiB. Separate debug files are looked up only under
+      --debug-file-directory, never next to a client's files.
       Names the client controls (comm, symbol and module names) are
       escaped in the report and the log (\\n, \\", \\\\, \\xNN), so each
       line keeps the kernel's shape.

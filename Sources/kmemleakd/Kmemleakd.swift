@@ -12,7 +12,8 @@ struct Kmemleakd: ParsableCommand {
         usage: """
             kmemleakd [--run-dir DIR] [--min-age SECONDS] [--scan-period SECONDS] [--first-scan-delay SECONDS]
                       [--max-objects N] [--client-scan-budget SECONDS] [--allow-other | -o allow_other]
-                      [--no-discover-proc] [--suppressions FILE]... [--control-link PATH] MOUNTPOINT
+                      [--no-discover-proc] [--suppressions FILE]... [--debug-file-directory DIR]
+                      [--control-link PATH] MOUNTPOINT
             """,
         discussion: helpDiscussion)
 
@@ -58,6 +59,13 @@ struct Kmemleakd: ParsableCommand {
             "Longest time one client's scan may take (including its confirmation); past it the scan of that client stops with a log line and its candidates wait for the next scan.",
             valueName: "SECONDS"))
     var clientScanBudget: Double = DaemonOptions.defaultClientScanBudget
+
+    @Option(
+        name: .customLong("debug-file-directory"),
+        help: ArgumentHelp(
+            "Where separate debug files are looked up, by build id (DIR/.build-id/xx/yyyy.debug) and by .gnu_debuglink (DIR/<the file's directory>/NAME); never next to a client's files (default \(DaemonOptions.defaultDebugFileDirectory)).",
+            valueName: "DIR"))
+    var debugFileDirectory: String = DaemonOptions.defaultDebugFileDirectory
 
     @Flag(
         name: .customLong("allow-other"),
@@ -107,6 +115,10 @@ struct Kmemleakd: ParsableCommand {
         guard maxObjects >= 1 else { throw ValidationError("--max-objects: '\(maxObjects)' is not a count >= 1") }
         guard !runDirectory.isEmpty else { throw ValidationError("--run-dir: empty path") }
         if let controlLink, controlLink.isEmpty { throw ValidationError("--control-link: empty path") }
+        // libdwfl's search path is colon-separated, and relative entries name the client's directories.
+        guard debugFileDirectory.hasPrefix("/"), !debugFileDirectory.contains(":") else {
+            throw ValidationError("--debug-file-directory: '\(debugFileDirectory)' is not an absolute path without ':'")
+        }
         var st = stat()
         if stat(mountpoint, &st) != 0 {
             let error = errno
@@ -126,7 +138,7 @@ struct Kmemleakd: ParsableCommand {
             allowOther: allowOther || mountOptions.contains { $0.split(separator: ",").contains("allow_other") },
             discoverProcesses: !noProcessDiscovery,
             maxObjectsPerClient: maxObjects, controlFileLink: controlLink.map(absolute),
-            suppressionFiles: suppressionFiles)
+            suppressionFiles: suppressionFiles, debugFileDirectory: debugFileDirectory)
     }
 
     /// MOUNTPOINT made absolute (not resolved: a stale mount point cannot be resolved).

@@ -216,7 +216,7 @@ struct ShimFixtureTests {
         #expect(names.contains { $0.hasSuffix(" [libc.so.6]") })
         // With libc's debug file installed, its static functions resolve as well.
         let libc = try #require(try Proc.maps(c.pid).first { $0.filePath.hasSuffix("/libc.so.6") })
-        if (try? ELFFile(path: libc.filePath))?.debugFile() != nil {
+        if installedDebugFile(for: libc.filePath) != nil {
             #expect(names.contains { $0.hasPrefix("__libc_start_call_main+") && $0.hasSuffix(" [libc.so.6]") }, "\(names)")
         }
         #expect(try t.comm(o.commId) == "kml_sys_fixture")

@@ -114,6 +114,7 @@ bench-pause: shim
 bench: bench-shim bench-engine bench-scan bench-real
 bench-engine:
 	$(SWIFT) run -c release $(SWIFT_FLAGS) kmemleak-engine-bench
+	$(SWIFT) run -c release $(SWIFT_FLAGS) kmemleak-engine-bench real
 # One daemon scan against LeakSanitizer's __lsan_do_recoverable_leak_check on the same heap (needs root
 # and FUSE): issue 4's zero-filled C heap, issue 10's realistic C heap, and python3 (PYTHONMALLOC=malloc).
 bench-scan: shim clients build

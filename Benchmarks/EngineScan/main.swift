@@ -1,5 +1,6 @@
 // Micro-benchmark of the KmemleakEngine: registration of 1M objects, one full scan, report snapshot,
-// and engine memory per object. Run: swift run -c release kmemleak-engine-bench [objects]
+// and engine memory per object. Run: swift run -c release kmemleak-engine-bench [objects]; with `real [objects]`,
+// issue 10's realistic heap instead (realHeapBench).
 import KmemleakEngine
 
 #if canImport(Glibc)

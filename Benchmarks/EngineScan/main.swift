@@ -1,5 +1,6 @@
 // Micro-benchmark of the KmemleakEngine: registration of 1M objects, one full scan, report snapshot,
-// and engine memory per object. Run: swift run -c release kmemleak-engine-bench [objects]
+// and engine memory per object. Run: swift run -c release kmemleak-engine-bench [objects]; with `real [objects]`,
+// issue 10's realistic heap instead (realHeapBench).
 import KmemleakEngine
 
 #if canImport(Glibc)
@@ -68,7 +69,82 @@ func threadCPU() -> Double {
     #endif
 }
 
+/// `real [N]`: issue 10's realistic C heap (Benchmarks/ScanVsLSan/scan-client.c `real`), laid out as
+/// glibc's malloc would (16-byte chunk headers, address order), scanned twice by the engine alone:
+/// the word loop's cost on a real heap without process_vm_readv.
+func realHeapBench(_ n: Int) {
+    let leaks = 1000
+    let total = n + leaks
+    var seed: UInt64 = 0x2545_f491_4f6c_dd1d
+    func next() -> UInt64 { seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17; return seed }
+    func realSize() -> Int {
+        let r = next() % 100
+        if r < 60 { return 16 + Int(next() % 48) }
+        if r < 90 { return 64 + Int(next() % 448) }
+        if r < 99 { return 512 + Int(next() % 3584) }
+        return 4096 + Int(next() % 12288)
+    }
+    let heapBase: UInt64 = 0x5555_0000_0000
+    var sizes: [Int] = []
+    var addrs: [UInt64] = []
+    sizes.reserveCapacity(total)
+    addrs.reserveCapacity(total)
+    var top = heapBase + 16
+    for _ in 0..<total {
+        let s = realSize()
+        sizes.append(s)
+        addrs.append(top)
+        top += UInt64(max(32, (s + 8 + 15) & ~15))
+    }
+    let chains = 1000
+    let rootAddr = heapBase - 0x4000
+    let mem = FlatMemory(base: rootAddr, size: Int(top - rootAddr))
+    var heads = [UInt64](repeating: 0, count: chains)
+    for i in 0..<n {
+        let a = addrs[i]
+        let lo = addrs[0]
+        let hi = i > 0 ? addrs[i - 1] + UInt64(sizes[i - 1]) : lo
+        for w in 1..<(sizes[i] / 8) {
+            let r = next() % 100
+            var v: UInt64 = 0
+            if r < 25 && i > 0 {
+                v = addrs[Int(next() % UInt64(i))] + (r < 20 ? 0 : 8 * (next() % 2))
+            } else if r < 35 && hi > lo {
+                v = lo + next() % (hi - lo)
+            } else if r < 55 {
+                v = next() % 100_000
+            } else if r < 80 {
+                v = 0x6c61_763d_656d_616e >> (8 * (next() % 4)) & 0xffff_ffff | (0x61 + next() % 26) << 40
+            }
+            mem.store(a + UInt64(w * 8), v)
+        }
+        mem.store(a, heads[i % chains])
+        heads[i % chains] = a
+    }
+    for (k, h) in heads.enumerated() { mem.store(rootAddr + UInt64(k * 8), h) }
+    // Leaks: 0x5a-filled, unreferenced.
+    for i in n..<total { for w in 0..<(sizes[i] / 8) { mem.store(addrs[i] + UInt64(w * 8), 0x5a5a_5a5a_5a5a_5a5a) } }
+    print("kmemleak-engine-bench real: \(n) live objects + \(leaks) leaks, \((top - heapBase) >> 20) MiB heap")
+    let engine = Kmemleak(configuration: KmemleakConfiguration(possibleCPUs: 2, minimumAge: 0))
+    engine.setRoots([RootRegion(start: rootAddr, length: UInt64(chains * 8), kind: .data)])
+    for i in 0..<total {
+        engine.alloc(addrs[i], size: UInt64(sizes[i]), metadata: ObjectMetadata(
+            pid: 1000, comm: 1, creationTime: 0, trace: UInt32(i % 512), seq: UInt64(i)))
+    }
+    print("engine memory: \(fmt(Double(engine.memoryBytes) / Double(total), 1)) B/object")
+    for (name, b) in engine.memoryBreakdown() where b > 0 { print("  \(name): \(fmt(Double(b) / Double(total), 2)) B/object") }
+    for k in 1...3 {
+        let c0 = threadCPU()
+        let r = engine.scan(now: UInt64(k) * 10_000_000_000, memory: mem, shouldStop: { false })
+        print("scan \(k): thread CPU \(fmt(threadCPU() - c0, 3)) s; bytes scanned \(r.bytesScanned), new leaks \(r.newLeaks)")
+    }
+}
+
 let args = CommandLine.arguments
+if args.count > 1 && args[1] == "real" {
+    realHeapBench(args.count > 2 ? Int(args[2]) ?? 1_000_000 : 1_000_000)
+    exit(0)
+}
 let n = args.count > 1 ? Int(args[1]) ?? 1_000_000 : 1_000_000
 let leaks = n / 100
 let objSize = 48  // 6 words: 2 child pointers, a back pointer, 3 data words

@@ -1,5 +1,6 @@
 // The object search "tree" of one address space: a sorted sequence of object ids (by pointer) kept in
-// fixed-capacity blocks (a two-level B-tree: a sorted array of block minima over blocks of ids), plus the
+// fixed-capacity blocks (a two-level B-tree: a sorted array of block minima over blocks of (pointer delta,
+// id) entries, each block spanning less than 4 GiB), plus the
 // kernel's grow-only min/max filters. Objects of one space never overlap; a zero-size object occupies
 // one byte for lookup purposes (see `extent`).
 
@@ -48,17 +49,25 @@ struct ObjectRecord {
 
 struct IntervalIndex {
     static let blockCapacity = 256
-    /// Logical block order: minimum pointer of each block.
+    static let groupSize = 16
+    static let groupsPerBlock = blockCapacity / groupSize
+    /// Every key of a block lies less than this above the block's minimum: entries hold 32-bit deltas.
+    static let maxSpan: UInt64 = 1 << 32
+    /// Logical block order: minimum pointer of each block (the key of its first entry).
     var mins: [UInt64] = []
     /// Logical block -> physical block.
     var phys: [Int32] = []
     /// Entries used in each physical block.
     var counts: [Int32] = []
-    /// Physical storage: block p holds ids[p*B ..< p*B + counts[p]], sorted by pointer.
-    var ids: [UInt32] = []
-    /// The pointers of `ids`, side by side: a lookup searches one block's keys (2 KiB, contiguous)
-    /// instead of chasing each probe into the records (a cache miss per probe on large heaps).
-    var keys: [UInt64] = []
+    /// Physical storage: block p holds entries[p*B ..< p*B + counts[p]], sorted by pointer, each
+    /// (pointer - the block's minimum) << 32 | id. A lookup finds the id in the line that holds the key
+    /// (separate id and key arrays cost a second cache miss per word), and an entry takes 8 bytes.
+    var entries: [UInt64] = []
+    /// Per physical block, the delta of every `groupSize`-th entry (valid below the block's count): a
+    /// lookup counts the fences <= addr, then the entries <= addr in that one group of 16. Both counts
+    /// load independent words (one 64-byte line, then two), where a binary search over the block chained
+    /// five or six cache misses.
+    var fences: [UInt32] = []
     var freeBlocks: [Int32] = []
     var count = 0
     /// Grow-only filters: values outside [minAddr, maxAddr) skip the lookup.
@@ -66,25 +75,30 @@ struct IntervalIndex {
     var maxAddr: UInt64 = 0
 
     var memoryBytes: Int {
-        mins.capacity * 8 + phys.capacity * 4 + counts.capacity * 4 + ids.capacity * 4 + keys.capacity * 8
+        mins.capacity * 8 + phys.capacity * 4 + counts.capacity * 4 + entries.capacity * 8 + fences.capacity * 4
             + freeBlocks.capacity * 4
     }
 
     @inline(__always) static func extent(_ r: ObjectRecord, _ size: UInt64) -> UInt64 { max(size, 1) }
 
-    /// The last index i < n with sorted[i] <= addr, or -1. Branchless (the comparison becomes a
-    /// conditional move): a scan's lookups go to random blocks, where a branchy search mispredicts
-    /// about every other step.
+    /// 1 if `a <= b`, else 0, without a branch.
+    @inline(__always) static func atMost(_ a: UInt64, _ b: UInt64) -> Int {
+        Int(truncatingIfNeeded: unsafeBitCast(a <= b, to: UInt8.self))
+    }
+
+    /// The last index i < n with sorted[i] <= addr, or -1. Branchless (the step is masked, not chosen by
+    /// a jump): a scan's lookups go to random blocks, where a branchy search mispredicts about every
+    /// other step.
     @inline(__always) static func lastAtMost(_ addr: UInt64, _ sorted: UnsafePointer<UInt64>, _ n: Int) -> Int {
         if n == 0 { return -1 }
         var base = 0
         var len = n
         while len > 1 {
             let half = len >> 1
-            base = sorted[base &+ half] <= addr ? base &+ half : base
+            base &+= half & (0 &- atMost(sorted[base &+ half], addr))
             len &-= half
         }
-        return sorted[base] <= addr ? base : base &- 1
+        return base &- 1 &+ atMost(sorted[base], addr)
     }
 
     /// Last logical block whose minimum is <= addr, or -1.
@@ -99,13 +113,31 @@ struct IntervalIndex {
     @inline(__always) func position(_ b: Int, _ addr: UInt64) -> Int {
         let p = Int(phys[b])
         let n = Int(counts[p])
-        return keys.withUnsafeBufferPointer { kp in
-            Self.lastAtMost(addr, kp.baseAddress! + p * Self.blockCapacity, n)
+        let base = mins[b]
+        if n == 0 || addr < base { return -1 }
+        let d = addr &- base
+        if d >= Self.maxSpan { return n &- 1 }  // the whole block lies below addr
+        let G = Self.groupSize
+        var g = 0
+        fences.withUnsafeBufferPointer { fp in
+            let f = fp.baseAddress! + p &* Self.groupsPerBlock
+            for k in 1..<Self.groupsPerBlock {
+                g &+= Self.atMost(UInt64(f[k]), d) & Self.atMost(UInt64(k &* G &+ 1), UInt64(n))
+            }
         }
+        let start = g &* G
+        let limit = UInt64(min(G, n &- start))
+        let probe = d << 32 | 0xffff_ffff
+        var c = 0
+        entries.withUnsafeBufferPointer { ep in
+            let e = ep.baseAddress! + (p &* Self.blockCapacity &+ start)
+            for k in 0..<G { c &+= Self.atMost(e[k], probe) & Self.atMost(UInt64(k &+ 1), limit) }
+        }
+        return start &+ c &- 1
     }
 
     @inline(__always) func idAt(_ b: Int, _ pos: Int) -> UInt32 {
-        ids[Int(phys[b]) * Self.blockCapacity + pos]
+        UInt32(truncatingIfNeeded: entries[Int(phys[b]) &* Self.blockCapacity &+ pos])
     }
 
     /// The id of the object with the greatest pointer <= addr, with its logical block and position.
@@ -128,14 +160,42 @@ struct IntervalIndex {
         return nil
     }
 
-    /// Moves `n` entries (id and key) from physical index `src` to `dst` (overlapping ranges allowed).
-    private mutating func moveEntries(from src: Int, to dst: Int, count n: Int) {
-        guard n > 0, src != dst else { return }
-        ids.withUnsafeMutableBufferPointer { b in
-            (b.baseAddress! + dst).update(from: b.baseAddress! + src, count: n)
+    // MARK: changes
+
+    /// The entries of logical block b as (key, id), in order.
+    private func decode(_ b: Int) -> [(key: UInt64, id: UInt32)] {
+        let p = Int(phys[b])
+        let base = mins[b]
+        return (0..<Int(counts[p])).map { i in
+            let e = entries[p * Self.blockCapacity + i]
+            return (base &+ (e >> 32), UInt32(truncatingIfNeeded: e))
         }
-        keys.withUnsafeMutableBufferPointer { b in
-            (b.baseAddress! + dst).update(from: b.baseAddress! + src, count: n)
+    }
+
+    /// Whether `list` (sorted, non-empty) fits one block.
+    private static func fits(_ list: ArraySlice<(key: UInt64, id: UInt32)>) -> Bool {
+        list.count <= blockCapacity && list.last!.key &- list.first!.key < maxSpan
+    }
+
+    /// Stores `list` (sorted, non-empty, `fits`) as logical block b.
+    private mutating func write(_ b: Int, _ list: ArraySlice<(key: UInt64, id: UInt32)>) {
+        let p = Int(phys[b])
+        let base = list.first!.key
+        var i = p * Self.blockCapacity
+        for e in list {
+            entries[i] = (e.key &- base) << 32 | UInt64(e.id)
+            i += 1
+        }
+        counts[p] = Int32(list.count)
+        mins[b] = base
+        refreshFences(p)
+    }
+
+    /// Recomputes physical block p's fences (after any change to its entries).
+    private mutating func refreshFences(_ p: Int) {
+        let n = Int(counts[p])
+        for g in 0..<Self.groupsPerBlock where g * Self.groupSize < n {
+            fences[p * Self.groupsPerBlock + g] = UInt32(truncatingIfNeeded: entries[p * Self.blockCapacity + g * Self.groupSize] >> 32)
         }
     }
 
@@ -146,90 +206,90 @@ struct IntervalIndex {
         count += 1
         if mins.isEmpty {
             let p = newBlock()
-            ids[p * B] = id
-            keys[p * B] = key
-            counts[p] = 1
             mins.append(key)
             phys.append(Int32(p))
+            write(0, [(key: key, id: id)][...])
             return
         }
         var b = b0
         var pos = pos0 + 1
         if b < 0 { b = 0; pos = 0 }
-        var p = Int(phys[b])
-        if Int(counts[p]) == B && b + 1 < mins.count && Int(counts[Int(phys[b + 1])]) < B - 1 {
-            // B*-tree style: shift the tail of the full block into the next block (better fill, less memory).
-            let q = Int(phys[b + 1])
-            let m = Int(counts[q])
-            let k = (B - m) / 2
-            moveEntries(from: q * B, to: q * B + k, count: m)
-            moveEntries(from: p * B + B - k, to: q * B, count: k)
-            counts[p] = Int32(B - k)
-            counts[q] = Int32(m + k)
-            mins[b + 1] = keys[q * B]
-            if pos > B - k {
-                b += 1
-                pos -= B - k
-                p = q
+        let p = Int(phys[b])
+        let n = Int(counts[p])
+        if n < B && pos > 0 && key &- mins[b] < Self.maxSpan {
+            // The common case: room in the block, its minimum unchanged.
+            let entry = (key &- mins[b]) << 32 | UInt64(id)
+            entries.withUnsafeMutableBufferPointer { e in
+                let at = e.baseAddress! + p * B
+                (at + pos + 1).update(from: at + pos, count: n - pos)
+                at[pos] = entry
             }
-        } else if Int(counts[p]) == B && b > 0 && Int(counts[Int(phys[b - 1])]) < B - 1 {
-            // Or shift the head of the full block into the previous block.
-            let q = Int(phys[b - 1])
-            let m = Int(counts[q])
-            let k = (B - m) / 2
-            moveEntries(from: p * B, to: q * B + m, count: k)
-            moveEntries(from: p * B + k, to: p * B, count: B - k)
-            counts[q] = Int32(m + k)
-            counts[p] = Int32(B - k)
-            mins[b] = keys[p * B]
-            if pos < k {
-                b -= 1
-                pos += m
-                p = q
-            } else {
-                pos -= k
+            counts[p] = Int32(n + 1)
+            refreshFences(p)
+            return
+        }
+        var list = decode(b)
+        list.insert((key: key, id: id), at: pos)
+        if list.count > B {
+            // B*-tree style: shift the tail of the full block into the next block, or its head into the
+            // previous one (better fill, less memory), when the spans allow.
+            if b + 1 < mins.count && Int(counts[Int(phys[b + 1])]) < B - 1 {
+                let next = decode(b + 1)
+                let k = (B - next.count) / 2
+                let moved = list.suffix(k) + next
+                if Self.fits(moved[...]) && Self.fits(list.dropLast(k)) {
+                    write(b, list.dropLast(k))
+                    write(b + 1, moved[...])
+                    return
+                }
             }
-        } else if Int(counts[p]) == B {
-            // Split. Appending at the very end keeps the full block full (sequential registration).
-            let q = newBlock()
-            let n = Int(counts[p])
-            let keep = (b == mins.count - 1 && pos == n) ? n : n / 2
-            let moved = n - keep
-            moveEntries(from: p * B + keep, to: q * B, count: moved)
-            counts[p] = Int32(keep)
-            counts[q] = Int32(moved)
-            mins.insert(moved > 0 ? keys[q * B] : key, at: b + 1)
-            phys.insert(Int32(q), at: b + 1)
-            if pos > keep {
-                b += 1
-                pos -= keep
-                p = q
-            } else if pos == keep && moved == 0 {
-                b += 1
-                pos = 0
-                p = q
+            if b > 0 && Int(counts[Int(phys[b - 1])]) < B - 1 {
+                let prev = decode(b - 1)
+                let k = (B - prev.count) / 2
+                let moved = prev + list.prefix(k)
+                if Self.fits(moved[...]) && Self.fits(list.dropFirst(k)) {
+                    write(b - 1, moved[...])
+                    write(b, list.dropFirst(k))
+                    return
+                }
             }
         }
-        let n = Int(counts[p])
-        moveEntries(from: p * B + pos, to: p * B + pos + 1, count: n - pos)
-        ids[p * B + pos] = id
-        keys[p * B + pos] = key
-        counts[p] = Int32(n + 1)
-        if pos == 0 { mins[b] = key }
+        // Split into blocks that fit. Appending at the very end keeps the full block full (sequential
+        // registration).
+        var chunks: [ArraySlice<(key: UInt64, id: UInt32)>] = []
+        var halves: [ArraySlice<(key: UInt64, id: UInt32)>] = [list[...]]
+        if list.count > B {
+            let keep = (b == mins.count - 1 && pos == n) ? n : list.count / 2
+            halves = [list[0..<keep], list[keep...]]
+        }
+        for h in halves {
+            var start = h.startIndex
+            while start < h.endIndex {
+                var end = start + 1
+                while end < h.endIndex && end - start < B && h[end].key &- h[start].key < Self.maxSpan { end += 1 }
+                chunks.append(h[start..<end])
+                start = end
+            }
+        }
+        write(b, chunks[0])
+        for (k, c) in chunks.dropFirst().enumerated() {
+            let q = newBlock()
+            mins.insert(c.first!.key, at: b + 1 + k)
+            phys.insert(Int32(q), at: b + 1 + k)
+            write(b + 1 + k, c)
+        }
     }
 
     private mutating func newBlock() -> Int {
         if let p = freeBlocks.popLast() { counts[Int(p)] = 0; return Int(p) }
         let p = counts.count
         counts.append(0)
-        if ids.capacity < ids.count + Self.blockCapacity {
-            // Grow by 1/8 rather than doubling: these arrays are most of the index's memory.
-            let capacity = ids.count + max(16 * Self.blockCapacity, ids.count / 8)
-            ids.reserveCapacity(capacity)
-            keys.reserveCapacity(capacity)
+        fences.append(contentsOf: repeatElement(0, count: Self.groupsPerBlock))
+        if entries.capacity < entries.count + Self.blockCapacity {
+            // Grow by 1/8 rather than doubling: this array is most of the index's memory.
+            entries.reserveCapacity(entries.count + max(16 * Self.blockCapacity, entries.count / 8))
         }
-        ids.append(contentsOf: repeatElement(0, count: Self.blockCapacity))
-        keys.append(contentsOf: repeatElement(0, count: Self.blockCapacity))
+        entries.append(contentsOf: repeatElement(0, count: Self.blockCapacity))
         return p
     }
 
@@ -239,26 +299,38 @@ struct IntervalIndex {
         count -= 1
         let p = Int(phys[b])
         let n = Int(counts[p])
-        moveEntries(from: p * B + pos + 1, to: p * B + pos, count: n - 1 - pos)
-        counts[p] = Int32(n - 1)
         if n - 1 == 0 {
+            counts[p] = 0
             mins.remove(at: b)
             phys.remove(at: b)
             freeBlocks.append(Int32(p))
             return
         }
-        if pos == 0 { mins[b] = keys[p * B] }
+        let shift: UInt64 = entries.withUnsafeMutableBufferPointer { e in
+            let at = e.baseAddress! + p * B
+            (at + pos).update(from: at + pos + 1, count: n - 1 - pos)
+            if pos != 0 { return 0 }
+            // New minimum: the deltas are measured from it.
+            let shift = at[0] >> 32
+            for i in 0..<(n - 1) { at[i] &-= shift << 32 }
+            return shift
+        }
+        mins[b] &+= shift
+        counts[p] = Int32(n - 1)
+        refreshFences(p)
         // Merge with the next block when both are sparse.
         if b + 1 < mins.count {
             let q = Int(phys[b + 1])
             let m = Int(counts[q])
             if n - 1 + m <= B / 2 {
-                moveEntries(from: q * B, to: p * B + n - 1, count: m)
-                counts[p] = Int32(n - 1 + m)
-                counts[q] = 0
-                mins.remove(at: b + 1)
-                phys.remove(at: b + 1)
-                freeBlocks.append(Int32(q))
+                let merged = decode(b) + decode(b + 1)
+                if Self.fits(merged[...]) {
+                    write(b, merged[...])
+                    counts[q] = 0
+                    mins.remove(at: b + 1)
+                    phys.remove(at: b + 1)
+                    freeBlocks.append(Int32(q))
+                }
             }
         }
     }

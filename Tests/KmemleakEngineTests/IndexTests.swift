@@ -62,6 +62,65 @@ import Testing
         #expect(bad == 0)
         _ = mem
     }
+
+    /// Clusters of objects more than 4 GiB apart (index blocks hold 32-bit pointer deltas, so no block
+    /// may span 4 GiB), one near the top of the address space, registered in random and in descending
+    /// order, some freed and registered again: exact, interior and gap lookups stay right, and a scan
+    /// counts references into every cluster.
+    @Test func clustersFarApart() {
+        let clusters: [UInt64] = [0x1000_0000, 0x1_2000_0000, 0x3_0000_0000, 0x3_ffff_0000, 0x7f00_0000_0000,
+                                  0xffff_8880_0000_0000, 0xffff_ffff_fff0_0000]
+        let perCluster = 1500
+        let n = clusters.count * perCluster
+        func a(_ i: Int) -> UInt64 { clusters[i % clusters.count] + UInt64(i / clusters.count) * 64 }
+        for descending in [false, true] {
+            let e = makeEngine()
+            var rng = Rng(s: 777)
+            var order = Array(0..<n)
+            if descending {
+                order.sort { a($0) > a($1) }
+            } else {
+                for i in stride(from: n - 1, to: 0, by: -1) { order.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+            }
+            for i in order { e.alloc(a(i), size: 48, metadata: meta(UInt64(i))) }
+            #expect(e.isEnabled)
+            #expect(e.objectCount == n)
+            func misses(freed: Set<Int>) -> Int {
+                var bad = 0
+                for i in 0..<n {
+                    let seq = e.objectInfo(at: a(i))?.metadata.seq
+                    if freed.contains(i) ? seq != nil : seq != UInt64(i) { bad += 1 }
+                    if !freed.contains(i) && e.dump(address: a(i) + 47, context: TestContext()) == nil { bad += 1 }
+                    if e.dump(address: a(i) + 48, context: TestContext()) != nil { bad += 1 }
+                }
+                for c in clusters where c >= 0x1000 {
+                    if e.dump(address: c - 1, context: TestContext()) != nil { bad += 1 }
+                    if c < 0xffff_ffff_0000_0000,
+                       e.dump(address: c + UInt64(perCluster) * 64 + 0x1_0000_0000, context: TestContext()) != nil { bad += 1 }
+                }
+                return bad
+            }
+            #expect(misses(freed: []) == 0)
+            var freed = Set<Int>()
+            for i in order where i % 3 != 1 {
+                e.free(a(i))
+                freed.insert(i)
+            }
+            #expect(e.objectCount == n - freed.count)
+            #expect(misses(freed: freed) == 0)
+            // A root pointing at (or into) every remaining object of even index: exactly the odd ones leak.
+            let mem = SyntheticMemory()
+            let root: UInt64 = 0x100_0000
+            let kept = (0..<n).filter { !freed.contains($0) }
+            mem.map(root, kept.count * 8)
+            for (k, i) in kept.enumerated() where i % 2 == 0 { mem.write64(root + UInt64(k * 8), a(i) + UInt64(k % 48)) }
+            e.setRoots([RootRegion(start: root, length: UInt64(kept.count * 8), kind: .data)])
+            #expect(e.scan(now: sec, memory: mem).newLeaks == kept.filter { $0 % 2 == 1 }.count)
+            for i in order where freed.contains(i) { e.alloc(a(i), size: 48, metadata: meta(UInt64(i))) }
+            #expect(e.isEnabled)
+            #expect(misses(freed: []) == 0)
+        }
+    }
 }
 
 @Suite struct GrayListTests {

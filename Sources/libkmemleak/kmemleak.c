@@ -39,6 +39,7 @@
 #define KMEMLEAK_BUILDING_LIBRARY 1
 #include "kmemleak.h"
 #include "kmemleak_abi.h"
+#include "cfi_unwind.h"
 
 #define EXPORT __attribute__((visibility("default")))
 #define likely(x) __builtin_expect(!!(x), 1)
@@ -235,12 +236,12 @@ enum { ALIGNED_MEMALIGN, ALIGNED_ALLOC, ALIGNED_VALLOC, ALIGNED_PVALLOC };
 #define PCPU_KINDS (KIND_BIT(KML_KIND_PERCPU) | KIND_BIT(KML_KIND_CUSTOM_PERCPU))
 
 enum { ST_UNINIT, ST_INIT, ST_ON, ST_OFF };
-enum { UNWIND_LIBUNWIND, UNWIND_LIBGCC, UNWIND_NONE };
+enum { UNWIND_CFI, UNWIND_LIBUNWIND, UNWIND_LIBGCC, UNWIND_NONE, UNWIND_CHECK };
 
 /* ---- global state (all of it in the shim's .bss, registered KML_REGION_SHIM_PRIVATE) ---------- */
 static int g_state;                  /* ST_* (atomic) */
 static int g_disabled_once;
-static int g_unwinder = UNWIND_LIBUNWIND;
+static int g_unwinder = UNWIND_CFI;
 static int g_memfd = -1;
 static dev_t g_memfd_dev;            /* identity of our memfd: the program may close the fd and */
 static ino_t g_memfd_ino;            /* reuse its number; never close someone else's file */
@@ -309,6 +310,7 @@ struct kml_tls {
     int32_t live_delta;  /* LIVE records made minus released, not yet added to the header */
     int thread_slot;     /* 1-based slot in the thread table, 0 = none */
     int exiting;
+    uintptr_t stack_hi;  /* top of this thread's stack for cfi_backtrace, 0 = unknown */
 };
 static __thread struct kml_tls t __attribute__((tls_model("initial-exec")));
 
@@ -508,12 +510,23 @@ static _Unwind_Reason_Code gcc_trace_cb(struct _Unwind_Context *ctx, void *arg)
     return _URC_NO_REASON;
 }
 
+static void unwind_check(void **buf, int n);
+
 /* always inlined, like capture_trace and track_alloc: every shim frame between the caller and
  * the unwinder is a frame unwound for nothing (~30 ns each) */
 static inline __attribute__((always_inline)) int unwind_stack(void **buf, int max)
 {
+    if (likely(g_unwinder == UNWIND_CFI)) {
+        int n = cfi_backtrace(buf, max, t.stack_hi);
+        return n >= 0 ? n : unw_backtrace(buf, max);
+    }
     if (g_unwinder == UNWIND_LIBUNWIND)
         return unw_backtrace(buf, max);
+    if (g_unwinder == UNWIND_CHECK) {
+        int n = unw_backtrace(buf, max);
+        unwind_check(buf, n);
+        return n;
+    }
     if (g_unwinder == UNWIND_LIBGCC) {
         void *arr[KML_MAX_TRACE + UNWIND_EXTRA + 1];
         struct trace_ctx c = {0, max};
@@ -523,6 +536,43 @@ static inline __attribute__((always_inline)) int unwind_stack(void **buf, int ma
         return c.n;
     }
     return 0;
+}
+
+/* KMEMLEAK_UNWINDER=check: cfi_backtrace's frames against libunwind's (buf, from the same call
+ * site one instruction apart: frame 0 differs, the callers must not); one line per mismatch */
+static unsigned g_check_traces, g_check_fallbacks, g_check_mismatches;
+
+static __attribute__((noinline)) void unwind_check(void **ref, int n)
+{
+    void *buf[KML_MAX_TRACE + UNWIND_EXTRA];
+    int m = cfi_backtrace(buf, (int)(KML_MAX_TRACE + UNWIND_EXTRA), t.stack_hi);
+    __atomic_fetch_add(&g_check_traces, 1, __ATOMIC_RELAXED);
+    if (m < 0) {
+        __atomic_fetch_add(&g_check_fallbacks, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    /* ours starts one frame deeper (inside unwind_check): compare the callers of unwind_stack */
+    int max = (int)(KML_MAX_TRACE + UNWIND_EXTRA);
+    int same = n < max ? m == n + 1 : m == max;
+    for (int i = 1; same && i < n && i + 1 < m; i++)
+        same = buf[i + 1] == ref[i];
+    if (same)
+        return;
+    __atomic_fetch_add(&g_check_mismatches, 1, __ATOMIC_RELAXED);
+    char line[1024];
+    size_t k = str_cat(line, 0, sizeof(line), "kmemleak: unwind check: libunwind");
+    for (int i = 1; i < n; i++) {
+        k = str_cat(line, k, sizeof(line), " ");
+        k = num_cat(line, k, sizeof(line), (uint64_t)(uintptr_t)ref[i], 1);
+    }
+    k = str_cat(line, k, sizeof(line), " | cfi");
+    for (int i = 2; i < m; i++) {
+        k = str_cat(line, k, sizeof(line), " ");
+        k = num_cat(line, k, sizeof(line), (uint64_t)(uintptr_t)buf[i], 1);
+    }
+    k = str_cat(line, k, sizeof(line), "\n");
+    ssize_t w = write(2, line, k);
+    (void)w;
 }
 
 static uint32_t trace_hash(const uint64_t *f, uint32_t len)
@@ -1387,7 +1437,10 @@ static void thread_release_ptid(pthread_t th)
 static void thread_register(int is_main, int detached)
 {
     uint64_t stack_lo = 0, stack_hi = 0;
-    if (!is_main) {
+    if (is_main) {
+        extern void *__libc_stack_end; /* ld.so's: the initial stack pointer, below argv */
+        t.stack_hi = PAGE_ALIGN((uintptr_t)__libc_stack_end);
+    } else {
         pthread_attr_t attr;
         if (pthread_getattr_np(pthread_self(), &attr) == 0) {
             void *addr;
@@ -1395,6 +1448,7 @@ static void thread_register(int is_main, int detached)
             if (pthread_attr_getstack(&attr, &addr, &size) == 0) {
                 stack_lo = (uintptr_t)addr;
                 stack_hi = (uintptr_t)addr + size;
+                t.stack_hi = (uintptr_t)stack_hi;
             }
             pthread_attr_destroy(&attr);
         }
@@ -1612,6 +1666,34 @@ static int joined_or_detached(int r, pthread_t th, int joined)
 {
     if (r == 0)
         thread_joined_or_detached(th, joined);
+    return r;
+}
+
+/* ---- dlclose: the unwinder's rule cache (see cfi_unwind.c) ------------------------------------ */
+static void region_add(uint32_t kind, uint64_t start, uint64_t size, uint64_t cpu0, uint64_t stride, uint32_t nr);
+
+/* the unwinder's caches are the shim's memory, never roots */
+static void cfi_register_caches(void)
+{
+    uintptr_t lo, size;
+    if (cfi_take_new_cache(&lo, &size))
+        region_add(KML_REGION_SHIM_PRIVATE, lo, size, 0, 0, 0);
+}
+
+static void *g_next_dlclose;
+
+EXPORT int dlclose(void *handle)
+{
+    int (*f)(void *) = (int (*)(void *))next_symbol(&g_next_dlclose, "dlclose");
+    if (!f)
+        return -1;
+    int r = f(handle);
+    if (r == 0 && !t.in_shim && __atomic_load_n(&g_state, __ATOMIC_ACQUIRE) == ST_ON) {
+        t.in_shim = 1;
+        cfi_code_unloaded();
+        cfi_register_caches();
+        t.in_shim = 0;
+    }
     return r;
 }
 
@@ -2710,6 +2792,10 @@ static void atfork_prepare(void)
     }
     t.in_shim++;
     if (__atomic_load_n(&g_state, __ATOMIC_ACQUIRE) == ST_ON && g_priv) {
+        if (g_unwinder == UNWIND_CFI || g_unwinder == UNWIND_CHECK) {
+            cfi_prefork(); /* the child shares the unwinder's rules */
+            cfi_register_caches();
+        }
         lock_all();
         g_fork_locked = 1;
         g_fork_fd = table_snapshot();
@@ -2842,8 +2928,14 @@ __attribute__((constructor(101))) static void kml_init(void)
     const char *uw = getenv("KMEMLEAK_UNWINDER");
     if (uw && !strcmp(uw, "libgcc"))
         g_unwinder = resolve_libgcc() == 0 ? UNWIND_LIBGCC : UNWIND_LIBUNWIND;
+    else if (uw && !strcmp(uw, "libunwind"))
+        g_unwinder = UNWIND_LIBUNWIND;
     else if (uw && !strcmp(uw, "none"))
         g_unwinder = UNWIND_NONE;
+    else if (uw && !strcmp(uw, "check"))
+        g_unwinder = UNWIND_CHECK;
+    if ((g_unwinder == UNWIND_CFI || g_unwinder == UNWIND_CHECK) && cfi_init() != 0)
+        g_unwinder = UNWIND_LIBUNWIND;
     kml_run_dir_init();
 
     if (table_create() != 0) {
@@ -2871,8 +2963,8 @@ __attribute__((constructor(101))) static void kml_init(void)
         thread_register(1, 0);
     /* libunwind's DWARF cache per thread (in its TLS): the global one takes a lock on every miss
      * of the per-thread frame cache that unw_backtrace tries first */
-    if (g_unwinder == UNWIND_LIBUNWIND)
-        unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD);
+    unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD);
+    cfi_register_caches();
     /* warm the unwinder up (its first call may allocate: untracked here) */
     capture_trace();
     rendezvous_write();
@@ -2881,4 +2973,19 @@ __attribute__((constructor(101))) static void kml_init(void)
     t.in_shim = 0;
 }
 
-__attribute__((destructor)) static void kml_exit(void) { rendezvous_remove(); }
+__attribute__((destructor)) static void kml_exit(void)
+{
+    if (g_unwinder == UNWIND_CHECK) {
+        char line[160];
+        size_t k = str_cat(line, 0, sizeof(line), "kmemleak: unwind check: ");
+        k = num_cat(line, k, sizeof(line), __atomic_load_n(&g_check_traces, __ATOMIC_RELAXED), 0);
+        k = str_cat(line, k, sizeof(line), " traces, ");
+        k = num_cat(line, k, sizeof(line), __atomic_load_n(&g_check_fallbacks, __ATOMIC_RELAXED), 0);
+        k = str_cat(line, k, sizeof(line), " fallbacks, ");
+        k = num_cat(line, k, sizeof(line), __atomic_load_n(&g_check_mismatches, __ATOMIC_RELAXED), 0);
+        k = str_cat(line, k, sizeof(line), " mismatches\n");
+        ssize_t w = write(2, line, k);
+        (void)w;
+    }
+    rendezvous_remove();
+}

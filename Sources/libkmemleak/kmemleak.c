@@ -2225,29 +2225,43 @@ out:
  * temporary name carries getrandom() bits, so it cannot be planted in advance. When `<pid>.client`
  * cannot be replaced (another user's file in a sticky directory: a squatter), the file is published
  * as `<pid>.<random>.client`, without replacing anything; the daemon reads both forms. */
-static uint64_t proc_start_time(void)
+/* field n (1-based, n >= 3) of /proc/self/stat, 0 if unreadable */
+static uint64_t proc_stat_field(int n)
 {
     char buf[1024];
     int fd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/self/stat", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return 0;
-    ssize_t n = (ssize_t)syscall(SYS_read, fd, buf, sizeof(buf) - 1);
+    ssize_t len = (ssize_t)syscall(SYS_read, fd, buf, sizeof(buf) - 1);
     syscall(SYS_close, fd);
-    if (n <= 0)
+    if (len <= 0)
         return 0;
-    buf[n] = 0;
+    buf[len] = 0;
     char *p = strrchr(buf, ')');
     if (!p)
         return 0;
-    /* p -> ") S ppid ..." : field 3 starts at p+2; field 22 is 19 fields further */
+    /* p -> ") S ppid ..." : field 3 starts at p+2 */
     p += 2;
-    for (int f = 3; f < 22 && *p; p++)
+    for (int f = 3; f < n && *p; p++)
         if (*p == ' ')
             f++;
     uint64_t v = 0;
     while (*p >= '0' && *p <= '9')
         v = v * 10 + (uint64_t)(*p++ - '0');
     return v;
+}
+
+static uint64_t proc_start_time(void) { return proc_stat_field(22); }
+
+/* /proc/PID/stat's starttime is the task's CLOCK_BOOTTIME at creation in clock ticks: a child
+ * created between two readings in the same tick started in that tick (0: ask /proc) */
+static uint64_t boottime_tick(void)
+{
+    struct timespec ts;
+    long hz = g_hdr ? (long)g_hdr->clk_tck : 0;
+    if (hz <= 0 || 1000000000L % hz || clock_gettime(CLOCK_BOOTTIME, &ts) != 0)
+        return 0;
+    return ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) / (uint64_t)(1000000000L / hz);
 }
 
 /* Opens the run directory (created 0755 if missing) if it is safe to publish in: a real directory
@@ -2693,7 +2707,16 @@ static int table_create(void)
 /* ---- fork: the child gets its own table -------------------------------------------------------
  * Lock order (every nested acquisition in this file follows it): mm, pcpu, thr, comm, reg, depot,
  * batch, stripes, area. */
-static void lock_all(void)
+/* LIVE thread records, up to 2: a cheap first test before the kernel's count of threads */
+static uint32_t live_thread_records(void)
+{
+    uint32_t n = 0, used = __atomic_load_n(&g_hdr->threads_used, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < used && n < 2; i++)
+        n += (__atomic_load_n(&g_thr[i].state, __ATOMIC_ACQUIRE) & KML_STATE_KIND_MASK) == KML_STATE_LIVE;
+    return n;
+}
+
+static void lock_all(int stripes)
 {
     spin_lock(&g_mm_lock);
     spin_lock(&g_pcpu_lock);
@@ -2702,7 +2725,7 @@ static void lock_all(void)
     spin_lock(&g_reg_lock);
     spin_lock(&g_depot_lock);
     spin_lock(&g_batch_lock);
-    for (uint32_t i = 0; i < NR_STRIPES; i++)
+    for (uint32_t i = 0; stripes && i < NR_STRIPES; i++)
         spin_lock(&g_stripes[i]);
     spin_lock(&g_area_lock); /* taken under a stripe lock by kmemleak_scan_area */
 }
@@ -2721,7 +2744,8 @@ static void unlock_all(int stripes)
     spin_unlock(&g_mm_lock);
 }
 
-static int g_fork_locked, g_fork_nested;
+static int g_fork_locked, g_fork_nested, g_fork_stripes;
+static uint64_t g_fork_tick;         /* boottime_tick() before fork() */
 static int g_fork_fd = -1;           /* the child's table, filled by the parent before fork() */
 static const char *g_fork_why;       /* why it could not be, for the child's disable message */
 static int g_fork_errno;
@@ -2796,9 +2820,14 @@ static void atfork_prepare(void)
             cfi_prefork(); /* the child shares the unwinder's rules */
             cfi_register_caches();
         }
-        lock_all();
+        /* the 4096 stripe locks cost more than the rest of a fork's bookkeeping: a process whose
+         * only thread is this one (the kernel's count: threads the shim did not see start count
+         * too) has nobody inside them */
+        g_fork_stripes = !(live_thread_records() == 1 && proc_stat_field(20) == 1);
+        lock_all(g_fork_stripes);
         g_fork_locked = 1;
         g_fork_fd = table_snapshot();
+        g_fork_tick = boottime_tick();
     }
 }
 
@@ -2810,7 +2839,7 @@ static void atfork_parent(void)
         if (g_fork_fd >= 0)
             syscall(SYS_close, g_fork_fd);
         g_fork_fd = -1;
-        unlock_all(1);
+        unlock_all(g_fork_stripes);
     }
     t.in_shim--;
 }
@@ -2833,7 +2862,7 @@ static void atfork_child(void)
         return;
     }
     g_fork_locked = 0;
-    unlock_all(!g_stripes_wiped);
+    unlock_all(g_fork_stripes && !g_stripes_wiped);
     int old_tid_slot = t.thread_slot;
     int fd = g_fork_fd;
     g_fork_fd = -1;
@@ -2860,7 +2889,8 @@ static void atfork_child(void)
     remember_memfd(fd);
     struct kml_header *h = g_hdr;
     h->pid = (int32_t)syscall(SYS_getpid);
-    h->start_time = proc_start_time();
+    uint64_t tick = boottime_tick();
+    h->start_time = tick && tick == g_fork_tick ? tick : proc_start_time();
     h->daemon_pid = 0;
     h->daemon_scans = 0;
     /* only the forking thread exists in the child */

@@ -23,7 +23,9 @@
  *
  * Rules: nothing allocates (the cache is a raw mmap), the miss path reads .eh_frame inside
  * dl_iterate_phdr's callback (the loader lock is held: the module cannot be unmapped meanwhile),
- * and every stack read is checked against [sp, stack_hi).
+ * and every stack read is checked against [sp, stack_hi), once sp is known to lie in the thread's
+ * stack [stack_lo, stack_hi) (not on a signal stack or a coroutine's, where the range between
+ * sp and stack_hi need not be mapped).
  */
 #define _GNU_SOURCE
 #include <link.h>
@@ -653,7 +655,7 @@ static struct cfi_rule rule_lookup(uint64_t pc, unsigned long long *adds, unsign
 }
 
 /* ---- the unwinder ------------------------------------------------------------------------------- */
-__attribute__((noinline, optimize("no-omit-frame-pointer"))) int cfi_backtrace(void **buf, int max, uintptr_t stack_hi)
+__attribute__((noinline, optimize("no-omit-frame-pointer"))) int cfi_backtrace(void **buf, int max, uintptr_t stack_lo, uintptr_t stack_hi)
 {
     cfi_entry *c = __atomic_load_n(&g_cache, __ATOMIC_ACQUIRE);
     if (!c || !stack_hi)
@@ -662,7 +664,7 @@ __attribute__((noinline, optimize("no-omit-frame-pointer"))) int cfi_backtrace(v
     const uintptr_t *fp = (const uintptr_t *)__builtin_frame_address(0);
     uintptr_t lo = (uintptr_t)fp, sp = (uintptr_t)fp + 16, rbp = fp[0];
     uintptr_t ip = (uintptr_t)__builtin_return_address(0);
-    if (sp > stack_hi)
+    if (lo < stack_lo || sp > stack_hi)
         return -1; /* another stack (sigaltstack, a coroutine's) */
     unsigned gen = __atomic_load_n(&g_gen, __ATOMIC_ACQUIRE);
     if (unlikely(t_l1_gen != gen)) {

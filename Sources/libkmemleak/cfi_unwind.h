@@ -8,8 +8,9 @@
 int cfi_init(void);
 /* the return addresses of the caller's stack, innermost first (frame 0: the return address of the
  * call to cfi_backtrace), at most max; -1 when a frame cannot be unwound from cached or simple
- * CFI rules (signal frames, CFA expressions, a read outside [sp, stack_hi)): use another unwinder */
-int cfi_backtrace(void **buf, int max, uintptr_t stack_hi);
+ * CFI rules (signal frames, CFA expressions, sp outside [stack_lo, stack_hi), a read outside
+ * [sp, stack_hi)): use another unwinder */
+int cfi_backtrace(void **buf, int max, uintptr_t stack_lo, uintptr_t stack_hi);
 /* before fork(), in the parent: the cache is shared with the child from then on */
 void cfi_prefork(void);
 /* after a successful dlclose */

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/auxv.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -310,7 +311,7 @@ struct kml_tls {
     int32_t live_delta;  /* LIVE records made minus released, not yet added to the header */
     int thread_slot;     /* 1-based slot in the thread table, 0 = none */
     int exiting;
-    uintptr_t stack_hi;  /* top of this thread's stack for cfi_backtrace, 0 = unknown */
+    uintptr_t stack_lo, stack_hi; /* this thread's stack for cfi_backtrace, 0/0 = unknown */
 };
 static __thread struct kml_tls t __attribute__((tls_model("initial-exec")));
 
@@ -517,7 +518,7 @@ static void unwind_check(void **buf, int n);
 static inline __attribute__((always_inline)) int unwind_stack(void **buf, int max)
 {
     if (likely(g_unwinder == UNWIND_CFI)) {
-        int n = cfi_backtrace(buf, max, t.stack_hi);
+        int n = cfi_backtrace(buf, max, t.stack_lo, t.stack_hi);
         return n >= 0 ? n : unw_backtrace(buf, max);
     }
     if (g_unwinder == UNWIND_LIBUNWIND)
@@ -545,7 +546,7 @@ static unsigned g_check_traces, g_check_fallbacks, g_check_mismatches;
 static __attribute__((noinline)) void unwind_check(void **ref, int n)
 {
     void *buf[KML_MAX_TRACE + UNWIND_EXTRA];
-    int m = cfi_backtrace(buf, (int)(KML_MAX_TRACE + UNWIND_EXTRA), t.stack_hi);
+    int m = cfi_backtrace(buf, (int)(KML_MAX_TRACE + UNWIND_EXTRA), t.stack_lo, t.stack_hi);
     __atomic_fetch_add(&g_check_traces, 1, __ATOMIC_RELAXED);
     if (m < 0) {
         __atomic_fetch_add(&g_check_fallbacks, 1, __ATOMIC_RELAXED);
@@ -1438,8 +1439,15 @@ static void thread_register(int is_main, int detached)
 {
     uint64_t stack_lo = 0, stack_hi = 0;
     if (is_main) {
-        extern void *__libc_stack_end; /* ld.so's: the initial stack pointer, below argv */
-        t.stack_hi = PAGE_ALIGN((uintptr_t)__libc_stack_end);
+        /* the top: ld.so's initial stack pointer (below argv); the bottom: as far as RLIMIT_STACK
+         * lets the stack grow (the kernel puts mmap_base further down) */
+        extern void *__libc_stack_end;
+        struct rlimit rl;
+        uintptr_t top = PAGE_ALIGN((uintptr_t)__libc_stack_end);
+        if (getrlimit(RLIMIT_STACK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < top) {
+            t.stack_lo = top - (uintptr_t)rl.rlim_cur;
+            t.stack_hi = top;
+        }
     } else {
         pthread_attr_t attr;
         if (pthread_getattr_np(pthread_self(), &attr) == 0) {
@@ -1448,6 +1456,7 @@ static void thread_register(int is_main, int detached)
             if (pthread_attr_getstack(&attr, &addr, &size) == 0) {
                 stack_lo = (uintptr_t)addr;
                 stack_hi = (uintptr_t)addr + size;
+                t.stack_lo = (uintptr_t)stack_lo;
                 t.stack_hi = (uintptr_t)stack_hi;
             }
             pthread_attr_destroy(&attr);

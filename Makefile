@@ -44,8 +44,8 @@ SHIM_INC := -ISources/libkmemleak/include -ISources/CKmemleakABI/include
 SHIM_CFLAGS := -std=gnu11 -O2 -g -fPIC -fvisibility=hidden -Wall -Wextra -Wno-unused-parameter $(SHIM_INC)
 SHIM_LDFLAGS := -shared -Wl,-z,now -Wl,-z,nodelete -Wl,--as-needed
 SHIM_LIBS := -lunwind -ldl
-SHIM_SRC := Sources/libkmemleak/kmemleak.c
-SHIM_HDRS := Sources/libkmemleak/include/kmemleak.h Sources/CKmemleakABI/include/kmemleak_abi.h
+SHIM_SRC := Sources/libkmemleak/kmemleak.c Sources/libkmemleak/cfi_unwind.c
+SHIM_HDRS := Sources/libkmemleak/cfi_unwind.h Sources/libkmemleak/include/kmemleak.h Sources/CKmemleakABI/include/kmemleak_abi.h
 SHIM_SO := $(BUILD)/libkmemleak.so
 KMLTEST := $(BUILD)/kmemleak-test
 FIXTURE_DIR := .build/fixtures

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/auxv.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -39,6 +40,7 @@
 #define KMEMLEAK_BUILDING_LIBRARY 1
 #include "kmemleak.h"
 #include "kmemleak_abi.h"
+#include "cfi_unwind.h"
 
 #define EXPORT __attribute__((visibility("default")))
 #define likely(x) __builtin_expect(!!(x), 1)
@@ -235,12 +237,12 @@ enum { ALIGNED_MEMALIGN, ALIGNED_ALLOC, ALIGNED_VALLOC, ALIGNED_PVALLOC };
 #define PCPU_KINDS (KIND_BIT(KML_KIND_PERCPU) | KIND_BIT(KML_KIND_CUSTOM_PERCPU))
 
 enum { ST_UNINIT, ST_INIT, ST_ON, ST_OFF };
-enum { UNWIND_LIBUNWIND, UNWIND_LIBGCC, UNWIND_NONE };
+enum { UNWIND_CFI, UNWIND_LIBUNWIND, UNWIND_LIBGCC, UNWIND_NONE, UNWIND_CHECK };
 
 /* ---- global state (all of it in the shim's .bss, registered KML_REGION_SHIM_PRIVATE) ---------- */
 static int g_state;                  /* ST_* (atomic) */
 static int g_disabled_once;
-static int g_unwinder = UNWIND_LIBUNWIND;
+static int g_unwinder = UNWIND_CFI;
 static int g_memfd = -1;
 static dev_t g_memfd_dev;            /* identity of our memfd: the program may close the fd and */
 static ino_t g_memfd_ino;            /* reuse its number; never close someone else's file */
@@ -309,6 +311,7 @@ struct kml_tls {
     int32_t live_delta;  /* LIVE records made minus released, not yet added to the header */
     int thread_slot;     /* 1-based slot in the thread table, 0 = none */
     int exiting;
+    uintptr_t stack_lo, stack_hi; /* this thread's stack for cfi_backtrace, 0/0 = unknown */
 };
 static __thread struct kml_tls t __attribute__((tls_model("initial-exec")));
 
@@ -508,12 +511,23 @@ static _Unwind_Reason_Code gcc_trace_cb(struct _Unwind_Context *ctx, void *arg)
     return _URC_NO_REASON;
 }
 
+static void unwind_check(void **buf, int n);
+
 /* always inlined, like capture_trace and track_alloc: every shim frame between the caller and
  * the unwinder is a frame unwound for nothing (~30 ns each) */
 static inline __attribute__((always_inline)) int unwind_stack(void **buf, int max)
 {
+    if (likely(g_unwinder == UNWIND_CFI)) {
+        int n = cfi_backtrace(buf, max, t.stack_lo, t.stack_hi);
+        return n >= 0 ? n : unw_backtrace(buf, max);
+    }
     if (g_unwinder == UNWIND_LIBUNWIND)
         return unw_backtrace(buf, max);
+    if (g_unwinder == UNWIND_CHECK) {
+        int n = unw_backtrace(buf, max);
+        unwind_check(buf, n);
+        return n;
+    }
     if (g_unwinder == UNWIND_LIBGCC) {
         void *arr[KML_MAX_TRACE + UNWIND_EXTRA + 1];
         struct trace_ctx c = {0, max};
@@ -523,6 +537,43 @@ static inline __attribute__((always_inline)) int unwind_stack(void **buf, int ma
         return c.n;
     }
     return 0;
+}
+
+/* KMEMLEAK_UNWINDER=check: cfi_backtrace's frames against libunwind's (buf, from the same call
+ * site one instruction apart: frame 0 differs, the callers must not); one line per mismatch */
+static unsigned g_check_traces, g_check_fallbacks, g_check_mismatches;
+
+static __attribute__((noinline)) void unwind_check(void **ref, int n)
+{
+    void *buf[KML_MAX_TRACE + UNWIND_EXTRA];
+    int m = cfi_backtrace(buf, (int)(KML_MAX_TRACE + UNWIND_EXTRA), t.stack_lo, t.stack_hi);
+    __atomic_fetch_add(&g_check_traces, 1, __ATOMIC_RELAXED);
+    if (m < 0) {
+        __atomic_fetch_add(&g_check_fallbacks, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    /* ours starts one frame deeper (inside unwind_check): compare the callers of unwind_stack */
+    int max = (int)(KML_MAX_TRACE + UNWIND_EXTRA);
+    int same = n < max ? m == n + 1 : m == max;
+    for (int i = 1; same && i < n && i + 1 < m; i++)
+        same = buf[i + 1] == ref[i];
+    if (same)
+        return;
+    __atomic_fetch_add(&g_check_mismatches, 1, __ATOMIC_RELAXED);
+    char line[1024];
+    size_t k = str_cat(line, 0, sizeof(line), "kmemleak: unwind check: libunwind");
+    for (int i = 1; i < n; i++) {
+        k = str_cat(line, k, sizeof(line), " ");
+        k = num_cat(line, k, sizeof(line), (uint64_t)(uintptr_t)ref[i], 1);
+    }
+    k = str_cat(line, k, sizeof(line), " | cfi");
+    for (int i = 2; i < m; i++) {
+        k = str_cat(line, k, sizeof(line), " ");
+        k = num_cat(line, k, sizeof(line), (uint64_t)(uintptr_t)buf[i], 1);
+    }
+    k = str_cat(line, k, sizeof(line), "\n");
+    ssize_t w = write(2, line, k);
+    (void)w;
 }
 
 static uint32_t trace_hash(const uint64_t *f, uint32_t len)
@@ -1387,7 +1438,17 @@ static void thread_release_ptid(pthread_t th)
 static void thread_register(int is_main, int detached)
 {
     uint64_t stack_lo = 0, stack_hi = 0;
-    if (!is_main) {
+    if (is_main) {
+        /* the top: ld.so's initial stack pointer (below argv); the bottom: as far as RLIMIT_STACK
+         * lets the stack grow (the kernel puts mmap_base further down) */
+        extern void *__libc_stack_end;
+        struct rlimit rl;
+        uintptr_t top = PAGE_ALIGN((uintptr_t)__libc_stack_end);
+        if (getrlimit(RLIMIT_STACK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < top) {
+            t.stack_lo = top - (uintptr_t)rl.rlim_cur;
+            t.stack_hi = top;
+        }
+    } else {
         pthread_attr_t attr;
         if (pthread_getattr_np(pthread_self(), &attr) == 0) {
             void *addr;
@@ -1395,6 +1456,8 @@ static void thread_register(int is_main, int detached)
             if (pthread_attr_getstack(&attr, &addr, &size) == 0) {
                 stack_lo = (uintptr_t)addr;
                 stack_hi = (uintptr_t)addr + size;
+                t.stack_lo = (uintptr_t)stack_lo;
+                t.stack_hi = (uintptr_t)stack_hi;
             }
             pthread_attr_destroy(&attr);
         }
@@ -1612,6 +1675,34 @@ static int joined_or_detached(int r, pthread_t th, int joined)
 {
     if (r == 0)
         thread_joined_or_detached(th, joined);
+    return r;
+}
+
+/* ---- dlclose: the unwinder's rule cache (see cfi_unwind.c) ------------------------------------ */
+static void region_add(uint32_t kind, uint64_t start, uint64_t size, uint64_t cpu0, uint64_t stride, uint32_t nr);
+
+/* the unwinder's caches are the shim's memory, never roots */
+static void cfi_register_caches(void)
+{
+    uintptr_t lo, size;
+    if (cfi_take_new_cache(&lo, &size))
+        region_add(KML_REGION_SHIM_PRIVATE, lo, size, 0, 0, 0);
+}
+
+static void *g_next_dlclose;
+
+EXPORT int dlclose(void *handle)
+{
+    int (*f)(void *) = (int (*)(void *))next_symbol(&g_next_dlclose, "dlclose");
+    if (!f)
+        return -1;
+    int r = f(handle);
+    if (r == 0 && !t.in_shim && __atomic_load_n(&g_state, __ATOMIC_ACQUIRE) == ST_ON) {
+        t.in_shim = 1;
+        cfi_code_unloaded();
+        cfi_register_caches();
+        t.in_shim = 0;
+    }
     return r;
 }
 
@@ -2143,29 +2234,43 @@ out:
  * temporary name carries getrandom() bits, so it cannot be planted in advance. When `<pid>.client`
  * cannot be replaced (another user's file in a sticky directory: a squatter), the file is published
  * as `<pid>.<random>.client`, without replacing anything; the daemon reads both forms. */
-static uint64_t proc_start_time(void)
+/* field n (1-based, n >= 3) of /proc/self/stat, 0 if unreadable */
+static uint64_t proc_stat_field(int n)
 {
     char buf[1024];
     int fd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/self/stat", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return 0;
-    ssize_t n = (ssize_t)syscall(SYS_read, fd, buf, sizeof(buf) - 1);
+    ssize_t len = (ssize_t)syscall(SYS_read, fd, buf, sizeof(buf) - 1);
     syscall(SYS_close, fd);
-    if (n <= 0)
+    if (len <= 0)
         return 0;
-    buf[n] = 0;
+    buf[len] = 0;
     char *p = strrchr(buf, ')');
     if (!p)
         return 0;
-    /* p -> ") S ppid ..." : field 3 starts at p+2; field 22 is 19 fields further */
+    /* p -> ") S ppid ..." : field 3 starts at p+2 */
     p += 2;
-    for (int f = 3; f < 22 && *p; p++)
+    for (int f = 3; f < n && *p; p++)
         if (*p == ' ')
             f++;
     uint64_t v = 0;
     while (*p >= '0' && *p <= '9')
         v = v * 10 + (uint64_t)(*p++ - '0');
     return v;
+}
+
+static uint64_t proc_start_time(void) { return proc_stat_field(22); }
+
+/* /proc/PID/stat's starttime is the task's CLOCK_BOOTTIME at creation in clock ticks: a child
+ * created between two readings in the same tick started in that tick (0: ask /proc) */
+static uint64_t boottime_tick(void)
+{
+    struct timespec ts;
+    long hz = g_hdr ? (long)g_hdr->clk_tck : 0;
+    if (hz <= 0 || 1000000000L % hz || clock_gettime(CLOCK_BOOTTIME, &ts) != 0)
+        return 0;
+    return ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) / (uint64_t)(1000000000L / hz);
 }
 
 /* Opens the run directory (created 0755 if missing) if it is safe to publish in: a real directory
@@ -2611,7 +2716,16 @@ static int table_create(void)
 /* ---- fork: the child gets its own table -------------------------------------------------------
  * Lock order (every nested acquisition in this file follows it): mm, pcpu, thr, comm, reg, depot,
  * batch, stripes, area. */
-static void lock_all(void)
+/* LIVE thread records, up to 2: a cheap first test before the kernel's count of threads */
+static uint32_t live_thread_records(void)
+{
+    uint32_t n = 0, used = __atomic_load_n(&g_hdr->threads_used, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < used && n < 2; i++)
+        n += (__atomic_load_n(&g_thr[i].state, __ATOMIC_ACQUIRE) & KML_STATE_KIND_MASK) == KML_STATE_LIVE;
+    return n;
+}
+
+static void lock_all(int stripes)
 {
     spin_lock(&g_mm_lock);
     spin_lock(&g_pcpu_lock);
@@ -2620,7 +2734,7 @@ static void lock_all(void)
     spin_lock(&g_reg_lock);
     spin_lock(&g_depot_lock);
     spin_lock(&g_batch_lock);
-    for (uint32_t i = 0; i < NR_STRIPES; i++)
+    for (uint32_t i = 0; stripes && i < NR_STRIPES; i++)
         spin_lock(&g_stripes[i]);
     spin_lock(&g_area_lock); /* taken under a stripe lock by kmemleak_scan_area */
 }
@@ -2639,7 +2753,8 @@ static void unlock_all(int stripes)
     spin_unlock(&g_mm_lock);
 }
 
-static int g_fork_locked, g_fork_nested;
+static int g_fork_locked, g_fork_nested, g_fork_stripes;
+static uint64_t g_fork_tick;         /* boottime_tick() before fork() */
 static int g_fork_fd = -1;           /* the child's table, filled by the parent before fork() */
 static const char *g_fork_why;       /* why it could not be, for the child's disable message */
 static int g_fork_errno;
@@ -2710,9 +2825,18 @@ static void atfork_prepare(void)
     }
     t.in_shim++;
     if (__atomic_load_n(&g_state, __ATOMIC_ACQUIRE) == ST_ON && g_priv) {
-        lock_all();
+        if (g_unwinder == UNWIND_CFI || g_unwinder == UNWIND_CHECK) {
+            cfi_prefork(); /* the child shares the unwinder's rules */
+            cfi_register_caches();
+        }
+        /* the 4096 stripe locks cost more than the rest of a fork's bookkeeping: a process whose
+         * only thread is this one (the kernel's count: threads the shim did not see start count
+         * too) has nobody inside them */
+        g_fork_stripes = !(live_thread_records() == 1 && proc_stat_field(20) == 1);
+        lock_all(g_fork_stripes);
         g_fork_locked = 1;
         g_fork_fd = table_snapshot();
+        g_fork_tick = boottime_tick();
     }
 }
 
@@ -2724,7 +2848,7 @@ static void atfork_parent(void)
         if (g_fork_fd >= 0)
             syscall(SYS_close, g_fork_fd);
         g_fork_fd = -1;
-        unlock_all(1);
+        unlock_all(g_fork_stripes);
     }
     t.in_shim--;
 }
@@ -2747,7 +2871,7 @@ static void atfork_child(void)
         return;
     }
     g_fork_locked = 0;
-    unlock_all(!g_stripes_wiped);
+    unlock_all(g_fork_stripes && !g_stripes_wiped);
     int old_tid_slot = t.thread_slot;
     int fd = g_fork_fd;
     g_fork_fd = -1;
@@ -2774,7 +2898,8 @@ static void atfork_child(void)
     remember_memfd(fd);
     struct kml_header *h = g_hdr;
     h->pid = (int32_t)syscall(SYS_getpid);
-    h->start_time = proc_start_time();
+    uint64_t tick = boottime_tick();
+    h->start_time = tick && tick == g_fork_tick ? tick : proc_start_time();
     h->daemon_pid = 0;
     h->daemon_scans = 0;
     /* only the forking thread exists in the child */
@@ -2842,8 +2967,14 @@ __attribute__((constructor(101))) static void kml_init(void)
     const char *uw = getenv("KMEMLEAK_UNWINDER");
     if (uw && !strcmp(uw, "libgcc"))
         g_unwinder = resolve_libgcc() == 0 ? UNWIND_LIBGCC : UNWIND_LIBUNWIND;
+    else if (uw && !strcmp(uw, "libunwind"))
+        g_unwinder = UNWIND_LIBUNWIND;
     else if (uw && !strcmp(uw, "none"))
         g_unwinder = UNWIND_NONE;
+    else if (uw && !strcmp(uw, "check"))
+        g_unwinder = UNWIND_CHECK;
+    if ((g_unwinder == UNWIND_CFI || g_unwinder == UNWIND_CHECK) && cfi_init() != 0)
+        g_unwinder = UNWIND_LIBUNWIND;
     kml_run_dir_init();
 
     if (table_create() != 0) {
@@ -2871,8 +3002,8 @@ __attribute__((constructor(101))) static void kml_init(void)
         thread_register(1, 0);
     /* libunwind's DWARF cache per thread (in its TLS): the global one takes a lock on every miss
      * of the per-thread frame cache that unw_backtrace tries first */
-    if (g_unwinder == UNWIND_LIBUNWIND)
-        unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD);
+    unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD);
+    cfi_register_caches();
     /* warm the unwinder up (its first call may allocate: untracked here) */
     capture_trace();
     rendezvous_write();
@@ -2881,4 +3012,19 @@ __attribute__((constructor(101))) static void kml_init(void)
     t.in_shim = 0;
 }
 
-__attribute__((destructor)) static void kml_exit(void) { rendezvous_remove(); }
+__attribute__((destructor)) static void kml_exit(void)
+{
+    if (g_unwinder == UNWIND_CHECK) {
+        char line[160];
+        size_t k = str_cat(line, 0, sizeof(line), "kmemleak: unwind check: ");
+        k = num_cat(line, k, sizeof(line), __atomic_load_n(&g_check_traces, __ATOMIC_RELAXED), 0);
+        k = str_cat(line, k, sizeof(line), " traces, ");
+        k = num_cat(line, k, sizeof(line), __atomic_load_n(&g_check_fallbacks, __ATOMIC_RELAXED), 0);
+        k = str_cat(line, k, sizeof(line), " fallbacks, ");
+        k = num_cat(line, k, sizeof(line), __atomic_load_n(&g_check_mismatches, __ATOMIC_RELAXED), 0);
+        k = str_cat(line, k, sizeof(line), " mismatches\n");
+        ssize_t w = write(2, line, k);
+        (void)w;
+    }
+    rendezvous_remove();
+}

@@ -222,6 +222,28 @@ struct ShimFixtureTests {
         #expect(try t.comm(o.commId) == "kml_sys_fixture")
     }
 
+    /// The shim's own unwinder (cached CFI rules, cfi_unwind.c) records, frame for frame, the trace
+    /// that libunwind records for the same allocation: the three -O2 levels without frame pointers,
+    /// and 12-deep recursions through two functions in 16 shapes.
+    @Test func shimUnwinderRecordsLibunwindsTraces() throws {
+        func traces(_ env: [String: String]) throws -> [[String]] {
+            let c = try ShimFixture.start(env: env)
+            let t = try c.table()
+            let sym = try Symbolizer(pid: c.pid)
+            var ptrs = [try c.ask("levels 48", "OBJ")[0]]
+            ptrs += try c.many("stacks 16")
+            let live = try liveObjects(t)
+            return try ptrs.map { p in
+                let o = try #require(live[p])
+                // symbol+offset [module]: the same in both processes, whatever the load addresses
+                return try t.frames(o.traceId).map { sym.symbolize($0) ?? "?" }
+            }
+        }
+        let ours = try traces([:]), theirs = try traces(["KMEMLEAK_UNWINDER": "libunwind"])
+        #expect(ours.count == 17 && ours.allSatisfy { $0.count >= 5 && !$0.contains("?") }, "\(ours)")
+        #expect(ours == theirs)
+    }
+
     @Test func corruptedRealTableIsRejected() throws {
         let c = try ShimFixture.start()
         let r = try c.rendezvous()

@@ -1,0 +1,20 @@
+/* The shim's own unwinder (x86-64): DWARF CFI rules cached by return address. Internal to
+ * libkmemleak.so; nothing here allocates, and every stack read is bounds-checked. */
+#ifndef KMEMLEAK_CFI_UNWIND_H
+#define KMEMLEAK_CFI_UNWIND_H
+#include <stdint.h>
+
+/* maps the rule cache (shared with forked children: see cfi_unwind.c); 0 on success */
+int cfi_init(void);
+/* the return addresses of the caller's stack, innermost first (frame 0: the return address of the
+ * call to cfi_backtrace), at most max; -1 when a frame cannot be unwound from cached or simple
+ * CFI rules (signal frames, CFA expressions, sp outside [stack_lo, stack_hi), a read outside
+ * [sp, stack_hi)): use another unwinder */
+int cfi_backtrace(void **buf, int max, uintptr_t stack_lo, uintptr_t stack_hi);
+/* before fork(), in the parent: the cache is shared with the child from then on */
+void cfi_prefork(void);
+/* after a successful dlclose */
+void cfi_code_unloaded(void);
+/* a cache mapped since the last call (the table's KML_REGION_SHIM_PRIVATE entry): 1 and its range */
+int cfi_take_new_cache(uintptr_t *start, uintptr_t *size);
+#endif

@@ -242,6 +242,8 @@ final class ClientSession {
         }
         engine.setRoots(Roots.trimStacks(mainRoots, stackPointers: blocked).map(\.engineRegion))
         try? context.symbolizer.refresh()
+        // From here on the kernel notes what the client writes: frozen, only that is re-read.
+        let tracked = freeze ? writeProtect(maps: maps, roots: roots, log: log) : []
 
         var frozen: FrozenProcess?
         let hooks = ConfirmationHooks(
@@ -263,11 +265,15 @@ final class ClientSession {
                     return stackScanning ? roots.filter { $0.kind == .stack }.map(\.engineRegion) : []
                 }
                 frozen = stopped
+                frozenAt = ContinuousClock.now
+                lastFreeze = FreezeTimes()
                 // An exec since the scan began replaced the program (same pid and start time): what
                 // was read is the old program's memory, and its table is gone.
                 guard table.isStillMapped else { return nil }
                 // The client is still: pick up what it allocated, freed and mapped since the scan began.
+                let syncStart = ContinuousClock.now
                 try? sync()
+                lastFreeze?.sync = ContinuousClock.now - syncStart
                 if let (maps, now, _) = try? currentRoots() { restrictMemory(maps: maps, roots: now, log: log) }
                 // Registers are task state like the stack: `stack=off` leaves both out. The stacks
                 // of the stopped threads count from their exact stack pointers.
@@ -279,6 +285,7 @@ final class ClientSession {
             end: { [self] in
                 memory.hideRegisters()
                 frozen?.thaw()
+                if let frozenAt, frozen != nil { lastFreeze?.total = ContinuousClock.now - frozenAt }
                 frozen = nil
             },
             mayReport: { [self] in
@@ -288,7 +295,14 @@ final class ClientSession {
                 !memory.process.stats.processGone
                     && Proc.isRunningProgram(pid, startTime: table.openedHeader.startTime)
                     && table.isStillMapped
+            },
+            unchangedMemory: tracked.isEmpty ? nil : { [self] in
+                guard frozen != nil else { return nil }
+                let start = ContinuousClock.now
+                defer { lastFreeze?.writtenPages = ContinuousClock.now - start }
+                return unchangedMemory(tracked)
             })
+        lastFreeze = nil
         let clock = ContinuousClock()
         let deadline = clock.now + budget
         var overBudget = false
@@ -304,6 +318,66 @@ final class ClientSession {
         scans += 1
         try? table.setDaemonScans(scans)
         return result
+    }
+
+    /// How long the last scan's freeze took, and its parts (nil: it did not freeze).
+    struct FreezeTimes {
+        var total: Duration = .zero
+        var sync: Duration = .zero
+        var writtenPages: Duration = .zero
+    }
+    private(set) var lastFreeze: FreezeTimes?
+    private var frozenAt: ContinuousClock.Instant?
+
+    // MARK: write tracking
+
+    /// The client's write tracking, from the table's userfaultfd (nil: none, or not usable).
+    private var writeTracker: WriteTracker?
+    private var writeTrackingRefused = false
+
+    /// Write-protects the client's anonymous private mappings that are not thread stacks (those are
+    /// read whole, frozen, from the exact stack pointer): returns the mappings tracked from now on.
+    /// Files' private mappings are left out (a write-protected MAP_PRIVATE file page hung a writer in
+    /// the probe), and so is shared memory.
+    private func writeProtect(maps: [MapEntry], roots: [RootRange], log: (String) -> Void) -> [AddressInterval] {
+        if writeTracker == nil && !writeTrackingRefused {
+            guard let fd = (try? table.header())?.userfaultfd else { return [] }
+            do throws(WriteTrackingError) { writeTracker = try WriteTracker(pid: pid, clientFD: fd) } catch {
+                writeTrackingRefused = true
+                log("pid \(pid): no write tracking (\(error)); confirmation re-reads everything")
+            }
+        }
+        guard let tracker = writeTracker else { return [] }
+        let stacks = roots.filter { $0.kind == .stack }
+        let mappings = maps.filter { m in
+            m.readable && m.writable && !m.shared && m.inode == 0 && !m.path.hasPrefix("[v")
+                && !stacks.contains { $0.start < m.end && m.start < $0.end }
+        }
+        do throws(WriteTrackingError) {
+            return try tracker.protect(mappings.map { AddressInterval(start: $0.start, end: $0.end) })
+        } catch {
+            writeTracker = nil
+            writeTrackingRefused = true
+            log("pid \(pid): no write tracking (\(error)); confirmation re-reads everything")
+            return []
+        }
+    }
+
+    /// The client frozen: the tracked mappings but the pages written since `writeProtect` (a mapping
+    /// that cannot tell is left out: read whole).
+    private func unchangedMemory(_ tracked: [AddressInterval]) -> UnchangedMemory? {
+        guard let tracker = writeTracker else { return nil }
+        var unchanged: [MemoryRange] = []
+        for range in tracked {
+            guard let written = tracker.writtenPages(in: range) else { continue }
+            var at = range.start
+            for w in written {
+                if w.start > at { unchanged.append(MemoryRange(address: at, length: Int(clamping: w.start - at))) }
+                at = max(at, w.end)
+            }
+            if at < range.end { unchanged.append(MemoryRange(address: at, length: Int(clamping: range.end - at))) }
+        }
+        return UnchangedMemory(unchanged)
     }
 
     /// The client's mappings and roots now, stack and TLS claims confined to anonymous private memory.

@@ -786,6 +786,9 @@ struct Scanner<M: MemoryReader> {
         let passes = engine.configuration.confirmationPasses
         guard passes > 0 else { return }
         var reportable = false
+        // With a written-ranges filter to come: the objects the main pass read (see UnchangedMemory).
+        let filtering = hooks?.unchangedMemory != nil
+        var grayAtMain = [UInt64](repeating: 0, count: filtering ? (engine.withState { $0.records.count } + 63) / 64 : 0)
         guard forSlots({ s, i in
             let r = s.records[i]
             if !reportable && r.isWhite && !r.has(ObjectFlags.reported)
@@ -793,10 +796,12 @@ struct Scanner<M: MemoryReader> {
             {
                 reportable = true
             }
+            if filtering && r.isGray && i / 64 < grayAtMain.count { grayAtMain[i / 64] |= 1 << UInt64(i % 64) }
         }) else { return }
         if !reportable { return }
         // The caller may now freeze the client and show more roots (its threads' registers).
         var spans = rootSpans
+        var unchanged: UnchangedMemory? = nil
         if let hooks {
             // Merged with this scan's roots, so that no byte is counted twice.
             guard let extra = hooks.begin() else {
@@ -805,17 +810,27 @@ struct Scanner<M: MemoryReader> {
                 return
             }
             if !extra.isEmpty { spans = EngineState.rootSpans(rootRegions + extra) }
+            unchanged = hooks.unchangedMemory?()
         }
         defer { hooks?.end() }
         // Every white object takes part, not only the reportable ones: a reachable object that the
         // main pass missed (too young to report, say) may hold the only pointer to a candidate.
         var cands: [UInt32] = []
+        // Filtered: the non-candidates to read whole (the main pass did not read them, or the filter
+        // cannot find them by address).
+        var wholeReads: [UInt32] = []
         guard forSlots({ s, i in
             let r = s.records[i]
-            if r.allocated && r.isWhite && !r.has(ObjectFlags.reported)
-                && r.seqFlags & ObjectRecord.newDuringScan == 0
-            {
+            guard r.allocated else { return }
+            let young = r.seqFlags & ObjectRecord.newDuringScan != 0
+            if r.isWhite && !r.has(ObjectFlags.reported) && !young {
                 cands.append(UInt32(i))
+                // Counted referenced somewhere by the main pass: only a full re-read re-counts that.
+                if r.minCount > 1 && r.count > 0 { unchanged = nil }
+            } else if unchanged != nil && (r.isGray || young)
+                && (young || !EngineState.bit(grayAtMain, i) || !s.foundByAddress(UInt32(i)))
+            {
+                wholeReads.append(UInt32(i))
             }
         }) else { return }
         // The client is still now: the array cookies read here are the ones the passes will see.
@@ -831,16 +846,35 @@ struct Scanner<M: MemoryReader> {
         let saved = countObjects
         countObjects = false
         defer { countObjects = saved }
+        let bytesBefore = result.bytesScanned
+        defer { result.bytesConfirmed = result.bytesScanned - bytesBefore }
         for _ in 0..<passes {
             engine.withState { s in s.beginConfirmPass() }
-            expansion = spans
-            expCursor = 0
-            run(.none)
-            slotCursor = 0
-            run(.confirmSlots)
+            if let unchanged {
+                // Roots and the objects the main pass read: their changed parts only.
+                let gray = grayAtMain, whole = wholeReads
+                expansion = EngineState.changedParts(of: spans, unchanged) + engine.withState { s in
+                    var out: [Span] = []
+                    for id in whole { s.expandForScan(id, into: &out) }
+                    return out + s.changedObjectSpans(unchanged) { id in
+                        let r = s.records[Int(id)]
+                        return r.allocated && r.isGray && r.seqFlags & ObjectRecord.newDuringScan == 0
+                            && EngineState.bit(gray, Int(id)) && s.foundByAddress(id)
+                    }
+                }
+                expCursor = 0
+                run(.none)
+            } else {
+                expansion = spans
+                expCursor = 0
+                run(.none)
+                slotCursor = 0
+                run(.confirmSlots)
+            }
             run(.confirmQueue)
             if interrupted { return }
         }
+        result.filteredConfirmation = unchanged != nil
         let ep = epoch
         result.sparedByConfirmation = engine.withState { s in
             guard s.epoch == ep else { return 0 }

@@ -284,6 +284,8 @@ public struct TableHeader: Sendable, Equatable {
     public var liveObjects: UInt64
     public var daemonPid: Int32
     public var daemonScans: UInt64
+    /// The client's write-tracking userfaultfd (KML_TABLE_USERFAULTFD), a claim: see `WriteTracker`.
+    public var userfaultfd: Int32? = nil
     /// Set with KML_TABLE_DISABLED (NUL-terminated in the table; cut at 127 bytes otherwise).
     public var disabledReason: String
 
@@ -605,7 +607,9 @@ public final class ClientTable: Sendable {
                            clkTck: raw.clk_tck, createdNs: raw.created_ns, totalSize: raw.total_size,
                            objects: objects, traces: traces, threads: threads, comms: comms, regions: regions,
                            areas: areas, allocSeq: raw.alloc_seq, liveObjects: raw.live_objects,
-                           daemonPid: raw.daemon_pid, daemonScans: raw.daemon_scans, disabledReason: disabled)
+                           daemonPid: raw.daemon_pid, daemonScans: raw.daemon_scans,
+                           userfaultfd: raw.flags & KML_TABLE_USERFAULTFD != 0 && raw.userfaultfd >= 0 ? raw.userfaultfd : nil,
+                           disabledReason: disabled)
     }
 
     // MARK: daemon-owned fields

@@ -81,7 +81,9 @@ final class ClientSession {
     // MARK: - sync
 
     /// Brings the engine in line with the table. Throws `ClientDropped` when the client must be dropped.
-    func sync() throws {
+    /// `onlySlots`: the object slots that may have changed since the last sync (the others are known
+    /// not to have); nil reads every slot.
+    func sync(onlySlots: [Range<UInt32>]? = nil) throws {
         let header: TableHeader
         do { header = try table.header() } catch { throw ClientDropped(reason: "invalid table: \(error)") }
         if header.isDisabled {
@@ -98,7 +100,7 @@ final class ClientSession {
             var seen = [Bool](repeating: false, count: slotSeq.count)
             var withAreas: [ObjectRecord] = []
             var slotOverBudget: UInt32? = nil
-            try table.readObjects(maxLive: budget.maxObjects) { record in
+            let visit = { [self] (record: ObjectRecord) in
                 let slot = Int(record.slot)
                 guard slot < budget.maxSlots else {
                     slotOverBudget = slotOverBudget ?? record.slot
@@ -115,10 +117,21 @@ final class ClientSession {
                 }
                 if record.hasAreas && !record.fullScan { withAreas.append(record) }
             }
+            if let ranges = onlySlots {
+                for range in ranges {
+                    try table.readObjects(slots: range, visit)
+                    let known = Int(range.lowerBound)..<Int(range.upperBound)
+                    for slot in known.clamped(to: 0..<slotSeq.count) where !seen[slot] && slotObject[slot] != Self.noObject {
+                        releaseSlot(slot)
+                    }
+                }
+            } else {
+                try table.readObjects(maxLive: budget.maxObjects, visit)
+                for slot in 0..<slotSeq.count where !seen[slot] && slotObject[slot] != Self.noObject { releaseSlot(slot) }
+            }
             if let slot = slotOverBudget {
                 throw ClientDropped(reason: "over budget: live object in slot \(slot) (limit \(budget.maxSlots) slots, 2 x --max-objects)")
             }
-            for slot in 0..<slotSeq.count where !seen[slot] && slotObject[slot] != Self.noObject { releaseSlot(slot) }
             if !withAreas.isEmpty { try applyScanAreas(withAreas) }
         } catch let error as ClientDropped {
             throw error
@@ -219,6 +232,8 @@ final class ClientSession {
     func scan(stackScanning: Bool, shouldStop: () -> Bool, freeze: Bool, budget: Duration,
               log: @escaping (String) -> Void) throws -> ScanResult {
         guard table.isAlive else { throw ClientDropped(reason: "exited") }
+        // The table's pages first: frozen, only the records written since this sync are read again.
+        let trackedTable = freeze ? writeProtectTable(log: log) : nil
         try sync()
         let (maps, roots, refused) = try currentRoots()
         logRefused(refused, dataRoots: roots.filter { $0.kind == .data }, log: log)
@@ -272,7 +287,7 @@ final class ClientSession {
                 guard table.isStillMapped else { return nil }
                 // The client is still: pick up what it allocated, freed and mapped since the scan began.
                 let syncStart = ContinuousClock.now
-                try? sync()
+                try? sync(onlySlots: trackedTable.flatMap { changedSlots(tableMapping: $0) })
                 lastFreeze?.sync = ContinuousClock.now - syncStart
                 if let (maps, now, _) = try? currentRoots() { restrictMemory(maps: maps, roots: now, log: log) }
                 // Registers are task state like the stack: `stack=off` leaves both out. The stacks
@@ -340,14 +355,7 @@ final class ClientSession {
     /// Files' private mappings are left out (a write-protected MAP_PRIVATE file page hung a writer in
     /// the probe), and so is shared memory.
     private func writeProtect(maps: [MapEntry], roots: [RootRange], log: (String) -> Void) -> [AddressInterval] {
-        if writeTracker == nil && !writeTrackingRefused {
-            guard let fd = (try? table.header())?.userfaultfd else { return [] }
-            do throws(WriteTrackingError) { writeTracker = try WriteTracker(pid: pid, clientFD: fd) } catch {
-                writeTrackingRefused = true
-                log("pid \(pid): no write tracking (\(error)); confirmation re-reads everything")
-            }
-        }
-        guard let tracker = writeTracker else { return [] }
+        guard let tracker = writeTracker(log: log) else { return [] }
         let stacks = roots.filter { $0.kind == .stack }
         let mappings = maps.filter { m in
             m.readable && m.writable && !m.shared && m.inode == 0 && !m.path.hasPrefix("[v")
@@ -356,11 +364,60 @@ final class ClientSession {
         do throws(WriteTrackingError) {
             return try tracker.protect(mappings.map { AddressInterval(start: $0.start, end: $0.end) })
         } catch {
-            writeTracker = nil
-            writeTrackingRefused = true
-            log("pid \(pid): no write tracking (\(error)); confirmation re-reads everything")
+            refuseWriteTracking(error, log: log)
             return []
         }
+    }
+
+    /// The tracker, made from the table's userfaultfd on first use (nil: none, or refused).
+    private func writeTracker(log: (String) -> Void) -> WriteTracker? {
+        if writeTracker == nil && !writeTrackingRefused {
+            guard let fd = (try? table.header())?.userfaultfd else { return nil }
+            do throws(WriteTrackingError) { writeTracker = try WriteTracker(pid: pid, clientFD: fd) } catch {
+                refuseWriteTracking(error, log: log)
+            }
+        }
+        return writeTracker
+    }
+
+    private func refuseWriteTracking(_ error: WriteTrackingError, log: (String) -> Void) {
+        writeTracker = nil
+        writeTrackingRefused = true
+        log("pid \(pid): no write tracking (\(error)); confirmation re-reads everything")
+    }
+
+    /// Write-protects the client's mapping of its table (the whole mapping: registering a part would
+    /// split it, and the mapping is found by its exact range): returns it when tracked.
+    private func writeProtectTable(log: (String) -> Void) -> AddressInterval? {
+        guard let r = table.rendezvous, let tracker = writeTracker(log: log),
+              !r.address.addingReportingOverflow(r.size).overflow else { return nil }
+        let mapping = AddressInterval(start: r.address, end: r.address + r.size)
+        do throws(WriteTrackingError) {
+            return try tracker.protect([mapping]).first
+        } catch {
+            refuseWriteTracking(error, log: log)
+            return nil
+        }
+    }
+
+    /// The client frozen: the object slots whose records lie in table pages written since
+    /// `writeProtectTable` (nil: cannot tell, read them all).
+    private func changedSlots(tableMapping: AddressInterval) -> [Range<UInt32>]? {
+        guard let written = writeTracker?.writtenPages(in: tableMapping) else { return nil }
+        let objects = table.openedHeader.objects
+        let size = UInt64(objects.entrySize)
+        guard size > 0, objects.offset <= tableMapping.end - tableMapping.start else { return nil }
+        let first = tableMapping.start + objects.offset
+        let end = first + min(UInt64(objects.capacity) * size, tableMapping.end - first)
+        var slots: [Range<UInt32>] = []
+        for w in written {
+            let lo = max(w.start, first), hi = min(w.end, end)
+            guard lo < hi else { continue }
+            let from = UInt32((lo - first) / size), to = UInt32(min((hi - first + size - 1) / size, UInt64(objects.capacity)))
+            if let last = slots.last, last.upperBound >= from { slots[slots.count - 1] = last.lowerBound..<max(last.upperBound, to) }
+            else { slots.append(from..<to) }
+        }
+        return slots
     }
 
     /// The client frozen: the tracked mappings but the pages written since `writeProtect` (a mapping

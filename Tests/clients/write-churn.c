@@ -9,6 +9,8 @@
  *                        main pass and must be found by the confirmation.
  *   write-churn pages    threads rewrite every page of a 32 MiB heap buffer, each page holding the only
  *                        pointer to one object, moved within the page (copy first, clear after).
+ *   write-churn replace  threads replace objects nonstop (malloc the new one, store it, free the old
+ *                        one): the table changes during every scan, its re-sync while frozen must see it.
  *   write-churn stress   writes, forks (children write, some exec /bin/true), mremaps and munmaps
  *                        anonymous memory nonstop: nothing may hang or crash. Prints "ALIVE n" (rounds of
  *                        every activity done) on each "status" line on stdin.
@@ -65,6 +67,22 @@ static void *rewrite_pages(void *arg) {
             __atomic_store_n(to, object, __ATOMIC_SEQ_CST);
             __atomic_store_n(from, NULL, __ATOMIC_SEQ_CST);
             ((uint64_t *)page)[100 + half] = ++n; /* not a pointer */
+        }
+        rounds[half]++;
+    }
+    return NULL;
+}
+
+static void *replace_objects(void *arg) {
+    unsigned half = (unsigned)(uintptr_t)arg;
+    while (!__atomic_load_n(&stop, __ATOMIC_RELAXED)) {
+        for (unsigned k = half; k < HOLDER_SLOTS; k += 2) {
+            void **slot = &holders[k % HOLDERS][k / HOLDERS];
+            void *old = *slot;
+            void *fresh = malloc(16 + k % 200);
+            memset(fresh, 0, 16);
+            __atomic_store_n(slot, fresh, __ATOMIC_SEQ_CST);
+            free(old);
         }
         rounds[half]++;
     }
@@ -155,12 +173,15 @@ int main(int argc, char **argv) {
             printf("OBJ %p\n", (void *)object);
         }
         for (int i = 0; i < 2; i++) pthread_create(&tids[threads++], NULL, rewrite_pages, (void *)(uintptr_t)i);
+    } else if (!strcmp(mode, "replace")) {
+        for (unsigned k = 0; k < HOLDER_SLOTS; k++) holders[k % HOLDERS][k / HOLDERS] = malloc(16);
+        for (int i = 0; i < 2; i++) pthread_create(&tids[threads++], NULL, replace_objects, (void *)(uintptr_t)i);
     } else if (!strcmp(mode, "stress")) {
         pthread_create(&tids[threads++], NULL, rewrite_pages, (void *)(uintptr_t)0);
         pthread_create(&tids[threads++], NULL, remap_memory, NULL);
         pthread_create(&tids[threads++], NULL, fork_children, NULL);
     } else {
-        fprintf(stderr, "usage: write-churn moves|pages|stress\n");
+        fprintf(stderr, "usage: write-churn moves|pages|replace|stress\n");
         return 64;
     }
     printf("READY\n");

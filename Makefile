@@ -144,7 +144,7 @@ CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/client
 	.build/clients/libfork-window-hook.so \
 	.build/clients/roots-client .build/clients/many-leaks \
 	.build/clients/every-size .build/clients/new-array-zero .build/clients/slow-fuse \
-	.build/clients/three-sites $(SYMBOL_SITES)
+	.build/clients/three-sites $(SYMBOL_SITES) .build/clients/write-churn
 clients: $(CLIENTS)
 .build/clients/thread-life: Tests/clients/thread-life.c
 	@mkdir -p $(@D)
@@ -160,6 +160,9 @@ clients: $(CLIENTS)
 	@mkdir -p $(@D)
 	$(CXX) -O2 -g -Wall -Wextra -o $@ $<
 .build/clients/pointer-churn: Tests/clients/pointer-churn.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
+.build/clients/write-churn: Tests/clients/write-churn.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
 .build/clients/stack-holder: Tests/clients/stack-holder.c

@@ -3,6 +3,10 @@
 #include "ckmemleak_sys.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -44,3 +48,59 @@ int ckml_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 int64_t ckml_seek_data(int fd, int64_t offset) { return (int64_t)lseek(fd, (off_t)offset, SEEK_DATA); }
 
 void ckml_set_thread_name(const char *name) { prctl(PR_SET_NAME, name, 0, 0, 0); }
+
+int ckml_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+
+int ckml_pidfd_getfd(int pidfd, int fd) { return (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0); }
+
+int ckml_uffd_register_wp(int uffd, uint64_t start, uint64_t len) {
+    struct uffdio_register reg = {.range = {start, len}, .mode = UFFDIO_REGISTER_MODE_WP};
+    return ioctl(uffd, UFFDIO_REGISTER, &reg);
+}
+
+/* Debian 12's headers predate PAGEMAP_SCAN (Linux 6.7): its ABI, from include/uapi/linux/fs.h. */
+#define CKML_PAGE_IS_WRITTEN (1 << 1)
+#define CKML_PAGE_IS_PRESENT (1 << 3)
+#define CKML_PAGE_IS_SWAPPED (1 << 4)
+#define CKML_PM_SCAN_WP_MATCHING (1 << 0)
+#define CKML_PM_SCAN_CHECK_WPASYNC (1 << 1)
+struct ckml_pm_scan_arg {
+    uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages, category_inverted, category_mask,
+        category_anyof_mask, return_mask;
+};
+#define CKML_PAGEMAP_SCAN _IOWR('f', 16, struct ckml_pm_scan_arg)
+
+long ckml_pagemap_scan(int pagemap, uint64_t start, uint64_t end, int protect,
+                       struct ckml_page_region *vec, uint64_t vec_len, uint64_t *walk_end) {
+    struct ckml_pm_scan_arg arg = {.size = sizeof arg, .start = start, .end = end};
+    if (protect) {
+        arg.flags = CKML_PM_SCAN_WP_MATCHING | CKML_PM_SCAN_CHECK_WPASYNC;
+        arg.category_anyof_mask = CKML_PAGE_IS_PRESENT | CKML_PAGE_IS_SWAPPED;
+    } else {
+        arg.flags = CKML_PM_SCAN_CHECK_WPASYNC;
+        arg.category_mask = CKML_PAGE_IS_WRITTEN;
+        arg.return_mask = CKML_PAGE_IS_WRITTEN;
+        arg.vec = (uint64_t)(uintptr_t)vec;
+        arg.vec_len = vec_len;
+    }
+    long n = ioctl(pagemap, CKML_PAGEMAP_SCAN, &arg);
+    *walk_end = arg.walk_end;
+    return n;
+}
+
+static void *close_fd(void *arg) {
+    close((int)(intptr_t)arg);
+    return NULL;
+}
+
+int ckml_close_detached(int fd) {
+    pthread_t t;
+    pthread_attr_t a;
+    if (pthread_attr_init(&a) == 0 && pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED) == 0 &&
+        pthread_create(&t, &a, close_fd, (void *)(intptr_t)fd) == 0) {
+        pthread_attr_destroy(&a);
+        return 0;
+    }
+    close(fd);
+    return -1;
+}

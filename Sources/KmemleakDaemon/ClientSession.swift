@@ -81,7 +81,9 @@ final class ClientSession {
     // MARK: - sync
 
     /// Brings the engine in line with the table. Throws `ClientDropped` when the client must be dropped.
-    func sync() throws {
+    /// `onlySlots`: the object slots that may have changed since the last sync (the others are known
+    /// not to have); nil reads every slot.
+    func sync(onlySlots: [Range<UInt32>]? = nil) throws {
         let header: TableHeader
         do { header = try table.header() } catch { throw ClientDropped(reason: "invalid table: \(error)") }
         if header.isDisabled {
@@ -98,7 +100,7 @@ final class ClientSession {
             var seen = [Bool](repeating: false, count: slotSeq.count)
             var withAreas: [ObjectRecord] = []
             var slotOverBudget: UInt32? = nil
-            try table.readObjects(maxLive: budget.maxObjects) { record in
+            let visit = { [self] (record: ObjectRecord) in
                 let slot = Int(record.slot)
                 guard slot < budget.maxSlots else {
                     slotOverBudget = slotOverBudget ?? record.slot
@@ -115,10 +117,21 @@ final class ClientSession {
                 }
                 if record.hasAreas && !record.fullScan { withAreas.append(record) }
             }
+            if let ranges = onlySlots {
+                for range in ranges {
+                    try table.readObjects(slots: range, visit)
+                    let known = Int(range.lowerBound)..<Int(range.upperBound)
+                    for slot in known.clamped(to: 0..<slotSeq.count) where !seen[slot] && slotObject[slot] != Self.noObject {
+                        releaseSlot(slot)
+                    }
+                }
+            } else {
+                try table.readObjects(maxLive: budget.maxObjects, visit)
+                for slot in 0..<slotSeq.count where !seen[slot] && slotObject[slot] != Self.noObject { releaseSlot(slot) }
+            }
             if let slot = slotOverBudget {
                 throw ClientDropped(reason: "over budget: live object in slot \(slot) (limit \(budget.maxSlots) slots, 2 x --max-objects)")
             }
-            for slot in 0..<slotSeq.count where !seen[slot] && slotObject[slot] != Self.noObject { releaseSlot(slot) }
             if !withAreas.isEmpty { try applyScanAreas(withAreas) }
         } catch let error as ClientDropped {
             throw error
@@ -219,6 +232,8 @@ final class ClientSession {
     func scan(stackScanning: Bool, shouldStop: () -> Bool, freeze: Bool, budget: Duration,
               log: @escaping (String) -> Void) throws -> ScanResult {
         guard table.isAlive else { throw ClientDropped(reason: "exited") }
+        // The table's pages first: frozen, only the records written since this sync are read again.
+        let trackedTable = freeze ? writeProtectTable(log: log) : nil
         try sync()
         let (maps, roots, refused) = try currentRoots()
         logRefused(refused, dataRoots: roots.filter { $0.kind == .data }, log: log)
@@ -242,6 +257,8 @@ final class ClientSession {
         }
         engine.setRoots(Roots.trimStacks(mainRoots, stackPointers: blocked).map(\.engineRegion))
         try? context.symbolizer.refresh()
+        // From here on the kernel notes what the client writes: frozen, only that is re-read.
+        let tracked = freeze ? writeProtect(maps: maps, roots: roots, log: log) : []
 
         var frozen: FrozenProcess?
         let hooks = ConfirmationHooks(
@@ -263,11 +280,15 @@ final class ClientSession {
                     return stackScanning ? roots.filter { $0.kind == .stack }.map(\.engineRegion) : []
                 }
                 frozen = stopped
+                frozenAt = ContinuousClock.now
+                lastFreeze = FreezeTimes()
                 // An exec since the scan began replaced the program (same pid and start time): what
                 // was read is the old program's memory, and its table is gone.
                 guard table.isStillMapped else { return nil }
                 // The client is still: pick up what it allocated, freed and mapped since the scan began.
-                try? sync()
+                let syncStart = ContinuousClock.now
+                try? sync(onlySlots: trackedTable.flatMap { changedSlots(tableMapping: $0) })
+                lastFreeze?.sync = ContinuousClock.now - syncStart
                 if let (maps, now, _) = try? currentRoots() { restrictMemory(maps: maps, roots: now, log: log) }
                 // Registers are task state like the stack: `stack=off` leaves both out. The stacks
                 // of the stopped threads count from their exact stack pointers.
@@ -279,6 +300,7 @@ final class ClientSession {
             end: { [self] in
                 memory.hideRegisters()
                 frozen?.thaw()
+                if let frozenAt, frozen != nil { lastFreeze?.total = ContinuousClock.now - frozenAt }
                 frozen = nil
             },
             mayReport: { [self] in
@@ -288,7 +310,14 @@ final class ClientSession {
                 !memory.process.stats.processGone
                     && Proc.isRunningProgram(pid, startTime: table.openedHeader.startTime)
                     && table.isStillMapped
+            },
+            unchangedMemory: tracked.isEmpty ? nil : { [self] in
+                guard frozen != nil else { return nil }
+                let start = ContinuousClock.now
+                defer { lastFreeze?.writtenPages = ContinuousClock.now - start }
+                return unchangedMemory(tracked)
             })
+        lastFreeze = nil
         let clock = ContinuousClock()
         let deadline = clock.now + budget
         var overBudget = false
@@ -304,6 +333,108 @@ final class ClientSession {
         scans += 1
         try? table.setDaemonScans(scans)
         return result
+    }
+
+    /// How long the last scan's freeze took, and its parts (nil: it did not freeze).
+    struct FreezeTimes {
+        var total: Duration = .zero
+        var sync: Duration = .zero
+        var writtenPages: Duration = .zero
+    }
+    private(set) var lastFreeze: FreezeTimes?
+    private var frozenAt: ContinuousClock.Instant?
+
+    // MARK: write tracking
+
+    /// The client's write tracking, from the table's userfaultfd (nil: none, or not usable).
+    private var writeTracker: WriteTracker?
+    private var writeTrackingRefused = false
+
+    /// Write-protects the client's anonymous private mappings that are not thread stacks (those are
+    /// read whole, frozen, from the exact stack pointer): returns the mappings tracked from now on.
+    /// Files' private mappings are left out (a write-protected MAP_PRIVATE file page hung a writer in
+    /// the probe), and so is shared memory.
+    private func writeProtect(maps: [MapEntry], roots: [RootRange], log: (String) -> Void) -> [AddressInterval] {
+        guard let tracker = writeTracker(log: log) else { return [] }
+        let stacks = roots.filter { $0.kind == .stack }
+        let mappings = maps.filter { m in
+            m.readable && m.writable && !m.shared && m.inode == 0 && !m.path.hasPrefix("[v")
+                && !stacks.contains { $0.start < m.end && m.start < $0.end }
+        }
+        do throws(WriteTrackingError) {
+            return try tracker.protect(mappings.map { AddressInterval(start: $0.start, end: $0.end) })
+        } catch {
+            refuseWriteTracking(error, log: log)
+            return []
+        }
+    }
+
+    /// The tracker, made from the table's userfaultfd on first use (nil: none, or refused).
+    private func writeTracker(log: (String) -> Void) -> WriteTracker? {
+        if writeTracker == nil && !writeTrackingRefused {
+            guard let fd = (try? table.header())?.userfaultfd else { return nil }
+            do throws(WriteTrackingError) { writeTracker = try WriteTracker(pid: pid, clientFD: fd) } catch {
+                refuseWriteTracking(error, log: log)
+            }
+        }
+        return writeTracker
+    }
+
+    private func refuseWriteTracking(_ error: WriteTrackingError, log: (String) -> Void) {
+        writeTracker = nil
+        writeTrackingRefused = true
+        log("pid \(pid): no write tracking (\(error)); confirmation re-reads everything")
+    }
+
+    /// Write-protects the client's mapping of its table (the whole mapping: registering a part would
+    /// split it, and the mapping is found by its exact range): returns it when tracked.
+    private func writeProtectTable(log: (String) -> Void) -> AddressInterval? {
+        guard let r = table.rendezvous, let tracker = writeTracker(log: log),
+              !r.address.addingReportingOverflow(r.size).overflow else { return nil }
+        let mapping = AddressInterval(start: r.address, end: r.address + r.size)
+        do throws(WriteTrackingError) {
+            return try tracker.protect([mapping]).first
+        } catch {
+            refuseWriteTracking(error, log: log)
+            return nil
+        }
+    }
+
+    /// The client frozen: the object slots whose records lie in table pages written since
+    /// `writeProtectTable` (nil: cannot tell, read them all).
+    private func changedSlots(tableMapping: AddressInterval) -> [Range<UInt32>]? {
+        guard let written = writeTracker?.writtenPages(in: tableMapping) else { return nil }
+        let objects = table.openedHeader.objects
+        let size = UInt64(objects.entrySize)
+        guard size > 0, objects.offset <= tableMapping.end - tableMapping.start else { return nil }
+        let first = tableMapping.start + objects.offset
+        let end = first + min(UInt64(objects.capacity) * size, tableMapping.end - first)
+        var slots: [Range<UInt32>] = []
+        for w in written {
+            let lo = max(w.start, first), hi = min(w.end, end)
+            guard lo < hi else { continue }
+            let from = UInt32((lo - first) / size), to = UInt32(min((hi - first + size - 1) / size, UInt64(objects.capacity)))
+            if let last = slots.last, last.upperBound >= from { slots[slots.count - 1] = last.lowerBound..<max(last.upperBound, to) }
+            else { slots.append(from..<to) }
+        }
+        return slots
+    }
+
+    /// The client frozen: the tracked mappings but the pages written since `writeProtect` (a mapping
+    /// that cannot tell is left out: read whole).
+    private func unchangedMemory(_ tracked: [AddressInterval]) -> UnchangedMemory? {
+        guard let tracker = writeTracker else { return nil }
+        var unchanged: [MemoryRange] = []
+        for range in tracked {
+            guard let written = tracker.writtenPages(in: range) else { continue }
+            var at = range.start
+            for w in written {
+                if w.start > at { unchanged.append(MemoryRange(address: at, length: Int(clamping: w.start - at))) }
+                at = max(at, w.end)
+            }
+            if at < range.end { unchanged.append(MemoryRange(address: at, length: Int(clamping: range.end - at))) }
+        }
+        return UnchangedMemory(unchanged)
     }
 
     /// The client's mappings and roots now, stack and TLS claims confined to anonymous private memory.

@@ -284,6 +284,12 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
                         logger.warning("kmemleak: \(message)")
                     })
                 newLeaks += result.newLeaks
+                if result.bytesConfirmed > 0 || result.filteredConfirmation {
+                    let times = session.lastFreeze.map { t in
+                        ", frozen \(t.total.milliseconds) ms (table sync \(t.sync.milliseconds), written pages \(t.writtenPages.milliseconds))"
+                    } ?? ""
+                    logger.debug("kmemleak: pid \(session.pid): confirmation read \(result.bytesConfirmed) bytes\(result.filteredConfirmation ? ", written memory only" : ", everything")\(times), spared \(result.sparedByConfirmation)")
+                }
             } catch {
                 if session.table.isAlive { metrics.count(.clientDropped) }
                 rejected.insert(session.id) // a fault, not an exit: not adopted again
@@ -467,5 +473,14 @@ struct ReportStreamAdapter: ReportStream {
     let stream: RecordStream
     func read(at offset: Int, into buffer: UnsafeMutableRawBufferPointer) -> Int {
         stream.read(at: offset, into: buffer)
+    }
+}
+
+extension Duration {
+    /// Milliseconds with two decimals, for log lines.
+    var milliseconds: String {
+        let (seconds, attoseconds) = components
+        let ms = Double(seconds) * 1e3 + Double(attoseconds) / 1e15
+        return String(format: "%.2f", ms)
     }
 }

@@ -11,12 +11,17 @@ public struct ConfirmationHooks {
     public var begin: () -> [RootRegion]?
     public var end: () -> Void
     public var mayReport: () -> Bool
+    /// Asked right after a `begin` that returned roots: the memory unchanged since before the main
+    /// pass (`UnchangedMemory`), which the confirmation then does not re-read; nil reads everything.
+    /// Nil when the caller tracks no writes.
+    public var unchangedMemory: (() -> UnchangedMemory?)?
 
     public init(begin: @escaping () -> [RootRegion]?, end: @escaping () -> Void,
-                mayReport: @escaping () -> Bool = { true }) {
+                mayReport: @escaping () -> Bool = { true }, unchangedMemory: (() -> UnchangedMemory?)? = nil) {
         self.begin = begin
         self.end = end
         self.mayReport = mayReport
+        self.unchangedMemory = unchangedMemory
     }
 }
 

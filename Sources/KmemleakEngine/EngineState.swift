@@ -101,6 +101,8 @@ struct EngineState {
     var logDisable = true
     /// The id given to the last object `createObject` registered (nil when it registered none).
     var lastCreatedID: UInt32? = nil
+    /// The objects registered while a scan runs (`ObjectRecord.newDuringScan`), in order.
+    var createdDuringScan: [UInt32] = []
 
     init(_ c: KmemleakConfiguration) {
         replacesStaleObjects = c.replacesStaleObjects
@@ -251,6 +253,7 @@ struct EngineState {
         objectCount += 1
         objectBytes &+= size
         lastCreatedID = id
+        if scanning { createdDuringScan.append(id) }
         let word = Int(id >> 6)
         if word >= mayTakeReference.count {
             mayTakeReference.append(contentsOf: repeatElement(0, count: word + 1 - mayTakeReference.count))

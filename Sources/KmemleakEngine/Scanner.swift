@@ -411,6 +411,7 @@ struct Scanner<M: MemoryReader> {
         let start: (Int, [RootRegion])? = engine.withState { s in
             guard s.enabled else { return nil }
             s.scanning = true
+            s.createdDuringScan = []
             s.lastScanStart = now  // jiffies_last_scan
             s.gray.reset()
             s.mayTakeReference = Array(repeating: ~0, count: (s.records.count + 63) / 64)
@@ -424,6 +425,7 @@ struct Scanner<M: MemoryReader> {
             engine.withState { s in
                 guard s.epoch == ep else { return }
                 s.scanning = false
+                s.createdDuringScan = []
                 s.freeSlots.append(contentsOf: s.deferredFree)
                 s.deferredFree = []
                 s.gray.reset()
@@ -786,6 +788,10 @@ struct Scanner<M: MemoryReader> {
         let passes = engine.configuration.confirmationPasses
         guard passes > 0 else { return }
         var reportable = false
+        // With a written-ranges filter to come: the objects the main pass read (see UnchangedMemory).
+        let filtering = hooks?.unchangedMemory != nil
+        var grayAtMain = [UInt64](repeating: 0, count: filtering ? (engine.withState { $0.records.count } + 63) / 64 : 0)
+        var notByAddress: [UInt32] = [], whiteReported: [UInt32] = [], whiteCandidates: [UInt32] = []
         guard forSlots({ s, i in
             let r = s.records[i]
             if !reportable && r.isWhite && !r.has(ObjectFlags.reported)
@@ -793,10 +799,19 @@ struct Scanner<M: MemoryReader> {
             {
                 reportable = true
             }
+            guard filtering, r.allocated else { return }
+            // What the main pass left, so that the client, once frozen, costs what its sync changed.
+            if r.isGray {
+                if i / 64 < grayAtMain.count { grayAtMain[i / 64] |= 1 << UInt64(i % 64) }
+                if !s.foundByAddress(UInt32(i)) { notByAddress.append(UInt32(i)) }
+            } else if r.isWhite && r.seqFlags & ObjectRecord.newDuringScan == 0 {
+                if r.has(ObjectFlags.reported) { whiteReported.append(UInt32(i)) } else { whiteCandidates.append(UInt32(i)) }
+            }
         }) else { return }
         if !reportable { return }
         // The caller may now freeze the client and show more roots (its threads' registers).
         var spans = rootSpans
+        var unchanged: UnchangedMemory? = nil
         if let hooks {
             // Merged with this scan's roots, so that no byte is counted twice.
             guard let extra = hooks.begin() else {
@@ -805,19 +820,50 @@ struct Scanner<M: MemoryReader> {
                 return
             }
             if !extra.isEmpty { spans = EngineState.rootSpans(rootRegions + extra) }
+            unchanged = hooks.unchangedMemory?()
         }
         defer { hooks?.end() }
         // Every white object takes part, not only the reportable ones: a reachable object that the
         // main pass missed (too young to report, say) may hold the only pointer to a candidate.
         var cands: [UInt32] = []
-        guard forSlots({ s, i in
-            let r = s.records[i]
-            if r.allocated && r.isWhite && !r.has(ObjectFlags.reported)
-                && r.seqFlags & ObjectRecord.newDuringScan == 0
-            {
-                cands.append(UInt32(i))
+        // Filtered: the non-candidates to read whole (the main pass did not read them, or the filter
+        // cannot find them by address).
+        var wholeReads: [UInt32] = []
+        if unchanged != nil {
+            // Frozen, the sync changed only these: registered objects (young), freed ones, and annotations
+            // (a candidate or a reported object turned gray by not_leak was never read).
+            engine.withState { s in
+                for id in whiteCandidates where Int(id) < s.records.count && s.records[Int(id)].allocated {
+                    let r = s.records[Int(id)]
+                    if r.isWhite && !r.has(ObjectFlags.reported) {
+                        cands.append(id)
+                        if r.minCount > 1 && r.count > 0 { unchanged = nil }
+                    } else if r.isGray {
+                        wholeReads.append(id)
+                    }
+                }
+                for list in [whiteReported, notByAddress, s.createdDuringScan] {
+                    for id in list where Int(id) < s.records.count && s.records[Int(id)].allocated {
+                        let r = s.records[Int(id)]
+                        if r.isGray || r.seqFlags & ObjectRecord.newDuringScan != 0 { wholeReads.append(id) }
+                    }
+                }
             }
-        }) else { return }
+        }
+        if unchanged == nil {
+            cands = []
+            wholeReads = []
+        }
+        if unchanged == nil, !forSlots({ s, i in
+            let r = s.records[i]
+            guard r.allocated else { return }
+            let young = r.seqFlags & ObjectRecord.newDuringScan != 0
+            if r.isWhite && !r.has(ObjectFlags.reported) && !young {
+                cands.append(UInt32(i))
+                // Counted referenced somewhere by the main pass: only a full re-read re-counts that.
+                if r.minCount > 1 && r.count > 0 { unchanged = nil }
+            }
+        }) { return }
         // The client is still now: the array cookies read here are the ones the passes will see.
         let cookieCandidates: [(id: UInt32, pointer: UInt64)] = engine.withState { s in
             cands.compactMap { id in
@@ -831,16 +877,35 @@ struct Scanner<M: MemoryReader> {
         let saved = countObjects
         countObjects = false
         defer { countObjects = saved }
+        let bytesBefore = result.bytesScanned
+        defer { result.bytesConfirmed = result.bytesScanned - bytesBefore }
         for _ in 0..<passes {
             engine.withState { s in s.beginConfirmPass() }
-            expansion = spans
-            expCursor = 0
-            run(.none)
-            slotCursor = 0
-            run(.confirmSlots)
+            if let unchanged {
+                // Roots and the objects the main pass read: their changed parts only.
+                let gray = grayAtMain, whole = wholeReads
+                expansion = EngineState.changedParts(of: spans, unchanged) + engine.withState { s in
+                    var out: [Span] = []
+                    for id in whole { s.expandForScan(id, into: &out) }
+                    return out + s.changedObjectSpans(unchanged) { id in
+                        let r = s.records[Int(id)]
+                        return r.allocated && r.isGray && r.seqFlags & ObjectRecord.newDuringScan == 0
+                            && EngineState.bit(gray, Int(id)) && s.foundByAddress(id)
+                    }
+                }
+                expCursor = 0
+                run(.none)
+            } else {
+                expansion = spans
+                expCursor = 0
+                run(.none)
+                slotCursor = 0
+                run(.confirmSlots)
+            }
             run(.confirmQueue)
             if interrupted { return }
         }
+        result.filteredConfirmation = unchanged != nil
         let ep = epoch
         result.sparedByConfirmation = engine.withState { s in
             guard s.epoch == ep else { return 0 }

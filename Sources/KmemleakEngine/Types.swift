@@ -217,6 +217,10 @@ public struct ScanResult: Sendable, Equatable {
     /// True when the confirmation hooks withheld the report (`begin` returned nil or `mayReport`
     /// false): nothing was reported, the candidates wait for the next scan.
     public var postponed: Bool = false
+    /// True when the confirmation re-read only what changed (`ConfirmationHooks.unchangedMemory`).
+    public var filteredConfirmation: Bool = false
+    /// Bytes read by the confirmation passes (part of `bytesScanned`).
+    public var bytesConfirmed: Int = 0
 
     /// Creates a result.
     public init(newLeaks: Int = 0, interrupted: Bool = false, objectsScanned: Int = 0, bytesScanned: Int = 0,

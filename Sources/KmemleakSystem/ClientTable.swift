@@ -284,6 +284,8 @@ public struct TableHeader: Sendable, Equatable {
     public var liveObjects: UInt64
     public var daemonPid: Int32
     public var daemonScans: UInt64
+    /// The client's write-tracking userfaultfd (KML_TABLE_USERFAULTFD), a claim: see `WriteTracker`.
+    public var userfaultfd: Int32? = nil
     /// Set with KML_TABLE_DISABLED (NUL-terminated in the table; cut at 127 bytes otherwise).
     public var disabledReason: String
 
@@ -605,7 +607,9 @@ public final class ClientTable: Sendable {
                            clkTck: raw.clk_tck, createdNs: raw.created_ns, totalSize: raw.total_size,
                            objects: objects, traces: traces, threads: threads, comms: comms, regions: regions,
                            areas: areas, allocSeq: raw.alloc_seq, liveObjects: raw.live_objects,
-                           daemonPid: raw.daemon_pid, daemonScans: raw.daemon_scans, disabledReason: disabled)
+                           daemonPid: raw.daemon_pid, daemonScans: raw.daemon_scans,
+                           userfaultfd: raw.flags & KML_TABLE_USERFAULTFD != 0 && raw.userfaultfd >= 0 ? raw.userfaultfd : nil,
+                           disabledReason: disabled)
     }
 
     // MARK: daemon-owned fields
@@ -736,16 +740,38 @@ public final class ClientTable: Sendable {
         var stats = ReadStats()
         let tracesCap = h.traces.capacity, commsCap = h.comms.capacity
         try forEachLive("objects", h.objects, count: h.objects.used, maxLive: maxLive, stats: &stats) { (slot, state, p) throws(TableError) in
-            let o = p.load(as: kml_object.self)
-            guard o.trace_id <= tracesCap else { throw .badRecord(section: "objects", slot: slot, reason: "trace_id \(o.trace_id) > capacity \(tracesCap)") }
-            guard o.comm_id <= commsCap else { throw .badRecord(section: "objects", slot: slot, reason: "comm_id \(o.comm_id) > capacity \(commsCap)") }
-            guard o.flags & KML_KIND_MASK <= KML_KIND_CUSTOM_PERCPU else { throw .badRecord(section: "objects", slot: slot, reason: "kind \(o.flags & KML_KIND_MASK)") }
-            guard !o.pointer.addingReportingOverflow(o.size).overflow else { throw .badRecord(section: "objects", slot: slot, reason: "pointer+size overflows") }
-            body(ObjectRecord(slot: slot, version: state >> KML_STATE_VERSION_SHIFT, pointer: o.pointer, size: o.size,
-                              seq: o.seq, timeNs: o.time_ns, traceId: o.trace_id, tid: o.tid, minCount: o.min_count,
-                              flags: o.flags, commId: o.comm_id, transientGen: o.transient_gen))
+            body(try Self.validatedObject(slot, state, p, tracesCapacity: tracesCap, commsCapacity: commsCap))
         }
         return stats
+    }
+
+    /// One object record as read, checked against the table's capacities.
+    static func validatedObject(_ slot: UInt32, _ state: UInt32, _ p: UnsafeRawPointer, tracesCapacity: UInt32,
+                                commsCapacity: UInt32) throws(TableError) -> ObjectRecord {
+        let o = p.load(as: kml_object.self)
+        guard o.trace_id <= tracesCapacity else { throw .badRecord(section: "objects", slot: slot, reason: "trace_id \(o.trace_id) > capacity \(tracesCapacity)") }
+        guard o.comm_id <= commsCapacity else { throw .badRecord(section: "objects", slot: slot, reason: "comm_id \(o.comm_id) > capacity \(commsCapacity)") }
+        guard o.flags & KML_KIND_MASK <= KML_KIND_CUSTOM_PERCPU else { throw .badRecord(section: "objects", slot: slot, reason: "kind \(o.flags & KML_KIND_MASK)") }
+        guard !o.pointer.addingReportingOverflow(o.size).overflow else { throw .badRecord(section: "objects", slot: slot, reason: "pointer+size overflows") }
+        return ObjectRecord(slot: slot, version: state >> KML_STATE_VERSION_SHIFT, pointer: o.pointer, size: o.size,
+                            seq: o.seq, timeNs: o.time_ns, traceId: o.trace_id, tid: o.tid, minCount: o.min_count,
+                            flags: o.flags, commId: o.comm_id, transientGen: o.transient_gen)
+    }
+
+    /// The live records of object slots [slots.lowerBound, slots.upperBound) (clamped to the slots used),
+    /// validated as by `readObjects`.
+    public func readObjects(slots: Range<UInt32>, _ body: (ObjectRecord) -> Void) throws(TableError) {
+        let h = try header()
+        let end = min(slots.upperBound, h.objects.used, h.objects.capacity)
+        guard slots.lowerBound < end else { return }
+        var sec = h.objects
+        sec.offset += UInt64(slots.lowerBound) * UInt64(sec.entrySize)
+        var stats = ReadStats()
+        let tracesCap = h.traces.capacity, commsCap = h.comms.capacity
+        try forEachLive("objects", sec, count: end - slots.lowerBound, stats: &stats) { (relative, state, p) throws(TableError) in
+            let slot = slots.lowerBound + relative
+            body(try Self.validatedObject(slot, state, p, tracesCapacity: tracesCap, commsCapacity: commsCap))
+        }
     }
 
     /// Re-reads one object slot (e.g. to check a candidate leak is still the same object: same seq).

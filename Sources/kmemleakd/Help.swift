@@ -100,6 +100,9 @@ let helpDiscussion = """
              Loads the client library into a program (or link -lkmemleak).
       KMEMLEAK=off
              In a client: do not track this process.
+      KMEMLEAK_WRITE_TRACKING=off
+             In a client: no userfaultfd for write tracking; a scan with
+             new candidates then re-reads all of its memory while frozen.
       NOTIFY_SOCKET
              Set by systemd (Type=notify): READY=1 is sent once
              MOUNTPOINT/kmemleak is served, STOPPING=1 at shutdown.
@@ -107,7 +110,8 @@ let helpDiscussion = """
              Set by systemd: log lines then carry syslog priorities (<6>).
       KMEMLEAKD_LOG_LEVEL
              Daemon log threshold: trace, debug, info (default), notice,
-             warning, error or critical.
+             warning, error or critical. debug also logs each confirmation:
+             the bytes re-read, the freeze's duration and its parts.
       DEBUGINFOD_URLS
              In the daemon: debug files missing from --debug-file-directory
              are fetched by build id from these debuginfod servers. Unset

@@ -2713,6 +2713,54 @@ static int table_create(void)
     return 0;
 }
 
+/* ---- write tracking: a userfaultfd for the daemon (issue 10 goal 2) -------------------------------
+ * The daemon takes this fd (pidfd_getfd), write-protects the heap through it before a scan, and asks
+ * the kernel (PAGEMAP_SCAN on /proc/PID/pagemap) which pages were written while it scanned: while the
+ * client is frozen it then re-reads only those. The client registers nothing itself. In async mode
+ * (UFFD_FEATURE_WP_ASYNC, Linux 6.7) the kernel resolves a write fault by clearing the page's
+ * protection: no thread here serves faults, a write never waits. UFFD_USER_MODE_ONLY needs no
+ * privilege. Never fatal: without it the daemon re-reads everything frozen, as before.
+ * Not under a seccomp filter: a filter may kill on an unknown syscall (systemd's default action).
+ * Debian 12's headers predate WP_ASYNC: its bits are below. */
+#define KML_UFFD_API 0xAAull
+#define KML_UFFD_USER_MODE_ONLY 1
+#define KML_UFFD_FEATURE_WP_UNPOPULATED (1ull << 13)
+#define KML_UFFD_FEATURE_WP_ASYNC (1ull << 15)
+#define KML_UFFDIO_API 0xc018aa3fu /* _IOWR(0xAA, 0x3F, struct uffdio_api) */
+struct kml_uffdio_api { uint64_t api, features, ioctls; };
+static int g_uffd = -1;
+static dev_t g_uffd_dev;
+static ino_t g_uffd_ino;
+
+/* Creates the userfaultfd and advertises it in the header (a forked child's table still names the
+ * parent's, whose memory it would track: `inherited` closes that copy first). */
+static void uffd_advertise(int inherited)
+{
+    struct stat st;
+    if (inherited && g_uffd >= 0 && fstat(g_uffd, &st) == 0 && st.st_dev == g_uffd_dev && st.st_ino == g_uffd_ino)
+        syscall(SYS_close, g_uffd); /* unless the program closed it and reused the number */
+    g_uffd = -1;
+    __atomic_and_fetch(&g_hdr->flags, ~KML_TABLE_USERFAULTFD, __ATOMIC_RELEASE);
+    const char *env = getenv("KMEMLEAK_WRITE_TRACKING");
+    if ((env && !strcmp(env, "off")) || prctl(PR_GET_SECCOMP, 0, 0, 0, 0) != 0)
+        return;
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | KML_UFFD_USER_MODE_ONLY);
+    if (fd < 0)
+        return;
+    struct kml_uffdio_api api = {.api = KML_UFFD_API,
+                                 .features = KML_UFFD_FEATURE_WP_ASYNC | KML_UFFD_FEATURE_WP_UNPOPULATED};
+    if (syscall(SYS_ioctl, fd, KML_UFFDIO_API, &api) != 0 || !(api.features & KML_UFFD_FEATURE_WP_ASYNC) ||
+        fstat(fd, &st) != 0) {
+        syscall(SYS_close, fd);
+        return;
+    }
+    g_uffd = fd;
+    g_uffd_dev = st.st_dev;
+    g_uffd_ino = st.st_ino;
+    __atomic_store_n(&g_hdr->userfaultfd, fd, __ATOMIC_RELAXED);
+    __atomic_or_fetch(&g_hdr->flags, KML_TABLE_USERFAULTFD, __ATOMIC_RELEASE);
+}
+
 /* ---- fork: the child gets its own table -------------------------------------------------------
  * Lock order (every nested acquisition in this file follows it): mm, pcpu, thr, comm, reg, depot,
  * batch, stripes, area. */
@@ -2932,6 +2980,7 @@ static void atfork_child(void)
         for (uint32_t i = 0; i < h->objects_used; i++)
             if (g_obj[i].state & KML_STATE_BUSY)
                 g_obj[i].state &= ~KML_STATE_BUSY;
+    uffd_advertise(1);
     /* the new table mapping is the same range: its SHIM_PRIVATE region stays valid */
     rendezvous_write();
     t.in_shim--;
@@ -3006,6 +3055,7 @@ __attribute__((constructor(101))) static void kml_init(void)
     cfi_register_caches();
     /* warm the unwinder up (its first call may allocate: untracked here) */
     capture_trace();
+    uffd_advertise(0);
     rendezvous_write();
     __atomic_store_n(&g_hdr->flags, g_hdr->flags | KML_TABLE_TRACKING, __ATOMIC_RELEASE);
     __atomic_store_n(&g_state, ST_ON, __ATOMIC_RELEASE);

@@ -24,9 +24,12 @@ final class Detection {
 
     /// More kmemleakd options (e.g. `--allow-other`), for every daemon this harness starts.
     let daemonArguments: [String]
+    /// Its environment (e.g. `KMEMLEAKD_LOG_LEVEL`).
+    let daemonEnvironment: [String: String]
 
-    init(startDaemon: Bool = true, daemonArguments: [String] = []) throws {
+    init(startDaemon: Bool = true, daemonArguments: [String] = [], daemonEnvironment: [String: String] = [:]) throws {
         self.daemonArguments = daemonArguments
+        self.daemonEnvironment = daemonEnvironment
         try #require(access(shimPath, R_OK) == 0 && access(kmemleakTestPath, X_OK) == 0, "run `make shim clients`")
         temp = try TemporaryDirectory()
         mountpoint = try temp.makeDirectory("mnt")
@@ -42,7 +45,7 @@ final class Detection {
         let child = try ChildProcess.withOutputFiles(
             [try daemonPath(), "--run-dir", runDirectory, "--min-age", "0", "--scan-period", "0",
              "--first-scan-delay", "3600"] + daemonArguments + [mountpoint],
-            in: temp.path, name: "kmemleakd\(daemons.count)")
+            env: daemonEnvironment, in: temp.path, name: "kmemleakd\(daemons.count)")
         daemons.append(child)
         let served = waitUntil(timeout: .seconds(30)) {
             !child.isRunning || (statErrno(controlFile) == 0 && MountPoint.mounts(at: mountpoint).count == 1)

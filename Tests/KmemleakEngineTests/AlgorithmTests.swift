@@ -40,6 +40,18 @@ final class World {
         return e.reported(mem)
     }
 
+    /// Just before the scan reads `object` (once), the pointer to `target` moves from `from` to `to`.
+    func movePointer(whenReading object: UInt64, from: UInt64, to: UInt64, target: UInt64) {
+        var armed = true
+        mem.beforeRead = { m, ranges in
+            if armed && ranges.contains(where: { $0.address == object }) {
+                armed = false
+                m.write64(from, 0)
+                m.write64(to, target)
+            }
+        }
+    }
+
     func flags(_ p: UInt64, percpu: Bool = false) -> UInt32 { e.objectInfo(at: p, percpu: percpu)?.flags ?? 0 }
 }
 
@@ -525,14 +537,7 @@ let A: UInt64 = 0x10000, B: UInt64 = 0x10100, C: UInt64 = 0x10200, D: UInt64 = 0
         w.scan()  // too young; A and B are white, so their checksums settle
         w.scan()
         w.ptr(G, A)
-        var armed = true
-        w.mem.beforeRead = { m, ranges in
-            if armed && ranges.contains(where: { $0.address == G }) {
-                armed = false
-                m.write64(G, 0)
-                m.write64(World.root + 8, A)
-            }
-        }
+        w.movePointer(whenReading: G, from: G, to: World.root + 8, target: A)
         let r = w.scan()
         if passes > 0 { #expect(r.sparedByConfirmation == 2) }
         return w.e.reported(w.mem)

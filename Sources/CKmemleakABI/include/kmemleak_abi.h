@@ -52,6 +52,10 @@ extern "C" {
 #define KML_TABLE_DISABLED 0x2u /* tracking turned off by an error (reason in disabled_reason) */
 #define KML_TABLE_ENV_OFF 0x4u  /* KMEMLEAK=off: the table exists but nothing is tracked */
 #define KML_TABLE_FOREIGN_MALLOC 0x8u /* malloc is not glibc's (jemalloc, ...): tracked through it */
+/* `userfaultfd` holds the number of a userfaultfd the client created for the daemon (write tracking:
+ * UFFD_USER_MODE_ONLY, UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED, nothing registered by the
+ * client). Added compatibly in version 2: an older shim leaves the flag and the field 0. */
+#define KML_TABLE_USERFAULTFD 0x10u
 
 /* ---- object kinds (low 4 bits of kml_object.flags) ------------------------------------------- */
 #define KML_KIND_MASK 0xfu
@@ -84,7 +88,7 @@ struct kml_header {
     uint32_t objects_capacity;
     uint32_t object_size;             /* sizeof(struct kml_object) */
     uint32_t objects_used;    /* (atomic) high-water mark of slots ever used */
-    uint32_t reserved0;
+    int32_t userfaultfd;      /* valid with KML_TABLE_USERFAULTFD (set before the flag, release) */
 
     /* stack depot: immutable traces; trace id N (1-based) is entry N-1 */
     uint64_t traces_offset;

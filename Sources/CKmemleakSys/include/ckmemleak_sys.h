@@ -31,4 +31,23 @@ int64_t ckml_seek_data(int fd, int64_t offset);
 int ckml_pipe_cloexec(int fds[2]);
 /* Names the calling thread (prctl is variadic, so Swift cannot call it directly). */
 void ckml_set_thread_name(const char *name);
+
+/* ---- write tracking (userfaultfd write-protection in async mode + PAGEMAP_SCAN, Linux 6.7) ---- */
+/* pidfd_open(pid, 0); pidfd_getfd(pidfd, fd, 0): -1 and errno. */
+int ckml_pidfd_open(pid_t pid);
+int ckml_pidfd_getfd(int pidfd, int fd);
+/* UFFDIO_REGISTER [start, start+len) in write-protect mode: 0, or -1 and errno. */
+int ckml_uffd_register_wp(int uffd, uint64_t start, uint64_t len);
+/* One region PAGEMAP_SCAN reports: [start, end) and its categories. */
+struct ckml_page_region { uint64_t start, end, categories; };
+/* PAGEMAP_SCAN on an open /proc/PID/pagemap over [start, end), failing (EPERM) where a mapping is not
+ * registered for async write-protection. `protect` != 0: write-protects the present and swapped pages,
+ * reports nothing (vec may be NULL). Else: reports the pages written since they were protected into
+ * vec (at most vec_len regions). Returns the number of regions, or -1 and errno; *walk_end is where
+ * the walk stopped (end when it went through). */
+/* Closes fd on a detached thread: a file a hostile client handed over may block its close (a FUSE
+ * server's flush). 0, or -1 (fd closed here then). */
+int ckml_close_detached(int fd);
+long ckml_pagemap_scan(int pagemap, uint64_t start, uint64_t end, int protect,
+                       struct ckml_page_region *vec, uint64_t vec_len, uint64_t *walk_end);
 #endif

@@ -173,13 +173,14 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
     /// with its process, comm, direct/indirect kind (per client, ``Kmemleak/indirectLeaks(among:memory:)``)
     /// and symbolized stack; plus what each suppression hid.
     public func leakSnapshot(for requester: Requester) -> LeakSnapshot {
-        withVisibleReports(for: requester) { snapshot(of: $0) }
+        withVisibleReports(for: requester, classify: true) { snapshot(of: $0) }
     }
 
+    /// `reports` as the views' snapshot; `withVisibleReports` must have classified them.
     private func snapshot(of reports: [ClientReport]) -> LeakSnapshot {
         var snapshot = LeakSnapshot()
         for report in reports {
-            let indirect = Kmemleak.indirectLeaks(among: report.entries, memory: report.session.memory)
+            let indirect = report.graph?.indirectFlags(report.entries) ?? []
             // Read from the client's table once per comm id, not once per leak.
             var comms: [UInt32: String] = [:]
             for index in report.unsuppressed {
@@ -188,7 +189,8 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
                 comms[entry.comm] = comm
                 snapshot.leaks.append(Leak(
                     entry: entry, processID: report.session.pid, comm: comm,
-                    kind: indirect[index] ? .indirect : .direct, stack: report.stacks.stack(entry.trace)))
+                    kind: index < indirect.count && indirect[index] ? .indirect : .direct,
+                    stack: report.stacks.stack(entry.trace)))
             }
         }
         snapshot.suppressed = Self.suppressionCounts(reports, settings.suppressions)
@@ -204,11 +206,16 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         /// (index into `entries`, rule index) for each suppressed leak.
         let suppressed: [(entry: Int, rule: Int)]
         let stacks: StackCache
+        /// What points to what among `entries`; built when the snapshot classifies or a suppression hit.
+        let graph: LeakGraph?
     }
 
     /// Takes every visible client's report snapshot under the scan mutex (reads wait for a running
-    /// scan, as in the kernel) and applies the suppressions.
-    private func withVisibleReports<T>(for requester: Requester, _ body: ([ClientReport]) -> T) -> T {
+    /// scan, as in the kernel) and applies the suppressions. As in LeakSanitizer, where suppressed
+    /// chunks are ignored (scanned like roots), a leak reachable from a suppressed leak is hidden
+    /// too; it counts under the pattern of the first suppressed leak (in report order) that reaches it.
+    private func withVisibleReports<T>(for requester: Requester, classify: Bool = false,
+                                       _ body: ([ClientReport]) -> T) -> T {
         scanMutex.lock()
         defer { scanMutex.unlock() }
         dropExited()
@@ -217,11 +224,9 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         for session in sessions where everything || isOwned(session, by: requester.uid) {
             let entries = session.engine.reportSnapshot(memory: session.memory)
             let stacks = StackCache(context: session.context)
-            var unsuppressed: [Int] = []
-            var suppressed: [(entry: Int, rule: Int)] = []
-            if settings.suppressions.isEmpty {
-                unsuppressed = Array(entries.indices)
-            } else {
+            var rules = [Int?](repeating: nil, count: entries.count)
+            var matched: [Int] = []
+            if !settings.suppressions.isEmpty {
                 var ruleOfTrace: [UInt32: Int?] = [:]
                 for (index, entry) in entries.enumerated() {
                     let rule: Int?
@@ -231,11 +236,23 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
                         rule = settings.suppressions.match(stacks.stack(entry.trace))
                         ruleOfTrace[entry.trace] = rule
                     }
-                    if let rule { suppressed.append((index, rule)) } else { unsuppressed.append(index) }
+                    rules[index] = rule
+                    if rule != nil { matched.append(index) }
                 }
             }
+            let graph = classify || !matched.isEmpty ? LeakGraph(entries, memory: session.memory) : nil
+            if let graph, !matched.isEmpty {
+                for (index, source) in graph.reached(from: matched).enumerated() where rules[index] == nil {
+                    if let source { rules[index] = rules[matched[source]] }
+                }
+            }
+            var unsuppressed: [Int] = []
+            var suppressed: [(entry: Int, rule: Int)] = []
+            for index in entries.indices {
+                if let rule = rules[index] { suppressed.append((index, rule)) } else { unsuppressed.append(index) }
+            }
             reports.append(ClientReport(session: session, entries: entries, unsuppressed: unsuppressed,
-                                        suppressed: suppressed, stacks: stacks))
+                                        suppressed: suppressed, stacks: stacks, graph: graph))
         }
         return body(reports)
     }
@@ -440,7 +457,7 @@ extension Detector {
     /// The metrics `requester` may see: the leaks and figures of the clients it may see (the same
     /// rule as every view), the daemon's counters.
     func metricsFile(for requester: Requester) -> [UInt8] {
-        let (leaks, clients): (LeakSnapshot, [ClientFigures]) = withVisibleReports(for: requester) { reports in
+        let (leaks, clients): (LeakSnapshot, [ClientFigures]) = withVisibleReports(for: requester, classify: true) { reports in
             let clients = reports.map { report -> ClientFigures in
                 let session = report.session
                 return ClientFigures(processID: session.pid, comm: session.comm, trackedObjects: session.engine.objectCount,

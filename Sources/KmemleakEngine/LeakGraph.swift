@@ -13,21 +13,23 @@ extension Kmemleak {
     /// Contents are read now through `memory`, in batches into one bounded buffer (``leakGraphBufferSize``),
     /// so a leak of any size costs no more memory than that; a word that cannot be read points nowhere.
     public static func indirectLeaks<M: MemoryReader>(among leaks: [ReportEntry], memory: M) -> [Bool] {
-        let graph = LeakGraph(leaks, memory: memory)
-        return graph.indirectFlags(leaks)
+        LeakGraph(leaks, memory: memory).indirectFlags(leaks)
     }
 
     /// Bytes of leak contents read per batch by ``indirectLeaks(among:memory:)``.
     public static let leakGraphBufferSize = 1 << 20
 }
 
-/// The "points to" graph among one engine's leaks, in compressed adjacency form.
-struct LeakGraph {
+/// The "points to" graph among one engine's leaks (see ``Kmemleak/indirectLeaks(among:memory:)`` for
+/// what points where), in compressed adjacency form: built once per snapshot, it answers both the
+/// classification and which leaks only suppressed leaks reach.
+public struct LeakGraph: Sendable {
     /// Edges of leak `i`: `targets[edgeStart[i] ..< edgeStart[i + 1]]`.
     private(set) var edgeStart: [Int] = []
     private(set) var targets: [Int32] = []
 
-    init<M: MemoryReader>(_ leaks: [ReportEntry], memory: M) {
+    /// Reads the contents of `leaks` (in batches into one buffer of ``Kmemleak/leakGraphBufferSize``).
+    public init<M: MemoryReader>(_ leaks: [ReportEntry], memory: M) {
         // The index for lookups: the plain leaks' intervals sorted by start (leaks never overlap within
         // one engine; if stale data made them, the predecessor rule still picks one).
         let order = leaks.indices.filter { !leaks[$0].isPercpu }.sorted { leaks[$0].pointer < leaks[$1].pointer }
@@ -155,7 +157,34 @@ struct LeakGraph {
         return component
     }
 
-    func indirectFlags(_ leaks: [ReportEntry]) -> [Bool] {
+    /// Everything reachable from `sources` (not the sources themselves unless reached), as the
+    /// index of the first source, in the order given, that reaches it; nil for the unreached. A
+    /// breadth-first walk per source, each leak visited once.
+    public func reached(from sources: [Int]) -> [Int?] {
+        let n = edgeStart.count - 1
+        var firstSource = [Int?](repeating: nil, count: n)
+        var visited = [Bool](repeating: false, count: n)
+        for source in sources where source >= 0 && source < n { visited[source] = true }
+        for (number, source) in sources.enumerated() where source >= 0 && source < n {
+            var queue = [source]
+            var head = 0
+            while head < queue.count {
+                let v = queue[head]
+                head += 1
+                for e in edgeStart[v]..<edgeStart[v + 1] {
+                    let w = Int(targets[e])
+                    if visited[w] { continue }
+                    visited[w] = true
+                    firstSource[w] = number
+                    queue.append(w)
+                }
+            }
+        }
+        return firstSource
+    }
+
+    /// ``Kmemleak/indirectLeaks(among:memory:)`` over this graph (`leaks` as given to `init`).
+    public func indirectFlags(_ leaks: [ReportEntry]) -> [Bool] {
         let n = leaks.count
         guard n > 0 else { return [] }
         let component = components()

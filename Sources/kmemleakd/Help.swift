@@ -65,7 +65,9 @@ let helpDiscussion = """
       --suppressions FILE reads LeakSanitizer's format: one leak:PATTERN
       per line, # comments and blank lines. PATTERN matches a substring of
       the module path, function or source file name of any frame; * is any
-      run of characters, ^ and $ anchor the start and end. A bad file (any
+      run of characters, ^ and $ anchor the start and end. Leaks that a
+      suppressed leak points to, directly or through other leaks, are
+      suppressed with it. A bad file (any
       other line, an empty pattern, unreadable) stops the daemon before it
       mounts, with the file and line.
 

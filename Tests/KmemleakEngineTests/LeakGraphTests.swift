@@ -137,3 +137,34 @@ import Testing
         #expect(result.indirect.isEmpty)
     }
 }
+
+/// What suppressed leaks reach (LeakSanitizer ignores it with them).
+@Suite struct LeakGraphReachabilityTests {
+    /// A -> B -> C, D -> C, E alone: from [A] everything A reaches, attributed to source 0; a
+    /// second source only gets what the first did not reach; sources are not reported as reached.
+    @Test func reachedFromSources() {
+        let w = World()
+        let E: UInt64 = 0x10400
+        for p in [A, B, C, D, E] { w.obj(p) }
+        w.ptr(A, B); w.ptr(B + 8, C); w.ptr(D, C)
+        _ = w.settle()
+        let entries = w.e.reportSnapshot(memory: w.mem)
+        #expect(entries.map(\.pointer) == [A, B, C, D, E])
+        let graph = LeakGraph(entries, memory: w.mem)
+        #expect(graph.reached(from: [0]) == [nil, 0, 0, nil, nil])
+        #expect(graph.reached(from: [3, 0]) == [nil, 1, 0, nil, nil])
+        #expect(graph.reached(from: [4]) == [nil, nil, nil, nil, nil])
+        #expect(graph.reached(from: [1, 0]) == [nil, nil, 0, nil, nil], "a source is never 'reached'")
+        #expect(graph.indirectFlags(entries) == Kmemleak.indirectLeaks(among: entries, memory: w.mem))
+    }
+
+    /// A cycle reached from a source is reached whole; the walk ends.
+    @Test func cycleIsReachedWhole() {
+        let w = World()
+        for p in [A, B, C] { w.obj(p) }
+        w.ptr(A, B); w.ptr(B, C); w.ptr(C, B)
+        _ = w.settle()
+        let graph = LeakGraph(w.e.reportSnapshot(memory: w.mem), memory: w.mem)
+        #expect(graph.reached(from: [0]) == [nil, 0, 0])
+    }
+}

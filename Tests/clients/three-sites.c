@@ -5,7 +5,9 @@
  *   leak_loop_site   1000 blocks of 24 bytes, called from one loop: one backtrace, all direct.
  *   leak_pair_site   2 blocks of 64 bytes pointing at each other (a leaked cycle: one direct, one
  *                    indirect), each also pointing at one child.
- *   leak_child_site  2 blocks of 32 bytes, each pointed to only by a pair block: indirect.
+ *   leak_child_site  2 blocks of 32 bytes, each pointed to only by a pair block: indirect. Made
+ *                    right after their pair (LEAK lines: pair, child, pair, child), from
+ *                    lose_a_cycle: no frame of theirs is leak_pair_site.
  *
  * Prints, one per line: "LEAK 0x<addr>" for every leaked block, "DIRECT 0x<addr>" for the ones that
  * must be direct (every loop block, and the older pair block: allocated first), then READY. Exits on
@@ -62,7 +64,7 @@ static __attribute__((noinline)) struct pair *leak_pair_site(void)
         return NULL;
     memset(p, 0x42, sizeof(*p));
     p->other = NULL;
-    p->child = leak_child_site();
+    p->child = NULL;
     emit("LEAK", p);
     return p;
 }
@@ -70,9 +72,13 @@ static __attribute__((noinline)) struct pair *leak_pair_site(void)
 static __attribute__((noinline)) void lose_a_cycle(void)
 {
     struct pair *volatile pairs[2];
-    /* one call site for both, so that they share one backtrace (and so do their children) */
-    for (int i = 0; i < 2; i++)
+    /* one call site for both, so that they share one backtrace (and so do their children); each
+     * child is made right after its pair, from here: its backtrace has no leak_pair_site frame */
+    for (int i = 0; i < 2; i++) {
         pairs[i] = leak_pair_site();
+        if (pairs[i])
+            pairs[i]->child = leak_child_site();
+    }
     if (pairs[0] && pairs[1]) {
         pairs[0]->other = pairs[1];
         pairs[1]->other = pairs[0];

@@ -58,6 +58,11 @@ int ckml_uffd_register_wp(int uffd, uint64_t start, uint64_t len) {
     return ioctl(uffd, UFFDIO_REGISTER, &reg);
 }
 
+int ckml_uffd_unregister(int uffd, uint64_t start, uint64_t len) {
+    struct uffdio_range range = {start, len};
+    return ioctl(uffd, UFFDIO_UNREGISTER, &range);
+}
+
 /* Debian 12's headers predate PAGEMAP_SCAN (Linux 6.7): its ABI, from include/uapi/linux/fs.h. */
 #define CKML_PAGE_IS_WRITTEN (1 << 1)
 #define CKML_PAGE_IS_PRESENT (1 << 3)

@@ -234,6 +234,8 @@ final class ClientSession {
         guard table.isAlive else { throw ClientDropped(reason: "exited") }
         // The table's pages first: frozen, only the records written since this sync are read again.
         let trackedTable = freeze ? writeProtectTable(log: log) : nil
+        // Whatever the outcome, the client leaves the scan with no registration of ours.
+        defer { if let trackedTable { writeTracker?.unprotect([trackedTable]) } }
         try sync()
         let (maps, roots, refused) = try currentRoots()
         logRefused(refused, dataRoots: roots.filter { $0.kind == .data }, log: log)
@@ -259,6 +261,7 @@ final class ClientSession {
         try? context.symbolizer.refresh()
         // From here on the kernel notes what the client writes: frozen, only that is re-read.
         let tracked = freeze ? writeProtect(maps: maps, roots: roots, log: log) : []
+        defer { writeTracker?.unprotect(tracked) }
 
         var frozen: FrozenProcess?
         let hooks = ConfirmationHooks(

@@ -122,6 +122,17 @@ public final class WriteTracker: @unchecked Sendable {
         return tracked
     }
 
+    /// Ends the tracking of `mappings` (from `protect`): unregistered, their pages are writable without a
+    /// fault again. Between scans the client's memory carries no registration of ours, so a program that
+    /// uses userfaultfd itself can register its own memory (a range registered by another userfaultfd
+    /// gives it EBUSY), and pays no write fault for a scan that is over. Failures are ignored: a mapping
+    /// gone or replaced since carries no registration of ours any more.
+    public func unprotect(_ mappings: [AddressInterval]) {
+        for m in mappings where m.start < m.end {
+            _ = ckml_uffd_unregister(uffd.fd, m.start, m.end - m.start)
+        }
+    }
+
     /// The pages of `range` written since `protect`, as sorted page-aligned intervals (unmapped parts
     /// count as not written: there is nothing to read there), or nil when the range cannot tell: a
     /// mapping in it is not registered any more (unmapped and mapped again, moved by mremap), the ioctl

@@ -47,9 +47,12 @@ struct WriteTrackingTests {
         let seen = Self.confirmations(d, pid: client.pid)
         #expect(seen.contains { $0.filtered && $0.spared > 0 }, "no filtered confirmation spared a moved object: \(seen)")
         #expect(!seen.contains { !$0.filtered }, "a confirmation re-read everything: \(seen)")
-        // The leaks' pages, untouched since, stay write-protected between scans (pagemap bit 57).
+        // Between scans no page of the client stays write-protected (pagemap bit 57, PM_UFFD_WP)...
         let leak = try #require(printed(client, ["LEAK"]).min())
-        #expect(Self.pagemapEntry(client.pid, leak).map { $0 >> 57 & 1 } == 1)
+        #expect(Self.pagemapEntry(client.pid, leak).map { $0 >> 57 & 1 } == 0)
+        // ... and its memory carries no registration of ours: the program can use userfaultfd itself.
+        try client.send("own-uffd")
+        #expect(try client.waitFor("OWNUFFD", timeout: 30) == "OWNUFFD 0")
         try client.send("exit")
         _ = try client.waitFor("DONE", timeout: 30)
     }

@@ -23,7 +23,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -133,6 +138,24 @@ static void *fork_children(void *arg) {
     return NULL;
 }
 
+/* A program that uses userfaultfd itself: registers its own buffer with its own userfaultfd. Between
+ * scans that must work (the daemon's registration would make it EBUSY). Prints OWNUFFD 0 or the errno. */
+static void register_own_userfaultfd(void) {
+    int err = 0;
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    struct uffdio_api api = {.api = UFFD_API};
+    uintptr_t lo = ((uintptr_t)pages + 4095) & ~(uintptr_t)4095;
+    uintptr_t hi = ((uintptr_t)pages + (size_t)PAGES * 4096) & ~(uintptr_t)4095;
+    struct uffdio_register reg = {.range = {lo, hi - lo}, .mode = UFFDIO_REGISTER_MODE_WP};
+    if (fd < 0 || ioctl(fd, UFFDIO_API, &api) != 0 || ioctl(fd, UFFDIO_REGISTER, &reg) != 0)
+        err = errno;
+    else
+        ioctl(fd, UFFDIO_UNREGISTER, &reg.range);
+    if (fd >= 0)
+        close(fd);
+    printf("OWNUFFD %d\n", err);
+}
+
 static __attribute__((noinline)) void plant_leaks(void) {
     for (int i = 0; i < LEAKS; i++) {
         char *leak = malloc(100);
@@ -187,7 +210,9 @@ int main(int argc, char **argv) {
     printf("READY\n");
     char line[64];
     while (fgets(line, sizeof line, stdin) && strncmp(line, "exit", 4) != 0) {
-        if (!strncmp(line, "status", 6)) {
+        if (!strncmp(line, "own-uffd", 8)) {
+            register_own_userfaultfd();
+        } else if (!strncmp(line, "status", 6)) {
             /* the rounds of the running activities: stress runs 0 (pages), 2 (remap), 3 (fork) */
             unsigned active = strcmp(mode, "stress") ? 0x3 : 0xd;
             uint64_t least = UINT64_MAX;

@@ -38,6 +38,8 @@ int ckml_pidfd_open(pid_t pid);
 int ckml_pidfd_getfd(int pidfd, int fd);
 /* UFFDIO_REGISTER [start, start+len) in write-protect mode: 0, or -1 and errno. */
 int ckml_uffd_register_wp(int uffd, uint64_t start, uint64_t len);
+/* UFFDIO_UNREGISTER of [start, start + len): the range's write-protection goes with it. */
+int ckml_uffd_unregister(int uffd, uint64_t start, uint64_t len);
 /* One region PAGEMAP_SCAN reports: [start, end) and its categories. */
 struct ckml_page_region { uint64_t start, end, categories; };
 /* PAGEMAP_SCAN on an open /proc/PID/pagemap over [start, end), failing (EPERM) where a mapping is not

@@ -60,6 +60,18 @@ let helpDiscussion = """
              suppressions used and a SUMMARY line of totals.
       kmemleak.json
              NDJSON, one object per leak (schema in README.md).
+      kmemleak.pb.gz
+             A gzip-compressed pprof profile (google/pprof profile.proto):
+             sample types inuse_objects/count and inuse_space/bytes, one
+             sample per stack and process, labels pid and comm, mappings
+             with build ids. Reads with `go tool pprof -top`; Pyroscope and
+             Parca ingest it.
+      kmemleak.prom
+             The Prometheus text exposition format, for node_exporter's
+             textfile collector pointed at the mount: per client (labels
+             comm, pid) suspected leaks and bytes, tracked objects and bytes;
+             per daemon scans, scan duration, clients, errors; suppressed
+             leaks and bytes per pattern. No stack labels.
 
     SUPPRESSIONS
       --suppressions FILE reads LeakSanitizer's format: one leak:PATTERN
@@ -76,7 +88,7 @@ let helpDiscussion = """
              The control file, mode 0644, in a FUSE file system (fsname
              kmemleak, type fuse.kmemleak) that only root may enter unless
              --allow-other is given.
-      MOUNTPOINT/kmemleak.summary, MOUNTPOINT/kmemleak.json
+      MOUNTPOINT/kmemleak.summary, .json, .pb.gz, .prom
              The views (see VIEWS), mode 0444.
       /mnt/kmemleak
              The service's --control-link: a symbolic link to

@@ -81,7 +81,7 @@ func render(_ view: LeakView, _ data: LeakSnapshot) -> [UInt8] {
                                    trackedBytes: UInt64(data.leaks.count) * 480)
         return PrometheusExposition.render(snapshot: data, clients: [client], daemon: daemon)
     case .summary, .json:
-        return view.render(data).allBytes
+        return view.render(data)?.allBytes ?? []
     }
 }
 

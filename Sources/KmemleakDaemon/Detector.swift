@@ -159,13 +159,15 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         switch view {
         case .pprof: return BytesReportStream(pprofFile(for: requester))
         case .prometheus: return BytesReportStream(metricsFile(for: requester))
-        case .summary, .json: break
-        }
-        switch view.render(leakSnapshot(for: requester)) {
-        case .bytes(let bytes):
-            return BytesReportStream(bytes)
-        case .chunks(let count, let render):
-            return ReportStreamAdapter(stream: RecordStream(recordCount: count, renderRecord: render))
+        case .summary, .json:
+            switch view.render(leakSnapshot(for: requester)) {
+            case .bytes(let bytes)?:
+                return BytesReportStream(bytes)
+            case .chunks(let count, let render)?:
+                return ReportStreamAdapter(stream: RecordStream(recordCount: count, renderRecord: render))
+            case nil:
+                return BytesReportStream([])  // not reached: both render from the leaks
+            }
         }
     }
 

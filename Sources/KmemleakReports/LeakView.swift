@@ -1,5 +1,6 @@
 // The mount's views: one case per file next to MOUNTPOINT/kmemleak. Adding a view is one case here
-// (its file name) and its arm in `render`; the FUSE front lists, stats and opens every case.
+// (its file name) and its arm in `render` (or in the daemon's `openView`, for a view that needs more
+// than the leaks); the FUSE front lists, stats and opens every case.
 
 /// A read-only file of the mount rendered from a ``LeakSnapshot``.
 public enum LeakView: String, CaseIterable, Sendable {
@@ -16,14 +17,14 @@ public enum LeakView: String, CaseIterable, Sendable {
     public var fileName: String { rawValue }
 
     /// Renders the view of one snapshot. Grouping and sorting happen here, once per open file;
-    /// the text itself is produced chunk by chunk as the file is read.
-    public func render(_ snapshot: LeakSnapshot) -> ViewOutput {
+    /// the text itself is produced chunk by chunk as the file is read. Nil for the views that need more
+    /// than the leaks: pprof and Prometheus live in modules of their own (protobuf and zlib, a Prometheus
+    /// registry) and need the time and the clients' and the daemon's figures, so the daemon renders them.
+    public func render(_ snapshot: LeakSnapshot) -> ViewOutput? {
         switch self {
         case .summary: SummaryView(snapshot).output
         case .json: JSONView(snapshot).output
-        // Their formats live in modules of their own (protobuf and zlib, a Prometheus registry) and need
-        // more than the leaks (the time, the clients' and the daemon's figures): the daemon renders them.
-        case .pprof, .prometheus: .bytes([])
+        case .pprof, .prometheus: nil
         }
     }
 }

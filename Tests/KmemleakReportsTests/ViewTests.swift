@@ -3,7 +3,7 @@ import KmemleakEngine
 import Testing
 @testable import KmemleakReports
 
-func text(_ output: ViewOutput) -> String { String(decoding: output.allBytes, as: UTF8.self) }
+func text(_ output: ViewOutput?) -> String { String(decoding: output?.allBytes ?? [], as: UTF8.self) }
 
 @Suite struct SummaryViewTests {
     /// Grouping across processes by module offset, largest total first, direct/indirect counts,
@@ -63,7 +63,7 @@ func text(_ output: ViewOutput) -> String { String(decoding: output.allBytes, as
     }
 
     /// 100k leaks from one site are one block (the point of the view), rendered in a few chunks.
-    @Test func hundredThousandLeaksFromOneSiteAreOneBlock() {
+    @Test func hundredThousandLeaksFromOneSiteAreOneBlock() throws {
         let stack = appStack(loadBase: 0x5555_0000_0000)
         var leaks: [Leak] = []
         for i in 0..<100_000 {
@@ -71,7 +71,7 @@ func text(_ output: ViewOutput) -> String { String(decoding: output.allBytes, as
             leaks.append(leak(0x1000_0000 + UInt64(i) * 32, size: 24, process: 7, comm: "big", kind: kind, trace: 3,
                               stack: stack, seq: UInt64(i)))
         }
-        let output = LeakView.summary.render(LeakSnapshot(leaks: leaks))
+        let output = try #require(LeakView.summary.render(LeakSnapshot(leaks: leaks)))
         guard case .chunks(let count, _) = output else { Issue.record("not streamed"); return }
         #expect(count == 2)
         let lines = text(output).split(separator: "\n")
@@ -120,7 +120,7 @@ func text(_ output: ViewOutput) -> String { String(decoding: output.allBytes, as
         ]
         for string in hostile {
             let frame = SymbolizedFrame(address: 1, module: string, buildID: string, symbol: string, file: string)
-            let bytes = LeakView.json.render(LeakSnapshot(leaks: [leak(0x10, size: 8, process: 1, comm: string, trace: 1, stack: [[frame]])])).allBytes
+            let bytes = LeakView.json.render(LeakSnapshot(leaks: [leak(0x10, size: 8, process: 1, comm: string, trace: 1, stack: [[frame]])]))?.allBytes ?? []
             #expect(String(validating: bytes, as: UTF8.self) != nil)
             #expect(bytes.filter { $0 == 0x0a }.count == 1, "one line")
             #expect(!bytes.dropLast().contains { $0 < 0x20 }, "no raw control byte")

@@ -1,6 +1,7 @@
 // Micro-benchmark of the KmemleakEngine: registration of 1M objects, one full scan, report snapshot,
 // and engine memory per object. Run: swift run -c release kmemleak-engine-bench [objects]; with `real [objects]`,
 // issue 10's realistic heap instead (realHeapBench).
+import Dispatch
 import KmemleakEngine
 
 #if canImport(Glibc)
@@ -13,6 +14,9 @@ final class FlatMemory: MemoryReader {
     let bytes: UnsafeMutableRawBufferPointer
     var calls = 0
     var ranges = 0
+    /// Set by `real` with workers: the reads then run on several threads and count nothing.
+    var concurrent = false
+    var allowsConcurrentReads: Bool { concurrent }
 
     init(base: UInt64, size: Int) {
         self.base = base
@@ -26,8 +30,10 @@ final class FlatMemory: MemoryReader {
 
     func read(_ rs: UnsafeBufferPointer<MemoryRange>, into buffer: UnsafeMutableRawBufferPointer,
               bytesRead: UnsafeMutableBufferPointer<Int>) {
-        calls += 1
-        ranges += rs.count
+        if !concurrent {
+            calls += 1
+            ranges += rs.count
+        }
         var off = 0
         for (i, r) in rs.enumerated() {
             var n = 0
@@ -59,14 +65,25 @@ func fmt(_ x: Double, _ digits: Int = 2) -> String {
 }
 
 /// CPU time of the calling thread (seconds): less sensitive than wall time to other jobs on the machine.
-func threadCPU() -> Double {
+func threadCPU() -> Double { cpuSeconds(thread: true) }
+
+/// Process CPU time (seconds), every thread: what a scan with workers costs in all.
+func processCPU() -> Double { cpuSeconds(thread: false) }
+
+func cpuSeconds(thread: Bool) -> Double {
     #if canImport(Glibc)
     var ts = timespec()
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+    clock_gettime(thread ? CLOCK_THREAD_CPUTIME_ID : CLOCK_PROCESS_CPUTIME_ID, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     #else
     return 0
     #endif
+}
+
+/// The scan's workers for `real`: KMEMLEAK_BENCH_WORKERS tasks on Dispatch's pool (unset or 1: serial).
+struct BenchWorkers: ScanWorkers {
+    let count: Int
+    func run(_ task: @Sendable (Int) -> Void) { DispatchQueue.concurrentPerform(iterations: count, execute: task) }
 }
 
 /// `real [N]`: issue 10's realistic C heap (Benchmarks/ScanVsLSan/scan-client.c `real`), laid out as
@@ -125,7 +142,14 @@ func realHeapBench(_ n: Int) {
     // Leaks: 0x5a-filled, unreferenced.
     for i in n..<total { for w in 0..<(sizes[i] / 8) { mem.store(addrs[i] + UInt64(w * 8), 0x5a5a_5a5a_5a5a_5a5a) } }
     print("kmemleak-engine-bench real: \(n) live objects + \(leaks) leaks, \((top - heapBase) >> 20) MiB heap")
-    let engine = Kmemleak(configuration: KmemleakConfiguration(possibleCPUs: 2, minimumAge: 0))
+    var config = KmemleakConfiguration(possibleCPUs: 2, minimumAge: 0)
+    let workers = getenv("KMEMLEAK_BENCH_WORKERS").flatMap { Int(String(cString: $0)) } ?? 1
+    if workers > 1 {
+        config.scanWorkers = BenchWorkers(count: workers)
+        mem.concurrent = true
+    }
+    print("scan workers: \(workers)")
+    let engine = Kmemleak(configuration: config)
     engine.setRoots([RootRegion(start: rootAddr, length: UInt64(chains * 8), kind: .data)])
     for i in 0..<total {
         engine.alloc(addrs[i], size: UInt64(sizes[i]), metadata: ObjectMetadata(
@@ -135,8 +159,12 @@ func realHeapBench(_ n: Int) {
     for (name, b) in engine.memoryBreakdown() where b > 0 { print("  \(name): \(fmt(Double(b) / Double(total), 2)) B/object") }
     for k in 1...3 {
         let c0 = threadCPU()
+        let p0 = processCPU()
+        let t0 = ContinuousClock.now
         let r = engine.scan(now: UInt64(k) * 10_000_000_000, memory: mem, shouldStop: { false })
-        print("scan \(k): thread CPU \(fmt(threadCPU() - c0, 3)) s; bytes scanned \(r.bytesScanned), new leaks \(r.newLeaks)")
+        let wall = seconds(ContinuousClock.now - t0)
+        print("scan \(k): wall \(fmt(wall, 3)) s, process CPU \(fmt(processCPU() - p0, 3)) s, thread CPU \(fmt(threadCPU() - c0, 3)) s; "
+            + "bytes scanned \(r.bytesScanned), new leaks \(r.newLeaks)")
     }
 }
 

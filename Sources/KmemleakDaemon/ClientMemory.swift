@@ -24,6 +24,9 @@ final class ClientMemory: MemoryReader, Sendable {
 
     func hideRegisters() { registers.withLock { $0 = [] } }
 
+    /// ProcessMemory's reads are, and the registers are behind their mutex.
+    var allowsConcurrentReads: Bool { true }
+
     func scannablePart(of range: MemoryRange) -> MemoryRange? {
         range.address >= Self.registersBase ? range : process.scannablePart(of: range)
     }

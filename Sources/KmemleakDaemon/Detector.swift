@@ -37,12 +37,15 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         public var suppressions: Suppressions
         /// Where separate debug files are looked up (`--debug-file-directory`).
         public var debugFileDirectory: String
+        /// Tasks each parallel step of a scan is cut into (`--scan-workers`); 1: the serial scan.
+        public var scanWorkers: Int
 
         public init(runDirectory: String, minimumAge: Double, scanPeriod: Double, firstScanDelay: Double,
                     controlFilePath: String, freezeForConfirmation: Bool = true, discoverProcesses: Bool = true,
                     clientBudget: ClientBudget = ClientBudget(), clientScanBudget: Double = 30,
                     suppressions: Suppressions = Suppressions(),
-                    debugFileDirectory: String = DebugFileDirectory.defaultPath) {
+                    debugFileDirectory: String = DebugFileDirectory.defaultPath, scanWorkers: Int = 1) {
+            self.scanWorkers = max(1, scanWorkers)
             self.suppressions = suppressions
             self.debugFileDirectory = debugFileDirectory
             self.clientScanBudget = clientScanBudget
@@ -434,6 +437,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         config.logNewLeaks = false
         config.logDisable = false
         config.replacesStaleObjects = true
+        if settings.scanWorkers > 1 { config.scanWorkers = ScanThreads(count: settings.scanWorkers) }
         let logger = self.logger
         config.log = { line in logger.warning("\(line)") }
         return config

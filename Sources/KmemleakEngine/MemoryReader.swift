@@ -31,10 +31,15 @@ public protocol MemoryReader {
     /// lies inside `range`; what precedes it is skipped, what follows it is asked about again.
     /// Called with the engine's lock held (must not call into the engine). Default: the whole range.
     func scannablePart(of range: MemoryRange) -> MemoryRange?
+
+    /// Whether `read` may be called from several threads at once (on disjoint buffers): a scan with
+    /// `KmemleakConfiguration.scanWorkers` then reads a batch's ranges in parallel. Default false.
+    var allowsConcurrentReads: Bool { get }
 }
 
 extension MemoryReader {
     public func scannablePart(of range: MemoryRange) -> MemoryRange? { range }
+    public var allowsConcurrentReads: Bool { false }
 }
 
 extension MemoryReader {

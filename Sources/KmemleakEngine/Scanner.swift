@@ -192,6 +192,38 @@ extension EngineState {
         let pl = plain
         let pc = percpu
         let ex = extras
+        let nrec = records.count
+        withWordScanState { rec, bits, g, aliases, cookies in
+            for c in group {
+                if !isRootID(c.id) {
+                    guard Int(c.id) < nrec, rec[Int(c.id)].pointee.allocated else { continue }
+                }
+                guard let (base, n) = Self.alignedWords(bufferBase, c) else { continue }
+                for i in 0..<n {
+                    let w = base.loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
+                    Self.pointerUpdateRefs(w, pl, rec, c.id, &g, ex, pl, &aliases, &cookies, bits)
+                    if pc.count > 0 { Self.pointerUpdateRefs(w, pc, rec, c.id, &g, ex, pl, &aliases, &cookies, bits) }
+                }
+            }
+        }
+    }
+
+    /// The aligned words fully inside chunk `c` of the batch buffer at `bufferBase`: where they start, how many.
+    @inline(__always)
+    static func alignedWords(_ bufferBase: Int, _ c: (off: Int, addr: UInt64, len: Int, id: UInt32)) -> (UnsafeRawPointer, Int)? {
+        guard c.len >= 8 else { return nil }
+        let first = (c.addr &+ 7) & ~7
+        let end = c.addr &+ UInt64(c.len)
+        guard first >= c.addr, first &+ 8 <= end else { return nil }
+        return (UnsafeRawPointer(bitPattern: bufferBase + c.off + Int(first - c.addr))!, Int((end - first) / 8))
+    }
+
+    /// Runs `body` over what a group's words update (the records, the `mayTakeReference` bits, the gray
+    /// list, aliases to resolve, array-cookie references), taken out of the state meanwhile so that the
+    /// word loop goes through no `self`; then puts them back and resolves the aliases.
+    mutating func withWordScanState(
+        _ body: (Rec, UnsafeMutableBufferPointer<UInt64>, inout GrayQueue, inout [UInt64], inout [UInt32]) -> Void
+    ) {
         var g = gray
         gray = GrayQueue()
         var aliases: [UInt64] = []
@@ -199,29 +231,134 @@ extension EngineState {
         cookieRefs = []
         var bits = mayTakeReference
         mayTakeReference = []
-        let nrec = records.count
-        bits.withUnsafeMutableBufferPointer { bits in records.withRecords { rec in
-            for c in group {
-                if !isRootID(c.id) {
-                    guard Int(c.id) < nrec, rec[Int(c.id)].pointee.allocated else { continue }
-                }
-                guard c.len >= 8 else { continue }
-                let first = (c.addr &+ 7) & ~7
-                let end = c.addr &+ UInt64(c.len)
-                guard first >= c.addr, first &+ 8 <= end else { continue }
-                let n = Int((end - first) / 8)
-                let base = UnsafeRawPointer(bitPattern: bufferBase + c.off + Int(first - c.addr))!
-                for i in 0..<n {
-                    let w = base.loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
-                    Self.pointerUpdateRefs(w, pl, rec, c.id, &g, ex, pl, &aliases, &cookies, bits)
-                    if pc.count > 0 { Self.pointerUpdateRefs(w, pc, rec, c.id, &g, ex, pl, &aliases, &cookies, bits) }
-                }
-            }
-        } }
+        let store = records
+        bits.withUnsafeMutableBufferPointer { bits in store.withRecords { rec in body(rec, bits, &g, &aliases, &cookies) } }
         mayTakeReference = bits
         cookieRefs = cookies
         gray = g
         for a in aliases { _ = lookup(a, alias: false, .plain) }
+    }
+
+    /// A parallel scan's lookup of word `w` (read-only): the id `updateRefsOfHit` must see, or nil when
+    /// the serial scan would do nothing with the word but clear a `mayTakeReference` bit (see ScanWorkers).
+    @inline(__always)
+    static func hitToApply(
+        _ w: UInt64, _ idx: IntervalIndex, _ rec: Rec, _ scanned: UInt32, _ ex: [UInt32: ObjectExtras],
+        _ bits: UnsafeMutableBufferPointer<UInt64>
+    ) -> UInt32? {
+        if w < idx.minAddr || w >= idx.maxAddr { return nil }
+        guard let h = idx.predecessor(w) else { return nil }
+        let id = h.id
+        let word = Int(id >> 6)
+        if word < bits.count && bits[word] & (1 << UInt64(id & 63)) == 0 { return nil }
+        let r = rec[Int(id)].pointee
+        let size = objectSize(r, id, ex)
+        let offset = w &- r.pointer
+        if offset >= max(size, 1) { return mayBeNewArrayCookieEnd(offset, r, size) && id != scanned ? id : nil }
+        if id == scanned || isChunkHeaderWord(w, r, size, scanned) { return nil }
+        return id
+    }
+
+    /// `scanGroup` with the lookups cut among `workers`: each task looks up one run of the group's words
+    /// and keeps its hits in `hits` (`hitCapacity` entries per task, word index << 32 | id); then this
+    /// thread applies them in word order, as the serial scan would (see ScanWorkers).
+    mutating func scanGroupParallel(
+        _ bufferBase: Int, _ group: [(off: Int, addr: UInt64, len: Int, id: UInt32)], _ workers: any ScanWorkers,
+        _ hits: UnsafeMutablePointer<UInt64>, _ hitCounts: UnsafeMutablePointer<Int>, hitCapacity: Int
+    ) {
+        if confirm != nil || percpu.count > 0 || workers.count < 2 {
+            scanGroup(bufferBase, group)
+            return
+        }
+        // The chunks still to scan (the serial scan's checks), and the index of each one's first word.
+        var chunks: [(words: UnsafeRawPointer, count: Int, id: UInt32)] = []
+        var firstWord: [Int] = []
+        chunks.reserveCapacity(group.count)
+        firstWord.reserveCapacity(group.count + 1)
+        var total = 0
+        for c in group {
+            if !isRootID(c.id) {
+                guard Int(c.id) < records.count, records[Int(c.id)].allocated else { continue }
+            }
+            guard let (base, n) = Self.alignedWords(bufferBase, c) else { continue }
+            chunks.append((base, n, c.id))
+            firstWord.append(total)
+            total += n
+        }
+        firstWord.append(total)
+        guard total > 0, total <= hitCapacity, total < Int(UInt32.max) else {
+            scanGroup(bufferBase, group)
+            return
+        }
+        let tasks = workers.count
+        let pl = plain
+        let ex = extras
+        withWordScanState { rec, bits, g, aliases, cookies in
+            let job = Shared(value: ParallelLookup(
+                index: pl, extras: ex, records: rec, bits: bits, chunks: chunks, firstWord: firstWord, tasks: tasks,
+                hits: hits, hitCounts: hitCounts, hitCapacity: hitCapacity))
+            workers.run { k in job.value.lookUp(k) }
+            // In word order: task k's hits all precede task k+1's.
+            var ci = 0
+            for k in 0..<tasks {
+                let from = hits + k * hitCapacity
+                for j in 0..<hitCounts[k] {
+                    let e = from[j]
+                    let i = Int(e >> 32)
+                    while firstWord[ci + 1] <= i { ci += 1 }
+                    let c = chunks[ci]
+                    let w = c.words.loadUnaligned(fromByteOffset: (i - firstWord[ci]) * 8, as: UInt64.self)
+                    Self.updateRefsOfHit(w, UInt32(truncatingIfNeeded: e), rec, c.id, &g, ex, pl, &aliases, &cookies, bits)
+                }
+            }
+        }
+    }
+
+    /// Task k of `scanGroupParallel`: the hits among words [words*k/tasks, words*(k+1)/tasks) of `chunks`.
+    struct ParallelLookup {
+        let index: IntervalIndex
+        let extras: [UInt32: ObjectExtras]
+        let records: Rec
+        let bits: UnsafeMutableBufferPointer<UInt64>
+        let chunks: [(words: UnsafeRawPointer, count: Int, id: UInt32)]
+        /// The index of each chunk's first word, and the total at the end.
+        let firstWord: [Int]
+        let tasks: Int
+        let hits: UnsafeMutablePointer<UInt64>
+        let hitCounts: UnsafeMutablePointer<Int>
+        let hitCapacity: Int
+
+        func lookUp(_ k: Int) {
+            let words = firstWord[chunks.count]
+            let lo = words * k / tasks
+            let hi = words * (k + 1) / tasks
+            let out = hits + k * hitCapacity
+            var m = 0
+            // The chunk holding word `lo`: the last one starting at or before it.
+            var ci = 0
+            var span = chunks.count
+            while span > 1 {
+                let half = span >> 1
+                if firstWord[ci + half] <= lo { ci += half }
+                span -= half
+            }
+            var at = lo
+            while at < hi {
+                let c = chunks[ci]
+                let stop = min(hi, firstWord[ci + 1])
+                let base = firstWord[ci]
+                for i in at..<stop {
+                    let w = c.words.loadUnaligned(fromByteOffset: (i &- base) &* 8, as: UInt64.self)
+                    if let id = EngineState.hitToApply(w, index, records, c.id, extras, bits) {
+                        out[m] = UInt64(i) << 32 | UInt64(id)
+                        m &+= 1
+                    }
+                }
+                at = stop
+                ci += 1
+            }
+            hitCounts[k] = m
+        }
     }
 
     @inline(__always)
@@ -239,7 +376,16 @@ extension EngineState {
     ) {
         if w < idx.minAddr || w >= idx.maxAddr { return }
         guard let h = idx.predecessor(w) else { return }
-        let id = h.id
+        updateRefsOfHit(w, h.id, rec, scanned, &g, ex, plainIdx, &aliases, &cookies, bits)
+    }
+
+    /// pointer_update_refs once the lookup found `id`, the object with the greatest pointer <= w.
+    @inline(__always)
+    static func updateRefsOfHit(
+        _ w: UInt64, _ id: UInt32, _ rec: Rec, _ scanned: UInt32,
+        _ g: inout GrayQueue, _ ex: [UInt32: ObjectExtras], _ plainIdx: IntervalIndex, _ aliases: inout [UInt64],
+        _ cookies: inout [UInt32], _ bits: UnsafeMutableBufferPointer<UInt64>
+    ) {
         let word = Int(id >> 6)
         let bit: UInt64 = 1 << UInt64(id & 63)
         let tracked = word < bits.count
@@ -390,15 +536,30 @@ struct Scanner<M: MemoryReader> {
     var slotCursor = 0
     var rootSpans: [Span] = []
     var countObjects = true
+    /// The configuration's workers when there are at least 2 (else the serial scan).
+    let workers: (any ScanWorkers)?
+    /// Per task: the hits of one parallel step (at most one per word of a `parallelScanSize` group).
+    let hits: UnsafeMutablePointer<UInt64>
+    let hitCounts: UnsafeMutablePointer<Int>
+    let hitCapacity = parallelScanSize / 8
 
     init(engine: Kmemleak, memory: M, stop: @escaping () -> Bool) {
         self.engine = engine
         self.memory = memory
         self.stop = stop
         buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maxBatchBytes + 64, alignment: 16)
+        let w = engine.configuration.scanWorkers
+        workers = (w?.count ?? 1) > 1 ? w : nil
+        let tasks = workers?.count ?? 0
+        hits = .allocate(capacity: tasks * hitCapacity)
+        hitCounts = .allocate(capacity: tasks)
     }
 
-    func deallocate() { buffer.deallocate() }
+    func deallocate() {
+        buffer.deallocate()
+        hits.deallocate()
+        hitCounts.deallocate()
+    }
 
     var interrupted: Bool {
         get { result.interrupted }
@@ -584,7 +745,11 @@ struct Scanner<M: MemoryReader> {
             let mem = memory
             ranges.withUnsafeBufferPointer { r in
                 got.withUnsafeMutableBufferPointer { b in
-                    mem.read(r, into: buf, bytesRead: b)
+                    if let workers, mem.allowsConcurrentReads {
+                        Self.readInParallel(mem, r, into: buf, bytesRead: b, workers)
+                    } else {
+                        mem.read(r, into: buf, bytesRead: b)
+                    }
                 }
             }
         }
@@ -599,6 +764,56 @@ struct Scanner<M: MemoryReader> {
             expCursor < expansion.count
         {
             expansion[expCursor].remaining = 0
+        }
+    }
+
+    /// One batch read by `workers` tasks, each reading a run of whole ranges of about the same bytes
+    /// into its place in `buffer` (a batch smaller than `parallelReadMinimum` is read here).
+    static func readInParallel(
+        _ memory: M, _ ranges: UnsafeBufferPointer<MemoryRange>, into buffer: UnsafeMutableRawBufferPointer,
+        bytesRead: UnsafeMutableBufferPointer<Int>, _ workers: any ScanWorkers
+    ) {
+        var total = 0
+        for r in ranges { total += max(0, r.length) }
+        let tasks = workers.count
+        guard ranges.count >= 2, total >= parallelReadMinimum, total <= buffer.count else {
+            memory.read(ranges, into: buffer, bytesRead: bytesRead)
+            return
+        }
+        // Task k reads ranges cuts[k]..<cuts[k+1], from byte offsets[k] of the buffer.
+        var cuts = [0]
+        var offsets = [0]
+        var bytes = 0
+        for (i, r) in ranges.enumerated() {
+            if i > 0 && cuts.count < tasks && bytes >= total * cuts.count / tasks {
+                cuts.append(i)
+                offsets.append(bytes)
+            }
+            bytes += max(0, r.length)
+        }
+        cuts.append(ranges.count)
+        let job = ParallelRead(memory: memory, ranges: ranges, buffer: buffer, bytesRead: bytesRead, cuts: cuts,
+                               offsets: offsets)
+        // Type-erased: the tasks need nothing of the reader's type.
+        let task = Shared<(Int) -> Void>(value: { k in job.read(k) })
+        workers.run { k in task.value(k) }
+    }
+
+    /// Task k of `readInParallel`: ranges cuts[k]..<cuts[k+1], into the buffer from offsets[k].
+    struct ParallelRead {
+        let memory: M
+        let ranges: UnsafeBufferPointer<MemoryRange>
+        let buffer: UnsafeMutableRawBufferPointer
+        let bytesRead: UnsafeMutableBufferPointer<Int>
+        let cuts: [Int]
+        let offsets: [Int]
+
+        func read(_ k: Int) {
+            guard k + 1 < cuts.count else { return }
+            let end = k + 2 < cuts.count ? offsets[k + 1] : buffer.count
+            memory.read(UnsafeBufferPointer(rebasing: ranges[cuts[k]..<cuts[k + 1]]),
+                        into: UnsafeMutableRawBufferPointer(rebasing: buffer[offsets[k]..<end]),
+                        bytesRead: UnsafeMutableBufferPointer(rebasing: bytesRead[cuts[k]..<cuts[k + 1]]))
         }
     }
 
@@ -684,6 +899,8 @@ struct Scanner<M: MemoryReader> {
 
     /// Scans the batch's pieces in order, grouping chunks into lock holds of at most maxScanSize bytes.
     mutating func scanPieces() {
+        // With workers, one lock hold scans a larger group (its lookups are shared among them).
+        let groupLimit = workers == nil ? maxScanSize : parallelScanSize
         var group: [(off: Int, addr: UInt64, len: Int, id: UInt32)] = []
         var groupBytes = 0
         var off = 0
@@ -692,11 +909,11 @@ struct Scanner<M: MemoryReader> {
             result.bytesScanned += got
             let end = p.start &+ UInt64(got)
             var cs = p.start
-            var boundary = ((p.start &+ 7) & ~7) &+ UInt64(maxScanSize)
+            var boundary = ((p.start &+ 7) & ~7) &+ UInt64(groupLimit)
             while cs < end {
                 let ce = boundary > cs && boundary < end ? boundary : end
                 let len = Int(ce - cs)
-                if groupBytes + len > maxScanSize && !group.isEmpty {
+                if groupBytes + len > groupLimit && !group.isEmpty {
                     if !flush(group) { return }
                     group.removeAll(keepingCapacity: true)
                     groupBytes = 0
@@ -704,7 +921,7 @@ struct Scanner<M: MemoryReader> {
                 group.append((off + Int(cs - p.start), cs, len, p.id))
                 groupBytes += len
                 cs = ce
-                boundary &+= UInt64(maxScanSize)
+                boundary &+= UInt64(groupLimit)
             }
             off += p.length
         }
@@ -717,7 +934,8 @@ struct Scanner<M: MemoryReader> {
         let base = Int(bitPattern: buffer.baseAddress)
         let ok = engine.withState { s -> Bool in
             guard s.enabled && s.epoch == ep else { return false }
-            s.scanGroup(base, group)
+            if let workers { s.scanGroupParallel(base, group, workers, hits, hitCounts, hitCapacity: hitCapacity) }
+            else { s.scanGroup(base, group) }
             return true
         }
         if !ok { interrupted = true }

@@ -66,6 +66,9 @@ public struct KmemleakConfiguration: Sendable {
     public var verbose: Bool
     /// Optional context used to print comm and frames in log-only object dumps (alias and overlap warnings).
     public var logContext: (any ReportContext & Sendable)?
+    /// Threads for the scan's lookups and reads (see `ScanWorkers`); nil or a count of 1: the serial scan.
+    /// The results are the same either way.
+    public var scanWorkers: (any ScanWorkers)? = nil
 
     /// Creates a configuration; the defaults are the kernel's (1 CPU, 5 s minimum age, HZ 100, no
     /// confirmation passes, report CPU 0, 4 KiB pages, debugfs path, no logging).

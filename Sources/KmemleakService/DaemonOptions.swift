@@ -31,6 +31,8 @@ public struct DaemonOptions: Sendable, Equatable {
     public var suppressionFiles: [String]
     /// Where separate debug files are looked up (`--debug-file-directory`), and nowhere else.
     public var debugFileDirectory: String
+    /// Tasks each parallel step of a scan is cut into (`--scan-workers`); 1 is the serial scan.
+    public var scanWorkers: Int
 
     public static let defaultDebugFileDirectory = "/usr/lib/debug"
 
@@ -42,8 +44,10 @@ public struct DaemonOptions: Sendable, Equatable {
         firstScanDelay: Double = 60, clientScanBudget: Double = DaemonOptions.defaultClientScanBudget,
         mountpoint: String, allowOther: Bool = false, discoverProcesses: Bool = true,
         maxObjectsPerClient: Int = DaemonOptions.defaultMaxObjectsPerClient, controlFileLink: String? = nil,
-        suppressionFiles: [String] = [], debugFileDirectory: String = DaemonOptions.defaultDebugFileDirectory
+        suppressionFiles: [String] = [], debugFileDirectory: String = DaemonOptions.defaultDebugFileDirectory,
+        scanWorkers: Int = ScanThreads.defaultCount
     ) {
+        self.scanWorkers = max(1, scanWorkers)
         self.controlFileLink = controlFileLink
         self.suppressionFiles = suppressionFiles
         self.debugFileDirectory = debugFileDirectory

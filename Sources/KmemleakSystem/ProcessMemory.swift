@@ -76,6 +76,9 @@ public final class ProcessMemory: MemoryReader, Sendable {
     /// Pages looked up per pagemap read, and the longest run returned as one part.
     static let pagemapChunk: UInt64 = 4096, longestPart: UInt64 = 1 << 20
 
+    /// process_vm_readv needs no lock, and the counters are atomics.
+    public var allowsConcurrentReads: Bool { true }
+
     public func scannablePart(of range: MemoryRange) -> MemoryRange? {
         guard range.length > 0 else { return nil }
         guard let state = scannable.withLock({ $0 }) else { return range }

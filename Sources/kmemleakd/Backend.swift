@@ -24,7 +24,7 @@ func makeBackend(options: DaemonOptions, logger: Logger) throws -> any ControlFi
             discoverProcesses: options.discoverProcesses,
             clientBudget: ClientBudget(maxObjects: options.maxObjectsPerClient),
             clientScanBudget: options.clientScanBudget, suppressions: suppressions,
-            debugFileDirectory: options.debugFileDirectory),
+            debugFileDirectory: options.debugFileDirectory, scanWorkers: options.scanWorkers),
         logger: raw)
 }
 

@@ -126,6 +126,10 @@ let helpDiscussion = """
              Daemon log threshold: trace, debug, info (default), notice,
              warning, error or critical. debug also logs each confirmation:
              the bytes re-read, the freeze's duration and its parts.
+      KMEMLEAKD_SCAN_WORKERS
+             The default of --scan-workers: how many threads share a scan's
+             reads and address lookups (default: the online CPUs, at most
+             4; 1 scans on one thread). Reports are the same for any value.
       DEBUGINFOD_URLS
              In the daemon: debug files missing from --debug-file-directory
              are fetched by build id from these debuginfod servers. Unset

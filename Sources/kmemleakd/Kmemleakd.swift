@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import KmemleakFS
 import KmemleakService
+import KmemleakSystem
 import Logging
 
 @main
@@ -13,7 +14,7 @@ struct Kmemleakd: ParsableCommand {
             kmemleakd [--run-dir DIR] [--min-age SECONDS] [--scan-period SECONDS] [--first-scan-delay SECONDS]
                       [--max-objects N] [--client-scan-budget SECONDS] [--allow-other | -o allow_other]
                       [--no-discover-proc] [--suppressions FILE]... [--debug-file-directory DIR]
-                      [--control-link PATH] MOUNTPOINT
+                      [--control-link PATH] [--scan-workers N] MOUNTPOINT
             """,
         discussion: helpDiscussion)
 
@@ -67,6 +68,13 @@ struct Kmemleakd: ParsableCommand {
             valueName: "DIR"))
     var debugFileDirectory: String = DaemonOptions.defaultDebugFileDirectory
 
+    @Option(
+        name: .customLong("scan-workers"),
+        help: ArgumentHelp(
+            "Threads a scan's reads and lookups are shared among (1: the serial scan; the results are the same). Default: $KMEMLEAKD_SCAN_WORKERS if set, else the online CPUs, at most 4 (here \(ScanThreads.defaultCount)).",
+            valueName: "N"))
+    var scanWorkers: Int = getenv("KMEMLEAKD_SCAN_WORKERS").flatMap { Int(String(cString: $0)) } ?? ScanThreads.defaultCount
+
     @Flag(
         name: .customLong("allow-other"),
         help: "Let users other than root into the mount (FUSE allow_other). Each sees only the leaks of its own processes; only root may write commands (see SECURITY).")
@@ -112,6 +120,7 @@ struct Kmemleakd: ParsableCommand {
         for option in mountOptions.flatMap({ $0.split(separator: ",") }) where option != "allow_other" {
             throw ValidationError("-o \(option): unsupported mount option (only allow_other is accepted)")
         }
+        guard (1...64).contains(scanWorkers) else { throw ValidationError("--scan-workers: '\(scanWorkers)' is not a count in 1...64") }
         guard maxObjects >= 1 else { throw ValidationError("--max-objects: '\(maxObjects)' is not a count >= 1") }
         guard !runDirectory.isEmpty else { throw ValidationError("--run-dir: empty path") }
         if let controlLink, controlLink.isEmpty { throw ValidationError("--control-link: empty path") }
@@ -138,7 +147,7 @@ struct Kmemleakd: ParsableCommand {
             allowOther: allowOther || mountOptions.contains { $0.split(separator: ",").contains("allow_other") },
             discoverProcesses: !noProcessDiscovery,
             maxObjectsPerClient: maxObjects, controlFileLink: controlLink.map(absolute),
-            suppressionFiles: suppressionFiles, debugFileDirectory: debugFileDirectory)
+            suppressionFiles: suppressionFiles, debugFileDirectory: debugFileDirectory, scanWorkers: scanWorkers)
     }
 
     /// MOUNTPOINT made absolute (not resolved: a stale mount point cannot be resolved).

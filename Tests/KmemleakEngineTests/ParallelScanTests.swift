@@ -1,0 +1,202 @@
+import Dispatch
+import Testing
+@testable import KmemleakEngine
+
+/// A flat memory image read with memcpy, safe to read from several threads (it counts nothing).
+final class ConcurrentMemory: MemoryReader, @unchecked Sendable {
+    let base: UInt64
+    let bytes: UnsafeMutableRawBufferPointer
+    var allowsConcurrentReads: Bool { true }
+
+    init(base: UInt64, size: Int) {
+        self.base = base
+        bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
+        bytes.initializeMemory(as: UInt8.self, repeating: 0)
+    }
+
+    deinit { bytes.deallocate() }
+
+    func store(_ address: UInt64, _ value: UInt64) {
+        bytes.storeBytes(of: value, toByteOffset: Int(address - base), as: UInt64.self)
+    }
+
+    func read(_ ranges: UnsafeBufferPointer<MemoryRange>, into buffer: UnsafeMutableRawBufferPointer,
+              bytesRead: UnsafeMutableBufferPointer<Int>) {
+        var offset = 0
+        for (i, r) in ranges.enumerated() {
+            var n = 0
+            if r.address >= base && r.address - base < UInt64(bytes.count) {
+                let o = Int(r.address - base)
+                n = min(r.length, bytes.count - o)
+                (buffer.baseAddress! + offset).copyMemory(from: bytes.baseAddress! + o, byteCount: n)
+            }
+            bytesRead[i] = n
+            offset += r.length
+        }
+    }
+}
+
+/// Workers on Dispatch's thread pool: the parallel scan with real threads.
+struct DispatchScanWorkers: ScanWorkers {
+    let count: Int
+    func run(_ task: @Sendable (Int) -> Void) { DispatchQueue.concurrentPerform(iterations: count, execute: task) }
+}
+
+/// A heap with what a word of a real one may be: exact and interior pointers, words inside the heap that
+/// start no object, pointers just past an object, glibc chunk headers, array cookies (`new T[0]`), and
+/// objects of every colour: min_count 0 (grey), 1, 2 and -1 (black), NO_SCAN, a vmalloc block with its
+/// excess_ref, scan areas. Deterministic for a seed.
+struct MixedHeap {
+    static let rootBase: UInt64 = 0x7000_0000
+    static let rootWords = 512
+    static let heapBase: UInt64 = 0x7000_4000
+    var addresses: [UInt64] = []
+    var sizes: [Int] = []
+    let memory: ConcurrentMemory
+    let end: UInt64
+    var seed: UInt64
+
+    mutating func next() -> UInt64 { seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17; return seed }
+
+    init(objects: Int, seed: UInt64) {
+        self.seed = seed | 1
+        var top = Self.heapBase + 16
+        var sizes: [Int] = []
+        var addresses: [UInt64] = []
+        var s = self.seed
+        func rnd() -> UInt64 { s ^= s << 13; s ^= s >> 7; s ^= s << 17; return s }
+        for i in 0..<objects {
+            let r = rnd() % 100
+            let size = i % 97 == 5 ? 8 : r < 60 ? 16 + Int(rnd() % 48) : r < 95 ? 64 + Int(rnd() % 448) : 512 + Int(rnd() % 3584)
+            sizes.append(size)
+            addresses.append(top)
+            top += UInt64(max(32, (size + 8 + 15) & ~15))
+        }
+        self.seed = s
+        self.sizes = sizes
+        self.addresses = addresses
+        end = top
+        memory = ConcurrentMemory(base: Self.rootBase, size: Int(top - Self.rootBase) + 4096)
+        let lo = addresses[0], hi = top
+        for i in 0..<objects {
+            // Array-cookie blocks: first word 0 or 1.
+            if sizes[i] == 8 { memory.store(addresses[i], UInt64(i & 1)); continue }
+            for w in 0..<(sizes[i] / 8) {
+                let r = next() % 100
+                var v: UInt64 = 0
+                let target = Int(next() % UInt64(objects))
+                // Objects 0, 7, 14, ... are referenced by no pointer: the leaks (bar a rare random word).
+                let referable = target % 7 == 0 ? max(1, target - 1) : target
+                if r < 12 { v = addresses[referable] }
+                else if r < 15 { v = addresses[referable] + 8 * (next() % 3) }
+                else if r < 17 { v = addresses[target] + UInt64(sizes[target]) }  // just past the end
+                else if r < 19 { v = addresses[target] &- 16 }  // a chunk header
+                else if r < 30 { v = addresses[target] + UInt64(sizes[target]) + 1 + next() % 7 }  // no object's
+                else if r < 50 { v = next() % 100_000 }
+                else if next() % 2000 == 0 { v = lo + next() % (hi - lo) }
+                memory.store(addresses[i] + UInt64(w * 8), v)
+            }
+        }
+        for k in 0..<Self.rootWords {
+            let r = next() % 4
+            memory.store(Self.rootBase + UInt64(k * 8), r == 0 ? 0 : addresses[Int(next() % UInt64(objects))])
+        }
+    }
+
+    /// An engine over this heap with `workers`.
+    func engine(workers: (any ScanWorkers)?) -> Kmemleak {
+        var config = KmemleakConfiguration(possibleCPUs: 1, minimumAge: 0, confirmationPasses: 1)
+        config.scanWorkers = workers
+        let e = Kmemleak(configuration: config)
+        e.setRoots([RootRegion(start: Self.rootBase, length: UInt64(Self.rootWords * 8), kind: .data),
+                    // Allocator data: the first heap objects, where glibc's chunk-header words are skipped.
+                    RootRegion(start: addresses[0], length: 4096, kind: .data, isAllocatorData: true)])
+        for (i, a) in addresses.enumerated() {
+            let minCount: Int32 = i % 53 == 7 ? 0 : i % 41 == 3 ? 2 : i % 67 == 9 ? -1 : 1
+            e.alloc(a, size: UInt64(sizes[i]), minCount: minCount, mallocChunk: i % 3 != 0, metadata: meta(UInt64(i)))
+            if i % 89 == 11 { e.noScan(a) }
+            if i % 101 == 13 && sizes[i] >= 64 { e.scanArea(a + 16, size: 32) }
+        }
+        // A vmalloc block whose vm_struct twin is an ordinary object: surplus references to the twin count
+        // for the block.
+        e.vmalloc(area: addresses[20], pointer: end + 0x10_0000, size: 100, metadata: meta(UInt64(addresses.count)))
+        return e
+    }
+}
+
+/// Everything the engine knows of each object after a scan (counts, flags, checksums), by pointer.
+func objectStates(_ e: Kmemleak) -> [ObjectInfo] {
+    var all: [ObjectInfo] = []
+    e.forEachObject { all.append($0) }
+    return all.sorted { $0.pointer < $1.pointer }
+}
+
+@Suite struct ParallelScanTests {
+    /// The same heap scanned serially and with 2, 3 and 4 tasks (run inline, one after the other, and on
+    /// real threads): after every scan each object has the same count, flags and checksum, the same
+    /// objects are reported, and the scans read the same bytes.
+    @Test(arguments: [
+        InlineScanWorkers(count: 2) as any ScanWorkers, InlineScanWorkers(count: 3), DispatchScanWorkers(count: 2),
+        DispatchScanWorkers(count: 4),
+    ])
+    func sameResultsAsSerial(workers: any ScanWorkers) {
+        let heap = MixedHeap(objects: 12_000, seed: 0x9e37_79b9_7f4a_7c15)
+        let serial = heap.engine(workers: nil)
+        let parallel = heap.engine(workers: workers)
+        var leaks = 0
+        for k in 1...3 {
+            let now = UInt64(k) * 10 * sec
+            let a = serial.scan(now: now, memory: heap.memory)
+            let b = parallel.scan(now: now, memory: heap.memory)
+            #expect(a == b, "scan \(k)")
+            let x = objectStates(serial), y = objectStates(parallel)
+            #expect(x.count == y.count && zip(x, y).filter { $0 != $1 }.isEmpty,
+                    "scan \(k): \(zip(x, y).filter { $0 != $1 }.count) objects differ, first \(zip(x, y).first { $0 != $1 }.map { "\($0)" } ?? "-")")
+            #expect(serial.reportSnapshot(memory: heap.memory).map(\.pointer)
+                == parallel.reportSnapshot(memory: heap.memory).map(\.pointer), "scan \(k)")
+            leaks += a.newLeaks
+            if k == 1 {
+                // The heap is one where the scan has work: referenced objects, and several groups.
+                #expect(a.bytesScanned > 8 * parallelScanSize)
+                #expect(objectStates(serial).contains { $0.count > 1 })
+            }
+        }
+        #expect(leaks > 1000)
+        // The array-cookie rule and the chunk-header rule had words to judge.
+        let states = objectStates(serial)
+        #expect(states.contains { $0.size == 8 && $0.count > 0 })
+    }
+
+    /// Leaks planted in a heap (unreferenced blocks) are all found by the parallel scan, and nothing else
+    /// that the serial scan does not report.
+    @Test func plantedLeaksFound() {
+        let heap = MixedHeap(objects: 6000, seed: 42)
+        let planted = (0..<50).map { heap.end + 0x1000 + UInt64($0) * 256 }
+        let e = heap.engine(workers: DispatchScanWorkers(count: 2))
+        for (k, p) in planted.enumerated() { e.alloc(p, size: 128, metadata: meta(UInt64(100_000 + k))) }
+        let s = heap.engine(workers: nil)
+        for (k, p) in planted.enumerated() { s.alloc(p, size: 128, metadata: meta(UInt64(100_000 + k))) }
+        _ = e.scan(now: 10 * sec, memory: heap.memory)
+        _ = s.scan(now: 10 * sec, memory: heap.memory)
+        let found = Set(e.reportSnapshot(memory: heap.memory).map(\.pointer))
+        #expect(found.isSuperset(of: planted))
+        #expect(found == Set(s.reportSnapshot(memory: heap.memory).map(\.pointer)))
+    }
+
+    /// A reader that does not allow concurrent reads is read on the scanning thread only, even with
+    /// workers (the lookups are still shared): SyntheticMemory counts its calls unsynchronised.
+    @Test func serialReaderWithWorkers() {
+        let mem = SyntheticMemory()
+        mem.map(World.root, 0x100)
+        mem.map(0x10000, 0x30000)
+        var config = KmemleakConfiguration(possibleCPUs: 1, minimumAge: 0)
+        config.scanWorkers = DispatchScanWorkers(count: 2)
+        let e = Kmemleak(configuration: config)
+        e.setRoots([RootRegion(start: World.root, length: 0x100, kind: .data)])
+        for (k, p) in [A, B, C].enumerated() { e.alloc(p, size: 64, metadata: meta(UInt64(k))) }
+        mem.write64(World.root, A)
+        mem.write64(A, B)
+        #expect(e.scan(now: 10 * sec, memory: mem).newLeaks == 1)
+        #expect(e.reported(mem) == [C])
+    }
+}

@@ -576,6 +576,7 @@ struct Scanner<M: MemoryReader> {
             s.lastScanStart = now  // jiffies_last_scan
             s.gray.reset()
             s.mayTakeReference = Array(repeating: ~0, count: (s.records.count + 63) / 64)
+            s.plain.refreshBlockTable()
             return (s.epoch, s.scanRootRegions())
         }
         guard let (ep, roots) = start else { return ScanResult(interrupted: true) }
@@ -934,6 +935,8 @@ struct Scanner<M: MemoryReader> {
         let base = Int(bitPattern: buffer.baseAddress)
         let ok = engine.withState { s -> Bool in
             guard s.enabled && s.epoch == ep else { return false }
+            // Blocks split or merged by the syncs since: a stale table costs steps, not answers.
+            s.plain.refreshBlockTable(ifStaleBy: 64)
             if let workers { s.scanGroupParallel(base, group, workers, hits, hitCounts, hitCapacity: hitCapacity) }
             else { s.scanGroup(base, group) }
             return true

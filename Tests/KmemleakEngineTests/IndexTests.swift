@@ -7,6 +7,66 @@ import Testing
         mutating func next() -> UInt64 { s ^= s << 13; s ^= s >> 7; s ^= s << 17; return s }
     }
 
+    /// The page -> block table gives every lookup the answer of the search over the block minima: built
+    /// over two heaps far apart (the table covers the larger), then stale after inserts that split blocks
+    /// and removes that merge them, then rebuilt.
+    @Test func blockTableLookups() {
+        var index = IntervalIndex()
+        var keys: [UInt64] = []  // sorted: the reference
+        var rng = Rng(s: 777)
+        /// The number of keys <= addr (a plain binary search).
+        func rank(_ addr: UInt64) -> Int {
+            var lo = 0, hi = keys.count
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if keys[mid] <= addr { lo = mid + 1 } else { hi = mid }
+            }
+            return lo
+        }
+        func insert(_ key: UInt64, _ id: UInt32) {
+            let at = rank(key)
+            guard at == 0 || keys[at - 1] != key else { return }
+            let h = index.predecessor(key)
+            index.insert(id, key: key, afterBlock: h?.b ?? -1, pos: h?.pos ?? -1)
+            keys.insert(key, at: at)
+        }
+        func check(_ label: String) {
+            var bad = 0
+            for _ in 0..<5000 {
+                let k = keys[Int(rng.next() % UInt64(keys.count))]
+                for addr in [k, k &+ rng.next() % 300, k &- 1, k &- rng.next() % 5000] {
+                    let r = rank(addr)
+                    let want: Int? = r > 0 ? r - 1 : nil
+                    let got = index.predecessor(addr)
+                    let gotKey = got.map { index.mins[$0.b] &+ (index.entries[Int(index.phys[$0.b]) * IntervalIndex.blockCapacity + $0.pos] >> 32) }
+                    if gotKey != want.map({ keys[$0] }) { bad += 1 }
+                }
+            }
+            #expect(bad == 0, "\(label)")
+        }
+        var id: UInt32 = 0
+        for _ in 0..<30_000 { insert(0x5555_0000_0000 + (rng.next() % (256 << 20)) & ~15, id); id += 1 }
+        for _ in 0..<3000 { insert(0x7f00_0000_0000 + (rng.next() % (64 << 20)) & ~15, id); id += 1 }
+        check("no table")
+        index.refreshBlockTable()
+        #expect(index.blockTable.span > 0 && index.blockTable.start >= 0x5555_0000_0000 && index.blockTable.start < 0x7f00_0000_0000)
+        #expect(index.blockTable.firsts.count <= max(index.count / 4, 16) + 1)
+        check("fresh table")
+        for _ in 0..<20_000 { insert(0x5555_0000_0000 + (rng.next() % (300 << 20)) & ~15, id); id += 1 }
+        #expect(index.layoutChanges - index.blockTable.builtAt > 64)
+        check("stale after inserts")
+        for _ in 0..<30_000 {
+            let at = Int(rng.next() % UInt64(keys.count))
+            guard let h = index.predecessor(keys[at]) else { continue }
+            index.remove(b: h.b, pos: h.pos)
+            keys.remove(at: at)
+        }
+        check("stale after removes")
+        index.refreshBlockTable(ifStaleBy: 64)
+        #expect(index.blockTable.builtAt == index.layoutChanges)
+        check("rebuilt")
+    }
+
     /// Many objects registered in random order, some freed: exact and interior lookups stay right
     /// (block splits and merges of the two-level index).
     @Test func randomInsertLookupRemove() {

@@ -63,6 +63,8 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
     private let settings: Settings
     private let logger: Logger
     private let elfCache: ELFCache
+    /// Shared by every client's engine (scans run one at a time, under scanMutex); nil: serial scans.
+    private let scanThreads: ScanThreads?
     /// The kernel's scan_mutex: scans, clear, off, dump and report snapshots.
     private let scanMutex = NSLock()
     // Guarded by scanMutex.
@@ -87,6 +89,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         self.settings = settings
         self.logger = logger
         elfCache = ELFCache(debugFiles: DebugFileDirectory(settings.debugFileDirectory))
+        scanThreads = settings.scanWorkers > 1 ? ScanThreads.pool(count: settings.scanWorkers) : nil
         processDiscovery = settings.discoverProcesses ? ProcessDiscovery(runDirectory: settings.runDirectory) : nil
         scheduler = ScanScheduler(
             period: settings.scanPeriod, firstScanDelay: settings.firstScanDelay,
@@ -437,7 +440,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         config.logNewLeaks = false
         config.logDisable = false
         config.replacesStaleObjects = true
-        if settings.scanWorkers > 1 { config.scanWorkers = ScanThreads(count: settings.scanWorkers) }
+        config.scanWorkers = scanThreads
         let logger = self.logger
         config.log = { line in logger.warning("\(line)") }
         return config

@@ -83,7 +83,8 @@ let package = Package(
             ]),
         .executableTarget(
             name: "kmemleak-engine-bench",
-            dependencies: ["KmemleakEngine"],
+            // KmemleakSystem for the daemon's scan threads only (`real` with KMEMLEAK_BENCH_WORKERS).
+            dependencies: ["KmemleakEngine", "KmemleakSystem"],
             path: "Benchmarks/EngineScan"),
         .executableTarget(
             name: "kmemleak-views-bench",

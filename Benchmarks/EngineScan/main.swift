@@ -1,8 +1,8 @@
 // Micro-benchmark of the KmemleakEngine: registration of 1M objects, one full scan, report snapshot,
 // and engine memory per object. Run: swift run -c release kmemleak-engine-bench [objects]; with `real [objects]`,
 // issue 10's realistic heap instead (realHeapBench).
-import Dispatch
 import KmemleakEngine
+import KmemleakSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -80,13 +80,7 @@ func cpuSeconds(thread: Bool) -> Double {
     #endif
 }
 
-/// The scan's workers for `real`: KMEMLEAK_BENCH_WORKERS tasks on Dispatch's pool (unset or 1: serial).
-struct BenchWorkers: ScanWorkers {
-    let count: Int
-    func run(_ task: @Sendable (Int) -> Void) { DispatchQueue.concurrentPerform(iterations: count, execute: task) }
-}
-
-/// `real [N]`: issue 10's realistic C heap (Benchmarks/ScanVsLSan/scan-client.c `real`), laid out as
+/// `real [N]` (scan workers: KMEMLEAK_BENCH_WORKERS, unset or 1: serial): issue 10's realistic C heap (Benchmarks/ScanVsLSan/scan-client.c `real`), laid out as
 /// glibc's malloc would (16-byte chunk headers, address order), scanned twice by the engine alone:
 /// the word loop's cost on a real heap without process_vm_readv.
 func realHeapBench(_ n: Int) {
@@ -145,7 +139,8 @@ func realHeapBench(_ n: Int) {
     var config = KmemleakConfiguration(possibleCPUs: 2, minimumAge: 0)
     let workers = getenv("KMEMLEAK_BENCH_WORKERS").flatMap { Int(String(cString: $0)) } ?? 1
     if workers > 1 {
-        config.scanWorkers = BenchWorkers(count: workers)
+        // The daemon's pool (kmemleakd --scan-workers).
+        config.scanWorkers = ScanThreads.pool(count: workers)
         mem.concurrent = true
     }
     print("scan workers: \(workers)")

@@ -140,7 +140,7 @@ func realHeapBench(_ n: Int) {
     let workers = getenv("KMEMLEAK_BENCH_WORKERS").flatMap { Int(String(cString: $0)) } ?? 1
     if workers > 1 {
         // The daemon's pool (kmemleakd --scan-workers).
-        config.scanWorkers = ScanThreads.pool(count: workers)
+        config.scanWorkers = ScanThreads.pool(threads: workers)
         mem.concurrent = true
     }
     print("scan workers: \(workers)")

@@ -89,7 +89,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         self.settings = settings
         self.logger = logger
         elfCache = ELFCache(debugFiles: DebugFileDirectory(settings.debugFileDirectory))
-        scanThreads = settings.scanWorkers > 1 ? ScanThreads.pool(count: settings.scanWorkers) : nil
+        scanThreads = settings.scanWorkers > 1 ? ScanThreads.pool(threads: settings.scanWorkers) : nil
         processDiscovery = settings.discoverProcesses ? ProcessDiscovery(runDirectory: settings.runDirectory) : nil
         scheduler = ScanScheduler(
             period: settings.scanPeriod, firstScanDelay: settings.firstScanDelay,

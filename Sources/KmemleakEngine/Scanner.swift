@@ -264,9 +264,9 @@ extension EngineState {
     /// thread applies them in word order, as the serial scan would (see ScanWorkers).
     mutating func scanGroupParallel(
         _ bufferBase: Int, _ group: [(off: Int, addr: UInt64, len: Int, id: UInt32)], _ workers: any ScanWorkers,
-        _ hits: UnsafeMutablePointer<UInt64>, _ hitCounts: UnsafeMutablePointer<Int>, hitCapacity: Int
+        _ hits: UnsafeMutablePointer<UInt64>, _ hitCounts: UnsafeMutablePointer<Int>, tasks: Int, hitCapacity: Int
     ) {
-        if confirm != nil || percpu.count > 0 || workers.count < 2 {
+        if confirm != nil || percpu.count > 0 || tasks < 2 {
             scanGroup(bufferBase, group)
             return
         }
@@ -286,11 +286,12 @@ extension EngineState {
             total += n
         }
         firstWord.append(total)
-        guard total > 0, total <= hitCapacity, total < Int(UInt32.max) else {
+        // Each task's share is at most ceil(total / tasks) words.
+        guard total > 0, total <= hitCapacity * tasks, total < Int(UInt32.max) else {
             scanGroup(bufferBase, group)
             return
         }
-        let tasks = workers.count
+        for k in 0..<tasks { hitCounts[k] = 0 }
         let pl = plain
         let ex = extras
         withWordScanState { rec, bits, g, aliases, cookies in
@@ -329,6 +330,7 @@ extension EngineState {
         let hitCapacity: Int
 
         func lookUp(_ k: Int) {
+            guard k < tasks else { return }
             let words = firstWord[chunks.count]
             let lo = words * k / tasks
             let hi = words * (k + 1) / tasks
@@ -538,10 +540,13 @@ struct Scanner<M: MemoryReader> {
     var countObjects = true
     /// The configuration's workers when there are at least 2 (else the serial scan).
     let workers: (any ScanWorkers)?
-    /// Per task: the hits of one parallel step (at most one per word of a `parallelScanSize` group).
+    /// Per task: the hits of one parallel step (at most one per word of its share of a
+    /// `parallelScanSize` group: `hitCapacity` entries).
     let hits: UnsafeMutablePointer<UInt64>
     let hitCounts: UnsafeMutablePointer<Int>
-    let hitCapacity = parallelScanSize / 8
+    let hitCapacity: Int
+    /// Tasks per parallel step (the workers' count when the scan began), 0 without workers.
+    let tasks: Int
 
     init(engine: Kmemleak, memory: M, stop: @escaping () -> Bool) {
         self.engine = engine
@@ -550,7 +555,8 @@ struct Scanner<M: MemoryReader> {
         buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maxBatchBytes + 64, alignment: 16)
         let w = engine.configuration.scanWorkers
         workers = (w?.count ?? 1) > 1 ? w : nil
-        let tasks = workers?.count ?? 0
+        tasks = workers?.count ?? 0
+        hitCapacity = tasks > 0 ? parallelScanSize / 8 / tasks + 1 : 0
         hits = .allocate(capacity: tasks * hitCapacity)
         hitCounts = .allocate(capacity: tasks)
     }
@@ -776,7 +782,7 @@ struct Scanner<M: MemoryReader> {
     ) {
         var total = 0
         for r in ranges { total += max(0, r.length) }
-        let tasks = workers.count
+        let tasks = max(1, workers.count)
         guard ranges.count >= 2, total >= parallelReadMinimum, total <= buffer.count else {
             memory.read(ranges, into: buffer, bytesRead: bytesRead)
             return
@@ -937,7 +943,9 @@ struct Scanner<M: MemoryReader> {
             guard s.enabled && s.epoch == ep else { return false }
             // Blocks split or merged by the syncs since: a stale table costs steps, not answers.
             s.plain.refreshBlockTable(ifStaleBy: 64)
-            if let workers { s.scanGroupParallel(base, group, workers, hits, hitCounts, hitCapacity: hitCapacity) }
+            if let workers {
+                s.scanGroupParallel(base, group, workers, hits, hitCounts, tasks: tasks, hitCapacity: hitCapacity)
+            }
             else { s.scanGroup(base, group) }
             return true
         }

@@ -31,7 +31,12 @@ public func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
 /// One caller at a time: a second concurrent caller runs its tasks itself.
 // @unchecked: the pthread mutex and condition (at fixed addresses) are made for use from several threads.
 public final class ScanThreads: ScanWorkers, @unchecked Sendable {
+    /// Tasks per step: `tasksPerThread` per thread, so that a thread preempted in a task holds up the
+    /// step for a small part of it only (the others claim the rest).
     public let count: Int
+    /// Threads (the caller included).
+    public let threads: Int
+    static let tasksPerThread = 4
     /// generation << 32 | the next task to claim in it.
     private let claim = Atomic<UInt64>(0)
     /// Tasks of the current generation that have returned.
@@ -42,27 +47,28 @@ public final class ScanThreads: ScanWorkers, @unchecked Sendable {
     private let sleep: UnsafeMutablePointer<pthread_mutex_t>
     private let wake: UnsafeMutablePointer<pthread_cond_t>
     /// Checks of `claim` before a thread sleeps (a scan's steps follow each other within microseconds).
-    static let spinsBeforeSleep = 4000
+    static let spinsBeforeSleep = 256
 
     private static let pools = Mutex<[Int: ScanThreads]>([:])
 
-    /// The process's pool of `count` workers (its threads are started once and never end).
-    public static func pool(count: Int) -> ScanThreads {
+    /// The process's pool of `threads` threads, the caller included (they are started once and never end).
+    public static func pool(threads: Int) -> ScanThreads {
         pools.withLock { pools in
-            if let p = pools[count] { return p }
-            let p = ScanThreads(count: count)
-            pools[count] = p
+            if let p = pools[threads] { return p }
+            let p = ScanThreads(threads: threads)
+            pools[threads] = p
             return p
         }
     }
 
-    private init(count: Int) {
-        self.count = max(1, min(count, 64))
+    private init(threads: Int) {
+        self.threads = max(1, min(threads, 64))
+        count = self.threads == 1 ? 1 : self.threads * Self.tasksPerThread
         sleep = .allocate(capacity: 1)
         wake = .allocate(capacity: 1)
         pthread_mutex_init(sleep, nil)
         pthread_cond_init(wake, nil)
-        for k in 1..<self.count {
+        for k in 1..<self.threads {
             startThread(name: "kmemleak-scan\(k)") { [self] in self.work() }
         }
     }

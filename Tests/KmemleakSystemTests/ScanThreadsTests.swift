@@ -13,33 +13,35 @@ final class TaskCounts: Sendable {
 @Suite struct ScanThreadsTests {
     /// Step after step, every task runs exactly once before `run` returns.
     @Test func everyTaskOncePerStep() {
-        let pool = ScanThreads.pool(count: 3)
-        let counts = TaskCounts(3)
+        let pool = ScanThreads.pool(threads: 3)
+        let counts = TaskCounts(pool.count)
         var ok = true
         for step in 1...20_000 {
             pool.run { k in counts.add(k) }
-            if step % 1000 == 0 { ok = ok && counts.all == [step, step, step] }
+            if step % 1000 == 0 { ok = ok && counts.all == Array(repeating: step, count: pool.count) }
         }
         #expect(ok)
-        #expect(counts.all == [20_000, 20_000, 20_000])
+        #expect(counts.all == Array(repeating: 20_000, count: pool.count))
     }
 
     /// Several threads calling one pool at once: each call still runs its tasks once (a second caller
     /// runs its own), and none waits forever.
     @Test func concurrentCallers() async {
-        let pool = ScanThreads.pool(count: 2)
-        let counts = TaskCounts(2)
+        let pool = ScanThreads.pool(threads: 2)
+        let counts = TaskCounts(pool.count)
         await withTaskGroup(of: Void.self) { group in
             for _ in 0..<4 {
                 group.addTask { for _ in 0..<2000 { pool.run { k in counts.add(k) } } }
             }
         }
-        #expect(counts.all == [8000, 8000])
+        #expect(counts.all == Array(repeating: 8000, count: pool.count))
     }
 
-    /// The pool of a count is made once per process.
-    @Test func onePoolPerCount() {
-        #expect(ScanThreads.pool(count: 2) === ScanThreads.pool(count: 2))
-        #expect(ScanThreads.pool(count: 2).count == 2)
+    /// The pool of a thread count is made once per process; it cuts a step into 4 tasks per thread (1
+    /// thread: the serial scan).
+    @Test func onePoolPerThreadCount() {
+        #expect(ScanThreads.pool(threads: 2) === ScanThreads.pool(threads: 2))
+        #expect(ScanThreads.pool(threads: 2).count == 8)
+        #expect(ScanThreads.pool(threads: 1).count == 1)
     }
 }

@@ -57,7 +57,7 @@ extension Kmemleak {
     public func seq(of id: ObjectID) -> UInt64? {
         state.withLock { s in
             guard Int(id) < s.records.count, s.records[Int(id)].allocated else { return nil }
-            return s.records[Int(id)].seq
+            return s.seq(s.records[Int(id)])
         }
     }
 
@@ -74,7 +74,7 @@ extension Kmemleak {
     public func free(object id: ObjectID, ifSeq seq: UInt64) {
         withState { s in
             guard s.enabled, Int(id) < s.records.count, s.records[Int(id)].allocated,
-                  s.records[Int(id)].seq == seq else { return }
+                  s.seq(s.records[Int(id)]) == seq else { return }
             let r = s.records[Int(id)]
             let space: Space = r.has(ObjectFlags.percpu) ? .percpu : .plain
             guard let h = s.lookup(r.pointer, alias: false, space), h.id == id else { return }

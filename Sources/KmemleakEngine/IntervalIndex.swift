@@ -4,42 +4,62 @@
 // kernel's grow-only min/max filters. Objects of one space never overlap; a zero-size object occupies
 // one byte for lookup purposes (see `extent`).
 
-/// One tracked object, packed in 40 bytes. Rare data (scan areas, excess_ref, sizes >= 4 GiB) lives in
-/// `EngineState.extras`.
+/// One tracked object, packed in 32 bytes. Rare data (scan areas, excess_ref, sizes >= 4 GiB) lives in
+/// `EngineState.extras`; the high bits of the allocation sequence number and of the creation time live
+/// in the interned context (`ContextKey`): they are shared by the objects one call site allocates close
+/// together, so every value stays exact (see `EngineState.seq(_:)` and `EngineState.created(_:)`).
 struct ObjectRecord {
     /// Object pointer (per-CPU objects: handle).
     var pointer: UInt64
-    /// seq << seqShift | flags (kernel flags in the low 6 bits, `hasExtras` in bit 6, `newDuringScan` in
-    /// bit 7, `mallocChunk` in bit 8).
-    var seqFlags: UInt64
-    /// Creation time (CLOCK_BOOTTIME ns).
-    var created: UInt64
+    /// Kernel flags in bits 0...5, `hasExtras` in bit 6, `newDuringScan` in bit 7, `mallocChunk` in bit 8;
+    /// min_count in bits 9...16 and count in bits 17...24 (two's complement Int8 each); the creation
+    /// time's low `createdLowBits` bits in bits 25...63.
+    var bits: UInt64
+    /// The allocation sequence number's low 32 bits (the high 32 are the context's `seqHigh`).
+    var seqLow: UInt32
     /// Size, or UInt32.max when the size lives in extras.
     var size32: UInt32
     /// checksum (crc32_le of the contents at the last update).
     var checksum: UInt32
-    /// Interned (pid, comm, trace).
+    /// Interned (pid, comm, trace, seq >> 32, creation time >> createdLowBits), reference-counted.
     var context: UInt32
-    /// min_count (clamped to Int16).
-    var minCount: Int16
-    /// count.
-    var count: Int16
+
+    static let empty = ObjectRecord(pointer: 0, bits: 0, seqLow: 0, size32: 0, checksum: 0, context: 0)
 
     static let hasExtras: UInt64 = 0x40
     /// Registered while a scan was running: not reported by that scan (it may have missed its references).
     static let newDuringScan: UInt64 = 0x80
     /// A block of glibc's malloc (the table's KML_KIND_MALLOC): glibc's chunk layout applies to it.
     static let mallocChunk: UInt64 = 0x100
-    static let seqShift: UInt64 = 9
+    static let minCountShift: UInt64 = 9
+    static let countShift: UInt64 = 17
+    static let createdShift: UInt64 = 25
+    /// The creation time's low bits kept here: 2^39 ns is about 9 minutes, so the objects of one call
+    /// site created within one such window share a context.
+    static let createdLowBits: UInt64 = 64 - createdShift
+    static let createdLowMask: UInt64 = (1 << createdLowBits) - 1
 
-    @inline(__always) var isMallocChunk: Bool { seqFlags & Self.mallocChunk != 0 }
+    @inline(__always) var isMallocChunk: Bool { bits & Self.mallocChunk != 0 }
 
-    @inline(__always) var flags: UInt32 { UInt32(truncatingIfNeeded: seqFlags & 0xff) }
-    @inline(__always) var seq: UInt64 { seqFlags >> Self.seqShift }
-    @inline(__always) func has(_ f: UInt32) -> Bool { UInt32(truncatingIfNeeded: seqFlags) & f != 0 }
-    @inline(__always) mutating func set(_ f: UInt32) { seqFlags |= UInt64(f) }
-    @inline(__always) mutating func clear(_ f: UInt32) { seqFlags &= ~UInt64(f) }
-    @inline(__always) var allocated: Bool { seqFlags & 1 != 0 }
+    @inline(__always) var flags: UInt32 { UInt32(truncatingIfNeeded: bits & 0xff) }
+    @inline(__always) func has(_ f: UInt32) -> Bool { UInt32(truncatingIfNeeded: bits) & f != 0 }
+    @inline(__always) mutating func set(_ f: UInt32) { bits |= UInt64(f) }
+    @inline(__always) mutating func clear(_ f: UInt32) { bits &= ~UInt64(f) }
+    @inline(__always) var allocated: Bool { bits & 1 != 0 }
+
+    /// min_count, clamped to Int8 when set: -1 black, 0 grey, 1...127 references needed (a client's
+    /// larger min_count needs 127, which no heap block gets: the same as never gray by count alone).
+    @inline(__always) var minCount: Int8 {
+        get { Int8(truncatingIfNeeded: bits >> Self.minCountShift) }
+        set { bits = bits & ~(0xff << Self.minCountShift) | UInt64(UInt8(bitPattern: newValue)) << Self.minCountShift }
+    }
+    /// count: references found by the current scan; it only grows while the object is white, so it
+    /// never passes min_count.
+    @inline(__always) var count: Int8 {
+        get { Int8(truncatingIfNeeded: bits >> Self.countShift) }
+        set { bits = bits & ~(0xff << Self.countShift) | UInt64(UInt8(bitPattern: newValue)) << Self.countShift }
+    }
+    @inline(__always) var createdLow: UInt64 { bits >> Self.createdShift }
 
     // Colours (mm/kmemleak.c color_white / color_gray / color_black).
     @inline(__always) var isWhite: Bool { count != -1 && count < minCount }
@@ -340,7 +360,7 @@ struct IntervalIndex {
     }
 }
 
-/// Object records in fixed pages of 4096 (160 KiB): growing never copies the existing records (no stall
+/// Object records in fixed pages of 4096 (128 KiB): growing never copies the existing records (no stall
 /// under the lock at millions of objects), and ids stay stable. Reference type: owned by one EngineState.
 final class RecordStore {
     static let pageShift = 12
@@ -360,8 +380,7 @@ final class RecordStore {
 
     private func addPage() {
         let p = UnsafeMutablePointer<ObjectRecord>.allocate(capacity: Self.pageSize)
-        p.initialize(repeating: ObjectRecord(pointer: 0, seqFlags: 0, created: 0, size32: 0, checksum: 0, context: 0,
-                                             minCount: 0, count: 0), count: Self.pageSize)
+        p.initialize(repeating: .empty, count: Self.pageSize)
         pages.append(p)
     }
 

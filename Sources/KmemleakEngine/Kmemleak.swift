@@ -10,7 +10,7 @@ import Synchronization
 /// ever wait for one chunk of work: at most 4096 bytes of words (MAX_SCAN_SIZE) or 8192 object slots.
 /// Memory is read with no lock held.
 ///
-/// Memory: about 45 bytes per tracked object (a 40-byte packed record in pages that never move, plus
+/// Memory: about 42 bytes per tracked object (a 32-byte packed record in pages that never move, plus
 /// the index), see BENCHMARKS.md.
 ///
 /// Typical use by a daemon, one engine per client process: `alloc`/`free`/... as the client's table

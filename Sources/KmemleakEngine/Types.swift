@@ -107,7 +107,7 @@ public struct ObjectMetadata: Sendable, Equatable, Hashable {
     public var creationTime: UInt64
     /// Stack-depot id of the allocation trace, resolved through `ReportContext.frames`; 0 = none.
     public var trace: UInt32
-    /// Allocation sequence number: the report lists objects in ascending `seq` (only the low 55 bits are kept).
+    /// Allocation sequence number: the report lists objects in ascending `seq`.
     public var seq: UInt64
 
     /// Creates metadata.

@@ -70,6 +70,19 @@ extension Kmemleak {
         }
     }
 
+    /// Whether registrations replaced objects whose ids wait for `reuseReplacedIDs()`.
+    public var hasReplacedObjects: Bool { state.withLock { !$0.replacedIDs.isEmpty } }
+
+    /// The ids of the objects that newer overlapping registrations replaced (`replacesStaleObjects`) are
+    /// given to no other object until this call: a caller that keeps ids (one per table slot) first
+    /// drops the ids that `seq(of:)` no longer knows, then lets the engine reuse them.
+    public func reuseReplacedIDs() {
+        state.withLock { s in
+            if s.scanning { s.deferredFree.append(contentsOf: s.replacedIDs) } else { s.freeSlots.append(contentsOf: s.replacedIDs) }
+            s.replacedIDs = []
+        }
+    }
+
     /// Frees object `id` if it is still the allocation `seq` (a stale id is ignored).
     public func free(object id: ObjectID, ifSeq seq: UInt64) {
         withState { s in

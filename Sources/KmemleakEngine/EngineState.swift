@@ -85,6 +85,9 @@ struct EngineState {
     var records = RecordStore()
     var freeSlots: [UInt32] = []
     var deferredFree: [UInt32] = []
+    /// Ids of objects replaced by a newer overlapping registration (`replacesStaleObjects`): kept out of
+    /// use until `reuseReplacedIDs`, so that a caller holding ids can first forget them.
+    var replacedIDs: [UInt32] = []
     var plain = IntervalIndex()
     var percpu = IntervalIndex()
     var extras: [UInt32: ObjectExtras] = [:]
@@ -278,7 +281,7 @@ struct EngineState {
             // Daemon mode: the older of two overlapping registrations is stale.
             guard seq(records[Int(parent)]) < m.seq,
                   let h = lookup(records[Int(parent)].pointer, alias: false, space) else { return }
-            deleteObject(h, space)
+            deleteObject(h, space, replaced: true)
             createObject(ptr, size: size, minCount: minCount, percpuObject: percpuObject, mallocChunk: mallocChunk, m)
             return
         }
@@ -317,8 +320,9 @@ struct EngineState {
         mayTakeReference[word] |= 1 << UInt64(id & 63)
     }
 
-    /// Removes an object found by `lookup` (the kernel's __delete_object).
-    mutating func deleteObject(_ hit: (id: UInt32, b: Int, pos: Int), _ space: Space) {
+    /// Removes an object found by `lookup` (the kernel's __delete_object). `replaced`: by a newer
+    /// overlapping registration (its id waits in `replacedIDs`).
+    mutating func deleteObject(_ hit: (id: UInt32, b: Int, pos: Int), _ space: Space, replaced: Bool = false) {
         if space == .plain {
             plain.remove(b: hit.b, pos: hit.pos)
         } else {
@@ -330,7 +334,7 @@ struct EngineState {
         release(context: records[Int(id)].context)
         records[Int(id)].bits = 0
         records[Int(id)].pointer = 0
-        if scanning { deferredFree.append(id) } else { freeSlots.append(id) }
+        if replaced { replacedIDs.append(id) } else if scanning { deferredFree.append(id) } else { freeSlots.append(id) }
         objectCount -= 1
     }
 
@@ -437,6 +441,7 @@ struct EngineState {
         records = RecordStore()
         freeSlots = []
         deferredFree = []
+        replacedIDs = []
         plain.removeAll()
         percpu.removeAll()
         extras = [:]
@@ -499,7 +504,7 @@ struct EngineState {
 
     var memoryBytes: Int {
         var n = records.capacity * MemoryLayout<ObjectRecord>.stride
-        n += freeSlots.capacity * 4 + deferredFree.capacity * 4
+        n += freeSlots.capacity * 4 + deferredFree.capacity * 4 + replacedIDs.capacity * 4
         n += plain.memoryBytes + percpu.memoryBytes + mayTakeReference.capacity * 8
         n += extras.capacity * (MemoryLayout<UInt32>.stride + MemoryLayout<ObjectExtras>.stride + 1)
         for e in extras.values { n += e.areas.capacity * 16 }

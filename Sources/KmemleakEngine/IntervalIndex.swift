@@ -79,10 +79,10 @@ struct IntervalIndex {
     var phys: [Int32] = []
     /// Entries used in each physical block.
     var counts: [Int32] = []
-    /// Physical storage: block p holds entries[p*B ..< p*B + counts[p]], sorted by pointer, each
+    /// Physical storage: block p holds block(p)[0 ..< counts[p]], sorted by pointer, each
     /// (pointer - the block's minimum) << 32 | id. A lookup finds the id in the line that holds the key
     /// (separate id and key arrays cost a second cache miss per word), and an entry takes 8 bytes.
-    var entries: [UInt64] = []
+    var entries = BlockPages()
     /// Per physical block, the delta of every `groupSize`-th entry (valid below the block's count): a
     /// lookup counts the fences <= addr, then the entries <= addr in that one group of 16. Both counts
     /// load independent words (one 64-byte line, then two), where a binary search over the block chained
@@ -95,7 +95,7 @@ struct IntervalIndex {
     var maxAddr: UInt64 = 0
 
     var memoryBytes: Int {
-        mins.capacity * 8 + phys.capacity * 4 + counts.capacity * 4 + entries.capacity * 8 + fences.capacity * 4
+        mins.capacity * 8 + phys.capacity * 4 + counts.capacity * 4 + entries.memoryBytes + fences.capacity * 4
             + freeBlocks.capacity * 4
     }
 
@@ -149,15 +149,13 @@ struct IntervalIndex {
         let limit = UInt64(min(G, n &- start))
         let probe = d << 32 | 0xffff_ffff
         var c = 0
-        entries.withUnsafeBufferPointer { ep in
-            let e = ep.baseAddress! + (p &* Self.blockCapacity &+ start)
-            for k in 0..<G { c &+= Self.atMost(e[k], probe) & Self.atMost(UInt64(k &+ 1), limit) }
-        }
+        let e = entries.block(p) + start
+        for k in 0..<G { c &+= Self.atMost(e[k], probe) & Self.atMost(UInt64(k &+ 1), limit) }
         return start &+ c &- 1
     }
 
     @inline(__always) func idAt(_ b: Int, _ pos: Int) -> UInt32 {
-        UInt32(truncatingIfNeeded: entries[Int(phys[b]) &* Self.blockCapacity &+ pos])
+        UInt32(truncatingIfNeeded: entries.block(Int(phys[b]))[pos])
     }
 
     /// The id of the object with the greatest pointer <= addr, with its logical block and position.
@@ -186,8 +184,9 @@ struct IntervalIndex {
     private func decode(_ b: Int) -> [(key: UInt64, id: UInt32)] {
         let p = Int(phys[b])
         let base = mins[b]
+        let at = entries.block(p)
         return (0..<Int(counts[p])).map { i in
-            let e = entries[p * Self.blockCapacity + i]
+            let e = at[i]
             return (base &+ (e >> 32), UInt32(truncatingIfNeeded: e))
         }
     }
@@ -201,9 +200,10 @@ struct IntervalIndex {
     private mutating func write(_ b: Int, _ list: ArraySlice<(key: UInt64, id: UInt32)>) {
         let p = Int(phys[b])
         let base = list.first!.key
-        var i = p * Self.blockCapacity
+        let at = entries.block(p)
+        var i = 0
         for e in list {
-            entries[i] = (e.key &- base) << 32 | UInt64(e.id)
+            at[i] = (e.key &- base) << 32 | UInt64(e.id)
             i += 1
         }
         counts[p] = Int32(list.count)
@@ -214,8 +214,9 @@ struct IntervalIndex {
     /// Recomputes physical block p's fences (after any change to its entries).
     private mutating func refreshFences(_ p: Int) {
         let n = Int(counts[p])
+        let at = entries.block(p)
         for g in 0..<Self.groupsPerBlock where g * Self.groupSize < n {
-            fences[p * Self.groupsPerBlock + g] = UInt32(truncatingIfNeeded: entries[p * Self.blockCapacity + g * Self.groupSize] >> 32)
+            fences[p * Self.groupsPerBlock + g] = UInt32(truncatingIfNeeded: at[g * Self.groupSize] >> 32)
         }
     }
 
@@ -239,11 +240,9 @@ struct IntervalIndex {
         if n < B && pos > 0 && key &- mins[b] < Self.maxSpan {
             // The common case: room in the block, its minimum unchanged.
             let entry = (key &- mins[b]) << 32 | UInt64(id)
-            entries.withUnsafeMutableBufferPointer { e in
-                let at = e.baseAddress! + p * B
-                (at + pos + 1).update(from: at + pos, count: n - pos)
-                at[pos] = entry
-            }
+            let at = entries.block(p)
+            (at + pos + 1).update(from: at + pos, count: n - pos)
+            at[pos] = entry
             counts[p] = Int32(n + 1)
             refreshFences(p)
             return
@@ -305,11 +304,7 @@ struct IntervalIndex {
         let p = counts.count
         counts.append(0)
         fences.append(contentsOf: repeatElement(0, count: Self.groupsPerBlock))
-        if entries.capacity < entries.count + Self.blockCapacity {
-            // Grow by 1/8 rather than doubling: this array is most of the index's memory.
-            entries.reserveCapacity(entries.count + max(16 * Self.blockCapacity, entries.count / 8))
-        }
-        entries.append(contentsOf: repeatElement(0, count: Self.blockCapacity))
+        entries.reserve(blocks: p + 1)
         return p
     }
 
@@ -326,15 +321,11 @@ struct IntervalIndex {
             freeBlocks.append(Int32(p))
             return
         }
-        let shift: UInt64 = entries.withUnsafeMutableBufferPointer { e in
-            let at = e.baseAddress! + p * B
-            (at + pos).update(from: at + pos + 1, count: n - 1 - pos)
-            if pos != 0 { return 0 }
-            // New minimum: the deltas are measured from it.
-            let shift = at[0] >> 32
-            for i in 0..<(n - 1) { at[i] &-= shift << 32 }
-            return shift
-        }
+        let at = entries.block(p)
+        (at + pos).update(from: at + pos + 1, count: n - 1 - pos)
+        // A new minimum: the deltas are measured from it.
+        let shift: UInt64 = pos == 0 ? at[0] >> 32 : 0
+        if shift != 0 { for i in 0..<(n - 1) { at[i] &-= shift << 32 } }
         mins[b] &+= shift
         counts[p] = Int32(n - 1)
         refreshFences(p)
@@ -358,6 +349,43 @@ struct IntervalIndex {
     mutating func removeAll() {
         self = IntervalIndex()
     }
+}
+
+/// The index's blocks (256 entries of 8 bytes each) in fixed pages of 64 blocks (128 KiB): growing never
+/// copies the blocks there (a growing array holds its old and its new copy at once, the peak of
+/// registering a large client). A value type over pages owned by `BlockPagesOwner`: the page list is an
+/// array in the struct, so a lookup reads it without the run-time exclusivity check of a class's
+/// property (one more load, from a list that stays in L1). Copies share the pages: one `IntervalIndex`
+/// owns them, copies only read while it does not change.
+struct BlockPages {
+    static let pageShift = 6
+    static let blocksPerPage = 1 << pageShift
+    static let pageEntries = blocksPerPage * IntervalIndex.blockCapacity
+    private(set) var pages: [UnsafeMutablePointer<UInt64>] = []
+    private let owner = BlockPagesOwner()
+
+    var memoryBytes: Int { pages.count * Self.pageEntries * 8 }
+
+    /// The first entry of physical block p.
+    @inline(__always) func block(_ p: Int) -> UnsafeMutablePointer<UInt64> {
+        pages[p &>> Self.pageShift] + (p & (Self.blocksPerPage - 1)) &* IntervalIndex.blockCapacity
+    }
+
+    /// Room for physical blocks 0 ..< n (zeroed when new).
+    mutating func reserve(blocks n: Int) {
+        while pages.count * Self.blocksPerPage < n {
+            let page = UnsafeMutablePointer<UInt64>.allocate(capacity: Self.pageEntries)
+            page.initialize(repeating: 0, count: Self.pageEntries)
+            pages.append(page)
+            owner.pages.append(page)
+        }
+    }
+}
+
+/// Frees the pages of the `BlockPages` that made it.
+final class BlockPagesOwner {
+    var pages: [UnsafeMutablePointer<UInt64>] = []
+    deinit { for p in pages { p.deallocate() } }
 }
 
 /// Object records in fixed pages of 4096 (128 KiB): growing never copies the existing records (no stall

@@ -32,23 +32,46 @@ struct ObjectExtras {
     var bigSize: UInt64 = 0
 }
 
-/// The FIFO gray list (ids of objects; slots are not reused while a scan runs).
+/// The FIFO gray list (ids of objects; slots are not reused while a scan runs), in chunks of 32 K ids
+/// freed as they are consumed: it never copies itself to grow (a doubling array holds its old and its new
+/// copy at once), and a scan whose list gets long holds only what is still queued. A chunk (128 KiB) is
+/// at kmemleakd's fixed mmap threshold: glibc maps it and unmaps it when freed, so a long list leaves
+/// no memory behind in the scanning thread's arena.
 struct GrayQueue {
-    var items: [UInt32] = []
-    var head = 0
-    @inline(__always) mutating func push(_ id: UInt32) { items.append(id) }
+    static let chunkSize = 1 << 15
+    private var chunks: [[UInt32]] = []
+    /// The first chunk not consumed yet, and the next id to pop in it. Every chunk before the last is
+    /// full, so the queue is empty exactly when `head` reached the count of chunk `first` (or no chunk).
+    private var first = 0
+    private var head = 0
+
+    @inline(__always) mutating func push(_ id: UInt32) {
+        if chunks.isEmpty || chunks[chunks.count - 1].count == Self.chunkSize {
+            var chunk: [UInt32] = []
+            chunk.reserveCapacity(Self.chunkSize)
+            chunks.append(chunk)
+        }
+        chunks[chunks.count - 1].append(id)
+    }
+
     @inline(__always) mutating func pop() -> UInt32? {
-        guard head < items.count else { return nil }
-        let v = items[head]
+        guard first < chunks.count, head < chunks[first].count else { return nil }
+        let v = chunks[first][head]
         head += 1
-        if head >= 65536 && head * 2 >= items.count {
-            items.removeFirst(head)
+        if head == Self.chunkSize {
+            chunks[first] = []
+            first += 1
             head = 0
+            if first >= 64 && first * 2 >= chunks.count {
+                chunks.removeFirst(first)
+                first = 0
+            }
         }
         return v
     }
-    var isEmpty: Bool { head >= items.count }
-    mutating func reset() { items = []; head = 0 }
+
+    var isEmpty: Bool { first >= chunks.count || head >= chunks[first].count }
+    mutating func reset() { self = GrayQueue() }
 }
 
 /// Which object search tree.

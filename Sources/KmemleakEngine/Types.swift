@@ -57,6 +57,7 @@ public struct KmemleakConfiguration: Sendable {
     /// overlap with a registered object means that object is stale (freed, address reused). When set,
     /// an insert replaces overlapping objects of a lower `seq` (and is dropped if one has a higher
     /// `seq`) instead of disabling the detector as the kernel does. Default false (the kernel's rule).
+    /// The ids of replaced objects are not reused until `Kmemleak.reuseReplacedIDs()`.
     public var replacesStaleObjects: Bool = false
     /// Whether `disable()` logs the kernel's "Kernel memory leak detector disabled" lines (default true).
     /// A daemon that disables one engine per client turns it off and logs them once itself.

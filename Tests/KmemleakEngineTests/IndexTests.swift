@@ -124,6 +124,31 @@ import Testing
 }
 
 @Suite struct GrayListTests {
+    /// The chunked FIFO: order kept across chunk boundaries, with pops interleaved (a chunk being
+    /// consumed while the last one fills) and after the queue ran empty in the middle of a chunk.
+    @Test func fifoAcrossChunks() {
+        var q = GrayQueue()
+        #expect(q.isEmpty && q.pop() == nil)
+        let n = UInt32(GrayQueue.chunkSize * 3 + 17)
+        var next: UInt32 = 0
+        for i in 0..<n {
+            q.push(i)
+            if i % 3 == 0 {
+                #expect(q.pop() == next)
+                next += 1
+            }
+        }
+        while let v = q.pop() {
+            #expect(v == next)
+            next += 1
+        }
+        #expect(next == n && q.isEmpty)
+        // Empty mid-chunk, then filled again: still in order.
+        for i in 0..<UInt32(5) { q.push(n + i) }
+        for i in 0..<UInt32(5) { #expect(q.pop() == n + i) }
+        #expect(q.isEmpty)
+    }
+
     /// A binary tree of 3000 objects (more than one read batch of ranges): a single scan must reach
     /// every node through the FIFO gray list, without help from the checksum pass.
     @Test func treeInOneScan() {

@@ -9,7 +9,7 @@ import KmemleakSystem
 public struct ClientBudget: Sendable, Equatable {
     /// Live object records one client may have (each costs an engine object).
     public var maxObjects: Int
-    /// The highest object slot index the daemon keeps per-slot state for (11 bytes a slot). Slots are
+    /// The highest object slot index the daemon keeps per-slot state for (7 bytes a slot). Slots are
     /// reused by the shim, so the highest live slot stays near the peak live count; twice the object
     /// budget leaves room for the per-thread slot caches.
     public var maxSlots: Int { maxObjects > Int.max / 2 ? Int.max : maxObjects * 2 }
@@ -29,7 +29,9 @@ struct ClientDropped: Error, CustomStringConvertible {
 ///
 /// Before every scan the engine is brought in line with the client's table (`sync`): objects whose slot
 /// now holds another allocation (or nothing) are freed, new allocations are registered, and annotation
-/// changes (the record's version moved) are applied. What the daemon remembers per slot is 11 bytes.
+/// changes (the record's version moved) are applied. What the daemon remembers per slot is 7 bytes: the
+/// engine id, the record's version and its transient generation; the engine holds the seq that tells
+/// the slot's object from a later allocation in the same slot.
 final class ClientSession {
     let table: ClientTable
     let id: ClientID
@@ -40,14 +42,13 @@ final class ClientSession {
     private let budget: ClientBudget
 
     // Per table slot up to the highest live slot seen (not objects_used: a claim), what the engine
-    // holds for it (struct of arrays: no padding). The low 32 bits of
-    // the allocation sequence number tell a slot's object from a later one in the same slot, and guard
-    // against an engine id that was reused after its object was replaced.
+    // holds for it (struct of arrays: no padding). An id here is this slot's object or no object: the
+    // engine frees ids only when told to, or by replacement, and keeps replaced ids out of use until
+    // `forgetReplacedObjects` has dropped them here.
     private static let noObject = ObjectID.max
-    private var slotObject: [ObjectID] = []  // noObject = nothing registered for this slot
-    private var slotSeq: [UInt32] = []
-    private var slotVersion: [UInt16] = []
-    private var slotBits: [UInt8] = []       // bit 0: per-CPU; bits 1...7: transient_gen low bits
+    private var slotObject = SlotPages<ObjectID>(fill: noObject)  // noObject = nothing registered
+    private var slotVersion = SlotPages<UInt16>(fill: 0)
+    private var slotGeneration = SlotPages<UInt8>(fill: 0)         // transient_gen, low 8 bits
 
     /// Comm of the process (for logs).
     let comm: String
@@ -76,7 +77,7 @@ final class ClientSession {
     var pid: Int32 { table.pid }
 
     /// Slots the daemon keeps state for (the highest live slot seen + 1).
-    var trackedSlots: Int { slotSeq.count }
+    var trackedSlots: Int { slotObject.count }
 
     // MARK: - sync
 
@@ -97,7 +98,7 @@ final class ClientSession {
             })
             // Registered while streaming: an object that overlaps one not yet released is resolved by
             // allocation sequence number in the engine, so the order of slots does not matter.
-            var seen = [Bool](repeating: false, count: slotSeq.count)
+            var seen = SlotBits(count: slotObject.count)
             var withAreas: [ObjectRecord] = []
             var slotOverBudget: UInt32? = nil
             let visit = { [self] (record: ObjectRecord) in
@@ -106,9 +107,10 @@ final class ClientSession {
                     slotOverBudget = slotOverBudget ?? record.slot
                     return
                 }
-                if slot >= slotSeq.count { growSlots(to: slot + 1, seen: &seen) }
-                seen[slot] = true
-                if slotObject[slot] != Self.noObject && slotSeq[slot] == UInt32(truncatingIfNeeded: record.seq) {
+                if slot >= slotObject.count { growSlots(to: slot + 1, seen: &seen) }
+                seen.set(slot)
+                let id = slotObject[slot]
+                if id != Self.noObject && engine.seq(of: id) == record.seq {
                     guard slotVersion[slot] != UInt16(truncatingIfNeeded: record.version) else { return }
                     applyAnnotations(record)
                 } else {
@@ -121,13 +123,14 @@ final class ClientSession {
                 for range in ranges {
                     try table.readObjects(slots: range, visit)
                     let known = Int(range.lowerBound)..<Int(range.upperBound)
-                    for slot in known.clamped(to: 0..<slotSeq.count) where !seen[slot] && slotObject[slot] != Self.noObject {
+                    for slot in known.clamped(to: 0..<slotObject.count) where !seen[slot] && slotObject[slot] != Self.noObject {
                         releaseSlot(slot)
                     }
                 }
             } else {
                 try table.readObjects(maxLive: budget.maxObjects, visit)
-                for slot in 0..<slotSeq.count where !seen[slot] && slotObject[slot] != Self.noObject { releaseSlot(slot) }
+                for slot in 0..<slotObject.count where !seen[slot] && slotObject[slot] != Self.noObject { releaseSlot(slot) }
+                forgetReplacedObjects()
             }
             if let slot = slotOverBudget {
                 throw ClientDropped(reason: "over budget: live object in slot \(slot) (limit \(budget.maxSlots) slots, 2 x --max-objects)")
@@ -142,23 +145,31 @@ final class ClientSession {
         }
     }
 
-    /// Extends the per-slot arrays to `count` slots (amortised by Array's own growth).
-    private func growSlots(to count: Int, seen: inout [Bool]) {
-        let grow = count - slotSeq.count
-        slotObject.append(contentsOf: repeatElement(Self.noObject, count: grow))
-        slotSeq.append(contentsOf: repeatElement(0, count: grow))
-        slotVersion.append(contentsOf: repeatElement(0, count: grow))
-        slotBits.append(contentsOf: repeatElement(0, count: grow))
-        seen.append(contentsOf: repeatElement(false, count: count - seen.count))
+    /// Extends the per-slot state to `count` slots (page by page: nothing is copied).
+    private func growSlots(to count: Int, seen: inout SlotBits) {
+        slotObject.grow(to: count)
+        slotVersion.grow(to: count)
+        slotGeneration.grow(to: count)
+        seen.grow(to: count)
     }
 
     private func releaseSlot(_ slot: Int) {
         let id = slotObject[slot]
         guard id != Self.noObject else { return }
-        if let seq = engine.seq(of: id), UInt32(truncatingIfNeeded: seq) == slotSeq[slot] {
-            engine.free(object: id, ifSeq: seq)
-        }
+        // The id is this slot's object, or none (see slotObject).
+        if let seq = engine.seq(of: id) { engine.free(object: id, ifSeq: seq) }
         slotObject[slot] = Self.noObject
+    }
+
+    /// After a full pass: the slots whose object a newer overlapping registration replaced forget it,
+    /// then the engine may give those ids to new objects.
+    private func forgetReplacedObjects() {
+        guard engine.hasReplacedObjects else { return }
+        for slot in 0..<slotObject.count {
+            let id = slotObject[slot]
+            if id != Self.noObject && engine.seq(of: id) == nil { slotObject[slot] = Self.noObject }
+        }
+        engine.reuseReplacedIDs()
     }
 
     private func register(_ record: ObjectRecord) {
@@ -177,9 +188,8 @@ final class ClientSession {
             if record.noScan { engine.noScan(record.pointer) }
         }
         slotObject[slot] = id
-        slotSeq[slot] = UInt32(truncatingIfNeeded: record.seq)
         slotVersion[slot] = UInt16(truncatingIfNeeded: record.version)
-        slotBits[slot] = (record.isPerCPU ? 1 : 0) | UInt8(truncatingIfNeeded: record.transientGen << 1)
+        slotGeneration[slot] = UInt8(truncatingIfNeeded: record.transientGen)
     }
 
     /// The record's version moved: an annotation was made. Apply the ones that changed, leaving what the
@@ -198,11 +208,10 @@ final class ClientSession {
             }
             if record.noScan, let info, info.flags & ObjectFlags.noScan == 0 { engine.noScan(pointer) }
             if let info, info.metadata.trace != record.traceId { engine.updateTrace(pointer, trace: record.traceId) }
-            let generation = UInt8(truncatingIfNeeded: record.transientGen << 1)
-            if slotBits[slot] & 0xfe != generation { engine.transientLeak(pointer) }
+            if slotGeneration[slot] != UInt8(truncatingIfNeeded: record.transientGen) { engine.transientLeak(pointer) }
         }
         slotVersion[slot] = UInt16(truncatingIfNeeded: record.version)
-        slotBits[slot] = (record.isPerCPU ? 1 : 0) | UInt8(truncatingIfNeeded: record.transientGen << 1)
+        slotGeneration[slot] = UInt8(truncatingIfNeeded: record.transientGen)
     }
 
     private func applyScanAreas(_ records: [ObjectRecord]) throws {

@@ -57,7 +57,7 @@ extension Kmemleak {
     public func seq(of id: ObjectID) -> UInt64? {
         state.withLock { s in
             guard Int(id) < s.records.count, s.records[Int(id)].allocated else { return nil }
-            return s.records[Int(id)].seq
+            return s.seq(s.records[Int(id)])
         }
     }
 
@@ -70,11 +70,24 @@ extension Kmemleak {
         }
     }
 
+    /// Whether registrations replaced objects whose ids wait for `reuseReplacedIDs()`.
+    public var hasReplacedObjects: Bool { state.withLock { !$0.replacedIDs.isEmpty } }
+
+    /// The ids of the objects that newer overlapping registrations replaced (`replacesStaleObjects`) are
+    /// given to no other object until this call: a caller that keeps ids (one per table slot) first
+    /// drops the ids that `seq(of:)` no longer knows, then lets the engine reuse them.
+    public func reuseReplacedIDs() {
+        state.withLock { s in
+            if s.scanning { s.deferredFree.append(contentsOf: s.replacedIDs) } else { s.freeSlots.append(contentsOf: s.replacedIDs) }
+            s.replacedIDs = []
+        }
+    }
+
     /// Frees object `id` if it is still the allocation `seq` (a stale id is ignored).
     public func free(object id: ObjectID, ifSeq seq: UInt64) {
         withState { s in
             guard s.enabled, Int(id) < s.records.count, s.records[Int(id)].allocated,
-                  s.records[Int(id)].seq == seq else { return }
+                  s.seq(s.records[Int(id)]) == seq else { return }
             let r = s.records[Int(id)]
             let space: Space = r.has(ObjectFlags.percpu) ? .percpu : .plain
             guard let h = s.lookup(r.pointer, alias: false, space), h.id == id else { return }

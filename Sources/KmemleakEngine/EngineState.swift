@@ -1,11 +1,27 @@
 // The detector's state behind the engine's mutex: objects, the two object search trees, rare side data,
 // the gray list, and the annotation operations (create_object, delete_object_*, paint_ptr, ...).
 
-/// Interned (pid, comm, trace) triple: most objects share few distinct triples.
+/// Interned per-object data that most objects share with many others: who allocated them (pid, comm,
+/// trace) and the high bits of their sequence number and creation time (the record keeps the low bits).
+/// One call site's objects created within one 2^39 ns window (about 9 minutes) and one run of 2^32
+/// sequence numbers share a key. Reference-counted: a key goes when its last object does, so a client
+/// that keeps making new ones (thread ids, traces, forged times) costs at most one key per live object.
 struct ContextKey: Hashable {
     var pid: Int32
     var comm: UInt32
     var trace: UInt32
+    /// seq >> 32.
+    var seqHigh: UInt32
+    /// creationTime >> ObjectRecord.createdLowBits (25 bits: every UInt64 time fits).
+    var createdHigh: UInt32
+
+    init(pid: Int32, comm: UInt32, trace: UInt32, seq: UInt64, created: UInt64) {
+        self.pid = pid
+        self.comm = comm
+        self.trace = trace
+        seqHigh = UInt32(truncatingIfNeeded: seq >> 32)
+        createdHigh = UInt32(truncatingIfNeeded: created >> ObjectRecord.createdLowBits)
+    }
 }
 
 /// Rare per-object data (the kernel's area_list and excess_ref, and sizes that do not fit 32 bits).
@@ -16,23 +32,46 @@ struct ObjectExtras {
     var bigSize: UInt64 = 0
 }
 
-/// The FIFO gray list (ids of objects; slots are not reused while a scan runs).
+/// The FIFO gray list (ids of objects; slots are not reused while a scan runs), in chunks of 32 K ids
+/// freed as they are consumed: it never copies itself to grow (a doubling array holds its old and its new
+/// copy at once), and a scan whose list gets long holds only what is still queued. A chunk (128 KiB) is
+/// at kmemleakd's fixed mmap threshold: glibc maps it and unmaps it when freed, so a long list leaves
+/// no memory behind in the scanning thread's arena.
 struct GrayQueue {
-    var items: [UInt32] = []
-    var head = 0
-    @inline(__always) mutating func push(_ id: UInt32) { items.append(id) }
+    static let chunkSize = 1 << 15
+    private var chunks: [[UInt32]] = []
+    /// The first chunk not consumed yet, and the next id to pop in it. Every chunk before the last is
+    /// full, so the queue is empty exactly when `head` reached the count of chunk `first` (or no chunk).
+    private var first = 0
+    private var head = 0
+
+    @inline(__always) mutating func push(_ id: UInt32) {
+        if chunks.isEmpty || chunks[chunks.count - 1].count == Self.chunkSize {
+            var chunk: [UInt32] = []
+            chunk.reserveCapacity(Self.chunkSize)
+            chunks.append(chunk)
+        }
+        chunks[chunks.count - 1].append(id)
+    }
+
     @inline(__always) mutating func pop() -> UInt32? {
-        guard head < items.count else { return nil }
-        let v = items[head]
+        guard first < chunks.count, head < chunks[first].count else { return nil }
+        let v = chunks[first][head]
         head += 1
-        if head >= 65536 && head * 2 >= items.count {
-            items.removeFirst(head)
+        if head == Self.chunkSize {
+            chunks[first] = []
+            first += 1
             head = 0
+            if first >= 64 && first * 2 >= chunks.count {
+                chunks.removeFirst(first)
+                first = 0
+            }
         }
         return v
     }
-    var isEmpty: Bool { head >= items.count }
-    mutating func reset() { items = []; head = 0 }
+
+    var isEmpty: Bool { first >= chunks.count || head >= chunks[first].count }
+    mutating func reset() { self = GrayQueue() }
 }
 
 /// Which object search tree.
@@ -69,10 +108,16 @@ struct EngineState {
     var records = RecordStore()
     var freeSlots: [UInt32] = []
     var deferredFree: [UInt32] = []
+    /// Ids of objects replaced by a newer overlapping registration (`replacesStaleObjects`): kept out of
+    /// use until `reuseReplacedIDs`, so that a caller holding ids can first forget them.
+    var replacedIDs: [UInt32] = []
     var plain = IntervalIndex()
     var percpu = IntervalIndex()
     var extras: [UInt32: ObjectExtras] = [:]
     var contextKeys: [ContextKey] = []
+    /// Objects holding each context (0: the id is free, in `freeContexts`).
+    var contextRefs: [UInt32] = []
+    var freeContexts: [UInt32] = []
     var contextIDs: [ContextKey: UInt32] = [:]
     var roots: [RootRegion] = []
     var layouts: [PercpuLayout] = []
@@ -124,33 +169,68 @@ struct EngineState {
 
     func context(_ id: UInt32) -> ContextKey { contextKeys[Int(records[Int(id)].context)] }
 
+    /// The full allocation sequence number of a live record.
+    @inline(__always) func seq(_ r: ObjectRecord) -> UInt64 {
+        UInt64(contextKeys[Int(r.context)].seqHigh) << 32 | UInt64(r.seqLow)
+    }
+
+    /// The full creation time (CLOCK_BOOTTIME ns) of a live record.
+    @inline(__always) func created(_ r: ObjectRecord) -> UInt64 {
+        UInt64(contextKeys[Int(r.context)].createdHigh) << ObjectRecord.createdLowBits | r.createdLow
+    }
+
+    /// The context id for `k`, with one more reference.
     mutating func intern(_ k: ContextKey) -> UInt32 {
-        if let v = contextIDs[k] { return v }
-        let v = UInt32(contextKeys.count)
-        contextKeys.append(k)
+        if let v = contextIDs[k] {
+            contextRefs[Int(v)] += 1
+            return v
+        }
+        let v: UInt32
+        if let f = freeContexts.popLast() {
+            v = f
+            contextKeys[Int(v)] = k
+            contextRefs[Int(v)] = 1
+        } else {
+            v = UInt32(contextKeys.count)
+            contextKeys.append(k)
+            contextRefs.append(1)
+        }
         contextIDs[k] = v
         return v
+    }
+
+    /// Drops one reference to context `v` (the last one frees it).
+    mutating func release(context v: UInt32) {
+        let i = Int(v)
+        guard i < contextRefs.count, contextRefs[i] > 0 else { return }
+        contextRefs[i] -= 1
+        if contextRefs[i] == 0 {
+            contextIDs[contextKeys[i]] = nil
+            freeContexts.append(v)
+        }
     }
 
     func info(_ id: UInt32) -> ObjectInfo {
         let r = records[Int(id)]
         let c = context(id)
-        let e = r.seqFlags & ObjectRecord.hasExtras != 0 ? extras[id] : nil
+        let e = r.bits & ObjectRecord.hasExtras != 0 ? extras[id] : nil
         return ObjectInfo(
             pointer: r.pointer, size: size(id), flags: r.flags & 0x3f, minCount: Int32(r.minCount),
             count: Int32(r.count), checksum: r.checksum, excessRef: e?.excessRef ?? 0,
-            metadata: ObjectMetadata(pid: c.pid, comm: c.comm, creationTime: r.created, trace: c.trace, seq: r.seq),
+            metadata: ObjectMetadata(pid: c.pid, comm: c.comm, creationTime: created(r), trace: c.trace, seq: seq(r)),
             scanAreas: e?.areas ?? [])
     }
 
     mutating func withExtras(_ id: UInt32, _ body: (inout ObjectExtras) -> Void) {
-        records[Int(id)].seqFlags |= ObjectRecord.hasExtras
+        records[Int(id)].bits |= ObjectRecord.hasExtras
         body(&extras[id, default: ObjectExtras()])
     }
 
     /// `unreferenced_object`: white, allocated and old enough at the start of the last scan.
     @inline(__always) func unreferenced(_ r: ObjectRecord) -> Bool {
-        r.isWhite && r.allocated && lastScanStart >= r.created && lastScanStart - r.created >= minimumAge
+        guard r.isWhite && r.allocated else { return false }
+        let t = created(r)
+        return lastScanStart >= t && lastScanStart - t >= minimumAge
     }
 
     // MARK: lookup
@@ -177,7 +257,7 @@ struct EngineState {
 
     mutating func warn(_ s: String) { logs.append("kmemleak: " + s) }
 
-    func jiffiesOf(_ r: ObjectRecord, hz: UInt64) -> UInt64 { KFormat.jiffies(r.created, hz: hz) }
+    func jiffiesOf(_ r: ObjectRecord, hz: UInt64) -> UInt64 { KFormat.jiffies(created(r), hz: hz) }
 
     var hz: UInt64 = 100
 
@@ -222,9 +302,9 @@ struct EngineState {
         }
         if let parent, replacesStaleObjects {
             // Daemon mode: the older of two overlapping registrations is stale.
-            guard records[Int(parent)].seq < m.seq,
+            guard seq(records[Int(parent)]) < m.seq,
                   let h = lookup(records[Int(parent)].pointer, alias: false, space) else { return }
-            deleteObject(h, space)
+            deleteObject(h, space, replaced: true)
             createObject(ptr, size: size, minCount: minCount, percpuObject: percpuObject, mallocChunk: mallocChunk, m)
             return
         }
@@ -235,15 +315,17 @@ struct EngineState {
             return
         }
         let id: UInt32
-        if let f = freeSlots.popLast() { id = f } else { id = UInt32(records.count); records.append(ObjectRecord(pointer: 0, seqFlags: 0, created: 0, size32: 0, checksum: 0, context: 0, minCount: 0, count: 0)) }
+        if let f = freeSlots.popLast() { id = f } else { id = UInt32(records.count); records.append(.empty) }
         var flags: UInt64 = UInt64(ObjectFlags.allocated | (percpuObject ? ObjectFlags.percpu : 0))
         if scanning { flags |= ObjectRecord.newDuringScan }
         if mallocChunk && !percpuObject { flags |= ObjectRecord.mallocChunk }
-        let ctx = intern(ContextKey(pid: m.pid, comm: m.comm, trace: m.trace))
-        records[Int(id)] = ObjectRecord(
-            pointer: ptr, seqFlags: (m.seq << ObjectRecord.seqShift) | flags, created: m.creationTime,
-            size32: size >= UInt64(UInt32.max) ? UInt32.max : UInt32(size), checksum: 0, context: ctx,
-            minCount: Int16(clamping: minCount), count: 0)
+        let ctx = intern(ContextKey(pid: m.pid, comm: m.comm, trace: m.trace, seq: m.seq, created: m.creationTime))
+        var record = ObjectRecord(
+            pointer: ptr, bits: flags | (m.creationTime & ObjectRecord.createdLowMask) << ObjectRecord.createdShift,
+            seqLow: UInt32(truncatingIfNeeded: m.seq), size32: size >= UInt64(UInt32.max) ? UInt32.max : UInt32(size),
+            checksum: 0, context: ctx)
+        record.minCount = Int8(clamping: minCount)
+        records[Int(id)] = record
         if size >= UInt64(UInt32.max) { withExtras(id) { $0.bigSize = size } }
         if percpuObject {
             percpu.insert(id, key: ptr, afterBlock: pred?.b ?? -1, pos: pred?.pos ?? -1)
@@ -261,8 +343,9 @@ struct EngineState {
         mayTakeReference[word] |= 1 << UInt64(id & 63)
     }
 
-    /// Removes an object found by `lookup` (the kernel's __delete_object).
-    mutating func deleteObject(_ hit: (id: UInt32, b: Int, pos: Int), _ space: Space) {
+    /// Removes an object found by `lookup` (the kernel's __delete_object). `replaced`: by a newer
+    /// overlapping registration (its id waits in `replacedIDs`).
+    mutating func deleteObject(_ hit: (id: UInt32, b: Int, pos: Int), _ space: Space, replaced: Bool = false) {
         if space == .plain {
             plain.remove(b: hit.b, pos: hit.pos)
         } else {
@@ -270,10 +353,11 @@ struct EngineState {
         }
         let id = hit.id
         objectBytes &-= size(id)
-        if records[Int(id)].seqFlags & ObjectRecord.hasExtras != 0 { extras[id] = nil }
-        records[Int(id)].seqFlags = 0
+        if records[Int(id)].bits & ObjectRecord.hasExtras != 0 { extras[id] = nil }
+        release(context: records[Int(id)].context)
+        records[Int(id)].bits = 0
         records[Int(id)].pointer = 0
-        if scanning { deferredFree.append(id) } else { freeSlots.append(id) }
+        if replaced { replacedIDs.append(id) } else if scanning { deferredFree.append(id) } else { freeSlots.append(id) }
         objectCount -= 1
     }
 
@@ -300,7 +384,7 @@ struct EngineState {
             warn("Trying to color unknown object at \(KFormat.address(ptr)) as \(color == MinCount.grey ? "Grey" : color == MinCount.black ? "Black" : "Unknown")")
             return
         }
-        records[Int(h.id)].minCount = Int16(clamping: color)
+        records[Int(h.id)].minCount = Int8(clamping: color)
         if color == MinCount.black { records[Int(h.id)].set(ObjectFlags.noScan) }
     }
 
@@ -353,9 +437,12 @@ struct EngineState {
     /// kmemleak_update_trace.
     mutating func updateTrace(_ ptr: UInt64, _ trace: UInt32) {
         guard let h = lookup(ptr, alias: true, .plain) else { return }
-        var c = context(h.id)
+        let old = records[Int(h.id)].context
+        var c = contextKeys[Int(old)]
+        guard c.trace != trace else { return }
         c.trace = trace
         records[Int(h.id)].context = intern(c)
+        release(context: old)
     }
 
     // MARK: lifecycle
@@ -377,10 +464,13 @@ struct EngineState {
         records = RecordStore()
         freeSlots = []
         deferredFree = []
+        replacedIDs = []
         plain.removeAll()
         percpu.removeAll()
         extras = [:]
         contextKeys = []
+        contextRefs = []
+        freeContexts = []
         contextIDs = [:]
         objectCount = 0
         objectBytes = 0
@@ -395,7 +485,7 @@ struct EngineState {
         let end = min(from + count, records.count)
         for i in from..<max(from, end) where records[i].allocated {
             if records[i].has(ObjectFlags.reported) && unreferenced(records[i]) {
-                records[i].minCount = Int16(MinCount.grey)
+                records[i].minCount = Int8(MinCount.grey)
             }
         }
         if end >= records.count {
@@ -413,8 +503,8 @@ struct EngineState {
         let addr: UInt64? = percpu ? layout(for: r.pointer)?.address(of: r.pointer, cpu: cpu) : r.pointer
         return (ReportEntry(
             pointer: r.pointer, size: size(id), isPercpu: percpu, cpu: cpu, pid: c.pid, comm: c.comm,
-            jiffies: KFormat.jiffies(r.created, hz: hz), contents: [], checksum: r.checksum,
-            trace: c.trace, seq: r.seq, creationTime: r.created), addr)
+            jiffies: KFormat.jiffies(created(r), hz: hz), contents: [], checksum: r.checksum,
+            trace: c.trace, seq: seq(r), creationTime: created(r)), addr)
     }
 
     // MARK: per-CPU copies
@@ -437,11 +527,11 @@ struct EngineState {
 
     var memoryBytes: Int {
         var n = records.capacity * MemoryLayout<ObjectRecord>.stride
-        n += freeSlots.capacity * 4 + deferredFree.capacity * 4
+        n += freeSlots.capacity * 4 + deferredFree.capacity * 4 + replacedIDs.capacity * 4
         n += plain.memoryBytes + percpu.memoryBytes + mayTakeReference.capacity * 8
         n += extras.capacity * (MemoryLayout<UInt32>.stride + MemoryLayout<ObjectExtras>.stride + 1)
         for e in extras.values { n += e.areas.capacity * 16 }
-        n += contextKeys.capacity * MemoryLayout<ContextKey>.stride
+        n += contextKeys.capacity * MemoryLayout<ContextKey>.stride + contextRefs.capacity * 4 + freeContexts.capacity * 4
         n += contextIDs.capacity * (MemoryLayout<ContextKey>.stride + 4 + 1)
         return n
     }

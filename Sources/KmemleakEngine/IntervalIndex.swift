@@ -4,42 +4,62 @@
 // kernel's grow-only min/max filters. Objects of one space never overlap; a zero-size object occupies
 // one byte for lookup purposes (see `extent`).
 
-/// One tracked object, packed in 40 bytes. Rare data (scan areas, excess_ref, sizes >= 4 GiB) lives in
-/// `EngineState.extras`.
+/// One tracked object, packed in 32 bytes. Rare data (scan areas, excess_ref, sizes >= 4 GiB) lives in
+/// `EngineState.extras`; the high bits of the allocation sequence number and of the creation time live
+/// in the interned context (`ContextKey`): they are shared by the objects one call site allocates close
+/// together, so every value stays exact (see `EngineState.seq(_:)` and `EngineState.created(_:)`).
 struct ObjectRecord {
     /// Object pointer (per-CPU objects: handle).
     var pointer: UInt64
-    /// seq << seqShift | flags (kernel flags in the low 6 bits, `hasExtras` in bit 6, `newDuringScan` in
-    /// bit 7, `mallocChunk` in bit 8).
-    var seqFlags: UInt64
-    /// Creation time (CLOCK_BOOTTIME ns).
-    var created: UInt64
+    /// Kernel flags in bits 0...5, `hasExtras` in bit 6, `newDuringScan` in bit 7, `mallocChunk` in bit 8;
+    /// min_count in bits 9...16 and count in bits 17...24 (two's complement Int8 each); the creation
+    /// time's low `createdLowBits` bits in bits 25...63.
+    var bits: UInt64
+    /// The allocation sequence number's low 32 bits (the high 32 are the context's `seqHigh`).
+    var seqLow: UInt32
     /// Size, or UInt32.max when the size lives in extras.
     var size32: UInt32
     /// checksum (crc32_le of the contents at the last update).
     var checksum: UInt32
-    /// Interned (pid, comm, trace).
+    /// Interned (pid, comm, trace, seq >> 32, creation time >> createdLowBits), reference-counted.
     var context: UInt32
-    /// min_count (clamped to Int16).
-    var minCount: Int16
-    /// count.
-    var count: Int16
+
+    static let empty = ObjectRecord(pointer: 0, bits: 0, seqLow: 0, size32: 0, checksum: 0, context: 0)
 
     static let hasExtras: UInt64 = 0x40
     /// Registered while a scan was running: not reported by that scan (it may have missed its references).
     static let newDuringScan: UInt64 = 0x80
     /// A block of glibc's malloc (the table's KML_KIND_MALLOC): glibc's chunk layout applies to it.
     static let mallocChunk: UInt64 = 0x100
-    static let seqShift: UInt64 = 9
+    static let minCountShift: UInt64 = 9
+    static let countShift: UInt64 = 17
+    static let createdShift: UInt64 = 25
+    /// The creation time's low bits kept here: 2^39 ns is about 9 minutes, so the objects of one call
+    /// site created within one such window share a context.
+    static let createdLowBits: UInt64 = 64 - createdShift
+    static let createdLowMask: UInt64 = (1 << createdLowBits) - 1
 
-    @inline(__always) var isMallocChunk: Bool { seqFlags & Self.mallocChunk != 0 }
+    @inline(__always) var isMallocChunk: Bool { bits & Self.mallocChunk != 0 }
 
-    @inline(__always) var flags: UInt32 { UInt32(truncatingIfNeeded: seqFlags & 0xff) }
-    @inline(__always) var seq: UInt64 { seqFlags >> Self.seqShift }
-    @inline(__always) func has(_ f: UInt32) -> Bool { UInt32(truncatingIfNeeded: seqFlags) & f != 0 }
-    @inline(__always) mutating func set(_ f: UInt32) { seqFlags |= UInt64(f) }
-    @inline(__always) mutating func clear(_ f: UInt32) { seqFlags &= ~UInt64(f) }
-    @inline(__always) var allocated: Bool { seqFlags & 1 != 0 }
+    @inline(__always) var flags: UInt32 { UInt32(truncatingIfNeeded: bits & 0xff) }
+    @inline(__always) func has(_ f: UInt32) -> Bool { UInt32(truncatingIfNeeded: bits) & f != 0 }
+    @inline(__always) mutating func set(_ f: UInt32) { bits |= UInt64(f) }
+    @inline(__always) mutating func clear(_ f: UInt32) { bits &= ~UInt64(f) }
+    @inline(__always) var allocated: Bool { bits & 1 != 0 }
+
+    /// min_count, clamped to Int8 when set: -1 black, 0 grey, 1...127 references needed (a client's
+    /// larger min_count needs 127, which no heap block gets: the same as never gray by count alone).
+    @inline(__always) var minCount: Int8 {
+        get { Int8(truncatingIfNeeded: bits >> Self.minCountShift) }
+        set { bits = bits & ~(0xff << Self.minCountShift) | UInt64(UInt8(bitPattern: newValue)) << Self.minCountShift }
+    }
+    /// count: references found by the current scan; it only grows while the object is white, so it
+    /// never passes min_count.
+    @inline(__always) var count: Int8 {
+        get { Int8(truncatingIfNeeded: bits >> Self.countShift) }
+        set { bits = bits & ~(0xff << Self.countShift) | UInt64(UInt8(bitPattern: newValue)) << Self.countShift }
+    }
+    @inline(__always) var createdLow: UInt64 { bits >> Self.createdShift }
 
     // Colours (mm/kmemleak.c color_white / color_gray / color_black).
     @inline(__always) var isWhite: Bool { count != -1 && count < minCount }
@@ -59,10 +79,10 @@ struct IntervalIndex {
     var phys: [Int32] = []
     /// Entries used in each physical block.
     var counts: [Int32] = []
-    /// Physical storage: block p holds entries[p*B ..< p*B + counts[p]], sorted by pointer, each
+    /// Physical storage: block p holds block(p)[0 ..< counts[p]], sorted by pointer, each
     /// (pointer - the block's minimum) << 32 | id. A lookup finds the id in the line that holds the key
     /// (separate id and key arrays cost a second cache miss per word), and an entry takes 8 bytes.
-    var entries: [UInt64] = []
+    var entries = BlockPages()
     /// Per physical block, the delta of every `groupSize`-th entry (valid below the block's count): a
     /// lookup counts the fences <= addr, then the entries <= addr in that one group of 16. Both counts
     /// load independent words (one 64-byte line, then two), where a binary search over the block chained
@@ -80,7 +100,7 @@ struct IntervalIndex {
     var blockTable = BlockTable()
 
     var memoryBytes: Int {
-        mins.capacity * 8 + phys.capacity * 4 + counts.capacity * 4 + entries.capacity * 8 + fences.capacity * 4
+        mins.capacity * 8 + phys.capacity * 4 + counts.capacity * 4 + entries.memoryBytes + fences.capacity * 4
             + freeBlocks.capacity * 4 + blockTable.firsts.capacity * 4
     }
 
@@ -150,15 +170,13 @@ struct IntervalIndex {
         let limit = UInt64(min(G, n &- start))
         let probe = d << 32 | 0xffff_ffff
         var c = 0
-        entries.withUnsafeBufferPointer { ep in
-            let e = ep.baseAddress! + (p &* Self.blockCapacity &+ start)
-            for k in 0..<G { c &+= Self.atMost(e[k], probe) & Self.atMost(UInt64(k &+ 1), limit) }
-        }
+        let e = entries.block(p) + start
+        for k in 0..<G { c &+= Self.atMost(e[k], probe) & Self.atMost(UInt64(k &+ 1), limit) }
         return start &+ c &- 1
     }
 
     @inline(__always) func idAt(_ b: Int, _ pos: Int) -> UInt32 {
-        UInt32(truncatingIfNeeded: entries[Int(phys[b]) &* Self.blockCapacity &+ pos])
+        UInt32(truncatingIfNeeded: entries.block(Int(phys[b]))[pos])
     }
 
     /// The id of the object with the greatest pointer <= addr, with its logical block and position.
@@ -187,8 +205,9 @@ struct IntervalIndex {
     private func decode(_ b: Int) -> [(key: UInt64, id: UInt32)] {
         let p = Int(phys[b])
         let base = mins[b]
+        let at = entries.block(p)
         return (0..<Int(counts[p])).map { i in
-            let e = entries[p * Self.blockCapacity + i]
+            let e = at[i]
             return (base &+ (e >> 32), UInt32(truncatingIfNeeded: e))
         }
     }
@@ -202,9 +221,10 @@ struct IntervalIndex {
     private mutating func write(_ b: Int, _ list: ArraySlice<(key: UInt64, id: UInt32)>) {
         let p = Int(phys[b])
         let base = list.first!.key
-        var i = p * Self.blockCapacity
+        let at = entries.block(p)
+        var i = 0
         for e in list {
-            entries[i] = (e.key &- base) << 32 | UInt64(e.id)
+            at[i] = (e.key &- base) << 32 | UInt64(e.id)
             i += 1
         }
         counts[p] = Int32(list.count)
@@ -215,8 +235,9 @@ struct IntervalIndex {
     /// Recomputes physical block p's fences (after any change to its entries).
     private mutating func refreshFences(_ p: Int) {
         let n = Int(counts[p])
+        let at = entries.block(p)
         for g in 0..<Self.groupsPerBlock where g * Self.groupSize < n {
-            fences[p * Self.groupsPerBlock + g] = UInt32(truncatingIfNeeded: entries[p * Self.blockCapacity + g * Self.groupSize] >> 32)
+            fences[p * Self.groupsPerBlock + g] = UInt32(truncatingIfNeeded: at[g * Self.groupSize] >> 32)
         }
     }
 
@@ -241,11 +262,9 @@ struct IntervalIndex {
         if n < B && pos > 0 && key &- mins[b] < Self.maxSpan {
             // The common case: room in the block, its minimum unchanged.
             let entry = (key &- mins[b]) << 32 | UInt64(id)
-            entries.withUnsafeMutableBufferPointer { e in
-                let at = e.baseAddress! + p * B
-                (at + pos + 1).update(from: at + pos, count: n - pos)
-                at[pos] = entry
-            }
+            let at = entries.block(p)
+            (at + pos + 1).update(from: at + pos, count: n - pos)
+            at[pos] = entry
             counts[p] = Int32(n + 1)
             refreshFences(p)
             return
@@ -308,11 +327,7 @@ struct IntervalIndex {
         let p = counts.count
         counts.append(0)
         fences.append(contentsOf: repeatElement(0, count: Self.groupsPerBlock))
-        if entries.capacity < entries.count + Self.blockCapacity {
-            // Grow by 1/8 rather than doubling: this array is most of the index's memory.
-            entries.reserveCapacity(entries.count + max(16 * Self.blockCapacity, entries.count / 8))
-        }
-        entries.append(contentsOf: repeatElement(0, count: Self.blockCapacity))
+        entries.reserve(blocks: p + 1)
         return p
     }
 
@@ -330,15 +345,11 @@ struct IntervalIndex {
             freeBlocks.append(Int32(p))
             return
         }
-        let shift: UInt64 = entries.withUnsafeMutableBufferPointer { e in
-            let at = e.baseAddress! + p * B
-            (at + pos).update(from: at + pos + 1, count: n - 1 - pos)
-            if pos != 0 { return 0 }
-            // New minimum: the deltas are measured from it.
-            let shift = at[0] >> 32
-            for i in 0..<(n - 1) { at[i] &-= shift << 32 }
-            return shift
-        }
+        let at = entries.block(p)
+        (at + pos).update(from: at + pos + 1, count: n - 1 - pos)
+        // A new minimum: the deltas are measured from it.
+        let shift: UInt64 = pos == 0 ? at[0] >> 32 : 0
+        if shift != 0 { for i in 0..<(n - 1) { at[i] &-= shift << 32 } }
         mins[b] &+= shift
         counts[p] = Int32(n - 1)
         refreshFences(p)
@@ -408,7 +419,44 @@ struct BlockTable {
     }
 }
 
-/// Object records in fixed pages of 4096 (160 KiB): growing never copies the existing records (no stall
+/// The index's blocks (256 entries of 8 bytes each) in fixed pages of 64 blocks (128 KiB): growing never
+/// copies the blocks there (a growing array holds its old and its new copy at once, the peak of
+/// registering a large client). A value type over pages owned by `BlockPagesOwner`: the page list is an
+/// array in the struct, so a lookup reads it without the run-time exclusivity check of a class's
+/// property (one more load, from a list that stays in L1). Copies share the pages: one `IntervalIndex`
+/// owns them, copies only read while it does not change.
+struct BlockPages {
+    static let pageShift = 6
+    static let blocksPerPage = 1 << pageShift
+    static let pageEntries = blocksPerPage * IntervalIndex.blockCapacity
+    private(set) var pages: [UnsafeMutablePointer<UInt64>] = []
+    private let owner = BlockPagesOwner()
+
+    var memoryBytes: Int { pages.count * Self.pageEntries * 8 }
+
+    /// The first entry of physical block p.
+    @inline(__always) func block(_ p: Int) -> UnsafeMutablePointer<UInt64> {
+        pages[p &>> Self.pageShift] + (p & (Self.blocksPerPage - 1)) &* IntervalIndex.blockCapacity
+    }
+
+    /// Room for physical blocks 0 ..< n (zeroed when new).
+    mutating func reserve(blocks n: Int) {
+        while pages.count * Self.blocksPerPage < n {
+            let page = UnsafeMutablePointer<UInt64>.allocate(capacity: Self.pageEntries)
+            page.initialize(repeating: 0, count: Self.pageEntries)
+            pages.append(page)
+            owner.pages.append(page)
+        }
+    }
+}
+
+/// Frees the pages of the `BlockPages` that made it.
+final class BlockPagesOwner {
+    var pages: [UnsafeMutablePointer<UInt64>] = []
+    deinit { for p in pages { p.deallocate() } }
+}
+
+/// Object records in fixed pages of 4096 (128 KiB): growing never copies the existing records (no stall
 /// under the lock at millions of objects), and ids stay stable. Reference type: owned by one EngineState.
 final class RecordStore {
     static let pageShift = 12
@@ -428,8 +476,7 @@ final class RecordStore {
 
     private func addPage() {
         let p = UnsafeMutablePointer<ObjectRecord>.allocate(capacity: Self.pageSize)
-        p.initialize(repeating: ObjectRecord(pointer: 0, seqFlags: 0, created: 0, size32: 0, checksum: 0, context: 0,
-                                             minCount: 0, count: 0), count: Self.pageSize)
+        p.initialize(repeating: .empty, count: Self.pageSize)
         pages.append(p)
     }
 

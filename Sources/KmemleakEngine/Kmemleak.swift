@@ -10,8 +10,8 @@ import Synchronization
 /// ever wait for one chunk of work: at most 4096 bytes of words (MAX_SCAN_SIZE) or 8192 object slots.
 /// Memory is read with no lock held.
 ///
-/// Memory: about 45 bytes per tracked object (a 40-byte packed record in pages that never move, plus
-/// the index), see BENCHMARKS.md.
+/// Memory: about 41 bytes per tracked object (a 32-byte packed record and the index's 8-byte entries,
+/// both in pages that never move), see BENCHMARKS.md.
 ///
 /// Typical use by a daemon, one engine per client process: `alloc`/`free`/... as the client's table
 /// changes (`seq` = allocation order), `setRoots` and `setPercpuLayouts` before each `scan`, then

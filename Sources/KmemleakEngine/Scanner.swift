@@ -47,7 +47,7 @@ extension EngineState {
         let sz = size(id)
         if r.has(ObjectFlags.percpu) {
             for c in copies(r.pointer) { Self.addSpan(id, c.address, sz, into: &out) }
-        } else if r.seqFlags & ObjectRecord.hasExtras != 0, let e = extras[id], !e.areas.isEmpty,
+        } else if r.bits & ObjectRecord.hasExtras != 0, let e = extras[id], !e.areas.isEmpty,
             !r.has(ObjectFlags.fullScan)
         {
             for a in e.areas { Self.addSpan(id, a.start, a.size, into: &out) }
@@ -393,7 +393,7 @@ extension EngineState {
         let tracked = word < bits.count
         if tracked && bits[word] & bit == 0 { return }
         let r = rec[Int(id)].pointee
-        if tracked && !r.isWhite && r.seqFlags & ObjectRecord.hasExtras == 0 {
+        if tracked && !r.isWhite && r.bits & ObjectRecord.hasExtras == 0 {
             // Gray or black, no excess_ref: nothing a word can do to it until the next scan.
             bits[word] &= ~bit
             return
@@ -408,7 +408,7 @@ extension EngineState {
         if isChunkHeaderWord(w, r, size, scanned) { return }
         var excess: UInt64 = 0
         if r.isGray {
-            if r.seqFlags & ObjectRecord.hasExtras != 0 { excess = ex[id]?.excessRef ?? 0 }
+            if r.bits & ObjectRecord.hasExtras != 0 { excess = ex[id]?.excessRef ?? 0 }
         } else {
             updateRefs(id, rec, &g)
         }
@@ -612,7 +612,7 @@ struct Scanner<M: MemoryReader> {
                 var i = slot
                 while i < end {
                     if s.records[i].allocated {
-                        s.records[i].seqFlags &= ~ObjectRecord.newDuringScan
+                        s.records[i].bits &= ~ObjectRecord.newDuringScan
                         s.records[i].count = 0
                         if s.records[i].isGray { s.gray.push(UInt32(i)) }
                     }
@@ -731,7 +731,7 @@ struct Scanner<M: MemoryReader> {
                 let r = s.records[Int(id)]
                 // Objects registered while the scan ran (a daemon re-syncing a frozen client) may hold the
                 // only pointer to a candidate: scan them like gray ones.
-                guard r.allocated, r.isGray || r.seqFlags & ObjectRecord.newDuringScan != 0,
+                guard r.allocated, r.isGray || r.bits & ObjectRecord.newDuringScan != 0,
                       s.confirm?.slotOf[id] == nil else { continue }
                 s.expandForScan(id, into: &expansion)
             case .confirmQueue:
@@ -1024,7 +1024,7 @@ struct Scanner<M: MemoryReader> {
         guard forSlots({ s, i in
             let r = s.records[i]
             if !reportable && r.isWhite && !r.has(ObjectFlags.reported)
-                && r.seqFlags & ObjectRecord.newDuringScan == 0 && s.unreferenced(r)
+                && r.bits & ObjectRecord.newDuringScan == 0 && s.unreferenced(r)
             {
                 reportable = true
             }
@@ -1033,7 +1033,7 @@ struct Scanner<M: MemoryReader> {
             if r.isGray {
                 if i / 64 < grayAtMain.count { grayAtMain[i / 64] |= 1 << UInt64(i % 64) }
                 if !s.foundByAddress(UInt32(i)) { notByAddress.append(UInt32(i)) }
-            } else if r.isWhite && r.seqFlags & ObjectRecord.newDuringScan == 0 {
+            } else if r.isWhite && r.bits & ObjectRecord.newDuringScan == 0 {
                 if r.has(ObjectFlags.reported) { whiteReported.append(UInt32(i)) } else { whiteCandidates.append(UInt32(i)) }
             }
         }) else { return }
@@ -1074,7 +1074,7 @@ struct Scanner<M: MemoryReader> {
                 for list in [whiteReported, notByAddress, s.createdDuringScan] {
                     for id in list where Int(id) < s.records.count && s.records[Int(id)].allocated {
                         let r = s.records[Int(id)]
-                        if r.isGray || r.seqFlags & ObjectRecord.newDuringScan != 0 { wholeReads.append(id) }
+                        if r.isGray || r.bits & ObjectRecord.newDuringScan != 0 { wholeReads.append(id) }
                     }
                 }
             }
@@ -1086,7 +1086,7 @@ struct Scanner<M: MemoryReader> {
         if unchanged == nil, !forSlots({ s, i in
             let r = s.records[i]
             guard r.allocated else { return }
-            let young = r.seqFlags & ObjectRecord.newDuringScan != 0
+            let young = r.bits & ObjectRecord.newDuringScan != 0
             if r.isWhite && !r.has(ObjectFlags.reported) && !young {
                 cands.append(UInt32(i))
                 // Counted referenced somewhere by the main pass: only a full re-read re-counts that.
@@ -1118,7 +1118,7 @@ struct Scanner<M: MemoryReader> {
                     for id in whole { s.expandForScan(id, into: &out) }
                     return out + s.changedObjectSpans(unchanged) { id in
                         let r = s.records[Int(id)]
-                        return r.allocated && r.isGray && r.seqFlags & ObjectRecord.newDuringScan == 0
+                        return r.allocated && r.isGray && r.bits & ObjectRecord.newDuringScan == 0
                             && EngineState.bit(gray, Int(id)) && s.foundByAddress(id)
                     }
                 }
@@ -1154,7 +1154,7 @@ struct Scanner<M: MemoryReader> {
         guard forSlots({ s, i in
             let r = s.records[i]
             if r.isWhite && s.unreferenced(r) && !r.has(ObjectFlags.reported)
-                && r.seqFlags & ObjectRecord.newDuringScan == 0
+                && r.bits & ObjectRecord.newDuringScan == 0
             {
                 s.records[i].set(ObjectFlags.reported)
                 n += 1

@@ -57,6 +57,7 @@ public struct KmemleakConfiguration: Sendable {
     /// overlap with a registered object means that object is stale (freed, address reused). When set,
     /// an insert replaces overlapping objects of a lower `seq` (and is dropped if one has a higher
     /// `seq`) instead of disabling the detector as the kernel does. Default false (the kernel's rule).
+    /// The ids of replaced objects are not reused until `Kmemleak.reuseReplacedIDs()`.
     public var replacesStaleObjects: Bool = false
     /// Whether `disable()` logs the kernel's "Kernel memory leak detector disabled" lines (default true).
     /// A daemon that disables one engine per client turns it off and logs them once itself.
@@ -110,7 +111,7 @@ public struct ObjectMetadata: Sendable, Equatable, Hashable {
     public var creationTime: UInt64
     /// Stack-depot id of the allocation trace, resolved through `ReportContext.frames`; 0 = none.
     public var trace: UInt32
-    /// Allocation sequence number: the report lists objects in ascending `seq` (only the low 55 bits are kept).
+    /// Allocation sequence number: the report lists objects in ascending `seq`.
     public var seq: UInt64
 
     /// Creates metadata.

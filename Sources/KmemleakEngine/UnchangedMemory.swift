@@ -69,7 +69,7 @@ extension EngineState {
     func foundByAddress(_ id: UInt32) -> Bool {
         let r = records[Int(id)]
         if r.has(ObjectFlags.percpu) { return false }
-        if r.seqFlags & ObjectRecord.hasExtras != 0, let e = extras[id], !e.areas.isEmpty { return false }
+        if r.bits & ObjectRecord.hasExtras != 0, let e = extras[id], !e.areas.isEmpty { return false }
         return true
     }
 

@@ -38,7 +38,7 @@ import Testing
                     let r = rank(addr)
                     let want: Int? = r > 0 ? r - 1 : nil
                     let got = index.predecessor(addr)
-                    let gotKey = got.map { index.mins[$0.b] &+ (index.entries[Int(index.phys[$0.b]) * IntervalIndex.blockCapacity + $0.pos] >> 32) }
+                    let gotKey = got.map { index.mins[$0.b] &+ (index.entries.block(Int(index.phys[$0.b]))[$0.pos] >> 32) }
                     if gotKey != want.map({ keys[$0] }) { bad += 1 }
                 }
             }

@@ -248,6 +248,32 @@ struct NoMemory: MemoryReader {
         #expect { try far.sync() } throws: { "\($0)".contains("over budget: live object in slot 8388608") }
     }
 
+    /// A slot's object replaced by a newer overlapping one in another slot (the address was reused before
+    /// the free showed): its engine id, reused later for a third slot's object, is not freed with the
+    /// first slot.
+    @Test func replacedObjectsIDIsNotFreedWithItsOldSlot() throws {
+        let s = try SyntheticTable(.init(objects: 64))
+        s.setObject(0, pointer: 0x1000, size: 64, seq: 1)
+        s.writeHeader()
+        let session = try ClientSession(table: try s.open(), configuration: Self.configuration(), elfCache: ELFCache())
+        try session.sync()
+        #expect(session.engine.objectInfo(at: 0x1000)?.metadata.seq == 1)
+        // Slot 0 still shows seq 1 (visited first, kept); slot 1's newer block at the same address replaces it.
+        s.setObject(1, pointer: 0x1000, size: 64, seq: 5)
+        try session.sync()
+        #expect(session.engine.objectCount == 1)
+        #expect(session.engine.objectInfo(at: 0x1000)?.metadata.seq == 5)
+        // Slot 0 is freed, slot 2 gets a new block (possibly the replaced object's id): every sync keeps it.
+        s.setObject(0, pointer: 0x1000, size: 64, seq: 1, state: SyntheticTable.state(live: false, version: 2))
+        s.setObject(2, pointer: 0x2000, size: 64, seq: 6)
+        for _ in 0..<2 {
+            try session.sync()
+            #expect(session.engine.objectCount == 2)
+            #expect(session.engine.objectInfo(at: 0x1000)?.metadata.seq == 5)
+            #expect(session.engine.objectInfo(at: 0x2000)?.metadata.seq == 6)
+        }
+    }
+
     @Test func sparseClaimsCostNoSlotMemory() throws {
         // 2^24 slots claimed used (a 1 GiB sparse memfd), two live records: per-slot state follows the
         // highest live slot (100), not objects_used.

@@ -20,6 +20,12 @@ ssize_t ckml_process_vm_read(pid_t pid, void *local, size_t len, uint64_t remote
     return process_vm_readv(pid, &l, 1, &r, 1, 0);
 }
 
+ssize_t ckml_process_vm_write(pid_t pid, const void *local, size_t len, uint64_t remote) {
+    struct iovec l = { (void *)local, len };
+    struct iovec r = { (void *)(uintptr_t)remote, len };
+    return process_vm_writev(pid, &l, 1, &r, 1, 0);
+}
+
 ssize_t ckml_process_vm_readv(pid_t pid, const struct ckml_range *ranges, size_t count) {
     enum { MAXV = 1024 };
     struct iovec l[MAXV], r[MAXV];

@@ -27,6 +27,7 @@
  */
 #define _GNU_SOURCE
 #include "../../Sources/CKmemleakABI/include/kmemleak_abi.h"
+#include "own-table.h"
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -173,23 +174,6 @@ static void *idle_thread(void *arg) {
     while (read(blocker_pipe[0], &c, 1) < 0) {
     }
     return NULL;
-}
-
-/* The shim's table, found by its memfd's name in our own maps. */
-static struct kml_header *own_table(void) {
-    FILE *maps = fopen("/proc/self/maps", "r");
-    if (!maps) return NULL;
-    char line[512];
-    struct kml_header *found = NULL;
-    while (fgets(line, sizeof line, maps)) {
-        unsigned long lo, hi;
-        if (strstr(line, "/memfd:" KML_MEMFD_NAME) && sscanf(line, "%lx-%lx", &lo, &hi) == 2) {
-            found = (struct kml_header *)lo;
-            break;
-        }
-    }
-    fclose(maps);
-    return found;
 }
 
 /* Rewrites the table record of a new idle thread to claim [lo, lo + size) as its stack. */

@@ -8,6 +8,9 @@
 /* process_vm_readv of one remote range into one local buffer; -1 and errno on failure. */
 ssize_t ckml_process_vm_read(pid_t pid, void *local, size_t len, uint64_t remote);
 
+/* process_vm_writev of one local buffer into one remote range; -1 and errno on failure. */
+ssize_t ckml_process_vm_write(pid_t pid, const void *local, size_t len, uint64_t remote);
+
 /* Several remote ranges in one call (iovecs built by the caller); -1 and errno on failure. */
 struct ckml_range { uint64_t remote; void *local; size_t len; };
 ssize_t ckml_process_vm_readv(pid_t pid, const struct ckml_range *ranges, size_t count);

@@ -2913,6 +2913,25 @@ static uint64_t kernel_thread_count(void)
     return (uint64_t)st.st_nlink - 2;
 }
 
+/* A private table that no rendezvous file announces (the run directory could be opened but not
+ * written: another user's) would be invisible: it becomes a memfd table at the same address, found
+ * by its name in /proc/PID/maps. Only the calling thread may be writing the table (init, a child). */
+static void table_to_memfd(void)
+{
+    int fd = table_snapshot();
+    if (fd < 0)
+        return; /* stays private, unannounced */
+    void *m = raw_mmap(g_hdr, g_total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd, 0);
+    if (m == MAP_FAILED) {
+        syscall(SYS_close, fd);
+        return;
+    }
+    g_table_private = 0;
+    g_memfd = fd;
+    remember_memfd(fd);
+    __atomic_and_fetch(&g_hdr->flags, ~KML_TABLE_PRIVATE, __ATOMIC_RELEASE);
+}
+
 static void atfork_prepare(void)
 {
     if (t.in_shim) {
@@ -3045,6 +3064,8 @@ static void atfork_child(void)
     uffd_advertise(1);
     /* the new table mapping is the same range: its SHIM_PRIVATE region stays valid */
     rendezvous_write();
+    if (g_table_private && !g_rendezvous_pid)
+        table_to_memfd();
     t.in_shim--;
 }
 
@@ -3119,6 +3140,8 @@ __attribute__((constructor(101))) static void kml_init(void)
     capture_trace();
     uffd_advertise(0);
     rendezvous_write();
+    if (g_table_private && !g_rendezvous_pid)
+        table_to_memfd();
     __atomic_store_n(&g_hdr->flags, g_hdr->flags | KML_TABLE_TRACKING, __ATOMIC_RELEASE);
     __atomic_store_n(&g_state, ST_ON, __ATOMIC_RELEASE);
     t.in_shim = 0;

@@ -99,6 +99,20 @@ long ckml_pagemap_scan(int pagemap, uint64_t start, uint64_t end, int protect,
     return n;
 }
 
+int ckml_pagemap_first_present(int pagemap, uint64_t start, uint64_t end, uint64_t *found) {
+    struct ckml_page_region region;
+    struct ckml_pm_scan_arg arg = {.size = sizeof arg, .start = start, .end = end, .vec = (uint64_t)(uintptr_t)&region,
+                                   .vec_len = 1, .max_pages = 1,
+                                   .category_anyof_mask = CKML_PAGE_IS_PRESENT | CKML_PAGE_IS_SWAPPED,
+                                   .return_mask = CKML_PAGE_IS_PRESENT | CKML_PAGE_IS_SWAPPED};
+    long n = ioctl(pagemap, CKML_PAGEMAP_SCAN, &arg);
+    if (n < 0)
+        return -1;
+    if (n > 0)
+        *found = region.start;
+    return n > 0;
+}
+
 static void *close_fd(void *arg) {
     close((int)(intptr_t)arg);
     return NULL;

@@ -55,4 +55,7 @@ struct ckml_page_region { uint64_t start, end, categories; };
 int ckml_close_detached(int fd);
 long ckml_pagemap_scan(int pagemap, uint64_t start, uint64_t end, int protect,
                        struct ckml_page_region *vec, uint64_t vec_len, uint64_t *walk_end);
+/* PAGEMAP_SCAN (no write-protection) for the first present or swapped page in [start, end): 1 and
+ * *found = its address, 0 when there is none, -1 and errno (ENOTTY/EINVAL before Linux 6.7). */
+int ckml_pagemap_first_present(int pagemap, uint64_t start, uint64_t end, uint64_t *found);
 #endif

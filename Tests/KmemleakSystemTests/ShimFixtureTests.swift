@@ -106,8 +106,10 @@ struct ShimFixtureTests {
         #expect(try eventually { try !t.readThreads().contains { $0.tid == tid } })
     }
 
-    @Test func forkGivesTheChildItsOwnTable() throws {
-        let c = try ShimFixture.start()
+    /// Both kinds of table: the private one fork() copies, the memfd one the parent snapshots.
+    @Test(arguments: ["private", "memfd"])
+    func forkGivesTheChildItsOwnTable(kind: String) throws {
+        let c = try ShimFixture.start(env: ["KMEMLEAK_TABLE": kind])
         let parentTable = try c.table()
         let a = try c.ask("malloc 123", "OBJ")[0]
         let (childPid, childObj, forked) = try c.fork()
@@ -117,6 +119,10 @@ struct ShimFixtureTests {
         let childTable = try ClientTable.open(r)
         let childStart = try Proc.stat(childPid).startTime
         #expect(childTable.pid == childPid && childTable.openedHeader.startTime == childStart)
+        // At the parent's address: the copy fork() made (private memory, no file), or the snapshot.
+        #expect(r.isPrivate == (kind == "private") && r.address == parentTable.rendezvous?.address)
+        #expect((childTable.openedHeader.flags & KML_TABLE_PRIVATE != 0) == (kind == "private"))
+        #expect(childTable.inode != parentTable.inode || kind == "private")
         let childLive = try liveObjects(childTable)
         let parentLive = try liveObjects(parentTable)
         // The child inherited the parent's objects and has its own; the parent does not see the child's.

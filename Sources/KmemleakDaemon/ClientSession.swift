@@ -4,7 +4,7 @@ import KmemleakEngine
 import KmemleakSystem
 
 /// What one client's table may make the daemon hold. A table's header claims cost the client nothing
-/// (sparse memfd), so the daemon's memory follows the live records it actually read, up to these bounds;
+/// (sparse memory), so the daemon's memory follows the live records it actually read, up to these bounds;
 /// past them the client is dropped.
 public struct ClientBudget: Sendable, Equatable {
     /// Live object records one client may have (each costs an engine object).

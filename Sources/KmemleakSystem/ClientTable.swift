@@ -464,8 +464,10 @@ public final class ClientTable: Sendable {
     }
 
     /// Opens the table a rendezvous file announces: checks the client is alive with the same start
-    /// time, opens /proc/PID/map_files/<start>-<end> (fallback /proc/PID/fd/<fd>), checks it is the
-    /// memfd "kmemleak-table" (and the announced mapping's inode), then validates the header.
+    /// time and the file is its own; a private table (fd=-1, no shared mapping there) must be exactly
+    /// one private anonymous mapping (`openPrivate`); else opens /proc/PID/map_files/<start>-<end>
+    /// (fallback /proc/PID/fd/<fd>), checks it is the memfd "kmemleak-table" (and the announced
+    /// mapping's inode). Then validates the header.
     public static func open(_ r: Rendezvous) throws(TableError) -> ClientTable {
         let st: ProcStat
         do { st = try Proc.stat(r.pid) } catch { throw .stale(pid: r.pid, reason: "process gone") }

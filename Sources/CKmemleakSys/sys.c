@@ -20,6 +20,12 @@ ssize_t ckml_process_vm_read(pid_t pid, void *local, size_t len, uint64_t remote
     return process_vm_readv(pid, &l, 1, &r, 1, 0);
 }
 
+ssize_t ckml_process_vm_write(pid_t pid, const void *local, size_t len, uint64_t remote) {
+    struct iovec l = { (void *)local, len };
+    struct iovec r = { (void *)(uintptr_t)remote, len };
+    return process_vm_writev(pid, &l, 1, &r, 1, 0);
+}
+
 ssize_t ckml_process_vm_readv(pid_t pid, const struct ckml_range *ranges, size_t count) {
     enum { MAXV = 1024 };
     struct iovec l[MAXV], r[MAXV];
@@ -91,6 +97,20 @@ long ckml_pagemap_scan(int pagemap, uint64_t start, uint64_t end, int protect,
     long n = ioctl(pagemap, CKML_PAGEMAP_SCAN, &arg);
     *walk_end = arg.walk_end;
     return n;
+}
+
+int ckml_pagemap_first_present(int pagemap, uint64_t start, uint64_t end, uint64_t *found) {
+    struct ckml_page_region region;
+    struct ckml_pm_scan_arg arg = {.size = sizeof arg, .start = start, .end = end, .vec = (uint64_t)(uintptr_t)&region,
+                                   .vec_len = 1, .max_pages = 1,
+                                   .category_anyof_mask = CKML_PAGE_IS_PRESENT | CKML_PAGE_IS_SWAPPED,
+                                   .return_mask = CKML_PAGE_IS_PRESENT | CKML_PAGE_IS_SWAPPED};
+    long n = ioctl(pagemap, CKML_PAGEMAP_SCAN, &arg);
+    if (n < 0)
+        return -1;
+    if (n > 0)
+        *found = region.start;
+    return n > 0;
 }
 
 static void *close_fd(void *arg) {

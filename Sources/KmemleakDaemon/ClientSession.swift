@@ -4,7 +4,7 @@ import KmemleakEngine
 import KmemleakSystem
 
 /// What one client's table may make the daemon hold. A table's header claims cost the client nothing
-/// (sparse memfd), so the daemon's memory follows the live records it actually read, up to these bounds;
+/// (sparse memory), so the daemon's memory follows the live records it actually read, up to these bounds;
 /// past them the client is dropped.
 public struct ClientBudget: Sendable, Equatable {
     /// Live object records one client may have (each costs an engine object).
@@ -369,9 +369,12 @@ final class ClientSession {
     private func writeProtect(maps: [MapEntry], roots: [RootRange], log: (String) -> Void) -> [AddressInterval] {
         guard let tracker = writeTracker(log: log) else { return [] }
         let stacks = roots.filter { $0.kind == .stack }
+        // A private table is anonymous private memory too: `writeProtectTable` tracks it on its own.
+        let table = table.rendezvous.map { AddressInterval(start: $0.address, end: $0.address &+ $0.size) }
         let mappings = maps.filter { m in
             m.readable && m.writable && !m.shared && m.inode == 0 && !m.path.hasPrefix("[v")
                 && !stacks.contains { $0.start < m.end && m.start < $0.end }
+                && !(table.map { $0.start < m.end && m.start < $0.end } ?? false)
         }
         do throws(WriteTrackingError) {
             return try tracker.protect(mappings.map { AddressInterval(start: $0.start, end: $0.end) })

@@ -1,11 +1,12 @@
-// The reader of a client's shared table (kmemleak_abi.h). Every byte is untrusted: the header is
-// validated against the real file size, every section against the header, every record against
-// the sections; the table is read with pread() from the memfd into our own buffers (never mapped),
-// so a client that truncates its memfd under us gives a typed error, not SIGBUS.
+// The reader of a client's table (kmemleak_abi.h). Every byte is untrusted: the header is
+// validated against the real size (the memfd's, the private mapping's), every section against the
+// header, every record against the sections; the table is copied into our own buffers, never mapped:
+// with pread from a memfd (a client that truncates it under us gives a typed error, not SIGBUS), or
+// with process_vm_readv from the client's private memory (TableStorage.swift).
 //
-// Consistency: records are seqlocks. A pread copy is not ordered within itself, so a slot is
-// accepted only when its state word read by one pread (A), its fields read by a later pread (B) and
-// its state read by a still later pread (C) agree: A.state == C.state, not BUSY, LIVE. Any write
+// Consistency: records are seqlocks. A bulk copy is not ordered within itself, so a slot is
+// accepted only when its state word read by one read (A), its fields read by a later read (B) and
+// its state read by a still later read (C) agree: A.state == C.state, not BUSY, LIVE. Any write
 // that overlapped B changed the state between A and C (version bump) or showed BUSY. Slots that
 // fail are retried one by one a bounded number of times, then skipped (counted).
 import CKmemleakABI
@@ -25,7 +26,8 @@ public enum TableError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The rendezvous file's owner is neither root nor a uid of the process it names: someone else
     /// wrote it (a squatter).
     case foreignRendezvous(path: String, owner: UInt32, processUIDs: [UInt32])
-    /// The opened file is not a memfd named kmemleak-table (or not the announced mapping).
+    /// The opened file is not a memfd named kmemleak-table (or not the announced mapping); or a private
+    /// table's range is not exactly one private anonymous mapping of the client.
     case notATable(path: String, reason: String)
     case badMagic(UInt64)
     case badVersion(UInt32)
@@ -97,6 +99,9 @@ public struct Rendezvous: Sendable, Equatable {
         self.path = path
     }
 
+    /// Announces a private table (fd=-1): the client's own memory, no memfd.
+    public var isPrivate: Bool { fd == -1 }
+
     /// The line a client writes.
     public var line: String {
         "pid=\(pid) fd=\(fd) addr=\(String(address, radix: 16)) size=\(size) start=\(startTime)\n"
@@ -115,7 +120,7 @@ public struct Rendezvous: Sendable, Equatable {
         }
         guard fields.count == 5,
               let pid = fields["pid"].flatMap({ Int32($0) }), pid > 0,
-              let fd = fields["fd"].flatMap({ Int32($0) }), fd >= 0,
+              let fd = fields["fd"].flatMap({ Int32($0) }), fd >= -1,
               var a = fields["addr"] else { return nil }
         if a.hasPrefix("0x") { a = a.dropFirst(2) }
         guard let addr = UInt64(a, radix: 16), addr & 4095 == 0,
@@ -393,17 +398,18 @@ public struct ReadStats: Sendable, Equatable {
 
 // MARK: - the table
 
-/// A client's table, opened from a memfd file descriptor. Thread-safe: reads use pread on one fd,
-/// the trace/comm caches are behind a mutex.
+/// A client's table, opened from a memfd file descriptor or from the client's private memory.
+/// Thread-safe: reads are pread on one fd or process_vm_readv, the trace/comm caches are behind a mutex.
 public final class ClientTable: Sendable {
     public let pid: Int32
     /// The rendezvous it was opened from (nil for tables opened from a file directly).
     public let rendezvous: Rendezvous?
     /// The header as validated at open time (geometry is fixed from then on).
     public let openedHeader: TableHeader
-    /// The memfd's inode (identifies this table: after an exec the process has another one).
+    /// The memfd's inode (identifies this table: after an exec the process has another one); 0 for a
+    /// private table (identified by its address and header).
     public let inode: UInt64
-    let file: FileHandleFD
+    let storage: TableStorage
 
     /// Slots per bulk pread (64 B objects: 256 KiB).
     public static let chunkSlots = 4096
@@ -434,21 +440,34 @@ public final class ClientTable: Sendable {
     }
 
     /// Opens a table from a file handle (tests: a memfd; daemon: via `open(rendezvous:)`).
-    public init(file: FileHandleFD, expectedPid: Int32? = nil, expectedStartTime: UInt64? = nil,
-                rendezvous: Rendezvous? = nil) throws(TableError) {
-        self.file = file
+    public convenience init(file: FileHandleFD, expectedPid: Int32? = nil, expectedStartTime: UInt64? = nil,
+                            rendezvous: Rendezvous? = nil) throws(TableError) {
+        let ino: UInt64
+        do { ino = UInt64(try file.fstat().st_ino) } catch { throw .system(error) }
+        try self.init(storage: .file(file), inode: ino, expectedPid: expectedPid, expectedStartTime: expectedStartTime,
+                      rendezvous: rendezvous)
+    }
+
+    init(storage: TableStorage, inode: UInt64, expectedPid: Int32?, expectedStartTime: UInt64?,
+         rendezvous: Rendezvous?) throws(TableError) {
+        self.storage = storage
         self.rendezvous = rendezvous
-        let h = try Self.readHeader(file)
+        let h = try Self.readHeader(storage)
         if let p = expectedPid, h.pid != p { throw .pidMismatch(header: h.pid, expected: p) }
         if let t = expectedStartTime, h.startTime != t { throw .startTimeMismatch(header: h.startTime, expected: t) }
+        if case .memory = storage, h.flags & KML_TABLE_PRIVATE == 0 {
+            throw .notATable(path: "/proc/\(h.pid)/maps", reason: "private memory whose header has no KML_TABLE_PRIVATE")
+        }
         self.pid = h.pid
         self.openedHeader = h
-        do { inode = UInt64(try file.fstat().st_ino) } catch { throw .system(error) }
+        self.inode = inode
     }
 
     /// Opens the table a rendezvous file announces: checks the client is alive with the same start
-    /// time, opens /proc/PID/map_files/<start>-<end> (fallback /proc/PID/fd/<fd>), checks it is the
-    /// memfd "kmemleak-table" (and the announced mapping's inode), then validates the header.
+    /// time and the file is its own; a private table (fd=-1, no shared mapping there) must be exactly
+    /// one private anonymous mapping (`openPrivate`); else opens /proc/PID/map_files/<start>-<end>
+    /// (fallback /proc/PID/fd/<fd>), checks it is the memfd "kmemleak-table" (and the announced
+    /// mapping's inode). Then validates the header.
     public static func open(_ r: Rendezvous) throws(TableError) -> ClientTable {
         let st: ProcStat
         do { st = try Proc.stat(r.pid) } catch { throw .stale(pid: r.pid, reason: "process gone") }
@@ -459,10 +478,13 @@ public final class ClientTable: Sendable {
             let uids = (try? Proc.uids(r.pid)) ?? []
             if !uids.contains(owner) { throw .foreignRendezvous(path: r.path, owner: owner, processUIDs: uids) }
         }
+        let maps = try? Proc.maps(r.pid)
+        let mapping = maps?.first { $0.start == r.address }
+        // No fd and no shared mapping there: a private table (a memfd found in /proc has no fd either).
+        if r.fd < 0 && !(mapping?.shared ?? false) { return try openPrivate(r, maps: maps) }
         let mapName = String(r.address, radix: 16) + "-" + String(r.address &+ r.size, radix: 16)
         let candidates = ["/proc/\(r.pid)/map_files/\(mapName)", "/proc/\(r.pid)/fd/\(r.fd)"]
         var lastError: TableError = .notATable(path: candidates[0], reason: "not found")
-        let mapping = (try? Proc.maps(r.pid))?.first { $0.start == r.address }
         var absent = 0 // candidates that do not exist or are not the table
         for path in candidates {
             do {
@@ -502,6 +524,34 @@ public final class ClientTable: Sendable {
         throw lastError
     }
 
+    /// Whether `m` can be the private table announced as [address, address + size): exactly one
+    /// mapping, private, anonymous (no file: nothing a FUSE server serves), readable and writable.
+    static func isPrivateTable(_ m: MapEntry, address: UInt64, size: UInt64) -> Bool {
+        m.start == address && m.end == address &+ size && !m.shared && m.inode == 0 && m.readable && m.writable
+            && (m.path.isEmpty || m.path.hasPrefix("[anon:" + KML_MEMFD_NAME))
+    }
+
+    /// A private table (fd=-1): the announced range must be exactly one private anonymous mapping.
+    static func openPrivate(_ r: Rendezvous, maps: [MapEntry]?) throws(TableError) -> ClientTable {
+        guard let maps else {
+            if !Proc.isAlive(r.pid, startTime: r.startTime) { throw .stale(pid: r.pid, reason: "process gone") }
+            throw .notATable(path: "/proc/\(r.pid)/maps", reason: "unreadable")
+        }
+        let at = "0x" + String(r.address, radix: 16)
+        guard let m = maps.first(where: { $0.start <= r.address && r.address < $0.end }) else {
+            if !Proc.isAlive(r.pid, startTime: r.startTime) { throw .stale(pid: r.pid, reason: "process gone") }
+            throw .stale(pid: r.pid, reason: "no table mapped at \(at) any more (exec?)")
+        }
+        guard isPrivateTable(m, address: r.address, size: r.size) else {
+            let what = "\(String(m.start, radix: 16))-\(String(m.end, radix: 16)) \(m.shared ? "shared" : "private")"
+                + (m.path.isEmpty ? "" : " " + m.path)
+            throw .notATable(path: "/proc/\(r.pid)/maps", reason: "\(at)+\(r.size) is not one private anonymous mapping (\(what))")
+        }
+        let memory = try PrivateTableMemory(pid: r.pid, address: r.address, length: r.size)
+        return try ClientTable(storage: .memory(memory), inode: 0, expectedPid: r.pid, expectedStartTime: r.startTime,
+                               rendezvous: r)
+    }
+
     /// Opens read-write, or read-only when writing is not permitted.
     static func openTableFile(_ path: String) throws(SystemError) -> FileHandleFD {
         do {
@@ -523,6 +573,10 @@ public final class ClientTable: Sendable {
     /// Whether the announced mapping (or fd) of the client still is this table.
     public var isStillMapped: Bool {
         guard let r = rendezvous else { return true }
+        if case .memory = storage {
+            guard let maps = try? Proc.maps(pid) else { return true } // cannot tell
+            return maps.contains { Self.isPrivateTable($0, address: r.address, size: r.size) }
+        }
         let mapName = String(r.address, radix: 16) + "-" + String(r.address &+ r.size, radix: 16)
         for path in ["/proc/\(pid)/map_files/\(mapName)", "/proc/\(pid)/fd/\(r.fd)"] {
             // The link's name first: a stat that follows it to a file of a FUSE server (the client
@@ -538,27 +592,23 @@ public final class ClientTable: Sendable {
 
     // MARK: header
 
-    /// Re-reads and re-validates the header (and the file size); the geometry must not change.
+    /// Re-reads and re-validates the header (and the file size); the geometry must not change, nor
+    /// the creation time (a private table replaced at the same address after an exec).
     public func header() throws(TableError) -> TableHeader {
-        let h = try Self.readHeader(file)
-        guard h.sameGeometry(openedHeader), h.pid == openedHeader.pid, h.startTime == openedHeader.startTime else {
+        let h = try Self.readHeader(storage)
+        guard h.sameGeometry(openedHeader), h.pid == openedHeader.pid, h.startTime == openedHeader.startTime,
+              h.createdNs == openedHeader.createdNs else {
             throw .geometryChanged
         }
         return h
     }
 
-    static func fileSize(_ f: FileHandleFD) throws(TableError) -> UInt64 {
-        do { return UInt64(try f.fstat().st_size) } catch { throw .system(error) }
-    }
-
-    static func readHeader(_ f: FileHandleFD) throws(TableError) -> TableHeader {
-        let size = try fileSize(f)
+    static func readHeader(_ storage: TableStorage) throws(TableError) -> TableHeader {
+        let size = try storage.size()
         let hsize = MemoryLayout<kml_header>.size
         guard size >= UInt64(hsize) else { throw .truncated(fileSize: size, totalSize: UInt64(hsize)) }
         var raw = kml_header()
-        let n: Int
-        do { n = try withUnsafeMutableBytes(of: &raw) { b in Result { () throws(SystemError) -> Int in try f.pread(into: b, offset: 0) } }.get() }
-        catch { throw .system(error) }
+        let n = try withUnsafeMutableBytes(of: &raw) { b in Result { () throws(TableError) -> Int in try storage.read(into: b, offset: 0) } }.get()
         guard n == hsize else { throw .truncated(fileSize: UInt64(n), totalSize: UInt64(hsize)) }
         return try validate(raw, fileSize: size)
     }
@@ -628,12 +678,11 @@ public final class ClientTable: Sendable {
 
     private func write<T>(_ v: inout T, at offset: Int) throws(TableError) {
         // Never extend a truncated file.
-        guard try Self.fileSize(file) >= UInt64(offset + MemoryLayout<T>.size) else {
-            throw .truncated(fileSize: try Self.fileSize(file), totalSize: openedHeader.totalSize)
+        guard try storage.size() >= UInt64(offset + MemoryLayout<T>.size) else {
+            throw .truncated(fileSize: try storage.size(), totalSize: openedHeader.totalSize)
         }
-        let f = file
-        let r = withUnsafeBytes(of: &v) { b in Result { () throws(SystemError) in try f.pwrite(b, offset: UInt64(offset)) } }
-        do { try r.get() } catch { throw .system(error) }
+        let s = storage
+        try withUnsafeBytes(of: &v) { b in Result { () throws(TableError) in try s.write(b, offset: UInt64(offset)) } }.get()
     }
 
     // MARK: seqlock bulk reading
@@ -658,10 +707,9 @@ public final class ClientTable: Sendable {
             // Holes of the memfd (pages never written) read as zeros, i.e. FREE slots: jump over them
             // (a client claiming a huge sparse `used` costs one lseek, not gigabytes of preads).
             let at = s.offset + UInt64(first) * UInt64(esize)
-            let data = ckml_seek_data(file.fd, Int64(at))
-            if data < 0 && errno == ENXIO { break }
-            if data > Int64(at) {
-                let slot = (UInt64(data) - s.offset) / UInt64(esize)
+            guard let data = storage.nextData(from: at) else { break }
+            if data > at {
+                let slot = (data - s.offset) / UInt64(esize)
                 if slot >= UInt64(count) { break }
                 if slot > UInt64(first) { first = UInt32(slot); continue }
             }
@@ -669,15 +717,14 @@ public final class ClientTable: Sendable {
             let len = Int(n) * esize
             let off = s.offset + UInt64(first) * UInt64(esize)
             // Size first: a truncated file would give short reads.
-            let fsize = try Self.fileSize(file)
+            let fsize = try storage.size()
             guard fsize >= openedHeader.totalSize else { throw .truncated(fileSize: fsize, totalSize: openedHeader.totalSize) }
             for buf in [a, b, c] {
                 let got: Int
-                do { got = try file.pread(into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<len]), offset: off) }
-                catch { throw .system(error) }
+                got = try storage.read(into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<len]), offset: off)
                 stats.preads += 1
                 stats.bytes += got
-                guard got == len else { throw .truncated(fileSize: try Self.fileSize(file), totalSize: openedHeader.totalSize) }
+                guard got == len else { throw .truncated(fileSize: try storage.size(), totalSize: openedHeader.totalSize) }
             }
             retry.removeAll(keepingCapacity: true)
             for i in 0..<Int(n) {
@@ -703,11 +750,10 @@ public final class ClientTable: Sendable {
                     if attempt > 0 { sched_yield() }
                     for k in 0..<3 {
                         let got: Int
-                        do { got = try file.pread(into: UnsafeMutableRawBufferPointer(rebasing: one[(k * esize)..<((k + 1) * esize)]), offset: soff) }
-                        catch { throw .system(error) }
+                        got = try storage.read(into: UnsafeMutableRawBufferPointer(rebasing: one[(k * esize)..<((k + 1) * esize)]), offset: soff)
                         stats.preads += 1
                         stats.bytes += got
-                        guard got == esize else { throw .truncated(fileSize: try Self.fileSize(file), totalSize: openedHeader.totalSize) }
+                        guard got == esize else { throw .truncated(fileSize: try storage.size(), totalSize: openedHeader.totalSize) }
                     }
                     let sa = one.load(fromByteOffset: 0, as: UInt32.self)
                     let sc = one.load(fromByteOffset: 2 * esize, as: UInt32.self)
@@ -904,10 +950,9 @@ public final class ClientTable: Sendable {
         while first < used {
             // Unwritten pages are unpublished traces (len 0): skip the holes.
             let at = h.traces.offset + UInt64(first * esize)
-            let data = ckml_seek_data(file.fd, Int64(at))
-            if data < 0 && errno == ENXIO { break }
-            if data > Int64(at) {
-                let idx = Int((UInt64(data) - h.traces.offset) / UInt64(esize))
+            guard let data = storage.nextData(from: at) else { break }
+            if data > at {
+                let idx = Int((data - h.traces.offset) / UInt64(esize))
                 if idx >= used { break }
                 if idx > first { first = idx; continue }
             }
@@ -915,9 +960,8 @@ public final class ClientTable: Sendable {
             let off = h.traces.offset + UInt64(first * esize)
             for buf in [lens, body] {
                 let got: Int
-                do { got = try file.pread(into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<(n * esize)]), offset: off) }
-                catch { throw .system(error) }
-                guard got == n * esize else { throw .truncated(fileSize: try Self.fileSize(file), totalSize: h.totalSize) }
+                got = try storage.read(into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<(n * esize)]), offset: off)
+                guard got == n * esize else { throw .truncated(fileSize: try storage.size(), totalSize: h.totalSize) }
             }
             for i in 0..<n {
                 let l = lens.load(fromByteOffset: i * esize, as: UInt32.self)
@@ -958,10 +1002,8 @@ public final class ClientTable: Sendable {
     }
 
     private func readExact<T>(_ v: inout T, offset: UInt64) throws(TableError) {
-        let f = file
-        let r = withUnsafeMutableBytes(of: &v) { b in Result { () throws(SystemError) -> Int in try f.pread(into: b, offset: offset) } }
-        let n: Int
-        do { n = try r.get() } catch { throw .system(error) }
-        guard n == MemoryLayout<T>.size else { throw .truncated(fileSize: try Self.fileSize(file), totalSize: openedHeader.totalSize) }
+        let s = storage
+        let n = try withUnsafeMutableBytes(of: &v) { b in Result { () throws(TableError) -> Int in try s.read(into: b, offset: offset) } }.get()
+        guard n == MemoryLayout<T>.size else { throw .truncated(fileSize: try storage.size(), totalSize: openedHeader.totalSize) }
     }
 }

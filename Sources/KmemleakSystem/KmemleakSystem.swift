@@ -3,7 +3,9 @@
 //   SystemError.swift     typed errors (call, errno, path/pid), EINTR-retrying wrappers, FileHandleFD
 //   Proc.swift            /proc/PID/{maps,stat,task,exe}: MapEntry, ProcStat, liveness
 //   ProcessMemory.swift   MemoryReader over process_vm_readv: coalesced batches, exact fault attribution
-//   ClientTable.swift     the client's shared table (kmemleak_abi.h) read with pread: Rendezvous,
+//   TableStorage.swift    where a table's bytes are: a memfd (pread) or the client's private memory
+//                         (process_vm_readv of present anonymous pages only, per /proc/PID/pagemap)
+//   ClientTable.swift     the client's table (kmemleak_abi.h) read from its storage: Rendezvous,
 //                         TableHeader validation, seqlock-consistent ObjectRecord/ThreadRecord/
 //                         RegionRecord/AreaRecord streams, cached traces and comms, daemon fields
 //   ClientDiscovery.swift rendezvous directory scan (adopt, remove stale), ClientID, ClientReportContext

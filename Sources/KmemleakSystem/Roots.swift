@@ -326,8 +326,10 @@ extension ClientTable {
         let regions = try readRegions()
         var excluded: [(start: UInt64, length: UInt64)] = []
         if let r = rendezvous { excluded.append((r.address, r.size)) }
-        // Any other mapping of the table memfd too (found by its name).
-        for m in maps where m.path.hasPrefix("/memfd:" + KML_MEMFD_NAME) { excluded.append((m.start, m.length)) }
+        // Any other mapping of the table memfd too (found by its name), and a named private table.
+        for m in maps where m.path.hasPrefix("/memfd:" + KML_MEMFD_NAME) || m.path.hasPrefix("[anon:" + KML_MEMFD_NAME) {
+            excluded.append((m.start, m.length))
+        }
         let all = Roots.compute(pid: pid, maps: maps, threads: threads, regions: regions, excluded: excluded,
                                 liveTasks: liveTasks, includeStacks: includeStacks, excludedModules: excludedModules,
                                 mounts: try? Proc.mountedFileSystems(pid), cache: cache)

@@ -102,8 +102,9 @@ let helpDiscussion = """
              first name); the daemon adopts the process through it and
              drops it when the process exits. Files of processes that are
              gone, or that another user wrote, are removed (regular files
-             only). Clients of RUN_DIR without a file are found in /proc
-             (their memfd is named after RUN_DIR) unless --no-discover-proc.
+             only). Clients of RUN_DIR without a file (their table is then
+             a memfd named after RUN_DIR) are found in /proc unless
+             --no-discover-proc.
 
     ENVIRONMENT
       KMEMLEAK_RUN_DIR

@@ -243,7 +243,8 @@ enum { UNWIND_CFI, UNWIND_LIBUNWIND, UNWIND_LIBGCC, UNWIND_NONE, UNWIND_CHECK };
 static int g_state;                  /* ST_* (atomic) */
 static int g_disabled_once;
 static int g_unwinder = UNWIND_CFI;
-static int g_memfd = -1;
+static int g_memfd = -1;              /* the memfd table's fd; -1 for a private table */
+static int g_table_private;          /* the table is private anonymous memory (KML_TABLE_PRIVATE) */
 static dev_t g_memfd_dev;            /* identity of our memfd: the program may close the fd and */
 static ino_t g_memfd_ino;            /* reuse its number; never close someone else's file */
 static pid_t g_rendezvous_pid;        /* who published g_rendezvous_name (a forked child did not) */
@@ -254,6 +255,7 @@ static ino_t g_rendezvous_ino;
 static char g_run_dir[KML_RUN_DIR_MAX + 1]; /* a copy: programs rewrite their environment (setproctitle) */
 static dev_t g_run_dir_dev;           /* identity of the run directory, 0/0 if unusable */
 static ino_t g_run_dir_ino;
+static int g_run_dir_fd = -1;         /* kept open (O_CLOEXEC): a forked child publishes without a lookup */
 static char g_memfd_name[64] = KML_MEMFD_NAME; /* + ":<dev>:<ino>" of the run dir (see kml_run_dir_init) */
 
 static struct kml_header *g_hdr;
@@ -2298,6 +2300,18 @@ static int run_dir_open(void)
     return dfd;
 }
 
+/* The kept run directory descriptor, unless the program closed it (and maybe reused its number) or
+ * the directory was removed: then the directory is opened again by its name (-1 if unusable). */
+static int run_dir_fd(void)
+{
+    struct stat st;
+    if (g_run_dir_fd >= 0 && syscall(SYS_fstat, g_run_dir_fd, &st) == 0 && S_ISDIR(st.st_mode) && st.st_nlink > 0 &&
+        st.st_dev == g_run_dir_dev && st.st_ino == g_run_dir_ino)
+        return g_run_dir_fd;
+    g_run_dir_fd = run_dir_open(); /* the old number is not ours any more: never closed */
+    return g_run_dir_fd;
+}
+
 /* KMEMLEAK_RUN_DIR, copied now; the memfd's name carries the directory's identity so that a daemon
  * finding the table through /proc (no rendezvous file) adopts only clients of its own run dir. */
 static void kml_run_dir_init(void)
@@ -2306,10 +2320,9 @@ static void kml_run_dir_init(void)
     if (!env || !*env || str_len(env) > KML_RUN_DIR_MAX)
         env = KML_DEFAULT_RUN_DIR;
     str_cat(g_run_dir, 0, sizeof(g_run_dir), env);
-    int dfd = run_dir_open();
-    if (dfd < 0)
+    g_run_dir_fd = run_dir_open();
+    if (g_run_dir_fd < 0)
         return;
-    syscall(SYS_close, dfd);
     size_t n = str_len(g_memfd_name);
     n = str_cat(g_memfd_name, n, sizeof(g_memfd_name), ":");
     n = num_cat(g_memfd_name, n, sizeof(g_memfd_name), (uint64_t)g_run_dir_dev, 1);
@@ -2361,7 +2374,7 @@ static int publish_noreplace(int dfd, const char *tmp, const char *name)
 
 static void rendezvous_write(void)
 {
-    int dfd = run_dir_open();
+    int dfd = run_dir_fd();
     if (dfd < 0)
         return; /* no usable run dir: the daemon can still find the memfd in /proc/<pid>/maps */
     pid_t pid = (pid_t)syscall(SYS_getpid);
@@ -2371,7 +2384,10 @@ static void rendezvous_write(void)
     ll = str_cat(line, ll, sizeof(line), "pid=");
     ll = num_cat(line, ll, sizeof(line), (uint64_t)pid, 0);
     ll = str_cat(line, ll, sizeof(line), " fd=");
-    ll = num_cat(line, ll, sizeof(line), (uint64_t)g_memfd, 0);
+    if (g_table_private)
+        ll = str_cat(line, ll, sizeof(line), "-1"); /* no fd: the table is the process's own memory */
+    else
+        ll = num_cat(line, ll, sizeof(line), (uint64_t)g_memfd, 0);
     ll = str_cat(line, ll, sizeof(line), " addr=");
     ll = num_cat(line, ll, sizeof(line), (uint64_t)(uintptr_t)g_hdr, 1);
     ll = str_cat(line, ll, sizeof(line), " size=");
@@ -2389,7 +2405,7 @@ static void rendezvous_write(void)
             break;
     }
     if (fd < 0)
-        goto out;
+        return;
     /* O_EXCL made it ours; check anyway before writing into it */
     struct stat st;
     int ours = syscall(SYS_fstat, fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1 && st.st_size == 0
@@ -2397,10 +2413,10 @@ static void rendezvous_write(void)
     ssize_t w = ours ? (ssize_t)syscall(SYS_write, fd, line, ll) : -1;
     syscall(SYS_close, fd);
     if (!ours)
-        goto out; /* not ours after all: leave it alone */
+        return; /* not ours after all: leave it alone */
     if (w != (ssize_t)ll) {
         syscall(SYS_unlinkat, dfd, tmp, 0);
-        goto out;
+        return;
     }
     size_t nl = num_cat(name, 0, sizeof(name), (uint64_t)pid, 0);
     str_cat(name, nl, sizeof(name), KML_RENDEZVOUS_SUFFIX);
@@ -2413,14 +2429,12 @@ static void rendezvous_write(void)
     }
     if (rc != 0) {
         syscall(SYS_unlinkat, dfd, tmp, 0);
-        goto out;
+        return;
     }
     memcpy(g_rendezvous_name, name, sizeof(name));
     g_rendezvous_dev = st.st_dev;
     g_rendezvous_ino = st.st_ino;
     g_rendezvous_pid = pid;
-out:
-    syscall(SYS_close, dfd);
 }
 
 /* At exit: removes our own file, only if the name still is that file (same inode, not a link). */
@@ -2429,14 +2443,13 @@ static void rendezvous_remove(void)
     if (!g_rendezvous_pid || g_rendezvous_pid != (pid_t)syscall(SYS_getpid))
         return;
     g_rendezvous_pid = 0;
-    int dfd = (int)syscall(SYS_openat, AT_FDCWD, g_run_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    int dfd = run_dir_fd();
     if (dfd < 0)
         return;
     struct stat st;
     if (syscall(SYS_newfstatat, dfd, g_rendezvous_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode)
         && st.st_dev == g_rendezvous_dev && st.st_ino == g_rendezvous_ino)
         syscall(SYS_unlinkat, dfd, g_rendezvous_name, 0);
-    syscall(SYS_close, dfd);
 }
 
 /* ---- the table ---------------------------------------------------------------------------------- */
@@ -2583,6 +2596,24 @@ static uint32_t pow2_at_least(uint32_t v)
     return p;
 }
 
+/* The private table: anonymous memory that fork() copies on write, between two PROT_NONE guard
+ * pages so that no neighbour with the same flags merges into its mapping (the daemon checks that
+ * the announced range is exactly one private anonymous mapping). Named "[anon:<memfd name>]" where
+ * the kernel can (CONFIG_ANON_VMA_NAME). */
+static void *table_map_private(size_t size)
+{
+    char *r = raw_mmap(NULL, size + 2 * PAGE_SIZE_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (r == MAP_FAILED)
+        return MAP_FAILED;
+    if (syscall(SYS_mprotect, r + PAGE_SIZE_, size, PROT_READ | PROT_WRITE) != 0) {
+        raw_munmap(r, size + 2 * PAGE_SIZE_);
+        return MAP_FAILED;
+    }
+    prctl(0x53564d41 /* PR_SET_VMA */, 0 /* PR_SET_VMA_ANON_NAME */, (unsigned long)(r + PAGE_SIZE_), size,
+          (unsigned long)g_memfd_name);
+    return r + PAGE_SIZE_;
+}
+
 static int table_create(void)
 {
     g_obj_cap = (uint32_t)env_u64("KMEMLEAK_MAX_OBJECTS", DEFAULT_MAX_OBJECTS, 1024, 1u << 30);
@@ -2607,20 +2638,28 @@ static int table_create(void)
     off = round_up(off + (size_t)g_area_cap * sizeof(struct kml_area), PAGE_SIZE_);
     g_total = off;
 
-    int fd = (int)syscall(SYS_memfd_create, g_memfd_name, MFD_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    if (syscall(SYS_ftruncate, fd, (off_t)g_total) != 0) {
-        syscall(SYS_close, fd);
-        return -1;
+    /* A private table needs a rendezvous file to be found (nothing in /proc/PID/maps names it on a
+     * kernel without CONFIG_ANON_VMA_NAME); without a usable run directory, a memfd. */
+    const char *kind = getenv("KMEMLEAK_TABLE");
+    void *m = g_run_dir_fd >= 0 && !(kind && !strcmp(kind, "memfd")) ? table_map_private(g_total) : MAP_FAILED;
+    if (m != MAP_FAILED) {
+        g_table_private = 1;
+    } else {
+        int fd = (int)syscall(SYS_memfd_create, g_memfd_name, MFD_CLOEXEC);
+        if (fd < 0)
+            return -1;
+        if (syscall(SYS_ftruncate, fd, (off_t)g_total) != 0) {
+            syscall(SYS_close, fd);
+            return -1;
+        }
+        m = raw_mmap(NULL, g_total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+        if (m == MAP_FAILED) {
+            syscall(SYS_close, fd);
+            return -1;
+        }
+        g_memfd = fd;
+        remember_memfd(fd);
     }
-    void *m = raw_mmap(NULL, g_total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
-    if (m == MAP_FAILED) {
-        syscall(SYS_close, fd);
-        return -1;
-    }
-    g_memfd = fd;
-    remember_memfd(fd);
     g_hdr = (struct kml_header *)m;
     g_obj = (struct kml_object *)((char *)m + obj_off);
     g_tr = (struct kml_trace *)((char *)m + tr_off);
@@ -2658,6 +2697,8 @@ static int table_create(void)
     h->areas_capacity = g_area_cap;
     h->area_size = sizeof(struct kml_area);
     h->alloc_seq = 1;
+    if (g_table_private)
+        h->flags |= KML_TABLE_PRIVATE;
     /* published last: a daemon's /proc discovery may read the header while we write it, and takes
      * a zero magic for "not yet", not for a bad table */
     __atomic_store_n(&h->magic, KML_MAGIC, __ATOMIC_RELEASE);
@@ -2862,6 +2903,35 @@ static int table_snapshot(void)
     return fd;
 }
 
+/* The kernel's count of our threads (threads the shim never saw start count too): /proc/self/task
+ * has two links more than the process has threads (one stat, no open or read); 0 if unknown. */
+static uint64_t kernel_thread_count(void)
+{
+    struct stat st;
+    if (syscall(SYS_newfstatat, AT_FDCWD, "/proc/self/task", &st, 0) != 0 || st.st_nlink < 3)
+        return 0;
+    return (uint64_t)st.st_nlink - 2;
+}
+
+/* A private table that no rendezvous file announces (the run directory could be opened but not
+ * written: another user's) would be invisible: it becomes a memfd table at the same address, found
+ * by its name in /proc/PID/maps. Only the calling thread may be writing the table (init, a child). */
+static void table_to_memfd(void)
+{
+    int fd = table_snapshot();
+    if (fd < 0)
+        return; /* stays private, unannounced */
+    void *m = raw_mmap(g_hdr, g_total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd, 0);
+    if (m == MAP_FAILED) {
+        syscall(SYS_close, fd);
+        return;
+    }
+    g_table_private = 0;
+    g_memfd = fd;
+    remember_memfd(fd);
+    __atomic_and_fetch(&g_hdr->flags, ~KML_TABLE_PRIVATE, __ATOMIC_RELEASE);
+}
+
 static void atfork_prepare(void)
 {
     if (t.in_shim) {
@@ -2880,10 +2950,12 @@ static void atfork_prepare(void)
         /* the 4096 stripe locks cost more than the rest of a fork's bookkeeping: a process whose
          * only thread is this one (the kernel's count: threads the shim did not see start count
          * too) has nobody inside them */
-        g_fork_stripes = !(live_thread_records() == 1 && proc_stat_field(20) == 1);
+        g_fork_stripes = !(live_thread_records() == 1 && kernel_thread_count() == 1);
         lock_all(g_fork_stripes);
         g_fork_locked = 1;
-        g_fork_fd = table_snapshot();
+        /* a private table is copied by fork() itself, copy-on-write, while every lock is held */
+        if (!g_table_private)
+            g_fork_fd = table_snapshot();
         g_fork_tick = boottime_tick();
     }
 }
@@ -2901,12 +2973,40 @@ static void atfork_parent(void)
     t.in_shim--;
 }
 
+/* A memfd table's child: the parent's snapshot replaces the parent's mapping at the same address.
+ * -1 (tracking disabled, detached from the parent's table) when there is none. */
+static int table_adopt_snapshot(void)
+{
+    int fd = g_fork_fd;
+    g_fork_fd = -1;
+    void *m = fd < 0 ? MAP_FAILED
+                     : raw_mmap(g_hdr, g_total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd, 0);
+    if (m == MAP_FAILED) {
+        char why[128];
+        size_t n = str_cat(why, 0, sizeof(why), fd < 0 ? g_fork_why : "fork: remap failed");
+        n = str_cat(why, n, sizeof(why), " (errno ");
+        n = num_cat(why, n, sizeof(why), (uint64_t)(fd < 0 ? g_fork_errno : errno), 0);
+        str_cat(why, n, sizeof(why), ")");
+        if (fd >= 0)
+            syscall(SYS_close, fd);
+        /* the parent's table must stay intact: detach from it before saying anything */
+        g_hdr = NULL;
+        kml_disable(why);
+        return -1;
+    }
+    if (still_our_memfd(g_memfd)) /* the parent's memfd, unless the program closed and reused it */
+        syscall(SYS_close, g_memfd);
+    g_memfd = fd;
+    remember_memfd(fd);
+    return 0;
+}
+
 static void atfork_child(void)
 {
     t.tid = 0;
     g_rendezvous_pid = 0;
     if (g_fork_nested) {
-        /* the table mapping is still the parent's: detach before anything can write to it */
+        /* a memfd table mapping is still the parent's: detach before anything can write to it */
         g_fork_nested = 0;
         g_hdr = NULL;
         if (__atomic_load_n(&g_state, __ATOMIC_ACQUIRE) == ST_ON)
@@ -2921,29 +3021,10 @@ static void atfork_child(void)
     g_fork_locked = 0;
     unlock_all(g_fork_stripes && !g_stripes_wiped);
     int old_tid_slot = t.thread_slot;
-    int fd = g_fork_fd;
-    g_fork_fd = -1;
-    /* the snapshot replaces the parent's mapping at the same address */
-    void *m = fd < 0 ? MAP_FAILED
-                     : raw_mmap(g_hdr, g_total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd, 0);
-    if (m == MAP_FAILED) {
-        char why[128];
-        size_t n = str_cat(why, 0, sizeof(why), fd < 0 ? g_fork_why : "fork: remap failed");
-        n = str_cat(why, n, sizeof(why), " (errno ");
-        n = num_cat(why, n, sizeof(why), (uint64_t)(fd < 0 ? g_fork_errno : errno), 0);
-        str_cat(why, n, sizeof(why), ")");
-        if (fd >= 0)
-            syscall(SYS_close, fd);
-        /* the parent's table must stay intact: detach from it before saying anything */
-        g_hdr = NULL;
-        kml_disable(why);
+    if (!g_table_private && table_adopt_snapshot() != 0) {
         t.in_shim--;
         return;
     }
-    if (still_our_memfd(g_memfd)) /* the parent's memfd, unless the program closed and reused it */
-        syscall(SYS_close, g_memfd);
-    g_memfd = fd;
-    remember_memfd(fd);
     struct kml_header *h = g_hdr;
     h->pid = (int32_t)syscall(SYS_getpid);
     uint64_t tick = boottime_tick();
@@ -2983,6 +3064,8 @@ static void atfork_child(void)
     uffd_advertise(1);
     /* the new table mapping is the same range: its SHIM_PRIVATE region stays valid */
     rendezvous_write();
+    if (g_table_private && !g_rendezvous_pid)
+        table_to_memfd();
     t.in_shim--;
 }
 
@@ -3057,6 +3140,8 @@ __attribute__((constructor(101))) static void kml_init(void)
     capture_trace();
     uffd_advertise(0);
     rendezvous_write();
+    if (g_table_private && !g_rendezvous_pid)
+        table_to_memfd();
     __atomic_store_n(&g_hdr->flags, g_hdr->flags | KML_TABLE_TRACKING, __ATOMIC_RELEASE);
     __atomic_store_n(&g_state, ST_ON, __ATOMIC_RELEASE);
     t.in_shim = 0;

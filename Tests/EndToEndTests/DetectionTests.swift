@@ -334,14 +334,11 @@ struct DetectionTests {
         let sane = try d.client(kmemleakTestPath)
         let hostile = try d.client(kmemleakTestPath)
         d.scan()
-        // Overwrite the hostile client's table magic through its memfd, as a buggy or hostile client could.
-        let rendezvous = try String(contentsOfFile: d.runDirectory + "/\(hostile.pid).client", encoding: .utf8)
-        let fdField = try #require(rendezvous.split(separator: " ").first { $0.hasPrefix("fd=") })
-        let table = open("/proc/\(hostile.pid)/fd/\(fdField.dropFirst(3))", O_RDWR)
-        try #require(table >= 0)
-        var garbage: UInt64 = 0xdead_beef
-        #expect(pwrite(table, &garbage, 8, 0) == 8)
-        close(table)
+        // Overwrite the hostile client's table magic (its private memory or its memfd), as a buggy or
+        // hostile client could.
+        let table = try #require(ClientTableFile(pid: hostile.pid, runDirectory: d.runDirectory))
+        #expect(table.write(UInt64(0xdead_beef), at: 0))
+        table.close()
         d.scan(times: 2)
         #expect(waitUntil { d.daemon.stderr.contains("kmemleak: dropped client pid \(hostile.pid)") })
         #expect(d.daemon.stderr.contains("invalid table"))

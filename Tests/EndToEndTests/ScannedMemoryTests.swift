@@ -93,6 +93,42 @@ struct ScannedMemoryTests {
         let claimer = try d.client(rootsClient, ["fakestack-ro", server.file])
         #expect(server.reads.isEmpty, "mapping the file read it: \(server.reads)")
 
+        try expectTwoScansAndTheReportAreExact(d, leaks: leaks, server: server)
+        let refusals = d.daemon.stderr.split(separator: "\n").filter {
+            $0.contains("pid \(claimer.pid): thread root") && $0.contains("is not anonymous private memory; not scanned")
+        }
+        #expect(refusals.count == 1, "log:\n\(d.daemon.stderr.suffix(2000))")
+        #expect(refusals.first?.contains(server.file) == true)
+    }
+
+    /// A client maps a file of a FUSE server that never answers a read over its whole (private)
+    /// table after adoption: the daemon never reads the file (pagemap shows none of its pages
+    /// present): the table is no longer mapped, so the client is dropped and its rendezvous file then
+    /// names no private anonymous mapping (said once); the ordinary client is scanned and reported
+    /// exactly (a hang guard only: a read of the file would wait for as long as the server lives).
+    @Test func aFUSEFileMappedOverATableIsNeverRead() throws {
+        let d = try Detection()
+        defer { d.tearDown() }
+        let server = try SlowFUSEServer(mountpoint: d.temp.makeDirectory("slow-fuse"), logDirectory: d.temp.path)
+        defer { server.stop() }
+        let ordinary = try d.client(kmemleakTestPath)
+        let leaks = printed(ordinary, ["LEAK", "PCPU-LEAK"])
+        #expect(leaks.count == 14)
+        let coverer = try d.client(rootsClient, ["table-cover", server.file])
+        defer { coverer.terminate() }
+        d.scan()
+        #expect(d.daemon.stderr.contains("kmemleak: adopted client pid \(coverer.pid)"))
+        #expect(try coverer.request("cover", expect: "COVERED") == "COVERED")
+        try expectTwoScansAndTheReportAreExact(d, leaks: leaks, server: server)
+        #expect(waitUntil { d.daemon.stderr.contains("kmemleak: dropped client pid \(coverer.pid)") }, "\(d.daemon.stderr.suffix(2000))")
+        #expect(d.daemon.stderr.contains("is not one private anonymous mapping (") && d.daemon.stderr.contains(server.file))
+    }
+
+    /// Two scans and a read of the report, off this thread: they end (a hang guard only: each would wait
+    /// on the FUSE server for as long as it lives if the daemon read its file), the report is `leaks`
+    /// exactly and the server was asked for no read.
+    private func expectTwoScansAndTheReportAreExact(_ d: Detection, leaks: Set<UInt64>, server: SlowFUSEServer,
+                                                    sourceLocation: SourceLocation = #_sourceLocation) throws {
         let controlFile = d.controlFile
         let outcome = OffThread { () -> (scans: [Int], report: String) in
             let scans = (1...2).map { _ in writeOnce(controlFile, Array("scan\n".utf8)).result }
@@ -100,15 +136,11 @@ struct ScannedMemoryTests {
             return (scans, report)
         }
         let result = outcome.wait(timeout: .seconds(120))
-        try #require(result != nil, "hang guard: the scans or the read of the report waited on the FUSE server, asked for \(server.reads)")
-        #expect(result?.scans == [5, 5])
-        #expect(addresses(in: result?.report ?? "") == leaks, "report:\n\(result?.report ?? "")")
-        #expect(server.reads.isEmpty, "the daemon read the FUSE file: \(server.reads)")
-        let refusals = d.daemon.stderr.split(separator: "\n").filter {
-            $0.contains("pid \(claimer.pid): thread root") && $0.contains("is not anonymous private memory; not scanned")
-        }
-        #expect(refusals.count == 1, "log:\n\(d.daemon.stderr.suffix(2000))")
-        #expect(refusals.first?.contains(server.file) == true)
+        try #require(result != nil, "hang guard: the scans or the read of the report waited on the FUSE server, asked for \(server.reads)",
+                     sourceLocation: sourceLocation)
+        #expect(result?.scans == [5, 5], sourceLocation: sourceLocation)
+        #expect(addresses(in: result?.report ?? "") == leaks, "report:\n\(result?.report ?? "")", sourceLocation: sourceLocation)
+        #expect(server.reads.isEmpty, "the daemon read the FUSE file: \(server.reads)", sourceLocation: sourceLocation)
     }
 
     /// A thread looping on vfork (its parent waiting uninterruptibly) cannot be frozen in time: after

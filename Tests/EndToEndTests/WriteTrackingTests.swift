@@ -91,20 +91,15 @@ struct WriteTrackingTests {
         let d = try Detection(daemonEnvironment: ["KMEMLEAKD_LOG_LEVEL": "debug"])
         defer { d.tearDown() }
         let client = try d.client(clientPath("write-churn"), ["moves"])
-        let rendezvous = try String(contentsOfFile: d.runDirectory + "/\(client.pid).client", encoding: .utf8)
-        let fdField = try #require(rendezvous.split(separator: " ").first { $0.hasPrefix("fd=") })
-        let table = open("/proc/\(client.pid)/fd/\(fdField.dropFirst(3))", O_RDWR)
-        try #require(table >= 0)
+        let table = try #require(ClientTableFile(pid: client.pid, runDirectory: d.runDirectory))
         // kml_header.userfaultfd: after magic, version, header_size, total_size, pid, flags, start_time,
         // nr_cpu_ids, clk_tck, created_ns, objects_offset, objects_capacity, object_size, objects_used.
         let uffd = try #require(try FileManager.default.contentsOfDirectory(atPath: "/proc/\(client.pid)/fd").first {
             (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(client.pid)/fd/\($0)")) == "anon_inode:[userfaultfd]"
         }.flatMap { Int32($0) })
-        var advertised: Int32 = -1
-        #expect(pread(table, &advertised, 4, 76) == 4 && advertised == uffd)
-        var stdoutFD: Int32 = 1
-        #expect(pwrite(table, &stdoutFD, 4, 76) == 4)
-        close(table)
+        #expect(table.read(Int32.self, at: 76) == uffd)
+        #expect(table.write(Int32(1), at: 76))
+        table.close()
         Self.expectExactReports(d, client, scans: 4)
         #expect(d.daemon.stderr.contains("pid \(client.pid): no write tracking (fd 1 is not a userfaultfd (pipe:"),
                 "\(d.daemon.stderr.suffix(2000))")

@@ -99,7 +99,8 @@ struct RealClientTests {
         let result = ClientDiscovery.scan(runDirectory: c.dir.path, known: [])
         #expect(result.adopted.isEmpty)
         #expect(result.removedStale == [r.path])
-        // A table that outlived its process still reads (the memfd stays open in the reader).
-        #expect(try liveObjects(t).count > 0)
+        // A private table went with its process: reading it says so (a memfd table would still read).
+        #expect(r.isPrivate)
+        #expect(throws: TableError.stale(pid: c.pid, reason: "process gone (its pagemap is empty)")) { try liveObjects(t) }
     }
 }

@@ -106,8 +106,10 @@ struct ShimFixtureTests {
         #expect(try eventually { try !t.readThreads().contains { $0.tid == tid } })
     }
 
-    @Test func forkGivesTheChildItsOwnTable() throws {
-        let c = try ShimFixture.start()
+    /// Both kinds of table: the private one fork() copies, the memfd one the parent snapshots.
+    @Test(arguments: ["private", "memfd"])
+    func forkGivesTheChildItsOwnTable(kind: String) throws {
+        let c = try ShimFixture.start(env: ["KMEMLEAK_TABLE": kind])
         let parentTable = try c.table()
         let a = try c.ask("malloc 123", "OBJ")[0]
         let (childPid, childObj, forked) = try c.fork()
@@ -117,6 +119,10 @@ struct ShimFixtureTests {
         let childTable = try ClientTable.open(r)
         let childStart = try Proc.stat(childPid).startTime
         #expect(childTable.pid == childPid && childTable.openedHeader.startTime == childStart)
+        // At the parent's address: the copy fork() made (private memory, no file), or the snapshot.
+        #expect(r.isPrivate == (kind == "private") && r.address == parentTable.rendezvous?.address)
+        #expect((childTable.openedHeader.flags & KML_TABLE_PRIVATE != 0) == (kind == "private"))
+        #expect(childTable.inode != parentTable.inode || kind == "private")
         let childLive = try liveObjects(childTable)
         let parentLive = try liveObjects(parentTable)
         // The child inherited the parent's objects and has its own; the parent does not see the child's.
@@ -128,11 +134,11 @@ struct ShimFixtureTests {
         #expect(try childTable.readThreads().map(\.tid) == [childPid])
     }
 
-    /// A fork whose snapshot cannot be made (no file descriptor for the child's memfd): the child
-    /// stops tracking and says why with the errno; the parent's table is untouched by it and the
-    /// parent goes on tracking.
+    /// A fork whose snapshot cannot be made (a memfd table, no file descriptor for the child's
+    /// memfd): the child stops tracking and says why with the errno; the parent's table is untouched
+    /// by it and the parent goes on tracking. (A private table needs no snapshot.)
     @Test func forkWithoutAFileDescriptorLeavesTheChildUntracked() throws {
-        let c = try ShimFixture.start()
+        let c = try ShimFixture.start(env: ["KMEMLEAK_TABLE": "memfd"])
         let parentTable = try c.table()
         _ = try c.child.request("nofds", expect: "OK 0")
         let (childPid, childObj, forked) = try c.fork()
@@ -248,18 +254,15 @@ struct ShimFixtureTests {
         let c = try ShimFixture.start()
         let r = try c.rendezvous()
         _ = try ClientTable.open(r)
-        // Corrupt the client's table through its memfd (as a hostile client could) and re-adopt.
-        let fd = open("/proc/\(c.pid)/fd/\(r.fd)", O_RDWR)
-        #expect(fd >= 0)
-        defer { close(fd) }
-        var v: UInt32 = 99
-        #expect(pwrite(fd, &v, 4, 8) == 4) // version
+        // Corrupt the client's table (its private memory) as a hostile client could, and re-adopt.
+        #expect(r.isPrivate)
+        let table = try #require(ClientTableFile(pid: c.pid, rendezvousLine: r.line))
+        defer { table.close() }
+        #expect(table.write(UInt32(99), at: 8)) // version
         #expect(throws: TableError.badVersion(99)) { try ClientTable.open(r) }
-        v = KML_ABI_VERSION
-        pwrite(fd, &v, 4, 8)
-        var used: UInt32 = 0xffff_ffff
+        table.write(KML_ABI_VERSION, at: 8)
         let usedOffset = MemoryLayout<kml_header>.offset(of: \kml_header.threads_used)!
-        pwrite(fd, &used, 4, off_t(usedOffset))
+        table.write(UInt32(0xffff_ffff), at: usedOffset)
         #expect { try ClientTable.open(r) } throws: { e in if case .usedOverCapacity = e as? TableError { true } else { false } }
     }
 
@@ -274,10 +277,10 @@ struct ShimFixtureTests {
         let r2 = try c.rendezvous()
         let t2 = try ClientTable.open(r2)
         #expect(t2.pid == t1.pid && t2.openedHeader.startTime == t1.openedHeader.startTime)
-        #expect(t2.inode != t1.inode && t2.isAlive)
+        #expect(t2.openedHeader.createdNs != t1.openedHeader.createdNs && t2.isAlive)
         let result = ClientDiscovery.scan(runDirectory: c.dir.path, known: [t1.id])
         if r2.address != t1.rendezvous?.address {
-            #expect(result.adopted.map(\.inode) == [t2.inode])
+            #expect(result.adopted.map(\.openedHeader.createdNs) == [t2.openedHeader.createdNs])
         }
         #expect(ClientDiscovery.scan(runDirectory: c.dir.path, known: [t2.id]).adopted.isEmpty)
     }
@@ -309,8 +312,10 @@ struct ShimFixtureTests {
 
     /// /proc discovery adopts only the tables named after its own run directory (several daemons on
     /// one host), and reads the maps of a process only once while it stays the same process.
+    /// (Memfd tables: nothing in the maps names a private table on a kernel without
+    /// CONFIG_ANON_VMA_NAME; those are announced by their rendezvous file only.)
     @Test func processDiscoveryAdoptsOnlyItsOwnRunDirectorysClients() throws {
-        let c = try ShimFixture.start()
+        let c = try ShimFixture.start(env: ["KMEMLEAK_TABLE": "memfd"])
         let r = try c.rendezvous()
         let other = try TempDir()
         let mine = ProcessDiscovery(runDirectory: c.dir.path)
@@ -357,9 +362,9 @@ struct ShimFixtureTests {
         #expect(announced(c.pid) == ["\(c.pid).client"])
     }
 
-    /// After an exec (same pid, same /proc inode, same comm here) the new table is found in /proc.
+    /// After an exec (same pid, same /proc inode, same comm here) the new (memfd) table is found in /proc.
     @Test func processDiscoveryFindsTheTableOfAnExec() throws {
-        let c = try ShimFixture.start()
+        let c = try ShimFixture.start(env: ["KMEMLEAK_TABLE": "memfd"])
         let discovery = ProcessDiscovery(runDirectory: c.dir.path)
         discovery.settleTicks = 0
         let t1 = try #require(discovery.scan(known: []).adopted.first { $0.pid == c.pid })
@@ -397,8 +402,12 @@ struct OtherUserClientTests {
         defer { child.terminate() }
         _ = try child.waitFor("READY ")
         let p = try #require(hexArg(Substring(try child.request("levels 99", expect: "OBJ ").split(separator: " ")[1])))
-        let r = try Rendezvous.read(path: dir.path + "/\(child.pid).client")
-        let t = try ClientTable.open(r)
+        // setpriv (root, under the shim too) announced <pid>.client before its exec; the fixture (nobody)
+        // cannot replace root's file in the sticky directory and publishes <pid>.<random>.client.
+        // Discovery removes the stale one and adopts the fixture's.
+        let found = ClientDiscovery.scan(runDirectory: dir.path, known: [])
+        let t = try #require(found.adopted.first { $0.pid == child.pid }, "\(found.failed)")
+        #expect(found.adopted.count == 1 && t.rendezvous?.fileOwner == 65534)
         var st = stat()
         #expect(stat("/proc/\(child.pid)", &st) == 0 && st.st_uid == 65534)
         let o = try #require(try liveObjects(t)[p])

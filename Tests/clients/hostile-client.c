@@ -2,8 +2,8 @@
  * hostile-client: a client of kmemleakd that attacks it from inside its own process (issue 9).
  * Under libkmemleak.so it leaks two 64-byte buffers holding a password (prints "LEAK 0x..."), prints
  * "READY", then runs commands from stdin, one per line, answering "OK ..." or "ERR ...":
- *   header FIELD VALUE   store VALUE (decimal) into its own table header (found in /proc/self/maps as
- *                        memfd:kmemleak-table): live_objects, objects_used, objects_capacity, ...
+ *   header FIELD VALUE   store VALUE (decimal) into its own table header (the address its
+ *                        rendezvous file announces, see own-table.h): live_objects, objects_used, objects_capacity, ...
  *   map-files DIR N      create N small files in DIR and map each (then close it)
  *   map-elf DIR N        create N sparse ELF files with 65535 program and section headers, map each
  *   hold N               allocate N small objects and keep them referenced (a static array)
@@ -24,22 +24,7 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 #include "kmemleak_abi.h"
-
-static struct kml_header *own_table(void)
-{
-    FILE *f = fopen("/proc/self/maps", "r");
-    char line[4096];
-    void *found = NULL;
-    while (f && fgets(line, sizeof line, f)) {
-        if (strstr(line, "memfd:" KML_MEMFD_NAME)) {
-            found = (void *)(uintptr_t)strtoull(line, NULL, 16);
-            break;
-        }
-    }
-    if (f)
-        fclose(f);
-    return found;
-}
+#include "own-table.h"
 
 #define FIELD(name) { #name, offsetof(struct kml_header, name), sizeof(((struct kml_header *)0)->name) }
 static const struct { const char *name; size_t offset, width; } fields[] = {

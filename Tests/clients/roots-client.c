@@ -18,6 +18,11 @@
  *   roots-client fakestack-ro FILE
  *                           the same claim on a PROT_READ MAP_PRIVATE mapping of FILE that is never
  *                           touched (FILE may be served by a FUSE server that never answers a read)
+ *   roots-client table-cover FILE
+ *                           nothing of its own; command "cover" maps FILE (PROT_READ, MAP_PRIVATE,
+ *                           never touched: a FUSE server's that never answers) over the shim's whole
+ *                           table and answers "COVERED" with a raw write (nothing may allocate then:
+ *                           the shim would fault on the file); kill it afterwards
  *   roots-client vfork      one thread loops vfork + exec of /bin/true (the child sleeping 300 ms
  *                           first, so the parent waits uninterruptibly), another spins holding the
  *                           only pointer to a KEEP object in a live frame
@@ -27,6 +32,7 @@
  */
 #define _GNU_SOURCE
 #include "../../Sources/CKmemleakABI/include/kmemleak_abi.h"
+#include "own-table.h"
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -175,23 +181,6 @@ static void *idle_thread(void *arg) {
     return NULL;
 }
 
-/* The shim's table, found by its memfd's name in our own maps. */
-static struct kml_header *own_table(void) {
-    FILE *maps = fopen("/proc/self/maps", "r");
-    if (!maps) return NULL;
-    char line[512];
-    struct kml_header *found = NULL;
-    while (fgets(line, sizeof line, maps)) {
-        unsigned long lo, hi;
-        if (strstr(line, "/memfd:" KML_MEMFD_NAME) && sscanf(line, "%lx-%lx", &lo, &hi) == 2) {
-            found = (struct kml_header *)lo;
-            break;
-        }
-    }
-    fclose(maps);
-    return found;
-}
-
 /* Rewrites the table record of a new idle thread to claim [lo, lo + size) as its stack. */
 static int claim_as_stack(void *lo, size_t size) {
     pthread_t t;
@@ -283,6 +272,8 @@ int main(int argc, char **argv) {
         if (fakestack(argv[2]) != 0) { perror("fakestack"); return 1; }
     } else if (strcmp(mode, "fakestack-ro") == 0 && argc > 2) {
         if (fakestack_readonly(argv[2]) != 0) { perror("fakestack-ro"); return 1; }
+    } else if (strcmp(mode, "table-cover") == 0 && argc > 2) {
+        /* nothing to set up */
     } else if (strcmp(mode, "vfork") == 0) {
         pthread_create(&threads[0], NULL, vfork_loop, NULL);
         pthread_create(&threads[1], NULL, spin_with_live_pointer, NULL);
@@ -293,7 +284,7 @@ int main(int argc, char **argv) {
         touched_area = malloc(256 << 20); /* its teardown keeps the exit going for a while */
         memset(touched_area, 1, 256 << 20);
     } else {
-        fprintf(stderr, "usage: roots-client deadstack|xmm|guard|noreserve|fakestack FILE|fakestack-ro FILE|vfork|exit N\n");
+        fprintf(stderr, "usage: roots-client deadstack|xmm|guard|noreserve|fakestack FILE|fakestack-ro FILE|table-cover FILE|vfork|exit N\n");
         return 64;
     }
     /* Give the threads time to announce themselves before READY (they print under a lock). */
@@ -307,6 +298,16 @@ int main(int argc, char **argv) {
             char *const argv_sleep[] = {"sleep", "600", NULL};
             execv("/bin/sleep", argv_sleep);
             _exit(127);
+        }
+        if (strncmp(line, "cover", 5) == 0 && strcmp(mode, "table-cover") == 0) {
+            struct kml_header *h = own_table();
+            int fd = h ? open(argv[2], O_RDONLY) : -1;
+            size_t size = h ? (size_t)h->total_size : 0;
+            if (fd < 0 || mmap(h, size, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0) != (void *)h) return 1;
+            close(fd);
+            const char msg[] = "COVERED\n";
+            if (write(1, msg, sizeof msg - 1) < 0) return 1;
+            continue;
         }
         if (strncmp(line, "erase", 5) == 0) {
             erase_xmm = 1;

@@ -2,10 +2,18 @@
  * kmemleak_abi.h - the shared table between libkmemleak.so (writer, inside every client process)
  * and kmemleakd (reader). One versioned layout; bump KML_ABI_VERSION on any change.
  *
- * The table lives in a memfd named "kmemleak-table" that the client maps MAP_SHARED. The client
- * announces it with a rendezvous file $KMEMLEAK_RUN_DIR/<pid>.client (see KML_RENDEZVOUS_FORMAT)
+ * Two kinds of table, one layout (KML_TABLE_PRIVATE tells them apart):
+ * - private (the shim's default when it has a run directory): private anonymous memory of the client,
+ *   one mapping between two PROT_NONE guard pages, so fork() gives the child a copy-on-write copy for
+ *   free (the child fixes pid, start_time, daemon_* and its threads, then announces itself). The
+ *   daemon checks in /proc/<pid>/maps that the announced range is exactly one private anonymous
+ *   mapping and reads it with process_vm_readv, only pages /proc/<pid>/pagemap shows present (or
+ *   swapped) and anonymous: never a page of a file (a FUSE server could block the reader).
+ * - memfd: a memfd named "kmemleak-table..." that the client maps MAP_SHARED (without a usable run
+ *   directory, or KMEMLEAK_TABLE=memfd); the daemon opens /proc/<pid>/map_files/<start>-<end> (or
+ *   /proc/<pid>/fd/<fd>) and reads it with pread. A forked child gets a snapshot in a new memfd.
+ * The client announces its table with a rendezvous file $KMEMLEAK_RUN_DIR/<pid>.client (below)
  * so that a daemon that starts later, or restarts, can adopt the client with its whole history.
- * The daemon opens /proc/<pid>/map_files/<start>-<end> (or /proc/<pid>/fd/<fd>) and maps it.
  *
  * Concurrency: records are written by client threads while the daemon reads them. Every record
  * with a `state` word is a seqlock: a writer sets KML_STATE_BUSY (CAS), writes the fields, then
@@ -37,6 +45,7 @@ extern "C" {
 #define KML_DEFAULT_RUN_DIR "/run/kmemleak"
 /* Rendezvous file $RUN_DIR/<pid>.client, one line of text, written atomically (tmp + rename):
  * "pid=<pid> fd=<fd> addr=<hex start of the mapping> size=<bytes> start=<starttime of /proc/pid/stat>\n"
+ * (fd=-1 for a private table)
  * or $RUN_DIR/<pid>.<16 hex digits>.client when <pid>.client is another user's file (a squatter). */
 #define KML_RENDEZVOUS_SUFFIX ".client"
 
@@ -56,6 +65,9 @@ extern "C" {
  * UFFD_USER_MODE_ONLY, UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED, nothing registered by the
  * client). Added compatibly in version 2: an older shim leaves the flag and the field 0. */
 #define KML_TABLE_USERFAULTFD 0x10u
+/* The table is the client's private anonymous memory (see the top of this file), not a memfd. Added
+ * compatibly in version 2: a daemon without it cannot open such a table (no memfd) and adopts nothing. */
+#define KML_TABLE_PRIVATE 0x20u
 
 /* ---- object kinds (low 4 bits of kml_object.flags) ------------------------------------------- */
 #define KML_KIND_MASK 0xfu
@@ -70,12 +82,12 @@ extern "C" {
 #define KML_OBJ_HAS_AREAS 0x20u /* kmemleak_scan_area registered at least one area */
 #define KML_OBJ_FULL_SCAN 0x40u /* a scan area could not be stored: scan the whole object */
 
-/* Header at offset 0 of the memfd. All offsets are from the start of the table. */
+/* Header at offset 0 of the table. All offsets are from the start of the table. */
 struct kml_header {
     uint64_t magic;        /* KML_MAGIC, stored last: 0 while the shim writes the header */
     uint32_t version;      /* KML_ABI_VERSION */
     uint32_t header_size;  /* sizeof(struct kml_header) */
-    uint64_t total_size;   /* size of the memfd in bytes */
+    uint64_t total_size;   /* size of the table (the memfd, the private mapping) in bytes */
     int32_t pid;           /* owning process (getpid()) */
     uint32_t flags;        /* KML_TABLE_* */
     uint64_t start_time;   /* field 22 of /proc/<pid>/stat: detects pid reuse */

@@ -8,6 +8,9 @@
 /* process_vm_readv of one remote range into one local buffer; -1 and errno on failure. */
 ssize_t ckml_process_vm_read(pid_t pid, void *local, size_t len, uint64_t remote);
 
+/* process_vm_writev of one local buffer into one remote range; -1 and errno on failure. */
+ssize_t ckml_process_vm_write(pid_t pid, const void *local, size_t len, uint64_t remote);
+
 /* Several remote ranges in one call (iovecs built by the caller); -1 and errno on failure. */
 struct ckml_range { uint64_t remote; void *local; size_t len; };
 ssize_t ckml_process_vm_readv(pid_t pid, const struct ckml_range *ranges, size_t count);
@@ -52,4 +55,7 @@ struct ckml_page_region { uint64_t start, end, categories; };
 int ckml_close_detached(int fd);
 long ckml_pagemap_scan(int pagemap, uint64_t start, uint64_t end, int protect,
                        struct ckml_page_region *vec, uint64_t vec_len, uint64_t *walk_end);
+/* PAGEMAP_SCAN (no write-protection) for the first present or swapped page in [start, end): 1 and
+ * *found = its address, 0 when there is none, -1 and errno (ENOTTY/EINVAL before Linux 6.7). */
+int ckml_pagemap_first_present(int pagemap, uint64_t start, uint64_t end, uint64_t *found);
 #endif

@@ -48,6 +48,30 @@ enum ShimFixture {
         printf("\nMANYEND %lu\n", many_count);
     }
 
+    /* churn: threads that malloc(3000 + thread) and free a random one of their own kept blocks a
+     * third of the time, all at once (the index grows and shifts entries under every stripe) */
+    #define CHURN_MAX_THREADS 8
+    #define CHURN_MAX_OPS 50000
+    static void *churn_kept[CHURN_MAX_THREADS][CHURN_MAX_OPS];
+    static unsigned long churn_count[CHURN_MAX_THREADS], churn_ops;
+    static pthread_barrier_t churn_start;
+    static void *churn_main(void *arg) {
+        unsigned long t = (unsigned long)(uintptr_t)arg, n = 0, s = 0x9e3779b97f4a7c15ul * (t + 1);
+        pthread_barrier_wait(&churn_start);
+        for (unsigned long i = 0; i < churn_ops; i++) {
+            s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+            if (n && s % 3 == 0) {
+                unsigned long k = (s >> 8) % n;
+                free(churn_kept[t][k]);
+                churn_kept[t][k] = churn_kept[t][--n];
+            } else {
+                churn_kept[t][n++] = malloc(3000 + t);
+            }
+        }
+        churn_count[t] = n;
+        return NULL;
+    }
+
     static int thread_pipe[2];
     static pthread_t threads[64];
     static int nthreads;
@@ -80,6 +104,18 @@ enum ShimFixture {
             else if (sscanf(line, "stacks %lu", &a) == 1 && a <= 4096) {
                 /* a malloc(24) each under its own stack (index i: the low 12 bits of i choose it) */
                 for (many_count = 0; many_count < a; many_count++) many[many_count] = stack_a(many_count, 12);
+                print_many();
+            }
+            else if (sscanf(line, "churn %lu %lu", &a, &b) == 2 && a <= CHURN_MAX_THREADS && b <= CHURN_MAX_OPS) {
+                pthread_t th[CHURN_MAX_THREADS];
+                churn_ops = b;
+                pthread_barrier_init(&churn_start, NULL, (unsigned)a);
+                for (unsigned long t = 0; t < a; t++) pthread_create(&th[t], NULL, churn_main, (void *)(uintptr_t)t);
+                for (unsigned long t = 0; t < a; t++) pthread_join(th[t], NULL);
+                pthread_barrier_destroy(&churn_start);
+                many_count = 0;
+                for (unsigned long t = 0; t < a; t++)
+                    for (unsigned long i = 0; i < churn_count[t] && many_count < 200000; i++) many[many_count++] = churn_kept[t][i];
                 print_many();
             }
             else if (strncmp(line, "freemany", 8) == 0) {

@@ -749,10 +749,9 @@ static inline uint32_t cur_comm(void)
  * neighbours; which stripe guards it follows the table size, read again once the stripe is held
  * (growth holds every stripe).
  *
- * Growth: x2 with every stripe held, once objects_used (a bound on the live count) passes 3/4 of the
- * entries, or when an insert finds its domain full: the entries are copied in order to a scratch
- * area behind the table and re-inserted. Homes are the hash's top bits, so both passes stream
- * through memory and the records are not touched. */
+ * Growth: x2 in place with every stripe held, once objects_used (a bound on the live count) passes
+ * 3/4 of the entries, or when an insert finds its domain full (oix_grow). Homes are the hash's top
+ * bits, so it streams through the index, and the records are not touched. */
 struct obj_entry {
     uint64_t pointer;
     uint32_t slot1; /* slot + 1; 0 = empty */
@@ -838,25 +837,30 @@ static inline void oix_remove(uint32_t lg, uint32_t p)
     }
 }
 
-/* x2, in place, with every stripe held, unless another thread grew it since the caller saw size lg */
+/* x2, in place, with every stripe held, unless another thread grew it since the caller saw size lg.
+ * Old domain d (m entries) becomes the 2m entries from 2dm, which held old domains 2d and 2d + 1 or
+ * nothing: top down, each domain is re-inserted into space already emptied, and only domain 0,
+ * which overlaps itself, goes through the scratch area (one domain). A domain's entries fit in its
+ * two halves (or its doubled self), each as large as it was: nothing overflows. */
 static __attribute__((noinline)) void oix_grow(uint32_t lg)
 {
     for (uint32_t i = 0; i < NR_STRIPES; i++)
         spin_lock(&g_stripes[i]);
     if (g_oix_log == lg && lg < g_oix_max_log) {
-        /* the scratch area holds up to half the largest table: the table before its last growth */
+        uint32_t m = oix_domain_mask(lg) + 1;
+        for (uint32_t d = 1u << oix_domain_log(lg); d-- > 1;) {
+            struct obj_entry *old = g_oix + (size_t)d * m;
+            for (uint32_t i = 0; i < m; i++)
+                if (old[i].slot1)
+                    oix_insert(entry_hash(&old[i]), lg + 1, old[i].pointer, old[i].slot1, old[i].tag);
+            memset(old, 0, m * sizeof(struct obj_entry));
+        }
         struct obj_entry *scratch = g_oix + ((size_t)1 << g_oix_max_log);
-        size_t n = (size_t)1 << lg, k = 0;
-        for (size_t i = 0; i < n; i++)
-            if (g_oix[i].slot1)
-                scratch[k++] = g_oix[i];
-        /* the upper half was never used: still zero */
-        memset(g_oix, 0, n * sizeof(struct obj_entry));
-        for (size_t i = 0; i < k; i++)
-            oix_insert(entry_hash(&scratch[i]), lg + 1, scratch[i].pointer, scratch[i].slot1, scratch[i].tag);
-        /* a domain's entries go to its two halves, each as large as it was: nothing overflows */
-        if (k)
-            syscall(SYS_madvise, scratch, round_up(k * sizeof(struct obj_entry), PAGE_SIZE_), MADV_DONTNEED);
+        memcpy(scratch, g_oix, m * sizeof(struct obj_entry));
+        memset(g_oix, 0, m * sizeof(struct obj_entry));
+        for (uint32_t i = 0; i < m; i++)
+            if (scratch[i].slot1)
+                oix_insert(entry_hash(&scratch[i]), lg + 1, scratch[i].pointer, scratch[i].slot1, scratch[i].tag);
         __atomic_store_n(&g_oix_log, lg + 1, __ATOMIC_RELAXED);
     }
     for (uint32_t i = NR_STRIPES; i-- > 0;)
@@ -2751,7 +2755,7 @@ static int table_create(void)
 
     /* private index */
     /* reservations: the object index for twice the capacity (half full when the table is), then its
-     * growth scratch area (half of that), used from OIX_MIN_LOG entries up; the depot's buckets for a
+     * growth scratch area (one domain), used from OIX_MIN_LOG entries up; the depot's buckets for a
      * quarter of its capacity (chains of 4 when full), used from 1024 buckets up */
     g_oix_max_log = (uint32_t)__builtin_ctz(pow2_at_least(g_obj_cap)) + 1;
     uint32_t tr_buckets = pow2_at_least(g_tr_cap / 4);
@@ -2759,9 +2763,9 @@ static int table_create(void)
     size_t p = 0;
     size_t ob_off = p;
     size_t oix_entries = (size_t)1 << g_oix_max_log;
+    size_t oix_scratch = (size_t)oix_domain_mask(g_oix_max_log - 1) + 1; /* the largest domain to grow */
     p = round_up(p + oix_entries * sizeof(struct obj_entry), PAGE_SIZE_);
-    size_t scratch_end = round_up(p + oix_entries / 2 * sizeof(struct obj_entry), PAGE_SIZE_);
-    p = scratch_end;
+    p = round_up(p + oix_scratch * sizeof(struct obj_entry), PAGE_SIZE_);
     size_t st_off = p;
     p = round_up(p + (size_t)NR_STRIPES * 4, PAGE_SIZE_);
     size_t tb_off = p;
@@ -2778,8 +2782,7 @@ static int table_create(void)
     void *pm = raw_mmap(NULL, g_priv_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (pm == MAP_FAILED)
         return -1;
-    /* the indexes are accessed at random: huge pages spare the TLB (not the lists, not the scratch
-     * area, which is given back after each growth) */
+    /* the indexes are accessed at random: huge pages spare the TLB (not the lists) */
     syscall(SYS_madvise, pm, round_up(oix_entries * sizeof(struct obj_entry), PAGE_SIZE_), MADV_HUGEPAGE);
     syscall(SYS_madvise, (char *)pm + st_off, mm_off - st_off, MADV_HUGEPAGE);
     /* a forked child starts with zeroed (unlocked) stripes, and fork() leaves the parent's stripe

@@ -753,11 +753,15 @@ static inline uint32_t cur_comm(void)
  * 3/4 of the entries, or when an insert finds its domain full (oix_grow). Homes are the hash's top
  * bits, so it streams through the index, and the records are not touched. */
 struct obj_entry {
-    uint64_t pointer;
+    uint64_t key;   /* the pointer ^ OIX_KEY_MASK */
     uint32_t slot1; /* slot + 1; 0 = empty */
     uint32_t tag;   /* the record's state with the kind bits replaced by the object's kind (< 8) */
 };
 #define OIX_TAG_KIND 0x7u
+/* The index holds every live object's address: stored as is, any scan of the shim's memory would take
+ * the index for references to every object and hide every leak (the daemon's write-tracked
+ * confirmation did read this mapping). Flipped, no key is a canonical user-space address. */
+#define OIX_KEY_MASK 0xa5a5a5a5a5a5a5a5ull
 #define OIX_MIN_LOG 10u         /* 1024 entries (16 KiB, as many pages as the old bucket heads) */
 #define OIX_DOMAIN_MIN_LOG 6u   /* a domain spans at least 64 entries (16 groups) */
 #define NR_STRIPES_LOG 12u
@@ -774,7 +778,7 @@ static inline uint32_t oix_next(uint32_t p, uint32_t dmask) { return (p & ~dmask
 
 static inline uint32_t entry_hash(const struct obj_entry *e)
 {
-    return hash_ptr(e->pointer, kind_is_pcpu(e->tag & OIX_TAG_KIND));
+    return hash_ptr(e->key ^ OIX_KEY_MASK, kind_is_pcpu(e->tag & OIX_TAG_KIND));
 }
 
 /* takes the stripe that guards hash at the current size; *lg = that size, stable while it is held */
@@ -796,24 +800,25 @@ static inline uint32_t *oix_lock(uint32_t hash, uint32_t *lg)
 static inline struct obj_entry *oix_find(uint32_t hash, uint32_t lg, uint64_t ptr, uint32_t kinds)
 {
     uint32_t dmask = oix_domain_mask(lg), p = oix_home(hash, lg);
+    uint64_t key = ptr ^ OIX_KEY_MASK;
     for (uint32_t n = 0; n <= dmask; n++, p = oix_next(p, dmask)) {
         struct obj_entry *e = &g_oix[p];
         if (!e->slot1)
             return NULL;
-        if (e->pointer == ptr && (kinds & KIND_BIT(e->tag & OIX_TAG_KIND)))
+        if (e->key == key && (kinds & KIND_BIT(e->tag & OIX_TAG_KIND)))
             return e;
     }
     return NULL;
 }
 
 /* 1 if stored, 0 if the domain is full (stripe held, or every stripe) */
-static inline int oix_insert(uint32_t hash, uint32_t lg, uint64_t ptr, uint32_t slot1, uint32_t tag)
+static inline int oix_insert(uint32_t hash, uint32_t lg, uint64_t key, uint32_t slot1, uint32_t tag)
 {
     uint32_t dmask = oix_domain_mask(lg), p = oix_home(hash, lg);
     for (uint32_t n = 0; n <= dmask; n++, p = oix_next(p, dmask)) {
         struct obj_entry *e = &g_oix[p];
         if (!e->slot1) {
-            e->pointer = ptr;
+            e->key = key;
             e->tag = tag;
             e->slot1 = slot1;
             return 1;
@@ -852,7 +857,7 @@ static __attribute__((noinline)) void oix_grow(uint32_t lg)
             struct obj_entry *old = g_oix + (size_t)d * m;
             for (uint32_t i = 0; i < m; i++)
                 if (old[i].slot1)
-                    oix_insert(entry_hash(&old[i]), lg + 1, old[i].pointer, old[i].slot1, old[i].tag);
+                    oix_insert(entry_hash(&old[i]), lg + 1, old[i].key, old[i].slot1, old[i].tag);
             memset(old, 0, m * sizeof(struct obj_entry));
         }
         struct obj_entry *scratch = g_oix + ((size_t)1 << g_oix_max_log);
@@ -860,7 +865,7 @@ static __attribute__((noinline)) void oix_grow(uint32_t lg)
         memset(g_oix, 0, m * sizeof(struct obj_entry));
         for (uint32_t i = 0; i < m; i++)
             if (scratch[i].slot1)
-                oix_insert(entry_hash(&scratch[i]), lg + 1, scratch[i].pointer, scratch[i].slot1, scratch[i].tag);
+                oix_insert(entry_hash(&scratch[i]), lg + 1, scratch[i].key, scratch[i].slot1, scratch[i].tag);
         __atomic_store_n(&g_oix_log, lg + 1, __ATOMIC_RELAXED);
     }
     for (uint32_t i = NR_STRIPES; i-- > 0;)
@@ -1027,7 +1032,7 @@ static uint32_t create_object(const struct objinfo *oi)
     uint32_t h = hash_ptr(oi->pointer, kind_is_pcpu(kind));
     for (;;) {
         uint32_t *l = oix_lock(h, &lg);
-        int stored = oix_insert(h, lg, oi->pointer, idx + 1, tag);
+        int stored = oix_insert(h, lg, oi->pointer ^ OIX_KEY_MASK, idx + 1, tag);
         spin_unlock(l);
         if (likely(stored))
             break;

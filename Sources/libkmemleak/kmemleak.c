@@ -30,6 +30,7 @@
 #include <sys/resource.h>
 #include <sys/auxv.h>
 #include <sys/stat.h>
+#include <sys/single_threaded.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -334,6 +335,13 @@ static inline void spin_lock(uint32_t *l)
     }
 }
 static inline void spin_unlock(uint32_t *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
+
+/* glibc's own test (SINGLE_THREAD_P, on which its malloc relies too): true until the process first
+ * creates a thread (pthread_create, and glibc's internal users of it), true again in a forked child.
+ * Then nothing else can be inside the shim (a signal handler in the shim is forwarded untracked), so
+ * the hot path takes no stripe lock and no locked instruction, which would also wait for every
+ * store in flight, such as the blind release of a record. */
+static inline int lone_thread(void) { return __libc_single_threaded; }
 
 static inline void *raw_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
@@ -787,6 +795,10 @@ static inline uint32_t *oix_lock(uint32_t hash, uint32_t *lg)
     for (;;) {
         uint32_t n = __atomic_load_n(&g_oix_log, __ATOMIC_RELAXED);
         uint32_t *l = &g_stripes[hash >> (32 - oix_domain_log(n))];
+        if (lone_thread()) {
+            *lg = n; /* spin_unlock's store to a free lock is harmless */
+            return l;
+        }
         spin_lock(l);
         if (likely(__atomic_load_n(&g_oix_log, __ATOMIC_RELAXED) == n)) {
             *lg = n;
@@ -1001,7 +1013,12 @@ static inline __attribute__((always_inline)) void current_context(struct objinfo
     oi->time_ns = now_ns();
     oi->tid = cur_tid();
     oi->comm_id = cur_comm();
-    oi->seq = __atomic_fetch_add(&g_hdr->alloc_seq, 1, __ATOMIC_RELAXED);
+    if (lone_thread()) {
+        oi->seq = __atomic_load_n(&g_hdr->alloc_seq, __ATOMIC_RELAXED);
+        __atomic_store_n(&g_hdr->alloc_seq, oi->seq + 1, __ATOMIC_RELAXED);
+    } else {
+        oi->seq = __atomic_fetch_add(&g_hdr->alloc_seq, 1, __ATOMIC_RELAXED);
+    }
     oi->transient_gen = 0;
 }
 

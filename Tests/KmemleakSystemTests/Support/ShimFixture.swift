@@ -72,6 +72,20 @@ enum ShimFixture {
         return NULL;
     }
 
+    /* collide: custom objects (kmemleak_alloc) whose addresses share the top 5 bits of the shim's
+     * pointer hash (hash_ptr in kmemleak.c), i.e. one domain of its object index while it has at most
+     * 2048 entries (KMEMLEAK_MAX_OBJECTS=1024): a program choosing its pointers to collide */
+    static char collide_pool[1 << 20];
+    static unsigned long collide(unsigned long n) {
+        unsigned long done = 0;
+        for (uintptr_t p = (uintptr_t)collide_pool; done < n && p < (uintptr_t)collide_pool + sizeof collide_pool; p += 16) {
+            uint64_t h = (uint64_t)p * 0xff51afd7ed558ccdull;
+            uint32_t hash = (uint32_t)(h >> 32) ^ (uint32_t)h;
+            if (hash >> 27 == 0) { kmemleak_alloc((void *)p, 16, 1); done++; }
+        }
+        return done;
+    }
+
     static int thread_pipe[2];
     static pthread_t threads[64];
     static int nthreads;
@@ -118,6 +132,7 @@ enum ShimFixture {
                     for (unsigned long i = 0; i < churn_count[t] && many_count < 200000; i++) many[many_count++] = churn_kept[t][i];
                 print_many();
             }
+            else if (sscanf(line, "collide %lu", &a) == 1) printf("COLLIDED %lu\n", collide(a));
             else if (strncmp(line, "freemany", 8) == 0) {
                 for (unsigned long i = 0; i < many_count; i++) free(many[i]);
                 many_count = 0;

@@ -799,6 +799,8 @@ static inline uint32_t *oix_lock(uint32_t hash, uint32_t *lg)
             *lg = n; /* spin_unlock's store to a free lock is harmless */
             return l;
         }
+        /* the group's miss overlaps the lock's (a locked instruction waits for the stores in flight) */
+        __builtin_prefetch(&g_oix[oix_home(hash, n)], 1, 3);
         spin_lock(l);
         if (likely(__atomic_load_n(&g_oix_log, __ATOMIC_RELAXED) == n)) {
             *lg = n;

@@ -766,9 +766,10 @@ struct obj_entry {
     uint32_t tag;   /* the record's state with the kind bits replaced by the object's kind (< 8) */
 };
 #define OIX_TAG_KIND 0x7u
-/* The index holds every live object's address: stored as is, any scan of the shim's memory would take
- * the index for references to every object and hide every leak (the daemon's write-tracked
- * confirmation did read this mapping). Flipped, no key is a canonical user-space address. */
+/* The index holds every live object's address, and a probe or a delete's shift loads other objects'
+ * entries: stored as is, those addresses stayed behind in registers and stack slots of the thread
+ * (the daemon reads a frozen thread's registers as roots) and kept 1-8 of 4096 leaks referenced in
+ * AllocatorReferenceTests. Flipped, no key is a canonical user-space address. */
 #define OIX_KEY_MASK 0xa5a5a5a5a5a5a5a5ull
 #define OIX_MIN_LOG 10u         /* 1024 entries (16 KiB, as many pages as the old bucket heads) */
 #define OIX_DOMAIN_MIN_LOG 6u   /* a domain spans at least 64 entries (16 groups) */

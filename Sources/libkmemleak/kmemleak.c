@@ -30,6 +30,7 @@
 #include <sys/resource.h>
 #include <sys/auxv.h>
 #include <sys/stat.h>
+#include <sys/single_threaded.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -227,7 +228,7 @@ enum { ALIGNED_MEMALIGN, ALIGNED_ALLOC, ALIGNED_VALLOC, ALIGNED_PVALLOC };
 #define SLOT_BATCH 256u           /* free slots moved between a thread cache and the global list */
 #define NR_STRIPES 4096u          /* object hash lock stripes */
 #define TR_BUCKETS_MIN 1024u      /* initial stack depot buckets */
-#define INDEX_LOAD 1u             /* an index grows (x4) past this many entries per bucket */
+#define INDEX_LOAD 1u             /* the depot's index grows (x4) past this many entries per bucket */
 #define LIVE_BATCH 64             /* a thread adds its live-object changes to the header this many at once */
 #define UNWIND_EXTRA 4            /* frames captured beyond KML_MAX_TRACE to skip our own (at most 3) */
 
@@ -274,9 +275,10 @@ static size_t g_priv_size;
 /* The hash indexes start small and grow in place inside a reservation sized for the capacity: the
  * pages a process touches (and that fork() write-protects, so that parent and child copy each one
  * they touch again) follow its object count, not the table's capacity. */
-static uint32_t *g_obj_buckets;      /* 1-based slot of the first object in the chain */
-static uint32_t g_obj_bucket_mask;   /* written with every stripe held; >= NR_STRIPES - 1 */
-static uint32_t g_obj_bucket_max;
+struct obj_entry;
+static struct obj_entry *g_oix;      /* the object index (below), then its growth scratch area */
+static uint32_t g_oix_log;           /* log2 of its entries: written with every stripe held */
+static uint32_t g_oix_max_log;
 static uint32_t *g_stripes;          /* spinlocks for the object buckets */
 static int g_stripes_wiped;          /* MADV_WIPEONFORK took: a forked child's stripes are all zero */
 static uint32_t *g_tr_buckets;       /* 1-based trace id */
@@ -335,6 +337,13 @@ static inline void spin_lock(uint32_t *l)
     }
 }
 static inline void spin_unlock(uint32_t *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
+
+/* glibc's own test (SINGLE_THREAD_P, on which its malloc relies too): true until the process first
+ * creates a thread (pthread_create, and glibc's internal users of it), true again in a forked child.
+ * Then nothing else can be inside the shim (a signal handler in the shim is forwarded untracked), so
+ * the hot path takes no stripe lock and no locked instruction, which would also wait for every
+ * store in flight, such as the blind release of a record. */
+static inline int lone_thread(void) { return __libc_single_threaded; }
 
 static inline void *raw_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
@@ -421,6 +430,8 @@ static uint64_t env_u64(const char *name, uint64_t def, uint64_t lo, uint64_t hi
         return def;
     return v > hi ? hi : v;
 }
+
+static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
 static inline uint32_t hash_ptr(uint64_t p, int pcpu)
 {
@@ -734,43 +745,145 @@ static inline uint32_t cur_comm(void)
 }
 
 /* ---- the object index ------------------------------------------------------------------------- */
-/* A pointer's stripe is its hash's low bits: every bucket mask covers them, so it does not change
- * when the index grows. The bucket is read with the stripe held (obj_index_grow holds them all). */
-static inline uint32_t *obj_stripe(uint32_t hash) { return &g_stripes[hash & (NR_STRIPES - 1)]; }
-static inline uint32_t *obj_bucket(uint32_t hash) { return &g_obj_buckets[hash & g_obj_bucket_mask]; }
+/* free() must find the record by its exact pointer. The index is an open-addressed table in the
+ * private mapping whose entries hold what a lookup needs: the pointer, the slot, and the record's
+ * current version and kind. A lookup reads one 64-byte group of 4 entries (rarely the next one) and
+ * never the record; the release is then a blind store of the record's next state. An entry's home
+ * is its group, the top bits of the pointer's hash; it sits there or in the nearest free entry after
+ * it (linear probing), and a delete shifts the entries after it back (no tombstones: churn does not
+ * lengthen the probes).
+ *
+ * Locking: the table is cut into up to NR_STRIPES domains of consecutive groups, each one probe cycle
+ * (probes wrap inside their domain) under one stripe lock, so that a probe never leaves its lock's
+ * entries. A hash's domain is the top bits of its group, so growth splits a domain into two
+ * neighbours; which stripe guards it follows the table size, read again once the stripe is held
+ * (growth holds every stripe).
+ *
+ * Growth: x2 in place with every stripe held, once objects_used (a bound on the live count) passes
+ * 3/4 of the entries, or when an insert finds its domain full (oix_grow). Homes are the hash's top
+ * bits, so it streams through the index, and the records are not touched. */
+struct obj_entry {
+    uint64_t key;   /* the pointer ^ OIX_KEY_MASK */
+    uint32_t slot1; /* slot + 1; 0 = empty */
+    uint32_t tag;   /* the record's state with the kind bits replaced by the object's kind (< 8) */
+};
+#define OIX_TAG_KIND 0x7u
+/* The index holds every live object's address, and a probe or a delete's shift loads other objects'
+ * entries: stored as is, those addresses stayed behind in registers and stack slots of the thread
+ * (the daemon reads a frozen thread's registers as roots) and kept 1-8 of 4096 leaks referenced in
+ * AllocatorReferenceTests. Flipped, no key is a canonical user-space address. */
+#define OIX_KEY_MASK 0xa5a5a5a5a5a5a5a5ull
+#define OIX_MIN_LOG 10u         /* 1024 entries (16 KiB, as many pages as the old bucket heads) */
+#define OIX_DOMAIN_MIN_LOG 6u   /* a domain spans at least 64 entries (16 groups) */
+#define NR_STRIPES_LOG 12u
 
-static inline uint32_t obj_hash(const struct kml_object *o)
+static inline uint32_t oix_domain_log(uint32_t lg)
 {
-    return hash_ptr(o->pointer, kind_is_pcpu(o->flags & KML_KIND_MASK));
+    return lg - OIX_DOMAIN_MIN_LOG < NR_STRIPES_LOG ? lg - OIX_DOMAIN_MIN_LOG : NR_STRIPES_LOG;
+}
+/* the entry at the start of the hash's home group */
+static inline uint32_t oix_home(uint32_t hash, uint32_t lg) { return (hash >> (32 - (lg - 2))) << 2; }
+/* entries of a domain - 1 */
+static inline uint32_t oix_domain_mask(uint32_t lg) { return (1u << (lg - oix_domain_log(lg))) - 1; }
+static inline uint32_t oix_next(uint32_t p, uint32_t dmask) { return (p & ~dmask) | ((p + 1) & dmask); }
+
+static inline uint32_t entry_hash(const struct obj_entry *e)
+{
+    return hash_ptr(e->key ^ OIX_KEY_MASK, kind_is_pcpu(e->tag & OIX_TAG_KIND));
 }
 
-/* x4 buckets (x2 to the last size), in place, with every stripe held: bucket b's chain splits into
- * b, b+n, b+2n, b+3n */
-static __attribute__((noinline)) void obj_index_grow(void)
+/* takes the stripe that guards hash at the current size; *lg = that size, stable while it is held */
+static inline uint32_t *oix_lock(uint32_t hash, uint32_t *lg)
+{
+    for (;;) {
+        uint32_t n = __atomic_load_n(&g_oix_log, __ATOMIC_RELAXED);
+        uint32_t *l = &g_stripes[hash >> (32 - oix_domain_log(n))];
+        if (lone_thread()) {
+            *lg = n; /* spin_unlock's store to a free lock is harmless */
+            return l;
+        }
+        /* the group's miss overlaps the lock's (a locked instruction waits for the stores in flight) */
+        __builtin_prefetch(&g_oix[oix_home(hash, n)], 1, 3);
+        spin_lock(l);
+        if (likely(__atomic_load_n(&g_oix_log, __ATOMIC_RELAXED) == n)) {
+            *lg = n;
+            return l;
+        }
+        spin_unlock(l);
+    }
+}
+
+/* the entry of ptr with one of kinds, or NULL (stripe held) */
+static inline struct obj_entry *oix_find(uint32_t hash, uint32_t lg, uint64_t ptr, uint32_t kinds)
+{
+    uint32_t dmask = oix_domain_mask(lg), p = oix_home(hash, lg);
+    uint64_t key = ptr ^ OIX_KEY_MASK;
+    for (uint32_t n = 0; n <= dmask; n++, p = oix_next(p, dmask)) {
+        struct obj_entry *e = &g_oix[p];
+        if (!e->slot1)
+            return NULL;
+        if (e->key == key && (kinds & KIND_BIT(e->tag & OIX_TAG_KIND)))
+            return e;
+    }
+    return NULL;
+}
+
+/* 1 if stored, 0 if the domain is full (stripe held, or every stripe) */
+static inline int oix_insert(uint32_t hash, uint32_t lg, uint64_t key, uint32_t slot1, uint32_t tag)
+{
+    uint32_t dmask = oix_domain_mask(lg), p = oix_home(hash, lg);
+    for (uint32_t n = 0; n <= dmask; n++, p = oix_next(p, dmask)) {
+        struct obj_entry *e = &g_oix[p];
+        if (!e->slot1) {
+            e->key = key;
+            e->tag = tag;
+            e->slot1 = slot1;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* empties entry p and shifts back the entries after it that may move closer to their home */
+static inline void oix_remove(uint32_t lg, uint32_t p)
+{
+    uint32_t dmask = oix_domain_mask(lg), hole = p;
+    g_oix[hole].slot1 = 0;
+    for (uint32_t j = oix_next(hole, dmask); g_oix[j].slot1; j = oix_next(j, dmask)) {
+        uint32_t home = oix_home(entry_hash(&g_oix[j]), lg);
+        if (((j - home) & dmask) >= ((j - hole) & dmask)) {
+            g_oix[hole] = g_oix[j];
+            g_oix[j].slot1 = 0;
+            hole = j;
+        }
+    }
+}
+
+/* x2, in place, with every stripe held, unless another thread grew it since the caller saw size lg.
+ * Old domain d (m entries) becomes the 2m entries from 2dm, which held old domains 2d and 2d + 1 or
+ * nothing: top down, each domain is re-inserted into space already emptied, and only domain 0,
+ * which overlaps itself, goes through the scratch area (one domain). A domain's entries fit in its
+ * two halves (or its doubled self), each as large as it was: nothing overflows. */
+static __attribute__((noinline)) void oix_grow(uint32_t lg)
 {
     for (uint32_t i = 0; i < NR_STRIPES; i++)
         spin_lock(&g_stripes[i]);
-    uint32_t n = g_obj_bucket_mask + 1, shift = (uint32_t)__builtin_ctz(n);
-    uint32_t used = __atomic_load_n(&g_hdr->objects_used, __ATOMIC_RELAXED);
-    uint32_t ways = g_obj_bucket_max / n >= 4 ? 4 : 2;
-    if (used > INDEX_LOAD * n && n < g_obj_bucket_max) {
-        for (uint32_t b = 0; b < n; b++) {
-            uint32_t heads[4] = {0, 0, 0, 0}, tails[4] = {0, 0, 0, 0};
-            for (uint32_t id = g_obj_buckets[b]; id; id = g_obj[id - 1].hash_next) {
-                uint32_t k = (obj_hash(&g_obj[id - 1]) >> shift) & (ways - 1);
-                if (tails[k])
-                    g_obj[tails[k] - 1].hash_next = id;
-                else
-                    heads[k] = id;
-                tails[k] = id;
-            }
-            for (uint32_t k = 0; k < ways; k++) {
-                if (tails[k])
-                    g_obj[tails[k] - 1].hash_next = 0;
-                g_obj_buckets[b + k * n] = heads[k];
-            }
+    if (g_oix_log == lg && lg < g_oix_max_log) {
+        uint32_t m = oix_domain_mask(lg) + 1;
+        for (uint32_t d = 1u << oix_domain_log(lg); d-- > 1;) {
+            struct obj_entry *old = g_oix + (size_t)d * m;
+            for (uint32_t i = 0; i < m; i++)
+                if (old[i].slot1)
+                    oix_insert(entry_hash(&old[i]), lg + 1, old[i].key, old[i].slot1, old[i].tag);
+            memset(old, 0, m * sizeof(struct obj_entry));
         }
-        __atomic_store_n(&g_obj_bucket_mask, ways * n - 1, __ATOMIC_RELAXED);
+        struct obj_entry *scratch = g_oix + ((size_t)1 << g_oix_max_log);
+        memcpy(scratch, g_oix, m * sizeof(struct obj_entry));
+        memset(g_oix, 0, m * sizeof(struct obj_entry));
+        for (uint32_t i = 0; i < m; i++)
+            if (scratch[i].slot1)
+                oix_insert(entry_hash(&scratch[i]), lg + 1, scratch[i].key, scratch[i].slot1, scratch[i].tag);
+        __atomic_store_n(&g_oix_log, lg + 1, __ATOMIC_RELAXED);
     }
     for (uint32_t i = NR_STRIPES; i-- > 0;)
         spin_unlock(&g_stripes[i]);
@@ -799,6 +912,10 @@ static uint32_t slot_alloc(void)
     if (h) {
         t.cache_head = g_obj[h - 1].hash_next;
         t.cache_count--;
+        /* the next slot's record, whose link the next allocation reads, arrives meanwhile (after a
+         * run of frees the cache holds slots freed long ago: a dependent miss each otherwise) */
+        if (t.cache_head)
+            __builtin_prefetch(&g_obj[t.cache_head - 1], 1, 3);
         return h - 1;
     }
     if (t.bump_next < t.bump_end)
@@ -825,11 +942,11 @@ static uint32_t slot_alloc(void)
                                         __ATOMIC_RELAXED)) {
             t.bump_next = cur + 1;
             t.bump_end = end;
-            /* objects_used bounds the live count: grow the index before its chains get long
+            /* objects_used bounds the live count: grow the index before it is 3/4 full
              * (no stripe is held here; callers may hold the mm or pcpu lock, which come first) */
-            uint32_t buckets = __atomic_load_n(&g_obj_bucket_mask, __ATOMIC_RELAXED) + 1;
-            if (unlikely(end > INDEX_LOAD * buckets) && buckets < g_obj_bucket_max)
-                obj_index_grow();
+            uint32_t lg = __atomic_load_n(&g_oix_log, __ATOMIC_RELAXED);
+            if (unlikely((uint64_t)end * 4 > (uint64_t)3 << lg) && lg < g_oix_max_log)
+                oix_grow(lg);
             return cur;
         }
     }
@@ -905,7 +1022,12 @@ static inline __attribute__((always_inline)) void current_context(struct objinfo
     oi->time_ns = now_ns();
     oi->tid = cur_tid();
     oi->comm_id = cur_comm();
-    oi->seq = __atomic_fetch_add(&g_hdr->alloc_seq, 1, __ATOMIC_RELAXED);
+    if (lone_thread()) {
+        oi->seq = __atomic_load_n(&g_hdr->alloc_seq, __ATOMIC_RELAXED);
+        __atomic_store_n(&g_hdr->alloc_seq, oi->seq + 1, __ATOMIC_RELAXED);
+    } else {
+        oi->seq = __atomic_fetch_add(&g_hdr->alloc_seq, 1, __ATOMIC_RELAXED);
+    }
     oi->transient_gen = 0;
 }
 
@@ -931,84 +1053,85 @@ static uint32_t create_object(const struct objinfo *oi)
     o->transient_gen = oi->transient_gen;
     rec_write_end(&o->state, KML_STATE_LIVE);
 
-    uint32_t h = hash_ptr(oi->pointer, kind_is_pcpu(oi->flags & KML_KIND_MASK));
-    uint32_t *l = obj_stripe(h);
-    spin_lock(l);
-    uint32_t *bucket = obj_bucket(h);
-    o->hash_next = *bucket;
-    *bucket = idx + 1;
-    spin_unlock(l);
+    uint32_t kind = oi->flags & KML_KIND_MASK;
+    uint32_t tag = (o->state & ~OIX_TAG_KIND) | kind, lg;
+    uint32_t h = hash_ptr(oi->pointer, kind_is_pcpu(kind));
+    for (;;) {
+        uint32_t *l = oix_lock(h, &lg);
+        int stored = oix_insert(h, lg, oi->pointer ^ OIX_KEY_MASK, idx + 1, tag);
+        spin_unlock(l);
+        if (likely(stored))
+            break;
+        if (lg >= g_oix_max_log) {
+            /* a full domain at the largest size: only pointers chosen to collide get here */
+            rec_write_begin(&o->state);
+            rec_write_end(&o->state, KML_STATE_FREE);
+            kml_disable("object index full");
+            return UINT32_MAX;
+        }
+        oix_grow(lg);
+    }
     live_count(1);
     return idx;
-}
-
-static inline int obj_matches(const struct kml_object *o, uint64_t ptr, uint32_t kinds)
-{
-    return o->pointer == ptr && (o->state & KML_STATE_KIND_MASK) == KML_STATE_LIVE &&
-           (kinds & KIND_BIT(o->flags & KML_KIND_MASK));
 }
 
 /* delete_object: unindex and release the record of ptr; copies it to *save; 1 if found */
 static int delete_object(uint64_t ptr, int pcpu, uint32_t kinds, struct kml_object *save)
 {
-    uint32_t h = hash_ptr(ptr, pcpu);
-    uint32_t *l = obj_stripe(h);
-    spin_lock(l);
-    uint32_t *link = obj_bucket(h);
-    for (uint32_t id = *link; id; link = &g_obj[id - 1].hash_next, id = *link) {
-        struct kml_object *o = &g_obj[id - 1];
-        if (!obj_matches(o, ptr, kinds))
-            continue;
-        *link = o->hash_next;
-        if (save)
-            *save = *o;
-        rec_write_begin(&o->state);
-        rec_write_end(&o->state, KML_STATE_FREE);
+    uint32_t h = hash_ptr(ptr, pcpu), lg;
+    uint32_t *l = oix_lock(h, &lg);
+    struct obj_entry *e = oix_find(h, lg, ptr, kinds);
+    if (!e) {
         spin_unlock(l);
-        live_count(-1);
-        slot_free(id - 1);
-        return 1;
+        return 0;
     }
+    uint32_t idx = e->slot1 - 1;
+    __builtin_prefetch(&g_obj[idx], 1, 3); /* the store below asks for the line only when it commits */
+    struct kml_object *o = &g_obj[idx];
+    if (save)
+        *save = *o;
+    /* written blind: the entry holds the record's version, and a release changes no other field,
+     * so one store of the next state is the whole seqlock write */
+    uint32_t v = (e->tag >> KML_STATE_VERSION_SHIFT) + 1;
+    __atomic_store_n(&o->state, (v << KML_STATE_VERSION_SHIFT) | KML_STATE_FREE, __ATOMIC_RELEASE);
+    oix_remove(lg, (uint32_t)(e - g_oix));
     spin_unlock(l);
-    return 0;
+    live_count(-1);
+    slot_free(idx);
+    return 1;
 }
 
 /* runs fn on the LIVE record of ptr under its stripe lock, as one seqlock write; 1 if found */
 typedef void (*modify_fn)(struct kml_object *o, uintptr_t arg);
 static int modify_object(uint64_t ptr, int pcpu, uint32_t kinds, modify_fn fn, uintptr_t arg)
 {
-    uint32_t h = hash_ptr(ptr, pcpu);
-    uint32_t *l = obj_stripe(h);
-    spin_lock(l);
-    for (uint32_t id = *obj_bucket(h); id; id = g_obj[id - 1].hash_next) {
-        struct kml_object *o = &g_obj[id - 1];
-        if (!obj_matches(o, ptr, kinds))
-            continue;
+    uint32_t h = hash_ptr(ptr, pcpu), lg;
+    uint32_t *l = oix_lock(h, &lg);
+    struct obj_entry *e = oix_find(h, lg, ptr, kinds);
+    if (e) {
+        struct kml_object *o = &g_obj[e->slot1 - 1];
         rec_write_begin(&o->state);
         fn(o, arg);
         rec_write_end(&o->state, KML_STATE_LIVE);
-        spin_unlock(l);
-        return 1;
+        e->tag = (o->state & ~OIX_TAG_KIND) | (e->tag & OIX_TAG_KIND); /* the version moved */
     }
     spin_unlock(l);
-    return 0;
+    return e != NULL;
 }
 
 /* the start of the LIVE plain object containing ptr (exact match first, then a table walk) */
 static int find_containing(uint64_t ptr, uint64_t *start, uint64_t *size, uint32_t *kind)
 {
-    uint32_t h = hash_ptr(ptr, 0);
-    uint32_t *l = obj_stripe(h);
-    spin_lock(l);
-    for (uint32_t id = *obj_bucket(h); id; id = g_obj[id - 1].hash_next) {
-        struct kml_object *o = &g_obj[id - 1];
-        if (obj_matches(o, ptr, PLAIN_KINDS)) {
-            *start = o->pointer;
-            *size = o->size;
-            *kind = o->flags & KML_KIND_MASK;
-            spin_unlock(l);
-            return 1;
-        }
+    uint32_t h = hash_ptr(ptr, 0), lg;
+    uint32_t *l = oix_lock(h, &lg);
+    struct obj_entry *e = oix_find(h, lg, ptr, PLAIN_KINDS);
+    if (e) {
+        struct kml_object *o = &g_obj[e->slot1 - 1];
+        *start = o->pointer;
+        *size = o->size;
+        *kind = o->flags & KML_KIND_MASK;
+        spin_unlock(l);
+        return 1;
     }
     spin_unlock(l);
     uint32_t used = __atomic_load_n(&g_hdr->objects_used, __ATOMIC_ACQUIRE);
@@ -1128,6 +1251,8 @@ static inline int32_t caller_min_count(const void *caller)
 
 static inline __attribute__((always_inline)) void track_alloc(void *p, size_t size, int32_t min_count)
 {
+    /* the index group arrives while we unwind */
+    __builtin_prefetch(&g_oix[oix_home(hash_ptr((uintptr_t)p, 0), __atomic_load_n(&g_oix_log, __ATOMIC_RELAXED))], 1, 3);
     struct objinfo oi;
     current_context(&oi);
     oi.pointer = (uint64_t)(uintptr_t)p;
@@ -1146,8 +1271,6 @@ static inline __attribute__((always_inline)) void *malloc_from(size_t size, cons
 {
     void *p = next_malloc(size);
     if (likely(p != NULL) && tracking_enter()) {
-        /* the bucket line arrives while we unwind */
-        __builtin_prefetch(&g_obj_buckets[hash_ptr((uintptr_t)p, 0) & __atomic_load_n(&g_obj_bucket_mask, __ATOMIC_RELAXED)], 1, 3);
         track_alloc(p, size, caller_min_count(caller));
         tracking_leave();
     }
@@ -2197,13 +2320,12 @@ EXPORT void kmemleak_scan_area(const void *ptr, size_t size)
         goto out;
     }
     /* find the object's slot and seq under its stripe lock */
-    uint32_t h = hash_ptr(start, 0);
-    uint32_t *l = obj_stripe(h);
-    spin_lock(l);
-    for (uint32_t id = *obj_bucket(h); id; id = g_obj[id - 1].hash_next) {
+    uint32_t h = hash_ptr(start, 0), lg;
+    uint32_t *l = oix_lock(h, &lg);
+    struct obj_entry *e = oix_find(h, lg, start, PLAIN_KINDS);
+    if (e) {
+        uint32_t id = e->slot1;
         struct kml_object *o = &g_obj[id - 1];
-        if (!obj_matches(o, start, PLAIN_KINDS))
-            continue;
         uint32_t flag = KML_OBJ_FULL_SCAN;
         spin_lock(&g_area_lock);
         uint32_t ai = g_hdr->areas_used;
@@ -2222,7 +2344,7 @@ EXPORT void kmemleak_scan_area(const void *ptr, size_t size)
         rec_write_begin(&o->state);
         o->flags |= flag;
         rec_write_end(&o->state, KML_STATE_LIVE);
-        break;
+        e->tag = (o->state & ~OIX_TAG_KIND) | (e->tag & OIX_TAG_KIND); /* the version moved */
     }
     spin_unlock(l);
 out:
@@ -2571,8 +2693,6 @@ static int malloc_is_not_ours(void)
     return 1;
 }
 
-static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
-
 static void remember_memfd(int fd)
 {
     struct stat st;
@@ -2704,16 +2824,18 @@ static int table_create(void)
     __atomic_store_n(&h->magic, KML_MAGIC, __ATOMIC_RELEASE);
 
     /* private index */
-    /* bucket reservations for a quarter of the capacities (chains of 4 when full); the indexes use
-     * only their first 4096 (objects) and 1024 (traces) buckets until they grow */
-    uint32_t obj_buckets = pow2_at_least(g_obj_cap / 4);
+    /* reservations: the object index for twice the capacity (half full when the table is), then its
+     * growth scratch area (one domain), used from OIX_MIN_LOG entries up; the depot's buckets for a
+     * quarter of its capacity (chains of 4 when full), used from 1024 buckets up */
+    g_oix_max_log = (uint32_t)__builtin_ctz(pow2_at_least(g_obj_cap)) + 1;
     uint32_t tr_buckets = pow2_at_least(g_tr_cap / 4);
-    if (obj_buckets < NR_STRIPES)
-        obj_buckets = NR_STRIPES;
     g_batch_cap = g_obj_cap + 64; /* worst case: chains of one slot */
     size_t p = 0;
     size_t ob_off = p;
-    p = round_up(p + (size_t)obj_buckets * 4, PAGE_SIZE_);
+    size_t oix_entries = (size_t)1 << g_oix_max_log;
+    size_t oix_scratch = (size_t)oix_domain_mask(g_oix_max_log - 1) + 1; /* the largest domain to grow */
+    p = round_up(p + oix_entries * sizeof(struct obj_entry), PAGE_SIZE_);
+    p = round_up(p + oix_scratch * sizeof(struct obj_entry), PAGE_SIZE_);
     size_t st_off = p;
     p = round_up(p + (size_t)NR_STRIPES * 4, PAGE_SIZE_);
     size_t tb_off = p;
@@ -2730,15 +2852,15 @@ static int table_create(void)
     void *pm = raw_mmap(NULL, g_priv_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (pm == MAP_FAILED)
         return -1;
-    /* the hash buckets are accessed at random: huge pages spare the TLB (not the lists) */
-    syscall(SYS_madvise, pm, mm_off, MADV_HUGEPAGE);
+    /* the indexes are accessed at random: huge pages spare the TLB (not the lists) */
+    syscall(SYS_madvise, pm, round_up(oix_entries * sizeof(struct obj_entry), PAGE_SIZE_), MADV_HUGEPAGE);
+    syscall(SYS_madvise, (char *)pm + st_off, mm_off - st_off, MADV_HUGEPAGE);
     /* a forked child starts with zeroed (unlocked) stripes, and fork() leaves the parent's stripe
      * pages writable: neither side copies them when it next takes a lock */
     g_stripes_wiped = syscall(SYS_madvise, (char *)pm + st_off, tb_off - st_off, MADV_WIPEONFORK) == 0;
     g_priv = pm;
-    g_obj_buckets = (uint32_t *)((char *)pm + ob_off);
-    g_obj_bucket_max = obj_buckets;
-    g_obj_bucket_mask = NR_STRIPES - 1;
+    g_oix = (struct obj_entry *)((char *)pm + ob_off);
+    g_oix_log = OIX_MIN_LOG;
     g_stripes = (uint32_t *)((char *)pm + st_off);
     g_tr_buckets = (uint32_t *)((char *)pm + tb_off);
     g_tr_bucket_max = tr_buckets;

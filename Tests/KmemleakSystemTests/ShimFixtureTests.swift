@@ -36,9 +36,9 @@ struct ShimFixtureTests {
         #expect(live[b] == nil && live[a2] != nil)
     }
 
-    /// The object index starts small and grows in place as objects accumulate (4096 buckets, x4
-    /// past two objects a bucket): 150000 allocations take it through three growths, and every
-    /// object is still found by free() afterwards.
+    /// The object index starts small and grows in place as objects accumulate (1024 entries, x2
+    /// past 3/4 full): 150000 allocations take it through seven growths, and every object is still
+    /// found by free() afterwards.
     @Test func objectIndexGrowsWithTheObjectCount() throws {
         let c = try ShimFixture.start()
         let t = try c.table()
@@ -49,6 +49,58 @@ struct ShimFixtureTests {
         #expect(forty.subtracting(kept).isEmpty && kept.subtracting(forty).isEmpty)
         _ = try c.child.request("freemany", expect: "OK", timeout: 60)
         #expect(try liveObjects(t).values.filter { $0.size == 40 }.isEmpty)
+    }
+
+    /// The object index under concurrent churn: four threads allocate (malloc(3000 + thread)) and free
+    /// random blocks of their own at once, from a barrier, while the index grows from its first 1024
+    /// entries and deletes shift entries back under every stripe. Afterwards the table's LIVE records
+    /// of those sizes are exactly the blocks still held, each with its thread's size, and freeing them
+    /// all leaves none (an entry lost or left behind by a growth or a shift would show here).
+    @Test func objectIndexKeepsEveryObjectUnderConcurrentChurn() throws {
+        let c = try ShimFixture.start()
+        let t = try c.table()
+        let kept = try c.many("churn 4 40000")
+        #expect(kept.count > 40000 && Set(kept).count == kept.count)
+        let churned = try liveObjects(t).values.filter { (3000..<3004).contains($0.size) }
+        let found = Set(churned.map(\.pointer)), want = Set(kept)
+        // the differences, not the sets: 50000 addresses would drown the report
+        #expect(found.subtracting(want).isEmpty && want.subtracting(found).isEmpty)
+        _ = try c.child.request("freemany", expect: "OK", timeout: 60)
+        #expect(try liveObjects(t).values.filter { (3000..<3004).contains($0.size) }.isEmpty)
+    }
+
+    /// Pointers chosen to land in one domain of the object index (kmemleak_alloc of addresses whose
+    /// hashes share their top bits) fill it at the largest size the capacity allows: tracking turns
+    /// itself off with its reason, and the program goes on (its malloc and free still work).
+    @Test func aFullIndexDomainDisablesTrackingWithItsReason() throws {
+        let c = try ShimClient(try ShimFixture.path.get(), env: ["KMEMLEAK_MAX_OBJECTS": "1024"])
+        _ = try c.child.waitFor("READY ")
+        let t = try c.table()
+        // 64 entries a domain at the largest size (2048 entries, 32 domains): the 65th cannot be stored
+        #expect(try c.child.request("collide 200", expect: "COLLIDED") == "COLLIDED 200")
+        let header = try t.header()
+        #expect(header.isDisabled && header.disabledReason == "object index full")
+        #expect(c.child.stderr == "kmemleak: object index full, tracking disabled\n")
+        let p = try c.ask("malloc 100", "OBJ")[0]
+        _ = try c.child.request("free \(String(p, radix: 16))", expect: "OK")
+    }
+
+    /// free() writes the record's next state without reading it (the index holds the version): the
+    /// versions of a slot still go up by one a write, through an annotation in between.
+    @Test func releaseContinuesTheRecordsVersion() throws {
+        let c = try ShimFixture.start()
+        let t = try c.table()
+        let p = try c.ask("malloc 4321", "OBJ")[0]
+        let created = try #require(try liveObjects(t)[p])
+        _ = try c.child.request("notleak \(String(p, radix: 16))", expect: "OK")
+        let annotated = try #require(try liveObjects(t)[p])
+        #expect(annotated.slot == created.slot && annotated.version == created.version + 1)
+        _ = try c.child.request("free \(String(p, radix: 16))", expect: "OK")
+        var state: UInt32 = 0
+        let offset = t.openedHeader.objects.offset + UInt64(created.slot) * UInt64(MemoryLayout<kml_object>.size)
+        #expect(pread(t.file.fd, &state, 4, off_t(offset)) == 4)
+        #expect(state == (created.version + 2) << KML_STATE_VERSION_SHIFT | KML_STATE_FREE)
+        #expect(try liveObjects(t)[p] == nil)
     }
 
     /// The stack depot starts with 1024 buckets and grows x4 in place: 3000 distinct stacks take it

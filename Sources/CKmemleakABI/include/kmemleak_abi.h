@@ -152,7 +152,7 @@ struct kml_header {
 /* One tracked object. 64 bytes. */
 struct kml_object {
     uint32_t state;   /* KML_STATE_* | version << KML_STATE_VERSION_SHIFT */
-    uint32_t hash_next;       /* shim-private hash chain link; meaningless to readers */
+    uint32_t hash_next;       /* shim-private link (lists of free slots); meaningless to readers */
     uint64_t pointer;         /* start address (per-CPU: the handle) */
     uint64_t size;            /* bytes (mmap: page-aligned length; per-CPU: size of one copy) */
     uint64_t seq;             /* allocation order, unique for the life of the process */

@@ -48,6 +48,44 @@ enum ShimFixture {
         printf("\nMANYEND %lu\n", many_count);
     }
 
+    /* churn: threads that malloc(3000 + thread) and free a random one of their own kept blocks a
+     * third of the time, all at once (the index grows and shifts entries under every stripe) */
+    #define CHURN_MAX_THREADS 8
+    #define CHURN_MAX_OPS 50000
+    static void *churn_kept[CHURN_MAX_THREADS][CHURN_MAX_OPS];
+    static unsigned long churn_count[CHURN_MAX_THREADS], churn_ops;
+    static pthread_barrier_t churn_start;
+    static void *churn_main(void *arg) {
+        unsigned long t = (unsigned long)(uintptr_t)arg, n = 0, s = 0x9e3779b97f4a7c15ul * (t + 1);
+        pthread_barrier_wait(&churn_start);
+        for (unsigned long i = 0; i < churn_ops; i++) {
+            s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+            if (n && s % 3 == 0) {
+                unsigned long k = (s >> 8) % n;
+                free(churn_kept[t][k]);
+                churn_kept[t][k] = churn_kept[t][--n];
+            } else {
+                churn_kept[t][n++] = malloc(3000 + t);
+            }
+        }
+        churn_count[t] = n;
+        return NULL;
+    }
+
+    /* collide: custom objects (kmemleak_alloc) whose addresses share the top 5 bits of the shim's
+     * pointer hash (hash_ptr in kmemleak.c), i.e. one domain of its object index while it has at most
+     * 2048 entries (KMEMLEAK_MAX_OBJECTS=1024): a program choosing its pointers to collide */
+    static char collide_pool[1 << 20];
+    static unsigned long collide(unsigned long n) {
+        unsigned long done = 0;
+        for (uintptr_t p = (uintptr_t)collide_pool; done < n && p < (uintptr_t)collide_pool + sizeof collide_pool; p += 16) {
+            uint64_t h = (uint64_t)p * 0xff51afd7ed558ccdull;
+            uint32_t hash = (uint32_t)(h >> 32) ^ (uint32_t)h;
+            if (hash >> 27 == 0) { kmemleak_alloc((void *)p, 16, 1); done++; }
+        }
+        return done;
+    }
+
     static int thread_pipe[2];
     static pthread_t threads[64];
     static int nthreads;
@@ -82,6 +120,19 @@ enum ShimFixture {
                 for (many_count = 0; many_count < a; many_count++) many[many_count] = stack_a(many_count, 12);
                 print_many();
             }
+            else if (sscanf(line, "churn %lu %lu", &a, &b) == 2 && a <= CHURN_MAX_THREADS && b <= CHURN_MAX_OPS) {
+                pthread_t th[CHURN_MAX_THREADS];
+                churn_ops = b;
+                pthread_barrier_init(&churn_start, NULL, (unsigned)a);
+                for (unsigned long t = 0; t < a; t++) pthread_create(&th[t], NULL, churn_main, (void *)(uintptr_t)t);
+                for (unsigned long t = 0; t < a; t++) pthread_join(th[t], NULL);
+                pthread_barrier_destroy(&churn_start);
+                many_count = 0;
+                for (unsigned long t = 0; t < a; t++)
+                    for (unsigned long i = 0; i < churn_count[t] && many_count < 200000; i++) many[many_count++] = churn_kept[t][i];
+                print_many();
+            }
+            else if (sscanf(line, "collide %lu", &a) == 1) printf("COLLIDED %lu\n", collide(a));
             else if (strncmp(line, "freemany", 8) == 0) {
                 for (unsigned long i = 0; i < many_count; i++) free(many[i]);
                 many_count = 0;

@@ -98,7 +98,7 @@ struct ShimFixtureTests {
         _ = try c.child.request("free \(String(p, radix: 16))", expect: "OK")
         var state: UInt32 = 0
         let offset = t.openedHeader.objects.offset + UInt64(created.slot) * UInt64(MemoryLayout<kml_object>.size)
-        #expect(pread(t.file.fd, &state, 4, off_t(offset)) == 4)
+        #expect(try withUnsafeMutableBytes(of: &state) { try t.storage.read(into: $0, offset: offset) } == 4)
         #expect(state == (created.version + 2) << KML_STATE_VERSION_SHIFT | KML_STATE_FREE)
         #expect(try liveObjects(t)[p] == nil)
     }

@@ -7,8 +7,8 @@ import Synchronization
 /// Thread safety: every method may be called from any thread. Object operations take an internal
 /// mutex for a short time. `scan`, `clear`, `reportSnapshot` are serialised by a second mutex (the
 /// kernel's `scan_mutex`), so a report read waits for a running scan, while allocations and frees only
-/// ever wait for one chunk of work: at most 4096 bytes of words (MAX_SCAN_SIZE) or 8192 object slots.
-/// Memory is read with no lock held.
+/// ever wait for one chunk of work: at most 4096 bytes of words (MAX_SCAN_SIZE; 64 KiB shared among the
+/// threads with `KmemleakConfiguration.scanWorkers`) or 8192 object slots. Memory is read with no lock held.
 ///
 /// Memory: about 41 bytes per tracked object (a 32-byte packed record and the index's 8-byte entries,
 /// both in pages that never move), see BENCHMARKS.md.

@@ -3,7 +3,7 @@
 //
 // Memory is read in batches (up to `maxBatchRanges` ranges / `maxBatchBytes` bytes per MemoryReader call)
 // with no lock held; the words are then scanned in FIFO order under the state lock, at most 4096 bytes
-// (MAX_SCAN_SIZE) per lock hold. Slots are not reused while a scan runs, so a gray-list entry whose object
+// (MAX_SCAN_SIZE) per lock hold, or 64 KiB whose lookups are shared among scan workers (see ScanWorkers). Slots are not reused while a scan runs, so a gray-list entry whose object
 // was freed in between is recognised (not ALLOCATED) and skipped.
 
 let maxBatchBytes = 1 << 20

@@ -85,11 +85,8 @@ struct ScannedMemoryTests {
     @Test func aStackClaimOnASlowFUSEFileStallsNoScanAndNoReader() throws {
         let d = try Detection()
         defer { d.tearDown() }
-        let server = try SlowFUSEServer(mountpoint: d.temp.makeDirectory("slow-fuse"), logDirectory: d.temp.path)
+        let (server, leaks) = try slowFUSEServerAndOrdinaryClient(d)
         defer { server.stop() }
-        let ordinary = try d.client(kmemleakTestPath)
-        let leaks = printed(ordinary, ["LEAK", "PCPU-LEAK"])
-        #expect(leaks.count == 14)
         let claimer = try d.client(rootsClient, ["fakestack-ro", server.file])
         #expect(server.reads.isEmpty, "mapping the file read it: \(server.reads)")
 
@@ -109,11 +106,8 @@ struct ScannedMemoryTests {
     @Test func aFUSEFileMappedOverATableIsNeverRead() throws {
         let d = try Detection()
         defer { d.tearDown() }
-        let server = try SlowFUSEServer(mountpoint: d.temp.makeDirectory("slow-fuse"), logDirectory: d.temp.path)
+        let (server, leaks) = try slowFUSEServerAndOrdinaryClient(d)
         defer { server.stop() }
-        let ordinary = try d.client(kmemleakTestPath)
-        let leaks = printed(ordinary, ["LEAK", "PCPU-LEAK"])
-        #expect(leaks.count == 14)
         let coverer = try d.client(rootsClient, ["table-cover", server.file])
         defer { coverer.terminate() }
         d.scan()
@@ -122,6 +116,20 @@ struct ScannedMemoryTests {
         try expectTwoScansAndTheReportAreExact(d, leaks: leaks, server: server)
         #expect(waitUntil { d.daemon.stderr.contains("kmemleak: dropped client pid \(coverer.pid)") }, "\(d.daemon.stderr.suffix(2000))")
         #expect(d.daemon.stderr.contains("is not one private anonymous mapping (") && d.daemon.stderr.contains(server.file))
+    }
+
+    /// A FUSE server whose files never answer a read, and an ordinary client with its 14 leaks printed.
+    private func slowFUSEServerAndOrdinaryClient(_ d: Detection) throws -> (server: SlowFUSEServer, leaks: Set<UInt64>) {
+        let server = try SlowFUSEServer(mountpoint: d.temp.makeDirectory("slow-fuse"), logDirectory: d.temp.path)
+        do {
+            let ordinary = try d.client(kmemleakTestPath)
+            let leaks = printed(ordinary, ["LEAK", "PCPU-LEAK"])
+            #expect(leaks.count == 14)
+            return (server, leaks)
+        } catch {
+            server.stop()
+            throw error
+        }
     }
 
     /// Two scans and a read of the report, off this thread: they end (a hang guard only: each would wait

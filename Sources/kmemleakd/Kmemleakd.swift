@@ -120,6 +120,10 @@ struct Kmemleakd: ParsableCommand {
         for option in mountOptions.flatMap({ $0.split(separator: ",") }) where option != "allow_other" {
             throw ValidationError("-o \(option): unsupported mount option (only allow_other is accepted)")
         }
+        // The variable is the option's default: a malformed value is an error too, not a silent default.
+        if let raw = getenv("KMEMLEAKD_SCAN_WORKERS").map({ String(cString: $0) }), Int(raw) == nil {
+            throw ValidationError("KMEMLEAKD_SCAN_WORKERS: '\(raw)' is not a count in 1...64")
+        }
         guard (1...64).contains(scanWorkers) else { throw ValidationError("--scan-workers: '\(scanWorkers)' is not a count in 1...64") }
         guard maxObjects >= 1 else { throw ValidationError("--max-objects: '\(maxObjects)' is not a count >= 1") }
         guard !runDirectory.isEmpty else { throw ValidationError("--run-dir: empty path") }

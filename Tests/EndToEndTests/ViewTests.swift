@@ -149,6 +149,30 @@ struct ViewEndToEndTests {
         }
     }
 
+    /// A scan-worker count out of range, given as the option or through KMEMLEAKD_SCAN_WORKERS, or a
+    /// variable that is no number, stops the daemon before it mounts, naming what was wrong.
+    @Test func badScanWorkerCountIsAStartUpError() throws {
+        let temp = try TemporaryDirectory()
+        defer { temp.remove() }
+        let mountpoint = try temp.makeDirectory("mnt")
+        let cases: [(arguments: [String], env: [String: String], message: String)] = [
+            (["--scan-workers", "0"], [:], "--scan-workers: '0' is not a count in 1...64"),
+            (["--scan-workers", "65"], [:], "--scan-workers: '65' is not a count in 1...64"),
+            ([], ["KMEMLEAKD_SCAN_WORKERS": "two"], "KMEMLEAKD_SCAN_WORKERS: 'two' is not a count in 1...64"),
+            ([], ["KMEMLEAKD_SCAN_WORKERS": "0"], "--scan-workers: '0' is not a count in 1...64"),
+        ]
+        for (k, c) in cases.enumerated() {
+            let daemon = try ChildProcess.withOutputFiles(
+                [try daemonPath(), "--run-dir", try temp.makeDirectory("run\(k)")] + c.arguments + [mountpoint],
+                env: c.env, in: temp.path, name: "kmemleakd-workers-\(k)")
+            defer { daemon.terminate() }
+            let status = daemon.exitCode(timeout: 30)
+            #expect(status != nil && status != 0)
+            #expect(daemon.stderr.contains(c.message), "stderr: \(daemon.stderr)")
+            #expect(MountPoint.mounts(at: mountpoint).isEmpty)
+        }
+    }
+
     /// With --allow-other a user reads the views of its own processes only, like kmemleak.
     @Test(.enabled(if: access("/usr/bin/setpriv", X_OK) == 0, "needs setpriv"))
     func viewsShowAUserOnlyItsOwnClients() throws {

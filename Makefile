@@ -144,7 +144,7 @@ CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/client
 	.build/clients/libfork-window-hook.so \
 	.build/clients/roots-client .build/clients/many-leaks \
 	.build/clients/every-size .build/clients/new-array-zero .build/clients/slow-fuse \
-	.build/clients/three-sites $(SYMBOL_SITES) .build/clients/write-churn
+	.build/clients/three-sites $(SYMBOL_SITES) .build/clients/write-churn .build/clients/forge-table
 clients: $(CLIENTS)
 .build/clients/thread-life: Tests/clients/thread-life.c
 	@mkdir -p $(@D)
@@ -209,6 +209,9 @@ SYMBOL_SITES_CFLAGS := -O1 -g -fno-omit-frame-pointer -fno-optimize-sibling-call
 .build/clients/slow-fuse: Tests/clients/slow-fuse.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra $$(pkg-config --cflags fuse3) -o $@ $< $$(pkg-config --libs fuse3)
+.build/clients/forge-table: Tests/clients/forge-table.c Sources/CKmemleakABI/include/kmemleak_abi.h
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -ISources/CKmemleakABI/include -o $@ $<
 .build/clients/hostile-client: Tests/clients/hostile-client.c Sources/CKmemleakABI/include/kmemleak_abi.h
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -ISources/CKmemleakABI/include -o $@ $< -ldl

@@ -31,7 +31,8 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         /// What one client may make the daemon hold (`--max-objects`).
         public var clientBudget: ClientBudget
         /// Also adopt clients of this run directory that have no rendezvous file, from /proc
-        /// (see `ProcessDiscovery`).
+        /// (see `ProcessDiscovery`). Off, only the forked children of adopted clients are found there
+        /// (a private table's child writes no rendezvous file).
         public var discoverProcesses: Bool
         /// Leaks these match (`--suppressions`) are in no file of the mount; the views count them.
         public var suppressions: Suppressions
@@ -73,7 +74,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
     /// Clients whose table could not be adopted, or that were dropped for a fault: not tried again
     /// while they live.
     private var rejected = Set<ClientID>()
-    private let processDiscovery: ProcessDiscovery?
+    private let processDiscovery: ProcessDiscovery
     /// Failures logged one by one per discovery pass; the rest are counted in one line.
     static let maxFailureLines = 16
     /// Read without the scan mutex by writes (EPERM) and by the running scan (interruption).
@@ -90,7 +91,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         self.logger = logger
         elfCache = ELFCache(debugFiles: DebugFileDirectory(settings.debugFileDirectory))
         scanThreads = settings.scanWorkers > 1 ? ScanThreads.pool(threads: settings.scanWorkers) : nil
-        processDiscovery = settings.discoverProcesses ? ProcessDiscovery(runDirectory: settings.runDirectory) : nil
+        processDiscovery = ProcessDiscovery(runDirectory: settings.runDirectory)
         scheduler = ScanScheduler(
             period: settings.scanPeriod, firstScanDelay: settings.firstScanDelay,
             scan: { [weak self] in self?.scan() },
@@ -381,9 +382,11 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         let rejectedNames = Set(rejected.map { "\($0)" })
         loggedFailures = loggedFailures.filter { rejectedNames.contains($0) || ($0.hasPrefix("/") && access($0, F_OK) == 0) }
         adopt(ClientDiscovery.scan(runDirectory: settings.runDirectory, known: Set(sessions.map(\.id)).union(rejected)))
-        if let processDiscovery {
-            adopt(processDiscovery.scan(known: Set(sessions.map(\.id)).union(rejected)), viaProc: true)
-        }
+        // Forked children of adopted clients (their own copy of the table, no file) are found there too;
+        // a child's child once its parent is adopted.
+        adopt(processDiscovery.scan(known: Set(sessions.map(\.id)).union(rejected),
+                                    childrenOf: settings.discoverProcesses ? nil : Set(sessions.map(\.pid))),
+              viaProc: true)
     }
 
     private func adopt(_ result: DiscoveryResult, viaProc: Bool = false) {

@@ -101,20 +101,23 @@ public enum ClientDiscovery {
     }
 }
 
-/// Finds clients without a rendezvous file (the run directory was unusable to them, or the file was
-/// removed): processes mapping a `memfd:kmemleak-table` (through /proc/PID/maps).
+/// Finds clients without a rendezvous file (the run directory was unusable to them, the file was
+/// removed, or a forked child of a private table, which writes none): processes mapping a
+/// `memfd:kmemleak-table` or a private table (through /proc/PID/maps; see `tableMapping`).
 ///
 /// Several daemons: the shim names its memfd `kmemleak-table:<dev>:<ino>` after the identity of its
-/// run directory; a daemon adopts only tables named after its own run directory, and tables without
-/// an identity (the shim could use no run directory) only when it serves the default run directory.
-/// A table whose header names another live daemon is left to it.
+/// run directory, and says the same in a private table's header (KML_TABLE_RUN_DIR); a daemon adopts
+/// only tables of its own run directory, and memfd tables without an identity (the shim could use no
+/// run directory) only when it serves the default run directory. A table whose header names another
+/// live daemon is left to it. What a table says is a claim: the process is read and adopted only as
+/// itself (its pid, its start time and its uid from /proc), whatever its header says.
 ///
 /// Cheap at every scan: a process seen before (same pid and /proc/PID inode, from readdir) costs no
-/// syscall; stat and maps are read for new processes, and stat for 1 in `recheckInterval` known ones
-/// per pass (an exec usually changes comm: the maps are read again). A process found not to be a
-/// client is remembered only once it is older than `settleTicks` (its shim may still be starting).
-/// Limit: a long-running process that execs into a client without changing its comm is found only
-/// through its rendezvous file.
+/// syscall; stat and maps are read for new processes (with `childrenOf`, only for children of those
+/// pids), and stat for 1 in `recheckInterval` known ones per pass (an exec usually changes comm: the
+/// maps are read again). A process found not to be a client is remembered only once it is older than
+/// `settleTicks` (its shim may still be starting). Limit: a long-running process that execs into a
+/// client without changing its comm is found only through its rendezvous file.
 public final class ProcessDiscovery {
     /// nil: every table, whatever its run directory (tests).
     public let runDirectory: String?
@@ -126,22 +129,31 @@ public final class ProcessDiscovery {
     public var recheckInterval: UInt64 = 16
 
     /// A process as last seen: its /proc/PID inode (a new one for every new process with that pid;
-    /// the same across exec), start time, comm and table mapping.
-    private struct Seen { var inode: UInt64; var startTime: UInt64; var comm: String; var table: MapEntry? }
+    /// the same across exec), start time, parent, comm and table mapping (with whether it is ours).
+    private struct Seen {
+        var inode: UInt64; var startTime: UInt64; var ppid: Int32; var comm: String; var table: MapEntry?; var ours: Bool
+    }
     private var seen: [Int32: Seen] = [:]
     private var pass: UInt64 = 0
-    /// Stats and maps read in the last pass (for tests and measurements).
+    /// Stats, maps and private table headers read in the last pass (for tests and measurements).
     public private(set) var mapsReadLastPass = 0
     public private(set) var statsReadLastPass = 0
+    public private(set) var headersReadLastPass = 0
 
     public init(runDirectory: String?, acceptsAnonymousTables: Bool? = nil) {
         self.runDirectory = runDirectory
         self.acceptsAnonymousTables = acceptsAnonymousTables ?? (runDirectory == KML_DEFAULT_RUN_DIR)
     }
 
-    /// The memfd name of our clients' tables, "" when the run directory cannot be opened.
-    private func ownTableName() -> String {
-        guard let runDirectory, let id = try? RunDirectory(path: runDirectory).identity() else { return "" }
+    /// Our run directory's identity, nil when it cannot be opened (or there is none: tests).
+    private func ownIdentity() -> RunDirectoryIdentity? {
+        guard let runDirectory else { return nil }
+        return try? RunDirectory(path: runDirectory).identity()
+    }
+
+    /// The memfd name of our clients' tables, "" without an identity.
+    private static func tableName(_ id: RunDirectoryIdentity?) -> String {
+        guard let id else { return "" }
         return "/memfd:" + KML_MEMFD_NAME + ":" + String(id.device, radix: 16) + ":" + String(id.inode, radix: 16)
     }
 
@@ -153,15 +165,57 @@ public final class ProcessDiscovery {
         return acceptsAnonymousTables && name == "/memfd:" + KML_MEMFD_NAME
     }
 
-    /// One pass over /proc: opens the tables of our clients not in `known`.
-    public func scan(known: Set<ClientID>) -> DiscoveryResult {
+    /// Whether a private table's header names our run directory. Its device is Linux's 32-bit encoding.
+    func isOurs(claimed: RunDirectoryIdentity?, own: RunDirectoryIdentity?) -> Bool {
+        if runDirectory == nil { return true }
+        guard let claimed, let own else { return false }
+        return claimed.inode == own.inode && claimed.device == own.device & 0xffff_ffff
+    }
+
+    /// The process's table: a shared mapping of a memfd named kmemleak-table, or else a private table: a
+    /// private anonymous read-write mapping with PROT_NONE mappings right below and above it (the
+    /// shim's guard pages) whose header has the magic, KML_TABLE_PRIVATE and the mapping's length (a
+    /// forked child's copy of its parent's table; a client whose file was removed). Each candidate
+    /// costs a read of its header (present anonymous pages only: `PrivateTableMemory`); the header is
+    /// not validated further here (a forked child may not have written its pid yet).
+    private func tableMapping(_ pid: Int32, _ maps: [MapEntry], own: RunDirectoryIdentity?, ownName: String) -> (MapEntry, ours: Bool)? {
+        if let m = maps.first(where: { $0.shared && $0.path.hasPrefix("/memfd:" + KML_MEMFD_NAME) }) {
+            return (m, isOurs(m.path, ownName: ownName))
+        }
+        func inaccessible(_ m: MapEntry) -> Bool { !m.readable && !m.writable && !m.executable && !m.shared }
+        var i = 1
+        while i + 1 < maps.count {
+            defer { i += 1 }
+            let m = maps[i]
+            guard !m.shared, m.inode == 0, m.readable, m.writable, !m.executable,
+                  m.path.isEmpty || m.path.hasPrefix("[anon:" + KML_MEMFD_NAME),
+                  m.length >= UInt64(MemoryLayout<kml_header>.size),
+                  maps[i - 1].end == m.start, inaccessible(maps[i - 1]), maps[i + 1].start == m.end, inaccessible(maps[i + 1]),
+                  let memory = try? PrivateTableMemory(pid: pid, address: m.start, length: m.length) else { continue }
+            headersReadLastPass += 1
+            var raw = kml_header()
+            let n = withUnsafeMutableBytes(of: &raw) { b in (try? memory.read(into: b, offset: 0)) ?? 0 }
+            guard n == MemoryLayout<kml_header>.size, raw.magic == KML_MAGIC, raw.flags & KML_TABLE_PRIVATE != 0,
+                  raw.total_size == m.length else { continue }
+            let claimed = raw.flags & KML_TABLE_RUN_DIR == 0 ? nil
+                : RunDirectoryIdentity(device: UInt64(raw.run_dir_dev), inode: UInt64(raw.run_dir_ino_hi) << 32 | UInt64(raw.run_dir_ino_lo))
+            return (m, isOurs(claimed: claimed, own: own))
+        }
+        return nil
+    }
+
+    /// One pass over /proc: opens the tables of our clients not in `known`. With `childrenOf`, only
+    /// processes whose parent is one of those pids are looked at (forked children of adopted clients).
+    public func scan(known: Set<ClientID>, childrenOf parents: Set<Int32>? = nil) -> DiscoveryResult {
         var result = DiscoveryResult()
         let me = getpid()
-        let ownName = ownTableName()
+        let own = ownIdentity()
+        let ownName = Self.tableName(own)
         let now = Self.uptimeTicks()
         var alive: [Int32: Seen] = [:]
         mapsReadLastPass = 0
         statsReadLastPass = 0
+        headersReadLastPass = 0
         pass &+= 1
         for (name, inode) in (try? ProcFile.entriesWithInodes("/proc")) ?? [] {
             guard let pid = Int32(name), pid != me else { continue }
@@ -173,29 +227,35 @@ public final class ProcessDiscovery {
                 statsReadLastPass += 1
                 if let old = seen[pid], old.inode == inode, old.startTime == st.startTime, old.comm == st.comm {
                     entry = old
+                    entry.ppid = st.ppid
+                } else if let parents, !parents.contains(st.ppid) {
+                    continue // not a child of an adopted client: not looked at (nor remembered)
                 } else {
                     guard let maps = try? Proc.maps(pid) else { continue } // kernel thread, gone, or not ours to read
                     mapsReadLastPass += 1
-                    entry = Seen(inode: inode, startTime: st.startTime, comm: st.comm,
-                                 table: maps.first { $0.shared && $0.path.hasPrefix("/memfd:" + KML_MEMFD_NAME) })
+                    let table = tableMapping(pid, maps, own: own, ownName: ownName)
+                    entry = Seen(inode: inode, startTime: st.startTime, ppid: st.ppid, comm: st.comm,
+                                 table: table?.0, ours: table?.ours ?? false)
                     let settled = now.map { $0 >= st.startTime && $0 - st.startTime >= settleTicks } ?? false
                     if entry.table == nil && !settled { continue } // its shim may still be starting: look again
                 }
             }
             alive[pid] = entry
-            guard var m = entry.table, isOurs(m.path, ownName: ownName) else { continue }
+            if let parents, !parents.contains(entry.ppid) { continue }
+            guard var m = entry.table, entry.ours else { continue }
             if known.contains(ClientID(pid: pid, startTime: entry.startTime, tableAddress: m.start)) { continue }
             // Ours but not adopted: new, or it called exec (a new table, maybe elsewhere): fresh maps.
             guard let maps = try? Proc.maps(pid) else { continue }
             mapsReadLastPass += 1
-            guard let fresh = maps.first(where: { $0.shared && $0.path.hasPrefix("/memfd:" + KML_MEMFD_NAME) }) else {
+            guard let fresh = tableMapping(pid, maps, own: own, ownName: ownName) else {
                 alive[pid]?.table = nil
                 continue
             }
-            alive[pid]?.table = fresh
-            m = fresh
+            alive[pid]?.table = fresh.0
+            alive[pid]?.ours = fresh.ours
+            m = fresh.0
             let id = ClientID(pid: pid, startTime: entry.startTime, tableAddress: m.start)
-            if known.contains(id) || !isOurs(m.path, ownName: ownName) { continue }
+            if known.contains(id) || !fresh.ours { continue }
             let r = Rendezvous(pid: pid, fd: -1, address: m.start, size: m.length, startTime: entry.startTime,
                                path: "/proc/\(pid)/maps")
             do throws(TableError) {

@@ -211,6 +211,13 @@ public struct Rendezvous: Sendable, Equatable {
     }
 }
 
+/// A run directory's identity: st_dev and st_ino.
+public struct RunDirectoryIdentity: Sendable, Hashable {
+    public var device: UInt64
+    public var inode: UInt64
+    public init(device: UInt64, inode: UInt64) { self.device = device; self.inode = inode }
+}
+
 /// A run directory, opened without following a symlink; every name inside is resolved relative to
 /// it (openat, fstatat, unlinkat), never through a path a client could redirect.
 public final class RunDirectory {
@@ -224,11 +231,11 @@ public final class RunDirectory {
 
     deinit { _ = Glibc.close(fd) }
 
-    /// Identity of the directory (what the shim puts in its memfd's name).
-    public func identity() throws(SystemError) -> (device: UInt64, inode: UInt64) {
+    /// Identity of the directory (what the shim puts in its memfd's name and its header).
+    public func identity() throws(SystemError) -> RunDirectoryIdentity {
         var st = stat()
         _ = try retryingSyscall("fstat", path) { Glibc.fstat(fd, &st) }
-        return (UInt64(st.st_dev), UInt64(st.st_ino))
+        return RunDirectoryIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
     }
 
     /// Every name in the directory but "." and "..".
@@ -293,6 +300,9 @@ public struct TableHeader: Sendable, Equatable {
     public var userfaultfd: Int32? = nil
     /// Set with KML_TABLE_DISABLED (NUL-terminated in the table; cut at 127 bytes otherwise).
     public var disabledReason: String
+    /// The run directory the client announces itself in (KML_TABLE_RUN_DIR), a claim: it only says
+    /// which daemon adopts a table found in /proc. Device in Linux's 32-bit encoding.
+    public var runDirectory: RunDirectoryIdentity? = nil
 
     public struct Section: Sendable, Equatable {
         public var offset: UInt64
@@ -659,7 +669,9 @@ public final class ClientTable: Sendable {
                            areas: areas, allocSeq: raw.alloc_seq, liveObjects: raw.live_objects,
                            daemonPid: raw.daemon_pid, daemonScans: raw.daemon_scans,
                            userfaultfd: raw.flags & KML_TABLE_USERFAULTFD != 0 && raw.userfaultfd >= 0 ? raw.userfaultfd : nil,
-                           disabledReason: disabled)
+                           disabledReason: disabled,
+                           runDirectory: raw.flags & KML_TABLE_RUN_DIR == 0 ? nil : RunDirectoryIdentity(
+                               device: UInt64(raw.run_dir_dev), inode: UInt64(raw.run_dir_ino_hi) << 32 | UInt64(raw.run_dir_ino_lo)))
     }
 
     // MARK: daemon-owned fields

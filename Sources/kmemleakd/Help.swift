@@ -104,7 +104,9 @@ let helpDiscussion = """
              gone, or that another user wrote, are removed (regular files
              only). Clients of RUN_DIR without a file (their table is then
              a memfd named after RUN_DIR) are found in /proc unless
-             --no-discover-proc.
+             --no-discover-proc. A forked child writes no file: it is found
+             in /proc by its copy of the table (with --no-discover-proc, as
+             a child of an adopted client).
 
     ENVIRONMENT
       KMEMLEAK_RUN_DIR

@@ -82,7 +82,7 @@ struct Kmemleakd: ParsableCommand {
 
     @Flag(
         name: .customLong("no-discover-proc"),
-        help: "Adopt only clients that announce themselves in RUN_DIR; by default the daemon also finds, in /proc, clients of RUN_DIR whose rendezvous file is missing.")
+        help: "Adopt only clients that announce themselves in RUN_DIR, and their forked children (which write no file); by default the daemon also finds, in /proc, clients of RUN_DIR whose rendezvous file is missing.")
     var noProcessDiscovery = false
 
     @Option(

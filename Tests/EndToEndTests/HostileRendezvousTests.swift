@@ -149,4 +149,57 @@ struct HostileRendezvousTests {
         #expect((try? String(contentsOfFile: secret, encoding: .utf8)) == secretText)
         for client in clients { client.terminate() }
     }
+
+    /// Forked children write no rendezvous file: the daemon finds them in /proc by their copy of the
+    /// table. Another user forges, in its own memory, what that discovery takes for a private table of
+    /// our run directory, once for each of the victim's processes (their pids and start times): none is
+    /// adopted as the victim (the daemon reads the forger's memory, whose header is not the forger's),
+    /// nothing of the victim's is hidden: its master and both forked workers are adopted once each and
+    /// reported exactly.
+    @Test func forgedTablesNeitherHijackNorHideForkedChildren() throws {
+        let attacker = try UnprivilegedUser.ensure()
+        let victim = try UnprivilegedUser.ensure("kmemleak-victim")
+        let d = try Detection()
+        defer { d.tearDown() }
+        #expect(chmod(d.temp.path, 0o755) == 0 && chmod(d.runDirectory, 0o1777) == 0)
+        let master = try victim.spawn(clientPath("proctitle"), ["2"],
+                                      env: ["LD_PRELOAD": shimPath, "KMEMLEAK_RUN_DIR": d.runDirectory],
+                                      stderrFile: d.temp.sub("victim.stderr"))
+        defer { master.terminate() }
+        _ = try master.waitFor("READY", timeout: 30)
+        func values(_ tag: String) -> [String] {
+            var found: [String] = []
+            for line in master.transcript.split(separator: "\n") {
+                let parts = line.split(separator: " ")
+                if parts.count == 2 && parts[0] == tag { found.append(String(parts[1])) }
+            }
+            return found
+        }
+        let pids = values("PID").compactMap { Int32($0) }
+        let leaks = values("LEAK").compactMap { UInt64($0.dropFirst(2), radix: 16) }
+        try #require(pids.count == 3 && leaks.count == 3 && pids[0] == master.pid, "\(master.transcript)")
+        for pid in pids.dropFirst() { #expect(access(d.runDirectory + "/\(pid).client", F_OK) != 0) }
+
+        let forger = try attacker.spawn(clientPath("forge-table"), [d.runDirectory] + pids.map { "\($0)" },
+                                        stderrFile: d.temp.sub("forger.stderr"))
+        defer { forger.terminate() }
+        _ = try forger.waitFor("FORGED 3", timeout: 30)
+        d.scan(times: 2)
+        // Each worker inherited the master's leak (its table is a copy) and made its own.
+        let expected = [leaks[0]] + leaks.dropFirst().flatMap { [leaks[0], $0] }
+        var reported: [UInt64] = []
+        for line in d.report.split(separator: "\n") where line.hasPrefix("unreferenced object") {
+            if let word = line.split(separator: " ").first(where: { $0.hasPrefix("0x") }), let a = UInt64(word.dropFirst(2), radix: 16) {
+                reported.append(a)
+            }
+        }
+        #expect(reported.sorted() == expected.sorted(), "report:\n\(d.report)\nlog:\n\(d.daemon.stderr)")
+        let log = d.daemon.stderr
+        for pid in pids {
+            #expect(log.components(separatedBy: "kmemleak: adopted client pid \(pid) ").count == 2, "\(log)")
+        }
+        #expect(!log.contains("client pid \(forger.pid) "), "\(log)")
+        try master.send("exit")
+        master.wait()
+    }
 }

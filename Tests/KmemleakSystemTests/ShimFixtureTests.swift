@@ -167,8 +167,20 @@ struct ShimFixtureTests {
         let (childPid, childObj, forked) = try c.fork()
         defer { kill(childPid, SIGKILL) }
         #expect(childPid == forked)
-        let r = try Rendezvous.read(path: c.dir.path + "/\(childPid).client")
-        let childTable = try ClientTable.open(r)
+        let childTable: ClientTable
+        if kind == "private" {
+            // No rendezvous file: the daemon's /proc discovery finds the child's copy of the table, and
+            // only a daemon of the run directory its header names adopts it.
+            #expect(access(c.dir.path + "/\(childPid).client", F_OK) != 0)
+            let other = try TempDir()
+            #expect(!ProcessDiscovery(runDirectory: other.path).scan(known: []).adopted.contains { $0.pid == childPid })
+            let found = ProcessDiscovery(runDirectory: c.dir.path).scan(known: [parentTable.id])
+            #expect(!found.adopted.contains { $0.pid == c.pid })
+            childTable = try #require(found.adopted.first { $0.pid == childPid }, "failed: \(found.failed)")
+        } else {
+            childTable = try ClientTable.open(try Rendezvous.read(path: c.dir.path + "/\(childPid).client"))
+        }
+        let r = try #require(childTable.rendezvous)
         let childStart = try Proc.stat(childPid).startTime
         #expect(childTable.pid == childPid && childTable.openedHeader.startTime == childStart)
         // At the parent's address: the copy fork() made (private memory, no file), or the snapshot.
@@ -184,6 +196,20 @@ struct ShimFixtureTests {
         #expect(parentLive[childObj]?.size != 777)
         // The child's threads: only the forking thread, with the child's tid.
         #expect(try childTable.readThreads().map(\.tid) == [childPid])
+    }
+
+    /// A private table's child that exits through exit() (the shim's destructor runs) leaves nothing in
+    /// the run directory, and its parent's file stays.
+    @Test func anExitingForkedChildLeavesNothingBehind() throws {
+        let c = try ShimFixture.start()
+        // the client's stderr is kept there too
+        func published() throws -> [String] {
+            try RunDirectory(path: c.dir.path).names().filter { $0.hasSuffix(".client") || $0.hasSuffix(".tmp") }.sorted()
+        }
+        #expect(try published() == ["\(c.pid).client"])
+        let line = try c.child.request("forkexit", expect: "REAPED ")
+        #expect(line.hasSuffix(" 0"), "\(line)")
+        #expect(try published() == ["\(c.pid).client"])
     }
 
     /// A fork whose snapshot cannot be made (a memfd table, no file descriptor for the child's

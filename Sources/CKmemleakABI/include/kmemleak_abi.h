@@ -13,7 +13,9 @@
  *   directory, or KMEMLEAK_TABLE=memfd); the daemon opens /proc/<pid>/map_files/<start>-<end> (or
  *   /proc/<pid>/fd/<fd>) and reads it with pread. A forked child gets a snapshot in a new memfd.
  * The client announces its table with a rendezvous file $KMEMLEAK_RUN_DIR/<pid>.client (below)
- * so that a daemon that starts later, or restarts, can adopt the client with its whole history.
+ * so that a daemon that starts later, or restarts, can adopt the client with its whole history. A
+ * forked child of a private table writes none: the daemon finds it in /proc (its copy of the table at
+ * the parent's address, its own pid in the header, KML_TABLE_RUN_DIR naming the run directory).
  *
  * Concurrency: records are written by client threads while the daemon reads them. Every record
  * with a `state` word is a seqlock: a writer sets KML_STATE_BUSY (CAS), writes the fields, then
@@ -68,6 +70,13 @@ extern "C" {
 /* The table is the client's private anonymous memory (see the top of this file), not a memfd. Added
  * compatibly in version 2: a daemon without it cannot open such a table (no memfd) and adopts nothing. */
 #define KML_TABLE_PRIVATE 0x20u
+/* run_dir_dev/run_dir_ino_* hold the identity (st_dev, st_ino) of the run directory the client announces
+ * itself in: a daemon that finds private tables in /proc (a forked child writes no rendezvous file)
+ * adopts only those of its own run directory, as it does memfds by their name. A claim, not a proof: it
+ * only decides which daemon adopts the process, and only as itself. Set before the magic, inherited by
+ * forked children. Added compatibly in version 2 (the fields were reserved, 0): an older shim leaves
+ * the flag 0. */
+#define KML_TABLE_RUN_DIR 0x40u
 
 /* ---- object kinds (low 4 bits of kml_object.flags) ------------------------------------------- */
 #define KML_KIND_MASK 0xfu
@@ -107,21 +116,21 @@ struct kml_header {
     uint32_t traces_capacity;
     uint32_t trace_size;              /* sizeof(struct kml_trace) */
     uint32_t traces_used;
-    uint32_t reserved1;
+    uint32_t run_dir_dev;     /* with KML_TABLE_RUN_DIR: st_dev of the run directory (Linux's 32-bit encoding) */
 
     /* threads: live threads with their stack and static TLS ranges */
     uint64_t threads_offset;
     uint32_t threads_capacity;
     uint32_t thread_size;             /* sizeof(struct kml_thread) */
     uint32_t threads_used;
-    uint32_t reserved2;
+    uint32_t run_dir_ino_lo;  /* with KML_TABLE_RUN_DIR: st_ino of the run directory, low 32 bits */
 
     /* comm strings (16 bytes each, NUL padded); comm id N (1-based) is entry N-1 */
     uint64_t comms_offset;
     uint32_t comms_capacity;
     uint32_t comm_size;               /* KML_COMM_LEN */
     uint32_t comms_used;
-    uint32_t reserved3;
+    uint32_t run_dir_ino_hi;  /* with KML_TABLE_RUN_DIR: st_ino of the run directory, high 32 bits */
 
     /* regions: per-CPU layouts and the shim's own memory (never a root) */
     uint64_t regions_offset;

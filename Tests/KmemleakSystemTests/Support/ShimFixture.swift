@@ -14,6 +14,7 @@ enum ShimFixture {
     #include <sys/mman.h>
     #include <sys/resource.h>
     #include <sys/syscall.h>
+    #include <sys/wait.h>
     #include <unistd.h>
     #include "kmemleak.h"
 
@@ -169,7 +170,7 @@ enum ShimFixture {
                 rl.rlim_cur = (rlim_t)fd;
                 printf("OK %d\n", setrlimit(RLIMIT_NOFILE, &rl));
             }
-            else if (strncmp(line, "fork", 4) == 0) {
+            else if (strncmp(line, "fork", 4) == 0 && line[4] != 'e') {
                 pid_t p = fork();
                 if (p == 0) {
                     void *q = malloc(777);
@@ -177,6 +178,14 @@ enum ShimFixture {
                     for (;;) pause();
                 }
                 printf("FORKED %d\n", p);
+            }
+            else if (strncmp(line, "forkexit", 8) == 0) {
+                /* a child that allocates and exits through exit() (the shim's destructor runs) */
+                pid_t p = fork();
+                if (p == 0) { free(malloc(555)); exit(0); }
+                int status = -1;
+                waitpid(p, &status, 0);
+                printf("REAPED %d %d\n", p, status);
             }
             else if (strncmp(line, "noshimexec", 10) == 0) { unsetenv("LD_PRELOAD"); execl("/proc/self/exe", "kml_sys_fixture", (char *)NULL); printf("ERROR exec\n"); }
             else if (strncmp(line, "exec", 4) == 0) { execl("/proc/self/exe", "kml_sys_fixture", (char *)NULL); printf("ERROR exec\n"); }

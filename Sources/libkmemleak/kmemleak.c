@@ -316,6 +316,10 @@ struct kml_tls {
     int thread_slot;     /* 1-based slot in the thread table, 0 = none */
     int exiting;
     uintptr_t stack_lo, stack_hi; /* this thread's stack for cfi_backtrace, 0/0 = unknown */
+    /* fork (the atfork handlers run in the forking thread): here rather than in .bss, whose pages
+     * fork() makes copy-on-write, so that a lone thread's fork writes none of them in the parent */
+    uint8_t fork_nested, fork_locked, fork_locks, fork_stripes;
+    uint64_t fork_tick;  /* boottime_tick() before fork() */
 };
 static __thread struct kml_tls t __attribute__((tls_model("initial-exec")));
 
@@ -2971,8 +2975,6 @@ static void unlock_all(int stripes)
     spin_unlock(&g_mm_lock);
 }
 
-static int g_fork_locked, g_fork_nested, g_fork_stripes;
-static uint64_t g_fork_tick;         /* boottime_tick() before fork() */
 static int g_fork_fd = -1;           /* the child's table, filled by the parent before fork() */
 static const char *g_fork_why;       /* why it could not be, for the child's disable message */
 static int g_fork_errno;
@@ -3067,7 +3069,7 @@ static void atfork_prepare(void)
     if (t.in_shim) {
         /* fork from a signal handler that interrupted the shim: our locks may be held by this very
          * thread, so they cannot be taken; the child will not track (see atfork_child) */
-        g_fork_nested = 1;
+        t.fork_nested = 1;
         t.in_shim++;
         return;
     }
@@ -3077,28 +3079,35 @@ static void atfork_prepare(void)
             cfi_prefork(); /* the child shares the unwinder's rules */
             cfi_register_caches();
         }
-        /* the 4096 stripe locks cost more than the rest of a fork's bookkeeping: a process whose
-         * only thread is this one (the kernel's count: threads the shim did not see start count
-         * too) has nobody inside them */
-        g_fork_stripes = !(live_thread_records() == 1 && kernel_thread_count() == 1);
-        lock_all(g_fork_stripes);
-        g_fork_locked = 1;
+        /* A process that never had a second thread (glibc's __libc_single_threaded, as on the
+         * malloc path) has nobody else inside the shim: no lock is taken, so nothing of the shim's
+         * .data/.bss is written around fork() (the parent would copy each page it writes). Else the
+         * 4096 stripe locks cost more than the rest of a fork's bookkeeping: a process whose only
+         * thread is this one (the kernel's count: threads the shim did not see start count too)
+         * has nobody inside them. */
+        t.fork_locks = !lone_thread();
+        t.fork_stripes = t.fork_locks && !(live_thread_records() == 1 && kernel_thread_count() == 1);
+        if (t.fork_locks)
+            lock_all(t.fork_stripes);
+        t.fork_locked = 1;
         /* a private table is copied by fork() itself, copy-on-write, while every lock is held */
         if (!g_table_private)
             g_fork_fd = table_snapshot();
-        g_fork_tick = boottime_tick();
+        t.fork_tick = boottime_tick();
     }
 }
 
 static void atfork_parent(void)
 {
-    g_fork_nested = 0;
-    if (g_fork_locked) {
-        g_fork_locked = 0;
-        if (g_fork_fd >= 0)
+    t.fork_nested = 0;
+    if (t.fork_locked) {
+        t.fork_locked = 0;
+        if (g_fork_fd >= 0) {
             syscall(SYS_close, g_fork_fd);
-        g_fork_fd = -1;
-        unlock_all(g_fork_stripes);
+            g_fork_fd = -1;
+        }
+        if (t.fork_locks)
+            unlock_all(t.fork_stripes);
     }
     t.in_shim--;
 }
@@ -3133,23 +3142,23 @@ static int table_adopt_snapshot(void)
 
 static void atfork_child(void)
 {
-    t.tid = 0;
-    g_rendezvous_pid = 0;
-    if (g_fork_nested) {
+    t.tid = 0; /* g_rendezvous_pid stays the parent's: rendezvous_remove compares it with our pid */
+    if (t.fork_nested) {
         /* a memfd table mapping is still the parent's: detach before anything can write to it */
-        g_fork_nested = 0;
+        t.fork_nested = 0;
         g_hdr = NULL;
         if (__atomic_load_n(&g_state, __ATOMIC_ACQUIRE) == ST_ON)
             kml_disable("fork from a signal handler inside the shim");
         t.in_shim--;
         return;
     }
-    if (!g_fork_locked) {
+    if (!t.fork_locked) {
         t.in_shim--;
         return;
     }
-    g_fork_locked = 0;
-    unlock_all(g_fork_stripes && !g_stripes_wiped);
+    t.fork_locked = 0;
+    if (t.fork_locks)
+        unlock_all(t.fork_stripes && !g_stripes_wiped);
     int old_tid_slot = t.thread_slot;
     if (!g_table_private && table_adopt_snapshot() != 0) {
         t.in_shim--;
@@ -3158,12 +3167,12 @@ static void atfork_child(void)
     struct kml_header *h = g_hdr;
     h->pid = (int32_t)syscall(SYS_getpid);
     uint64_t tick = boottime_tick();
-    h->start_time = tick && tick == g_fork_tick ? tick : proc_start_time();
+    h->start_time = tick && tick == t.fork_tick ? tick : proc_start_time();
     h->daemon_pid = 0;
     h->daemon_scans = 0;
     /* only the forking thread exists in the child */
     int others = 0;
-    g_thr_free_count = 0;
+    uint32_t free_count = 0; /* .bss is written only where it changes (copy-on-write) */
     for (uint32_t i = 0; i < h->threads_used; i++) {
         struct kml_thread *th = &g_thr[i];
         th->state &= ~KML_STATE_BUSY;
@@ -3178,13 +3187,15 @@ static void atfork_child(void)
                 rec_write_end(&th->state, KML_STATE_FREE);
             }
             g_thr_ptid[i] = 0;
-            g_thr_free[g_thr_free_count++] = i;
+            g_thr_free[free_count++] = i;
         }
     }
-    g_thr_detached = 0;
-    if (old_tid_slot && (g_thr[old_tid_slot - 1].state & KML_STATE_KIND_MASK) == KML_STATE_LIVE &&
-        (g_thr[old_tid_slot - 1].flags & KML_THREAD_DETACHED))
-        g_thr_detached = 1;
+    if (g_thr_free_count != free_count)
+        g_thr_free_count = free_count;
+    uint32_t detached = old_tid_slot && (g_thr[old_tid_slot - 1].state & KML_STATE_KIND_MASK) == KML_STATE_LIVE &&
+                        (g_thr[old_tid_slot - 1].flags & KML_THREAD_DETACHED);
+    if (g_thr_detached != detached)
+        g_thr_detached = detached;
     /* writers that vanished with the other threads: clear their BUSY bits. Alone, the forking
      * thread was not inside the shim, so no record can be BUSY: the pages need not be touched. */
     if (others)

@@ -229,8 +229,11 @@ struct FixtureProtocolTests {
         }
         #expect(parentPid == c.pid && childPid > 0)
         let pt = try c.table()
-        let ct = try ClientTable.open(try Rendezvous.read(path: c.dir.path + "/\(childPid).client"))
-        #expect(ct.pid == childPid && ct.rendezvous?.fd != nil)
+        // The child writes no rendezvous file: found in /proc, as the daemon finds it.
+        #expect(!fileExists(c.dir.path + "/\(childPid).client"))
+        let found = ProcessDiscovery(runDirectory: c.dir.path).scan(known: [pt.id])
+        let ct = try #require(found.adopted.first { $0.pid == childPid }, "failed: \(found.failed)")
+        #expect(ct.rendezvous?.address == pt.rendezvous?.address)
         try parent.verify(pt, pid: c.pid, fixture: "fork parent")
         try child.verify(ct, pid: childPid, fixture: "fork child")
         #expect(try ct.readThreads().map(\.tid) == [childTid])

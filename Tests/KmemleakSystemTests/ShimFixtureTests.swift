@@ -177,6 +177,11 @@ struct ShimFixtureTests {
             let found = ProcessDiscovery(runDirectory: c.dir.path).scan(known: [parentTable.id])
             #expect(!found.adopted.contains { $0.pid == c.pid })
             childTable = try #require(found.adopted.first { $0.pid == childPid }, "failed: \(found.failed)")
+            // `--no-discover-proc`: only children of adopted clients are looked at.
+            let children = ProcessDiscovery(runDirectory: c.dir.path).scan(known: [parentTable.id], childrenOf: [c.pid])
+            #expect(children.adopted.map(\.pid) == [childPid])
+            let strangers = ProcessDiscovery(runDirectory: c.dir.path).scan(known: [parentTable.id], childrenOf: [getpid()])
+            #expect(strangers.adopted.isEmpty)
         } else {
             childTable = try ClientTable.open(try Rendezvous.read(path: c.dir.path + "/\(childPid).client"))
         }

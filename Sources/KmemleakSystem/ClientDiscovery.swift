@@ -128,6 +128,9 @@ public final class ProcessDiscovery {
     /// Processes whose stat is re-read at each pass: 1 in `recheckInterval`.
     public var recheckInterval: UInt64 = 16
 
+    /// Headers of private table candidates read per process and pass (see `tableMapping`).
+    public static let maxHeaderReads = 256
+
     /// A process as last seen: its /proc/PID inode (a new one for every new process with that pid;
     /// the same across exec), start time, parent, comm and table mapping (with whether it is ours).
     private struct Seen {
@@ -183,9 +186,11 @@ public final class ProcessDiscovery {
             return (m, isOurs(m.path, ownName: ownName))
         }
         func inaccessible(_ m: MapEntry) -> Bool { !m.readable && !m.writable && !m.executable && !m.shared }
-        var i = 1
-        while i + 1 < maps.count {
-            defer { i += 1 }
+        // From the top down: the shim maps its table at start, above what the program maps later
+        // (thread stacks have guard pages too). A process may frame thousands of mappings so: at most
+        // `maxHeaderReads` headers are read per process and pass.
+        var reads = 0
+        for i in stride(from: maps.count - 2, through: 1, by: -1) where reads < Self.maxHeaderReads {
             let m = maps[i]
             guard !m.shared, m.inode == 0, m.readable, m.writable, !m.executable,
                   m.path.isEmpty || m.path.hasPrefix("[anon:" + KML_MEMFD_NAME),
@@ -193,6 +198,7 @@ public final class ProcessDiscovery {
                   maps[i - 1].end == m.start, inaccessible(maps[i - 1]), maps[i + 1].start == m.end, inaccessible(maps[i + 1]),
                   let memory = try? PrivateTableMemory(pid: pid, address: m.start, length: m.length) else { continue }
             headersReadLastPass += 1
+            reads += 1
             var raw = kml_header()
             let n = withUnsafeMutableBytes(of: &raw) { b in (try? memory.read(into: b, offset: 0)) ?? 0 }
             guard n == MemoryLayout<kml_header>.size, raw.magic == KML_MAGIC, raw.flags & KML_TABLE_PRIVATE != 0,

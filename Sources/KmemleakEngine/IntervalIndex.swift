@@ -457,46 +457,101 @@ final class BlockPagesOwner {
 }
 
 /// Object records in fixed pages of 4096 (128 KiB): growing never copies the existing records (no stall
-/// under the lock at millions of objects), and ids stay stable. Reference type: owned by one EngineState.
+/// under the lock at millions of objects), and ids stay stable. A page holds memory only while one of its
+/// records is live (`materialize` .. `release`); the others all point at one shared page of empty
+/// records, which is only ever read: ids chosen by a caller (table slots) may be sparse, and a client's
+/// slots then cost 8 bytes per 4096 unused ones, not 128 KiB. Reference type: owned by one EngineState.
 final class RecordStore {
     static let pageShift = 12
     static let pageSize = 1 << pageShift
     private(set) var pages: [UnsafeMutablePointer<ObjectRecord>] = []
+    /// Live records per page (0: the page is `emptyPage`, or reserved by `reserveCapacity`).
+    private var pageLive: [UInt16] = []
+    /// Ids below `count` may be read (the highest id ever used + 1).
     private(set) var count = 0
+    /// Pages with memory of their own.
+    private(set) var materializedPages = 0
+    /// Read-only page of empty records: every page no live record needs.
+    private let emptyPage: UnsafeMutablePointer<ObjectRecord> = {
+        let p = UnsafeMutablePointer<ObjectRecord>.allocate(capacity: RecordStore.pageSize)
+        p.initialize(repeating: .empty, count: RecordStore.pageSize)
+        return p
+    }()
 
-    var capacity: Int { pages.count * Self.pageSize }
+    /// Bytes of records held (the pages with live records).
+    var capacity: Int { materializedPages * Self.pageSize }
     var indices: Range<Int> { 0..<count }
 
-    deinit { removeAll() }
+    deinit {
+        removeAll()
+        emptyPage.deallocate()
+    }
 
+    /// Reads any id below `count`; writes only to a live record (`materialize`d, not yet `release`d).
     @inline(__always) subscript(i: Int) -> ObjectRecord {
         get { pages[i >> Self.pageShift][i & (Self.pageSize - 1)] }
         set { pages[i >> Self.pageShift][i & (Self.pageSize - 1)] = newValue }
     }
 
-    private func addPage() {
+    /// Ids below `n` may be read (as empty records until materialized).
+    func grow(to n: Int) {
+        while pages.count << Self.pageShift < n {
+            pages.append(emptyPage)
+            pageLive.append(0)
+        }
+        count = max(count, n)
+    }
+
+    /// Record `i` (below `count`) is about to become live: its page gets memory of its own.
+    func materialize(_ i: Int) {
+        let k = i >> Self.pageShift
+        if pages[k] == emptyPage { makePage(k) }
+        pageLive[k] += 1
+    }
+
+    /// Live record `i` was emptied: the last one of a page gives the page's memory back.
+    func release(_ i: Int) {
+        let k = i >> Self.pageShift
+        guard pageLive[k] > 0 else { return }
+        pageLive[k] -= 1
+        if pageLive[k] == 0 {
+            pages[k].deallocate()
+            pages[k] = emptyPage
+            materializedPages -= 1
+        }
+    }
+
+    /// Gives ids below `n` memory now (adopting a large client: no page is made under the lock later).
+    /// Such a page goes back when the last of its live records does.
+    func reserveCapacity(_ n: Int) {
+        var k = 0
+        while k << Self.pageShift < n {
+            if k == pages.count {
+                pages.append(emptyPage)
+                pageLive.append(0)
+            }
+            if pages[k] == emptyPage { makePage(k) }
+            k += 1
+        }
+    }
+
+    /// Page `k` (the shared empty page now) gets memory of its own.
+    private func makePage(_ k: Int) {
         let p = UnsafeMutablePointer<ObjectRecord>.allocate(capacity: Self.pageSize)
         p.initialize(repeating: .empty, count: Self.pageSize)
-        pages.append(p)
-    }
-
-    func append(_ r: ObjectRecord) {
-        if count == capacity { addPage() }
-        self[count] = r
-        count += 1
-    }
-
-    func reserveCapacity(_ n: Int) {
-        while capacity < n { addPage() }
+        pages[k] = p
+        materializedPages += 1
     }
 
     func removeAll() {
-        for p in pages { p.deallocate() }
+        for p in pages where p != emptyPage { p.deallocate() }
         pages = []
+        pageLive = []
         count = 0
+        materializedPages = 0
     }
 
-    /// Raw access for hot loops (no append may happen inside `body`).
+    /// Raw access for hot loops (no record may be made live or released inside `body`).
     @inline(__always) func withRecords<R>(_ body: (Rec) -> R) -> R {
         pages.withUnsafeBufferPointer { pt in body(Rec(pt: UnsafePointer(pt.baseAddress ?? UnsafePointer(bitPattern: 8)!))) }
     }

@@ -65,7 +65,7 @@ public final class Kmemleak: Sendable {
     /// True when the last scans found leaks not yet cleared (`kmemleak_found_leaks`).
     public var foundLeaks: Bool { state.withLock { $0.foundLeaks } }
 
-    /// Reserves room for `objects` tracked objects (avoids regrowth when adopting a large client).
+    /// Reserves room for `objects` tracked objects (no record page is made under the lock later).
     public func reserveCapacity(_ objects: Int) {
         state.withLock { $0.records.reserveCapacity(objects) }
     }

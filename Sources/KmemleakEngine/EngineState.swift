@@ -549,8 +549,11 @@ struct EngineState {
         n += plain.memoryBytes + percpu.memoryBytes + mayTakeReference.capacity * 8
         n += extras.capacity * (MemoryLayout<UInt32>.stride + MemoryLayout<ObjectExtras>.stride + 1)
         for e in extras.values { n += e.areas.capacity * 16 }
-        n += contextKeys.capacity * MemoryLayout<ContextKey>.stride + contextRefs.capacity * 4 + freeContexts.capacity * 4
-        n += contextIDs.capacity * (MemoryLayout<ContextKey>.stride + 4 + 1)
-        return n
+        return n + contextMemoryBytes
+    }
+
+    var contextMemoryBytes: Int {
+        contextKeys.capacity * MemoryLayout<ContextKey>.stride + contextRefs.capacity * 4 + freeContexts.capacity * 4
+            + contextIDs.capacity * (MemoryLayout<ContextKey>.stride + 4 + 1)
     }
 }

@@ -127,6 +127,7 @@ final class ClientSession {
             } else {
                 try table.readObjects(maxLive: budget.maxObjects, visit)
                 engine.freeObjects(in: 0..<slotVersion.count) { seen[Int($0)] }
+                engine.compactIndex()
             }
             if let slot = slotOverBudget {
                 throw ClientDropped(reason: "over budget: live object in slot \(slot) (limit \(budget.maxSlots) slots, 2 x --max-objects)")

@@ -98,6 +98,20 @@ extension Kmemleak {
         }
     }
 
+    /// Packs the object search index when its blocks are less than `fill` full (registering a heap out
+    /// of address order leaves them about 80 % full; the index is the engine's largest part after the
+    /// records). O(objects) under the lock; nothing while a scan runs. Returns whether it packed.
+    @discardableResult
+    public func compactIndex(ifFillBelow fill: Double = 0.9) -> Bool {
+        state.withLock { s in
+            guard !s.scanning else { return false }
+            var packed = false
+            if s.plain.fill < fill { s.plain.compact(); packed = true }
+            if s.percpu.fill < fill { s.percpu.compact(); packed = true }
+            return packed
+        }
+    }
+
     /// The allocation sequence number of object `id`, or nil when the id holds no object now.
     public func seq(of id: ObjectID) -> UInt64? {
         state.withLock { s in

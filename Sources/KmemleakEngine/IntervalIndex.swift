@@ -374,6 +374,85 @@ struct IntervalIndex {
     mutating func removeAll() {
         self = IntervalIndex()
     }
+
+    /// Entries held over entries that would fit the blocks in use: splits leave half-full blocks
+    /// (registering a heap out of address order fills them to about 80 %).
+    var fill: Double { mins.isEmpty ? 1 : Double(count) / Double(mins.count * Self.blockCapacity) }
+
+    /// Packs the entries into as few blocks as fit them (full, each spanning less than `maxSpan`), in
+    /// physical order, and frees the pages left over. In place: the blocks are first put in logical
+    /// order (one block's swap at a time), then a writer refills them from the front; greedy packing
+    /// never puts an entry in a later block than it had, nor further into the same one, so the writer
+    /// only ever overwrites what it has read. Logical block numbers change (`layoutChanges`).
+    mutating func compact() {
+        let L = mins.count
+        guard L > 0 else { return }
+        let B = Self.blockCapacity
+        let G = Self.groupsPerBlock
+        // 1. Physical block b holds logical block b.
+        var owner = [Int32](repeating: -1, count: counts.count)
+        for b in 0..<L { owner[Int(phys[b])] = Int32(b) }
+        for b in 0..<L {
+            let p = Int(phys[b])
+            if p == b { continue }
+            let q = owner[b]  // the logical block at physical b (or -1: free)
+            let x = entries.block(b), y = entries.block(p)
+            for i in 0..<B { let t = x[i]; x[i] = y[i]; y[i] = t }
+            counts.swapAt(b, p)
+            for g in 0..<G { fences.swapAt(b * G + g, p * G + g) }
+            phys[b] = Int32(b)
+            owner[b] = Int32(b)
+            owner[p] = q
+            if q >= 0 { phys[Int(q)] = Int32(p) }
+        }
+        // 2. Refill from the front.
+        var wb = 0, wpos = 0
+        var wmin: UInt64 = 0
+        for b in 0..<L {
+            let n = Int(counts[b])
+            let base = mins[b]
+            let at = entries.block(b)
+            for i in 0..<n {
+                let e = at[i]
+                let key = base &+ (e >> 32)
+                if wpos == B || (wpos > 0 && key &- wmin >= Self.maxSpan) {
+                    counts[wb] = Int32(wpos)
+                    mins[wb] = wmin
+                    refreshFences(wb)
+                    wb += 1
+                    wpos = 0
+                }
+                if wpos == 0 { wmin = key }
+                entries.block(wb)[wpos] = (key &- wmin) << 32 | (e & 0xffff_ffff)
+                wpos += 1
+            }
+        }
+        counts[wb] = Int32(wpos)
+        mins[wb] = wmin
+        refreshFences(wb)
+        let used = wb + 1
+        mins.removeLast(L - used)
+        phys = (0..<used).map { Int32($0) }
+        // 3. What is left over goes: whole pages of blocks freed, the blocks of the last page kept.
+        let keptBlocks = min(entries.truncate(blocks: used), counts.count)
+        counts.removeLast(counts.count - keptBlocks)
+        for p in used..<keptBlocks { counts[p] = 0 }
+        fences.removeLast(fences.count - keptBlocks * G)
+        freeBlocks = Array((used..<keptBlocks).reversed().map { Int32($0) })
+        mins.shrinkToFit()
+        phys.shrinkToFit()
+        counts.shrinkToFit()
+        fences.shrinkToFit()
+        freeBlocks.shrinkToFit()
+        layoutChanges &+= 1
+    }
+}
+
+extension Array {
+    /// Gives back the capacity beyond `count` (a copy when there is any).
+    mutating func shrinkToFit() {
+        if capacity > count { self = Array(self) }
+    }
 }
 
 /// A direct page -> block table over the index's hot address range (issue 10 goal 1: the search over
@@ -419,14 +498,16 @@ struct BlockTable {
     }
 }
 
-/// The index's blocks (256 entries of 8 bytes each) in fixed pages of 64 blocks (128 KiB): growing never
+/// The index's blocks (256 entries of 8 bytes each) in fixed pages of 32 blocks (64 KiB: below the daemon's
+/// fixed mmap threshold, a page is not its own mapping, whose malloc header would cost a 33rd 4 KiB
+/// page for every 32, as a 128 KiB one did): growing never
 /// copies the blocks there (a growing array holds its old and its new copy at once, the peak of
 /// registering a large client). A value type over pages owned by `BlockPagesOwner`: the page list is an
 /// array in the struct, so a lookup reads it without the run-time exclusivity check of a class's
 /// property (one more load, from a list that stays in L1). Copies share the pages: one `IntervalIndex`
 /// owns them, copies only read while it does not change.
 struct BlockPages {
-    static let pageShift = 6
+    static let pageShift = 5
     static let blocksPerPage = 1 << pageShift
     static let pageEntries = blocksPerPage * IntervalIndex.blockCapacity
     private(set) var pages: [UnsafeMutablePointer<UInt64>] = []
@@ -437,6 +518,16 @@ struct BlockPages {
     /// The first entry of physical block p.
     @inline(__always) func block(_ p: Int) -> UnsafeMutablePointer<UInt64> {
         pages[p &>> Self.pageShift] + (p & (Self.blocksPerPage - 1)) &* IntervalIndex.blockCapacity
+    }
+
+    /// Frees the pages wholly above physical blocks 0 ..< n; returns the blocks the pages kept hold.
+    mutating func truncate(blocks n: Int) -> Int {
+        let keep = (n + Self.blocksPerPage - 1) / Self.blocksPerPage
+        while pages.count > keep {
+            pages.removeLast().deallocate()
+            owner.pages.removeLast()
+        }
+        return pages.count * Self.blocksPerPage
     }
 
     /// Room for physical blocks 0 ..< n (zeroed when new).
@@ -456,13 +547,14 @@ final class BlockPagesOwner {
     deinit { for p in pages { p.deallocate() } }
 }
 
-/// Object records in fixed pages of 4096 (128 KiB): growing never copies the existing records (no stall
+/// Object records in fixed pages of 2048 (64 KiB, below the daemon's mmap threshold: see `BlockPages`):
+/// growing never copies the existing records (no stall
 /// under the lock at millions of objects), and ids stay stable. A page holds memory only while one of its
 /// records is live (`materialize` .. `release`); the others all point at one shared page of empty
 /// records, which is only ever read: ids chosen by a caller (table slots) may be sparse, and a client's
-/// slots then cost 8 bytes per 4096 unused ones, not 128 KiB. Reference type: owned by one EngineState.
+/// slots then cost 8 bytes per 2048 unused ones, not 64 KiB. Reference type: owned by one EngineState.
 final class RecordStore {
-    static let pageShift = 12
+    static let pageShift = 11
     static let pageSize = 1 << pageShift
     private(set) var pages: [UnsafeMutablePointer<ObjectRecord>] = []
     /// Live records per page (0: the page is `emptyPage`, or reserved by `reserveCapacity`).

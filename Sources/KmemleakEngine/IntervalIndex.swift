@@ -498,16 +498,16 @@ struct BlockTable {
     }
 }
 
-/// The index's blocks (256 entries of 8 bytes each) in fixed pages of 32 blocks (64 KiB: below the daemon's
-/// fixed mmap threshold, a page is not its own mapping, whose malloc header would cost a 33rd 4 KiB
-/// page for every 32, as a 128 KiB one did): growing never
+/// The index's blocks (256 entries of 8 bytes each) in fixed pages of 64 blocks (128 KiB: at the daemon's
+/// fixed mmap threshold, each page is its own mapping, so the pages `compact` frees go back to the
+/// system at once; the mapping's malloc header costs a 33rd 4 KiB page per 32): growing never
 /// copies the blocks there (a growing array holds its old and its new copy at once, the peak of
 /// registering a large client). A value type over pages owned by `BlockPagesOwner`: the page list is an
 /// array in the struct, so a lookup reads it without the run-time exclusivity check of a class's
 /// property (one more load, from a list that stays in L1). Copies share the pages: one `IntervalIndex`
 /// owns them, copies only read while it does not change.
 struct BlockPages {
-    static let pageShift = 5
+    static let pageShift = 6
     static let blocksPerPage = 1 << pageShift
     static let pageEntries = blocksPerPage * IntervalIndex.blockCapacity
     private(set) var pages: [UnsafeMutablePointer<UInt64>] = []
@@ -547,7 +547,8 @@ final class BlockPagesOwner {
     deinit { for p in pages { p.deallocate() } }
 }
 
-/// Object records in fixed pages of 2048 (64 KiB, below the daemon's mmap threshold: see `BlockPages`):
+/// Object records in fixed pages of 2048 (64 KiB: below the daemon's mmap threshold, a page is not its
+/// own mapping, whose malloc header would cost a 33rd 4 KiB page per 32, as 128 KiB pages did):
 /// growing never copies the existing records (no stall
 /// under the lock at millions of objects), and ids stay stable. A page holds memory only while one of its
 /// records is live (`materialize` .. `release`); the others all point at one shared page of empty

@@ -109,11 +109,18 @@ daemon_rep() {
     rec daemon_rss_after_kb "$rss1"; rec daemon_hwm_after_kb "$hwm1"
     rec daemon_rssanon_after_kb "$anon1"; rec daemon_rssshmem_after_kb "$(status_kb "$DPID" RssShmem)"
     rec daemon_rssfile_after_kb "$(status_kb "$DPID" RssFile)"
+    # the objects the daemon actually tracks (the client's own allocations too: an interpreter's heap
+    # is more than the N blocks asked for), from the metrics view
+    local tracked; tracked=$(awk '/^kmemleak_tracked_objects[{ ]/ { n += $NF } END { printf "%d", n }' "$mnt/kmemleak.prom")
+    rec daemon_tracked_objects "$tracked"
     # the client's shared table (memfd) pages the daemon touched count in its VmRSS as RssShmem; they are
     # the client's memory (the shim's table), not the daemon's: RssAnon is the daemon's own
     rec daemon_B_per_object_rssanon "$(awk -v a="$anon1" -v b="$anon0" -v n="$N" 'BEGIN { printf "%.1f", (a - b) * 1024 / n }')"
     rec daemon_B_per_object_hwm "$(awk -v a="$hwm1" -v b="$rss0" -v n="$N" 'BEGIN { printf "%.1f", (a - b) * 1024 / n }')"
     rec daemon_B_per_object_rss "$(awk -v a="$rss1" -v b="$rss0" -v n="$N" 'BEGIN { printf "%.1f", (a - b) * 1024 / n }')"
+    # the same over the objects tracked (python3: N undercounts them)
+    rec daemon_B_per_tracked_object_hwm "$(awk -v a="$hwm1" -v b="$rss0" -v n="$tracked" 'BEGIN { printf "%.1f", (n > 0 ? (a - b) * 1024 / n : 0) }')"
+    rec daemon_B_per_tracked_object_rss "$(awk -v a="$rss1" -v b="$rss0" -v n="$tracked" 'BEGIN { printf "%.1f", (n > 0 ? (a - b) * 1024 / n : 0) }')"
     rec client_rss_kb "$(status_kb "$CPID" VmRSS)"
     stop_client
     kill -TERM "$DPID"; wait "$DPID" || true; DPID=
@@ -194,6 +201,7 @@ echo "  scan #3 (steady state, nothing new)                                / LSa
 echo "  scan #1 (adoption + first scan)                                    / LSan: $(ratio "$S1" "$LN") wall"
 echo "  (scan #2 + cat of the report) / LSan check with symbolize=1:             $(ratio "$(awk -v a="$S2" -v b="$CAT" 'BEGIN { print a + b }')" "$LS") wall"
 echo "daemon memory per tracked object (goal <= 64 B): $(stat daemon_B_per_object_hwm) B (VmHWM_after - VmRSS_before), $(stat daemon_B_per_object_rss) B (VmRSS), $(stat daemon_B_per_object_rssanon) B (RssAnon: without the client's shared table pages)"
+echo "daemon memory per object it tracks ($(stat daemon_tracked_objects) objects; N above): $(stat daemon_B_per_tracked_object_hwm) B (VmHWM), $(stat daemon_B_per_tracked_object_rss) B (VmRSS)"
 echo "daemon after: RssAnon $(stat daemon_rssanon_after_kb) kB, RssShmem $(stat daemon_rssshmem_after_kb) kB, RssFile $(stat daemon_rssfile_after_kb) kB"
 echo "daemon VmRSS before/after: $(median daemon_rss_before_kb) / $(median daemon_rss_after_kb) kB, VmHWM after $(median daemon_hwm_after_kb) kB"
 echo "daemon leaks reported after scan #2: $(stat daemon_leaks_reported) of $L; matching $(stat daemon_leaks_matching), unexpected $(stat daemon_leaks_unexpected), missed $(stat daemon_leaks_missed); after scan #3: $(stat daemon_leaks_after_scan3)"

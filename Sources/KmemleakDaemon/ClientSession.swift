@@ -9,7 +9,7 @@ import KmemleakSystem
 public struct ClientBudget: Sendable, Equatable {
     /// Live object records one client may have (each costs an engine object).
     public var maxObjects: Int
-    /// The highest object slot index the daemon keeps per-slot state for (7 bytes a slot). Slots are
+    /// The highest object slot index the daemon keeps per-slot state for (3 bytes a slot). Slots are
     /// reused by the shim, so the highest live slot stays near the peak live count; twice the object
     /// budget leaves room for the per-thread slot caches.
     public var maxSlots: Int { maxObjects > Int.max / 2 ? Int.max : maxObjects * 2 }
@@ -29,9 +29,10 @@ struct ClientDropped: Error, CustomStringConvertible {
 ///
 /// Before every scan the engine is brought in line with the client's table (`sync`): objects whose slot
 /// now holds another allocation (or nothing) are freed, new allocations are registered, and annotation
-/// changes (the record's version moved) are applied. What the daemon remembers per slot is 7 bytes: the
-/// engine id, the record's version and its transient generation; the engine holds the seq that tells
-/// the slot's object from a later allocation in the same slot.
+/// changes (the record's version moved) are applied. The engine's id of a slot's object is the slot
+/// (`KmemleakConfiguration.idsChosenByCaller`); what the daemon remembers per slot is 3 bytes: the
+/// record's version and its transient generation. The engine holds the seq that tells the slot's object
+/// from a later allocation in the same slot.
 final class ClientSession {
     let table: ClientTable
     let id: ClientID
@@ -41,12 +42,9 @@ final class ClientSession {
     private let elfCache: ELFCache
     private let budget: ClientBudget
 
-    // Per table slot up to the highest live slot seen (not objects_used: a claim), what the engine
-    // holds for it (struct of arrays: no padding). An id here is this slot's object or no object: the
-    // engine frees ids only when told to, or by replacement, and keeps replaced ids out of use until
-    // `forgetReplacedObjects` has dropped them here.
-    private static let noObject = ObjectID.max
-    private var slotObject = SlotPages<ObjectID>(fill: noObject)  // noObject = nothing registered
+    // Per table slot up to the highest live slot seen (not objects_used: a claim), what the engine's
+    // object of that slot (engine id = slot) was registered or last annotated with (struct of arrays:
+    // no padding).
     private var slotVersion = SlotPages<UInt16>(fill: 0)
     private var slotGeneration = SlotPages<UInt8>(fill: 0)         // transient_gen, low 8 bits
 
@@ -62,6 +60,7 @@ final class ClientSession {
         self.elfCache = elfCache
         self.budget = budget
         var config = configuration
+        config.idsChosenByCaller = true
         // The header's nr_cpu_ids is a claim (up to 2^16, each a copy of every per-CPU object to scan):
         // no more than this kernel's possible CPUs.
         config.possibleCPUs = max(1, min(Int(table.openedHeader.nrCpuIds), HostCPUs.possible))
@@ -77,7 +76,7 @@ final class ClientSession {
     var pid: Int32 { table.pid }
 
     /// Slots the daemon keeps state for (the highest live slot seen + 1).
-    var trackedSlots: Int { slotObject.count }
+    var trackedSlots: Int { slotVersion.count }
 
     // MARK: - sync
 
@@ -98,23 +97,23 @@ final class ClientSession {
             })
             // Registered while streaming: an object that overlaps one not yet released is resolved by
             // allocation sequence number in the engine, so the order of slots does not matter.
-            var seen = SlotBits(count: slotObject.count)
+            var seen = SlotBits(count: slotVersion.count)
             var withAreas: [ObjectRecord] = []
             var slotOverBudget: UInt32? = nil
             let visit = { [self] (record: ObjectRecord) in
                 let slot = Int(record.slot)
-                guard slot < budget.maxSlots else {
+                guard slot < budget.maxSlots, slot < Int(Kmemleak.chosenIDLimit) else {
                     slotOverBudget = slotOverBudget ?? record.slot
                     return
                 }
-                if slot >= slotObject.count { growSlots(to: slot + 1, seen: &seen) }
+                if slot >= slotVersion.count { growSlots(to: slot + 1, seen: &seen) }
                 seen.set(slot)
-                let id = slotObject[slot]
-                if id != Self.noObject && engine.seq(of: id) == record.seq {
+                if engine.seq(of: ObjectID(slot)) == record.seq {
                     guard slotVersion[slot] != UInt16(truncatingIfNeeded: record.version) else { return }
                     applyAnnotations(record)
                 } else {
-                    releaseSlot(slot)
+                    // The slot's earlier object goes, whether or not the new one registers.
+                    if let earlier = engine.seq(of: ObjectID(slot)) { engine.free(object: ObjectID(slot), ifSeq: earlier) }
                     register(record)
                 }
                 if record.hasAreas && !record.fullScan { withAreas.append(record) }
@@ -123,14 +122,12 @@ final class ClientSession {
                 for range in ranges {
                     try table.readObjects(slots: range, visit)
                     let known = Int(range.lowerBound)..<Int(range.upperBound)
-                    for slot in known.clamped(to: 0..<slotObject.count) where !seen[slot] && slotObject[slot] != Self.noObject {
-                        releaseSlot(slot)
-                    }
+                    engine.freeObjects(in: known.clamped(to: 0..<slotVersion.count)) { seen[Int($0)] }
                 }
             } else {
                 try table.readObjects(maxLive: budget.maxObjects, visit)
-                for slot in 0..<slotObject.count where !seen[slot] && slotObject[slot] != Self.noObject { releaseSlot(slot) }
-                forgetReplacedObjects()
+                engine.freeObjects(in: 0..<slotVersion.count) { seen[Int($0)] }
+                engine.compactIndex()
             }
             if let slot = slotOverBudget {
                 throw ClientDropped(reason: "over budget: live object in slot \(slot) (limit \(budget.maxSlots) slots, 2 x --max-objects)")
@@ -147,38 +144,18 @@ final class ClientSession {
 
     /// Extends the per-slot state to `count` slots (page by page: nothing is copied).
     private func growSlots(to count: Int, seen: inout SlotBits) {
-        slotObject.grow(to: count)
         slotVersion.grow(to: count)
         slotGeneration.grow(to: count)
         seen.grow(to: count)
-    }
-
-    private func releaseSlot(_ slot: Int) {
-        let id = slotObject[slot]
-        guard id != Self.noObject else { return }
-        // The id is this slot's object, or none (see slotObject).
-        if let seq = engine.seq(of: id) { engine.free(object: id, ifSeq: seq) }
-        slotObject[slot] = Self.noObject
-    }
-
-    /// After a full pass: the slots whose object a newer overlapping registration replaced forget it,
-    /// then the engine may give those ids to new objects.
-    private func forgetReplacedObjects() {
-        guard engine.hasReplacedObjects else { return }
-        for slot in 0..<slotObject.count {
-            let id = slotObject[slot]
-            if id != Self.noObject && engine.seq(of: id) == nil { slotObject[slot] = Self.noObject }
-        }
-        engine.reuseReplacedIDs()
     }
 
     private func register(_ record: ObjectRecord) {
         let slot = Int(record.slot)
         let metadata = ObjectMetadata(pid: record.tid, comm: record.commId, creationTime: record.timeNs,
                                       trace: record.traceId, seq: record.seq)
-        // Not registered (a newer overlapping object holds the range): the slot stays empty and is
-        // tried again at the next sync.
-        guard let id = engine.register(record.pointer, size: record.size, minCount: max(record.minCount, 0),
+        // Registered at the slot's id, replacing the slot's earlier object. Not registered (a newer
+        // overlapping object holds the range): the slot stays empty and is tried again at the next sync.
+        guard engine.register(id: ObjectID(slot), record.pointer, size: record.size, minCount: max(record.minCount, 0),
                                        percpu: record.isPerCPU, mallocChunk: record.kind == KML_KIND_MALLOC,
                                        metadata: metadata) else { return }
         if record.isPerCPU {
@@ -187,7 +164,6 @@ final class ClientSession {
             if record.minCount < 0 { engine.ignore(record.pointer) }
             if record.noScan { engine.noScan(record.pointer) }
         }
-        slotObject[slot] = id
         slotVersion[slot] = UInt16(truncatingIfNeeded: record.version)
         slotGeneration[slot] = UInt8(truncatingIfNeeded: record.transientGen)
     }

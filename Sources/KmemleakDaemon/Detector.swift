@@ -310,6 +310,10 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
                         logger.warning("kmemleak: \(message)")
                     })
                 newLeaks += result.newLeaks
+                if logger.logLevel <= .debug {
+                    let parts = session.engine.memoryBreakdown().map { "\($0.name) \($0.bytes)" }.joined(separator: ", ")
+                    logger.debug("kmemleak: pid \(session.pid): \(session.engine.objectCount) objects in \(session.trackedSlots) slots, \(session.engine.contextCount) contexts; engine bytes: \(parts)")
+                }
                 if result.bytesConfirmed > 0 || result.filteredConfirmation {
                     let times = session.lastFreeze.map { t in
                         ", frozen \(t.total.milliseconds) ms (table sync \(t.sync.milliseconds), written pages \(t.writtenPages.milliseconds))"

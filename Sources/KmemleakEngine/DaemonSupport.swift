@@ -26,7 +26,8 @@ public struct ConfirmationHooks {
 }
 
 /// An object's identity inside one engine: stable from registration until the object is freed.
-/// A daemon keeps one per table slot (4 bytes) instead of the pointer and sequence number.
+/// Picked by the engine, or the caller's own (`KmemleakConfiguration.idsChosenByCaller`: a daemon uses
+/// the table slot, so it keeps no id per slot).
 public typealias ObjectID = UInt32
 
 extension Kmemleak {
@@ -53,6 +54,64 @@ extension Kmemleak {
         }
     }
 
+    /// The ids a caller may choose: below 2^28 (the record pages' table then stays within 512 KiB).
+    public static let chosenIDLimit: ObjectID = 1 << 28
+
+    /// `register(_:size:minCount:percpu:mallocChunk:metadata:)` with the caller's id for the object
+    /// (`KmemleakConfiguration.idsChosenByCaller`, below `chosenIDLimit`): an object the id still holds
+    /// is freed first. Returns whether the object was registered (not: detector disabled, no such mode,
+    /// id out of range, or a newer overlapping object won). Ids of different engines are unrelated:
+    /// a daemon runs one engine per client.
+    public func register(id: ObjectID, _ pointer: Address, size: UInt64, minCount: Int32, percpu: Bool,
+                         mallocChunk: Bool = false, metadata: ObjectMetadata) -> Bool {
+        guard pointer != 0, pointer < UInt64.max - 4094, id < Self.chosenIDLimit else { return false }
+        return withState { s -> Bool in
+            guard s.enabled, s.idsChosenByCaller else { return false }
+            s.lastCreatedID = nil
+            s.createObject(pointer, size: size, minCount: percpu ? 1 : minCount, percpuObject: percpu,
+                           mallocChunk: mallocChunk, chosenID: id, metadata)
+            return s.lastCreatedID == id
+        }
+    }
+
+    /// Frees the objects among ids `range` that `keep` does not want (`keep` runs under the engine's
+    /// lock, 8192 ids a time: it must not call the engine).
+    public func freeObjects(in range: Range<Int>, keeping keep: (ObjectID) -> Bool) {
+        var from = max(0, range.lowerBound)
+        while from < range.upperBound {
+            from = withoutActuallyEscaping(keep) { keep in
+                withState { s -> Int in
+                    guard s.enabled else { return Int.max }
+                    let end = min(from + slotChunk, range.upperBound, s.records.count)
+                    var i = from
+                    while i < end {
+                        let r = s.records[i]
+                        if r.allocated && !keep(ObjectID(i)) {
+                            let space: Space = r.has(ObjectFlags.percpu) ? .percpu : .plain
+                            if let h = s.lookup(r.pointer, alias: true, space), h.id == ObjectID(i) { s.deleteObject(h, space) }
+                        }
+                        i += 1
+                    }
+                    return end >= s.records.count ? Int.max : end
+                }
+            }
+        }
+    }
+
+    /// Packs the object search index when its blocks are less than `fill` full (registering a heap out
+    /// of address order leaves them about 80 % full; the index is the engine's largest part after the
+    /// records). O(objects) under the lock; nothing while a scan runs. Returns whether it packed.
+    @discardableResult
+    public func compactIndex(ifFillBelow fill: Double = 0.9) -> Bool {
+        state.withLock { s in
+            guard !s.scanning else { return false }
+            var packed = false
+            if s.plain.fill < fill { s.plain.compact(); packed = true }
+            if s.percpu.fill < fill { s.percpu.compact(); packed = true }
+            return packed
+        }
+    }
+
     /// The allocation sequence number of object `id`, or nil when the id holds no object now.
     public func seq(of id: ObjectID) -> UInt64? {
         state.withLock { s in
@@ -67,19 +126,6 @@ extension Kmemleak {
             guard Int(id) < s.records.count, s.records[Int(id)].allocated else { return nil }
             let r = s.records[Int(id)]
             return (r.pointer, r.has(ObjectFlags.percpu))
-        }
-    }
-
-    /// Whether registrations replaced objects whose ids wait for `reuseReplacedIDs()`.
-    public var hasReplacedObjects: Bool { state.withLock { !$0.replacedIDs.isEmpty } }
-
-    /// The ids of the objects that newer overlapping registrations replaced (`replacesStaleObjects`) are
-    /// given to no other object until this call: a caller that keeps ids (one per table slot) first
-    /// drops the ids that `seq(of:)` no longer knows, then lets the engine reuse them.
-    public func reuseReplacedIDs() {
-        state.withLock { s in
-            if s.scanning { s.deferredFree.append(contentsOf: s.replacedIDs) } else { s.freeSlots.append(contentsOf: s.replacedIDs) }
-            s.replacedIDs = []
         }
     }
 

@@ -32,7 +32,8 @@ struct ObjectExtras {
     var bigSize: UInt64 = 0
 }
 
-/// The FIFO gray list (ids of objects; slots are not reused while a scan runs), in chunks of 32 K ids
+/// The FIFO gray list (ids of objects; an id may name a newer, young object by the time it is popped:
+/// scanning it only adds references), in chunks of 32 K ids
 /// freed as they are consumed: it never copies itself to grow (a doubling array holds its old and its new
 /// copy at once), and a scan whose list gets long holds only what is still queued. A chunk (128 KiB) is
 /// at kmemleakd's fixed mmap threshold: glibc maps it and unmaps it when freed, so a long list leaves
@@ -106,11 +107,11 @@ struct EngineState {
     var pageSize: UInt64
 
     var records = RecordStore()
+    /// `KmemleakConfiguration.idsChosenByCaller`: ids are the caller's (`register(id:...)`), never
+    /// handed out by the engine; a freed id holds nothing until the caller registers it again.
+    var idsChosenByCaller = false
     var freeSlots: [UInt32] = []
     var deferredFree: [UInt32] = []
-    /// Ids of objects replaced by a newer overlapping registration (`replacesStaleObjects`): kept out of
-    /// use until `reuseReplacedIDs`, so that a caller holding ids can first forget them.
-    var replacedIDs: [UInt32] = []
     var plain = IntervalIndex()
     var percpu = IntervalIndex()
     var extras: [UInt32: ObjectExtras] = [:]
@@ -151,6 +152,7 @@ struct EngineState {
 
     init(_ c: KmemleakConfiguration) {
         replacesStaleObjects = c.replacesStaleObjects
+        idsChosenByCaller = c.idsChosenByCaller
         logDisable = c.logDisable
         possibleCPUs = c.possibleCPUs
         minimumAge = c.minimumAge
@@ -271,9 +273,20 @@ struct EngineState {
 
     // MARK: lifetime
 
-    /// create_object / __link_object.
+    /// create_object / __link_object. `chosenID`: the caller's id for the object (`idsChosenByCaller`,
+    /// required then); nil: the engine picks one.
     mutating func createObject(_ ptr: UInt64, size: UInt64, minCount: Int32, percpuObject: Bool,
-                               mallocChunk: Bool = false, _ m: ObjectMetadata) {
+                               mallocChunk: Bool = false, chosenID: UInt32? = nil, _ m: ObjectMetadata) {
+        // Caller-chosen ids and engine-picked ones never mix: an engine-picked id could be one the
+        // caller chooses later.
+        guard (chosenID != nil) == idsChosenByCaller else { return }
+        if let id = chosenID, Int(id) < records.count, records[Int(id)].allocated {
+            // The caller's id holds an object still (its caller frees first): that one goes.
+            let r = records[Int(id)]
+            let sp: Space = r.has(ObjectFlags.percpu) ? .percpu : .plain
+            guard let h = lookup(r.pointer, alias: true, sp), h.id == id else { return }
+            deleteObject(h, sp)
+        }
         let space: Space = percpuObject ? .percpu : .plain
         let ext = max(size, 1)
         let end = ptr.addingReportingOverflow(ext).overflow ? UInt64.max : ptr + ext
@@ -304,8 +317,9 @@ struct EngineState {
             // Daemon mode: the older of two overlapping registrations is stale.
             guard seq(records[Int(parent)]) < m.seq,
                   let h = lookup(records[Int(parent)].pointer, alias: false, space) else { return }
-            deleteObject(h, space, replaced: true)
-            createObject(ptr, size: size, minCount: minCount, percpuObject: percpuObject, mallocChunk: mallocChunk, m)
+            deleteObject(h, space)
+            createObject(ptr, size: size, minCount: minCount, percpuObject: percpuObject, mallocChunk: mallocChunk,
+                         chosenID: chosenID, m)
             return
         }
         if let parent {
@@ -315,7 +329,9 @@ struct EngineState {
             return
         }
         let id: UInt32
-        if let f = freeSlots.popLast() { id = f } else { id = UInt32(records.count); records.append(.empty) }
+        if let chosenID { id = chosenID } else if let f = freeSlots.popLast() { id = f } else { id = UInt32(records.count) }
+        records.grow(to: Int(id) + 1)
+        records.materialize(Int(id))
         var flags: UInt64 = UInt64(ObjectFlags.allocated | (percpuObject ? ObjectFlags.percpu : 0))
         if scanning { flags |= ObjectRecord.newDuringScan }
         if mallocChunk && !percpuObject { flags |= ObjectRecord.mallocChunk }
@@ -343,9 +359,9 @@ struct EngineState {
         mayTakeReference[word] |= 1 << UInt64(id & 63)
     }
 
-    /// Removes an object found by `lookup` (the kernel's __delete_object). `replaced`: by a newer
-    /// overlapping registration (its id waits in `replacedIDs`).
-    mutating func deleteObject(_ hit: (id: UInt32, b: Int, pos: Int), _ space: Space, replaced: Bool = false) {
+    /// Removes an object found by `lookup` (the kernel's __delete_object). An engine-picked id is given
+    /// out again (after the running scan); a caller-chosen one waits for its caller.
+    mutating func deleteObject(_ hit: (id: UInt32, b: Int, pos: Int), _ space: Space) {
         if space == .plain {
             plain.remove(b: hit.b, pos: hit.pos)
         } else {
@@ -357,7 +373,10 @@ struct EngineState {
         release(context: records[Int(id)].context)
         records[Int(id)].bits = 0
         records[Int(id)].pointer = 0
-        if replaced { replacedIDs.append(id) } else if scanning { deferredFree.append(id) } else { freeSlots.append(id) }
+        records.release(Int(id))
+        if idsChosenByCaller {
+            // The scan tolerates the id's reuse while it runs: the new object is young (not reported).
+        } else if scanning { deferredFree.append(id) } else { freeSlots.append(id) }
         objectCount -= 1
     }
 
@@ -464,7 +483,6 @@ struct EngineState {
         records = RecordStore()
         freeSlots = []
         deferredFree = []
-        replacedIDs = []
         plain.removeAll()
         percpu.removeAll()
         extras = [:]
@@ -527,12 +545,15 @@ struct EngineState {
 
     var memoryBytes: Int {
         var n = records.capacity * MemoryLayout<ObjectRecord>.stride
-        n += freeSlots.capacity * 4 + deferredFree.capacity * 4 + replacedIDs.capacity * 4
+        n += freeSlots.capacity * 4 + deferredFree.capacity * 4 + records.pages.capacity * 8
         n += plain.memoryBytes + percpu.memoryBytes + mayTakeReference.capacity * 8
         n += extras.capacity * (MemoryLayout<UInt32>.stride + MemoryLayout<ObjectExtras>.stride + 1)
         for e in extras.values { n += e.areas.capacity * 16 }
-        n += contextKeys.capacity * MemoryLayout<ContextKey>.stride + contextRefs.capacity * 4 + freeContexts.capacity * 4
-        n += contextIDs.capacity * (MemoryLayout<ContextKey>.stride + 4 + 1)
-        return n
+        return n + contextMemoryBytes
+    }
+
+    var contextMemoryBytes: Int {
+        contextKeys.capacity * MemoryLayout<ContextKey>.stride + contextRefs.capacity * 4 + freeContexts.capacity * 4
+            + contextIDs.capacity * (MemoryLayout<ContextKey>.stride + 4 + 1)
     }
 }

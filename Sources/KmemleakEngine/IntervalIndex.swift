@@ -374,6 +374,85 @@ struct IntervalIndex {
     mutating func removeAll() {
         self = IntervalIndex()
     }
+
+    /// Entries held over entries that would fit the blocks in use: splits leave half-full blocks
+    /// (registering a heap out of address order fills them to about 80 %).
+    var fill: Double { mins.isEmpty ? 1 : Double(count) / Double(mins.count * Self.blockCapacity) }
+
+    /// Packs the entries into as few blocks as fit them (full, each spanning less than `maxSpan`), in
+    /// physical order, and frees the pages left over. In place: the blocks are first put in logical
+    /// order (one block's swap at a time), then a writer refills them from the front; greedy packing
+    /// never puts an entry in a later block than it had, nor further into the same one, so the writer
+    /// only ever overwrites what it has read. Logical block numbers change (`layoutChanges`).
+    mutating func compact() {
+        let L = mins.count
+        guard L > 0 else { return }
+        let B = Self.blockCapacity
+        let G = Self.groupsPerBlock
+        // 1. Physical block b holds logical block b.
+        var owner = [Int32](repeating: -1, count: counts.count)
+        for b in 0..<L { owner[Int(phys[b])] = Int32(b) }
+        for b in 0..<L {
+            let p = Int(phys[b])
+            if p == b { continue }
+            let q = owner[b]  // the logical block at physical b (or -1: free)
+            let x = entries.block(b), y = entries.block(p)
+            for i in 0..<B { let t = x[i]; x[i] = y[i]; y[i] = t }
+            counts.swapAt(b, p)
+            for g in 0..<G { fences.swapAt(b * G + g, p * G + g) }
+            phys[b] = Int32(b)
+            owner[b] = Int32(b)
+            owner[p] = q
+            if q >= 0 { phys[Int(q)] = Int32(p) }
+        }
+        // 2. Refill from the front.
+        var wb = 0, wpos = 0
+        var wmin: UInt64 = 0
+        for b in 0..<L {
+            let n = Int(counts[b])
+            let base = mins[b]
+            let at = entries.block(b)
+            for i in 0..<n {
+                let e = at[i]
+                let key = base &+ (e >> 32)
+                if wpos == B || (wpos > 0 && key &- wmin >= Self.maxSpan) {
+                    counts[wb] = Int32(wpos)
+                    mins[wb] = wmin
+                    refreshFences(wb)
+                    wb += 1
+                    wpos = 0
+                }
+                if wpos == 0 { wmin = key }
+                entries.block(wb)[wpos] = (key &- wmin) << 32 | (e & 0xffff_ffff)
+                wpos += 1
+            }
+        }
+        counts[wb] = Int32(wpos)
+        mins[wb] = wmin
+        refreshFences(wb)
+        let used = wb + 1
+        mins.removeLast(L - used)
+        phys = (0..<used).map { Int32($0) }
+        // 3. What is left over goes: whole pages of blocks freed, the blocks of the last page kept.
+        let keptBlocks = min(entries.truncate(blocks: used), counts.count)
+        counts.removeLast(counts.count - keptBlocks)
+        for p in used..<keptBlocks { counts[p] = 0 }
+        fences.removeLast(fences.count - keptBlocks * G)
+        freeBlocks = Array((used..<keptBlocks).reversed().map { Int32($0) })
+        mins.shrinkToFit()
+        phys.shrinkToFit()
+        counts.shrinkToFit()
+        fences.shrinkToFit()
+        freeBlocks.shrinkToFit()
+        layoutChanges &+= 1
+    }
+}
+
+extension Array {
+    /// Gives back the capacity beyond `count` (a copy when there is any).
+    mutating func shrinkToFit() {
+        if capacity > count { self = Array(self) }
+    }
 }
 
 /// A direct page -> block table over the index's hot address range (issue 10 goal 1: the search over
@@ -419,7 +498,9 @@ struct BlockTable {
     }
 }
 
-/// The index's blocks (256 entries of 8 bytes each) in fixed pages of 64 blocks (128 KiB): growing never
+/// The index's blocks (256 entries of 8 bytes each) in fixed pages of 64 blocks (128 KiB: at the daemon's
+/// fixed mmap threshold, each page is its own mapping, so the pages `compact` frees go back to the
+/// system at once; the mapping's malloc header costs a 33rd 4 KiB page per 32): growing never
 /// copies the blocks there (a growing array holds its old and its new copy at once, the peak of
 /// registering a large client). A value type over pages owned by `BlockPagesOwner`: the page list is an
 /// array in the struct, so a lookup reads it without the run-time exclusivity check of a class's
@@ -439,6 +520,16 @@ struct BlockPages {
         pages[p &>> Self.pageShift] + (p & (Self.blocksPerPage - 1)) &* IntervalIndex.blockCapacity
     }
 
+    /// Frees the pages wholly above physical blocks 0 ..< n; returns the blocks the pages kept hold.
+    mutating func truncate(blocks n: Int) -> Int {
+        let keep = (n + Self.blocksPerPage - 1) / Self.blocksPerPage
+        while pages.count > keep {
+            pages.removeLast().deallocate()
+            owner.pages.removeLast()
+        }
+        return pages.count * Self.blocksPerPage
+    }
+
     /// Room for physical blocks 0 ..< n (zeroed when new).
     mutating func reserve(blocks n: Int) {
         while pages.count * Self.blocksPerPage < n {
@@ -456,47 +547,104 @@ final class BlockPagesOwner {
     deinit { for p in pages { p.deallocate() } }
 }
 
-/// Object records in fixed pages of 4096 (128 KiB): growing never copies the existing records (no stall
-/// under the lock at millions of objects), and ids stay stable. Reference type: owned by one EngineState.
+/// Object records in fixed pages of 2048 (64 KiB: below the daemon's mmap threshold, a page is not its
+/// own mapping, whose malloc header would cost a 33rd 4 KiB page per 32, as 128 KiB pages did):
+/// growing never copies the existing records (no stall
+/// under the lock at millions of objects), and ids stay stable. A page holds memory only while one of its
+/// records is live (`materialize` .. `release`); the others all point at one shared page of empty
+/// records, which is only ever read: ids chosen by a caller (table slots) may be sparse, and a client's
+/// slots then cost 8 bytes per 2048 unused ones, not 64 KiB. Reference type: owned by one EngineState.
 final class RecordStore {
-    static let pageShift = 12
+    static let pageShift = 11
     static let pageSize = 1 << pageShift
     private(set) var pages: [UnsafeMutablePointer<ObjectRecord>] = []
+    /// Live records per page (0: the page is `emptyPage`, or reserved by `reserveCapacity`).
+    private var pageLive: [UInt16] = []
+    /// Ids below `count` may be read (the highest id ever used + 1).
     private(set) var count = 0
+    /// Pages with memory of their own.
+    private(set) var materializedPages = 0
+    /// Read-only page of empty records: every page no live record needs.
+    private let emptyPage: UnsafeMutablePointer<ObjectRecord> = {
+        let p = UnsafeMutablePointer<ObjectRecord>.allocate(capacity: RecordStore.pageSize)
+        p.initialize(repeating: .empty, count: RecordStore.pageSize)
+        return p
+    }()
 
-    var capacity: Int { pages.count * Self.pageSize }
+    /// Bytes of records held (the pages with live records).
+    var capacity: Int { materializedPages * Self.pageSize }
     var indices: Range<Int> { 0..<count }
 
-    deinit { removeAll() }
+    deinit {
+        removeAll()
+        emptyPage.deallocate()
+    }
 
+    /// Reads any id below `count`; writes only to a live record (`materialize`d, not yet `release`d).
     @inline(__always) subscript(i: Int) -> ObjectRecord {
         get { pages[i >> Self.pageShift][i & (Self.pageSize - 1)] }
         set { pages[i >> Self.pageShift][i & (Self.pageSize - 1)] = newValue }
     }
 
-    private func addPage() {
+    /// Ids below `n` may be read (as empty records until materialized).
+    func grow(to n: Int) {
+        while pages.count << Self.pageShift < n {
+            pages.append(emptyPage)
+            pageLive.append(0)
+        }
+        count = max(count, n)
+    }
+
+    /// Record `i` (below `count`) is about to become live: its page gets memory of its own.
+    func materialize(_ i: Int) {
+        let k = i >> Self.pageShift
+        if pages[k] == emptyPage { makePage(k) }
+        pageLive[k] += 1
+    }
+
+    /// Live record `i` was emptied: the last one of a page gives the page's memory back.
+    func release(_ i: Int) {
+        let k = i >> Self.pageShift
+        guard pageLive[k] > 0 else { return }
+        pageLive[k] -= 1
+        if pageLive[k] == 0 {
+            pages[k].deallocate()
+            pages[k] = emptyPage
+            materializedPages -= 1
+        }
+    }
+
+    /// Gives ids below `n` memory now (adopting a large client: no page is made under the lock later).
+    /// Such a page goes back when the last of its live records does.
+    func reserveCapacity(_ n: Int) {
+        var k = 0
+        while k << Self.pageShift < n {
+            if k == pages.count {
+                pages.append(emptyPage)
+                pageLive.append(0)
+            }
+            if pages[k] == emptyPage { makePage(k) }
+            k += 1
+        }
+    }
+
+    /// Page `k` (the shared empty page now) gets memory of its own.
+    private func makePage(_ k: Int) {
         let p = UnsafeMutablePointer<ObjectRecord>.allocate(capacity: Self.pageSize)
         p.initialize(repeating: .empty, count: Self.pageSize)
-        pages.append(p)
-    }
-
-    func append(_ r: ObjectRecord) {
-        if count == capacity { addPage() }
-        self[count] = r
-        count += 1
-    }
-
-    func reserveCapacity(_ n: Int) {
-        while capacity < n { addPage() }
+        pages[k] = p
+        materializedPages += 1
     }
 
     func removeAll() {
-        for p in pages { p.deallocate() }
+        for p in pages where p != emptyPage { p.deallocate() }
         pages = []
+        pageLive = []
         count = 0
+        materializedPages = 0
     }
 
-    /// Raw access for hot loops (no append may happen inside `body`).
+    /// Raw access for hot loops (no record may be made live or released inside `body`).
     @inline(__always) func withRecords<R>(_ body: (Rec) -> R) -> R {
         pages.withUnsafeBufferPointer { pt in body(Rec(pt: UnsafePointer(pt.baseAddress ?? UnsafePointer(bitPattern: 8)!))) }
     }

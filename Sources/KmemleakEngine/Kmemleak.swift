@@ -65,7 +65,7 @@ public final class Kmemleak: Sendable {
     /// True when the last scans found leaks not yet cleared (`kmemleak_found_leaks`).
     public var foundLeaks: Bool { state.withLock { $0.foundLeaks } }
 
-    /// Reserves room for `objects` tracked objects (avoids regrowth when adopting a large client).
+    /// Reserves room for `objects` tracked objects (no record page is made under the lock later).
     public func reserveCapacity(_ objects: Int) {
         state.withLock { $0.records.reserveCapacity(objects) }
     }
@@ -74,16 +74,20 @@ public final class Kmemleak: Sendable {
     /// (array capacities, side tables, interned contexts).
     public var memoryBytes: Int { state.withLock { $0.memoryBytes } }
 
-    /// Diagnostics: `memoryBytes` split by structure (records, plain index, per-CPU index, side tables).
+    /// Diagnostics: `memoryBytes` split by structure (records, plain index, per-CPU index, interned
+    /// contexts, free-id lists, the rest).
     public func memoryBreakdown() -> [(name: String, bytes: Int)] {
         state.withLock { s in
-            [("records", s.records.capacity * MemoryLayout<ObjectRecord>.stride),
-             ("plain index", s.plain.memoryBytes), ("percpu index", s.percpu.memoryBytes),
-             ("free slots", s.freeSlots.capacity * 4 + s.deferredFree.capacity * 4),
-             ("other", s.memoryBytes - s.records.capacity * MemoryLayout<ObjectRecord>.stride - s.plain.memoryBytes
-                - s.percpu.memoryBytes - s.freeSlots.capacity * 4 - s.deferredFree.capacity * 4)]
+            let parts = [("records", s.records.capacity * MemoryLayout<ObjectRecord>.stride),
+                         ("plain index", s.plain.memoryBytes), ("percpu index", s.percpu.memoryBytes),
+                         ("contexts", s.contextMemoryBytes),
+                         ("free slots", s.freeSlots.capacity * 4 + s.deferredFree.capacity * 4)]
+            return parts + [("other", s.memoryBytes - parts.reduce(0) { $0 + $1.1 })]
         }
     }
+
+    /// Interned allocation contexts (pid, comm, trace and the high bits of seq and creation time) now.
+    public var contextCount: Int { state.withLock { $0.contextIDs.count } }
 
     // MARK: - Allocator hooks (KMEMLEAK-SPEC §3)
 

@@ -499,7 +499,8 @@ extension EngineState {
                     c.passCount[sp][k] += 1
                     if c.passCount[sp][k] >= c.minCounts[sp][k] {
                         c.spared[sp][k] = true
-                        rec[Int(id)].pointee.count = rec[Int(id)].pointee.minCount
+                        // Freed meanwhile: its record may be the shared empty page (never written).
+                        if rec[Int(id)].pointee.allocated { rec[Int(id)].pointee.count = rec[Int(id)].pointee.minCount }
                         c.queue.push(id)
                         c.sparedIDs.append(id)
                     }
@@ -1064,7 +1065,10 @@ struct Scanner<M: MemoryReader> {
             engine.withState { s in
                 for id in whiteCandidates where Int(id) < s.records.count && s.records[Int(id)].allocated {
                     let r = s.records[Int(id)]
-                    if r.isWhite && !r.has(ObjectFlags.reported) {
+                    // A caller-chosen id freed and reused by the sync holds a young object now.
+                    if r.bits & ObjectRecord.newDuringScan != 0 {
+                        wholeReads.append(id)
+                    } else if r.isWhite && !r.has(ObjectFlags.reported) {
                         cands.append(id)
                         if r.minCount > 1 && r.count > 0 { unchanged = nil }
                     } else if r.isGray {

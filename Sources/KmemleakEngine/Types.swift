@@ -57,8 +57,14 @@ public struct KmemleakConfiguration: Sendable {
     /// overlap with a registered object means that object is stale (freed, address reused). When set,
     /// an insert replaces overlapping objects of a lower `seq` (and is dropped if one has a higher
     /// `seq`) instead of disabling the detector as the kernel does. Default false (the kernel's rule).
-    /// The ids of replaced objects are not reused until `Kmemleak.reuseReplacedIDs()`.
     public var replacesStaleObjects: Bool = false
+    /// Object ids are the caller's: every object is registered with `Kmemleak.register(id:_:size:...)`
+    /// (a daemon passes the table slot: it keeps no id per slot), ids below `Kmemleak.chosenIDLimit`. A
+    /// freed or replaced object's id holds nothing until the caller registers there again, during a scan
+    /// too (the scan does not report the new object). The kernel's calls that make objects (`alloc`,
+    /// `allocPercpu`, `vmalloc`, the remainders of `freePart`) register nothing then. Default false: the
+    /// engine picks ids.
+    public var idsChosenByCaller: Bool = false
     /// Whether `disable()` logs the kernel's "Kernel memory leak detector disabled" lines (default true).
     /// A daemon that disables one engine per client turns it off and logs them once itself.
     public var logDisable: Bool = true

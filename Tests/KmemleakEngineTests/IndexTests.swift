@@ -2,7 +2,7 @@ import Testing
 @testable import KmemleakEngine
 
 @Suite struct IndexTests {
-    struct Rng {
+    struct Rng: RandomNumberGenerator {
         var s: UInt64
         mutating func next() -> UInt64 { s ^= s << 13; s ^= s >> 7; s ^= s << 17; return s }
     }
@@ -65,6 +65,57 @@ import Testing
         index.refreshBlockTable(ifStaleBy: 64)
         #expect(index.blockTable.builtAt == index.layoutChanges)
         check("rebuilt")
+    }
+
+    /// Packing the blocks (`compact`) keeps every lookup's answer and every entry's id, frees the pages
+    /// left over, and the packed index takes inserts and removes as before: clusters more than 4 GiB
+    /// apart (blocks may not span 4 GiB), registered in random order (blocks about 80 % full).
+    @Test func compactionKeepsLookupsAndFreesBlocks() {
+        var index = IntervalIndex()
+        var keys: [UInt64: UInt32] = [:]
+        var rng = Rng(s: 4242)
+        func insert(_ key: UInt64, _ id: UInt32) {
+            guard keys[key] == nil else { return }
+            let h = index.predecessor(key)
+            index.insert(id, key: key, afterBlock: h?.b ?? -1, pos: h?.pos ?? -1)
+            keys[key] = id
+        }
+        func check(_ label: String) {
+            let sorted = keys.keys.sorted()
+            var bad = 0
+            for (i, k) in sorted.enumerated() {
+                if index.predecessor(k)?.id != keys[k] { bad += 1 }
+                if index.predecessor(k &+ 15)?.id != keys[k] { bad += 1 }
+                if i > 0, index.predecessor(k &- 1)?.id != keys[sorted[i - 1]] { bad += 1 }
+            }
+            if let first = sorted.first, index.predecessor(first &- 1) != nil { bad += 1 }
+            #expect(bad == 0, "\(label)")
+            #expect(index.count == keys.count, "\(label)")
+        }
+        var id: UInt32 = 0
+        for _ in 0..<40_000 {
+            let base: UInt64 = [0x5555_0000_0000, 0x5556_0000_0000, 0x7f00_0000_0000][Int(rng.next() % 3)]
+            insert(base + (rng.next() % (64 << 20)) & ~15, id)
+            id += 1
+        }
+        let before = index.memoryBytes
+        #expect(index.fill < 0.9)
+        index.compact()
+        #expect(index.fill > 0.99)
+        #expect(index.memoryBytes < before)
+        #expect(index.phys == (0..<index.mins.count).map { Int32($0) })
+        check("packed")
+        index.refreshBlockTable()
+        check("packed, fresh table")
+        for _ in 0..<10_000 { insert(0x5555_0000_0000 + (rng.next() % (64 << 20)) & ~15, id); id += 1 }
+        for _ in 0..<20_000 {
+            guard let k = keys.keys.randomElement(using: &rng), let h = index.predecessor(k) else { continue }
+            index.remove(b: h.b, pos: h.pos)
+            keys[k] = nil
+        }
+        check("inserts and removes after packing")
+        index.compact()
+        check("packed again")
     }
 
     /// Many objects registered in random order, some freed: exact and interior lookups stay right

@@ -69,7 +69,8 @@ struct ObjectRecord {
 
 struct IntervalIndex {
     static let blockCapacity = 256
-    static let groupSize = 16
+    /// Entries per group: 8 of 8 bytes, one 64-byte line (a lookup's one DRAM miss); 32 fences per block.
+    static let groupSize = 8
     static let groupsPerBlock = blockCapacity / groupSize
     /// Every key of a block lies less than this above the block's minimum: entries hold 32-bit deltas.
     static let maxSpan: UInt64 = 1 << 32
@@ -84,9 +85,9 @@ struct IntervalIndex {
     /// (separate id and key arrays cost a second cache miss per word), and an entry takes 8 bytes.
     var entries = BlockPages()
     /// Per physical block, the delta of every `groupSize`-th entry (valid below the block's count): a
-    /// lookup counts the fences <= addr, then the entries <= addr in that one group of 16. Both counts
-    /// load independent words (one 64-byte line, then two), where a binary search over the block chained
-    /// five or six cache misses.
+    /// lookup counts the fences <= addr, then the entries <= addr in that one group. Both counts load
+    /// independent words (two 64-byte lines of fences, which stay in L2, then the group's one line),
+    /// where a binary search over the block chained five or six cache misses.
     var fences: [UInt32] = []
     var freeBlocks: [Int32] = []
     var count = 0
@@ -442,7 +443,10 @@ struct BlockPages {
     /// Room for physical blocks 0 ..< n (zeroed when new).
     mutating func reserve(blocks n: Int) {
         while pages.count * Self.blocksPerPage < n {
-            let page = UnsafeMutablePointer<UInt64>.allocate(capacity: Self.pageEntries)
+            // Cache-line aligned: a lookup's group of entries is then exactly one line (malloc's 16-byte
+            // alignment made a group of 16 span three).
+            let page = UnsafeMutableRawPointer.allocate(byteCount: Self.pageEntries * 8, alignment: 64)
+                .bindMemory(to: UInt64.self, capacity: Self.pageEntries)
             page.initialize(repeating: 0, count: Self.pageEntries)
             pages.append(page)
             owner.pages.append(page)

@@ -465,8 +465,10 @@ final class BlockPagesOwner {
 final class RecordStore {
     static let pageShift = 12
     static let pageSize = 1 << pageShift
-    private(set) var pages: [UnsafeMutablePointer<ObjectRecord>] = []
-    private(set) var count = 0
+    // Read on every record access of the slot passes (millions a scan): no run-time exclusivity check.
+    // Only `addPage` and `removeAll` write them, never during an access (the engine's state lock).
+    @exclusivity(unchecked) private(set) var pages: [UnsafeMutablePointer<ObjectRecord>] = []
+    @exclusivity(unchecked) private(set) var count = 0
 
     var capacity: Int { pages.count * Self.pageSize }
     var indices: Range<Int> { 0..<count }

@@ -27,6 +27,8 @@ public final class ProcessMemory: MemoryReader, Sendable {
 
     private let counters = Counters()
     private let scannable = Mutex<Scannable?>(nil)
+    /// The interval the last `scannablePart` began in: the next object is usually in it too.
+    private let lastInterval = Atomic<Int>(-1)
 
     /// The scannable memory and an open /proc/PID/pagemap (closed with the last reference).
     private final class Scannable: Sendable {
@@ -88,7 +90,9 @@ public final class ProcessMemory: MemoryReader, Sendable {
         // no pagemap read, here under the lock, without a reference to the state taken and dropped.
         let quick: MemoryRange?? = scannable.withLock { state in
             guard let state else { return .some(range) }
-            return Self.plainPart(state.memory, range.address, end)
+            var hint = lastInterval.load(ordering: .relaxed)
+            defer { lastInterval.store(hint, ordering: .relaxed) }
+            return Self.plainPart(state.memory, range.address, end, hint: &hint)
         }
         if let quick { return quick }
         guard let state = scannable.withLock({ $0 }) else { return range }
@@ -113,9 +117,12 @@ public final class ProcessMemory: MemoryReader, Sendable {
     /// interval it meets if that is plain and shorter than `pagemapThreshold`, nil (no part) when it
     /// meets none; .none when pagemap must decide.
     @inline(__always)
-    private static func plainPart(_ memory: ScannableMemory, _ address: UInt64, _ end: UInt64) -> MemoryRange?? {
+    private static func plainPart(_ memory: ScannableMemory, _ address: UInt64, _ end: UInt64, hint: inout Int)
+        -> MemoryRange??
+    {
         let intervals = memory.intervals
-        var k = memory.firstInterval(endingAfter: address)
+        var k = memory.firstInterval(endingAfter: address, hint: hint)
+        hint = k
         while k < intervals.count, intervals[k].start < end {
             let iv = intervals[k]
             k += 1
@@ -165,11 +172,12 @@ public final class ProcessMemory: MemoryReader, Sendable {
 
     /// How many leading bytes of [address, address+length) lie in the scannable memory; in a private
     /// file mapping's data only its written copies count.
-    private func scannablePrefix(_ state: Scannable, _ address: UInt64, _ length: Int) -> Int {
+    private func scannablePrefix(_ state: Scannable, _ address: UInt64, _ length: Int, hint: inout Int) -> Int {
         let (sum, overflow) = address.addingReportingOverflow(UInt64(length))
         let end = overflow ? UInt64.max : sum
         let intervals = state.memory.intervals
-        var k = state.memory.firstInterval(endingAfter: address)
+        var k = state.memory.firstInterval(endingAfter: address, hint: hint)
+        hint = k
         var covered = address
         while covered < end, k < intervals.count, intervals[k].start <= covered {
             let iv = intervals[k]
@@ -232,8 +240,9 @@ public final class ProcessMemory: MemoryReader, Sendable {
         // Restricted: each range reads only its leading bytes in the scannable memory.
         if let state = scannable.withLock({ $0 }) {
             var clipped = Array(ranges[0..<count])
+            var hint = -1
             for i in 0..<usable where clipped[i].length > 0 {
-                clipped[i].length = scannablePrefix(state, clipped[i].address, clipped[i].length)
+                clipped[i].length = scannablePrefix(state, clipped[i].address, clipped[i].length, hint: &hint)
             }
             clipped.withUnsafeBufferPointer {
                 read(clipped: $0, usable: usable, base: base, localOffsets: localOffsets, bytesRead: bytesRead, state)
@@ -291,6 +300,7 @@ public final class ProcessMemory: MemoryReader, Sendable {
         // Where the gaps inside a coalesced span go (never read).
         let discard = UnsafeMutableRawPointer.allocate(byteCount: Int(Self.coalesceGap), alignment: 16)
         defer { discard.deallocate() }
+        var hint = -1
         var i = 0
         while i < usable {
             // Build one batch: up to maxIovecs groups and maxIovecs local pieces.
@@ -315,7 +325,7 @@ public final class ProcessMemory: MemoryReader, Sendable {
                           !a.addingReportingOverflow(UInt64(l)).overflow,
                           a + UInt64(l) - g.start <= Self.coalesceSpan,
                           nlocal + (a > g.end ? 2 : 1) <= Self.maxIovecs,
-                          scannable?.isPlain(g.start, a + UInt64(l)) ?? true else { break }
+                          scannable?.isPlain(g.start, a + UInt64(l), hint: &hint) ?? true else { break }
                     if a > g.end {
                         local[nlocal] = ckml_iovec(base: discard, len: Int(a - g.end))
                         nlocal += 1

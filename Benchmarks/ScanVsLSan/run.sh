@@ -15,7 +15,8 @@
 #   LSAN_SO    (default /usr/lib/x86_64-linux-gnu/liblsan.so.0)
 # Each repetition runs: the daemon (scan #1 = adoption + first scan, #2 = steady state, reports the
 # leaks, #3 = steady state, nothing new; one `cat` of the report), then LSan with symbolization (3
-# checks), then LSan with symbolize=0 (3 checks). Raw figures go to $RESULTS (default
+# checks), then LSan with symbolize=0 (3 checks; LSAN=nosym runs only these, LSAN=none neither; PERF_SCAN=3
+# records the daemon with `perf record -g` during scan #3 into $PERF_OUT). Raw figures go to $RESULTS (default
 # /tmp/scanvslsan-results.tsv), the summary (medians and ranges over the repetitions) to stdout.
 set -euo pipefail
 
@@ -28,6 +29,9 @@ CLIENT=${CLIENT:-.build/clients/scan-client}
 LSAN_SO=${LSAN_SO:-/usr/lib/x86_64-linux-gnu/liblsan.so.0}
 RESULTS=${RESULTS:-/tmp/scanvslsan-results.tsv}
 KEEP_LOGS=${KEEP_LOGS:-}          # a directory: copy each rep's daemon log / report there
+PERF_SCAN=${PERF_SCAN:-}          # 1, 2 or 3: `perf record -g` the daemon during that scan into $PERF_OUT
+PERF_OUT=${PERF_OUT:-/tmp/scanvslsan.perf.data}
+LSAN=${LSAN:-both}                # both, nosym (only symbolize=0, the ratios' reference) or none
 for f in "$KMEMLEAKD" "$SHIM" "$CLIENT" "$LSAN_SO"; do
     [[ -e $f ]] || { echo "missing $f (build: see the header of $0)" >&2; exit 1; }
 done
@@ -78,9 +82,15 @@ daemon_rep() {
     rec client_shim_setup_ms $(((t1 - t0) / 1000000))
     grep '^LEAK ' "$TMP/client.out" | canon '^LEAK \(0x[0-9a-fA-F]*\)$' >"$TMP/leaks.expected"
     for s in 1 2 3; do
+        local perf_pid=
+        if [[ $PERF_SCAN == "$s" ]]; then
+            perf record -q -g -p "$DPID" -o "$PERF_OUT" 2>"$TMP/perf.err" & perf_pid=$!
+            wait_for grep -qs . "$PERF_OUT"
+        fi
         c0=$(cpu_ticks "$DPID"); k0=$(cpu_ticks "$CPID"); t0=$(now)
         echo scan >"$mnt/kmemleak"
         t1=$(now); c1=$(cpu_ticks "$DPID"); k1=$(cpu_ticks "$CPID")
+        if [[ -n $perf_pid ]]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
         rec "daemon_scan${s}_ms" "$(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.1f", d / 1e6 }')"
         rec "daemon_scan${s}_cpu_ms" $(((c1 - c0) * TICK_NS / 1000000))
         rec "client_cpu_during_scan${s}_ms" $(((k1 - k0) * TICK_NS / 1000000))
@@ -163,10 +173,14 @@ lsan_rep() {
 for ((REP = 1; REP <= REPS; REP++)); do
     echo "rep $REP: daemon (load $(cut -d' ' -f1 /proc/loadavg))"
     daemon_rep
-    echo "rep $REP: LSan, symbolize=1 (default)"
-    lsan_rep lsan ""
-    echo "rep $REP: LSan, symbolize=0"
-    lsan_rep lsan_nosym ":symbolize=0"
+    if [[ $LSAN == both ]]; then
+        echo "rep $REP: LSan, symbolize=1 (default)"
+        lsan_rep lsan ""
+    fi
+    if [[ $LSAN != none ]]; then
+        echo "rep $REP: LSan, symbolize=0"
+        lsan_rep lsan_nosym ":symbolize=0"
+    fi
 done
 
 # ---- summary -------------------------------------------------------------------------------------

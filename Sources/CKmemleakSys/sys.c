@@ -37,6 +37,14 @@ ssize_t ckml_process_vm_readv(pid_t pid, const struct ckml_range *ranges, size_t
     return process_vm_readv(pid, l, count, r, count, 0);
 }
 
+_Static_assert(sizeof(struct ckml_iovec) == sizeof(struct iovec), "ckml_iovec is struct iovec");
+
+ssize_t ckml_process_vm_scatter(pid_t pid, const struct ckml_iovec *local, size_t nlocal,
+                                const struct ckml_iovec *remote, size_t nremote) {
+    if (nlocal > 1024 || nremote > 1024) { errno = EINVAL; return -1; }
+    return process_vm_readv(pid, (const struct iovec *)local, nlocal, (const struct iovec *)remote, nremote, 0);
+}
+
 long ckml_statfs_type(const char *path) {
     struct statfs s;
     if (statfs(path, &s) != 0) return -1;

@@ -999,13 +999,13 @@ struct Scanner<M: MemoryReader> {
         var slot = 0
         while true {
             let ep = epoch
-            let next: Int? = withoutActuallyEscaping(body) { body in
-                engine.withState { s in
-                    guard s.enabled && s.epoch == ep else { return nil }
-                    let end = min(slot + slotChunk, s.records.count)
-                    for i in slot..<end where s.records[i].allocated { body(&s, i) }
-                    return end >= s.records.count ? -1 : end
-                }
+            // `body` stays non-escaping: what it captures is then checked for exclusive access at compile
+            // time, not on every slot.
+            let next: Int? = engine.withState { s in
+                guard s.enabled && s.epoch == ep else { return nil }
+                let end = min(slot + slotChunk, s.records.count)
+                for i in slot..<end where s.records[i].allocated { body(&s, i) }
+                return end >= s.records.count ? -1 : end
             }
             guard let n = next else { interrupted = true; return false }
             if n < 0 { return true }

@@ -7,8 +7,9 @@ import Synchronization
 /// Reads another process's memory with `process_vm_readv`, up to 1024 remote iovecs a call.
 ///
 /// Pass 1: runs of ranges that are ascending and at most `coalesceGap` bytes apart become one remote
-/// iovec read into a scratch buffer and copied out (the kernel's cost is per iovec: ~0.75 us for a
-/// 64-byte range alone, ~0.14 us coalesced); a lone range is read straight into its destination.
+/// iovec, scattered by the local iovecs straight into each range's place and the gaps into a discard
+/// buffer (the kernel's cost is per remote iovec: ~0.75 us for a 64-byte range alone, ~0.14 us
+/// coalesced; up to 1024 local iovecs a call too).
 /// `process_vm_readv` stops at the first remote iovec that faults and returns how many bytes it
 /// copied, so bytes are attributed iovec by iovec and the batch is re-issued after the faulting one.
 /// Pass 2: the ranges of iovecs that did not read in full are read one iovec each; the faulting
@@ -26,6 +27,8 @@ public final class ProcessMemory: MemoryReader, Sendable {
 
     private let counters = Counters()
     private let scannable = Mutex<Scannable?>(nil)
+    /// The interval the last `scannablePart` began in: the next object is usually in it too.
+    private let lastInterval = Atomic<Int>(-1)
 
     /// The scannable memory and an open /proc/PID/pagemap (closed with the last reference).
     private final class Scannable: Sendable {
@@ -81,9 +84,18 @@ public final class ProcessMemory: MemoryReader, Sendable {
 
     public func scannablePart(of range: MemoryRange) -> MemoryRange? {
         guard range.length > 0 else { return nil }
-        guard let state = scannable.withLock({ $0 }) else { return range }
         let (sum, overflow) = range.address.addingReportingOverflow(UInt64(range.length))
         let end = overflow ? UInt64.max : sum
+        // Asked once per scanned object: most (heap blocks) are answered by their first interval with
+        // no pagemap read, here under the lock, without a reference to the state taken and dropped.
+        let quick: MemoryRange?? = scannable.withLock { state in
+            guard let state else { return .some(range) }
+            var hint = lastInterval.load(ordering: .relaxed)
+            defer { lastInterval.store(hint, ordering: .relaxed) }
+            return Self.plainPart(state.memory, range.address, end, hint: &hint)
+        }
+        if let quick { return quick }
+        guard let state = scannable.withLock({ $0 }) else { return range }
         let intervals = state.memory.intervals
         var k = state.memory.firstInterval(endingAfter: range.address)
         while k < intervals.count, intervals[k].start < end {
@@ -99,6 +111,27 @@ public final class ProcessMemory: MemoryReader, Sendable {
             }
         }
         return nil
+    }
+
+    /// scannablePart's answer for [address, end) when no pagemap read is needed: its part in the first
+    /// interval it meets if that is plain and shorter than `pagemapThreshold`, nil (no part) when it
+    /// meets none; .none when pagemap must decide.
+    @inline(__always)
+    private static func plainPart(_ memory: ScannableMemory, _ address: UInt64, _ end: UInt64, hint: inout Int)
+        -> MemoryRange??
+    {
+        let intervals = memory.intervals
+        var k = memory.firstInterval(endingAfter: address, hint: hint)
+        hint = k
+        while k < intervals.count, intervals[k].start < end {
+            let iv = intervals[k]
+            k += 1
+            let lo = max(address, iv.start), hi = min(end, iv.end)
+            guard lo < hi else { continue }
+            if iv.copiedOnly || hi - lo >= pagemapThreshold { return .none }
+            return .some(MemoryRange(address: lo, length: Int(hi - lo)))
+        }
+        return .some(nil)
     }
 
     /// The first run of pages in [lo, hi) worth reading per pagemap (at most `longestPart` bytes):
@@ -139,11 +172,12 @@ public final class ProcessMemory: MemoryReader, Sendable {
 
     /// How many leading bytes of [address, address+length) lie in the scannable memory; in a private
     /// file mapping's data only its written copies count.
-    private func scannablePrefix(_ state: Scannable, _ address: UInt64, _ length: Int) -> Int {
+    private func scannablePrefix(_ state: Scannable, _ address: UInt64, _ length: Int, hint: inout Int) -> Int {
         let (sum, overflow) = address.addingReportingOverflow(UInt64(length))
         let end = overflow ? UInt64.max : sum
         let intervals = state.memory.intervals
-        var k = state.memory.firstInterval(endingAfter: address)
+        var k = state.memory.firstInterval(endingAfter: address, hint: hint)
+        hint = k
         var covered = address
         while covered < end, k < intervals.count, intervals[k].start <= covered {
             let iv = intervals[k]
@@ -176,14 +210,12 @@ public final class ProcessMemory: MemoryReader, Sendable {
         counters.faults.store(0, ordering: .relaxed)
     }
 
-    /// Ranges whose remote gap is at most this many bytes are read as one remote iovec into a
-    /// scratch buffer and copied out: the kernel's cost is per iovec (~0.7 us: page pinning), a
-    /// copy of a few hundred bytes is far cheaper.
+    /// Ranges whose remote gap is at most this many bytes are read as one remote iovec, scattered
+    /// straight into their places (the gaps into a discard buffer): the kernel's cost is per remote
+    /// iovec (~0.7 us: page pinning), the copy of a gap's few bytes far cheaper.
     public static let coalesceGap: UInt64 = 1024
     /// Largest span read as one coalesced iovec.
     public static let coalesceSpan: UInt64 = 256 << 10
-    /// Scratch bytes per batch of coalesced reads.
-    static let scratchLimit = 4 << 20
 
     public func read(_ ranges: UnsafeBufferPointer<MemoryRange>, into buffer: UnsafeMutableRawBufferPointer,
                      bytesRead: UnsafeMutableBufferPointer<Int>) {
@@ -208,8 +240,9 @@ public final class ProcessMemory: MemoryReader, Sendable {
         // Restricted: each range reads only its leading bytes in the scannable memory.
         if let state = scannable.withLock({ $0 }) {
             var clipped = Array(ranges[0..<count])
+            var hint = -1
             for i in 0..<usable where clipped[i].length > 0 {
-                clipped[i].length = scannablePrefix(state, clipped[i].address, clipped[i].length)
+                clipped[i].length = scannablePrefix(state, clipped[i].address, clipped[i].length, hint: &hint)
             }
             clipped.withUnsafeBufferPointer {
                 read(clipped: $0, usable: usable, base: base, localOffsets: localOffsets, bytesRead: bytesRead, state)
@@ -242,17 +275,19 @@ public final class ProcessMemory: MemoryReader, Sendable {
         var gone = false
     }
 
-    /// A run of ranges [first, last] read as one remote span [start, end).
+    /// A run of ranges [first, last] read as one remote span [start, end), scattered into the local
+    /// iovecs from `firstLocal` on.
     struct Group {
         var first: Int
         var last: Int
         var start: UInt64
         var end: UInt64
-        var scratchOffset: Int // -1: a single range read straight into its destination
+        var firstLocal: Int
     }
 
-    /// Pass 1: groups of nearby ranges, one iovec each. Returns the ranges of groups that did not
-    /// read in full (they are retried one by one, which attributes faults exactly).
+    /// Pass 1: groups of nearby ranges, one remote iovec each, read straight into their places (no
+    /// copy through a scratch buffer: its fresh pages faulted on every batch). Returns the ranges of
+    /// groups that did not read in full (they are retried one by one, which attributes faults exactly).
     /// With `within`, a remote span never covers bytes outside its plainly scannable memory.
     private func readCoalesced(_ ranges: UnsafeBufferPointer<MemoryRange>, usable: Int, base: UnsafeMutableRawPointer,
                                localOffsets: [Int], bytesRead: UnsafeMutableBufferPointer<Int>,
@@ -260,22 +295,28 @@ public final class ProcessMemory: MemoryReader, Sendable {
         var retry: [Int] = []
         var groups: [Group] = []
         groups.reserveCapacity(min(Self.maxIovecs, usable))
-        var iov = [ckml_range](repeating: ckml_range(), count: Self.maxIovecs)
-        var scratch: UnsafeMutableRawPointer? = nil
-        defer { scratch?.deallocate() }
+        var remote = [ckml_iovec](repeating: ckml_iovec(), count: Self.maxIovecs)
+        var local = [ckml_iovec](repeating: ckml_iovec(), count: Self.maxIovecs)
+        // Where the gaps inside a coalesced span go (never read).
+        let discard = UnsafeMutableRawPointer.allocate(byteCount: Int(Self.coalesceGap), alignment: 16)
+        defer { discard.deallocate() }
+        var hint = -1
         var i = 0
         while i < usable {
-            // Build one batch: up to maxIovecs groups and scratchLimit bytes of scratch.
+            // Build one batch: up to maxIovecs groups and maxIovecs local pieces.
             groups.removeAll(keepingCapacity: true)
-            var scratchUsed = 0
-            while i < usable && groups.count < Self.maxIovecs {
+            var nlocal = 0
+            while i < usable && groups.count < Self.maxIovecs && nlocal < Self.maxIovecs {
                 let len = max(0, ranges[i].length)
                 if len == 0 || ranges[i].address.addingReportingOverflow(UInt64(len)).overflow {
                     if len > 0 { retry.append(i) }
                     i += 1
                     continue
                 }
-                var g = Group(first: i, last: i, start: ranges[i].address, end: ranges[i].address + UInt64(len), scratchOffset: -1)
+                var g = Group(first: i, last: i, start: ranges[i].address, end: ranges[i].address + UInt64(len),
+                              firstLocal: nlocal)
+                local[nlocal] = ckml_iovec(base: base + localOffsets[i], len: len)
+                nlocal += 1
                 var j = i + 1
                 while j < usable {
                     let l = max(0, ranges[j].length)
@@ -283,20 +324,20 @@ public final class ProcessMemory: MemoryReader, Sendable {
                     guard l > 0, a >= g.end, a - g.end <= Self.coalesceGap,
                           !a.addingReportingOverflow(UInt64(l)).overflow,
                           a + UInt64(l) - g.start <= Self.coalesceSpan,
-                          scannable?.isPlain(g.start, a + UInt64(l)) ?? true else { break }
+                          nlocal + (a > g.end ? 2 : 1) <= Self.maxIovecs,
+                          scannable?.isPlain(g.start, a + UInt64(l), hint: &hint) ?? true else { break }
+                    if a > g.end {
+                        local[nlocal] = ckml_iovec(base: discard, len: Int(a - g.end))
+                        nlocal += 1
+                    }
+                    local[nlocal] = ckml_iovec(base: base + localOffsets[j], len: l)
+                    nlocal += 1
                     g.end = a + UInt64(l)
                     g.last = j
                     j += 1
                 }
-                if g.last > g.first {
-                    let span = Int(g.end - g.start)
-                    if scratchUsed + span > Self.scratchLimit && !groups.isEmpty { break } // next batch
-                    if scratch == nil { scratch = UnsafeMutableRawPointer.allocate(byteCount: Self.scratchLimit + Int(Self.coalesceSpan), alignment: 16) }
-                    g.scratchOffset = scratchUsed
-                    scratchUsed += span
-                }
-                let local = g.scratchOffset >= 0 ? scratch! + g.scratchOffset : base + localOffsets[g.first]
-                iov[groups.count] = ckml_range(remote: g.start, local: local, len: Int(g.end - g.start))
+                remote[groups.count] = ckml_iovec(base: UnsafeMutableRawPointer(bitPattern: UInt(g.start)),
+                                                  len: Int(g.end - g.start))
                 groups.append(g)
                 i = g.last + 1
             }
@@ -304,8 +345,14 @@ public final class ProcessMemory: MemoryReader, Sendable {
             var k = 0
             while k < groups.count {
                 let n = groups.count - k
+                let from = groups[k].firstLocal
                 let r: Int
-                switch iov.withUnsafeBufferPointer({ readv($0.baseAddress! + k, n, &t) }) {
+                let outcome = local.withUnsafeBufferPointer { l in
+                    remote.withUnsafeBufferPointer { rm in
+                        readv({ ckml_process_vm_scatter(pid, l.baseAddress! + from, nlocal - from, rm.baseAddress! + k, n) }, &t)
+                    }
+                }
+                switch outcome {
                 case .gone:
                     t.faults += usable // everything reads 0
                     return []
@@ -319,9 +366,9 @@ public final class ProcessMemory: MemoryReader, Sendable {
                 }
                 t.got += r
                 var left = r
-                while k < groups.count && left >= iov[k].len {
-                    finish(groups[k], ranges: ranges, scratch: scratch, base: base, localOffsets: localOffsets, bytesRead: bytesRead)
-                    left -= iov[k].len
+                while k < groups.count && left >= remote[k].len {
+                    for x in groups[k].first...groups[k].last { bytesRead[x] = ranges[x].length }
+                    left -= remote[k].len
                     k += 1
                 }
                 if k < groups.count {
@@ -334,29 +381,13 @@ public final class ProcessMemory: MemoryReader, Sendable {
         return retry
     }
 
-    /// Copies a fully read group's ranges out of scratch (or just records a direct read).
-    @inline(__always)
-    private func finish(_ g: Group, ranges: UnsafeBufferPointer<MemoryRange>, scratch: UnsafeMutableRawPointer?,
-                        base: UnsafeMutableRawPointer, localOffsets: [Int], bytesRead: UnsafeMutableBufferPointer<Int>) {
-        if g.scratchOffset < 0 {
-            bytesRead[g.first] = ranges[g.first].length
-            return
-        }
-        let src = scratch! + g.scratchOffset
-        for x in g.first...g.last {
-            let len = ranges[x].length
-            (base + localOffsets[x]).copyMemory(from: src + Int(ranges[x].address - g.start), byteCount: len)
-            bytesRead[x] = len
-        }
-    }
-
     private enum ReadvOutcome { case read(Int), fault, gone }
 
-    /// One process_vm_readv of `count` iovecs (retried on EINTR). ESRCH/EPERM: the process is gone (or no
-    /// longer ours to read), which is remembered; any other failure is a fault at the first iovec.
-    private func readv(_ iov: UnsafePointer<ckml_range>, _ count: Int, _ t: inout Tally) -> ReadvOutcome {
+    /// One process_vm_readv (`call`, retried on EINTR). ESRCH/EPERM: the process is gone (or no longer
+    /// ours to read), which is remembered; any other failure is a fault at the first remote iovec.
+    private func readv(_ call: () -> Int, _ t: inout Tally) -> ReadvOutcome {
         while true {
-            let r = ckml_process_vm_readv(pid, iov, count)
+            let r = call()
             t.syscalls += 1
             if r >= 0 { return .read(r) }
             let e = errno
@@ -397,7 +428,7 @@ public final class ProcessMemory: MemoryReader, Sendable {
             }
             if n == 0 { break }
             let r: Int
-            switch iov.withUnsafeBufferPointer({ readv($0.baseAddress!, n, &t) }) {
+            switch iov.withUnsafeBufferPointer({ iv in readv({ ckml_process_vm_readv(pid, iv.baseAddress!, n) }, &t) }) {
             case .gone:
                 t.faults += indices.count - next
                 return

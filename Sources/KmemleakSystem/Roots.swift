@@ -290,9 +290,27 @@ public struct ScannableMemory: Sendable, Equatable {
         return lo
     }
 
+    /// `firstInterval(endingAfter:)`, trying `hint` first (the answer for a nearby address: the ranges
+    /// of a scan come in address order, so the binary search is rarely needed).
+    @inline(__always)
+    public func firstInterval(endingAfter address: UInt64, hint: Int) -> Int {
+        if hint >= 0, hint < intervals.count, intervals[hint].end > address,
+           hint == 0 || intervals[hint - 1].end <= address {
+            return hint
+        }
+        return firstInterval(endingAfter: address)
+    }
+
     /// Whether [start, end) lies inside anonymous scannable memory (one run of intervals).
     public func isPlain(_ start: UInt64, _ end: UInt64) -> Bool {
-        var k = firstInterval(endingAfter: start)
+        var hint = -1
+        return isPlain(start, end, hint: &hint)
+    }
+
+    /// `isPlain`, with `hint` as in `firstInterval(endingAfter:hint:)`, updated to start's interval.
+    public func isPlain(_ start: UInt64, _ end: UInt64, hint: inout Int) -> Bool {
+        var k = firstInterval(endingAfter: start, hint: hint)
+        hint = k
         var covered = start
         while k < intervals.count, intervals[k].start <= covered, !intervals[k].copiedOnly {
             covered = intervals[k].end

@@ -137,10 +137,28 @@ import Testing
         let mem = ProcessMemory(pid: pid)
         let (buf, got) = readRanges(mem, ranges)
         #expect(got.allSatisfy { $0 == 16 })
-        #expect(mem.stats.syscalls == 1) // adjacent ranges are coalesced into one iovec
+        // Adjacent ranges are coalesced into one remote iovec, scattered by at most 1024 local ones a call.
+        #expect(mem.stats.syscalls == 3)
         for (i, r) in ranges.enumerated() {
             let off = Int(r.address - a)
             #expect(buf[i * 16] == UInt8(truncatingIfNeeded: off * 7 + 3))
+        }
+    }
+
+    @Test func nearbyRangesLandInPlaceAndTheirGapsNowhere() throws {
+        let (c, pid) = try Helper.start()
+        defer { c.terminate() }
+        let a = try addrs(try c.request("alloc 65536", expect: "addr"))[0]
+        // 600 ranges of 16 bytes, 48 apart: one remote span; 600 places and 599 gaps = 1199 local iovecs,
+        // two calls.
+        let ranges = (0..<600).map { MemoryRange(address: a + UInt64($0) * 48, length: 16) }
+        let mem = ProcessMemory(pid: pid)
+        let (buf, got) = readRanges(mem, ranges)
+        #expect(got.allSatisfy { $0 == 16 })
+        #expect(mem.stats.syscalls == 2)
+        for (i, r) in ranges.enumerated() {
+            let off = Int(r.address - a)
+            #expect((0..<16).allSatisfy { buf[i * 16 + $0] == UInt8(truncatingIfNeeded: (off + $0) * 7 + 3) })
         }
     }
 

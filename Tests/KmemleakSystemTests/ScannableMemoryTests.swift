@@ -31,6 +31,21 @@ import Testing
         #expect(memory.isPlain(0x40000, 0x48000) && !memory.isPlain(0x2000, 0x2100) && !memory.isPlain(0x3f00, 0x40100))
     }
 
+    @Test func aHintedIntervalSearchAnswersAsTheBinarySearchWhateverTheHint() {
+        let maps = (0..<20).map { k in map(0x10000 * UInt64(k + 1), 0x10000 * UInt64(k + 1) + 0x8000) }
+        let memory = ScannableMemory(maps: maps, dataRoots: [])
+        #expect(memory.intervals.count == 20)
+        for address in stride(from: UInt64(0), to: 0x160000, by: 0x1800) {
+            let expected = memory.firstInterval(endingAfter: address)
+            for hint in [-1, 0, 1, 5, expected - 1, expected, expected + 1, 19, 20, 1000, Int.min, Int.max] {
+                #expect(memory.firstInterval(endingAfter: address, hint: hint) == expected)
+            }
+            var hint = 7
+            #expect(memory.isPlain(address, address + 8, hint: &hint) == memory.isPlain(address, address + 8))
+            #expect(hint == expected)
+        }
+    }
+
     @Test func threadRootsAreConfinedToAnonymousPrivateMemory() {
         let maps = [
             map(0x10000, 0x11000, "---p"),                               // stack guard

@@ -15,6 +15,12 @@ ssize_t ckml_process_vm_write(pid_t pid, const void *local, size_t len, uint64_t
 struct ckml_range { uint64_t remote; void *local; size_t len; };
 ssize_t ckml_process_vm_readv(pid_t pid, const struct ckml_range *ranges, size_t count);
 
+/* process_vm_readv with separate lists (each at most 1024): the remote bytes fill the local buffers in
+   order, so one remote span can land in several places; -1 and errno on failure. */
+struct ckml_iovec { void *base; size_t len; };
+ssize_t ckml_process_vm_scatter(pid_t pid, const struct ckml_iovec *local, size_t nlocal,
+                                const struct ckml_iovec *remote, size_t nremote);
+
 /* mallopt(M_MMAP_THRESHOLD, bytes): a fixed threshold (glibc's dynamic one is then off). 1 on success. */
 int ckml_malloc_set_mmap_threshold(int bytes);
 

@@ -203,8 +203,7 @@ public final class ProcessDiscovery {
             let n = withUnsafeMutableBytes(of: &raw) { b in (try? memory.read(into: b, offset: 0)) ?? 0 }
             guard n == MemoryLayout<kml_header>.size, raw.magic == KML_MAGIC, raw.flags & KML_TABLE_PRIVATE != 0,
                   raw.total_size == m.length else { continue }
-            let claimed = raw.flags & KML_TABLE_RUN_DIR == 0 ? nil
-                : RunDirectoryIdentity(device: UInt64(raw.run_dir_dev), inode: UInt64(raw.run_dir_ino_hi) << 32 | UInt64(raw.run_dir_ino_lo))
+            let claimed = RunDirectoryIdentity(claimedBy: raw)
             return (m, isOurs(claimed: claimed, own: own))
         }
         return nil

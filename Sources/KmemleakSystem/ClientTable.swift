@@ -216,6 +216,12 @@ public struct RunDirectoryIdentity: Sendable, Hashable {
     public var device: UInt64
     public var inode: UInt64
     public init(device: UInt64, inode: UInt64) { self.device = device; self.inode = inode }
+
+    /// What a header claims (KML_TABLE_RUN_DIR), nil without the flag. Device in Linux's 32-bit encoding.
+    init?(claimedBy raw: kml_header) {
+        guard raw.flags & KML_TABLE_RUN_DIR != 0 else { return nil }
+        self.init(device: UInt64(raw.run_dir_dev), inode: UInt64(raw.run_dir_ino_hi) << 32 | UInt64(raw.run_dir_ino_lo))
+    }
 }
 
 /// A run directory, opened without following a symlink; every name inside is resolved relative to
@@ -670,8 +676,7 @@ public final class ClientTable: Sendable {
                            daemonPid: raw.daemon_pid, daemonScans: raw.daemon_scans,
                            userfaultfd: raw.flags & KML_TABLE_USERFAULTFD != 0 && raw.userfaultfd >= 0 ? raw.userfaultfd : nil,
                            disabledReason: disabled,
-                           runDirectory: raw.flags & KML_TABLE_RUN_DIR == 0 ? nil : RunDirectoryIdentity(
-                               device: UInt64(raw.run_dir_dev), inode: UInt64(raw.run_dir_ino_hi) << 32 | UInt64(raw.run_dir_ino_lo)))
+                           runDirectory: RunDirectoryIdentity(claimedBy: raw))
     }
 
     // MARK: daemon-owned fields

@@ -306,9 +306,6 @@ public struct TableHeader: Sendable, Equatable {
     public var userfaultfd: Int32? = nil
     /// Set with KML_TABLE_DISABLED (NUL-terminated in the table; cut at 127 bytes otherwise).
     public var disabledReason: String
-    /// The run directory the client announces itself in (KML_TABLE_RUN_DIR), a claim: it only says
-    /// which daemon adopts a table found in /proc. Device in Linux's 32-bit encoding.
-    public var runDirectory: RunDirectoryIdentity? = nil
 
     public struct Section: Sendable, Equatable {
         public var offset: UInt64
@@ -675,8 +672,7 @@ public final class ClientTable: Sendable {
                            areas: areas, allocSeq: raw.alloc_seq, liveObjects: raw.live_objects,
                            daemonPid: raw.daemon_pid, daemonScans: raw.daemon_scans,
                            userfaultfd: raw.flags & KML_TABLE_USERFAULTFD != 0 && raw.userfaultfd >= 0 ? raw.userfaultfd : nil,
-                           disabledReason: disabled,
-                           runDirectory: RunDirectoryIdentity(claimedBy: raw))
+                           disabledReason: disabled)
     }
 
     // MARK: daemon-owned fields

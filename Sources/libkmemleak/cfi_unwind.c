@@ -32,6 +32,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/single_threaded.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -87,7 +88,18 @@ static inline struct cfi_rule rule_decode(cfi_entry e)
 
 #define CACHE_BITS 15
 #define CACHE_SIZE (1u << CACHE_BITS)
-#define CACHE_BYTES ((size_t)CACHE_SIZE * sizeof(cfi_entry))
+/* The mapping: the cache's CACHE_SIZE entries, then one page of recently used rules (HOT_SIZE,
+ * direct-mapped), which a lookup tries before the cache. A forked child has none of a MAP_SHARED
+ * mapping's pages in its page tables (fork() copies only private mappings' entries): each cache page
+ * it touches is a fault, and the rules a child needs that its parent's per-thread copy lacks
+ * (child-only code paths, which earlier children put in the cache) are spread over the whole cache by
+ * the hash. Found through the hot page, they cost a child one fault instead of one per page. Only
+ * forked children write it (t_hot_writer): a parent's own misses (bash's loop has more frames than
+ * its per-thread copy holds) would evict the children's rules. */
+#define HOT_BITS 9
+#define HOT_SIZE (1u << HOT_BITS)
+#define HOT_WAYS 4 /* a set is half a cache line: a child's rules that share a set all stay */
+#define CACHE_BYTES ((size_t)(CACHE_SIZE + HOT_SIZE) * sizeof(cfi_entry))
 #define CACHE_PROBES 8
 
 static cfi_entry *g_cache; /* (atomic pointer) */
@@ -123,7 +135,11 @@ int cfi_init(void)
 
 int cfi_take_new_cache(uintptr_t *start, uintptr_t *size)
 {
-    cfi_entry *c = __atomic_exchange_n(&g_cache_unregistered, NULL, __ATOMIC_ACQ_REL);
+    /* read first: the exchange is a store, and this runs before every fork (a copy-on-write fault
+     * of this file's .bss in the parent each time) */
+    cfi_entry *c = __atomic_load_n(&g_cache_unregistered, __ATOMIC_ACQUIRE)
+                       ? __atomic_exchange_n(&g_cache_unregistered, NULL, __ATOMIC_ACQ_REL)
+                       : NULL;
     *start = (uintptr_t)c;
     *size = c ? CACHE_BYTES : 0;
     return c != NULL;
@@ -171,6 +187,11 @@ void cfi_prefork(void)
         return;
     unsigned long long c[2] = {0, 0};
     dl_iterate_phdr(counters_cb, c);
+    /* a lone thread (glibc's __libc_single_threaded) whose cache is already shared with the same
+     * code loaded has nothing to change: no store to this file's .bss, whose page fork() would make
+     * copy-on-write again (a fault in the parent at every fork) */
+    if (__libc_single_threaded && g_cache_shared && c[0] == g_share_adds && c[1] == g_share_subs)
+        return;
     detach_if_code_changed(c[0], c[1]);
     detach_lock();
     if (!g_cache_shared) {
@@ -202,6 +223,44 @@ static __thread cfi_entry t_l1[1u << L1_BITS] __attribute__((tls_model("initial-
 static __thread unsigned t_l1_gen __attribute__((tls_model("initial-exec")));
 
 static inline uint32_t cache_slot(uint64_t ip) { return (uint32_t)((ip * 0x9e3779b97f4a7c15ull) >> (64 - CACHE_BITS)); }
+
+static __thread int t_hot_writer __attribute__((tls_model("initial-exec")));
+
+void cfi_forked_child(void) { t_hot_writer = 1; }
+
+static inline cfi_entry *hot_set(cfi_entry *c, uint64_t ip)
+{
+    return &c[CACHE_SIZE + ((ip * 0x9e3779b97f4a7c15ull) >> (64 - HOT_BITS)) / HOT_WAYS * HOT_WAYS];
+}
+
+static inline int hot_get(cfi_entry *c, uint64_t ip, cfi_entry *out)
+{
+    cfi_entry *h = hot_set(c, ip);
+    for (int i = 0; i < HOT_WAYS; i++) {
+        cfi_entry e = __atomic_load_n(&h[i], __ATOMIC_RELAXED);
+        if ((e & IP_MASK) == ip) {
+            *out = e;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* a forked child's rule, found in the cache or learned, at the front of its set (the last way
+ * goes); nothing is written when it is there already (the page is shared: a store takes the line
+ * from the other cores) */
+static inline void hot_put(cfi_entry *c, cfi_entry e)
+{
+    if (!t_hot_writer)
+        return;
+    cfi_entry *h = hot_set(c, e & IP_MASK);
+    for (int i = 0; i < HOT_WAYS; i++)
+        if (__atomic_load_n(&h[i], __ATOMIC_RELAXED) == e)
+            return;
+    for (int i = HOT_WAYS - 1; i > 0; i--)
+        __atomic_store_n(&h[i], __atomic_load_n(&h[i - 1], __ATOMIC_RELAXED), __ATOMIC_RELAXED);
+    __atomic_store_n(&h[0], e, __ATOMIC_RELAXED);
+}
 
 static inline int cache_get(const cfi_entry *c, uint64_t ip, struct cfi_rule *r)
 {
@@ -675,11 +734,16 @@ __attribute__((noinline, optimize("no-omit-frame-pointer"))) int cfi_backtrace(v
     while (n < max) {
         buf[n++] = (void *)ip;
         struct cfi_rule r;
+        cfi_entry hot;
         cfi_entry *l1 = &t_l1[(ip ^ ip >> L1_BITS) & ((1u << L1_BITS) - 1)];
         if (likely((*l1 & IP_MASK) == ip)) {
             r = rule_decode(*l1);
+        } else if (hot_get(c, ip, &hot)) {
+            *l1 = hot;
+            r = rule_decode(hot);
         } else if (cache_get(c, ip, &r)) {
             *l1 = rule_encode(ip, r);
+            hot_put(c, *l1);
         } else {
             unsigned long long adds, subs;
             r = rule_lookup(ip - 1, &adds, &subs); /* the call: a noreturn call may end its function */
@@ -690,8 +754,10 @@ __attribute__((noinline, optimize("no-omit-frame-pointer"))) int cfi_backtrace(v
                     return -1;
             }
             cache_put(c, ip, r);
-            if (ip <= IP_MASK)
+            if (ip <= IP_MASK) {
                 *l1 = rule_encode(ip, r);
+                hot_put(c, *l1);
+            }
         }
         if (r.kind == RULE_LAST)
             return n;

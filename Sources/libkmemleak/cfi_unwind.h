@@ -13,6 +13,8 @@ int cfi_init(void);
 int cfi_backtrace(void **buf, int max, uintptr_t stack_lo, uintptr_t stack_hi);
 /* before fork(), in the parent: the cache is shared with the child from then on */
 void cfi_prefork(void);
+/* after fork(), in the child's forking thread: it keeps the cache's hot page (cfi_unwind.c) */
+void cfi_forked_child(void);
 /* after a successful dlclose */
 void cfi_code_unloaded(void);
 /* a cache mapped since the last call (the table's KML_REGION_SHIM_PRIVATE entry): 1 and its range */

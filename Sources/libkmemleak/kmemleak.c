@@ -320,6 +320,7 @@ struct kml_tls {
      * fork() makes copy-on-write, so that a lone thread's fork writes none of them in the parent */
     uint8_t fork_nested, fork_locked, fork_locks, fork_stripes;
     uint64_t fork_tick;  /* boottime_tick() before fork() */
+    uint32_t lone_stripe; /* what a lone thread's oix_lock hands out: no store to the stripe pages */
 };
 static __thread struct kml_tls t __attribute__((tls_model("initial-exec")));
 
@@ -532,16 +533,36 @@ static void unwind_check(void **buf, int n);
 
 /* always inlined, like capture_trace and track_alloc: every shim frame between the caller and
  * the unwinder is a frame unwound for nothing (~30 ns each) */
+/* libunwind, set up at its first use: its set-up (per-thread caching, which initialises it) writes
+ * ~70 pages, and with the shim's own unwinder most processes never need it (a `$(/bin/true)` in bash
+ * paid it at every exec for the warm-up trace alone). Inside the shim: what it allocates is untracked. */
+static int g_unw_ready; /* (atomic) */
+
+static __attribute__((noinline)) void unw_prepare(void)
+{
+    /* libunwind's DWARF cache per thread (in its TLS): the global one takes a lock on every miss
+     * of the per-thread frame cache that unw_backtrace tries first */
+    unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD);
+    __atomic_store_n(&g_unw_ready, 1, __ATOMIC_RELEASE);
+}
+
+static inline int unw_trace(void **buf, int max)
+{
+    if (unlikely(!__atomic_load_n(&g_unw_ready, __ATOMIC_ACQUIRE)))
+        unw_prepare();
+    return unw_backtrace(buf, max);
+}
+
 static inline __attribute__((always_inline)) int unwind_stack(void **buf, int max)
 {
     if (likely(g_unwinder == UNWIND_CFI)) {
         int n = cfi_backtrace(buf, max, t.stack_lo, t.stack_hi);
-        return n >= 0 ? n : unw_backtrace(buf, max);
+        return n >= 0 ? n : unw_trace(buf, max);
     }
     if (g_unwinder == UNWIND_LIBUNWIND)
-        return unw_backtrace(buf, max);
+        return unw_trace(buf, max);
     if (g_unwinder == UNWIND_CHECK) {
-        int n = unw_backtrace(buf, max);
+        int n = unw_trace(buf, max);
         unwind_check(buf, n);
         return n;
     }
@@ -644,6 +665,16 @@ static void depot_grow(void)
     __atomic_store_n(&g_tr_bucket_mask, ways * n - 1, __ATOMIC_RELEASE);
 }
 
+/* the depot lock, unless this is a lone thread (nobody to exclude: then no store to the shim's
+ * .bss, whose page a forked child would copy); the caller unlocks what it returns */
+static inline uint32_t *depot_lock(void)
+{
+    if (lone_thread())
+        return &t.lone_stripe;
+    spin_lock(&g_depot_lock);
+    return &g_depot_lock;
+}
+
 /* stack_depot_save: the 1-based id of this trace, added if new (lock-free lookup) */
 static uint32_t depot_save(const uint64_t *f, uint32_t len)
 {
@@ -655,17 +686,17 @@ static uint32_t depot_save(const uint64_t *f, uint32_t len)
         if (trace_equal(&g_tr[id - 1], hash, f, len))
             return id;
 
-    spin_lock(&g_depot_lock);
+    uint32_t *lock = depot_lock();
     bucket = &g_tr_buckets[hash & g_tr_bucket_mask];
     uint32_t head = __atomic_load_n(bucket, __ATOMIC_ACQUIRE);
     for (uint32_t id = head; id; id = g_tr[id - 1].next)
         if (trace_equal(&g_tr[id - 1], hash, f, len)) {
-            spin_unlock(&g_depot_lock);
+            spin_unlock(lock);
             return id;
         }
     uint32_t idx = __atomic_load_n(&g_hdr->traces_used, __ATOMIC_RELAXED);
     if (idx >= g_tr_cap) {
-        spin_unlock(&g_depot_lock);
+        spin_unlock(lock);
         if (!__atomic_exchange_n(&g_depot_full_warned, 1, __ATOMIC_RELAXED)) {
             static const char m[] = "kmemleak: stack depot full, new traces are not recorded\n";
             ssize_t r = write(2, m, sizeof(m) - 1);
@@ -682,7 +713,7 @@ static uint32_t depot_save(const uint64_t *f, uint32_t len)
     __atomic_store_n(bucket, idx + 1, __ATOMIC_RELEASE);
     if (unlikely(idx + 1 > INDEX_LOAD * (g_tr_bucket_mask + 1)) && g_tr_bucket_mask + 1 < g_tr_bucket_max)
         depot_grow();
-    spin_unlock(&g_depot_lock);
+    spin_unlock(lock);
     return idx + 1;
 }
 
@@ -803,8 +834,10 @@ static inline uint32_t *oix_lock(uint32_t hash, uint32_t *lg)
         uint32_t n = __atomic_load_n(&g_oix_log, __ATOMIC_RELAXED);
         uint32_t *l = &g_stripes[hash >> (32 - oix_domain_log(n))];
         if (lone_thread()) {
-            *lg = n; /* spin_unlock's store to a free lock is harmless */
-            return l;
+            /* nobody to exclude; the caller's spin_unlock stores to this thread's own word, not to
+             * a stripe page (a forked child's are wiped: a store there is a zero-fill fault) */
+            *lg = n;
+            return &t.lone_stripe;
         }
         /* the group's miss overlaps the lock's (a locked instruction waits for the stores in flight) */
         __builtin_prefetch(&g_oix[oix_home(hash, n)], 1, 3);
@@ -2747,13 +2780,15 @@ static int table_create(void)
     g_reg_cap = DEFAULT_MAX_REGIONS;
     g_area_cap = (uint32_t)env_u64("KMEMLEAK_MAX_AREAS", DEFAULT_MAX_AREAS, 16, 1u << 24);
 
-    size_t off = round_up(sizeof(struct kml_header), PAGE_SIZE_);
+    /* the thread records right after the header, on its page: a forked child rewrites both (its
+     * pid, its thread's tid), and fork() makes every page copy-on-write: one fault for both */
+    size_t off = round_up(sizeof(struct kml_header), 64);
+    size_t thr_off = off;
+    off = round_up(off + (size_t)g_thr_cap * sizeof(struct kml_thread), PAGE_SIZE_);
     size_t obj_off = off;
     off = round_up(off + (size_t)g_obj_cap * sizeof(struct kml_object), PAGE_SIZE_);
     size_t tr_off = off;
     off = round_up(off + (size_t)g_tr_cap * sizeof(struct kml_trace), PAGE_SIZE_);
-    size_t thr_off = off;
-    off = round_up(off + (size_t)g_thr_cap * sizeof(struct kml_thread), PAGE_SIZE_);
     size_t comm_off = off;
     off = round_up(off + (size_t)g_comm_cap * KML_COMM_LEN, PAGE_SIZE_);
     size_t reg_off = off;
@@ -2905,18 +2940,27 @@ struct kml_uffdio_api { uint64_t api, features, ioctls; };
 static int g_uffd = -1;
 static dev_t g_uffd_dev;
 static ino_t g_uffd_ino;
+static int g_uffd_off; /* KMEMLEAK_WRITE_TRACKING=off or a seccomp filter, decided at start: a forked
+                        * child reads no environment (its strings' page would be a fault) */
 
 /* Creates the userfaultfd and advertises it in the header (a forked child's table still names the
  * parent's, whose memory it would track: `inherited` closes that copy first). */
 static void uffd_advertise(int inherited)
 {
     struct stat st;
-    if (inherited && g_uffd >= 0 && fstat(g_uffd, &st) == 0 && st.st_dev == g_uffd_dev && st.st_ino == g_uffd_ino)
+    if (inherited && g_uffd >= 0 && syscall(SYS_fstat, g_uffd, &st) == 0 && st.st_dev == g_uffd_dev &&
+        st.st_ino == g_uffd_ino)
         syscall(SYS_close, g_uffd); /* unless the program closed it and reused the number */
-    g_uffd = -1;
+    if (g_uffd != -1)
+        g_uffd = -1;
     __atomic_and_fetch(&g_hdr->flags, ~KML_TABLE_USERFAULTFD, __ATOMIC_RELEASE);
-    const char *env = getenv("KMEMLEAK_WRITE_TRACKING");
-    if ((env && !strcmp(env, "off")) || prctl(PR_GET_SECCOMP, 0, 0, 0, 0) != 0)
+    if (!inherited) {
+        const char *env = getenv("KMEMLEAK_WRITE_TRACKING");
+        g_uffd_off = (env && !strcmp(env, "off")) || prctl(PR_GET_SECCOMP, 0, 0, 0, 0) != 0;
+    } else if (!g_uffd_off && syscall(SYS_prctl, PR_GET_SECCOMP, 0, 0, 0, 0) != 0) {
+        g_uffd_off = 1; /* the parent may have installed a filter since */
+    }
+    if (g_uffd_off)
         return;
     int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | KML_UFFD_USER_MODE_ONLY);
     if (fd < 0)
@@ -2924,7 +2968,7 @@ static void uffd_advertise(int inherited)
     struct kml_uffdio_api api = {.api = KML_UFFD_API,
                                  .features = KML_UFFD_FEATURE_WP_ASYNC | KML_UFFD_FEATURE_WP_UNPOPULATED};
     if (syscall(SYS_ioctl, fd, KML_UFFDIO_API, &api) != 0 || !(api.features & KML_UFFD_FEATURE_WP_ASYNC) ||
-        fstat(fd, &st) != 0) {
+        syscall(SYS_fstat, fd, &st) != 0) {
         syscall(SYS_close, fd);
         return;
     }
@@ -3202,6 +3246,8 @@ static void atfork_child(void)
         for (uint32_t i = 0; i < h->objects_used; i++)
             if (g_obj[i].state & KML_STATE_BUSY)
                 g_obj[i].state &= ~KML_STATE_BUSY;
+    if (g_unwinder == UNWIND_CFI || g_unwinder == UNWIND_CHECK)
+        cfi_forked_child();
     uffd_advertise(1);
     /* The new table mapping is the same range: its SHIM_PRIVATE region stays valid. A private
      * table's child writes no rendezvous file (creating, renaming and removing it was ~9 % of a
@@ -3275,12 +3321,11 @@ __attribute__((constructor(101))) static void kml_init(void)
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
     if (syscall(SYS_gettid) == syscall(SYS_getpid))
         thread_register(1, 0);
-    /* libunwind's DWARF cache per thread (in its TLS): the global one takes a lock on every miss
-     * of the per-thread frame cache that unw_backtrace tries first */
-    unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD);
     cfi_register_caches();
-    /* warm the unwinder up (its first call may allocate: untracked here) */
-    capture_trace();
+    /* warm libunwind up where it is the unwinder (its first call may allocate: untracked here); the
+     * shim's own needs none, and its fallback to libunwind sets it up when first needed (unw_trace) */
+    if (g_unwinder != UNWIND_CFI)
+        capture_trace();
     uffd_advertise(0);
     rendezvous_write();
     if (g_table_private && !g_rendezvous_pid)

@@ -2965,8 +2965,12 @@ static void uffd_advertise(int inherited)
     int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | KML_UFFD_USER_MODE_ONLY);
     if (fd < 0)
         return;
-    struct kml_uffdio_api api = {.api = KML_UFFD_API,
-                                 .features = KML_UFFD_FEATURE_WP_ASYNC | KML_UFFD_FEATURE_WP_UNPOPULATED};
+    /* stored field by field: an initialiser is copied from .rodata, a page a forked child would
+     * fault in for this alone */
+    struct kml_uffdio_api api;
+    __atomic_store_n(&api.api, KML_UFFD_API, __ATOMIC_RELAXED);
+    __atomic_store_n(&api.features, KML_UFFD_FEATURE_WP_ASYNC | KML_UFFD_FEATURE_WP_UNPOPULATED, __ATOMIC_RELAXED);
+    __atomic_store_n(&api.ioctls, 0, __ATOMIC_RELAXED);
     if (syscall(SYS_ioctl, fd, KML_UFFDIO_API, &api) != 0 || !(api.features & KML_UFFD_FEATURE_WP_ASYNC) ||
         syscall(SYS_fstat, fd, &st) != 0) {
         syscall(SYS_close, fd);

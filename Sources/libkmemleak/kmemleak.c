@@ -321,6 +321,7 @@ struct kml_tls {
     uint8_t fork_nested, fork_locked, fork_locks, fork_stripes;
     uint64_t fork_tick;  /* boottime_tick() before fork() */
     uint32_t lone_stripe; /* what a lone thread's oix_lock hands out: no store to the stripe pages */
+    uint64_t seq_next, seq_end; /* a lone thread's block of sequence numbers (current_context) */
 };
 static __thread struct kml_tls t __attribute__((tls_model("initial-exec")));
 
@@ -1052,6 +1053,31 @@ struct objinfo {
     int32_t tid, min_count;
 };
 
+/* A lone thread takes its sequence numbers SEQ_BLOCK at a time: the header's alloc_seq shares a page
+ * with what a forked child rewrites, and a store per allocation was a copy-on-write fault in the
+ * parent after every fork. Unused numbers are skipped; allocation order is kept (there is one
+ * thread), and the first allocation after a second thread exists drops the rest of the block. */
+#define SEQ_BLOCK 256
+
+static __attribute__((noinline)) void seq_block_take(void)
+{
+    t.seq_next = __atomic_load_n(&g_hdr->alloc_seq, __ATOMIC_RELAXED);
+    t.seq_end = t.seq_next + SEQ_BLOCK;
+    __atomic_store_n(&g_hdr->alloc_seq, t.seq_end, __ATOMIC_RELAXED);
+}
+
+/* a new sequence number (allocation order) */
+static inline uint64_t next_seq(void)
+{
+    if (lone_thread()) {
+        if (unlikely(t.seq_next >= t.seq_end))
+            seq_block_take();
+        return t.seq_next++;
+    }
+    t.seq_next = t.seq_end; /* later numbers than any of the block: from the header */
+    return __atomic_fetch_add(&g_hdr->alloc_seq, 1, __ATOMIC_RELAXED);
+}
+
 /* the allocation context: trace, time, thread, comm, a new sequence number */
 static inline __attribute__((always_inline)) void current_context(struct objinfo *oi)
 {
@@ -1059,12 +1085,7 @@ static inline __attribute__((always_inline)) void current_context(struct objinfo
     oi->time_ns = now_ns();
     oi->tid = cur_tid();
     oi->comm_id = cur_comm();
-    if (lone_thread()) {
-        oi->seq = __atomic_load_n(&g_hdr->alloc_seq, __ATOMIC_RELAXED);
-        __atomic_store_n(&g_hdr->alloc_seq, oi->seq + 1, __ATOMIC_RELAXED);
-    } else {
-        oi->seq = __atomic_fetch_add(&g_hdr->alloc_seq, 1, __ATOMIC_RELAXED);
-    }
+    oi->seq = next_seq();
     oi->transient_gen = 0;
 }
 
@@ -1219,7 +1240,7 @@ static void track_mapping(uint64_t start, uint64_t len, const struct objinfo *ct
     oi.flags = KML_KIND_MMAP;
     oi.min_count = min_count;
     if (oi.seq == UINT64_MAX) /* a fresh sequence number for every new object */
-        oi.seq = __atomic_fetch_add(&g_hdr->alloc_seq, 1, __ATOMIC_RELAXED);
+        oi.seq = next_seq();
     uint32_t idx = create_object(&oi);
     if (idx != UINT32_MAX)
         mm_list_add(idx);
@@ -2285,7 +2306,7 @@ EXPORT void kmemleak_free_part(const void *ptr, size_t size)
                     oi.pointer = start;
                     oi.size = p - start;
                     create_object(&oi);
-                    oi.seq = __atomic_fetch_add(&g_hdr->alloc_seq, 1, __ATOMIC_RELAXED);
+                    oi.seq = next_seq();
                 }
                 if (p + size < end) {
                     oi.pointer = p + size;

@@ -88,8 +88,8 @@ static inline struct cfi_rule rule_decode(cfi_entry e)
 
 #define CACHE_BITS 15
 #define CACHE_SIZE (1u << CACHE_BITS)
-/* The mapping: the cache's CACHE_SIZE entries, then one page of recently used rules (HOT_SIZE,
- * direct-mapped), which a lookup tries before the cache. A forked child has none of a MAP_SHARED
+/* The mapping: the cache's CACHE_SIZE entries, then one page of recently used rules (HOT_SIZE in
+ * sets of HOT_WAYS), which a lookup tries before the cache. A forked child has none of a MAP_SHARED
  * mapping's pages in its page tables (fork() copies only private mappings' entries): each cache page
  * it touches is a fault, and the rules a child needs that its parent's per-thread copy lacks
  * (child-only code paths, which earlier children put in the cache) are spread over the whole cache by

@@ -320,8 +320,8 @@ struct kml_tls {
      * fork() makes copy-on-write, so that a lone thread's fork writes none of them in the parent */
     uint8_t fork_nested, fork_locked, fork_locks, fork_stripes;
     uint64_t fork_tick;  /* boottime_tick() before fork() */
-    uint32_t lone_stripe; /* what a lone thread's oix_lock hands out: no store to the stripe pages */
-    uint64_t seq_next, seq_end; /* a lone thread's block of sequence numbers (current_context) */
+    uint32_t lone_stripe; /* what a lone thread's oix_lock and depot_lock hand out: no shared store */
+    uint64_t seq_next, seq_end; /* a lone thread's block of sequence numbers (next_seq) */
 };
 static __thread struct kml_tls t __attribute__((tls_model("initial-exec")));
 
@@ -532,8 +532,6 @@ static _Unwind_Reason_Code gcc_trace_cb(struct _Unwind_Context *ctx, void *arg)
 
 static void unwind_check(void **buf, int n);
 
-/* always inlined, like capture_trace and track_alloc: every shim frame between the caller and
- * the unwinder is a frame unwound for nothing (~30 ns each) */
 /* libunwind, set up at its first use: its set-up (per-thread caching, which initialises it) writes
  * ~70 pages, and with the shim's own unwinder most processes never need it (a `$(/bin/true)` in bash
  * paid it at every exec for the warm-up trace alone). Inside the shim: what it allocates is untracked. */
@@ -554,6 +552,8 @@ static inline int unw_trace(void **buf, int max)
     return unw_backtrace(buf, max);
 }
 
+/* always inlined, like capture_trace and track_alloc: every shim frame between the caller and
+ * the unwinder is a frame unwound for nothing (~30 ns each) */
 static inline __attribute__((always_inline)) int unwind_stack(void **buf, int max)
 {
     if (likely(g_unwinder == UNWIND_CFI)) {

@@ -69,15 +69,15 @@ struct ShimFixtureTests {
         #expect(try liveObjects(t).values.filter { (3000..<3004).contains($0.size) }.isEmpty)
     }
 
-    /// Pointers chosen to land in one domain of the object index (kmemleak_alloc of addresses whose
-    /// hashes share their top bits) fill it at the largest size the capacity allows: tracking turns
+    /// Pointers chosen to land in one domain of the object index (kmemleak_alloc of addresses in
+    /// the spans whose hashes share their top bits) fill it at the largest size the capacity allows: tracking turns
     /// itself off with its reason, and the program goes on (its malloc and free still work).
     @Test func aFullIndexDomainDisablesTrackingWithItsReason() throws {
         let c = try ShimClient(try ShimFixture.path.get(), env: ["KMEMLEAK_MAX_OBJECTS": "1024"])
         _ = try c.child.waitFor("READY ")
         let t = try c.table()
-        // 64 entries a domain at the largest size (2048 entries, 32 domains): the 65th cannot be stored
-        #expect(try c.child.request("collide 200", expect: "COLLIDED") == "COLLIDED 200")
+        // 256 entries a domain at the largest size (4096 entries, 16 domains): the 257th cannot be stored
+        #expect(try c.child.request("collide 600", expect: "COLLIDED") == "COLLIDED 600")
         let header = try t.header()
         #expect(header.isDisabled && header.disabledReason == "object index full")
         #expect(c.child.stderr == "kmemleak: object index full, tracking disabled\n")

@@ -73,16 +73,16 @@ enum ShimFixture {
         return NULL;
     }
 
-    /* collide: custom objects (kmemleak_alloc) whose addresses share the top 5 bits of the shim's
-     * pointer hash (hash_ptr in kmemleak.c), i.e. one domain of its object index while it has at most
-     * 2048 entries (KMEMLEAK_MAX_OBJECTS=1024): a program choosing its pointers to collide */
+    /* collide: custom objects (kmemleak_alloc) every 16 bytes of the 4 KiB spans whose hashes share
+     * their top 4 bits (oix_hash in kmemleak.c), i.e. one domain of the shim's object index while it
+     * has at most 4096 entries (KMEMLEAK_MAX_OBJECTS=1024): a program choosing its pointers to collide */
     static char collide_pool[1 << 20];
     static unsigned long collide(unsigned long n) {
         unsigned long done = 0;
         for (uintptr_t p = (uintptr_t)collide_pool; done < n && p < (uintptr_t)collide_pool + sizeof collide_pool; p += 16) {
-            uint64_t h = (uint64_t)p * 0xff51afd7ed558ccdull;
+            uint64_t h = (uint64_t)(p >> 12) * 0xff51afd7ed558ccdull;
             uint32_t hash = (uint32_t)(h >> 32) ^ (uint32_t)h;
-            if (hash >> 27 == 0) { kmemleak_alloc((void *)p, 16, 1); done++; }
+            if (hash >> 28 == 0) { kmemleak_alloc((void *)p, 16, 1); done++; }
         }
         return done;
     }

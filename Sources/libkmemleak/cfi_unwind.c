@@ -677,11 +677,12 @@ __attribute__((noinline, optimize("no-omit-frame-pointer"))) int cfi_backtrace(v
         memset(t_l1, 0, sizeof(t_l1));
         t_l1_gen = gen;
     }
+    struct l1_entry *l1s = t_l1; /* its address once: off the step's chain */
     int n = 0;
     while (n < max) {
         buf[n++] = (void *)ip;
         struct cfi_rule r;
-        struct l1_entry *l1 = &t_l1[(ip ^ ip >> L1_BITS) & ((1u << L1_BITS) - 1)];
+        struct l1_entry *l1 = &l1s[(ip ^ ip >> L1_BITS) & ((1u << L1_BITS) - 1)];
         if (likely(l1->ip == ip)) {
             r = l1->rule;
         } else if (cache_get(c, ip, &l1->rule)) { /* not &r: r stays in registers */

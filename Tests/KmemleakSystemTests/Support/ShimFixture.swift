@@ -87,6 +87,16 @@ enum ShimFixture {
         return done;
     }
 
+    /* dense: custom objects every 16 bytes of a 1 MiB pool, the densest heap a 16-byte-aligned
+     * allocator makes: each 4 KiB span fills its whole run of the object index */
+    static char dense_pool[1 << 20] __attribute__((aligned(4096)));
+    static unsigned long dense_count;
+    static unsigned long dense(unsigned long n) {
+        for (dense_count = 0; dense_count < n && dense_count < sizeof dense_pool / 16; dense_count++)
+            kmemleak_alloc(dense_pool + 16 * dense_count, 16, 1);
+        return dense_count;
+    }
+
     static int thread_pipe[2];
     static pthread_t threads[64];
     static int nthreads;
@@ -134,6 +144,12 @@ enum ShimFixture {
                 print_many();
             }
             else if (sscanf(line, "collide %lu", &a) == 1) printf("COLLIDED %lu\n", collide(a));
+            else if (sscanf(line, "dense %lu", &a) == 1) printf("DENSE %lu %p\n", dense(a), (void *)dense_pool);
+            else if (strncmp(line, "undense", 7) == 0) {
+                for (unsigned long i = 0; i < dense_count; i++) kmemleak_free(dense_pool + 16 * i);
+                dense_count = 0;
+                printf("OK\n");
+            }
             else if (strncmp(line, "freemany", 8) == 0) {
                 for (unsigned long i = 0; i < many_count; i++) free(many[i]);
                 many_count = 0;

@@ -37,7 +37,7 @@ struct ShimFixtureTests {
     }
 
     /// The object index starts small and grows in place as objects accumulate (1024 entries, x2
-    /// past half full): 150000 allocations take it through eight growths, and every object is still
+    /// past half full): 150000 allocations take it through at least eight growths, and every object is still
     /// found by free() afterwards.
     @Test func objectIndexGrowsWithTheObjectCount() throws {
         let c = try ShimFixture.start()

@@ -217,9 +217,15 @@ void cfi_code_unloaded(void)
 
 /* each thread's last rules, direct-mapped: the shared cache is 256 KiB read at random, and an
  * allocation-heavy program evicts it from the CPU caches between two mallocs; a thread's hot
- * frames (an interpreter's eval loop) fit in a few lines */
+ * frames (an interpreter's eval loop) fit in a few lines. Decoded (16 bytes, not the cache's one
+ * word): a step is one dependent chain, return address -> entry -> CFA -> return address, and the
+ * offset is then added as loaded instead of after three shifts and masks. */
 #define L1_BITS 7
-static __thread cfi_entry t_l1[1u << L1_BITS] __attribute__((tls_model("initial-exec")));
+struct l1_entry {
+    uint64_t ip; /* 0: empty (no return address is below 0x4000) */
+    struct cfi_rule rule;
+};
+static __thread struct l1_entry t_l1[1u << L1_BITS] __attribute__((tls_model("initial-exec")));
 static __thread unsigned t_l1_gen __attribute__((tls_model("initial-exec")));
 
 static inline uint32_t cache_slot(uint64_t ip) { return (uint32_t)((ip * 0x9e3779b97f4a7c15ull) >> (64 - CACHE_BITS)); }
@@ -730,20 +736,23 @@ __attribute__((noinline, optimize("no-omit-frame-pointer"))) int cfi_backtrace(v
         memset(t_l1, 0, sizeof(t_l1));
         t_l1_gen = gen;
     }
+    struct l1_entry *l1s = t_l1; /* its address once: off the step's chain */
     int n = 0;
     while (n < max) {
         buf[n++] = (void *)ip;
         struct cfi_rule r;
         cfi_entry hot;
-        cfi_entry *l1 = &t_l1[(ip ^ ip >> L1_BITS) & ((1u << L1_BITS) - 1)];
-        if (likely((*l1 & IP_MASK) == ip)) {
-            r = rule_decode(*l1);
+        struct l1_entry *l1 = &l1s[(ip ^ ip >> L1_BITS) & ((1u << L1_BITS) - 1)];
+        if (likely(l1->ip == ip)) {
+            r = l1->rule;
         } else if (hot_get(c, ip, &hot)) {
-            *l1 = hot;
-            r = rule_decode(hot);
-        } else if (cache_get(c, ip, &r)) {
-            *l1 = rule_encode(ip, r);
-            hot_put(c, *l1);
+            l1->ip = ip;
+            l1->rule = rule_decode(hot);
+            r = l1->rule;
+        } else if (cache_get(c, ip, &l1->rule)) { /* not &r: r stays in registers */
+            l1->ip = ip;
+            r = l1->rule;
+            hot_put(c, rule_encode(ip, r));
         } else {
             unsigned long long adds, subs;
             r = rule_lookup(ip - 1, &adds, &subs); /* the call: a noreturn call may end its function */
@@ -755,8 +764,11 @@ __attribute__((noinline, optimize("no-omit-frame-pointer"))) int cfi_backtrace(v
             }
             cache_put(c, ip, r);
             if (ip <= IP_MASK) {
-                *l1 = rule_encode(ip, r);
-                hot_put(c, *l1);
+                /* as the cache gives it back: a rule the encoding cannot hold is unsupported */
+                cfi_entry e = rule_encode(ip, r);
+                l1->ip = ip;
+                l1->rule = rule_decode(e);
+                hot_put(c, e);
             }
         }
         if (r.kind == RULE_LAST)

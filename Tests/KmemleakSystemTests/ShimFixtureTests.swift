@@ -37,7 +37,7 @@ struct ShimFixtureTests {
     }
 
     /// The object index starts small and grows in place as objects accumulate (1024 entries, x2
-    /// past 3/4 full): 150000 allocations take it through seven growths, and every object is still
+    /// past half full): 150000 allocations take it through at least eight growths, and every object is still
     /// found by free() afterwards.
     @Test func objectIndexGrowsWithTheObjectCount() throws {
         let c = try ShimFixture.start()
@@ -69,15 +69,34 @@ struct ShimFixtureTests {
         #expect(try liveObjects(t).values.filter { (3000..<3004).contains($0.size) }.isEmpty)
     }
 
-    /// Pointers chosen to land in one domain of the object index (kmemleak_alloc of addresses whose
-    /// hashes share their top bits) fill it at the largest size the capacity allows: tracking turns
+    /// The densest heap a 16-byte-aligned allocator makes (an object every 16 bytes of 1 MiB): each
+    /// 4 KiB span fills its whole run of the index, so every run that another span's hash also
+    /// picked overflows into the next. All 65536 objects are indexed (the table's LIVE records are
+    /// exactly them, tracking stays on), and all are found again by kmemleak_free.
+    @Test func theDensestHeapIsIndexedWhole() throws {
+        let c = try ShimFixture.start()
+        let t = try c.table()
+        let reply = try c.child.request("dense 65536", expect: "DENSE", timeout: 60).split(separator: " ")
+        #expect(reply.count == 3 && reply[1] == "65536")
+        let pool = try #require(UInt64(reply[2].dropFirst(2), radix: 16))
+        let want = Set((0..<UInt64(65536)).map { pool + 16 * $0 })
+        let found = Set(try liveObjects(t).values.filter { $0.size == 16 && want.contains($0.pointer) }.map(\.pointer))
+        // the differences, not the sets: 65536 addresses would drown the report
+        #expect(want.subtracting(found).isEmpty && found.subtracting(want).isEmpty)
+        #expect(try !t.header().isDisabled)
+        _ = try c.child.request("undense", expect: "OK", timeout: 60)
+        #expect(try liveObjects(t).values.filter { want.contains($0.pointer) }.isEmpty)
+    }
+
+    /// Pointers chosen to land in one domain of the object index (kmemleak_alloc of addresses in
+    /// the spans whose hashes share their top bits) fill it at the largest size the capacity allows: tracking turns
     /// itself off with its reason, and the program goes on (its malloc and free still work).
     @Test func aFullIndexDomainDisablesTrackingWithItsReason() throws {
         let c = try ShimClient(try ShimFixture.path.get(), env: ["KMEMLEAK_MAX_OBJECTS": "1024"])
         _ = try c.child.waitFor("READY ")
         let t = try c.table()
-        // 64 entries a domain at the largest size (2048 entries, 32 domains): the 65th cannot be stored
-        #expect(try c.child.request("collide 200", expect: "COLLIDED") == "COLLIDED 200")
+        // 256 entries a domain at the largest size (4096 entries, 16 domains): the 257th cannot be stored
+        #expect(try c.child.request("collide 600", expect: "COLLIDED") == "COLLIDED 600")
         let header = try t.header()
         #expect(header.isDisabled && header.disabledReason == "object index full")
         #expect(c.child.stderr == "kmemleak: object index full, tracking disabled\n")

@@ -73,18 +73,28 @@ enum ShimFixture {
         return NULL;
     }
 
-    /* collide: custom objects (kmemleak_alloc) whose addresses share the top 5 bits of the shim's
-     * pointer hash (hash_ptr in kmemleak.c), i.e. one domain of its object index while it has at most
-     * 2048 entries (KMEMLEAK_MAX_OBJECTS=1024): a program choosing its pointers to collide */
+    /* collide: custom objects (kmemleak_alloc) every 16 bytes of the 4 KiB spans whose hashes share
+     * their top 4 bits (oix_hash in kmemleak.c), i.e. one domain of the shim's object index while it
+     * has at most 4096 entries (KMEMLEAK_MAX_OBJECTS=1024): a program choosing its pointers to collide */
     static char collide_pool[1 << 20];
     static unsigned long collide(unsigned long n) {
         unsigned long done = 0;
         for (uintptr_t p = (uintptr_t)collide_pool; done < n && p < (uintptr_t)collide_pool + sizeof collide_pool; p += 16) {
-            uint64_t h = (uint64_t)p * 0xff51afd7ed558ccdull;
+            uint64_t h = (uint64_t)(p >> 12) * 0xff51afd7ed558ccdull;
             uint32_t hash = (uint32_t)(h >> 32) ^ (uint32_t)h;
-            if (hash >> 27 == 0) { kmemleak_alloc((void *)p, 16, 1); done++; }
+            if (hash >> 28 == 0) { kmemleak_alloc((void *)p, 16, 1); done++; }
         }
         return done;
+    }
+
+    /* dense: custom objects every 16 bytes of a 1 MiB pool, the densest heap a 16-byte-aligned
+     * allocator makes: each 4 KiB span fills its whole run of the object index */
+    static char dense_pool[1 << 20] __attribute__((aligned(4096)));
+    static unsigned long dense_count;
+    static unsigned long dense(unsigned long n) {
+        for (dense_count = 0; dense_count < n && dense_count < sizeof dense_pool / 16; dense_count++)
+            kmemleak_alloc(dense_pool + 16 * dense_count, 16, 1);
+        return dense_count;
     }
 
     static int thread_pipe[2];
@@ -134,6 +144,12 @@ enum ShimFixture {
                 print_many();
             }
             else if (sscanf(line, "collide %lu", &a) == 1) printf("COLLIDED %lu\n", collide(a));
+            else if (sscanf(line, "dense %lu", &a) == 1) printf("DENSE %lu %p\n", dense(a), (void *)dense_pool);
+            else if (strncmp(line, "undense", 7) == 0) {
+                for (unsigned long i = 0; i < dense_count; i++) kmemleak_free(dense_pool + 16 * i);
+                dense_count = 0;
+                printf("OK\n");
+            }
             else if (strncmp(line, "freemany", 8) == 0) {
                 for (unsigned long i = 0; i < many_count; i++) free(many[i]);
                 many_count = 0;

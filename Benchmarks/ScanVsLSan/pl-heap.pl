@@ -19,8 +19,10 @@
 # call malloc and drop the pointer; every block perl allocates stays owned by some SV. A pointer comes back
 # into perl as an integer in an SV head; freed SV heads keep their last value inside a live arena, so a
 # freed head would hold a stale copy of the address and hide the leak from any conservative scan (the
-# daemon's and LeakSanitizer's alike). Each returned address is therefore zeroed in place (its pad SV and
-# the call's temporary) before the next one is allocated.
+# daemon's and LeakSanitizer's alike). So the pad variable is zeroed after each leak and the freed heads are
+# then taken over by zero scalars (perl reuses them last in, first out). (A planting in which the address is
+# never an integer, posix_memalign into a string's buffer, missed as many leaks: what is missed are perl's
+# own stale words, in its arenas, save stack and live frames.)
 use strict;
 use warnings;
 use Time::HiRes qw(clock_gettime CLOCK_MONOTONIC);
@@ -67,8 +69,7 @@ for my $k (0 .. $leaks - 1) {
     $out .= sprintf("LEAK 0x%x\n", $p);
     $p = 0;
 }
-# The SV heads the calls used are free now and keep their last integers: overwrite them with zeros (a free
-# head is reused last-in, first-out).
+# The SV heads the calls used are free now and keep their last integers: zero scalars take them over.
 { my @scrub = (0) x 64; }
 
 $| = 1;

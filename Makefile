@@ -25,7 +25,8 @@ help:
 # shim: python3 is Debian's /usr/bin/python3, never a python3 found first on PATH.
 DEB_PACKAGES := libfuse3-dev fuse3 libunwind-dev pkg-config make gcc g++ binutils valgrind heaptrack liblsan0 systemd python3 \
 	libjemalloc2 redis-server libtcmalloc-minimal4 nginx-light sqlite3 \
-	libdw-dev liblzma-dev xz-utils elfutils zlib1g-dev golang-go prometheus prometheus-node-exporter
+	libdw-dev liblzma-dev xz-utils elfutils zlib1g-dev golang-go prometheus prometheus-node-exporter \
+	libffi-platypus-perl
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -121,11 +122,13 @@ bench-engine:
 bench-views:
 	$(SWIFT) run -c release $(SWIFT_FLAGS) kmemleak-views-bench
 # One daemon scan against LeakSanitizer's __lsan_do_recoverable_leak_check on the same heap (needs root
-# and FUSE): issue 4's zero-filled C heap, issue 10's realistic C heap, and python3 (PYTHONMALLOC=malloc).
+# and FUSE): issue 4's zero-filled C heap, issue 10's realistic C heap, python3 (PYTHONMALLOC=malloc) and
+# perl (Debian's, its leaks planted through FFI::Platypus: libffi-platypus-perl).
 bench-scan: shim clients build
 	Benchmarks/ScanVsLSan/run.sh 1000000 1000 3
 	HEAP=real Benchmarks/ScanVsLSan/run.sh 1000000 1000 3
 	CLIENT=Benchmarks/ScanVsLSan/py-heap.py Benchmarks/ScanVsLSan/run.sh 1500000 1000 3
+	CLIENT=Benchmarks/ScanVsLSan/pl-heap.pl Benchmarks/ScanVsLSan/run.sh 1340000 1000 3
 # Reading MOUNTPOINT/kmemleak with 10k symbolized records (issue 11; root and FUSE).
 .PHONY: bench-report
 bench: bench-report

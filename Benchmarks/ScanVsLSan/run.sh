@@ -6,13 +6,17 @@
 #   Benchmarks/ScanVsLSan/run.sh [N] [L] [REPS]         (defaults 1000000 1000 3; needs root + FUSE)
 #
 # HEAP=real (issue 10) gives the client a realistic heap (mixed sizes, pointer-like words, text; see
-# scan-client.c); the default is issue 4's zero-filled heap.
+# scan-client.c); the default is issue 4's zero-filled heap. CLIENT=Benchmarks/ScanVsLSan/py-heap.py
+# (python3, PYTHONMALLOC=malloc) and CLIENT=Benchmarks/ScanVsLSan/pl-heap.pl (Debian's perl; needs
+# FFI::Platypus, Debian libffi-platypus-perl) are interpreter heaps with the same protocol; N is the
+# number of live malloc blocks they aim at (the daemon's count is in the "per object it tracks" line).
 #
 # Binaries (override through the environment):
 #   KMEMLEAKD  (default .build-bench/release/kmemleakd, else .build/release/kmemleakd)
 #   SHIM       (default .build/release/libkmemleak.so)         build: make shim clients
 #   CLIENT     (default .build/clients/scan-client)
 #   LSAN_SO    (default /usr/lib/x86_64-linux-gnu/liblsan.so.0)
+#   LSAN_INIT_SO  preloaded after LSAN_SO (default: libstdc++.so.6 for a .pl client, see below)
 # Each repetition runs: the daemon (scan #1 = adoption + first scan, #2 = steady state, reports the
 # leaks, #3 = steady state, nothing new; one `cat` of the report), then LSan with symbolization (3
 # checks), then LSan with symbolize=0 (3 checks; LSAN=nosym runs only these, LSAN=none neither; PERF_SCAN=3
@@ -27,12 +31,17 @@ cd "$(dirname "$0")/../.."
 source Benchmarks/daemon-run.sh scanvslsan
 CLIENT=${CLIENT:-.build/clients/scan-client}
 LSAN_SO=${LSAN_SO:-/usr/lib/x86_64-linux-gnu/liblsan.so.0}
+# liblsan.so installs its interceptors at its first malloc; perl calls signal() first thing in main and
+# jumps through the interceptor's still null pointer (SIGSEGV at address 0). A preloaded library whose
+# constructor mallocs (libstdc++'s exception emergency pool) initializes LSan before main.
+if [[ -z ${LSAN_INIT_SO+set} && $CLIENT == *.pl ]]; then LSAN_INIT_SO=/usr/lib/x86_64-linux-gnu/libstdc++.so.6; fi
+LSAN_INIT_SO=${LSAN_INIT_SO:-}
 RESULTS=${RESULTS:-/tmp/scanvslsan-results.tsv}
 KEEP_LOGS=${KEEP_LOGS:-}          # a directory: copy each rep's daemon log / report there
 PERF_SCAN=${PERF_SCAN:-}          # 1, 2 or 3: `perf record -g` the daemon during that scan into $PERF_OUT
 PERF_OUT=${PERF_OUT:-/tmp/scanvslsan.perf.data}
 LSAN=${LSAN:-both}                # both, nosym (only symbolize=0, the ratios' reference) or none
-for f in "$KMEMLEAKD" "$SHIM" "$CLIENT" "$LSAN_SO"; do
+for f in "$KMEMLEAKD" "$SHIM" "$CLIENT" "$LSAN_SO" $LSAN_INIT_SO; do
     [[ -e $f ]] || { echo "missing $f (build: see the header of $0)" >&2; exit 1; }
 done
 KMEMLEAKD=$(realpath "$KMEMLEAKD"); SHIM=$(realpath "$SHIM"); CLIENT=$(realpath "$CLIENT")
@@ -51,7 +60,18 @@ start_client() {
     env "$@" "$CLIENT" "$N" "$L" ${HEAP:+"$HEAP"} <"$TMP/in" >"$out" &
     CPID=$!
     exec 3>"$TMP/in"
-    wait_for grep -qs '^READY' "$out"
+    wait_for client_printed "$out" '^READY' 0
+}
+# client_printed OUTFILE PATTERN K : the client has printed more than K lines matching PATTERN; a client
+# that died first (e.g. pl-heap.pl without its FFI module: its message is on stderr) stops the benchmark
+# instead of a 600 s wait
+client_printed() {
+    [[ $(grep -c "$2" "$1" || true) -gt $3 ]] && return 0
+    if ! kill -0 "$CPID" 2>/dev/null; then
+        local rc=0; wait "$CPID" || rc=$?
+        CPID=; echo "the client $CLIENT exited (status $rc) before printing $2" >&2; exit 1
+    fi
+    return 1
 }
 stop_client() {
     echo exit >&3; exec 3>&-
@@ -61,7 +81,7 @@ stop_client() {
 
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 MEM_TOTAL=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
-echo "# scan vs LSan: heap=${HEAP:-zero} N=$N L=$L reps=$REPS nproc=$(nproc) mem=$MEM_TOTAL load(1/5/15)=$LOAD0 $(date -u +%FT%TZ)"
+echo "# scan vs LSan: client=${CLIENT##*/} heap=${HEAP:-zero} N=$N L=$L reps=$REPS nproc=$(nproc) mem=$MEM_TOTAL load(1/5/15)=$LOAD0 $(date -u +%FT%TZ)"
 echo "# kmemleakd=$KMEMLEAKD"
 printf 'rep\tmetric\tvalue\n' >"$RESULTS"
 rec() { printf '%s\t%s\t%s\n' "$REP" "$1" "$2" >>"$RESULTS"; echo "  $1 = $2"; }
@@ -145,13 +165,16 @@ daemon_rep() {
 lsan_rep() {
     local tag=$1 opts=$2 out=$TMP/lsan.out lp=$TMP/lsanlog
     rm -f "$lp".*
-    start_client "$out" LD_PRELOAD="$LSAN_SO" LSAN_OPTIONS="detect_leaks=1:exitcode=0:log_path=$lp$opts"
+    # report_objects=1: each leak group lists its objects' addresses, matched against the planted ones
+    start_client "$out" LD_PRELOAD="$LSAN_SO${LSAN_INIT_SO:+ $LSAN_INIT_SO}" \
+        LSAN_OPTIONS="detect_leaks=1:exitcode=0:report_objects=1:log_path=$lp$opts"
+    grep '^LEAK ' "$out" | canon '^LEAK \(0x[0-9a-fA-F]*\)$' >"$TMP/lsan.expected"
     local i line before after k0 k1 logf
     for i in 1 2 3; do
         before=$(grep -c '^LSAN' "$out" || true)
         k0=$(cpu_ticks "$CPID")
         echo lsan >&3
-        wait_for eval "[[ \$(grep -c '^LSAN' '$out') -gt $before ]]"
+        wait_for client_printed "$out" '^LSAN' "$before"
         k1=$(cpu_ticks "$CPID")
         line=$(grep '^LSAN' "$out" | tail -1)
         rec "${tag}_check${i}_ms" "$(awk -v d="$(cut -d' ' -f2 <<<"$line")" 'BEGIN { printf "%.1f", d / 1e6 }')"
@@ -161,9 +184,14 @@ lsan_rep() {
         if [[ -n $logf ]]; then
             after=$(awk '/^Direct leak of/ { for (j = 1; j <= NF; j++) if ($j == "in") k += $(j + 1) } END { print k + 0 }' "$logf")
             rec "${tag}_check${i}_direct_leaks" "$after"
+            # the addresses listed under "Direct leak" groups ("0x... (B bytes)" after "Objects leaked above:")
+            awk '/^Direct leak of/ { d = 1 } /^Indirect leak of/ { d = 0 } d && /^0x[0-9a-f]+ \(/ { print $1 }' "$logf" |
+                canon '^\(0x[0-9a-f]*\)$' >"$TMP/lsan.reported"
+            rec "${tag}_check${i}_planted_found" "$(comm -12 "$TMP/lsan.expected" "$TMP/lsan.reported" | wc -l)"
             : >"$logf"
         else
             rec "${tag}_check${i}_direct_leaks" 0
+            rec "${tag}_check${i}_planted_found" 0
         fi
     done
     rec "${tag}_client_rss_kb" "$(status_kb "$CPID" VmRSS)"
@@ -219,6 +247,6 @@ echo "daemon memory per object it tracks ($(stat daemon_tracked_objects) objects
 echo "daemon after: RssAnon $(stat daemon_rssanon_after_kb) kB, RssShmem $(stat daemon_rssshmem_after_kb) kB, RssFile $(stat daemon_rssfile_after_kb) kB"
 echo "daemon VmRSS before/after: $(median daemon_rss_before_kb) / $(median daemon_rss_after_kb) kB, VmHWM after $(median daemon_hwm_after_kb) kB"
 echo "daemon leaks reported after scan #2: $(stat daemon_leaks_reported) of $L; matching $(stat daemon_leaks_matching), unexpected $(stat daemon_leaks_unexpected), missed $(stat daemon_leaks_missed); after scan #3: $(stat daemon_leaks_after_scan3)"
-echo "LSan direct leaks per check: symbolize=1 $(stat 'lsan_check[123]_direct_leaks'), symbolize=0 $(stat 'lsan_nosym_check[123]_direct_leaks')"
+echo "LSan direct leaks per check: symbolize=1 $(stat 'lsan_check[123]_direct_leaks'), symbolize=0 $(stat 'lsan_nosym_check[123]_direct_leaks'); of them planted: $(stat 'lsan_check[123]_planted_found'), $(stat 'lsan_nosym_check[123]_planted_found') of $L"
 echo "client CPU during daemon scans (ms): #1 $(stat client_cpu_during_scan1_ms), #2 $(stat client_cpu_during_scan2_ms)"
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg); raw figures: $RESULTS"

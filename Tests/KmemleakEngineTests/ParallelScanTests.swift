@@ -200,3 +200,57 @@ func objectStates(_ e: Kmemleak) -> [ObjectInfo] {
         #expect(e.reported(mem) == [C])
     }
 }
+
+/// The scan skips the lookup of a word that points into the chunk being scanned (into the scanned object
+/// itself: a self-reference, which a lookup would find and ignore). What must still count, serially and
+/// with the lookups shared among workers: the addresses just outside the scanned block (the end of the
+/// block before, the start of the block after), and a root region's word pointing into a block that lies
+/// inside the region (a thread stack in a malloc'd block).
+@Suite struct OwnRangeTests {
+    static let workerChoices: [(any ScanWorkers)?] = [nil, InlineScanWorkers(count: 2)]
+
+    /// An engine over memory with World's root, the extra `roots`, and `workers`.
+    func engine(_ workers: (any ScanWorkers)?, roots: [RootRegion] = []) -> (Kmemleak, SyntheticMemory) {
+        let mem = SyntheticMemory()
+        mem.map(World.root, 0x100)
+        mem.map(0xf000, 0x1000)
+        mem.map(0x10000, 0x30000)
+        var config = KmemleakConfiguration(possibleCPUs: 1, minimumAge: 0)
+        config.scanWorkers = workers
+        let e = Kmemleak(configuration: config)
+        e.setRoots([RootRegion(start: World.root, length: 0x100, kind: .data)] + roots)
+        return (e, mem)
+    }
+
+    func settle(_ e: Kmemleak, _ mem: SyntheticMemory) -> [UInt64] {
+        _ = e.scan(now: 10 * sec, memory: mem)
+        _ = e.scan(now: 20 * sec, memory: mem)
+        return e.reported(mem)
+    }
+
+    @Test(arguments: workerChoices)
+    func neighboursOfTheScannedBlockCount(workers: (any ScanWorkers)?) {
+        let (e, mem) = engine(workers)
+        e.alloc(A - 64, size: 64, metadata: meta(1))  // ends where A starts
+        e.alloc(A, size: 64, metadata: meta(2))
+        e.alloc(A + 64, size: 64, metadata: meta(3))  // starts where A ends
+        e.alloc(B, size: 64, metadata: meta(4))
+        mem.write64(World.root, A)
+        mem.write64(A, A + 32)  // into A itself
+        mem.write64(A + 8, A &- 1)  // the last byte of the block before
+        mem.write64(A + 16, A + 63)  // A's own last byte
+        mem.write64(A + 24, A + 64)  // A's end: the block after
+        mem.write64(B, B + 8)  // B's only reference is its own
+        #expect(settle(e, mem) == [B])
+    }
+
+    @Test(arguments: workerChoices)
+    func rootRegionOverABlockReferencesIt(workers: (any ScanWorkers)?) {
+        let (e, mem) = engine(workers, roots: [RootRegion(start: C, length: 64, kind: .data)])
+        e.alloc(C, size: 64, metadata: meta(1))
+        e.alloc(D, size: 64, metadata: meta(2))
+        mem.write64(C + 8, C + 16)  // the region's word, into the block inside the region
+        mem.write64(D, D)
+        #expect(settle(e, mem) == [D])
+    }
+}

@@ -1,4 +1,4 @@
-// kmemleak_scan (KMEMLEAK-SPEC §2.4): whiten and seed gray objects, scan roots, scan_gray_list (FIFO),
+// kmemleak_scan (KMEMLEAK-SPEC §2.4): whiten and seed gray objects, scan roots, scan_gray_list (by id, see GrayQueue),
 // checksum pass, scan_gray_list again, optional confirmation passes, report.
 //
 // Memory is read in batches (up to `maxBatchRanges` ranges / `maxBatchBytes` bytes per MemoryReader call)
@@ -581,8 +581,12 @@ struct Scanner<M: MemoryReader> {
             s.scanning = true
             s.createdDuringScan = []
             s.lastScanStart = now  // jiffies_last_scan
-            s.gray.reset()
-            s.mayTakeReference = Array(repeating: ~0, count: (s.records.count + 63) / 64)
+            s.gray = GrayQueue(capacity: s.records.count)
+            // In place: a new array would be held with the old one.
+            let words = (s.records.count + 63) / 64
+            s.mayTakeReference.removeLast(max(0, s.mayTakeReference.count - words))
+            for w in s.mayTakeReference.indices { s.mayTakeReference[w] = ~0 }
+            s.mayTakeReference.append(contentsOf: repeatElement(~0, count: words - s.mayTakeReference.count))
             s.plain.refreshBlockTable()
             return (s.epoch, s.scanRootRegions())
         }
@@ -1188,7 +1192,7 @@ extension Kmemleak {
     /// (`jiffies_last_scan`, against which the minimum age is measured).
     ///
     /// Steps: whiten every object and seed the gray list with gray ones; scan the merged root regions;
-    /// scan_gray_list (FIFO, may append); checksum pass (white objects whose crc32_le changed become gray
+    /// scan_gray_list (smallest id first, may add); checksum pass (white objects whose crc32_le changed become gray
     /// for this scan and are appended); scan_gray_list again; report: every unreferenced (white, allocated,
     /// at least `minimumAge` old at `now`) object not yet REPORTED becomes REPORTED, and the
     /// "N new suspected memory leaks" line is logged. Every word is looked up as a plain pointer and as a

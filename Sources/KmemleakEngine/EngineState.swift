@@ -32,47 +32,86 @@ struct ObjectExtras {
     var bigSize: UInt64 = 0
 }
 
-/// The FIFO gray list (ids of objects; an id may name a newer, young object by the time it is popped:
-/// scanning it only adds references), in chunks of 32 K ids
-/// freed as they are consumed: it never copies itself to grow (a doubling array holds its old and its new
-/// copy at once), and a scan whose list gets long holds only what is still queued. A chunk (128 KiB) is
-/// at kmemleakd's fixed mmap threshold: glibc maps it and unmaps it when freed, so a long list leaves
-/// no memory behind in the scanning thread's arena.
+/// The gray list (the kernel's gray_list): the ids of the objects still to scan, as a set of bits, one
+/// per id, with summary levels above it (a bit per non-zero word of the level below, up to one word);
+/// `pop` takes the smallest id. The kernel's list is FIFO, but what a scan finds does not depend on the
+/// order: an object is scanned once when it turns gray, whatever turned it, and colours only darken
+/// during a scan. A FIFO over a real heap's reference graph holds a large part of its ids at once (4
+/// bytes each: the scans' largest transient, issue 10 goal 5); the bits take 1/8 byte per id at most,
+/// and the summary levels keep `pop` at one word per level (a flat bit set's wrapping search costs
+/// O(ids / 64) a pop in the worst case). An id may name a newer, young object by the time it is popped:
+/// scanning it only adds references. Pushing an id already queued does nothing.
 struct GrayQueue {
-    static let chunkSize = 1 << 15
-    private var chunks: [[UInt32]] = []
-    /// The first chunk not consumed yet, and the next id to pop in it. Every chunk before the last is
-    /// full, so the queue is empty exactly when `head` reached the count of chunk `first` (or no chunk).
-    private var first = 0
-    private var head = 0
+    /// levels[0]: one bit per id; levels[k + 1]: one bit per non-zero word of levels[k]; the last level
+    /// is one word (or there are none: nothing was ever pushed).
+    private var levels: [[UInt64]] = []
+    /// Ids queued.
+    private(set) var count = 0
+
+    init() {}
+
+    /// Room for ids below `ids` from the start (no growth while the scan pushes them).
+    init(capacity ids: Int) { if ids > 0 { grow(to: ids - 1) } }
 
     @inline(__always) mutating func push(_ id: UInt32) {
-        if chunks.isEmpty || chunks[chunks.count - 1].count == Self.chunkSize {
-            var chunk: [UInt32] = []
-            chunk.reserveCapacity(Self.chunkSize)
-            chunks.append(chunk)
+        var i = Int(id)
+        if levels.isEmpty || i >> 6 >= levels[0].count { grow(to: i) }
+        let old = levels[0][i >> 6]
+        let bit: UInt64 = 1 << UInt64(i & 63)
+        if old & bit != 0 { return }
+        levels[0][i >> 6] = old | bit
+        count += 1
+        var k = 1
+        var wasEmpty = old == 0
+        while wasEmpty && k < levels.count {
+            i >>= 6
+            let above = levels[k][i >> 6]
+            levels[k][i >> 6] = above | 1 << UInt64(i & 63)
+            wasEmpty = above == 0
+            k += 1
         }
-        chunks[chunks.count - 1].append(id)
     }
 
+    /// The smallest id queued, removed.
     @inline(__always) mutating func pop() -> UInt32? {
-        guard first < chunks.count, head < chunks[first].count else { return nil }
-        let v = chunks[first][head]
-        head += 1
-        if head == Self.chunkSize {
-            chunks[first] = []
-            first += 1
-            head = 0
-            if first >= 64 && first * 2 >= chunks.count {
-                chunks.removeFirst(first)
-                first = 0
-            }
+        guard count > 0 else { return nil }
+        var i = 0
+        var k = levels.count - 1
+        while k >= 0 {
+            i = i << 6 | levels[k][i].trailingZeroBitCount
+            k -= 1
         }
-        return v
+        count -= 1
+        var j = i
+        k = 0
+        while k < levels.count {
+            let w = levels[k][j >> 6] & ~(1 << UInt64(j & 63))
+            levels[k][j >> 6] = w
+            if w != 0 { break }
+            j >>= 6
+            k += 1
+        }
+        return UInt32(truncatingIfNeeded: i)
     }
 
-    var isEmpty: Bool { first >= chunks.count || head >= chunks[first].count }
+    var isEmpty: Bool { count == 0 }
     mutating func reset() { self = GrayQueue() }
+
+    /// Room for id `i`: the bits grow to at least twice their words (a hostile client's sparse ids cost a
+    /// copy per doubling, not per id), and the summary levels are rebuilt over them.
+    private mutating func grow(to i: Int) {
+        let words = max((i >> 6) + 1, (levels.first?.count ?? 0) * 2)
+        var bits = levels.isEmpty ? [] : levels[0]
+        levels = []
+        bits.append(contentsOf: repeatElement(0, count: words - bits.count))
+        levels.append(bits)
+        while levels[levels.count - 1].count > 1 {
+            let below = levels[levels.count - 1]
+            var above = [UInt64](repeating: 0, count: (below.count + 63) >> 6)
+            for (w, v) in below.enumerated() where v != 0 { above[w >> 6] |= 1 << UInt64(w & 63) }
+            levels.append(above)
+        }
+    }
 }
 
 /// Which object search tree.

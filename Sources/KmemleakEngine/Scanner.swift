@@ -1,4 +1,4 @@
-// kmemleak_scan (KMEMLEAK-SPEC §2.4): whiten and seed gray objects, scan roots, scan_gray_list (FIFO),
+// kmemleak_scan (KMEMLEAK-SPEC §2.4): whiten and seed gray objects, scan roots, scan_gray_list (by id, see GrayQueue),
 // checksum pass, scan_gray_list again, optional confirmation passes, report.
 //
 // Memory is read in batches (up to `maxBatchRanges` ranges / `maxBatchBytes` bytes per MemoryReader call)
@@ -6,7 +6,9 @@
 // (MAX_SCAN_SIZE) per lock hold, or 64 KiB whose lookups are shared among scan workers (see ScanWorkers). Slots are not reused while a scan runs, so a gray-list entry whose object
 // was freed in between is recognised (not ALLOCATED) and skipped.
 
-let maxBatchBytes = 1 << 20
+/// The batch buffer is resident while a scan runs (1 MiB was a byte per object of the realistic 1 M-object
+/// C heap at the daemon's peak); 1024 of that heap's objects average about 430 KB.
+let maxBatchBytes = 1 << 19
 let maxBatchRanges = 1024
 let maxScanSize = 4096
 let slotChunk = 8192
@@ -598,8 +600,12 @@ struct Scanner<M: MemoryReader> {
             s.scanning = true
             s.createdDuringScan = []
             s.lastScanStart = now  // jiffies_last_scan
-            s.gray.reset()
-            s.mayTakeReference = Array(repeating: ~0, count: (s.records.count + 63) / 64)
+            s.gray = GrayQueue(capacity: s.records.count)
+            // In place: a new array would be held with the old one.
+            let words = (s.records.count + 63) / 64
+            s.mayTakeReference.removeLast(max(0, s.mayTakeReference.count - words))
+            for w in s.mayTakeReference.indices { s.mayTakeReference[w] = ~0 }
+            s.mayTakeReference.append(contentsOf: repeatElement(~0, count: words - s.mayTakeReference.count))
             s.plain.refreshBlockTable()
             return (s.epoch, s.scanRootRegions())
         }
@@ -1205,7 +1211,7 @@ extension Kmemleak {
     /// (`jiffies_last_scan`, against which the minimum age is measured).
     ///
     /// Steps: whiten every object and seed the gray list with gray ones; scan the merged root regions;
-    /// scan_gray_list (FIFO, may append); checksum pass (white objects whose crc32_le changed become gray
+    /// scan_gray_list (smallest id first, may add); checksum pass (white objects whose crc32_le changed become gray
     /// for this scan and are appended); scan_gray_list again; report: every unreferenced (white, allocated,
     /// at least `minimumAge` old at `now`) object not yet REPORTED becomes REPORTED, and the
     /// "N new suspected memory leaks" line is logged. Every word is looked up as a plain pointer and as a
@@ -1219,7 +1225,7 @@ extension Kmemleak {
     /// moved while the main pass was reading. In these passes a reference counts only if it points into a
     /// candidate (no excess_ref forwarding), and counts start from 0 in every pass.
     ///
-    /// Reading: ranges are cut into pieces of at most 1 MiB; when a piece reads short, the rest of its
+    /// Reading: ranges are cut into pieces of at most 512 KiB; when a piece reads short, the rest of its
     /// range (object, CPU copy, scan area or root) is treated as absent for this scan.
     ///
     /// Objects registered while this scan runs (after its prepare step reached their slot) are not reported
@@ -1228,7 +1234,7 @@ extension Kmemleak {
     ///
     /// `shouldStop` is checked before every batch and every lock hold; when it returns true (or the detector
     /// is disabled meanwhile) the scan ends with `interrupted == true` and reports nothing.
-    /// Memory is read in batches (<= 1024 ranges / 1 MiB per `MemoryReader.read` call); a range read short
+    /// Memory is read in batches (<= 1024 ranges / 512 KiB per `MemoryReader.read` call); a range read short
     /// is scanned (and checksummed) as far as it was read.
     public func scan<M: MemoryReader>(now: UInt64, memory: M, shouldStop: () -> Bool = { false },
                                       confirmation: ConfirmationHooks? = nil) -> ScanResult {

@@ -424,8 +424,9 @@ public final class ClientTable: Sendable {
     public let inode: UInt64
     let storage: TableStorage
 
-    /// Slots per bulk pread (64 B objects: 256 KiB).
-    public static let chunkSlots = 4096
+    /// Slots per bulk pread (64 B objects: 64 KiB). A sync holds three such buffers: with 4096 slots
+    /// (768 KiB in all) they set the daemon's peak at 1 M objects (issue 10 goal 5).
+    public static let chunkSlots = 1024
     /// Traces and comms kept in the cache; beyond, lookups read the table each time. A client may publish
     /// 2^30 traces: the cache (about 200 bytes a trace) must not follow.
     public static let maxCachedTraces = 1 << 16

@@ -91,7 +91,7 @@ let A: UInt64 = 0x10000, B: UInt64 = 0x10100, C: UInt64 = 0x10200, D: UInt64 = 0
         w.root(0, A)
         w.ptr(A + 8, B)
         w.ptr(B + 16, C)
-        // One scan walks the whole chain through the FIFO gray list: nothing is left white to checksum.
+        // One scan walks the whole chain through the gray list: nothing is left white to checksum.
         let r = w.scan()
         #expect(r.objectsScanned == 3)
         #expect(r.bytesChecksummed == 0)

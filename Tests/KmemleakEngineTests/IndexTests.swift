@@ -235,8 +235,41 @@ import Testing
 }
 
 @Suite struct GrayListTests {
+    /// The gray list as a set: every pushed id pops exactly once, smallest first, a second push of a
+    /// queued id does nothing, and pushes beyond its capacity (sparse ids, up to 2^22) grow it, against
+    /// a sorted set as the reference, through several fill-and-drain rounds of interleaved pushes and pops.
+    @Test func popsEveryQueuedIDOnceSmallestFirst() {
+        var rng = IndexTests.Rng(s: 4242)
+        for capacity in [0, 1, 64, 5000] {
+            var gray = GrayQueue(capacity: capacity)
+            var reference: [UInt32] = []  // sorted, no duplicates
+            var mismatches = 0
+            for round in 0..<4 {
+                let limit: UInt64 = round == 3 ? 1 << 22 : UInt64(max(capacity, 1)) * 3
+                for _ in 0..<3000 {
+                    if rng.next() % 3 != 0 {
+                        let id = UInt32(rng.next() % limit)
+                        gray.push(id)
+                        var lo = 0, hi = reference.count
+                        while lo < hi { let mid = (lo + hi) / 2; if reference[mid] < id { lo = mid + 1 } else { hi = mid } }
+                        if lo == reference.count || reference[lo] != id { reference.insert(id, at: lo) }
+                    } else if gray.pop() != (reference.isEmpty ? nil : reference.removeFirst()) {
+                        mismatches += 1
+                    }
+                    if gray.count != reference.count { mismatches += 1 }
+                }
+                var drained: [UInt32] = []
+                while let id = gray.pop() { drained.append(id) }
+                #expect(drained == reference)
+                #expect(gray.isEmpty)
+                reference = []
+            }
+            #expect(mismatches == 0)
+        }
+    }
+
     /// A binary tree of 3000 objects (more than one read batch of ranges): a single scan must reach
-    /// every node through the FIFO gray list, without help from the checksum pass.
+    /// every node through the gray list, without help from the checksum pass.
     @Test func treeInOneScan() {
         let mem = SyntheticMemory()
         let heap: UInt64 = 0x7f00_0000_0000

@@ -129,14 +129,23 @@ struct IntervalIndex {
     }
 
     /// Last logical block whose minimum is <= addr, or -1.
-    @inline(__always) func blockIndex(_ addr: UInt64) -> Int {
+    @inline(__always) func blockIndex(_ addr: UInt64) -> Int { blockIndex(addr, from: tableBlock(addr)) }
+
+    /// The page -> block table's block for addr (a start for `blockIndex(_:from:)`), or -1 outside it.
+    @inline(__always) func tableBlock(_ addr: UInt64) -> Int {
+        let offset = addr &- blockTable.start
+        if offset < blockTable.span { return Int(blockTable.firsts[Int(truncatingIfNeeded: offset >> blockTable.shift)]) }
+        return -1
+    }
+
+    /// `blockIndex(addr)`, from `tableBlock(addr)` (-1: a search over the minima).
+    @inline(__always) func blockIndex(_ addr: UInt64, from tableStart: Int) -> Int {
         mins.withUnsafeBufferPointer { m in
             guard let base = m.baseAddress else { return -1 }
-            let offset = addr &- blockTable.start
-            if offset < blockTable.span {
+            if tableStart >= 0 {
                 // From the table's block, a step or two at most while it is fresh; any block number is a
                 // correct start, a stale one only costs steps.
-                var b = min(Int(blockTable.firsts[Int(truncatingIfNeeded: offset >> blockTable.shift)]), m.count &- 1)
+                var b = min(tableStart, m.count &- 1)
                 while b &+ 1 < m.count && base[b &+ 1] <= addr { b &+= 1 }
                 while b >= 0 && base[b] > addr { b &-= 1 }
                 return b
@@ -160,6 +169,12 @@ struct IntervalIndex {
         if n == 0 || addr < base { return -1 }
         let d = addr &- base
         if d >= Self.maxSpan { return n &- 1 }  // the whole block lies below addr
+        let start = groupStart(p, n, d)
+        return start &+ Self.entriesAtMost(entries.block(p) + start, d << 32 | 0xffff_ffff, min(Self.groupSize, n &- start)) &- 1
+    }
+
+    /// In physical block p of n entries: the first entry of the group that holds the last delta <= d.
+    @inline(__always) func groupStart(_ p: Int, _ n: Int, _ d: UInt64) -> Int {
         let G = Self.groupSize
         var g = 0
         fences.withUnsafeBufferPointer { fp in
@@ -168,13 +183,33 @@ struct IntervalIndex {
                 g &+= Self.atMost(UInt64(f[k]), d) & Self.atMost(UInt64(k &* G &+ 1), UInt64(n))
             }
         }
-        let start = g &* G
-        let limit = UInt64(min(G, n &- start))
-        let probe = d << 32 | 0xffff_ffff
+        return g &* G
+    }
+
+    /// How many of the group's first `limit` entries (at `group`) are <= probe, without branches.
+    @inline(__always) static func entriesAtMost(_ group: UnsafePointer<UInt64>, _ probe: UInt64, _ limit: Int) -> Int {
         var c = 0
-        let e = entries.block(p) + start
-        for k in 0..<G { c &+= Self.atMost(e[k], probe) & Self.atMost(UInt64(k &+ 1), limit) }
-        return start &+ c &- 1
+        for k in 0..<groupSize { c &+= atMost(group[k], probe) & atMost(UInt64(k &+ 1), UInt64(limit)) }
+        return c
+    }
+
+    /// A batched lookup's second step (see `WordBatch`): where the predecessor of `addr` lies, as the
+    /// group to count in (`entriesAtMost(group, probe, limit)` entries are <= addr, at least one), or
+    /// nil when no object starts at or below `addr`. `tableStart` is `tableBlock(addr)`. Reads the block
+    /// minima and a line of fences; the group itself, the likely DRAM miss, is loaded by the next step.
+    @inline(__always) func groupOf(_ addr: UInt64, from tableStart: Int) -> (group: UnsafePointer<UInt64>, probe: UInt64, limit: Int)? {
+        let b = blockIndex(addr, from: tableStart)
+        if b < 0 { return nil }
+        let p = Int(phys[b])
+        let n = Int(counts[p])
+        let base = mins[b]
+        if n == 0 || addr < base { return nil }
+        let d = addr &- base
+        let G = Self.groupSize
+        // The whole block lies below addr: its last entry, counted as the last of its group.
+        let start = d >= Self.maxSpan ? (n &- 1) & ~(G &- 1) : groupStart(p, n, d)
+        let probe = d >= Self.maxSpan ? UInt64.max : d << 32 | 0xffff_ffff
+        return (UnsafePointer(entries.block(p) + start), probe, min(G, n &- start))
     }
 
     @inline(__always) func idAt(_ b: Int, _ pos: Int) -> UInt32 {

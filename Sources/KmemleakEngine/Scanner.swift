@@ -196,6 +196,10 @@ extension EngineState {
         let ex = extras
         let nrec = records.count
         withWordScanState { rec, bits, g, aliases, cookies in
+            if pc.count == 0 {
+                Self.scanChunksBatched(bufferBase, group, nrec, pl, rec, &g, ex, &aliases, &cookies, bits)
+                return
+            }
             for c in group {
                 var own = (start: UInt64(0), length: UInt64(0))
                 if !isRootID(c.id) {
@@ -257,17 +261,15 @@ extension EngineState {
 
     /// A parallel scan's lookup of word `w` (read-only): the id `updateRefsOfHit` must see, or nil when
     /// the serial scan would do nothing with the word but clear a `mayTakeReference` bit (see ScanWorkers).
+    /// `id` is the object with the greatest pointer <= w; `shape` is its record, or any record when its
+    /// bit is clear (see `WordBatch`).
     @inline(__always)
     static func hitToApply(
-        _ w: UInt64, _ idx: IntervalIndex, _ rec: Rec, _ scanned: UInt32, _ ex: [UInt32: ObjectExtras],
+        _ w: UInt64, _ id: UInt32, shape r: ObjectRecord, _ scanned: UInt32, _ ex: [UInt32: ObjectExtras],
         _ bits: UnsafeMutableBufferPointer<UInt64>
     ) -> UInt32? {
-        if w < idx.minAddr || w >= idx.maxAddr { return nil }
-        guard let h = idx.predecessor(w) else { return nil }
-        let id = h.id
         let word = Int(id >> 6)
         if word < bits.count && bits[word] & (1 << UInt64(id & 63)) == 0 { return nil }
-        let r = rec[Int(id)].pointee
         let size = objectSize(r, id, ex)
         let offset = w &- r.pointer
         if offset >= max(size, 1) { return mayBeNewArrayCookieEnd(offset, r, size) && id != scanned ? id : nil }
@@ -363,20 +365,29 @@ extension EngineState {
                 span -= half
             }
             var at = lo
-            while at < hi {
-                let c = chunks[ci]
-                let stop = min(hi, firstWord[ci + 1])
-                let base = firstWord[ci]
-                for i in at..<stop {
-                    let w = c.words.loadUnaligned(fromByteOffset: (i &- base) &* 8, as: UInt64.self)
-                    if w &- c.own.start < c.own.length { continue }
-                    if let id = EngineState.hitToApply(w, index, records, c.id, extras, bits) {
-                        out[m] = UInt64(i) << 32 | UInt64(id)
-                        m &+= 1
+            withUnsafeTemporaryAllocation(of: WordCandidate.self, capacity: wordBatchCapacity) { storage in
+                var batch = WordBatch(storage.baseAddress!)
+                func apply() {
+                    batch.drain(index, records, bits) { c in
+                        if let id = EngineState.hitToApply(c.word, c.id, shape: c.shape, c.scanned, extras, bits) {
+                            out[m] = UInt64(c.index) << 32 | UInt64(id)
+                            m &+= 1
+                        }
                     }
                 }
-                at = stop
-                ci += 1
+                while at < hi {
+                    let c = chunks[ci]
+                    let stop = min(hi, firstWord[ci + 1])
+                    let base = firstWord[ci]
+                    for i in at..<stop {
+                        let w = c.words.loadUnaligned(fromByteOffset: (i &- base) &* 8, as: UInt64.self)
+                        if w &- c.own.start < c.own.length { continue }
+                        if batch.add(w, index: i, scanned: c.id, index) { apply() }
+                    }
+                    at = stop
+                    ci += 1
+                }
+                if batch.count > 0 { apply() }
             }
             hitCounts[k] = m
         }
@@ -407,11 +418,23 @@ extension EngineState {
         _ g: inout GrayQueue, _ ex: [UInt32: ObjectExtras], _ plainIdx: IntervalIndex, _ aliases: inout [UInt64],
         _ cookies: inout [UInt32], _ bits: UnsafeMutableBufferPointer<UInt64>
     ) {
+        updateRefsOfHit(w, id, shape: rec[Int(id)].pointee, rec, scanned, &g, ex, plainIdx, &aliases, &cookies, bits)
+    }
+
+    /// `updateRefsOfHit` with `shape`, the hit's record as read before this lock hold's updates (any
+    /// record when its bit was clear): its pointer, size and flags hold, its colour is read afresh.
+    @inline(__always)
+    static func updateRefsOfHit(
+        _ w: UInt64, _ id: UInt32, shape: ObjectRecord, _ rec: Rec, _ scanned: UInt32,
+        _ g: inout GrayQueue, _ ex: [UInt32: ObjectExtras], _ plainIdx: IntervalIndex, _ aliases: inout [UInt64],
+        _ cookies: inout [UInt32], _ bits: UnsafeMutableBufferPointer<UInt64>
+    ) {
         let word = Int(id >> 6)
         let bit: UInt64 = 1 << UInt64(id & 63)
         let tracked = word < bits.count
         if tracked && bits[word] & bit == 0 { return }
-        let r = rec[Int(id)].pointee
+        var r = shape
+        r.bits = rec[Int(id)].pointee.bits
         if tracked && !r.isWhite && r.bits & ObjectRecord.hasExtras == 0 {
             // Gray or black, no excess_ref: nothing a word can do to it until the next scan.
             bits[word] &= ~bit

@@ -44,6 +44,8 @@ public final class ProcessMemory: MemoryReader, Sendable {
         public var bytesRead: Int
         /// Ranges that could not be read in full.
         public var faults: Int
+        /// Remote iovecs passed to the kernel (its cost is per remote iovec: page pinning).
+        public var remoteSpans: Int
         /// The process was gone (ESRCH) or not readable (EPERM) at some read.
         public var processGone: Bool
     }
@@ -53,6 +55,7 @@ public final class ProcessMemory: MemoryReader, Sendable {
         let requested = Atomic<Int>(0)
         let read = Atomic<Int>(0)
         let faults = Atomic<Int>(0)
+        let remoteSpans = Atomic<Int>(0)
         let gone = Atomic<Bool>(false)
     }
 
@@ -200,6 +203,7 @@ public final class ProcessMemory: MemoryReader, Sendable {
               bytesRequested: counters.requested.load(ordering: .relaxed),
               bytesRead: counters.read.load(ordering: .relaxed),
               faults: counters.faults.load(ordering: .relaxed),
+              remoteSpans: counters.remoteSpans.load(ordering: .relaxed),
               processGone: counters.gone.load(ordering: .relaxed))
     }
 
@@ -208,6 +212,7 @@ public final class ProcessMemory: MemoryReader, Sendable {
         counters.requested.store(0, ordering: .relaxed)
         counters.read.store(0, ordering: .relaxed)
         counters.faults.store(0, ordering: .relaxed)
+        counters.remoteSpans.store(0, ordering: .relaxed)
     }
 
     /// Ranges whose remote gap is at most this many bytes are read as one remote iovec, scattered
@@ -263,6 +268,7 @@ public final class ProcessMemory: MemoryReader, Sendable {
             counters.syscalls.wrappingAdd(t.syscalls, ordering: .relaxed)
             counters.read.wrappingAdd(t.got, ordering: .relaxed)
             counters.faults.wrappingAdd(t.faults, ordering: .relaxed)
+            counters.remoteSpans.wrappingAdd(t.remoteSpans, ordering: .relaxed)
         }
         let retry = readCoalesced(ranges, usable: usable, base: base, localOffsets: localOffsets, bytesRead: bytesRead,
                                   within: state?.memory, &t)
@@ -271,12 +277,12 @@ public final class ProcessMemory: MemoryReader, Sendable {
     }
 
     struct Tally {
-        var syscalls = 0, got = 0, faults = 0
+        var syscalls = 0, got = 0, faults = 0, remoteSpans = 0
         var gone = false
     }
 
-    /// A run of ranges [first, last] read as one remote span [start, end), scattered into the local
-    /// iovecs from `firstLocal` on.
+    /// A run of ranges [first, last] (positions in address order) read as one remote span [start, end),
+    /// scattered into the local iovecs from `firstLocal` on.
     struct Group {
         var first: Int
         var last: Int
@@ -301,26 +307,30 @@ public final class ProcessMemory: MemoryReader, Sendable {
         let discard = UnsafeMutableRawPointer.allocate(byteCount: Int(Self.coalesceGap), alignment: 16)
         defer { discard.deallocate() }
         var hint = -1
+        // In address order (each range still lands in its own place): the scan asks in its gray list's
+        // order, where neighbours in memory lie far apart in the list and would not coalesce.
+        let order = (0..<usable).sorted { ranges[$0].address < ranges[$1].address }
         var i = 0
         while i < usable {
             // Build one batch: up to maxIovecs groups and maxIovecs local pieces.
             groups.removeAll(keepingCapacity: true)
             var nlocal = 0
             while i < usable && groups.count < Self.maxIovecs && nlocal < Self.maxIovecs {
-                let len = max(0, ranges[i].length)
-                if len == 0 || ranges[i].address.addingReportingOverflow(UInt64(len)).overflow {
-                    if len > 0 { retry.append(i) }
+                let first = ranges[order[i]]
+                let len = max(0, first.length)
+                if len == 0 || first.address.addingReportingOverflow(UInt64(len)).overflow {
+                    if len > 0 { retry.append(order[i]) }
                     i += 1
                     continue
                 }
-                var g = Group(first: i, last: i, start: ranges[i].address, end: ranges[i].address + UInt64(len),
+                var g = Group(first: i, last: i, start: first.address, end: first.address + UInt64(len),
                               firstLocal: nlocal)
-                local[nlocal] = ckml_iovec(base: base + localOffsets[i], len: len)
+                local[nlocal] = ckml_iovec(base: base + localOffsets[order[i]], len: len)
                 nlocal += 1
                 var j = i + 1
                 while j < usable {
-                    let l = max(0, ranges[j].length)
-                    let a = ranges[j].address
+                    let l = max(0, ranges[order[j]].length)
+                    let a = ranges[order[j]].address
                     guard l > 0, a >= g.end, a - g.end <= Self.coalesceGap,
                           !a.addingReportingOverflow(UInt64(l)).overflow,
                           a + UInt64(l) - g.start <= Self.coalesceSpan,
@@ -330,7 +340,7 @@ public final class ProcessMemory: MemoryReader, Sendable {
                         local[nlocal] = ckml_iovec(base: discard, len: Int(a - g.end))
                         nlocal += 1
                     }
-                    local[nlocal] = ckml_iovec(base: base + localOffsets[j], len: l)
+                    local[nlocal] = ckml_iovec(base: base + localOffsets[order[j]], len: l)
                     nlocal += 1
                     g.end = a + UInt64(l)
                     g.last = j
@@ -347,6 +357,7 @@ public final class ProcessMemory: MemoryReader, Sendable {
                 let n = groups.count - k
                 let from = groups[k].firstLocal
                 let r: Int
+                t.remoteSpans += n
                 let outcome = local.withUnsafeBufferPointer { l in
                     remote.withUnsafeBufferPointer { rm in
                         readv({ ckml_process_vm_scatter(pid, l.baseAddress! + from, nlocal - from, rm.baseAddress! + k, n) }, &t)
@@ -358,7 +369,7 @@ public final class ProcessMemory: MemoryReader, Sendable {
                     return []
                 case .fault:
                     // The first group faulted at its first byte.
-                    retry.append(contentsOf: groups[k].first...groups[k].last)
+                    retry.append(contentsOf: (groups[k].first...groups[k].last).map { order[$0] })
                     k += 1
                     continue
                 case .read(let count):
@@ -367,13 +378,13 @@ public final class ProcessMemory: MemoryReader, Sendable {
                 t.got += r
                 var left = r
                 while k < groups.count && left >= remote[k].len {
-                    for x in groups[k].first...groups[k].last { bytesRead[x] = ranges[x].length }
+                    for x in groups[k].first...groups[k].last { bytesRead[order[x]] = ranges[order[x]].length }
                     left -= remote[k].len
                     k += 1
                 }
                 if k < groups.count {
                     // groups[k] stopped after `left` bytes: retry its ranges one by one.
-                    retry.append(contentsOf: groups[k].first...groups[k].last)
+                    retry.append(contentsOf: (groups[k].first...groups[k].last).map { order[$0] })
                     k += 1
                 }
             }
@@ -428,6 +439,7 @@ public final class ProcessMemory: MemoryReader, Sendable {
             }
             if n == 0 { break }
             let r: Int
+            t.remoteSpans += n
             switch iov.withUnsafeBufferPointer({ iv in readv({ ckml_process_vm_readv(pid, iv.baseAddress!, n) }, &t) }) {
             case .gone:
                 t.faults += indices.count - next
@@ -459,6 +471,7 @@ public final class ProcessMemory: MemoryReader, Sendable {
             while done < len {
                 let rr = ckml_process_vm_read(pid, base + localOffsets[idx] + done, len - done, ranges[idx].address + UInt64(done))
                 t.syscalls += 1
+                t.remoteSpans += 1
                 if rr < 0 && errno == EINTR { continue }
                 if rr < 0 && (errno == ESRCH || errno == EPERM) {
                     counters.gone.store(true, ordering: .relaxed)

@@ -67,6 +67,75 @@ import Testing
         check("rebuilt")
     }
 
+    /// The word loop's batched lookups (`WordBatch`: table block, block and group, the group's line,
+    /// record) find for every word what `predecessor` finds, in word order: addresses on and between
+    /// keys, in gaps over 4 GiB above a block (its last entry counts), below every key, outside the
+    /// filter; with the page -> block table absent, fresh and stale; batches full and partial. A record
+    /// whose `mayTakeReference` bit is clear is not read (record 0 stands in), a set or untracked one is.
+    @Test func batchedLookupsMatchPredecessor() {
+        var index = IntervalIndex()
+        var rng = Rng(s: 31337)
+        var keys = Set<UInt64>()
+        let store = RecordStore()
+        var nextID: UInt32 = 0
+        func insert(_ key: UInt64) {
+            guard keys.insert(key).inserted else { return }
+            let h = index.predecessor(key)
+            index.insert(nextID, key: key, afterBlock: h?.b ?? -1, pos: h?.pos ?? -1)
+            index.minAddr = min(index.minAddr, key)
+            index.maxAddr = max(index.maxAddr, key + 64)
+            store.grow(to: Int(nextID) + 1)
+            store.materialize(Int(nextID))
+            store[Int(nextID)] = ObjectRecord(pointer: key, bits: 1, seqLow: 0, size32: 48, checksum: 0, context: 0)
+            nextID += 1
+        }
+        // Clusters far apart: the gaps between them exceed a block's 4 GiB span.
+        let clusters: [UInt64] = [0x1000_0000, 0x5555_0000_0000, 0x5556_0000_0000, 0x7f00_0000_0000]
+        for i in 0..<40_000 { insert(clusters[i % 4] + (rng.next() % (64 << 20)) & ~15) }
+        let sorted = keys.sorted()
+        // Bits: every third id's cleared; the last ids untracked (beyond the bits).
+        var bitWords = [UInt64](repeating: ~0, count: (Int(nextID) - 100) / 64)
+        for i in stride(from: 0, to: bitWords.count * 64, by: 3) { bitWords[i / 64] &= ~(1 << UInt64(i % 64)) }
+        func check(_ label: String) {
+            var words: [UInt64] = []
+            for _ in 0..<20_000 {
+                let k = sorted[Int(rng.next() % UInt64(sorted.count))]
+                words += [k, k &+ rng.next() % 300, k &- 1, k &+ (5 << 30), k &+ rng.next() % (1 << 34), rng.next(), rng.next() % 0x2000_0000]
+            }
+            var want: [(index: Int, id: UInt32)] = []
+            for (i, w) in words.enumerated() where w >= index.minAddr && w < index.maxAddr {
+                if let h = index.predecessor(w) { want.append((i, h.id)) }
+            }
+            var got: [(index: Int, id: UInt32, shape: UInt64)] = []
+            bitWords.withUnsafeMutableBufferPointer { bits in
+                store.withRecords { rec in
+                    withUnsafeTemporaryAllocation(of: WordCandidate.self, capacity: wordBatchCapacity) { storage in
+                        var batch = WordBatch(storage.baseAddress!)
+                        func drain() { batch.drain(index, rec, bits) { c in got.append((c.index, c.id, c.shape.pointer)) } }
+                        for (i, w) in words.enumerated() where batch.add(w, index: i, scanned: 0, index) { drain() }
+                        drain()
+                    }
+                }
+            }
+            #expect(got.count == want.count, "\(label)")
+            var wrongIDs = 0, wrongShapes = 0
+            for (g, w) in zip(got, want) {
+                if g.index != w.index || g.id != w.id { wrongIDs += 1 }
+                let id = Int(g.id)
+                let read = id / 64 >= bitWords.count || bitWords[id / 64] & (1 << UInt64(id % 64)) != 0
+                if g.shape != (read ? store[id].pointer : store[0].pointer) { wrongShapes += 1 }
+            }
+            #expect(wrongIDs == 0, "\(label)")
+            #expect(wrongShapes == 0, "\(label)")
+        }
+        check("no table")
+        index.refreshBlockTable()
+        #expect(index.blockTable.span > 0)
+        check("fresh table")
+        for _ in 0..<20_000 { insert(0x5555_0000_0000 + (rng.next() % (80 << 20)) & ~15) }
+        check("stale table")
+    }
+
     /// Packing the blocks (`compact`) keeps every lookup's answer and every entry's id, frees the pages
     /// left over, and the packed index takes inserts and removes as before: clusters more than 4 GiB
     /// apart (blocks may not span 4 GiB), registered in random order (blocks about 80 % full).

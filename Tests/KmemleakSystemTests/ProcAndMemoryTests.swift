@@ -162,6 +162,31 @@ import Testing
         }
     }
 
+    /// Ranges asked for out of address order (a scan's gray list) are read in address order: nearby
+    /// ones still coalesce into one remote span, and each lands in its own place.
+    @Test func shuffledNearbyRangesCoalesce() throws {
+        let (c, pid) = try Helper.start()
+        defer { c.terminate() }
+        let a = try addrs(try c.request("alloc 65536", expect: "addr"))[0]
+        // 300 ranges of 16 bytes, 48 apart, in a shuffled order (fixed seed): one remote span.
+        var order = Array(0..<300)
+        var seed: UInt64 = 0x9e37_79b9_7f4a_7c15
+        for i in stride(from: order.count - 1, to: 0, by: -1) {
+            seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17
+            order.swapAt(i, Int(seed % UInt64(i + 1)))
+        }
+        let ranges = order.map { MemoryRange(address: a + UInt64($0) * 48, length: 16) }
+        let mem = ProcessMemory(pid: pid)
+        let (buf, got) = readRanges(mem, ranges)
+        #expect(got.allSatisfy { $0 == 16 })
+        #expect(mem.stats.remoteSpans == 1)
+        #expect(mem.stats.syscalls == 1)
+        for (i, r) in ranges.enumerated() {
+            let off = Int(r.address - a)
+            #expect((0..<16).allSatisfy { buf[i * 16 + $0] == UInt8(truncatingIfNeeded: (off + $0) * 7 + 3) })
+        }
+    }
+
     @Test func partialReadsAcrossAHole() throws {
         let (c, pid) = try Helper.start()
         defer { c.terminate() }

@@ -993,11 +993,13 @@ static inline void live_count(int32_t d)
  * first access is a load of the state, which maps the zero page, and its store then faulted a
  * second time to replace it (python3: 34 k faults for its 17 k record pages). Slots above
  * objects_used are all zero, so a store of 0 to one changes nothing a reader can see. */
+_Static_assert(PAGE_SIZE_ % sizeof(struct kml_object) == 0, "a page of the (page-aligned) objects starts a record");
 static void chunk_first_touch(uint32_t cur, uint32_t end)
 {
-    for (uint32_t i = cur; i < end; i++)
-        if (i == cur || !((uintptr_t)&g_obj[i] & (PAGE_SIZE_ - 1)))
-            __atomic_store_n(&g_obj[i].state, 0, __ATOMIC_RELAXED);
+    uintptr_t first = (uintptr_t)&g_obj[cur], past = (uintptr_t)&g_obj[end];
+    __atomic_store_n(&g_obj[cur].state, 0, __ATOMIC_RELAXED);
+    for (uintptr_t a = (first | (PAGE_SIZE_ - 1)) + 1; a < past; a += PAGE_SIZE_)
+        __atomic_store_n(&((struct kml_object *)a)->state, 0, __ATOMIC_RELAXED);
 }
 
 static uint32_t slot_alloc(void)

@@ -4,11 +4,15 @@
  * Only the churn is timed: the threads fill their windows, meet at a barrier, and each measures its
  * own CPU time around its loop.
  * usage: threads [threads (default 8)] [operations per thread (default 1000000)]
- * prints "threads=<t> ops=<total> wall_ns_per_op=<wall / total ops> cpu_ns_per_op=<threads' CPU / total ops>" */
+ * prints "threads=<t> ops=<total> wall_ns_per_op=<wall / total ops> cpu_ns_per_op=<threads' CPU / total ops>
+ * voluntary_switches=<the threads' context switches in their loops where they blocked (a futex)>
+ * involuntary_switches=<those where they were preempted or called sched_yield>" */
+#define _GNU_SOURCE /* RUSAGE_THREAD */
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "../ShimOverhead/workload.h"
@@ -18,6 +22,7 @@
 static long ops_per_thread;
 static pthread_barrier_t start_line;
 static double cpu_ns[256];
+static long voluntary_switches[256], involuntary_switches[256]; /* each thread's, during its loop */
 
 static double ns_of(const struct timespec *a, const struct timespec *b)
 {
@@ -31,7 +36,9 @@ static void *worker(void *arg)
     for (int i = 0; i < WINDOW; i++)
         slots[i] = alloc_level1(16 + rnd(&s) % 1024);
     struct timespec ca, cb;
+    struct rusage ua, ub;
     pthread_barrier_wait(&start_line);
+    getrusage(RUSAGE_THREAD, &ua);
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ca);
     for (long op = 0; op < ops_per_thread; op++) {
         uint64_t r = rnd(&s);
@@ -43,7 +50,10 @@ static void *worker(void *arg)
         slots[i] = p;
     }
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cb);
+    getrusage(RUSAGE_THREAD, &ub);
     cpu_ns[(uintptr_t)arg - 1] = ns_of(&ca, &cb);
+    voluntary_switches[(uintptr_t)arg - 1] = ub.ru_nvcsw - ua.ru_nvcsw;       /* blocked (a futex) */
+    involuntary_switches[(uintptr_t)arg - 1] = ub.ru_nivcsw - ua.ru_nivcsw; /* preempted, or yielded */
     for (int i = 0; i < WINDOW; i++)
         free(slots[i]);
     free(slots);
@@ -71,10 +81,11 @@ int main(int argc, char **argv)
     }
     clock_gettime(CLOCK_MONOTONIC, &b);
     double total = (double)nthreads * (double)ops_per_thread, cns = 0;
+    long vcsw = 0, ivcsw = 0;
     for (int i = 0; i < nthreads; i++)
-        cns += cpu_ns[i];
+        cns += cpu_ns[i], vcsw += voluntary_switches[i], ivcsw += involuntary_switches[i];
     double ns = ns_of(&a, &b); /* includes the threads' final frees: a rough figure */
-    printf("threads=%d ops=%.0f wall_ns_per_op=%.1f cpu_ns_per_op=%.1f checksum=%llu\n", nthreads, total, ns / total,
-           cns / total, (unsigned long long)sum);
+    printf("threads=%d ops=%.0f wall_ns_per_op=%.1f cpu_ns_per_op=%.1f voluntary_switches=%ld involuntary_switches=%ld checksum=%llu\n",
+           nthreads, total, ns / total, cns / total, vcsw, ivcsw, (unsigned long long)sum);
     return 0;
 }

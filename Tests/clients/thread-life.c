@@ -17,6 +17,7 @@
  *   churn <n>   n detached threads (at most 4 at a time, half created detached, half detached by
  *               pthread_detach) and n joined ones, each mallocs and frees; then READY. With a small
  *               KMEMLEAK_MAX_THREADS the table must not fill: records of gone threads are reused.
+ *               READY once every one of them is gone (a detached thread still exiting would count).
  *   detach-early <n>  n threads, one at a time, each detached by pthread_detach before it has run at
  *               all (a pending SIGUSR1 holds it before its start routine, as in arg), each on a stack
  *               of its own (glibc never reuses its descriptor); READY once the last one is gone. With a
@@ -302,7 +303,8 @@ static int mode_churn(int n)
         pthread_join(t, NULL);
     }
     pthread_attr_destroy(&detached);
-    return 0;
+    /* churn_running counts threads until they return, not until their task is gone */
+    return wait_tasks(1) ? 0 : -1;
 }
 
 /* ---- detach-early ---- */

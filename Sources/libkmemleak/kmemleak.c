@@ -1677,6 +1677,34 @@ static void thread_release_ptid(pthread_t th)
             thread_release_slot(i);
 }
 
+/* the calling thread's detach state as glibc keeps it (pthread_detach included) */
+static int thread_detached_in_glibc(void)
+{
+    pthread_attr_t attr;
+    int state = PTHREAD_CREATE_JOINABLE;
+    if (pthread_getattr_np(pthread_self(), &attr) != 0)
+        return 0;
+    pthread_attr_getdetachstate(&attr, &state);
+    pthread_attr_destroy(&attr);
+    return state == PTHREAD_CREATE_DETACHED;
+}
+
+/* marks the live records of pthread_t th detached (once each); under g_thr_lock */
+static void thread_mark_detached(pthread_t th)
+{
+    uint32_t used = g_hdr->threads_used;
+    for (uint32_t i = 0; i < used; i++) {
+        struct kml_thread *r = &g_thr[i];
+        if (g_thr_ptid[i] != th || (r->state & KML_STATE_KIND_MASK) != KML_STATE_LIVE ||
+            (r->flags & KML_THREAD_DETACHED))
+            continue;
+        rec_write_begin(&r->state);
+        r->flags |= KML_THREAD_DETACHED;
+        rec_write_end(&r->state, KML_STATE_LIVE);
+        g_thr_detached++;
+    }
+}
+
 static void thread_register(int is_main, int detached)
 {
     uint64_t stack_lo = 0, stack_hi = 0;
@@ -1741,6 +1769,15 @@ static void thread_register(int is_main, int detached)
     g_thr_ptid[idx] = self;
     spin_unlock(&g_thr_lock);
     t.thread_slot = (int)idx + 1;
+    /* pthread_detach may have run before this record existed (the creator detaches at once, we ran
+     * late): its wrapper found nothing to mark. The record is visible now, so a detach from here on
+     * marks it; one before shows in glibc's own state. Unmarked, the record of a detached thread
+     * whose descriptor is never reused would stay live for good (and fill the table). */
+    if (!is_main && !detached && thread_detached_in_glibc()) {
+        spin_lock(&g_thr_lock);
+        thread_mark_detached(self);
+        spin_unlock(&g_thr_lock);
+    }
     if (!is_main)
         pthread_setspecific(g_thread_key, (void *)1);
 }
@@ -1752,21 +1789,10 @@ static void thread_joined_or_detached(pthread_t th, int joined)
         return;
     t.in_shim = 1;
     spin_lock(&g_thr_lock);
-    if (joined) {
+    if (joined)
         thread_release_ptid(th);
-    } else {
-        uint32_t used = g_hdr->threads_used;
-        for (uint32_t i = 0; i < used; i++) {
-            struct kml_thread *r = &g_thr[i];
-            if (g_thr_ptid[i] != th || (r->state & KML_STATE_KIND_MASK) != KML_STATE_LIVE ||
-                (r->flags & KML_THREAD_DETACHED))
-                continue;
-            rec_write_begin(&r->state);
-            r->flags |= KML_THREAD_DETACHED;
-            rec_write_end(&r->state, KML_STATE_LIVE);
-            g_thr_detached++;
-        }
-    }
+    else
+        thread_mark_detached(th);
     spin_unlock(&g_thr_lock);
     t.in_shim = 0;
 }

@@ -205,6 +205,21 @@ struct FixtureProtocolTests {
         #expect(c.child.stderr == "", "no \"thread table full\"")
     }
 
+    /// A thread detached by pthread_detach before it ran at all (so before its record existed) is known
+    /// as detached all the same: 40 of them, one at a time, each on a stack of its own (glibc never
+    /// hands its descriptor to a later thread), fit in a table of 16 thread records.
+    @Test func threadsDetachedBeforeTheyRanAreReleasedWhenGone() throws {
+        let path = Shim.root + "/.build/clients/thread-life"
+        try #require(fileExists(path), "run `make clients`")
+        let c = try ShimClient(path, ["detach-early", "40"], env: ["KMEMLEAK_MAX_THREADS": "16"])
+        _ = try c.child.waitFor("READY", timeout: 120)
+        let t = try c.table()
+        #expect(try t.header().isTracking)
+        c.child.closeStdin()
+        #expect(c.child.wait() == 0)
+        #expect(c.child.stderr == "", "no \"thread table full\"")
+    }
+
     @Test func forkFixture() throws {
         let path = Shim.fixture("fork")
         try #require(fileExists(path))

@@ -17,6 +17,11 @@
  *   churn <n>   n detached threads (at most 4 at a time, half created detached, half detached by
  *               pthread_detach) and n joined ones, each mallocs and frees; then READY. With a small
  *               KMEMLEAK_MAX_THREADS the table must not fill: records of gone threads are reused.
+ *               READY once every one of them is gone (a detached thread still exiting would count).
+ *   detach-early <n>  n threads, one at a time, each detached by pthread_detach before it has run at
+ *               all (a pending SIGUSR1 holds it before its start routine, as in arg), each on a stack
+ *               of its own (glibc never reuses its descriptor); READY once the last one is gone. With a
+ *               small KMEMLEAK_MAX_THREADS the table must not fill: each record is known as detached.
  * Command "exit" (or EOF) ends it.
  */
 #define _GNU_SOURCE
@@ -27,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -297,6 +303,54 @@ static int mode_churn(int n)
         pthread_join(t, NULL);
     }
     pthread_attr_destroy(&detached);
+    /* churn_running counts threads until they return, not until their task is gone */
+    return wait_tasks(1) ? 0 : -1;
+}
+
+/* ---- detach-early ---- */
+static int early_tid;
+
+static void *early_thread(void *arg)
+{
+    free(malloc(64));
+    __atomic_store_n(&early_tid, (int)syscall(SYS_gettid), __ATOMIC_RELEASE);
+    return NULL;
+}
+
+static int mode_detach_early(int n)
+{
+    sigset_t usr1, none;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    sigemptyset(&none);
+    pthread_sigmask(SIG_BLOCK, &usr1, NULL);
+    signal(SIGUSR1, usr1_blocks);
+    for (int i = 0; i < n; i++) {
+        size_t size = 256 << 10;
+        void *stack = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+        if (stack == MAP_FAILED)
+            return -1;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setsigmask_np(&attr, &none);
+        pthread_attr_setstack(&attr, stack, size);
+        arg_waiting = 0;
+        __atomic_store_n(&early_tid, 0, __ATOMIC_RELEASE);
+        kill(getpid(), SIGUSR1);
+        pthread_t t;
+        if (pthread_create(&t, &attr, early_thread, NULL) != 0)
+            return -1;
+        pthread_attr_destroy(&attr);
+        for (int k = 0; k < 3000 && !arg_waiting; k++)
+            usleep(1000);
+        if (!arg_waiting || pthread_detach(t) != 0 || write(release_pipe[1], "x", 1) != 1)
+            return -1;
+        for (int k = 0; k < 30000 && (!__atomic_load_n(&early_tid, __ATOMIC_ACQUIRE) || task_exists(early_tid)); k++)
+            usleep(1000);
+        if (!__atomic_load_n(&early_tid, __ATOMIC_ACQUIRE) || task_exists(early_tid))
+            return -1;
+        /* its stack stays mapped: no later thread gets its descriptor */
+    }
     return 0;
 }
 
@@ -315,12 +369,14 @@ int main(int argc, char **argv)
         rc = mode_result(threads);
     else if (!strcmp(mode, "churn") && argc > 2)
         rc = mode_churn(atoi(argv[2]));
+    else if (!strcmp(mode, "detach-early") && argc > 2)
+        rc = mode_detach_early(atoi(argv[2]));
     else if (!strcmp(mode, "arg")) {
         start_with_arg(threads);
         rc = 0;
     }
     if (rc != 0) {
-        fprintf(stderr, "usage: thread-life pool <lib> | tsd | result | arg | churn <n>\n");
+        fprintf(stderr, "usage: thread-life pool <lib> | tsd | result | arg | churn <n> | detach-early <n>\n");
         return 2;
     }
     printf("READY\n");

@@ -381,8 +381,7 @@ extension EngineState {
                     let base = firstWord[ci]
                     for i in at..<stop {
                         let w = c.words.loadUnaligned(fromByteOffset: (i &- base) &* 8, as: UInt64.self)
-                        if w &- c.own.start < c.own.length { continue }
-                        if batch.add(w, index: i, scanned: c.id, index) { apply() }
+                        if batch.add(w, index: i, scanned: c.id, own: c.own, index) { apply() }
                     }
                     at = stop
                     ci += 1

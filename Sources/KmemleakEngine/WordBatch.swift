@@ -47,9 +47,14 @@ struct WordBatch {
 
     init(_ storage: UnsafeMutablePointer<WordCandidate>) { candidates = storage }
 
-    /// Pass 1 for word `w`: kept when it may hit an object of `index`. Returns true when the batch is full.
+    /// Pass 1 for word `w`: kept when it may hit an object of `index` and does not point into `own`, the
+    /// scanned chunk's own range (see `EngineState.ownRange`: the lookup would ignore it). Returns true
+    /// when the batch is full.
     @inline(__always)
-    mutating func add(_ w: UInt64, index i: Int, scanned: UInt32, _ index: IntervalIndex) -> Bool {
+    mutating func add(
+        _ w: UInt64, index i: Int, scanned: UInt32, own: (start: UInt64, length: UInt64) = (0, 0), _ index: IntervalIndex
+    ) -> Bool {
+        if w &- own.start < own.length { return false }
         if w < index.minAddr || w >= index.maxAddr { return false }
         let c = candidates + count
         c.pointee.word = w
@@ -139,8 +144,7 @@ extension EngineState {
                 guard let (base, n) = alignedWords(bufferBase, c) else { continue }
                 for i in 0..<n {
                     let w = base.loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
-                    if w &- own.start < own.length { continue } // self-referenced: the lookup would ignore it
-                    if batch.add(w, index: i, scanned: c.id, idx) { apply() }
+                    if batch.add(w, index: i, scanned: c.id, own: own, idx) { apply() }
                 }
             }
             if batch.count > 0 { apply() }

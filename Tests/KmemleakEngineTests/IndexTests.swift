@@ -136,6 +136,23 @@ import Testing
         check("stale table")
     }
 
+    /// `WordBatch.add` drops the words that point into the scanned chunk's own range (the self-reference
+    /// skip both batched word loops share) and those outside the filter, and keeps the rest in word order.
+    @Test func batchAddSkipsOwnRange() {
+        var index = IntervalIndex()
+        index.minAddr = 0x1000
+        index.maxAddr = 0x9000
+        let own = (start: UInt64(0x4000), length: UInt64(0x100))
+        let words: [UInt64] = [0x0fff, 0x1000, 0x3ff8, 0x4000, 0x40f8, 0x40ff, 0x4100, 0x8fff, 0x9000, 0]
+        withUnsafeTemporaryAllocation(of: WordCandidate.self, capacity: wordBatchCapacity) { storage in
+            var batch = WordBatch(storage.baseAddress!)
+            for (i, w) in words.enumerated() { _ = batch.add(w, index: i, scanned: 7, own: own, index) }
+            let kept = (0..<batch.count).map { storage[$0].index }
+            #expect(kept == [1, 2, 6, 7])
+            #expect((0..<batch.count).allSatisfy { storage[$0].scanned == 7 && storage[$0].word == words[storage[$0].index] })
+        }
+    }
+
     /// Packing the blocks (`compact`) keeps every lookup's answer and every entry's id, frees the pages
     /// left over, and the packed index takes inserts and removes as before: clusters more than 4 GiB
     /// apart (blocks may not span 4 GiB), registered in random order (blocks about 80 % full).

@@ -31,6 +31,11 @@ final class ClientMemory: MemoryReader, Sendable {
         range.address >= Self.registersBase ? range : process.scannablePart(of: range)
     }
 
+    /// The register image is asked about range by range (one confirmation pass).
+    func plainWindow(at address: Address) -> PlainWindow? {
+        address >= Self.registersBase ? nil : process.plainWindow(at: address)
+    }
+
     func read(_ ranges: UnsafeBufferPointer<MemoryRange>, into buffer: UnsafeMutableRawBufferPointer,
               bytesRead: UnsafeMutableBufferPointer<Int>) {
         guard ranges.contains(where: { $0.address >= Self.registersBase }) else {

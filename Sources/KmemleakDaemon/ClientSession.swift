@@ -47,6 +47,9 @@ final class ClientSession {
     // no padding).
     private var slotVersion = SlotPages<UInt16>(fill: 0)
     private var slotGeneration = SlotPages<UInt8>(fill: 0)         // transient_gen, low 8 bits
+    /// The table chunks whose records the engine holds as they are (a full sync skips them while their
+    /// bytes stay the same).
+    private let chunkDigests = ObjectChunkDigests()
 
     /// Comm of the process (for logs).
     let comm: String
@@ -100,33 +103,61 @@ final class ClientSession {
             var seen = SlotBits(count: slotVersion.count)
             var withAreas: [ObjectRecord] = []
             var slotOverBudget: UInt32? = nil
-            let visit = { [self] (record: ObjectRecord) in
+            // Answers whether the record is settled: the engine holds it as the table has it, and nothing
+            // about it is redone while it stays the same (see `ObjectChunkDigests`).
+            let visit = { [self] (record: ObjectRecord) -> Bool in
                 let slot = Int(record.slot)
                 guard slot < budget.maxSlots, slot < Int(Kmemleak.chosenIDLimit) else {
                     slotOverBudget = slotOverBudget ?? record.slot
-                    return
+                    return false
                 }
                 if slot >= slotVersion.count { growSlots(to: slot + 1, seen: &seen) }
                 seen.set(slot)
+                var settled = true
                 if engine.seq(of: ObjectID(slot)) == record.seq {
-                    guard slotVersion[slot] != UInt16(truncatingIfNeeded: record.version) else { return }
+                    guard slotVersion[slot] != UInt16(truncatingIfNeeded: record.version) else {
+                        return !(record.hasAreas && !record.fullScan)
+                    }
                     applyAnnotations(record)
                 } else {
                     // The slot's earlier object goes, whether or not the new one registers.
                     if let earlier = engine.seq(of: ObjectID(slot)) { engine.free(object: ObjectID(slot), ifSeq: earlier) }
-                    register(record)
+                    settled = register(record)
                 }
-                if record.hasAreas && !record.fullScan { withAreas.append(record) }
+                // Scan areas are read from their own section every sync: an added area need not touch the record.
+                if record.hasAreas && !record.fullScan {
+                    withAreas.append(record)
+                    settled = false
+                }
+                return settled
             }
             if let ranges = onlySlots {
                 for range in ranges {
-                    try table.readObjects(slots: range, visit)
+                    // Handled outside the chunked read: those chunks are read in full next time.
+                    chunkDigests.forget(slots: range)
+                    try table.readObjects(slots: range) { _ = visit($0) }
                     let known = Int(range.lowerBound)..<Int(range.upperBound)
                     engine.freeObjects(in: known.clamped(to: 0..<slotVersion.count)) { seen[Int($0)] }
                 }
             } else {
-                try table.readObjects(maxLive: budget.maxObjects, visit)
-                engine.freeObjects(in: 0..<slotVersion.count) { seen[Int($0)] }
+                // Chunks unchanged since they were settled hold the engine's objects of their slots as they
+                // are: neither decoded nor freed from. Everything else the table no longer holds is freed.
+                var unchangedSlots: [Range<Int>] = []
+                try table.readObjects(maxLive: budget.maxObjects, digests: chunkDigests, unchanged: { range in
+                    let r = Int(range.lowerBound)..<Int(range.upperBound)
+                    if let last = unchangedSlots.last, last.upperBound == r.lowerBound {
+                        unchangedSlots[unchangedSlots.count - 1] = last.lowerBound..<r.upperBound
+                    } else {
+                        unchangedSlots.append(r)
+                    }
+                }, visit)
+                let tracked = 0..<slotVersion.count
+                var from = 0
+                for r in unchangedSlots {
+                    engine.freeObjects(in: (from..<max(from, r.lowerBound)).clamped(to: tracked)) { seen[Int($0)] }
+                    from = max(from, r.upperBound)
+                }
+                engine.freeObjects(in: (from..<max(from, tracked.upperBound)).clamped(to: tracked)) { seen[Int($0)] }
                 engine.compactIndex()
             }
             if let slot = slotOverBudget {
@@ -149,7 +180,9 @@ final class ClientSession {
         seen.grow(to: count)
     }
 
-    private func register(_ record: ObjectRecord) {
+    /// Returns whether the engine registered it.
+    @discardableResult
+    private func register(_ record: ObjectRecord) -> Bool {
         let slot = Int(record.slot)
         let metadata = ObjectMetadata(pid: record.tid, comm: record.commId, creationTime: record.timeNs,
                                       trace: record.traceId, seq: record.seq)
@@ -157,7 +190,7 @@ final class ClientSession {
         // overlapping object holds the range): the slot stays empty and is tried again at the next sync.
         guard engine.register(id: ObjectID(slot), record.pointer, size: record.size, minCount: max(record.minCount, 0),
                                        percpu: record.isPerCPU, mallocChunk: record.kind == KML_KIND_MALLOC,
-                                       metadata: metadata) else { return }
+                                       metadata: metadata) else { return false }
         if record.isPerCPU {
             if record.minCount < 0 { engine.ignorePercpu(record.pointer) }
         } else {
@@ -166,6 +199,7 @@ final class ClientSession {
         }
         slotVersion[slot] = UInt16(truncatingIfNeeded: record.version)
         slotGeneration[slot] = UInt8(truncatingIfNeeded: record.transientGen)
+        return true
     }
 
     /// The record's version moved: an annotation was made. Apply the ones that changed, leaving what the

@@ -12,6 +12,25 @@ public struct MemoryRange: Sendable, Equatable {
     }
 }
 
+/// See `MemoryReader.plainWindow(at:)`: [start, end), ranges shorter than `maxLength`.
+public struct PlainWindow: Sendable, Equatable {
+    public var start: Address
+    public var end: Address
+    public var maxLength: UInt64
+
+    public init(start: Address, end: Address, maxLength: UInt64) {
+        self.start = start
+        self.end = end
+        self.maxLength = maxLength
+    }
+
+    /// Whether `scannablePart(of:)` would answer [address, address+length) with itself.
+    @inline(__always)
+    func covers(_ address: Address, _ length: UInt64) -> Bool {
+        address >= start && length < maxLength && length <= end &- address && address < end
+    }
+}
+
 /// Read access to the memory the engine scans. The engine never makes a syscall: tests give it
 /// synthetic memory images, the daemon gives it `process_vm_readv` on a live client.
 ///
@@ -32,6 +51,13 @@ public protocol MemoryReader {
     /// Called with the engine's lock held (must not call into the engine). Default: the whole range.
     func scannablePart(of range: MemoryRange) -> MemoryRange?
 
+    /// A window around `address` in which `scannablePart(of:)` answers every range shorter than
+    /// `PlainWindow.maxLength` that lies inside the window with the range itself, or nil when there is
+    /// none (or the reader does not tell). The engine then does not ask about such ranges one by one (it
+    /// asks for every scanned object). The answer holds while the engine fills one batch: a reader's
+    /// scannable memory changes only between passes (the confirmation hooks). Default nil.
+    func plainWindow(at address: Address) -> PlainWindow?
+
     /// Whether `read` may be called from several threads at once (on disjoint buffers): a scan with
     /// `KmemleakConfiguration.scanWorkers` then reads a batch's ranges in parallel. Default false.
     var allowsConcurrentReads: Bool { get }
@@ -39,6 +65,7 @@ public protocol MemoryReader {
 
 extension MemoryReader {
     public func scannablePart(of range: MemoryRange) -> MemoryRange? { range }
+    public func plainWindow(at address: Address) -> PlainWindow? { nil }
     public var allowsConcurrentReads: Bool { false }
 }
 

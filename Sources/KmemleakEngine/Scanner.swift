@@ -705,6 +705,9 @@ struct Scanner<M: MemoryReader> {
         pieces.removeAll(keepingCapacity: true)
         var bytes = 0
         var visited = 0
+        // The reader's last plain window (see `MemoryReader.plainWindow`): ranges inside it are scannable
+        // whole, without asking. Valid for this batch only.
+        var window: PlainWindow? = nil
         while pieces.count < maxBatchRanges {
             if expCursor < expansion.count {
                 // Cut the next piece: pieces end at alignUp(start, 8) + k * maxBatchBytes, so no word
@@ -714,8 +717,13 @@ struct Scanner<M: MemoryReader> {
                 // never-touched pages): only its first scannable part is cut next.
                 let asked = MemoryRange(address: sp.start, length: Int(min(sp.remaining, UInt64(Int.max))))
                 var partLength = sp.remaining
-                if sp.remaining > 0 {
-                    if let part = memory.scannablePart(of: asked), part.length > 0, part.address >= sp.start,
+                if sp.remaining > 0, let w = window, w.covers(sp.start, sp.remaining) {
+                    // Scannable whole: nothing to skip.
+                } else if sp.remaining > 0 {
+                    if window == nil || !window!.covers(sp.start, 0) { window = memory.plainWindow(at: sp.start) }
+                    if let w = window, w.covers(sp.start, sp.remaining) {
+                        // Scannable whole.
+                    } else if let part = memory.scannablePart(of: asked), part.length > 0, part.address >= sp.start,
                        part.address - sp.start < sp.remaining {
                         let skip = part.address - sp.start
                         sp.start = part.address

@@ -406,7 +406,84 @@ public struct ReadStats: Sendable, Equatable {
     public var skipped = 0
     public var preads = 0
     public var bytes = 0
+    /// Chunks of object slots found unchanged by their digest (`ObjectChunkDigests`): read once, not decoded.
+    public var unchangedChunks = 0
     public init() {}
+}
+
+/// What a reader saw of each chunk of `ClientTable.chunkSlots` object slots when it last read the chunk
+/// consistently and its caller settled every live record in it: a digest of the chunk's bytes and its
+/// live count. 12 bytes per 1024 slots. The digest is keyed by a secret drawn per instance, so a client
+/// cannot aim its table at a collision; the shim-private `hash_next` word is left out (it is no part
+/// of the record). Owned by one reader (one client session): not thread-safe.
+public final class ObjectChunkDigests {
+    private var digests: [UInt64] = []       // 0: unknown (read the chunk in full)
+    private var live: [UInt32] = []
+    private let key: UInt64
+
+    public init() {
+        var generator = SystemRandomNumberGenerator()
+        key = generator.next() | 1
+    }
+
+    func stored(_ index: Int) -> (digest: UInt64, live: UInt32)? {
+        guard index < digests.count, digests[index] != 0 else { return nil }
+        return (digests[index], live[index])
+    }
+
+    func store(_ index: Int, digest: UInt64, live count: UInt32) {
+        if index >= digests.count {
+            digests.append(contentsOf: repeatElement(0, count: index + 1 - digests.count))
+            live.append(contentsOf: repeatElement(0, count: index + 1 - live.count))
+        }
+        digests[index] = digest
+        live[index] = count
+    }
+
+    func forget(_ index: Int) {
+        if index < digests.count { digests[index] = 0 }
+    }
+
+    /// Forgets the chunks holding `slots` (their records were handled outside a chunked read).
+    public func forget(slots: Range<UInt32>) {
+        guard !slots.isEmpty else { return }
+        let chunk = UInt32(ClientTable.chunkSlots)
+        for index in Int(slots.lowerBound / chunk)...Int((slots.upperBound - 1) / chunk) { forget(index) }
+    }
+
+    /// Chunks with a stored digest (for tests and stats).
+    public var known: Int { digests.reduce(0) { $0 + ($1 != 0 ? 1 : 0) } }
+
+    /// The keyed digest of `entries` records of `entrySize` bytes (a multiple of 8) at `p`, never 0: four
+    /// independent lanes of xor, multiply and xor-shift (each step a bijection of the lane, so one changed
+    /// word always changes the result), folded with the entry count.
+    func digest(_ p: UnsafeRawBufferPointer, entries: Int, entrySize: Int) -> UInt64 {
+        @inline(__always) func mix(_ h: UInt64, _ w: UInt64) -> UInt64 {
+            let x = (h ^ w) &* 0x9E37_79B9_7F4A_7C15
+            return x ^ (x >> 32)
+        }
+        let words = entrySize / 8
+        var lanes: (UInt64, UInt64, UInt64, UInt64) = (key, key &* 3, key &* 5, key &* 7)
+        let base = p.baseAddress!
+        for e in 0..<entries {
+            let entry = base + e * entrySize
+            // Word 0: the state (low half, little-endian); the high half is hash_next.
+            lanes.0 = mix(lanes.0, entry.load(as: UInt64.self) & 0xffff_ffff)
+            var j = 1
+            while j + 3 <= words {
+                lanes.1 = mix(lanes.1, entry.load(fromByteOffset: j * 8, as: UInt64.self))
+                lanes.2 = mix(lanes.2, entry.load(fromByteOffset: j * 8 + 8, as: UInt64.self))
+                lanes.3 = mix(lanes.3, entry.load(fromByteOffset: j * 8 + 16, as: UInt64.self))
+                j += 3
+            }
+            while j < words {
+                lanes.0 = mix(lanes.0, entry.load(fromByteOffset: j * 8, as: UInt64.self))
+                j += 1
+            }
+        }
+        let folded = mix(mix(mix(mix(lanes.0, lanes.1), lanes.2), lanes.3), UInt64(entries))
+        return folded == 0 ? 1 : folded
+    }
 }
 
 // MARK: - the table
@@ -755,33 +832,135 @@ public final class ClientTable: Sendable {
                 guard stats.live <= maxLive else { throw .tooManyRecords(section: name, limit: maxLive) }
                 try body(first + UInt32(i), sa, UnsafeRawPointer(b.baseAddress! + o))
             }
-            // Changing slots: one at a time, three preads each, bounded.
             for slot in retry {
-                stats.retried += 1
-                var ok = false
-                let soff = s.offset + UInt64(slot) * UInt64(esize)
-                for attempt in 0..<Self.maxSlotRetries {
-                    if attempt > 0 { sched_yield() }
-                    for k in 0..<3 {
-                        let got: Int
-                        got = try storage.read(into: UnsafeMutableRawBufferPointer(rebasing: one[(k * esize)..<((k + 1) * esize)]), offset: soff)
-                        stats.preads += 1
-                        stats.bytes += got
-                        guard got == esize else { throw .truncated(fileSize: try storage.size(), totalSize: openedHeader.totalSize) }
-                    }
-                    let sa = one.load(fromByteOffset: 0, as: UInt32.self)
-                    let sc = one.load(fromByteOffset: 2 * esize, as: UInt32.self)
-                    if sa & KML_STATE_BUSY == 0 && sa == sc {
-                        ok = true
-                        if sa & KML_STATE_KIND_MASK == KML_STATE_LIVE {
-                            stats.live += 1
-                            guard stats.live <= maxLive else { throw .tooManyRecords(section: name, limit: maxLive) }
-                            try body(slot, sa, UnsafeRawPointer(one.baseAddress! + esize))
-                        }
-                        break
-                    }
+                try retrySlot(name, s, slot, scratch: one, maxLive: maxLive, stats: &stats) { (slot, state, p) throws(TableError) in
+                    try body(slot, state, p)
+                    return true
                 }
-                if !ok { stats.skipped += 1 }
+            }
+            first += n
+        }
+    }
+
+    /// A slot that changed during a bulk read: read one at a time, three preads each, a bounded number of
+    /// times; `body` as in `forEachLive` when it is consistent and LIVE. Returns `body`'s answer (true when
+    /// the slot is FREE, false when it was given up).
+    @discardableResult
+    private func retrySlot(_ name: String, _ s: TableHeader.Section, _ slot: UInt32, scratch one: UnsafeMutableRawBufferPointer,
+                           maxLive: Int, stats: inout ReadStats,
+                           _ body: (UInt32, UInt32, UnsafeRawPointer) throws(TableError) -> Bool) throws(TableError) -> Bool {
+        let esize = Int(s.entrySize)
+        stats.retried += 1
+        let soff = s.offset + UInt64(slot) * UInt64(esize)
+        for attempt in 0..<Self.maxSlotRetries {
+            if attempt > 0 { sched_yield() }
+            for k in 0..<3 {
+                let got: Int
+                got = try storage.read(into: UnsafeMutableRawBufferPointer(rebasing: one[(k * esize)..<((k + 1) * esize)]), offset: soff)
+                stats.preads += 1
+                stats.bytes += got
+                guard got == esize else { throw .truncated(fileSize: try storage.size(), totalSize: openedHeader.totalSize) }
+            }
+            let sa = one.load(fromByteOffset: 0, as: UInt32.self)
+            let sc = one.load(fromByteOffset: 2 * esize, as: UInt32.self)
+            if sa & KML_STATE_BUSY == 0 && sa == sc {
+                guard sa & KML_STATE_KIND_MASK == KML_STATE_LIVE else { return true }
+                stats.live += 1
+                guard stats.live <= maxLive else { throw .tooManyRecords(section: name, limit: maxLive) }
+                return try body(slot, sa, UnsafeRawPointer(one.baseAddress! + esize))
+            }
+        }
+        stats.skipped += 1
+        return false
+    }
+
+    /// `forEachLive` over the object section from slot 0, skipping the chunks `digests` says are
+    /// unchanged since they were last read and settled: a chunk (`chunkSlots` slots from a multiple of
+    /// `chunkSlots`) is read once; when its keyed digest equals the one stored, `unchanged` gets its slot
+    /// range and none of its records are decoded. Otherwise it is read as by `forEachLive`, and its
+    /// digest is stored when every slot was consistent in the bulk read and `body` answered true (settled)
+    /// for each of its live records; else it is forgotten (read in full next time).
+    ///
+    /// Why one read suffices for an unchanged chunk: a slot whose state word (version included) reads as
+    /// the one seen in the last consistent read, not BUSY, had no write begun since then (every write bumps
+    /// the version), so the slot holds that record at the instant its state was read, whatever order the
+    /// copy read its bytes in. Bytes identical to that read include the state; a different record
+    /// (another allocation has another seq) has different bytes.
+    func forEachLiveObject(_ s: TableHeader.Section, count: UInt32, maxLive: Int, digests: ObjectChunkDigests,
+                           stats: inout ReadStats, unchanged: (Range<UInt32>) -> Void,
+                           _ body: (UInt32, UInt32, UnsafeRawPointer) throws(TableError) -> Bool) throws(TableError) {
+        let esize = Int(s.entrySize)
+        guard count > 0, esize >= 8, esize % 8 == 0 else { return }
+        let chunk = Self.chunkSlots
+        let bytes = min(chunk, Int(count)) * esize
+        let a = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: 64)
+        let b = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: 64)
+        let c = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: 64)
+        let one = UnsafeMutableRawBufferPointer.allocate(byteCount: esize * 3, alignment: 64)
+        defer { a.deallocate(); b.deallocate(); c.deallocate(); one.deallocate() }
+        var retry: [UInt32] = []
+        var first: UInt32 = 0
+        while first < count {
+            let at = s.offset + UInt64(first) * UInt64(esize)
+            guard let data = storage.nextData(from: at) else { break }
+            if data > at {
+                // Holes read as FREE slots: jump to the chunk holding the next data.
+                let slot = (data - s.offset) / UInt64(esize)
+                if slot >= UInt64(count) { break }
+                let chunkStart = slot / UInt64(chunk) * UInt64(chunk)
+                if chunkStart > UInt64(first) { first = UInt32(chunkStart); continue }
+            }
+            let index = Int(first) / chunk
+            let n = min(UInt32(chunk), count - first)
+            let len = Int(n) * esize
+            let off = s.offset + UInt64(first) * UInt64(esize)
+            let fsize = try storage.size()
+            guard fsize >= openedHeader.totalSize else { throw .truncated(fileSize: fsize, totalSize: openedHeader.totalSize) }
+            func readChunk(into buf: UnsafeMutableRawBufferPointer) throws(TableError) {
+                let got = try storage.read(into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<len]), offset: off)
+                stats.preads += 1
+                stats.bytes += got
+                guard got == len else { throw .truncated(fileSize: try storage.size(), totalSize: openedHeader.totalSize) }
+            }
+            try readChunk(into: a)
+            if let stored = digests.stored(index),
+               digests.digest(UnsafeRawBufferPointer(a), entries: Int(n), entrySize: esize) == stored.digest {
+                stats.slots += Int(n)
+                stats.live += Int(stored.live)
+                guard stats.live <= maxLive else { throw .tooManyRecords(section: "objects", limit: maxLive) }
+                stats.unchangedChunks += 1
+                unchanged(first..<(first + n))
+                first += n
+                continue
+            }
+            try readChunk(into: b)
+            try readChunk(into: c)
+            retry.removeAll(keepingCapacity: true)
+            var settled = true
+            var live: UInt32 = 0
+            for i in 0..<Int(n) {
+                let o = i * esize
+                let sa = a.load(fromByteOffset: o, as: UInt32.self)
+                let sc = c.load(fromByteOffset: o, as: UInt32.self)
+                stats.slots += 1
+                if sa & KML_STATE_BUSY != 0 || sa != sc {
+                    retry.append(first + UInt32(i))
+                    continue
+                }
+                if sa & KML_STATE_KIND_MASK != KML_STATE_LIVE { continue }
+                stats.live += 1
+                live += 1
+                guard stats.live <= maxLive else { throw .tooManyRecords(section: "objects", limit: maxLive) }
+                if !(try body(first + UInt32(i), sa, UnsafeRawPointer(b.baseAddress! + o))) { settled = false }
+            }
+            // B is consistent for every slot that A and C agree on: with no retries, it is the chunk.
+            if settled && retry.isEmpty {
+                digests.store(index, digest: digests.digest(UnsafeRawBufferPointer(b), entries: Int(n), entrySize: esize), live: live)
+            } else {
+                digests.forget(index)
+            }
+            for slot in retry {
+                try retrySlot("objects", s, slot, scratch: one, maxLive: maxLive, stats: &stats, body)
             }
             first += n
         }
@@ -800,6 +979,23 @@ public final class ClientTable: Sendable {
         var stats = ReadStats()
         let tracesCap = h.traces.capacity, commsCap = h.comms.capacity
         try forEachLive("objects", h.objects, count: h.objects.used, maxLive: maxLive, stats: &stats) { (slot, state, p) throws(TableError) in
+            body(try Self.validatedObject(slot, state, p, tracesCapacity: tracesCap, commsCapacity: commsCap))
+        }
+        return stats
+    }
+
+    /// `readObjects(maxLive:_:)` that skips the chunks `digests` knows unchanged (see `forEachLiveObject`):
+    /// `unchanged` gets their slot ranges, in order, and their records are not streamed. `body` answers
+    /// whether the record is settled (nothing to redo while it stays the same); a chunk with an unsettled
+    /// record is read in full next time.
+    @discardableResult
+    public func readObjects(maxLive: Int = .max, digests: ObjectChunkDigests, unchanged: (Range<UInt32>) -> Void,
+                            _ body: (ObjectRecord) -> Bool) throws(TableError) -> ReadStats {
+        let h = try header()
+        var stats = ReadStats()
+        let tracesCap = h.traces.capacity, commsCap = h.comms.capacity
+        try forEachLiveObject(h.objects, count: h.objects.used, maxLive: maxLive, digests: digests, stats: &stats,
+                              unchanged: unchanged) { (slot, state, p) throws(TableError) -> Bool in
             body(try Self.validatedObject(slot, state, p, tracesCapacity: tracesCap, commsCapacity: commsCap))
         }
         return stats

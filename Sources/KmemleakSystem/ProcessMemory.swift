@@ -116,6 +116,19 @@ public final class ProcessMemory: MemoryReader, Sendable {
         return nil
     }
 
+    /// The plain interval `address` lies in: `scannablePart` answers a range inside it shorter than
+    /// `pagemapThreshold` with the range itself (as `plainPart` does). Unrestricted: everything.
+    public func plainWindow(at address: Address) -> PlainWindow? {
+        scannable.withLock { state -> PlainWindow? in
+            guard let state else { return PlainWindow(start: 0, end: .max, maxLength: .max) }
+            let intervals = state.memory.intervals
+            let k = state.memory.firstInterval(endingAfter: address, hint: lastInterval.load(ordering: .relaxed))
+            guard k < intervals.count, intervals[k].start <= address, !intervals[k].copiedOnly else { return nil }
+            lastInterval.store(k, ordering: .relaxed)
+            return PlainWindow(start: intervals[k].start, end: intervals[k].end, maxLength: Self.pagemapThreshold)
+        }
+    }
+
     /// scannablePart's answer for [address, end) when no pagemap read is needed: its part in the first
     /// interval it meets if that is plain and shorter than `pagemapThreshold`, nil (no part) when it
     /// meets none; .none when pagemap must decide.

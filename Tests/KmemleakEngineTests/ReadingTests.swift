@@ -20,6 +20,40 @@ struct HoleAwareMemory: MemoryReader {
     }
 }
 
+/// HoleAwareMemory that also tells its mapped regions as plain windows (ranges under `maxLength` inside
+/// one are scannable whole), and counts the questions the engine asks.
+final class WindowedMemory: MemoryReader, @unchecked Sendable {
+    let inner: HoleAwareMemory
+    let maxLength: UInt64
+    let tellsWindows: Bool
+    var partQuestions = 0
+    var windowQuestions = 0
+
+    init(_ mem: SyntheticMemory, maxLength: UInt64 = 0x1000, tellsWindows: Bool) {
+        inner = HoleAwareMemory(mem: mem)
+        self.maxLength = maxLength
+        self.tellsWindows = tellsWindows
+    }
+
+    func read(_ ranges: UnsafeBufferPointer<MemoryRange>, into buffer: UnsafeMutableRawBufferPointer,
+              bytesRead: UnsafeMutableBufferPointer<Int>) {
+        inner.read(ranges, into: buffer, bytesRead: bytesRead)
+    }
+
+    func scannablePart(of range: MemoryRange) -> MemoryRange? {
+        partQuestions += 1
+        return inner.scannablePart(of: range)
+    }
+
+    func plainWindow(at address: Address) -> PlainWindow? {
+        windowQuestions += 1
+        guard tellsWindows,
+              let r = inner.mem.regions.first(where: { $0.start <= address && address < $0.start + UInt64($0.bytes.count) })
+        else { return nil }
+        return PlainWindow(start: r.start, end: r.start + UInt64(r.bytes.count), maxLength: maxLength)
+    }
+}
+
 /// What the engine reads, and whether it may report what it read.
 @Suite struct ReadingTests {
     /// An object with an unmapped page in its middle and a pointer after it: a reader that only reads
@@ -45,6 +79,39 @@ struct HoleAwareMemory: MemoryReader {
         }
         #expect(reported(holeAware: false) == [0x10000])
         #expect(reported(holeAware: true) == [])
+    }
+
+    /// A reader's plain window spares the per-object questions for the small objects inside it, and
+    /// changes nothing in what is found: a chain of 2000 small objects (every other one leaked), a big
+    /// object (asked about: at least maxLength) with a hole, and an object outside every window.
+    @Test func plainWindowsSpareQuestionsAndChangeNoResult() {
+        func run(tellsWindows: Bool) -> (leaks: [UInt64], parts: Int, windows: Int) {
+            let mem = SyntheticMemory()
+            mem.map(0x1000, 0x100)                      // root
+            mem.map(0x100000, 0x40000)                  // heap: 2000 objects of 64 bytes
+            mem.map(0x200000, 0x1000)                   // big object, first page
+            mem.map(0x202000, 0x1000)                   // big object, third page (the second is a hole)
+            mem.map(0x300000, 0x1000)                   // heap 2
+            let e = makeEngine()
+            e.setRoots([RootRegion(start: 0x1000, length: 0x100, kind: .data)])
+            for i in 0..<2000 { e.alloc(0x100000 + UInt64(i) * 64, size: 64, minCount: 1, metadata: meta(UInt64(i + 1))) }
+            e.alloc(0x200000, size: 0x3000, minCount: 1, metadata: meta(3000))
+            e.alloc(0x300000, size: 64, minCount: 1, metadata: meta(3001))
+            e.alloc(0x300040, size: 64, minCount: 1, metadata: meta(3002))
+            mem.write64(0x1000, 0x100000)
+            mem.write64(0x1008, 0x200000)
+            // Object i points to object i + 2: the even ones are reachable, the odd ones leak.
+            for i in 0..<1998 { mem.write64(0x100000 + UInt64(i) * 64 + 8, 0x100000 + UInt64(i + 2) * 64) }
+            mem.write64(0x202010, 0x300000)             // after the hole
+            let reader = WindowedMemory(mem, tellsWindows: tellsWindows)
+            for _ in 0..<2 { _ = e.scan(now: 10 * sec, memory: reader) }
+            return (e.reported(mem), reader.partQuestions, reader.windowQuestions)
+        }
+        let asked = run(tellsWindows: false), windowed = run(tellsWindows: true)
+        #expect(windowed.leaks == asked.leaks)
+        #expect(asked.leaks.count == 1000 + 1 && asked.leaks.contains(0x300040) && !asked.leaks.contains(0x300000))
+        #expect(asked.parts >= 2 * 1000, "every scanned object asked: \(asked.parts)")
+        #expect(windowed.parts < asked.parts / 10, "windows spared the small objects' questions: \(windowed.parts)")
     }
 
     /// `begin` returning nil (the client could not be frozen in time): nothing is reported, the

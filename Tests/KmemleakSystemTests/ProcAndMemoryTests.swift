@@ -95,6 +95,31 @@ import Testing
         do { _ = try Proc.maps(0x7fff_fff0) } catch { #expect(error.errno == ENOENT && error.call == "open") }
     }
 
+    /// A plain window answers as `scannablePart` does for the ranges it covers: a heap block's interval,
+    /// ranges under the pagemap threshold; nothing for file-backed memory; everything unrestricted.
+    @Test func plainWindowAgreesWithScannablePart() throws {
+        let me = getpid()
+        let mem = ProcessMemory(pid: me)
+        #expect(mem.plainWindow(at: 0x1000) == PlainWindow(start: 0, end: .max, maxLength: .max))
+        try mem.restrict(to: ScannableMemory(maps: try Proc.maps(me), dataRoots: []))
+        let block = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 64)
+        defer { block.deallocate() }
+        memset(block, 1, 4096)
+        let address = UInt64(UInt(bitPattern: block))
+        let window = try #require(mem.plainWindow(at: address))
+        #expect(window.start <= address && address + 4096 <= window.end && window.maxLength == ProcessMemory.pagemapThreshold)
+        for (offset, length) in [(0, 8), (64, 100), (0, 4096)] {
+            let range = MemoryRange(address: address + UInt64(offset), length: length)
+            #expect(mem.scannablePart(of: range) == range)
+        }
+        // The window's own first and last bytes.
+        #expect(mem.scannablePart(of: MemoryRange(address: window.start, length: 8)) == MemoryRange(address: window.start, length: 8))
+        #expect(mem.scannablePart(of: MemoryRange(address: window.end - 8, length: 8)) == MemoryRange(address: window.end - 8, length: 8))
+        // Program text is file-backed: no window.
+        let text = unsafeBitCast(getpid as @convention(c) () -> pid_t, to: UInt.self)
+        #expect(mem.plainWindow(at: UInt64(text)) == nil)
+    }
+
     @Test func deadChildIsNotAlive() throws {
         let (c, pid) = try Helper.start()
         let st = try Proc.stat(pid)

@@ -100,6 +100,113 @@ func allObjects(_ t: ClientTable) throws(TableError) -> ([ObjectRecord], ReadSta
         #expect(stats.retried == 1 && stats.skipped == 1)
     }
 
+    /// One chunked read (`readObjects(digests:)`): the slots streamed and the unchanged ranges.
+    private func chunkedRead(_ t: ClientTable, _ digests: ObjectChunkDigests, maxLive: Int = .max,
+                             settled: (ObjectRecord) -> Bool = { _ in true }) throws(TableError)
+        -> (streamed: [UInt32], unchanged: [Range<UInt32>], stats: ReadStats) {
+        var streamed: [UInt32] = []
+        var unchanged: [Range<UInt32>] = []
+        let stats = try t.readObjects(maxLive: maxLive, digests: digests, unchanged: { unchanged.append($0) }) {
+            streamed.append($0.slot)
+            return settled($0)
+        }
+        return (streamed, unchanged, stats)
+    }
+
+    @Test func unchangedChunksAreReadOnceAndNotStreamed() throws {
+        let s = try SyntheticTable(.init(objects: 4096))
+        let slots: [UInt32] = [0, 5, 1023, 1024, 2000, 2500, 3000]
+        for (i, slot) in slots.enumerated() { s.setObject(slot, pointer: 0x10000 + UInt64(i) * 0x100, size: 32, seq: UInt64(i + 1)) }
+        let t = try s.open()
+        let digests = ObjectChunkDigests()
+        let first = try chunkedRead(t, digests)
+        #expect(first.streamed == slots && first.unchanged.isEmpty && first.stats.unchangedChunks == 0)
+        #expect(digests.known == 3)
+        // Nothing changed: each chunk read once, no record streamed, the live count still counted.
+        let second = try chunkedRead(t, digests)
+        #expect(second.streamed.isEmpty && second.unchanged == [0..<1024, 1024..<2048, 2048..<3001])
+        #expect(second.stats.live == slots.count && second.stats.preads == 3 && second.stats.unchangedChunks == 3)
+        // The budget counts the unchanged chunks' records too.
+        #expect(throws: TableError.tooManyRecords(section: "objects", limit: 6)) { try chunkedRead(t, digests, maxLive: 6) }
+        // A new allocation in slot 1024's place: only its chunk is streamed.
+        s.setObject(1024, pointer: 0x20000, size: 32, seq: 100, state: SyntheticTable.state(version: 3))
+        let third = try chunkedRead(t, digests)
+        #expect(third.streamed == [1024, 2000] && third.unchanged == [0..<1024, 2048..<3001])
+        // A freed slot changes its chunk.
+        s.setObject(5, pointer: 0x10100, size: 32, seq: 2, state: SyntheticTable.state(live: false, version: 2))
+        let fourth = try chunkedRead(t, digests)
+        #expect(fourth.streamed == [0, 1023] && fourth.unchanged == [1024..<2048, 2048..<3001])
+    }
+
+    @Test(arguments: ["pointer", "size", "time", "trace", "tid", "minCount", "flags", "comm", "transientGen"])
+    func anyChangedFieldMakesItsChunkStreamed(_ field: String) throws {
+        let s = try SyntheticTable(.init(objects: 2048))
+        s.setObject(7, pointer: 0x1000, size: 32, seq: 1, trace: 1, comm: 1)
+        s.setObject(1500, pointer: 0x2000, size: 32, seq: 2)
+        s.setTrace(2, [1]); s.setComm(2, "x")
+        let t = try s.open()
+        let digests = ObjectChunkDigests()
+        _ = try chunkedRead(t, digests)
+        // One field rewritten in place, state untouched (what a reader must not trust the state alone for).
+        let offset = s.header.objects_offset + 7 * 64
+        var o = kml_object()
+        _ = withUnsafeMutableBytes(of: &o) { pread(s.fd, $0.baseAddress, 64, off_t(offset)) }
+        switch field {
+        case "pointer": o.pointer += 16
+        case "size": o.size += 1
+        case "time": o.time_ns += 1
+        case "trace": o.trace_id = 2
+        case "tid": o.tid += 1
+        case "minCount": o.min_count = 0
+        case "flags": o.flags |= KML_OBJ_NO_SCAN
+        case "comm": o.comm_id = 2
+        default: o.transient_gen += 1
+        }
+        s.pwriteValue(o, at: offset)
+        let again = try chunkedRead(t, digests)
+        #expect(again.streamed == [7] && again.unchanged == [1024..<1501])
+    }
+
+    @Test func shimPrivateLinkIsNoChange() throws {
+        let s = try SyntheticTable(.init(objects: 1024))
+        s.setObject(3, pointer: 0x1000, size: 32, seq: 1)
+        let t = try s.open()
+        let digests = ObjectChunkDigests()
+        _ = try chunkedRead(t, digests)
+        s.pwriteValue(UInt32(12345), at: s.header.objects_offset + 3 * 64 + 4)     // hash_next
+        #expect(try chunkedRead(t, digests).unchanged == [0..<4])
+    }
+
+    @Test func unsettledBusyAndForgottenChunksAreStreamedAgain() throws {
+        let s = try SyntheticTable(.init(objects: 4096))
+        s.setObject(1, pointer: 0x1000, size: 8, seq: 1)
+        s.setObject(1100, pointer: 0x2000, size: 8, seq: 2)
+        s.setObject(2100, pointer: 0x3000, size: 8, seq: 3)
+        s.setObject(2101, pointer: 0x4000, size: 8, seq: 4, state: SyntheticTable.state(busy: true))
+        let t = try s.open()
+        let digests = ObjectChunkDigests()
+        // Slot 1100 unsettled (e.g. its registration failed); chunk 2 has a busy slot.
+        let first = try chunkedRead(t, digests) { $0.slot != 1100 }
+        #expect(first.streamed == [1, 1100, 2100] && first.stats.skipped == 1)
+        #expect(digests.known == 1)
+        let second = try chunkedRead(t, digests)
+        #expect(second.streamed == [1100, 2100] && second.unchanged == [0..<1024])
+        // Chunk 1 is settled now; forgetting a slot of chunk 0 reads chunk 0 in full again.
+        digests.forget(slots: 1000..<1001)
+        let third = try chunkedRead(t, digests)
+        #expect(third.streamed == [1, 2100] && third.unchanged == [1024..<2048])
+    }
+
+    @Test func digestsAreKeyedPerInstance() throws {
+        let s = try SyntheticTable(.init(objects: 1024))
+        s.setObject(0, pointer: 0x1000, size: 8, seq: 1)
+        let t = try s.open()
+        let one = ObjectChunkDigests(), other = ObjectChunkDigests()
+        _ = try chunkedRead(t, one)
+        #expect(try chunkedRead(t, other).streamed == [0])   // a fresh reader knows nothing
+        #expect(try chunkedRead(t, one).streamed.isEmpty)
+    }
+
     /// One corruption, how to apply it, and the error it must give (from open or from reads).
     struct Corruption: Sendable, CustomTestStringConvertible {
         var name: String

@@ -147,7 +147,8 @@ CLIENTS := .build/clients/pointer-churn .build/clients/scan-client .build/client
 	.build/clients/libfork-window-hook.so \
 	.build/clients/roots-client .build/clients/many-leaks \
 	.build/clients/every-size .build/clients/new-array-zero .build/clients/slow-fuse \
-	.build/clients/three-sites $(SYMBOL_SITES) .build/clients/write-churn .build/clients/forge-table
+	.build/clients/three-sites $(SYMBOL_SITES) .build/clients/write-churn .build/clients/forge-table \
+	.build/clients/annotate-later
 clients: $(CLIENTS)
 .build/clients/thread-life: Tests/clients/thread-life.c
 	@mkdir -p $(@D)
@@ -174,6 +175,10 @@ clients: $(CLIENTS)
 .build/clients/many-leaks: Tests/clients/many-leaks.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $<
+# Annotations made after adoption (kmemleak.h's weak wrappers: runs without the shim too).
+.build/clients/annotate-later: Tests/clients/annotate-later.c Sources/libkmemleak/include/kmemleak.h
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -ISources/libkmemleak/include -o $@ $<
 # The views' end-to-end client (-O0 -g: every call site keeps its frame and its line).
 .build/clients/three-sites: Tests/clients/three-sites.c
 	@mkdir -p $(@D)

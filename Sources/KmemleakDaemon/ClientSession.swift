@@ -9,7 +9,7 @@ import KmemleakSystem
 public struct ClientBudget: Sendable, Equatable {
     /// Live object records one client may have (each costs an engine object).
     public var maxObjects: Int
-    /// The highest object slot index the daemon keeps per-slot state for (3 bytes a slot). Slots are
+    /// The highest object slot index the daemon keeps per-slot state for (2 bytes a slot). Slots are
     /// reused by the shim, so the highest live slot stays near the peak live count; twice the object
     /// budget leaves room for the per-thread slot caches.
     public var maxSlots: Int { maxObjects > Int.max / 2 ? Int.max : maxObjects * 2 }
@@ -30,9 +30,9 @@ struct ClientDropped: Error, CustomStringConvertible {
 /// Before every scan the engine is brought in line with the client's table (`sync`): objects whose slot
 /// now holds another allocation (or nothing) are freed, new allocations are registered, and annotation
 /// changes (the record's version moved) are applied. The engine's id of a slot's object is the slot
-/// (`KmemleakConfiguration.idsChosenByCaller`); what the daemon remembers per slot is 3 bytes: the
-/// record's version and its transient generation. The engine holds the seq that tells the slot's object
-/// from a later allocation in the same slot.
+/// (`KmemleakConfiguration.idsChosenByCaller`); what the daemon remembers per slot is 2 bytes: the
+/// record's version. The engine holds the seq that tells the slot's object from a later allocation in
+/// the same slot.
 final class ClientSession {
     let table: ClientTable
     let id: ClientID
@@ -43,10 +43,10 @@ final class ClientSession {
     private let budget: ClientBudget
 
     // Per table slot up to the highest live slot seen (not objects_used: a claim), what the engine's
-    // object of that slot (engine id = slot) was registered or last annotated with (struct of arrays:
-    // no padding).
+    // object of that slot (engine id = slot) was registered or last annotated with. No copy of the
+    // record's transient_gen: a version change resets the checksum whatever its cause (see
+    // `applyAnnotations`).
     private var slotVersion = SlotPages<UInt16>(fill: 0)
-    private var slotGeneration = SlotPages<UInt8>(fill: 0)         // transient_gen, low 8 bits
     /// The table chunks whose records the engine holds as they are (a full sync skips them while their
     /// bytes stay the same).
     private let chunkDigests = ObjectChunkDigests()
@@ -176,7 +176,6 @@ final class ClientSession {
     /// Extends the per-slot state to `count` slots (page by page: nothing is copied).
     private func growSlots(to count: Int, seen: inout SlotBits) {
         slotVersion.grow(to: count)
-        slotGeneration.grow(to: count)
         seen.grow(to: count)
     }
 
@@ -198,12 +197,17 @@ final class ClientSession {
             if record.noScan { engine.noScan(record.pointer) }
         }
         slotVersion[slot] = UInt16(truncatingIfNeeded: record.version)
-        slotGeneration[slot] = UInt8(truncatingIfNeeded: record.transientGen)
         return true
     }
 
     /// The record's version moved: an annotation was made. Apply the ones that changed, leaving what the
     /// daemon did itself (`clear` turning a reported object grey) alone unless the client annotated again.
+    ///
+    /// Whether `kmemleak_transient_leak` was among them is not known (the daemon keeps no copy of the
+    /// record's transient_gen: 1 byte per slot, issue 10 goal 5), so every version change resets the
+    /// checksum as it would. A reset only makes the next scan treat the object as modified: gray for
+    /// that scan, so its report waits one scan more; an object is never reported because of it, and
+    /// it is reported a scan later if it stays unreferenced and unchanged.
     private func applyAnnotations(_ record: ObjectRecord) {
         let slot = Int(record.slot)
         let pointer = record.pointer
@@ -218,10 +222,9 @@ final class ClientSession {
             }
             if record.noScan, let info, info.flags & ObjectFlags.noScan == 0 { engine.noScan(pointer) }
             if let info, info.metadata.trace != record.traceId { engine.updateTrace(pointer, trace: record.traceId) }
-            if slotGeneration[slot] != UInt8(truncatingIfNeeded: record.transientGen) { engine.transientLeak(pointer) }
+            if info != nil { engine.transientLeak(pointer) }
         }
         slotVersion[slot] = UInt16(truncatingIfNeeded: record.version)
-        slotGeneration[slot] = UInt8(truncatingIfNeeded: record.transientGen)
     }
 
     private func applyScanAreas(_ records: [ObjectRecord]) throws {

@@ -14,7 +14,7 @@
 //   ELFDebugImage.swift   the validated in-memory copy of a file's symbols and DWARF that libelf reads
 //   DebugInfo.swift       elfutils (libdwfl/libdw): symbols, file:line, inline chains of one file
 //   Symbolizer.swift      frames and %pS text for a process's return addresses, shared ELFCache
-//   MallocTuning.swift    the daemon's own malloc: a fixed mmap threshold
+//   MallocTuning.swift    the daemon's own malloc: a fixed mmap threshold, one arena
 //
 // Everything read from a client (its table, its rendezvous file, its maps, its ELF files) is untrusted:
 // malformed input gives a typed error, never a trap and never an allocation sized by a claimed count.

@@ -1,4 +1,5 @@
-// The daemon's own malloc: keep its large, growing arrays out of glibc's brk heap.
+// The daemon's own malloc: keep its large, growing arrays out of glibc's brk heap, and its threads'
+// transients in one arena.
 import CKmemleakSys
 
 public enum MallocTuning {
@@ -11,4 +12,16 @@ public enum MallocTuning {
     /// objects (BENCHMARKS.md, issue 10). Returns false if glibc refused.
     @discardableResult
     public static func fixMmapThreshold() -> Bool { ckml_malloc_set_mmap_threshold(mmapThreshold) == 1 }
+
+    /// Arenas the daemon's malloc may use: one. glibc gives a thread that mallocs while the arenas it
+    /// knows are busy an arena of its own (up to 8 per core), and what a thread frees stays in its
+    /// arena: the scan's workers, the FUSE threads (a report's symbolization) and the scanning thread
+    /// each kept their transients resident, about 1 B per tracked object on the realistic C heap at
+    /// 1 M objects (BENCHMARKS.md, goal 5, branch `memc`). The daemon's threads malloc little while
+    /// they scan (batches and arrays are reused), so the one arena's lock costs no measurable scan time.
+    public static let arenaMax: Int32 = 1
+
+    /// Limits glibc's arenas to `arenaMax`. Returns false if glibc refused.
+    @discardableResult
+    public static func limitArenas() -> Bool { ckml_malloc_set_arena_max(arenaMax) == 1 }
 }

@@ -10,6 +10,7 @@ import Synchronization
 /// Returns the process exit status. The caller must have called `TerminationSignals.block()` first.
 func runDaemon(options: DaemonOptions, logger: Logger) -> Int32 {
     if !MallocTuning.fixMmapThreshold() { logger.warning("cannot fix malloc's mmap threshold (mallopt refused)") }
+    if !MallocTuning.limitArenas() { logger.warning("cannot limit malloc's arenas (mallopt refused)") }
     let backend: any ControlFileBackend & DaemonService
     do {
         backend = try makeBackend(options: options, logger: logger)

@@ -24,6 +24,9 @@ ssize_t ckml_process_vm_scatter(pid_t pid, const struct ckml_iovec *local, size_
 /* mallopt(M_MMAP_THRESHOLD, bytes): a fixed threshold (glibc's dynamic one is then off). 1 on success. */
 int ckml_malloc_set_mmap_threshold(int bytes);
 
+/* mallopt(M_ARENA_MAX, arenas): at most this many malloc arenas. 1 on success. */
+int ckml_malloc_set_arena_max(int arenas);
+
 /* statfs f_type of a path, or -1 and errno. */
 long ckml_statfs_type(const char *path);
 

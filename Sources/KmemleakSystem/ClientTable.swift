@@ -817,20 +817,10 @@ public final class ClientTable: Sendable {
                 stats.bytes += got
                 guard got == len else { throw .truncated(fileSize: try storage.size(), totalSize: openedHeader.totalSize) }
             }
-            retry.removeAll(keepingCapacity: true)
-            for i in 0..<Int(n) {
-                let o = i * esize
-                let sa = a.load(fromByteOffset: o, as: UInt32.self)
-                let sc = c.load(fromByteOffset: o, as: UInt32.self)
-                stats.slots += 1
-                if sa & KML_STATE_BUSY != 0 || sa != sc {
-                    retry.append(first + UInt32(i))
-                    continue
-                }
-                if sa & KML_STATE_KIND_MASK != KML_STATE_LIVE { continue }
-                stats.live += 1
-                guard stats.live <= maxLive else { throw .tooManyRecords(section: name, limit: maxLive) }
-                try body(first + UInt32(i), sa, UnsafeRawPointer(b.baseAddress! + o))
+            try visitConsistentSlots(name, first: first, count: n, entrySize: esize, a: a, b: b, c: c, maxLive: maxLive,
+                                     stats: &stats, retry: &retry) { (slot, state, p) throws(TableError) in
+                try body(slot, state, p)
+                return true
             }
             for slot in retry {
                 try retrySlot(name, s, slot, scratch: one, maxLive: maxLive, stats: &stats) { (slot, state, p) throws(TableError) in
@@ -840,6 +830,37 @@ public final class ClientTable: Sendable {
             }
             first += n
         }
+    }
+
+    /// The `n` slots from `first` of a chunk read three times over (`a`, `b`, `c`): a slot whose state is
+    /// not BUSY and reads the same in A and C is consistent, and B holds it; `body` gets each consistent
+    /// LIVE one, and the others go to `retry` (emptied first). Returns the LIVE slots given to `body` and
+    /// whether it answered true for every one. More than `maxLive` live entries throws `tooManyRecords`.
+    private func visitConsistentSlots(_ name: String, first: UInt32, count n: UInt32, entrySize esize: Int,
+                                      a: UnsafeMutableRawBufferPointer, b: UnsafeMutableRawBufferPointer,
+                                      c: UnsafeMutableRawBufferPointer, maxLive: Int, stats: inout ReadStats,
+                                      retry: inout [UInt32],
+                                      _ body: (UInt32, UInt32, UnsafeRawPointer) throws(TableError) -> Bool) throws(TableError)
+        -> (live: UInt32, settled: Bool) {
+        retry.removeAll(keepingCapacity: true)
+        var settled = true
+        var live: UInt32 = 0
+        for i in 0..<Int(n) {
+            let o = i * esize
+            let sa = a.load(fromByteOffset: o, as: UInt32.self)
+            let sc = c.load(fromByteOffset: o, as: UInt32.self)
+            stats.slots += 1
+            if sa & KML_STATE_BUSY != 0 || sa != sc {
+                retry.append(first + UInt32(i))
+                continue
+            }
+            if sa & KML_STATE_KIND_MASK != KML_STATE_LIVE { continue }
+            stats.live += 1
+            live += 1
+            guard stats.live <= maxLive else { throw .tooManyRecords(section: name, limit: maxLive) }
+            if !(try body(first + UInt32(i), sa, UnsafeRawPointer(b.baseAddress! + o))) { settled = false }
+        }
+        return (live, settled)
     }
 
     /// A slot that changed during a bulk read: read one at a time, three preads each, a bounded number of
@@ -935,24 +956,8 @@ public final class ClientTable: Sendable {
             }
             try readChunk(into: b)
             try readChunk(into: c)
-            retry.removeAll(keepingCapacity: true)
-            var settled = true
-            var live: UInt32 = 0
-            for i in 0..<Int(n) {
-                let o = i * esize
-                let sa = a.load(fromByteOffset: o, as: UInt32.self)
-                let sc = c.load(fromByteOffset: o, as: UInt32.self)
-                stats.slots += 1
-                if sa & KML_STATE_BUSY != 0 || sa != sc {
-                    retry.append(first + UInt32(i))
-                    continue
-                }
-                if sa & KML_STATE_KIND_MASK != KML_STATE_LIVE { continue }
-                stats.live += 1
-                live += 1
-                guard stats.live <= maxLive else { throw .tooManyRecords(section: "objects", limit: maxLive) }
-                if !(try body(first + UInt32(i), sa, UnsafeRawPointer(b.baseAddress! + o))) { settled = false }
-            }
+            let (live, settled) = try visitConsistentSlots("objects", first: first, count: n, entrySize: esize, a: a, b: b, c: c,
+                                                           maxLive: maxLive, stats: &stats, retry: &retry, body)
             // B is consistent for every slot that A and C agree on: with no retries, it is the chunk.
             if settled && retry.isEmpty {
                 digests.store(index, digest: digests.digest(UnsafeRawBufferPointer(b), entries: Int(n), entrySize: esize), live: live)

@@ -233,6 +233,18 @@ static void usr1_blocks(int sig)
     wait_release();
 }
 
+/* Blocks SIGUSR1 in the calling thread and sets `none` to the empty mask: a thread created with
+ * `none` (pthread_attr_setsigmask_np) takes a pending SIGUSR1 and waits in usr1_blocks before it runs. */
+static void hold_new_threads_at_start(sigset_t *none)
+{
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    sigemptyset(none);
+    pthread_sigmask(SIG_BLOCK, &usr1, NULL);
+    signal(SIGUSR1, usr1_blocks);
+}
+
 static void *arg_thread(void *arg)
 {
     free(arg);
@@ -242,12 +254,8 @@ static void *arg_thread(void *arg)
 static __attribute__((noinline)) void start_with_arg(pthread_t *t)
 {
     /* every thread blocks SIGUSR1 but the new one, which takes the pending signal before it runs */
-    sigset_t usr1, none;
-    sigemptyset(&usr1);
-    sigaddset(&usr1, SIGUSR1);
-    sigemptyset(&none);
-    pthread_sigmask(SIG_BLOCK, &usr1, NULL);
-    signal(SIGUSR1, usr1_blocks);
+    sigset_t none;
+    hold_new_threads_at_start(&none);
     kill(getpid(), SIGUSR1);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
@@ -319,12 +327,8 @@ static void *early_thread(void *arg)
 
 static int mode_detach_early(int n)
 {
-    sigset_t usr1, none;
-    sigemptyset(&usr1);
-    sigaddset(&usr1, SIGUSR1);
-    sigemptyset(&none);
-    pthread_sigmask(SIG_BLOCK, &usr1, NULL);
-    signal(SIGUSR1, usr1_blocks);
+    sigset_t none;
+    hold_new_threads_at_start(&none);
     for (int i = 0; i < n; i++) {
         size_t size = 256 << 10;
         void *stack = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);

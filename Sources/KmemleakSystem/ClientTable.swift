@@ -786,12 +786,9 @@ public final class ClientTable: Sendable {
         let esize = Int(s.entrySize)
         guard count > 0, esize >= 4 else { return }
         let chunk = max(1, min(Self.chunkSlots, Int(count)))
-        let bytes = chunk * esize
-        let a = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: 64)
-        let b = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: 64)
-        let c = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: 64)
-        let one = UnsafeMutableRawBufferPointer.allocate(byteCount: esize * 3, alignment: 64)
-        defer { a.deallocate(); b.deallocate(); c.deallocate(); one.deallocate() }
+        let buffers = TripleReadBuffers(chunkBytes: chunk * esize, entrySize: esize)
+        defer { buffers.deallocate() }
+        let (a, b, c, one) = (buffers.a, buffers.b, buffers.c, buffers.one)
         var retry: [UInt32] = []
         var first: UInt32 = 0
         while first < count {
@@ -810,13 +807,7 @@ public final class ClientTable: Sendable {
             // Size first: a truncated file would give short reads.
             let fsize = try storage.size()
             guard fsize >= openedHeader.totalSize else { throw .truncated(fileSize: fsize, totalSize: openedHeader.totalSize) }
-            for buf in [a, b, c] {
-                let got: Int
-                got = try storage.read(into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<len]), offset: off)
-                stats.preads += 1
-                stats.bytes += got
-                guard got == len else { throw .truncated(fileSize: try storage.size(), totalSize: openedHeader.totalSize) }
-            }
+            for buf in [a, b, c] { try readSpan(into: buf, length: len, offset: off, stats: &stats) }
             try visitConsistentSlots(name, first: first, count: n, entrySize: esize, a: a, b: b, c: c, maxLive: maxLive,
                                      stats: &stats, retry: &retry) { (slot, state, p) throws(TableError) in
                 try body(slot, state, p)
@@ -830,6 +821,27 @@ public final class ClientTable: Sendable {
             }
             first += n
         }
+    }
+
+    /// The buffers of a chunk read three times over (A, B, C) and of one slot's three reads.
+    private struct TripleReadBuffers {
+        let a, b, c, one: UnsafeMutableRawBufferPointer
+        init(chunkBytes: Int, entrySize: Int) {
+            a = .allocate(byteCount: chunkBytes, alignment: 64)
+            b = .allocate(byteCount: chunkBytes, alignment: 64)
+            c = .allocate(byteCount: chunkBytes, alignment: 64)
+            one = .allocate(byteCount: entrySize * 3, alignment: 64)
+        }
+        func deallocate() { a.deallocate(); b.deallocate(); c.deallocate(); one.deallocate() }
+    }
+
+    /// `length` bytes at `offset` into the start of `buf`; a short read means the file was truncated.
+    private func readSpan(into buf: UnsafeMutableRawBufferPointer, length: Int, offset: UInt64,
+                          stats: inout ReadStats) throws(TableError) {
+        let got = try storage.read(into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<length]), offset: offset)
+        stats.preads += 1
+        stats.bytes += got
+        guard got == length else { throw .truncated(fileSize: try storage.size(), totalSize: openedHeader.totalSize) }
     }
 
     /// The `n` slots from `first` of a chunk read three times over (`a`, `b`, `c`): a slot whose state is
@@ -876,11 +888,8 @@ public final class ClientTable: Sendable {
         for attempt in 0..<Self.maxSlotRetries {
             if attempt > 0 { sched_yield() }
             for k in 0..<3 {
-                let got: Int
-                got = try storage.read(into: UnsafeMutableRawBufferPointer(rebasing: one[(k * esize)..<((k + 1) * esize)]), offset: soff)
-                stats.preads += 1
-                stats.bytes += got
-                guard got == esize else { throw .truncated(fileSize: try storage.size(), totalSize: openedHeader.totalSize) }
+                try readSpan(into: UnsafeMutableRawBufferPointer(rebasing: one[(k * esize)..<((k + 1) * esize)]), length: esize,
+                             offset: soff, stats: &stats)
             }
             let sa = one.load(fromByteOffset: 0, as: UInt32.self)
             let sc = one.load(fromByteOffset: 2 * esize, as: UInt32.self)
@@ -913,12 +922,9 @@ public final class ClientTable: Sendable {
         let esize = Int(s.entrySize)
         guard count > 0, esize >= 8, esize % 8 == 0 else { return }
         let chunk = Self.chunkSlots
-        let bytes = min(chunk, Int(count)) * esize
-        let a = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: 64)
-        let b = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: 64)
-        let c = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: 64)
-        let one = UnsafeMutableRawBufferPointer.allocate(byteCount: esize * 3, alignment: 64)
-        defer { a.deallocate(); b.deallocate(); c.deallocate(); one.deallocate() }
+        let buffers = TripleReadBuffers(chunkBytes: min(chunk, Int(count)) * esize, entrySize: esize)
+        defer { buffers.deallocate() }
+        let (a, b, c, one) = (buffers.a, buffers.b, buffers.c, buffers.one)
         var retry: [UInt32] = []
         var first: UInt32 = 0
         while first < count {
@@ -937,13 +943,7 @@ public final class ClientTable: Sendable {
             let off = s.offset + UInt64(first) * UInt64(esize)
             let fsize = try storage.size()
             guard fsize >= openedHeader.totalSize else { throw .truncated(fileSize: fsize, totalSize: openedHeader.totalSize) }
-            func readChunk(into buf: UnsafeMutableRawBufferPointer) throws(TableError) {
-                let got = try storage.read(into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<len]), offset: off)
-                stats.preads += 1
-                stats.bytes += got
-                guard got == len else { throw .truncated(fileSize: try storage.size(), totalSize: openedHeader.totalSize) }
-            }
-            try readChunk(into: a)
+            try readSpan(into: a, length: len, offset: off, stats: &stats)
             if let stored = digests.stored(index),
                digests.digest(UnsafeRawBufferPointer(a), entries: Int(n), entrySize: esize) == stored.digest {
                 stats.slots += Int(n)
@@ -954,8 +954,8 @@ public final class ClientTable: Sendable {
                 first += n
                 continue
             }
-            try readChunk(into: b)
-            try readChunk(into: c)
+            try readSpan(into: b, length: len, offset: off, stats: &stats)
+            try readSpan(into: c, length: len, offset: off, stats: &stats)
             let (live, settled) = try visitConsistentSlots("objects", first: first, count: n, entrySize: esize, a: a, b: b, c: c,
                                                            maxLive: maxLive, stats: &stats, retry: &retry, body)
             // B is consistent for every slot that A and C agree on: with no retries, it is the chunk.

@@ -42,9 +42,14 @@ struct ObjectExtras {
 /// O(ids / 64) a pop in the worst case). An id may name a newer, young object by the time it is popped:
 /// scanning it only adds references. Pushing an id already queued does nothing.
 struct GrayQueue {
-    /// levels[0]: one bit per id; levels[k + 1]: one bit per non-zero word of levels[k]; the last level
-    /// is one word (or there are none: nothing was ever pushed).
-    private var levels: [[UInt64]] = []
+    /// All levels in one array: level k's words start at `starts[k]` (level 0: one bit per id; level
+    /// k + 1: one bit per non-zero word of level k; the last level is one word), so that a pop or push
+    /// checks the array's uniqueness once, not once per level.
+    private var words: [UInt64] = []
+    private var starts: [Int] = []
+    /// Every word of level 0 below this one is zero: a pop whose smallest id lies in that word (the
+    /// common case while a scan drains one region of ids) reads one word, not one per level.
+    private var lowestWord = 0
     /// Ids queued.
     private(set) var count = 0
 
@@ -53,45 +58,71 @@ struct GrayQueue {
     /// Room for ids below `ids` from the start (no growth while the scan pushes them).
     init(capacity ids: Int) { if ids > 0 { grow(to: ids - 1) } }
 
+    private var bitWords: Int { starts.count > 1 ? starts[1] : words.count }
+
     @inline(__always) mutating func push(_ id: UInt32) {
         var i = Int(id)
-        if levels.isEmpty || i >> 6 >= levels[0].count { grow(to: i) }
-        let old = levels[0][i >> 6]
-        let bit: UInt64 = 1 << UInt64(i & 63)
-        if old & bit != 0 { return }
-        levels[0][i >> 6] = old | bit
-        count += 1
-        var k = 1
-        var wasEmpty = old == 0
-        while wasEmpty && k < levels.count {
-            i >>= 6
-            let above = levels[k][i >> 6]
-            levels[k][i >> 6] = above | 1 << UInt64(i & 63)
-            wasEmpty = above == 0
-            k += 1
+        if starts.isEmpty || i >> 6 >= bitWords { grow(to: i) }
+        let levels = starts.count
+        let added: Bool = starts.withUnsafeBufferPointer { st in
+            words.withUnsafeMutableBufferPointer { w in
+                let old = w[i >> 6]
+                let bit: UInt64 = 1 << UInt64(i & 63)
+                if old & bit != 0 { return false }
+                w[i >> 6] = old | bit
+                var k = 1
+                var wasEmpty = old == 0
+                while wasEmpty && k < levels {
+                    i >>= 6
+                    let at = st[k] &+ (i >> 6)
+                    let above = w[at]
+                    w[at] = above | 1 << UInt64(i & 63)
+                    wasEmpty = above == 0
+                    k += 1
+                }
+                return true
+            }
+        }
+        if added {
+            count += 1
+            if Int(id) >> 6 < lowestWord { lowestWord = Int(id) >> 6 }
         }
     }
 
     /// The smallest id queued, removed.
     @inline(__always) mutating func pop() -> UInt32? {
         guard count > 0 else { return nil }
-        var i = 0
-        var k = levels.count - 1
-        while k >= 0 {
-            i = i << 6 | levels[k][i].trailingZeroBitCount
-            k -= 1
-        }
         count -= 1
-        var j = i
-        k = 0
-        while k < levels.count {
-            let w = levels[k][j >> 6] & ~(1 << UInt64(j & 63))
-            levels[k][j >> 6] = w
-            if w != 0 { break }
-            j >>= 6
-            k += 1
+        let levels = starts.count
+        let low = lowestWord
+        let (id, word): (Int, Int) = starts.withUnsafeBufferPointer { st in
+            words.withUnsafeMutableBufferPointer { w in
+                var i: Int
+                if w[low] != 0 {
+                    i = low << 6 | w[low].trailingZeroBitCount
+                } else {
+                    i = 0
+                    var k = levels - 1
+                    while k >= 0 {
+                        i = i << 6 | w[st[k] &+ i].trailingZeroBitCount
+                        k -= 1
+                    }
+                }
+                var j = i
+                var k = 0
+                while k < levels {
+                    let at = st[k] &+ (j >> 6)
+                    let v = w[at] & ~(1 << UInt64(j & 63))
+                    w[at] = v
+                    if v != 0 { break }
+                    j >>= 6
+                    k += 1
+                }
+                return (i, i >> 6)
+            }
         }
-        return UInt32(truncatingIfNeeded: i)
+        lowestWord = word
+        return UInt32(truncatingIfNeeded: id)
     }
 
     var isEmpty: Bool { count == 0 }
@@ -100,16 +131,18 @@ struct GrayQueue {
     /// Room for id `i`: the bits grow to at least twice their words (a hostile client's sparse ids cost a
     /// copy per doubling, not per id), and the summary levels are rebuilt over them.
     private mutating func grow(to i: Int) {
-        let words = max((i >> 6) + 1, (levels.first?.count ?? 0) * 2)
-        var bits = levels.isEmpty ? [] : levels[0]
-        levels = []
-        bits.append(contentsOf: repeatElement(0, count: words - bits.count))
-        levels.append(bits)
-        while levels[levels.count - 1].count > 1 {
-            let below = levels[levels.count - 1]
-            var above = [UInt64](repeating: 0, count: (below.count + 63) >> 6)
-            for (w, v) in below.enumerated() where v != 0 { above[w >> 6] |= 1 << UInt64(w & 63) }
-            levels.append(above)
+        let n = max((i >> 6) + 1, bitWords * 2)
+        var level = Array(words.prefix(starts.isEmpty ? 0 : bitWords))
+        level.append(contentsOf: repeatElement(0, count: n - level.count))
+        words = []
+        starts = []
+        while true {
+            starts.append(words.count)
+            words.append(contentsOf: level)
+            if level.count <= 1 { break }
+            var above = [UInt64](repeating: 0, count: (level.count + 63) >> 6)
+            for (w, v) in level.enumerated() where v != 0 { above[w >> 6] |= 1 << UInt64(w & 63) }
+            level = above
         }
     }
 }

@@ -1047,7 +1047,9 @@ struct Scanner<M: MemoryReader> {
         }
     }
 
-    /// Slot-chunked pass under the lock; returns false if the detector went away.
+    /// Slot-chunked pass under the lock; returns false if the detector went away. Inlined, so that `body`
+    /// is too: a call per slot was 3-5 % of a 2 M-object scan.
+    @inline(__always)
     mutating func forSlots(_ body: (inout EngineState, Int) -> Void) -> Bool {
         var slot = 0
         while true {

@@ -212,6 +212,23 @@ import Testing
         }
     }
 
+    /// The packed-key sort orders ranges as the comparison sort does: by address, ties in position order,
+    /// and addresses above 2^48 (no packing) too.
+    @Test func addressOrderIsTheStableSortByAddress() {
+        var seed: UInt64 = 0x2545_f491_4f6c_dd1d
+        func next() -> UInt64 { seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17; return seed }
+        for high in [false, true] {
+            // Few distinct addresses: many ties.
+            let ranges = (0..<1024).map { i in
+                MemoryRange(address: (high && i == 700 ? 1 << 56 : 0x7f00_0000_0000) + next() % 64 * 16, length: 16)
+            }
+            let expected = (0..<ranges.count).sorted {
+                ranges[$0].address != ranges[$1].address ? ranges[$0].address < ranges[$1].address : $0 < $1
+            }
+            ranges.withUnsafeBufferPointer { #expect(ProcessMemory.addressOrder($0, $0.count) == expected) }
+        }
+    }
+
     @Test func partialReadsAcrossAHole() throws {
         let (c, pid) = try Helper.start()
         defer { c.terminate() }

@@ -147,6 +147,110 @@ struct GrayQueue {
     }
 }
 
+/// The granules no word needs to be looked up in (issue 10 goal 1): while a scan runs, one bit per
+/// 16-byte granule of the plain index's hot range, set once the granule lies wholly inside an object on
+/// which no word can do anything more until the next scan (gray or black without excess_ref: the moment
+/// its `mayTakeReference` bit is cleared; colours only darken during a scan). Every word in such a granule
+/// finds that object, so the scan drops it before the lookup. malloc blocks start 16-aligned, so a
+/// pointer to a block's start lands in a granule wholly inside it: on the realistic C heap 90 % of the
+/// in-range words point at objects already done, and each of their lookups was a DRAM miss on an index
+/// group where the granule's bit is a load from a few MiB. Where an object is freed or registered while
+/// the scan runs, its granules are cleared (their words find another object then). The bits cost a
+/// 128th of the range: at most `maxBytesPerObject` per plain object, else there are none.
+struct DoneGranules {
+    static let shift: UInt64 = 4
+    static let maxBytesPerObject: UInt64 = 4
+    private(set) var start: UInt64 = 0
+    /// Bytes of the range covered; 0: no filter.
+    private(set) var span: UInt64 = 0
+    /// The bits (taken out by the word loop while it runs).
+    var words: [UInt64] = []
+
+    /// All clear over [start, start + span), or none when that would cost more than allowed for `objects`.
+    mutating func reset(start: UInt64, span: UInt64, objects: Int) {
+        let granules = span >> Self.shift
+        guard span > 0, granules >> 3 <= UInt64(objects) &* Self.maxBytesPerObject else {
+            release()
+            return
+        }
+        let n = Int((granules + 63) >> 6)
+        // In place: a new array would be held with the old one.
+        words.removeLast(max(0, words.count - n))
+        for i in words.indices { words[i] = 0 }
+        words.append(contentsOf: repeatElement(0, count: n - words.count))
+        self.start = start
+        self.span = granules << Self.shift
+    }
+
+    /// Whether the granule of `address` is set (outside the word loop, which holds the bits meanwhile).
+    func isSet(_ address: UInt64) -> Bool {
+        var copy = words
+        return copy.withUnsafeMutableBufferPointer {
+            DoneFilter(bits: $0.baseAddress, start: start, span: span).contains(address)
+        }
+    }
+
+    /// No filter, no memory.
+    mutating func release() {
+        self = DoneGranules()
+    }
+
+    /// Clears every granule that overlaps [pointer, pointer + size) (at least one byte).
+    mutating func clear(_ pointer: UInt64, _ size: UInt64) {
+        guard span > 0, !words.isEmpty else { return }
+        let lo = pointer &- start
+        guard lo < span else { return }
+        let first = lo >> Self.shift
+        let last = (min(span &- 1, lo &+ max(size, 1) &- 1)) >> Self.shift
+        var g = first
+        while g <= last {
+            let b = g & 63
+            let n = min(64 - b, last - g + 1)
+            let mask: UInt64 = n == 64 ? ~0 : ((1 << n) - 1) << b
+            words[Int(g >> 6)] &= ~mask
+            g &+= n
+        }
+    }
+}
+
+/// The word loop's view of the `DoneGranules` bits (read by scan workers while the scanning thread waits
+/// for them; written only by the scanning thread).
+struct DoneFilter {
+    let bits: UnsafeMutablePointer<UInt64>?
+    let start: UInt64
+    let span: UInt64
+
+    init(bits: UnsafeMutablePointer<UInt64>? = nil, start: UInt64 = 0, span: UInt64 = 0) {
+        self.bits = bits
+        self.start = start
+        self.span = bits == nil ? 0 : span
+    }
+
+    @inline(__always) func contains(_ w: UInt64) -> Bool {
+        let o = w &- start
+        guard o < span, let bits else { return false }
+        return (bits[Int(truncatingIfNeeded: o >> (DoneGranules.shift + 6))] >> ((o >> DoneGranules.shift) & 63)) & 1 != 0
+    }
+
+    /// Sets the granules wholly inside [pointer, pointer + size), an object no word can change now.
+    @inline(__always) func markInside(_ pointer: UInt64, _ size: UInt64) {
+        guard let bits else { return }
+        let lo = pointer &- start
+        guard lo < span, size >= 1 << DoneGranules.shift else { return }
+        let unit: UInt64 = 1 << DoneGranules.shift
+        var g = (lo &+ unit &- 1) >> DoneGranules.shift
+        let hi = lo.addingReportingOverflow(size).overflow ? span : min(lo &+ size, span)
+        let end = hi >> DoneGranules.shift
+        while g < end {
+            let b = g & 63
+            let n = min(64 - b, end - g)
+            let mask: UInt64 = n == 64 ? ~0 : ((1 << n) - 1) << b
+            bits[Int(g >> 6)] |= mask
+            g &+= n
+        }
+    }
+}
+
 /// Which object search tree.
 enum Space { case plain, percpu }
 
@@ -205,6 +309,8 @@ struct EngineState {
     /// Sum of the live objects' sizes (wrapping: sizes are the client's word).
     var objectBytes: UInt64 = 0
     var gray = GrayQueue()
+    /// While a scan runs: the granules whose words need no lookup (see `DoneGranules`).
+    var done = DoneGranules()
     var confirm: ConfirmState? = nil
     /// One bit per id, set at each scan's prepare step and for each new object: a word that points into
     /// the object may still change something in this scan. The scan clears it once it has seen the
@@ -419,6 +525,7 @@ struct EngineState {
             percpu.insert(id, key: ptr, afterBlock: pred?.b ?? -1, pos: pred?.pos ?? -1)
         } else {
             plain.insert(id, key: ptr, afterBlock: pred?.b ?? -1, pos: pred?.pos ?? -1)
+            if scanning { done.clear(ptr, ext) }
         }
         objectCount += 1
         objectBytes &+= size
@@ -435,6 +542,7 @@ struct EngineState {
     /// out again (after the running scan); a caller-chosen one waits for its caller.
     mutating func deleteObject(_ hit: (id: UInt32, b: Int, pos: Int), _ space: Space) {
         if space == .plain {
+            if scanning { done.clear(records[Int(hit.id)].pointer, size(hit.id)) }
             plain.remove(b: hit.b, pos: hit.pos)
         } else {
             percpu.remove(b: hit.b, pos: hit.pos)
@@ -617,7 +725,7 @@ struct EngineState {
 
     var memoryBytes: Int {
         var n = records.capacity * MemoryLayout<ObjectRecord>.stride
-        n += freeSlots.capacity * 4 + deferredFree.capacity * 4 + records.pages.capacity * 8
+        n += freeSlots.capacity * 4 + deferredFree.capacity * 4 + done.words.capacity * 8 + records.pages.capacity * 8
         n += plain.memoryBytes + percpu.memoryBytes + mayTakeReference.capacity * 8
         n += extras.capacity * (MemoryLayout<UInt32>.stride + MemoryLayout<ObjectExtras>.stride + 1)
         for e in extras.values { n += e.areas.capacity * 16 }

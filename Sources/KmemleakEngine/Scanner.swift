@@ -195,9 +195,9 @@ extension EngineState {
         let pc = percpu
         let ex = extras
         let nrec = records.count
-        withWordScanState { rec, bits, g, aliases, cookies in
+        withWordScanState { rec, bits, done, g, aliases, cookies in
             if pc.count == 0 {
-                Self.scanChunksBatched(bufferBase, group, nrec, pl, rec, &g, ex, &aliases, &cookies, bits)
+                Self.scanChunksBatched(bufferBase, group, nrec, pl, rec, &g, ex, &aliases, &cookies, bits, done)
                 return
             }
             for c in group {
@@ -210,9 +210,9 @@ extension EngineState {
                 for i in 0..<n {
                     let w = base.loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
                     if w &- own.start >= own.length {
-                        Self.pointerUpdateRefs(w, pl, rec, c.id, &g, ex, pl, &aliases, &cookies, bits)
+                        Self.pointerUpdateRefs(w, pl, rec, c.id, &g, ex, pl, &aliases, &cookies, bits, done)
                     }
-                    if pc.count > 0 { Self.pointerUpdateRefs(w, pc, rec, c.id, &g, ex, pl, &aliases, &cookies, bits) }
+                    if pc.count > 0 { Self.pointerUpdateRefs(w, pc, rec, c.id, &g, ex, pl, &aliases, &cookies, bits, done) }
                 }
             }
         }
@@ -238,11 +238,11 @@ extension EngineState {
         return (UnsafeRawPointer(bitPattern: bufferBase + c.off + Int(first - c.addr))!, Int((end - first) / 8))
     }
 
-    /// Runs `body` over what a group's words update (the records, the `mayTakeReference` bits, the gray
-    /// list, aliases to resolve, array-cookie references), taken out of the state meanwhile so that the
-    /// word loop goes through no `self`; then puts them back and resolves the aliases.
+    /// Runs `body` over what a group's words update (the records, the `mayTakeReference` bits, the done
+    /// granules, the gray list, aliases to resolve, array-cookie references), taken out of the state
+    /// meanwhile so that the word loop goes through no `self`; then puts them back and resolves the aliases.
     mutating func withWordScanState(
-        _ body: (Rec, UnsafeMutableBufferPointer<UInt64>, inout GrayQueue, inout [UInt64], inout [UInt32]) -> Void
+        _ body: (Rec, UnsafeMutableBufferPointer<UInt64>, DoneFilter, inout GrayQueue, inout [UInt64], inout [UInt32]) -> Void
     ) {
         var g = gray
         gray = GrayQueue()
@@ -251,8 +251,17 @@ extension EngineState {
         cookieRefs = []
         var bits = mayTakeReference
         mayTakeReference = []
+        var doneWords = done.words
+        done.words = []
         let store = records
-        bits.withUnsafeMutableBufferPointer { bits in store.withRecords { rec in body(rec, bits, &g, &aliases, &cookies) } }
+        let (start, span) = (done.start, done.span)
+        bits.withUnsafeMutableBufferPointer { bits in
+            doneWords.withUnsafeMutableBufferPointer { d in
+                let filter = DoneFilter(bits: span > 0 ? d.baseAddress : nil, start: start, span: span)
+                store.withRecords { rec in body(rec, bits, filter, &g, &aliases, &cookies) }
+            }
+        }
+        done.words = doneWords
         mayTakeReference = bits
         cookieRefs = cookies
         gray = g
@@ -314,9 +323,9 @@ extension EngineState {
         for k in 0..<tasks { hitCounts[k] = 0 }
         let pl = plain
         let ex = extras
-        withWordScanState { rec, bits, g, aliases, cookies in
+        withWordScanState { rec, bits, done, g, aliases, cookies in
             let job = Shared(value: ParallelLookup(
-                index: pl, extras: ex, records: rec, bits: bits, chunks: chunks, firstWord: firstWord, tasks: tasks,
+                index: pl, extras: ex, records: rec, bits: bits, done: done, chunks: chunks, firstWord: firstWord, tasks: tasks,
                 hits: hits, hitCounts: hitCounts, hitCapacity: hitCapacity))
             workers.run { k in job.value.lookUp(k) }
             // In word order: task k's hits all precede task k+1's.
@@ -329,7 +338,7 @@ extension EngineState {
                     while firstWord[ci + 1] <= i { ci += 1 }
                     let c = chunks[ci]
                     let w = c.words.loadUnaligned(fromByteOffset: (i - firstWord[ci]) * 8, as: UInt64.self)
-                    Self.updateRefsOfHit(w, UInt32(truncatingIfNeeded: e), rec, c.id, &g, ex, pl, &aliases, &cookies, bits)
+                    Self.updateRefsOfHit(w, UInt32(truncatingIfNeeded: e), rec, c.id, &g, ex, pl, &aliases, &cookies, bits, done)
                 }
             }
         }
@@ -341,6 +350,7 @@ extension EngineState {
         let extras: [UInt32: ObjectExtras]
         let records: Rec
         let bits: UnsafeMutableBufferPointer<UInt64>
+        let done: DoneFilter
         let chunks: [(words: UnsafeRawPointer, count: Int, id: UInt32, own: (start: UInt64, length: UInt64))]
         /// The index of each chunk's first word, and the total at the end.
         let firstWord: [Int]
@@ -381,7 +391,7 @@ extension EngineState {
                     let base = firstWord[ci]
                     for i in at..<stop {
                         let w = c.words.loadUnaligned(fromByteOffset: (i &- base) &* 8, as: UInt64.self)
-                        if batch.add(w, index: i, scanned: c.id, own: c.own, index) { apply() }
+                        if batch.add(w, index: i, scanned: c.id, own: c.own, index, done) { apply() }
                     }
                     at = stop
                     ci += 1
@@ -403,11 +413,11 @@ extension EngineState {
     static func pointerUpdateRefs(
         _ w: UInt64, _ idx: IntervalIndex, _ rec: Rec, _ scanned: UInt32,
         _ g: inout GrayQueue, _ ex: [UInt32: ObjectExtras], _ plainIdx: IntervalIndex, _ aliases: inout [UInt64],
-        _ cookies: inout [UInt32], _ bits: UnsafeMutableBufferPointer<UInt64>
+        _ cookies: inout [UInt32], _ bits: UnsafeMutableBufferPointer<UInt64>, _ done: DoneFilter
     ) {
         if w < idx.minAddr || w >= idx.maxAddr { return }
         guard let h = idx.predecessor(w) else { return }
-        updateRefsOfHit(w, h.id, rec, scanned, &g, ex, plainIdx, &aliases, &cookies, bits)
+        updateRefsOfHit(w, h.id, rec, scanned, &g, ex, plainIdx, &aliases, &cookies, bits, done)
     }
 
     /// pointer_update_refs once the lookup found `id`, the object with the greatest pointer <= w.
@@ -415,9 +425,9 @@ extension EngineState {
     static func updateRefsOfHit(
         _ w: UInt64, _ id: UInt32, _ rec: Rec, _ scanned: UInt32,
         _ g: inout GrayQueue, _ ex: [UInt32: ObjectExtras], _ plainIdx: IntervalIndex, _ aliases: inout [UInt64],
-        _ cookies: inout [UInt32], _ bits: UnsafeMutableBufferPointer<UInt64>
+        _ cookies: inout [UInt32], _ bits: UnsafeMutableBufferPointer<UInt64>, _ done: DoneFilter
     ) {
-        updateRefsOfHit(w, id, shape: rec[Int(id)].pointee, rec, scanned, &g, ex, plainIdx, &aliases, &cookies, bits)
+        updateRefsOfHit(w, id, shape: rec[Int(id)].pointee, rec, scanned, &g, ex, plainIdx, &aliases, &cookies, bits, done)
     }
 
     /// `updateRefsOfHit` with `shape`, the hit's record as read before this lock hold's updates (any
@@ -426,7 +436,7 @@ extension EngineState {
     static func updateRefsOfHit(
         _ w: UInt64, _ id: UInt32, shape: ObjectRecord, _ rec: Rec, _ scanned: UInt32,
         _ g: inout GrayQueue, _ ex: [UInt32: ObjectExtras], _ plainIdx: IntervalIndex, _ aliases: inout [UInt64],
-        _ cookies: inout [UInt32], _ bits: UnsafeMutableBufferPointer<UInt64>
+        _ cookies: inout [UInt32], _ bits: UnsafeMutableBufferPointer<UInt64>, _ done: DoneFilter
     ) {
         let word = Int(id >> 6)
         let bit: UInt64 = 1 << UInt64(id & 63)
@@ -437,6 +447,7 @@ extension EngineState {
         if tracked && !r.isWhite && r.bits & ObjectRecord.hasExtras == 0 {
             // Gray or black, no excess_ref: nothing a word can do to it until the next scan.
             bits[word] &= ~bit
+            if !r.has(ObjectFlags.percpu) { done.markInside(r.pointer, objectSize(r, id, ex)) }
             return
         }
         let size = objectSize(r, id, ex)
@@ -629,6 +640,9 @@ struct Scanner<M: MemoryReader> {
             for w in s.mayTakeReference.indices { s.mayTakeReference[w] = ~0 }
             s.mayTakeReference.append(contentsOf: repeatElement(~0, count: words - s.mayTakeReference.count))
             s.plain.refreshBlockTable()
+            if engine.configuration.skipsDoneGranules {
+                s.done.reset(start: s.plain.blockTable.start, span: s.plain.blockTable.span, objects: s.plain.count)
+            }
             return (s.epoch, s.scanRootRegions())
         }
         guard let (ep, roots) = start else { return ScanResult(interrupted: true) }
@@ -643,6 +657,7 @@ struct Scanner<M: MemoryReader> {
                 s.freeSlots.append(contentsOf: s.deferredFree)
                 s.deferredFree = []
                 s.gray.reset()
+                s.done.release()
                 s.confirm = nil
             }
         }

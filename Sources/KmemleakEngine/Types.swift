@@ -76,6 +76,10 @@ public struct KmemleakConfiguration: Sendable {
     /// Threads for the scan's lookups and reads (see `ScanWorkers`); nil or a count of 1: the serial scan.
     /// The results are the same either way.
     public var scanWorkers: (any ScanWorkers)? = nil
+    /// Drop, before the lookup, the words that land in a 16-byte granule wholly inside an object already
+    /// done this scan (see `DoneGranules`; at most 4 bytes of bits per object while a scan runs). The
+    /// results are the same either way.
+    public var skipsDoneGranules: Bool = true
 
     /// Creates a configuration; the defaults are the kernel's (1 CPU, 5 s minimum age, HZ 100, no
     /// confirmation passes, report CPU 0, 4 KiB pages, debugfs path, no logging).

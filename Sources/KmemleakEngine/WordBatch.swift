@@ -48,14 +48,17 @@ struct WordBatch {
     init(_ storage: UnsafeMutablePointer<WordCandidate>) { candidates = storage }
 
     /// Pass 1 for word `w`: kept when it may hit an object of `index` and does not point into `own`, the
-    /// scanned chunk's own range (see `EngineState.ownRange`: the lookup would ignore it). Returns true
-    /// when the batch is full.
+    /// scanned chunk's own range (see `EngineState.ownRange`: the lookup would ignore it), nor into a
+    /// granule of `done` (the object there needs no more words this scan). Returns true when the batch
+    /// is full.
     @inline(__always)
     mutating func add(
-        _ w: UInt64, index i: Int, scanned: UInt32, own: (start: UInt64, length: UInt64) = (0, 0), _ index: IntervalIndex
+        _ w: UInt64, index i: Int, scanned: UInt32, own: (start: UInt64, length: UInt64) = (0, 0), _ index: IntervalIndex,
+        _ done: DoneFilter = DoneFilter()
     ) -> Bool {
         if w &- own.start < own.length { return false }
         if w < index.minAddr || w >= index.maxAddr { return false }
+        if done.contains(w) { return false }
         let c = candidates + count
         c.pointee.word = w
         c.pointee.index = i
@@ -126,13 +129,14 @@ extension EngineState {
     static func scanChunksBatched(
         _ bufferBase: Int, _ group: [(off: Int, addr: UInt64, len: Int, id: UInt32)], _ nrec: Int,
         _ idx: IntervalIndex, _ rec: Rec, _ g: inout GrayQueue, _ ex: [UInt32: ObjectExtras],
-        _ aliases: inout [UInt64], _ cookies: inout [UInt32], _ bits: UnsafeMutableBufferPointer<UInt64>
+        _ aliases: inout [UInt64], _ cookies: inout [UInt32], _ bits: UnsafeMutableBufferPointer<UInt64>,
+        _ done: DoneFilter
     ) {
         withUnsafeTemporaryAllocation(of: WordCandidate.self, capacity: wordBatchCapacity) { storage in
             var batch = WordBatch(storage.baseAddress!)
             func apply() {
                 batch.drain(idx, rec, bits) { c in
-                    updateRefsOfHit(c.word, c.id, shape: c.shape, rec, c.scanned, &g, ex, idx, &aliases, &cookies, bits)
+                    updateRefsOfHit(c.word, c.id, shape: c.shape, rec, c.scanned, &g, ex, idx, &aliases, &cookies, bits, done)
                 }
             }
             for c in group {
@@ -144,7 +148,7 @@ extension EngineState {
                 guard let (base, n) = alignedWords(bufferBase, c) else { continue }
                 for i in 0..<n {
                     let w = base.loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
-                    if batch.add(w, index: i, scanned: c.id, own: own, idx) { apply() }
+                    if batch.add(w, index: i, scanned: c.id, own: own, idx, done) { apply() }
                 }
             }
             if batch.count > 0 { apply() }

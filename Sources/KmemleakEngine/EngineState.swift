@@ -184,9 +184,25 @@ struct DoneGranules {
 
     /// Whether the granule of `address` is set (outside the word loop, which holds the bits meanwhile).
     func isSet(_ address: UInt64) -> Bool {
-        var copy = words
-        return copy.withUnsafeMutableBufferPointer {
-            DoneFilter(bits: $0.baseAddress, start: start, span: span).contains(address)
+        let o = address &- start
+        guard o < span, !words.isEmpty else { return false }
+        let (word, mask) = Self.bit(o)
+        return words[word] & mask != 0
+    }
+
+    /// The word and mask of the granule at byte offset `o` of the range.
+    @inline(__always) static func bit(_ o: UInt64) -> (word: Int, mask: UInt64) {
+        (Int(truncatingIfNeeded: o >> (shift + 6)), 1 << ((o >> shift) & 63))
+    }
+
+    /// Calls `body` with each word and mask of the granules [first, end), a word at a time.
+    @inline(__always) static func forEachMask(_ first: UInt64, _ end: UInt64, _ body: (Int, UInt64) -> Void) {
+        var g = first
+        while g < end {
+            let b = g & 63
+            let n = min(64 - b, end - g)
+            body(Int(g >> 6), n == 64 ? ~0 : ((1 << n) - 1) << b)
+            g &+= n
         }
     }
 
@@ -200,16 +216,8 @@ struct DoneGranules {
         guard span > 0, !words.isEmpty else { return }
         let lo = pointer &- start
         guard lo < span else { return }
-        let first = lo >> Self.shift
         let last = (min(span &- 1, lo &+ max(size, 1) &- 1)) >> Self.shift
-        var g = first
-        while g <= last {
-            let b = g & 63
-            let n = min(64 - b, last - g + 1)
-            let mask: UInt64 = n == 64 ? ~0 : ((1 << n) - 1) << b
-            words[Int(g >> 6)] &= ~mask
-            g &+= n
-        }
+        Self.forEachMask(lo >> Self.shift, last &+ 1) { w, mask in words[w] &= ~mask }
     }
 }
 
@@ -229,7 +237,8 @@ struct DoneFilter {
     @inline(__always) func contains(_ w: UInt64) -> Bool {
         let o = w &- start
         guard o < span, let bits else { return false }
-        return (bits[Int(truncatingIfNeeded: o >> (DoneGranules.shift + 6))] >> ((o >> DoneGranules.shift) & 63)) & 1 != 0
+        let (word, mask) = DoneGranules.bit(o)
+        return bits[word] & mask != 0
     }
 
     /// Sets the granules wholly inside [pointer, pointer + size), an object no word can change now.
@@ -238,15 +247,9 @@ struct DoneFilter {
         let lo = pointer &- start
         guard lo < span, size >= 1 << DoneGranules.shift else { return }
         let unit: UInt64 = 1 << DoneGranules.shift
-        var g = (lo &+ unit &- 1) >> DoneGranules.shift
         let hi = lo.addingReportingOverflow(size).overflow ? span : min(lo &+ size, span)
-        let end = hi >> DoneGranules.shift
-        while g < end {
-            let b = g & 63
-            let n = min(64 - b, end - g)
-            let mask: UInt64 = n == 64 ? ~0 : ((1 << n) - 1) << b
-            bits[Int(g >> 6)] |= mask
-            g &+= n
+        DoneGranules.forEachMask((lo &+ unit &- 1) >> DoneGranules.shift, hi >> DoneGranules.shift) { w, mask in
+            bits[w] |= mask
         }
     }
 }

@@ -23,7 +23,8 @@
 # leaks, #3 = steady state, nothing new; one `cat` of the report), then LSan with symbolization (3
 # checks), then LSan with symbolize=0 (3 checks; LSAN=nosym runs only these, LSAN=none neither; PERF_SCAN=3
 # records the daemon with `perf record -g` during scan #3 into $PERF_OUT). Raw figures go to $RESULTS (default
-# /tmp/scanvslsan-results.tsv), the summary (medians and ranges over the repetitions) to stdout.
+# /tmp/scanvslsan-results.tsv), the summary (medians and ranges over the repetitions) to stdout. The raw
+# figures place the daemon's peak: VmHWM and RssAnon after each scan, VmRSS and RssAnon after the report.
 set -euo pipefail
 
 N=${1:-1000000}
@@ -121,12 +122,16 @@ daemon_rep() {
         rec "daemon_scan${s}_cpu_ms" $(((c1 - c0) * TICK_NS / 1000000))
         rec "client_cpu_during_scan${s}_ms" $(((k1 - k0) * TICK_NS / 1000000))
         rec "daemon_rss_after_scan${s}_kb" "$(status_kb "$DPID" VmRSS)"
+        rec "daemon_hwm_after_scan${s}_kb" "$(status_kb "$DPID" VmHWM)"
+        rec "daemon_rssanon_after_scan${s}_kb" "$(status_kb "$DPID" RssAnon)"
         rec "daemon_new_leak_log_lines_after_scan${s}" "$(grep -c 'new suspected' "$log" || true)"
         if [[ $s == 2 ]]; then
             t0=$(now); cat "$mnt/kmemleak" >"$TMP/report"; t1=$(now)
             rec daemon_cat_report_ms "$(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.1f", d / 1e6 }')"
             t0=$(now); cat "$mnt/kmemleak" >/dev/null; t1=$(now)
             rec daemon_cat_report_again_ms "$(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.1f", d / 1e6 }')"
+            rec daemon_rss_after_cat_kb "$(status_kb "$DPID" VmRSS)"
+            rec daemon_rssanon_after_cat_kb "$(status_kb "$DPID" RssAnon)"
             rec daemon_report_bytes "$(wc -c <"$TMP/report")"
             canon '^unreferenced object \(0x[0-9a-fA-F]*\) .*' <"$TMP/report" >"$TMP/leaks.reported"
             rec daemon_leaks_reported "$(wc -l <"$TMP/leaks.reported")"

@@ -56,6 +56,7 @@ pid_t ckml_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 int ckml_malloc_set_mmap_threshold(int bytes) { return mallopt(M_MMAP_THRESHOLD, bytes); }
 
 int ckml_malloc_set_arena_max(int arenas) { return mallopt(M_ARENA_MAX, arenas); }
+int ckml_malloc_trim(void) { return malloc_trim(0); }
 
 int ckml_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
 

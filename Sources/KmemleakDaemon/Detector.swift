@@ -298,6 +298,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         let started = ContinuousClock.now
         defer { metrics.scanFinished(after: ContinuousClock.now - started) }
         discover()
+        releaseReportFiles()
         var newLeaks = 0
         let stack = stackScanning.load(ordering: .acquiring)
         for session in sessions {
@@ -332,6 +333,15 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
             logger.info("\(Kmemleak.newLeaksLine(newLeaks, controlFilePath: settings.controlFilePath))")
         }
         return newLeaks
+    }
+
+    /// The debug modules the last reports loaded are let go before a scan, and the memory they held goes
+    /// back to the system: a scan's transients and a report's symbols never add up at the daemon's peak
+    /// (on the realistic C heap at 1 M objects they were 1.6 B per object on top of the scan's peak).
+    /// The symbolizers' memoized frames stay, so a report of the same stacks loads nothing again.
+    private func releaseReportFiles() {
+        elfCache.releaseDebugModules()
+        MallocTuning.returnFreeMemory()
     }
 
     private func clear() {

@@ -193,6 +193,16 @@ public final class ELFFile: @unchecked Sendable {
         return module
     }
 
+    /// Drops the loaded debug module (a file libdw could not use stays known as such); it loads again
+    /// at the next `debugModule`. Returns the bytes it was counted as (0: none was loaded).
+    func releaseDebugModule() -> Int {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        guard let loaded = debug, let module = loaded else { return 0 }
+        debug = nil
+        return module.memoryBytes
+    }
+
     /// The NT_GNU_BUILD_ID descriptor from the PT_NOTE segments (bounded, validated).
     static func readBuildID(_ h: FileHandleFD, _ phs: [ELFProgramHeader], fileSize: UInt64) -> [UInt8]? {
         let PT_NOTE: UInt32 = 4, NT_GNU_BUILD_ID: UInt32 = 3

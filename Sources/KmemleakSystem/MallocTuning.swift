@@ -24,4 +24,9 @@ public enum MallocTuning {
     /// Limits glibc's arenas to `arenaMax`. Returns false if glibc refused.
     @discardableResult
     public static func limitArenas() -> Bool { ckml_malloc_set_arena_max(arenaMax) == 1 }
+
+    /// Gives the free pages of malloc's heap back to the system (`malloc_trim(0)`: free chunks inside the
+    /// heap too, not only at its top). Returns whether any memory was released.
+    @discardableResult
+    public static func returnFreeMemory() -> Bool { ckml_malloc_trim() == 1 }
 }

@@ -94,6 +94,23 @@ public final class ELFCache: Sendable {
     /// Bytes held by the cached files (headers and debug modules), as accounted.
     public var bytes: Int { state.withLock { $0.bytes } }
 
+    /// Lets go of every loaded debug module (symbols, DWARF, the mapped images); the headers stay (the
+    /// roots of every scan read them). A file's module loads again the next time an address in it is
+    /// symbolized.
+    public func releaseDebugModules() {
+        let files = state.withLock { s in s.entries.map { ($0.key, $0.value.file) } }
+        for (key, file) in files {
+            // Outside our lock, as in `file(for:open:)`: the file's lock is taken before ours.
+            guard let released = file?.releaseDebugModule(), released > 0 else { continue }
+            state.withLock { s in
+                guard var e = s.entries[key], e.file === file else { return }
+                e.bytes -= released
+                s.entries[key] = e
+                s.bytes -= released
+            }
+        }
+    }
+
     /// Drops every cached file (e.g. when memory matters more than speed).
     public func removeAll() { state.withLock { $0 = State() } }
 

@@ -134,6 +134,29 @@ func dlsymAddress(_ name: String) throws -> UInt64 {
         #expect(sym.symbolize(a + 3)?.hasPrefix("helper_marker+0x3/0x") == true)
     }
 
+    /// The daemon lets go of the debug modules before each scan: the cache's bytes fall back to the
+    /// headers, the headers stay (the same files, no reopen), and a later symbolization loads the module
+    /// again and gives the same text.
+    @Test func releasedDebugModulesLoadAgain() throws {
+        let (c, pid) = try Helper.start()
+        defer { c.terminate() }
+        let cache = ELFCache()
+        let pc = try addrs(try c.request("sym malloc", expect: "addr"))[0] &+ 4
+        let headersOnly = try Symbolizer(pid: pid, cache: cache)
+        _ = headersOnly.mapping(containing: pc)
+        let first = try #require(try Symbolizer(pid: pid, cache: cache).symbolize(pc))
+        #expect(first.hasPrefix("malloc+0x4/"), "\(first)")
+        let loaded = cache.bytes, files = cache.count
+        cache.releaseDebugModules()
+        let released = cache.bytes
+        #expect(released < loaded - 4096, "\(released) of \(loaded) bytes")
+        #expect(cache.count == files)
+        // A new symbolizer: its memo is empty, so the module must load again.
+        #expect(try Symbolizer(pid: pid, cache: cache).symbolize(pc) == first)
+        #expect(cache.bytes > released)
+        #expect(cache.count == files)
+    }
+
     @Test func warmCacheSpeed() throws {
         let (c, pid) = try Helper.start()
         defer { c.terminate() }

@@ -27,6 +27,9 @@ int ckml_malloc_set_mmap_threshold(int bytes);
 /* mallopt(M_ARENA_MAX, arenas): at most this many malloc arenas. 1 on success. */
 int ckml_malloc_set_arena_max(int arenas);
 
+/* malloc_trim(0): 1 if memory was released. */
+int ckml_malloc_trim(void);
+
 /* statfs f_type of a path, or -1 and errno. */
 long ckml_statfs_type(const char *path);
 

@@ -294,6 +294,10 @@ struct EngineState {
     var plain = IntervalIndex()
     var percpu = IntervalIndex()
     var extras: [UInt32: ObjectExtras] = [:]
+    /// update_checksum's last value of each object whose checksum is not 0: only objects a scan found
+    /// white get one (the leaks and the briefly unreferenced), so a dense 4 B per object would mostly
+    /// hold zeros. Dropped with the object.
+    var checksums: [UInt32: UInt32] = [:]
     var contextKeys: [ContextKey] = []
     /// Objects holding each context (0: the id is free, in `freeContexts`).
     var contextRefs: [UInt32] = []
@@ -399,7 +403,7 @@ struct EngineState {
         let e = r.bits & ObjectRecord.hasExtras != 0 ? extras[id] : nil
         return ObjectInfo(
             pointer: r.pointer, size: size(id), flags: r.flags & 0x3f, minCount: Int32(r.minCount),
-            count: Int32(r.count), checksum: r.checksum, excessRef: e?.excessRef ?? 0,
+            count: Int32(r.count), checksum: checksums[id] ?? 0, excessRef: e?.excessRef ?? 0,
             metadata: ObjectMetadata(pid: c.pid, comm: c.comm, creationTime: created(r), trace: c.trace, seq: seq(r)),
             scanAreas: e?.areas ?? [])
     }
@@ -520,7 +524,7 @@ struct EngineState {
         var record = ObjectRecord(
             pointer: ptr, bits: flags | (m.creationTime & ObjectRecord.createdLowMask) << ObjectRecord.createdShift,
             seqLow: UInt32(truncatingIfNeeded: m.seq), size32: size >= UInt64(UInt32.max) ? UInt32.max : UInt32(size),
-            checksum: 0, context: ctx)
+            context: ctx)
         record.minCount = Int8(clamping: minCount)
         records[Int(id)] = record
         if size >= UInt64(UInt32.max) { withExtras(id) { $0.bigSize = size } }
@@ -553,6 +557,7 @@ struct EngineState {
         let id = hit.id
         objectBytes &-= size(id)
         if records[Int(id)].bits & ObjectRecord.hasExtras != 0 { extras[id] = nil }
+        checksums[id] = nil
         release(context: records[Int(id)].context)
         records[Int(id)].bits = 0
         records[Int(id)].pointer = 0
@@ -596,7 +601,7 @@ struct EngineState {
             warn("Not resetting the checksum of an unknown object at \(KFormat.address(ptr))")
             return
         }
-        records[Int(h.id)].checksum = 0
+        checksums[h.id] = nil
     }
 
     /// object_no_scan.
@@ -669,6 +674,7 @@ struct EngineState {
         plain.removeAll()
         percpu.removeAll()
         extras = [:]
+        checksums = [:]
         contextKeys = []
         contextRefs = []
         freeContexts = []
@@ -704,7 +710,7 @@ struct EngineState {
         let addr: UInt64? = percpu ? layout(for: r.pointer)?.address(of: r.pointer, cpu: cpu) : r.pointer
         return (ReportEntry(
             pointer: r.pointer, size: size(id), isPercpu: percpu, cpu: cpu, pid: c.pid, comm: c.comm,
-            jiffies: KFormat.jiffies(created(r), hz: hz), contents: [], checksum: r.checksum,
+            jiffies: KFormat.jiffies(created(r), hz: hz), contents: [], checksum: checksums[id] ?? 0,
             trace: c.trace, seq: seq(r), creationTime: created(r)), addr)
     }
 
@@ -731,6 +737,7 @@ struct EngineState {
         n += freeSlots.capacity * 4 + deferredFree.capacity * 4 + done.words.capacity * 8 + records.pages.capacity * 8
         n += plain.memoryBytes + percpu.memoryBytes + mayTakeReference.capacity * 8
         n += extras.capacity * (MemoryLayout<UInt32>.stride + MemoryLayout<ObjectExtras>.stride + 1)
+        n += checksums.capacity * (2 * MemoryLayout<UInt32>.stride + 1)
         for e in extras.values { n += e.areas.capacity * 16 }
         return n + contextMemoryBytes
     }

@@ -4,27 +4,55 @@
 // kernel's grow-only min/max filters. Objects of one space never overlap; a zero-size object occupies
 // one byte for lookup purposes (see `extent`).
 
-/// One tracked object, packed in 32 bytes. Rare data (scan areas, excess_ref, sizes >= 4 GiB) lives in
-/// `EngineState.extras`; the high bits of the allocation sequence number and of the creation time live
-/// in the interned context (`ContextKey`): they are shared by the objects one call site allocates close
-/// together, so every value stays exact (see `EngineState.seq(_:)` and `EngineState.created(_:)`).
+/// One tracked object, packed in 28 bytes (seven 32-bit words, so that records pack without padding).
+/// Rare data (scan areas, excess_ref, sizes >= 4 GiB) lives in `EngineState.extras`, the checksum of an
+/// object a scan found white in `EngineState.checksums`; the high bits of the allocation sequence number
+/// and of the creation time live in the interned context (`ContextKey`): they are shared by the objects
+/// one call site allocates close together, so every value stays exact (see `EngineState.seq(_:)` and
+/// `EngineState.created(_:)`).
 struct ObjectRecord {
-    /// Object pointer (per-CPU objects: handle).
-    var pointer: UInt64
-    /// Kernel flags in bits 0...5, `hasExtras` in bit 6, `newDuringScan` in bit 7, `mallocChunk` in bit 8;
-    /// min_count in bits 9...16 and count in bits 17...24 (two's complement Int8 each); the creation
-    /// time's low `createdLowBits` bits in bits 25...63.
-    var bits: UInt64
+    private var pointerLow: UInt32
+    private var pointerHigh: UInt32
+    private var bitsLow: UInt32
+    private var bitsHigh: UInt32
     /// The allocation sequence number's low 32 bits (the high 32 are the context's `seqHigh`).
     var seqLow: UInt32
     /// Size, or UInt32.max when the size lives in extras.
     var size32: UInt32
-    /// checksum (crc32_le of the contents at the last update).
-    var checksum: UInt32
     /// Interned (pid, comm, trace, seq >> 32, creation time >> createdLowBits), reference-counted.
     var context: UInt32
 
-    static let empty = ObjectRecord(pointer: 0, bits: 0, seqLow: 0, size32: 0, checksum: 0, context: 0)
+    init(pointer: UInt64, bits: UInt64, seqLow: UInt32, size32: UInt32, context: UInt32) {
+        pointerLow = UInt32(truncatingIfNeeded: pointer)
+        pointerHigh = UInt32(truncatingIfNeeded: pointer >> 32)
+        bitsLow = UInt32(truncatingIfNeeded: bits)
+        bitsHigh = UInt32(truncatingIfNeeded: bits >> 32)
+        self.seqLow = seqLow
+        self.size32 = size32
+        self.context = context
+    }
+
+    /// Object pointer (per-CPU objects: handle).
+    @inline(__always) var pointer: UInt64 {
+        get { UInt64(pointerHigh) << 32 | UInt64(pointerLow) }
+        set {
+            pointerLow = UInt32(truncatingIfNeeded: newValue)
+            pointerHigh = UInt32(truncatingIfNeeded: newValue >> 32)
+        }
+    }
+
+    /// Kernel flags in bits 0...5, `hasExtras` in bit 6, `newDuringScan` in bit 7, `mallocChunk` in bit 8;
+    /// min_count in bits 9...16 and count in bits 17...24 (two's complement Int8 each); the creation
+    /// time's low `createdLowBits` bits in bits 25...63.
+    @inline(__always) var bits: UInt64 {
+        get { UInt64(bitsHigh) << 32 | UInt64(bitsLow) }
+        set {
+            bitsLow = UInt32(truncatingIfNeeded: newValue)
+            bitsHigh = UInt32(truncatingIfNeeded: newValue >> 32)
+        }
+    }
+
+    static let empty = ObjectRecord(pointer: 0, bits: 0, seqLow: 0, size32: 0, context: 0)
 
     static let hasExtras: UInt64 = 0x40
     /// Registered while a scan was running: not reported by that scan (it may have missed its references).

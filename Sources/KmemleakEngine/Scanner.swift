@@ -75,8 +75,8 @@ extension EngineState {
     /// changed is painted gray temporarily (count = min_count) and appended to the gray list.
     mutating func applyChecksum(_ id: UInt32, _ crc: UInt32) {
         guard Int(id) < records.count, records[Int(id)].allocated, records[Int(id)].isWhite else { return }
-        let old = records[Int(id)].checksum
-        records[Int(id)].checksum = crc
+        let old = checksums[id] ?? 0
+        checksums[id] = crc == 0 ? nil : crc
         if crc != old {
             records[Int(id)].count = records[Int(id)].minCount
             gray.push(id)

@@ -179,6 +179,30 @@ let A: UInt64 = 0x10000, B: UInt64 = 0x10100, C: UInt64 = 0x10200, D: UInt64 = 0
         #expect(w.settle() == (rootRefs == 1 ? [P] : []))
     }
 
+    /// Only an object a scan found white with nonzero contents holds a checksum (the engine keeps them
+    /// apart from the 28-byte records): referenced objects and zero-filled leaks hold none, and an
+    /// object's checksum goes with it, so a later object with the same id starts from 0.
+    @Test func checksumsAreHeldOnlyForWhiteObjectsWithContents() {
+        let w = World()
+        for k in 0..<8 {
+            let a = 0x10000 + UInt64(k) * 0x100
+            w.obj(a)
+            w.ptr(a + 8, 0x4141 + UInt64(k))
+            if k < 5 { w.root(k, a) }  // 5 referenced; 3 white with contents
+        }
+        w.obj(0x20000)  // white, zero-filled: crc 0, nothing held
+        #expect(w.scan().newLeaks == 1)  // the zero-filled one; the others changed against 0
+        #expect(w.e.state.withLock { $0.checksums.count } == 3)
+        #expect(w.e.objectInfo(at: 0x10000)?.checksum == 0)
+        #expect(w.e.objectInfo(at: 0x10500)?.checksum != 0)
+        w.e.free(0x10500)
+        #expect(w.e.state.withLock { $0.checksums.count } == 2)
+        w.obj(0x10500)  // same contents, new object: changed against its own 0, gray for one scan
+        #expect(w.e.objectInfo(at: 0x10500)?.checksum == 0)
+        #expect(w.scan().newLeaks == 2)  // 0x10600 and 0x10700, unchanged
+        #expect(w.e.reported(w.mem) == [0x10600, 0x10700, 0x20000])
+    }
+
     @Test func modifiedObjectGetsAnotherChance() {
         let w = World()
         w.obj(A)

@@ -103,7 +103,7 @@ import Testing
         let mem = SyntheticMemory()
         mem.map(0x10000, 0x1000)
         e.reserveCapacity(10_000)
-        #expect(e.memoryBytes >= 10_000 * 32)
+        #expect(e.memoryBytes >= 10_000 * MemoryLayout<ObjectRecord>.stride)
         e.alloc(0x10000, size: 64, metadata: meta(1))
         e.alloc(0x10040, size: 64, minCount: 0, metadata: meta(2))
         var seen: [UInt64] = []

@@ -86,7 +86,7 @@ import Testing
             index.maxAddr = max(index.maxAddr, key + 64)
             store.grow(to: Int(nextID) + 1)
             store.materialize(Int(nextID))
-            store[Int(nextID)] = ObjectRecord(pointer: key, bits: 1, seqLow: 0, size32: 48, checksum: 0, context: 0)
+            store[Int(nextID)] = ObjectRecord(pointer: key, bits: 1, seqLow: 0, size32: 48, context: 0)
             nextID += 1
         }
         // Clusters far apart: the gaps between them exceed a block's 4 GiB span.

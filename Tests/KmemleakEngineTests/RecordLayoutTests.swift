@@ -1,11 +1,11 @@
 import Testing
 @testable import KmemleakEngine
 
-/// The 32-byte object record keeps the low bits of seq and creation time and shares the high bits
+/// The 28-byte object record keeps the low bits of seq and creation time and shares the high bits
 /// through the interned context: every value must still come back exact, whatever its range.
 @Suite struct RecordLayoutTests {
-    @Test func recordTakes32Bytes() {
-        #expect(MemoryLayout<ObjectRecord>.stride == 32)
+    @Test func recordTakes28Bytes() {
+        #expect(MemoryLayout<ObjectRecord>.stride == 28)
     }
 
     /// Values on both sides of the split points (2^32 for seq, 2^39 ns for the creation time) and at the

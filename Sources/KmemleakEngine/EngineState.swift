@@ -737,10 +737,12 @@ struct EngineState {
         n += freeSlots.capacity * 4 + deferredFree.capacity * 4 + done.words.capacity * 8 + records.pages.capacity * 8
         n += plain.memoryBytes + percpu.memoryBytes + mayTakeReference.capacity * 8
         n += extras.capacity * (MemoryLayout<UInt32>.stride + MemoryLayout<ObjectExtras>.stride + 1)
-        n += checksums.capacity * (2 * MemoryLayout<UInt32>.stride + 1)
+        n += checksumMemoryBytes
         for e in extras.values { n += e.areas.capacity * 16 }
         return n + contextMemoryBytes
     }
+
+    var checksumMemoryBytes: Int { checksums.capacity * (2 * MemoryLayout<UInt32>.stride + 1) }
 
     var contextMemoryBytes: Int {
         contextKeys.capacity * MemoryLayout<ContextKey>.stride + contextRefs.capacity * 4 + freeContexts.capacity * 4

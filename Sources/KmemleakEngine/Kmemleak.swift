@@ -75,12 +75,12 @@ public final class Kmemleak: Sendable {
     public var memoryBytes: Int { state.withLock { $0.memoryBytes } }
 
     /// Diagnostics: `memoryBytes` split by structure (records, plain index, per-CPU index, interned
-    /// contexts, free-id lists, the rest).
+    /// contexts, checksums, free-id lists, the rest).
     public func memoryBreakdown() -> [(name: String, bytes: Int)] {
         state.withLock { s in
             let parts = [("records", s.records.capacity * MemoryLayout<ObjectRecord>.stride),
                          ("plain index", s.plain.memoryBytes), ("percpu index", s.percpu.memoryBytes),
-                         ("contexts", s.contextMemoryBytes),
+                         ("contexts", s.contextMemoryBytes), ("checksums", s.checksumMemoryBytes),
                          ("free slots", s.freeSlots.capacity * 4 + s.deferredFree.capacity * 4)]
             return parts + [("other", s.memoryBytes - parts.reduce(0) { $0 + $1.1 })]
         }

@@ -618,13 +618,13 @@ final class BlockPagesOwner {
     deinit { for p in pages { p.deallocate() } }
 }
 
-/// Object records in fixed pages of 2048 (64 KiB: below the daemon's mmap threshold, a page is not its
+/// Object records in fixed pages of 2048 (56 KiB: below the daemon's mmap threshold, a page is not its
 /// own mapping, whose malloc header would cost a 33rd 4 KiB page per 32, as 128 KiB pages did):
 /// growing never copies the existing records (no stall
 /// under the lock at millions of objects), and ids stay stable. A page holds memory only while one of its
 /// records is live (`materialize` .. `release`); the others all point at one shared page of empty
 /// records, which is only ever read: ids chosen by a caller (table slots) may be sparse, and a client's
-/// slots then cost 8 bytes per 2048 unused ones, not 64 KiB. Reference type: owned by one EngineState.
+/// slots then cost 8 bytes per 2048 unused ones, not 56 KiB. Reference type: owned by one EngineState.
 final class RecordStore {
     static let pageShift = 11
     static let pageSize = 1 << pageShift

@@ -298,7 +298,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
         let started = ContinuousClock.now
         defer { metrics.scanFinished(after: ContinuousClock.now - started) }
         discover()
-        releaseReportFiles()
+        releaseReportSymbols()
         var newLeaks = 0
         let stack = stackScanning.load(ordering: .acquiring)
         for session in sessions {
@@ -339,7 +339,7 @@ public final class Detector: ControlFileBackend, DaemonService, @unchecked Senda
     /// back to the system: a scan's transients and a report's symbols never add up at the daemon's peak
     /// (on the realistic C heap at 1 M objects they were 1.6 B per object on top of the scan's peak).
     /// The symbolizers' memoized frames stay, so a report of the same stacks loads nothing again.
-    private func releaseReportFiles() {
+    private func releaseReportSymbols() {
         elfCache.releaseDebugModules()
         MallocTuning.returnFreeMemory()
     }

@@ -60,11 +60,7 @@ public final class ELFCache: Sendable {
         f?.onDebugInfoLoaded = { [weak self, weak f] bytes in
             guard let self, let f else { return }
             self.state.withLock { s in
-                guard var e = s.entries[key], e.file === f else { return }
-                e.bytes += bytes
-                s.entries[key] = e
-                s.bytes += bytes
-                self.evict(&s, keeping: key)
+                if Self.count(bytes, for: key, file: f, &s) { self.evict(&s, keeping: key) }
             }
         }
         // Outside our lock: the file's lock is taken before ours when its debug module loads.
@@ -77,6 +73,15 @@ public final class ELFCache: Sendable {
             evict(&s, keeping: key)
         }
         return f
+    }
+
+    /// Adds `bytes` to the entry of `key` if it still holds `file`; returns whether it did.
+    private static func count(_ bytes: Int, for key: Key, file: ELFFile, _ s: inout State) -> Bool {
+        guard var e = s.entries[key], e.file === file else { return false }
+        e.bytes += bytes
+        s.entries[key] = e
+        s.bytes += bytes
+        return true
     }
 
     /// Least recently used first, until both bounds hold (the entry just used stays).
@@ -101,13 +106,8 @@ public final class ELFCache: Sendable {
         let files = state.withLock { s in s.entries.map { ($0.key, $0.value.file) } }
         for (key, file) in files {
             // Outside our lock, as in `file(for:open:)`: the file's lock is taken before ours.
-            guard let released = file?.releaseDebugModule(), released > 0 else { continue }
-            state.withLock { s in
-                guard var e = s.entries[key], e.file === file else { return }
-                e.bytes -= released
-                s.entries[key] = e
-                s.bytes -= released
-            }
+            guard let file, case let released = file.releaseDebugModule(), released > 0 else { continue }
+            state.withLock { s in _ = Self.count(-released, for: key, file: file, &s) }
         }
     }
 

@@ -16,8 +16,10 @@ public protocol ScanWorkers: Sendable {
     var count: Int { get }
     /// Calls `task(k)` once for every k in 0..<count, concurrently where threads are free (the calling
     /// thread may run some or all of them itself), and returns once all have returned. The tasks never
-    /// block and never call into the engine.
-    func run(_ task: @Sendable (Int) -> Void)
+    /// block and never call into the engine. Returns how many tasks threads other than the caller ran
+    /// (nil: not known), which tells the scan whether splitting its steps pays (see `StepSplitting`).
+    @discardableResult
+    func run(_ task: @Sendable (Int) -> Void) -> Int?
 }
 
 /// Runs every task on the calling thread, one after the other: the parallel scan's code path without
@@ -27,8 +29,49 @@ public struct InlineScanWorkers: ScanWorkers {
 
     public init(count: Int) { self.count = max(1, count) }
 
-    public func run(_ task: @Sendable (Int) -> Void) {
+    /// Unknown help (nil): the scan keeps splitting every step, so that tests take the parallel path.
+    @discardableResult
+    public func run(_ task: @Sendable (Int) -> Void) -> Int? {
         for k in 0..<count { task(k) }
+        return nil
+    }
+}
+
+/// Whether a scan's next group is split among the workers. A split step pays only when the other threads
+/// take their part of it in time. Woken from sleep for every short step, they may come when the scanning
+/// thread has done most tasks itself: then the split costs the wake-up and the moves of cache lines between
+/// cores for little help. On python3's heap (batches of 1024 small objects, one step each, read in between)
+/// two threads took 15-25 % more wall time than one, and the second ran about a quarter of the tasks. So
+/// after `window` split steps in which the others ran under a third of the tasks, the next
+/// `pauseBytes` are scanned on the scanning thread alone, in groups of MAX_SCAN_SIZE as without workers (a
+/// whole 64 KiB group scanned serially was slower still); then splitting is tried again. The results are
+/// the same either way (see ScanWorkers).
+struct StepSplitting {
+    static let window = 8
+    static let pauseBytes = 56 * parallelScanSize
+    private var splitSteps = 0
+    private var tasksRun = 0
+    private var tasksHelped = 0
+    private var wholeBytesLeft = 0
+
+    /// Whether the next group is split.
+    var splits: Bool { wholeBytesLeft <= 0 }
+
+    /// A group of `bytes` scanned on the scanning thread alone.
+    mutating func scannedWhole(bytes: Int) { wholeBytesLeft -= bytes }
+
+    /// A split step's help: `helped` of its `tasks` ran on other threads (nil: not known, or the group was
+    /// scanned whole after all).
+    mutating func record(helped: Int?, tasks: Int) {
+        guard let helped, tasks > 0 else { return }
+        splitSteps += 1
+        tasksRun += tasks
+        tasksHelped += helped
+        guard splitSteps == Self.window else { return }
+        if tasksHelped * 3 < tasksRun { wholeBytesLeft = Self.pauseBytes }
+        splitSteps = 0
+        tasksRun = 0
+        tasksHelped = 0
     }
 }
 

@@ -3,7 +3,8 @@
 //
 // Memory is read in batches (up to `maxBatchRanges` ranges / `maxBatchBytes` bytes per MemoryReader call)
 // with no lock held; the words are then scanned in FIFO order under the state lock, at most 4096 bytes
-// (MAX_SCAN_SIZE) per lock hold, or 64 KiB whose lookups are shared among scan workers (see ScanWorkers). Slots are not reused while a scan runs, so a gray-list entry whose object
+// (MAX_SCAN_SIZE) per lock hold, or 64 KiB whose lookups are shared among scan workers while they help (see ScanWorkers,
+// StepSplitting). Slots are not reused while a scan runs, so a gray-list entry whose object
 // was freed in between is recognised (not ALLOCATED) and skipped.
 
 /// The batch buffer is resident while a scan runs (1 MiB was a byte per object of the realistic 1 M-object
@@ -288,14 +289,16 @@ extension EngineState {
 
     /// `scanGroup` with the lookups cut among `workers`: each task looks up one run of the group's words
     /// and keeps its hits in `hits` (`hitCapacity` entries per task, word index << 32 | id); then this
-    /// thread applies them in word order, as the serial scan would (see ScanWorkers).
+    /// thread applies them in word order, as the serial scan would (see ScanWorkers). Returns how many
+    /// tasks other threads ran (nil: not known, or the group was scanned whole here).
+    @discardableResult
     mutating func scanGroupParallel(
         _ bufferBase: Int, _ group: [(off: Int, addr: UInt64, len: Int, id: UInt32)], _ workers: any ScanWorkers,
         _ hits: UnsafeMutablePointer<UInt64>, _ hitCounts: UnsafeMutablePointer<Int>, tasks: Int, hitCapacity: Int
-    ) {
+    ) -> Int? {
         if confirm != nil || percpu.count > 0 || tasks < 2 {
             scanGroup(bufferBase, group)
-            return
+            return nil
         }
         // The chunks still to scan (the serial scan's checks), and the index of each one's first word.
         var chunks: [(words: UnsafeRawPointer, count: Int, id: UInt32, own: (start: UInt64, length: UInt64))] = []
@@ -318,16 +321,17 @@ extension EngineState {
         // Each task's share is at most ceil(total / tasks) words.
         guard total > 0, total <= hitCapacity * tasks, total < Int(UInt32.max) else {
             scanGroup(bufferBase, group)
-            return
+            return nil
         }
         for k in 0..<tasks { hitCounts[k] = 0 }
         let pl = plain
         let ex = extras
+        var helped: Int? = nil
         withWordScanState { rec, bits, done, g, aliases, cookies in
             let job = Shared(value: ParallelLookup(
                 index: pl, extras: ex, records: rec, bits: bits, done: done, chunks: chunks, firstWord: firstWord, tasks: tasks,
                 hits: hits, hitCounts: hitCounts, hitCapacity: hitCapacity))
-            workers.run { k in job.value.lookUp(k) }
+            helped = workers.run { k in job.value.lookUp(k) }
             // In word order: task k's hits all precede task k+1's.
             var ci = 0
             for k in 0..<tasks {
@@ -342,6 +346,7 @@ extension EngineState {
                 }
             }
         }
+        return helped
     }
 
     /// Task k of `scanGroupParallel`: the hits among words [words*k/tasks, words*(k+1)/tasks) of `chunks`.
@@ -600,6 +605,8 @@ struct Scanner<M: MemoryReader> {
     let hitCapacity: Int
     /// Tasks per parallel step (the workers' count when the scan began), 0 without workers.
     let tasks: Int
+    /// Whether the next group's lookups are split among the workers.
+    var splitting = StepSplitting()
 
     init(engine: Kmemleak, memory: M, stop: @escaping () -> Bool) {
         self.engine = engine
@@ -976,7 +983,7 @@ struct Scanner<M: MemoryReader> {
     /// Scans the batch's pieces in order, grouping chunks into lock holds of at most maxScanSize bytes.
     mutating func scanPieces() {
         // With workers, one lock hold scans a larger group (its lookups are shared among them).
-        let groupLimit = workers == nil ? maxScanSize : parallelScanSize
+        var groupLimit = groupBytesLimit
         var group: [(off: Int, addr: UInt64, len: Int, id: UInt32)] = []
         var groupBytes = 0
         var off = 0
@@ -990,9 +997,10 @@ struct Scanner<M: MemoryReader> {
                 let ce = boundary > cs && boundary < end ? boundary : end
                 let len = Int(ce - cs)
                 if groupBytes + len > groupLimit && !group.isEmpty {
-                    if !flush(group) { return }
+                    if !flush(group, bytes: groupBytes) { return }
                     group.removeAll(keepingCapacity: true)
                     groupBytes = 0
+                    groupLimit = groupBytesLimit
                 }
                 group.append((off + Int(cs - p.start), cs, len, p.id))
                 groupBytes += len
@@ -1001,23 +1009,32 @@ struct Scanner<M: MemoryReader> {
             }
             off += p.length
         }
-        if !group.isEmpty { _ = flush(group) }
+        if !group.isEmpty { _ = flush(group, bytes: groupBytes) }
     }
 
-    mutating func flush(_ group: [(off: Int, addr: UInt64, len: Int, id: UInt32)]) -> Bool {
+    /// The bytes of the next group: a split step's with workers that help, else MAX_SCAN_SIZE.
+    var groupBytesLimit: Int { workers != nil && splitting.splits ? parallelScanSize : maxScanSize }
+
+    mutating func flush(_ group: [(off: Int, addr: UInt64, len: Int, id: UInt32)], bytes: Int) -> Bool {
         if stop() { interrupted = true; return false }
         let ep = epoch
         let base = Int(bitPattern: buffer.baseAddress)
+        var splitting = self.splitting
         let ok = engine.withState { s -> Bool in
             guard s.enabled && s.epoch == ep else { return false }
             // Blocks split or merged by the syncs since: a stale table costs steps, not answers.
             s.plain.refreshBlockTable(ifStaleBy: 64)
-            if let workers {
-                s.scanGroupParallel(base, group, workers, hits, hitCounts, tasks: tasks, hitCapacity: hitCapacity)
+            if let workers, splitting.splits {
+                let helped = s.scanGroupParallel(base, group, workers, hits, hitCounts, tasks: tasks,
+                                                 hitCapacity: hitCapacity)
+                splitting.record(helped: helped, tasks: tasks)
+            } else {
+                s.scanGroup(base, group)
+                splitting.scannedWhole(bytes: bytes)
             }
-            else { s.scanGroup(base, group) }
             return true
         }
+        self.splitting = splitting
         if !ok { interrupted = true }
         return ok
     }

@@ -73,12 +73,14 @@ public final class ScanThreads: ScanWorkers, @unchecked Sendable {
         }
     }
 
-    public func run(_ task: @Sendable (Int) -> Void) {
+    @discardableResult
+    public func run(_ task: @Sendable (Int) -> Void) -> Int? {
         if count == 1 {
             task(0)
-            return
+            return 0
         }
-        let ran: Void? = caller.withLockIfAvailable { _ in
+        // The tasks this thread ran itself; nil when another caller had the pool (all ran here).
+        let ran: Int? = caller.withLockIfAvailable { _ in
             withoutActuallyEscaping(task) { task in
                 self.task.withLock { $0 = task }
                 finished.store(0, ordering: .sequentiallyConsistent)
@@ -87,8 +89,10 @@ public final class ScanThreads: ScanWorkers, @unchecked Sendable {
                 pthread_mutex_lock(sleep)
                 pthread_cond_broadcast(wake)
                 pthread_mutex_unlock(sleep)
+                var mine = 0
                 while let k = claimTask(generation) {
                     task(k)
+                    mine += 1
                     finished.add(1, ordering: .releasing)
                 }
                 var spins = 0
@@ -97,11 +101,14 @@ public final class ScanThreads: ScanWorkers, @unchecked Sendable {
                     if spins > 1000 { sched_yield() }
                 }
                 self.task.withLock { $0 = nil }
+                return mine
             }
         }
-        if ran == nil {
+        guard let ran else {
             for k in 0..<count { task(k) }
+            return 0
         }
+        return count - ran
     }
 
     /// The next task of `generation`, claimed, or nil when it has none left (or a later one began).

@@ -1,4 +1,5 @@
 import Dispatch
+import Synchronization
 import Testing
 @testable import KmemleakEngine
 
@@ -39,7 +40,40 @@ final class ConcurrentMemory: MemoryReader, @unchecked Sendable {
 /// Workers on Dispatch's thread pool: the parallel scan with real threads.
 struct DispatchScanWorkers: ScanWorkers {
     let count: Int
-    func run(_ task: @Sendable (Int) -> Void) { DispatchQueue.concurrentPerform(iterations: count, execute: task) }
+    func run(_ task: @Sendable (Int) -> Void) -> Int? {
+        DispatchQueue.concurrentPerform(iterations: count, execute: task)
+        return nil
+    }
+}
+
+/// Runs every task on the calling thread and reports that other threads ran `helped` of them: how a pool
+/// whose threads come late (or early) looks to the scan. Counts its steps.
+final class ReportingScanWorkers: ScanWorkers, @unchecked Sendable {
+    let count: Int
+    let helped: Int
+    private let steps = Mutex(0)
+    var stepsRun: Int { steps.withLock { $0 } }
+
+    init(count: Int, helped: Int) {
+        self.count = count
+        self.helped = helped
+    }
+
+    func run(_ task: @Sendable (Int) -> Void) -> Int? {
+        steps.withLock { $0 += 1 }
+        for k in 0..<count { task(k) }
+        return helped
+    }
+}
+
+/// `memory` read on the scanning thread only: the workers' steps are then the groups' lookups alone.
+struct ReadsOnTheScanningThread: MemoryReader {
+    let memory: ConcurrentMemory
+    var allowsConcurrentReads: Bool { false }
+    func read(_ ranges: UnsafeBufferPointer<MemoryRange>, into buffer: UnsafeMutableRawBufferPointer,
+              bytesRead: UnsafeMutableBufferPointer<Int>) {
+        memory.read(ranges, into: buffer, bytesRead: bytesRead)
+    }
 }
 
 /// A heap with what a word of a real one may be: exact and interior pointers, words inside the heap that
@@ -166,6 +200,32 @@ func objectStates(_ e: Kmemleak) -> [ObjectInfo] {
         // The array-cookie rule and the chunk-header rule had words to judge.
         let states = objectStates(serial)
         #expect(states.contains { $0.size == 8 && $0.count > 0 })
+    }
+
+    /// Workers that take under a third of a step's tasks get most of the scan back on the scanning thread
+    /// (`StepSplitting`): far fewer steps are split than with workers that take their half, and the results
+    /// are still the serial scan's.
+    @Test func workersThatComeLateGetFewerSplitSteps() {
+        let heap = MixedHeap(objects: 60_000, seed: 7)
+        let memory = ReadsOnTheScanningThread(memory: heap.memory)
+        let serial = heap.engine(workers: nil)
+        let late = ReportingScanWorkers(count: 8, helped: 1)
+        let helping = ReportingScanWorkers(count: 8, helped: 4)
+        let withLate = heap.engine(workers: late)
+        let withHelp = heap.engine(workers: helping)
+        for k in 1...2 {
+            let now = UInt64(k) * 10 * sec
+            let a = serial.scan(now: now, memory: memory)
+            #expect(withLate.scan(now: now, memory: memory) == a, "scan \(k)")
+            #expect(withHelp.scan(now: now, memory: memory) == a, "scan \(k)")
+            #expect(a.bytesScanned > 2 * StepSplitting.pauseBytes, "scan \(k): the heap outlasts two pauses")
+            let x = objectStates(serial)
+            #expect(objectStates(withLate) == x && objectStates(withHelp) == x, "scan \(k)")
+            #expect(serial.reportSnapshot(memory: heap.memory).map(\.pointer)
+                == withLate.reportSnapshot(memory: heap.memory).map(\.pointer), "scan \(k)")
+        }
+        #expect(late.stepsRun > 0)
+        #expect(late.stepsRun * 3 < helping.stepsRun, "late \(late.stepsRun) steps, helping \(helping.stepsRun)")
     }
 
     /// Leaks planted in a heap (unreferenced blocks) are all found by the parallel scan, and nothing else

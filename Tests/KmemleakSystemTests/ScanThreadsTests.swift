@@ -1,3 +1,4 @@
+import Glibc
 import Synchronization
 import Testing
 import KmemleakEngine
@@ -22,6 +23,44 @@ final class TaskCounts: Sendable {
         }
         #expect(ok)
         #expect(counts.all == Array(repeating: 20_000, count: pool.count))
+    }
+
+    /// One step of tasks that note whether they ran on the calling thread: what `run` answered, and how
+    /// many ran elsewhere.
+    static func step(_ pool: ScanThreads) -> (answered: Int?, elsewhere: Int) {
+        let caller = pthread_self()
+        let elsewhere = Atomic<Int>(0)
+        let answered = pool.run { _ in
+            var x = 0
+            for i in 0..<2000 { x &+= i }  // long enough that the other thread may take some
+            if pthread_equal(pthread_self(), caller) == 0 { elsewhere.add(1, ordering: .relaxed) }
+            _ = x
+        }
+        return (answered, elsewhere.load(ordering: .relaxed))
+    }
+
+    /// `run` answers how many of the step's tasks ran on threads other than the caller's, exactly (the scan
+    /// splits its steps only while they help), with one caller and with several at once.
+    @Test func runCountsTheTasksOtherThreadsRan() async {
+        let pool = ScanThreads.pool(threads: 2)
+        var wrong: [(Int?, Int)] = []
+        for _ in 0..<2000 {
+            let r = Self.step(pool)
+            if r.answered != r.elsewhere { wrong.append(r) }
+        }
+        #expect(wrong.isEmpty, "\(wrong.count) wrong answers, first \(String(describing: wrong.first))")
+        let wrongConcurrent = TaskCounts(1)
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0..<3 {
+                group.addTask {
+                    for _ in 0..<500 {
+                        let r = Self.step(pool)
+                        if r.answered != r.elsewhere { wrongConcurrent.add(0) }
+                    }
+                }
+            }
+        }
+        #expect(wrongConcurrent.all == [0])
     }
 
     /// Several threads calling one pool at once: each call still runs its tasks once (a second caller

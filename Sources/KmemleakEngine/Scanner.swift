@@ -982,7 +982,7 @@ struct Scanner<M: MemoryReader> {
 
     /// Scans the batch's pieces in order, grouping chunks into lock holds of at most maxScanSize bytes.
     mutating func scanPieces() {
-        // With workers, one lock hold scans a larger group (its lookups are shared among them).
+        // With workers that help, one lock hold scans a larger group (its lookups are shared among them).
         var groupLimit = groupBytesLimit
         var group: [(off: Int, addr: UInt64, len: Int, id: UInt32)] = []
         var groupBytes = 0

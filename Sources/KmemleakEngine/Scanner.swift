@@ -607,6 +607,9 @@ struct Scanner<M: MemoryReader> {
     let tasks: Int
     /// Whether the next group's lookups are split among the workers.
     var splitting = StepSplitting()
+    /// Whether `scanGroupParallel` may split this batch's groups at all: not in a confirmation pass, nor
+    /// with per-CPU objects. Else its groups are scanned whole, and MAX_SCAN_SIZE groups are faster.
+    var groupsSplittable = true
 
     init(engine: Kmemleak, memory: M, stop: @escaping () -> Bool) {
         self.engine = engine
@@ -725,6 +728,7 @@ struct Scanner<M: MemoryReader> {
     /// Fills `pieces` for one batch, under the state lock. Returns false when the source is exhausted.
     mutating func fill(_ s: inout EngineState, _ source: Source) -> Bool {
         pieces.removeAll(keepingCapacity: true)
+        groupsSplittable = s.confirm == nil && s.percpu.count == 0
         var bytes = 0
         var visited = 0
         // The reader's last plain window (see `MemoryReader.plainWindow`): ranges inside it are scannable
@@ -1013,24 +1017,25 @@ struct Scanner<M: MemoryReader> {
     }
 
     /// The bytes of the next group: a split step's with workers that help, else MAX_SCAN_SIZE.
-    var groupBytesLimit: Int { workers != nil && splitting.splits ? parallelScanSize : maxScanSize }
+    var groupBytesLimit: Int { workers != nil && splitting.splits && groupsSplittable ? parallelScanSize : maxScanSize }
 
     mutating func flush(_ group: [(off: Int, addr: UInt64, len: Int, id: UInt32)], bytes: Int) -> Bool {
         if stop() { interrupted = true; return false }
         let ep = epoch
         let base = Int(bitPattern: buffer.baseAddress)
         var splitting = self.splitting
+        let splittable = groupsSplittable
         let ok = engine.withState { s -> Bool in
             guard s.enabled && s.epoch == ep else { return false }
             // Blocks split or merged by the syncs since: a stale table costs steps, not answers.
             s.plain.refreshBlockTable(ifStaleBy: 64)
-            if let workers, splitting.splits {
+            if let workers, splitting.splits, splittable {
                 let helped = s.scanGroupParallel(base, group, workers, hits, hitCounts, tasks: tasks,
                                                  hitCapacity: hitCapacity)
                 splitting.record(helped: helped, tasks: tasks)
             } else {
                 s.scanGroup(base, group)
-                splitting.scannedWhole(bytes: bytes)
+                if splittable { splitting.scannedWhole(bytes: bytes) }
             }
             return true
         }

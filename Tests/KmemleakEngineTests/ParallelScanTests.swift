@@ -228,6 +228,26 @@ func objectStates(_ e: Kmemleak) -> [ObjectInfo] {
         #expect(late.stepsRun * 3 < helping.stepsRun, "late \(late.stepsRun) steps, helping \(helping.stepsRun)")
     }
 
+    /// With per-CPU objects no step can be split, so a scan with workers holds the state lock for the serial
+    /// scan's MAX_SCAN_SIZE groups (one `shouldStop` check each), not for split steps' larger ones that it
+    /// would then scan whole. Without per-CPU objects the same heap takes fewer, larger holds.
+    @Test func unsplittableGroupsAreMaxScanSize() {
+        let heap = MixedHeap(objects: 20_000, seed: 11)
+        func holds(workers: (any ScanWorkers)?, percpu: Bool) -> (holds: Int, result: ScanResult) {
+            let e = heap.engine(workers: workers)
+            if percpu { e.allocPercpu(heap.end + 0x10_0000, size: 64, metadata: meta(900_000)) }
+            var checks = 0
+            let r = e.scan(now: 10 * sec, memory: heap.memory, shouldStop: { checks += 1; return false })
+            return (checks, r)
+        }
+        let serial = holds(workers: nil, percpu: true)
+        let parallel = holds(workers: InlineScanWorkers(count: 2), percpu: true)
+        #expect(parallel.result == serial.result)
+        #expect(parallel.holds == serial.holds, "with workers \(parallel.holds) checks, serial \(serial.holds)")
+        let split = holds(workers: InlineScanWorkers(count: 2), percpu: false)
+        #expect(split.holds < serial.holds, "split steps \(split.holds) checks, serial \(serial.holds)")
+    }
+
     /// Leaks planted in a heap (unreferenced blocks) are all found by the parallel scan, and nothing else
     /// that the serial scan does not report.
     @Test func plantedLeaksFound() {

@@ -76,7 +76,9 @@ def load(port, count):
 
 PLANTED = 16
 # The warm-up blocks (see plant), as raw pointers: reachable for good, never reported.
-KEPT = (ctypes.c_void_p * PLANTED)()
+KEPT = (ctypes.c_void_p * 4096)()
+# glibc's HEAP_MAX_SIZE on 64-bit: a thread arena's heap is a mapping aligned to it.
+HEAP_MAX = 64 << 20
 
 
 def leak_size(i):
@@ -88,39 +90,70 @@ class Address(ctypes.c_void_p):
     (a one-digit int would hold a low heap address as a plain 8-byte word)."""
 
 
+def writable_end(address):
+    """The end of the /proc/self/maps mapping that holds address."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= address < hi:
+                return hi
+    raise RuntimeError("no mapping holds 0x%x" % address)
+
+
 def plant(count):
-    """Allocates the blocks of a later leak, 8 to 4096 bytes, at start-up on the program's first thread,
-    so that they come from a new malloc arena: addresses the program never used before. A conservative
-    scan cannot tell a stale copy of an address from a live one, and a block that reused the address of
-    an object freed a moment ago would still be pointed to by stale frames, pools and uninitialised
-    buffers. The thread then ends: the pointers passed through ctypes' result buffer on its C stack
-    only. Returns the array that holds the blocks (reachable until `leak` zeroes it)."""
+    """Allocates the blocks of a later leak, 8 to 4096 bytes, at start-up on a new thread, so that they
+    come from its new malloc arena, each at an address that arena never handed out before. A
+    conservative scan cannot tell a stale copy of an address from a live one: a block that reused
+    memory the thread's start had used and freed a moment ago (glibc merges it back into the arena's
+    top) would still be pointed into by stale words of freed Python objects. So every block that
+    comes from below the arena heap's writable end as it was before planting (which bounds all it
+    ever handed out, with glibc's top pad) is kept for good instead, with spacers, until malloc returns
+    one beyond it. The thread then ends: the pointers passed through ctypes' result buffer on its C
+    stack only. Returns the array that holds the blocks (reachable until `leak` zeroes it)."""
     libc = ctypes.CDLL(None)
     malloc = libc.malloc
     malloc.restype = Address
     malloc.argtypes = [ctypes.c_size_t]
     blocks = (ctypes.c_void_p * count)()
-
     sizes = [leak_size(i) for i in range(count)]
-    results = []
+    failure = []
 
     def work():
-        # A first round, kept for good, takes the chunks that the thread's start freed (whose addresses
-        # stale copies still hold); the planted round then comes from memory never used. Nothing is
-        # freed meanwhile: the result objects are zeroed and kept until the end.
-        for size in sizes + sizes:
-            results.append(malloc(size))
-        for i, block in enumerate(results):
-            if i < count:
-                KEPT[i] = block
-            else:
-                blocks[i - count] = block
-            block.value = None
+        # 4096 bytes are past the tcache: this thread's arena serves them, not a block another
+        # thread freed.
+        first = malloc(4096)
+        KEPT[0] = first
+        heap = first.value & ~(HEAP_MAX - 1)
+        fresh = writable_end(first.value)
+        first.value = None
+        kept = 1
+        for i, size in enumerate(sizes):
+            while True:
+                block = malloc(size)
+                if fresh <= block.value < heap + HEAP_MAX:
+                    blocks[i] = block
+                    block.value = None
+                    break
+                if kept == len(KEPT):
+                    failure.append("%d warm-up blocks did not reach 0x%x" % (kept, fresh))
+                    return
+                # Blocks from the arena's top below that end: a spacer of up to 64 KiB (below the
+                # mmap threshold) moves the top there faster than blocks of this size would.
+                gap = fresh - block.value
+                KEPT[kept] = block
+                block.value = None
+                kept += 1
+                if 0 < gap < HEAP_MAX and kept < len(KEPT):
+                    spacer = malloc(min(gap, 64 << 10))
+                    KEPT[kept] = spacer
+                    spacer.value = None
+                    kept += 1
 
     thread = threading.Thread(target=work)
     thread.start()
     thread.join()
-    del results[:]
+    if failure:
+        raise RuntimeError(failure[0])
     return blocks
 
 

@@ -287,6 +287,10 @@ extension EngineState {
         return id
     }
 
+    /// Whether `scanGroupParallel` may cut a group's lookups among workers: not in a confirmation pass
+    /// (its counts are the pass's own), nor with per-CPU objects (their lookups are not shared).
+    var groupsSplittable: Bool { confirm == nil && percpu.count == 0 }
+
     /// `scanGroup` with the lookups cut among `workers`: each task looks up one run of the group's words
     /// and keeps its hits in `hits` (`hitCapacity` entries per task, word index << 32 | id); then this
     /// thread applies them in word order, as the serial scan would (see ScanWorkers). Returns how many
@@ -296,7 +300,7 @@ extension EngineState {
         _ bufferBase: Int, _ group: [(off: Int, addr: UInt64, len: Int, id: UInt32)], _ workers: any ScanWorkers,
         _ hits: UnsafeMutablePointer<UInt64>, _ hitCounts: UnsafeMutablePointer<Int>, tasks: Int, hitCapacity: Int
     ) -> Int? {
-        if confirm != nil || percpu.count > 0 || tasks < 2 {
+        if !groupsSplittable || tasks < 2 {
             scanGroup(bufferBase, group)
             return nil
         }
@@ -607,8 +611,8 @@ struct Scanner<M: MemoryReader> {
     let tasks: Int
     /// Whether the next group's lookups are split among the workers.
     var splitting = StepSplitting()
-    /// Whether `scanGroupParallel` may split this batch's groups at all: not in a confirmation pass, nor
-    /// with per-CPU objects. Else its groups are scanned whole, and MAX_SCAN_SIZE groups are faster.
+    /// `EngineState.groupsSplittable` when this batch was filled: else its groups are scanned whole, and
+    /// MAX_SCAN_SIZE groups are faster.
     var groupsSplittable = true
 
     init(engine: Kmemleak, memory: M, stop: @escaping () -> Bool) {
@@ -728,7 +732,7 @@ struct Scanner<M: MemoryReader> {
     /// Fills `pieces` for one batch, under the state lock. Returns false when the source is exhausted.
     mutating func fill(_ s: inout EngineState, _ source: Source) -> Bool {
         pieces.removeAll(keepingCapacity: true)
-        groupsSplittable = s.confirm == nil && s.percpu.count == 0
+        groupsSplittable = s.groupsSplittable
         var bytes = 0
         var visited = 0
         // The reader's last plain window (see `MemoryReader.plainWindow`): ranges inside it are scannable

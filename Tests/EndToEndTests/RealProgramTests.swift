@@ -4,6 +4,7 @@
 // adopted. Every process is ended by pid; every mount goes with the Detection's tear-down.
 import Foundation
 import Glibc
+import KmemleakSystem
 import Testing
 
 /// Debian's python3: the one on PATH may be pyenv's.
@@ -114,34 +115,25 @@ private func digest(_ report: String, frames: Int = 4, limit: Int = 12000) -> St
 /// For a missed leak: what a conservative scan took for a reference.
 private func whereHeld(_ pid: pid_t, _ blocks: [(start: UInt64, size: UInt64)]) -> [String] {
     guard let lo = blocks.map(\.start).min(), let hi = blocks.map({ $0.start + $0.size }).max(),
-          let maps = try? String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8) else { return [] }
-    var pointers: [(tid: String, sp: UInt64)] = []
-    for tid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? [] {
-        // "nr arg1 ... arg6 sp pc" for a thread blocked in a syscall
-        let words = ((try? String(contentsOfFile: "/proc/\(pid)/task/\(tid)/syscall", encoding: .utf8)) ?? "")
-            .split(separator: " ")
-        if words.count >= 9, let sp = UInt64(words[7].dropFirst(2), radix: 16) { pointers.append((tid, sp)) }
-    }
+          let maps = try? Proc.maps(pid) else { return [] }
+    let pointers = ((try? Proc.tasks(pid)) ?? []).compactMap { tid in Proc.stackPointer(pid, tid: tid).map { (tid, $0) } }
     let fd = open("/proc/\(pid)/mem", O_RDONLY)
     guard fd >= 0 else { return ["open /proc/\(pid)/mem: errno \(errno)"] }
     defer { close(fd) }
     var found: [String] = []
     var buffer = [UInt64](repeating: 0, count: 1 << 16)
-    for line in maps.split(separator: "\n") {
-        let f = line.split(separator: " ", omittingEmptySubsequences: true)
-        let bounds = f[0].split(separator: "-").compactMap { UInt64($0, radix: 16) }
-        guard f.count >= 5, bounds.count == 2, f[1].hasPrefix("r"), !line.hasSuffix("[vvar]"),
-              !line.hasSuffix("[vsyscall]") else { continue }
-        var at = bounds[0]
-        while at < bounds[1] {
-            let want = Int(min(UInt64(buffer.count * 8), bounds[1] - at))
+    for m in maps where m.readable && m.path != "[vvar]" && m.path != "[vsyscall]" {
+        let name = "0x\(String(m.start, radix: 16))-0x\(String(m.end, radix: 16)) \(m.path)"
+        var at = m.start
+        while at < m.end {
+            let want = Int(min(UInt64(buffer.count * 8), m.end - at))
             let got = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, want, off_t(Int64(bitPattern: at))) }
             guard got > 0 else { break }
             for i in 0..<(got / 8) where buffer[i] >= lo && buffer[i] < hi
                 && blocks.contains(where: { buffer[i] &- $0.start < $0.size }) {
-                let sps = pointers.filter { $0.sp >= bounds[0] && $0.sp < bounds[1] }
-                    .map { "tid \($0.tid) sp 0x\(String($0.sp, radix: 16))" }
-                found.append("0x\(String(buffer[i], radix: 16)) at 0x\(String(at + UInt64(i * 8), radix: 16)) in \(line)"
+                let sps = pointers.filter { $0.1 >= m.start && $0.1 < m.end }
+                    .map { "tid \($0.0) sp 0x\(String($0.1, radix: 16))" }
+                found.append("0x\(String(buffer[i], radix: 16)) at 0x\(String(at + UInt64(i * 8), radix: 16)) in \(name)"
                              + (sps.isEmpty ? "" : " (\(sps.joined(separator: ", ")))"))
             }
             at += UInt64(got)

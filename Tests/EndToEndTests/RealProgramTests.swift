@@ -110,10 +110,22 @@ private func digest(_ report: String, frames: Int = 4, limit: Int = 12000) -> St
     return String(lines.joined(separator: "\n").prefix(limit))
 }
 
+/// The shim's own memory in client `pid`, which the daemon never scans: its table (from the rendezvous
+/// file in `runDirectory`) and its KML_REGION_SHIM_PRIVATE regions (the object index, ...). Empty if the
+/// table cannot be read.
+private func shimMemory(_ pid: pid_t, runDirectory: String) -> [(start: UInt64, end: UInt64, what: String)] {
+    guard let r = try? Rendezvous.read(path: "\(runDirectory)/\(pid).client") else { return [] }
+    let regions = ((try? ClientTable.open(r).readRegions()) ?? []).filter(\.isShimPrivate)
+    return [(r.address, r.address + r.size, "the shim's table")]
+        + regions.map { ($0.start, $0.start + $0.size, "shim-private region") }
+}
+
 /// Where the client's memory holds an aligned word pointing into one of `blocks` (its start or inside it):
 /// "0x<word> at 0x<addr> in <mapping>", with the stack pointers of the threads blocked in that mapping.
-/// For a missed leak: what a conservative scan took for a reference.
-private func whereHeld(_ pid: pid_t, _ blocks: [(start: UInt64, size: UInt64)]) -> [String] {
+/// For a missed leak: what a conservative scan took for a reference. Words in the shim's own memory
+/// (`shim`), which the daemon does not scan, are marked "not scanned".
+private func whereHeld(_ pid: pid_t, _ blocks: [(start: UInt64, size: UInt64)],
+                       shim: [(start: UInt64, end: UInt64, what: String)]) -> [String] {
     guard let lo = blocks.map(\.start).min(), let hi = blocks.map({ $0.start + $0.size }).max(),
           let maps = try? Proc.maps(pid) else { return [] }
     let pointers = ((try? Proc.tasks(pid)) ?? []).compactMap { tid in Proc.stackPointer(pid, tid: tid).map { (tid, $0) } }
@@ -133,8 +145,10 @@ private func whereHeld(_ pid: pid_t, _ blocks: [(start: UInt64, size: UInt64)]) 
                 && blocks.contains(where: { buffer[i] &- $0.start < $0.size }) {
                 let sps = pointers.filter { $0.1 >= m.start && $0.1 < m.end }
                     .map { "tid \($0.0) sp 0x\(String($0.1, radix: 16))" }
-                found.append("0x\(String(buffer[i], radix: 16)) at 0x\(String(at + UInt64(i * 8), radix: 16)) in \(name)"
-                             + (sps.isEmpty ? "" : " (\(sps.joined(separator: ", ")))"))
+                let word = at + UInt64(i * 8)
+                let own = shim.first { word >= $0.start && word < $0.end }.map { " [\($0.what): not scanned]" } ?? ""
+                found.append("0x\(String(buffer[i], radix: 16)) at 0x\(String(word, radix: 16)) in \(name)"
+                             + (sps.isEmpty ? "" : " (\(sps.joined(separator: ", ")))") + own)
             }
             at += UInt64(got)
         }
@@ -203,7 +217,7 @@ struct RealProgramTests {
                     || l.contains("  checksum ") || l.contains("  flags ") || l.contains("  min_count ")
             }
             let third = programs.reportAfterTwoScans().addresses
-            why = "held at:\n" + whereHeld(python.pid, missedBlocks).joined(separator: "\n")
+            why = "held at:\n" + whereHeld(python.pid, missedBlocks, shim: shimMemory(python.pid, runDirectory: d.runDirectory)).joined(separator: "\n")
                 + "\ndumps:\n" + dumps.joined(separator: "\n")
                 + "\nreported by two more scans: \(missedBlocks.filter { third.contains($0.start) }.map { String($0.start, radix: 16) })"
         }

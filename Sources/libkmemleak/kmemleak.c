@@ -1505,8 +1505,14 @@ EXPORT void *pvalloc(size_t size)
 /* ---- mmap family ------------------------------------------------------------------------------ */
 static inline int mapping_tracked(int prot, int flags)
 {
-    return (flags & MAP_ANONYMOUS) && (flags & MAP_TYPE) == MAP_PRIVATE && (prot & PROT_WRITE);
+    (void)prot;
+    return (flags & MAP_ANONYMOUS) && (flags & MAP_TYPE) == MAP_PRIVATE;
 }
+
+/* A mapping made without PROT_WRITE is a reservation (a JIT's heap: V8 reserves PROT_NONE and makes pages
+ * writable with mprotect, which the shim does not see): min_count 0, so its readable pages are scanned and
+ * it is never reported, as kmemleak_not_leak. Writable at creation: a leak when unreferenced (min_count 1). */
+static inline int32_t mapping_min_count(int prot) { return (prot & PROT_WRITE) ? 1 : 0; }
 
 static __attribute__((noinline)) void *mmap_tracked(void *addr, size_t len, int prot, int flags, int fd,
                                                     off_t off)
@@ -1521,7 +1527,7 @@ static __attribute__((noinline)) void *mmap_tracked(void *addr, size_t len, int 
             if (mapping_tracked(prot, flags)) {
                 struct objinfo ctx;
                 current_context(&ctx);
-                track_mapping((uintptr_t)p, PAGE_ALIGN(len), &ctx, 1);
+                track_mapping((uintptr_t)p, PAGE_ALIGN(len), &ctx, mapping_min_count(prot));
             }
         }
         spin_unlock(&g_mm_lock);
@@ -1532,7 +1538,7 @@ static __attribute__((noinline)) void *mmap_tracked(void *addr, size_t len, int 
         struct objinfo ctx;
         current_context(&ctx);
         spin_lock(&g_mm_lock);
-        track_mapping((uintptr_t)p, PAGE_ALIGN(len), &ctx, 1);
+        track_mapping((uintptr_t)p, PAGE_ALIGN(len), &ctx, mapping_min_count(prot));
         spin_unlock(&g_mm_lock);
     }
     return p;

@@ -65,6 +65,18 @@ struct ScannedMemoryTests {
         #expect(d.reportedAddresses == leaks, "report:\n\(d.report)")
     }
 
+    /// A JIT's heap (V8's): pages made writable by mprotect inside a PROT_NONE reservation are scanned (their
+    /// pointer keeps its block), and a reservation nothing points to is not reported. The leaks are exact.
+    @Test func pagesMadeWritableInsideAReservationAreScanned() throws {
+        let d = try Detection()
+        defer { d.tearDown() }
+        let client = try d.client(rootsClient, ["reserve"])
+        let leaks = printed(client, ["LEAK"])
+        #expect(leaks.count == 2 && printed(client, ["KEEP"]).count == 1)
+        d.scan(times: 2)
+        #expect(d.reportedAddresses == leaks, "report:\n\(d.report)")
+    }
+
     /// A thread record that claims a shared file mapping as its stack is not read there (a file can be
     /// served by anyone, forever): the pointer in that mapping keeps nothing, and the daemon says so.
     @Test func aStackClaimOutsideAnonymousPrivateMemoryIsNotRead() throws {

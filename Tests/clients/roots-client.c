@@ -12,6 +12,10 @@
  *                           only pointer to a KEEP block after it
  *   roots-client noreserve  a tracked 4 GiB MAP_NORESERVE object, untouched but for one page that
  *                           holds the only pointer to a KEEP block; plus 3 plain LEAKs
+ *   roots-client reserve    what a JIT's heap (V8) does: a 64 MiB PROT_NONE reservation (its address in a
+ *                           global) with 16 pages made writable by mprotect, the last holding the only
+ *                           pointer to a KEEP block; a second reservation nothing points to (not reported,
+ *                           never a leak: nothing of it was written); plus 2 plain LEAKs
  *   roots-client fakestack FILE
  *                           a thread's record in the shim's table is rewritten to claim a MAP_SHARED
  *                           mapping of FILE as its stack; that mapping holds the only pointer to a LEAK
@@ -168,6 +172,27 @@ static int noreserve(void) {
     return 0;
 }
 
+static char *volatile reservation;
+
+static int reserve(void) {
+    size_t size = (size_t)64 << 20, page = 4096;
+    reservation = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (reservation == MAP_FAILED) return 1;
+    char *committed = reservation + ((size_t)32 << 20);
+    if (mprotect(committed, 16 * page, PROT_READ | PROT_WRITE) != 0) return 1;
+    void *object = malloc(88);
+    memset(object, 0x55, 88);
+    *(void **)(committed + 15 * page + 200) = object;
+    say("KEEP", object);
+    if (mmap(NULL, 1 << 20, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0) == MAP_FAILED) return 1;
+    for (int i = 0; i < 2; i++) {
+        void *leak = malloc(24 + i);
+        memset(leak, 0x33, 24 + i);
+        say("LEAK", leak);
+    }
+    return 0;
+}
+
 /* ---- fakestack ---- */
 
 static volatile pid_t claimed_tid;
@@ -268,6 +293,8 @@ int main(int argc, char **argv) {
         if (guard() != 0) { perror("guard"); return 1; }
     } else if (strcmp(mode, "noreserve") == 0) {
         if (noreserve() != 0) { perror("noreserve"); return 1; }
+    } else if (strcmp(mode, "reserve") == 0) {
+        if (reserve() != 0) { perror("reserve"); return 1; }
     } else if (strcmp(mode, "fakestack") == 0 && argc > 2) {
         if (fakestack(argv[2]) != 0) { perror("fakestack"); return 1; }
     } else if (strcmp(mode, "fakestack-ro") == 0 && argc > 2) {
@@ -284,7 +311,7 @@ int main(int argc, char **argv) {
         touched_area = malloc(256 << 20); /* its teardown keeps the exit going for a while */
         memset(touched_area, 1, 256 << 20);
     } else {
-        fprintf(stderr, "usage: roots-client deadstack|xmm|guard|noreserve|fakestack FILE|fakestack-ro FILE|table-cover FILE|vfork|exit N\n");
+        fprintf(stderr, "usage: roots-client deadstack|xmm|guard|noreserve|reserve|fakestack FILE|fakestack-ro FILE|table-cover FILE|vfork|exit N\n");
         return 64;
     }
     /* Give the threads time to announce themselves before READY (they print under a lock). */

@@ -1503,9 +1503,8 @@ EXPORT void *pvalloc(size_t size)
 }
 
 /* ---- mmap family ------------------------------------------------------------------------------ */
-static inline int mapping_tracked(int prot, int flags)
+static inline int mapping_tracked(int flags)
 {
-    (void)prot;
     return (flags & MAP_ANONYMOUS) && (flags & MAP_TYPE) == MAP_PRIVATE;
 }
 
@@ -1524,7 +1523,7 @@ static __attribute__((noinline)) void *mmap_tracked(void *addr, size_t len, int 
         p = raw_mmap(addr, len, prot, flags, fd, off);
         if (p != MAP_FAILED) {
             mm_unmap_range((uintptr_t)p, (uintptr_t)p + PAGE_ALIGN(len));
-            if (mapping_tracked(prot, flags)) {
+            if (mapping_tracked(flags)) {
                 struct objinfo ctx;
                 current_context(&ctx);
                 track_mapping((uintptr_t)p, PAGE_ALIGN(len), &ctx, mapping_min_count(prot));
@@ -1534,7 +1533,7 @@ static __attribute__((noinline)) void *mmap_tracked(void *addr, size_t len, int 
         return p;
     }
     p = raw_mmap(addr, len, prot, flags, fd, off);
-    if (p != MAP_FAILED && mapping_tracked(prot, flags)) {
+    if (p != MAP_FAILED && mapping_tracked(flags)) {
         struct objinfo ctx;
         current_context(&ctx);
         spin_lock(&g_mm_lock);

@@ -2947,7 +2947,11 @@ static int table_create(void)
     h->nr_cpu_ids = kmemleak_nr_cpu_ids();
     long tck = sysconf(_SC_CLK_TCK);
     h->clk_tck = (uint32_t)(tck > 0 ? tck : 100);
-    h->created_ns = now_ns();
+    /* the precise clock, not now_ns's coarse one: an exec within a tick would otherwise give the new
+     * table the old one's creation time, which is what tells the daemon that a table was replaced */
+    struct timespec created;
+    clock_gettime(CLOCK_BOOTTIME, &created);
+    h->created_ns = ts_ns(&created);
     h->objects_offset = obj_off;
     h->objects_capacity = g_obj_cap;
     h->object_size = sizeof(struct kml_object);

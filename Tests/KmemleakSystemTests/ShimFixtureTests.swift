@@ -370,21 +370,27 @@ struct ShimFixtureTests {
 
     @Test func execGivesTheProcessANewTable() throws {
         let c = try ShimFixture.start()
-        let t1 = try c.table()
+        var t1 = try c.table()
         #expect(t1.isAlive && t1.isStillMapped)
-        try c.child.send("exec")
-        _ = try c.child.waitFor("READY ")
-        // Same pid, same start time, but the old table is no longer the process's.
-        #expect(!t1.isAlive)
-        let r2 = try c.rendezvous()
-        let t2 = try ClientTable.open(r2)
-        #expect(t2.pid == t1.pid && t2.openedHeader.startTime == t1.openedHeader.startTime)
-        #expect(t2.openedHeader.createdNs != t1.openedHeader.createdNs && t2.isAlive)
-        let result = ClientDiscovery.scan(runDirectory: c.dir.path, known: [t1.id])
-        if r2.address != t1.rendezvous?.address {
-            #expect(result.adopted.map(\.openedHeader.createdNs) == [t2.openedHeader.createdNs])
+        // Execs in quick succession, each well within a clock tick of the one before: every table
+        // must still have its own creation time (what tells a table replaced at the same address).
+        var created: Set<UInt64> = [t1.openedHeader.createdNs]
+        for _ in 0..<12 {
+            try c.child.send("exec")
+            _ = try c.child.waitFor("READY ")
+            // Same pid, same start time, but the old table is no longer the process's.
+            #expect(!t1.isAlive)
+            let r2 = try c.rendezvous()
+            let t2 = try ClientTable.open(r2)
+            #expect(t2.pid == t1.pid && t2.openedHeader.startTime == t1.openedHeader.startTime)
+            #expect(created.insert(t2.openedHeader.createdNs).inserted && t2.isAlive)
+            let result = ClientDiscovery.scan(runDirectory: c.dir.path, known: [t1.id])
+            if r2.address != t1.rendezvous?.address {
+                #expect(result.adopted.map(\.openedHeader.createdNs) == [t2.openedHeader.createdNs])
+            }
+            #expect(ClientDiscovery.scan(runDirectory: c.dir.path, known: [t2.id]).adopted.isEmpty)
+            t1 = t2
         }
-        #expect(ClientDiscovery.scan(runDirectory: c.dir.path, known: [t2.id]).adopted.isEmpty)
     }
 
     @Test func execWithoutTheShimLeavesAStaleFile() throws {

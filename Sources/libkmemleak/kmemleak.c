@@ -1305,6 +1305,22 @@ static void track_mapping(uint64_t start, uint64_t len, const struct objinfo *ct
         mm_list_add(idx);
 }
 
+/* What pages moved out of the tracked mappings overlapping [lo, hi) inherit: their min_count if they
+ * agree (a part of a reservation stays one, an ignored mapping stays ignored), else 0 (scanned, never
+ * reported). Returns 0 if no tracked mapping overlaps. Under g_mm_lock. */
+static int mm_overlap_min_count(uint64_t lo, uint64_t hi, int32_t *min_count)
+{
+    int found = 0;
+    for (uint32_t i = 0; i < g_mm_count; i++) {
+        const struct kml_object *o = &g_obj[g_mm_slots[i]];
+        if (o->pointer < hi && o->pointer + o->size > lo) {
+            *min_count = found && *min_count != o->min_count ? 0 : o->min_count;
+            found = 1;
+        }
+    }
+    return found;
+}
+
 /* free_part over the mapping list: [lo, hi) is gone; remainders are re-registered with the
  * freeing context (trace, comm, pid, time) and new sequence numbers. Returns 1 if any overlapped. */
 static int mm_unmap_range(uint64_t lo, uint64_t hi)
@@ -1605,13 +1621,17 @@ EXPORT void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
                     mm_list_add(k);
             }
         } else {
-            int tracked = keep_old ? (i >= 0) : mm_unmap_range(o, o + olen);
+            /* part of a mapping (or a copy, with MREMAP_DONTUNMAP): a new object with its sources' min_count */
+            int32_t min_count = 1;
+            int tracked = mm_overlap_min_count(o, o + olen, &min_count);
+            if (!keep_old)
+                mm_unmap_range(o, o + olen);
             if (flags & MREMAP_FIXED)
                 mm_unmap_range(n, n + nlen);
             if (tracked) {
                 struct objinfo ctx;
                 current_context(&ctx);
-                track_mapping(n, nlen, &ctx, 1);
+                track_mapping(n, nlen, &ctx, min_count);
             }
         }
     }

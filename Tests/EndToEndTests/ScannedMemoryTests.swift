@@ -77,6 +77,18 @@ struct ScannedMemoryTests {
         #expect(d.reportedAddresses == leaks, "report:\n\(d.report)")
     }
 
+    /// Pages of a reservation moved elsewhere by mremap stay part of it: scanned, and not reported
+    /// though nothing points to their new address.
+    @Test func pagesMovedOutOfAReservationAreScannedAndNotReported() throws {
+        let d = try Detection()
+        defer { d.tearDown() }
+        let client = try d.client(rootsClient, ["reserve-move"])
+        let leaks = printed(client, ["LEAK"])
+        #expect(leaks.count == 2 && printed(client, ["KEEP"]).count == 1)
+        d.scan(times: 2)
+        #expect(d.reportedAddresses == leaks, "report:\n\(d.report)")
+    }
+
     /// A thread record that claims a shared file mapping as its stack is not read there (a file can be
     /// served by anyone, forever): the pointer in that mapping keeps nothing, and the daemon says so.
     @Test func aStackClaimOutsideAnonymousPrivateMemoryIsNotRead() throws {

@@ -16,6 +16,9 @@
  *                           global) with 16 pages made writable by mprotect, the last holding the only
  *                           pointer to a KEEP block; a second reservation nothing points to (not reported,
  *                           never a leak: nothing of it was written); plus 2 plain LEAKs
+ *   roots-client reserve-move
+ *                           the same, then the 16 pages grown by mremap, so that they move out of the
+ *                           reservation to an address nothing holds: still part of it, never a leak
  *   roots-client fakestack FILE
  *                           a thread's record in the shim's table is rewritten to claim a MAP_SHARED
  *                           mapping of FILE as its stack; that mapping holds the only pointer to a LEAK
@@ -174,7 +177,7 @@ static int noreserve(void) {
 
 static char *volatile reservation;
 
-static int reserve(void) {
+static int reserve(int move) {
     size_t size = (size_t)64 << 20, page = 4096;
     reservation = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (reservation == MAP_FAILED) return 1;
@@ -184,6 +187,9 @@ static int reserve(void) {
     memset(object, 0x55, 88);
     *(void **)(committed + 15 * page + 200) = object;
     say("KEEP", object);
+    /* grown past the next (PROT_NONE) page, the pages cannot stay: they move out of the reservation,
+     * and only this local knows where */
+    if (move && mremap(committed, 16 * page, 32 * page, MREMAP_MAYMOVE) == MAP_FAILED) return 1;
     if (mmap(NULL, 1 << 20, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0) == MAP_FAILED) return 1;
     for (int i = 0; i < 2; i++) {
         void *leak = malloc(24 + i);
@@ -293,8 +299,8 @@ int main(int argc, char **argv) {
         if (guard() != 0) { perror("guard"); return 1; }
     } else if (strcmp(mode, "noreserve") == 0) {
         if (noreserve() != 0) { perror("noreserve"); return 1; }
-    } else if (strcmp(mode, "reserve") == 0) {
-        if (reserve() != 0) { perror("reserve"); return 1; }
+    } else if (strcmp(mode, "reserve") == 0 || strcmp(mode, "reserve-move") == 0) {
+        if (reserve(strcmp(mode, "reserve-move") == 0) != 0) { perror(mode); return 1; }
     } else if (strcmp(mode, "fakestack") == 0 && argc > 2) {
         if (fakestack(argv[2]) != 0) { perror("fakestack"); return 1; }
     } else if (strcmp(mode, "fakestack-ro") == 0 && argc > 2) {
@@ -311,7 +317,7 @@ int main(int argc, char **argv) {
         touched_area = malloc(256 << 20); /* its teardown keeps the exit going for a while */
         memset(touched_area, 1, 256 << 20);
     } else {
-        fprintf(stderr, "usage: roots-client deadstack|xmm|guard|noreserve|reserve|fakestack FILE|fakestack-ro FILE|table-cover FILE|vfork|exit N\n");
+        fprintf(stderr, "usage: roots-client deadstack|xmm|guard|noreserve|reserve|reserve-move|fakestack FILE|fakestack-ro FILE|table-cover FILE|vfork|exit N\n");
         return 64;
     }
     /* Give the threads time to announce themselves before READY (they print under a lock). */

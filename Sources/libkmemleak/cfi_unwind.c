@@ -720,18 +720,113 @@ static struct cfi_rule rule_lookup(uint64_t pc, unsigned long long *adds, unsign
     return l.rule;
 }
 
-/* ---- the unwinder ------------------------------------------------------------------------------- */
-__attribute__((noinline, optimize("no-omit-frame-pointer"))) int cfi_backtrace(void **buf, int max, uintptr_t stack_lo, uintptr_t stack_hi)
+/* ---- the trace memo ------------------------------------------------------------------------------
+ * A trace is a function of where the unwind starts, of the rules (fixed while g_gen is) and of the
+ * stack words it reads: the return addresses, and the saved rbp values that a CFA rule uses. Each thread keeps its recent
+ * traces keyed by the first step's result (the allocator's caller: return address, CFA, and rbp if a
+ * later rule reads the register before reloading it), with every word read after it and the
+ * caller's tag for the trace (the depot's id). When every one of those words is unchanged, the unwind
+ * would give the same trace: the tag is returned without stepping the frames or hashing the trace.
+ * An interpreter allocates from a few hundred call sites at a few stack depths, so most traces repeat.
+ * Reads are bounds-checked as the unwinder's are; a signal handler's allocation while the memo is being
+ * filled leaves it alone (busy), and an entry is read under a sequence count, so a handler that
+ * publishes meanwhile makes the reader miss, not mix two traces. An entry is right for any thread
+ * whose stack holds those words at those places (a new thread on a cached stack may reuse it). */
+#define MEMO_BITS 6
+#define MEMO_READS 32 /* the return address of each frame, and its saved rbp if used; more: not kept */
+struct memo_key {
+    unsigned gen;
+    uint8_t nreads;
+    uint8_t uses_rbp1; /* a rule reads rbp before any frame reloads it: rbp1 is part of the key */
+    uintptr_t ip0, ip1, sp1, rbp1;
+};
+struct memo_entry {
+    unsigned seq; /* odd while written; used when even and nonzero */
+    uint32_t tag;
+    struct memo_key k;
+    int16_t off[MEMO_READS]; /* the words read after the first step: at sp1 + off ... */
+    uintptr_t val[MEMO_READS]; /* ... holding val */
+};
+/* one thread's (not in TLS: a thread made with a PTHREAD_STACK_MIN stack must still fit its static TLS) */
+struct cfi_memo {
+    int busy; /* pending is being filled, or waits for cfi_memo_publish */
+    int keep; /* pending is complete */
+    struct memo_entry pending;
+    struct memo_entry e[1u << MEMO_BITS];
+};
+_Static_assert(sizeof(struct cfi_memo) <= CFI_MEMO_BYTES, "CFI_MEMO_BYTES holds a memo");
+
+void cfi_memo_reset(struct cfi_memo *M)
 {
-    cfi_entry *c = __atomic_load_n(&g_cache, __ATOMIC_ACQUIRE);
-    if (!c || !stack_hi)
-        return -1;
-    /* this function's own frame: a frame pointer, forced above */
-    const uintptr_t *fp = (const uintptr_t *)__builtin_frame_address(0);
-    uintptr_t lo = (uintptr_t)fp, sp = (uintptr_t)fp + 16, rbp = fp[0];
-    uintptr_t ip = (uintptr_t)__builtin_return_address(0);
-    if (lo < stack_lo || sp > stack_hi)
-        return -1; /* another stack (sigaltstack, a coroutine's) */
+    M->busy = 0;
+    M->keep = 0;
+}
+
+static inline uint32_t memo_slot(uintptr_t ip1, uintptr_t sp1)
+{
+    return (uint32_t)(((ip1 ^ (sp1 << 17)) * 0x9e3779b97f4a7c15ull) >> (64 - MEMO_BITS));
+}
+
+/* the memoized trace for this first step, if every word it read is unchanged: its tag, else 0 */
+static inline uint32_t memo_find(const struct cfi_memo *M, uintptr_t ip0, uintptr_t ip1, uintptr_t sp1, uintptr_t rbp1,
+                                 unsigned gen, uintptr_t lo, uintptr_t stack_hi)
+{
+    const struct memo_entry *e = &M->e[memo_slot(ip1, sp1)];
+    unsigned seq = e->seq;
+    __atomic_signal_fence(__ATOMIC_ACQUIRE);
+    const struct memo_key *k = &e->k;
+    if (!seq || (seq & 1) || k->gen != gen || k->ip1 != ip1 || k->sp1 != sp1 || k->ip0 != ip0 ||
+        (k->uses_rbp1 && k->rbp1 != rbp1) || k->nreads > MEMO_READS)
+        return 0;
+    for (unsigned i = 0; i < k->nreads; i++) {
+        uintptr_t at = sp1 + (uintptr_t)(intptr_t)e->off[i];
+        if (at < lo || at + 8 > stack_hi || *(const uintptr_t *)at != e->val[i])
+            return 0;
+    }
+    uint32_t tag = e->tag;
+    __atomic_signal_fence(__ATOMIC_ACQUIRE);
+    return e->seq == seq ? tag : 0;
+}
+
+static inline void memo_log(struct cfi_memo *M, uintptr_t at, uintptr_t val)
+{
+    struct memo_entry *m = &M->pending;
+    intptr_t off = (intptr_t)(at - m->k.sp1);
+    if (m->k.nreads >= MEMO_READS || off != (int16_t)off) {
+        M->keep = 0;
+        return;
+    }
+    m->off[m->k.nreads] = (int16_t)off;
+    m->val[m->k.nreads++] = val;
+}
+
+void cfi_memo_publish(struct cfi_memo *M, uint32_t tag)
+{
+    if (M->keep && tag) {
+        const struct memo_entry *m = &M->pending;
+        struct memo_entry *e = &M->e[memo_slot(m->k.ip1, m->k.sp1)];
+        unsigned seq = e->seq | 1; /* odd: being written */
+        e->seq = seq;
+        __atomic_signal_fence(__ATOMIC_RELEASE);
+        e->k = m->k;
+        memcpy(e->off, m->off, m->k.nreads * sizeof(m->off[0]));
+        memcpy(e->val, m->val, m->k.nreads * sizeof(m->val[0]));
+        e->tag = tag;
+        __atomic_signal_fence(__ATOMIC_RELEASE);
+        e->seq = seq + 1;
+    }
+    __atomic_signal_fence(__ATOMIC_RELEASE);
+    M->busy = 0;
+}
+
+/* ---- the unwinder ------------------------------------------------------------------------------- */
+/* The frames from (ip, sp, rbp), lo being the unwinder's own frame; with memo, a first step whose
+ * trace is memoized returns CFI_MEMO_HIT and its tag, and any other is logged: then *tag = 1 on
+ * success, and the caller owes cfi_memo_publish. */
+static inline __attribute__((always_inline)) int unwind_from(void **buf, int max, uintptr_t stack_hi, uintptr_t lo,
+                                                             uintptr_t sp, uintptr_t rbp, uintptr_t ip, cfi_entry *c,
+                                                             struct cfi_memo *M, uint32_t *tag)
+{
     unsigned gen = __atomic_load_n(&g_gen, __ATOMIC_ACQUIRE);
     if (unlikely(t_l1_gen != gen)) {
         memset(t_l1_ip, 0, sizeof(t_l1_ip));
@@ -739,7 +834,12 @@ __attribute__((noinline, optimize("no-omit-frame-pointer"))) int cfi_backtrace(v
     }
     uint64_t *l1_ip = t_l1_ip; /* their addresses once: off the step's chain */
     struct cfi_rule *l1_rule = t_l1_rule;
-    int n = 0;
+    uintptr_t ip0 = ip;
+    int n = 0, logging = 0, owner = 0, rbp_reloaded = 0, rbp_pending = 0;
+    uintptr_t rbp_at = 0; /* where rbp was last reloaded from, logged only if a rule uses it */
+    int memo = M != NULL;
+    if (memo)
+        *tag = 0;
     while (n < max) {
         buf[n++] = (void *)ip;
         uint32_t k = l1_slot(ip);
@@ -757,7 +857,10 @@ __attribute__((noinline, optimize("no-omit-frame-pointer"))) int cfi_backtrace(v
                     detach_if_code_changed(adds, subs);
                     c = __atomic_load_n(&g_cache, __ATOMIC_ACQUIRE);
                     if (!c)
-                        return -1;
+                        goto fail;
+                    if (logging)
+                        M->keep = 0; /* the rules changed under the trace: not memoized */
+                    logging = 0;
                 }
                 cache_put(c, ip, found);
                 if (ip <= IP_MASK) {
@@ -772,22 +875,93 @@ __attribute__((noinline, optimize("no-omit-frame-pointer"))) int cfi_backtrace(v
             l1_ip[k] = ip <= IP_MASK ? ip : 0;
         }
         struct cfi_rule r = l1_rule[k];
-        if (unlikely(r.kind != RULE_STEP))
-            return r.kind == RULE_LAST ? n : -1;
+        if (unlikely(r.kind != RULE_STEP)) {
+            if (r.kind == RULE_LAST)
+                goto done;
+            goto fail;
+        }
+        if (logging && r.cfa_is_rbp) {
+            /* the trace depends on rbp's value only here: a saved rbp no rule reads (code without
+             * frame pointers saves arbitrary data there) is not part of the memo's key */
+            if (!rbp_reloaded)
+                M->pending.k.uses_rbp1 = 1;
+            else if (rbp_pending)
+                memo_log(M, rbp_at, rbp);
+            rbp_pending = 0;
+        }
         uintptr_t cfa = (r.cfa_is_rbp ? rbp : sp) + (uintptr_t)(intptr_t)r.cfa_off;
         /* sp only grows from lo + 16, so cfa > sp also keeps the return address's word above lo */
         if (cfa <= sp || cfa > stack_hi)
-            return -1;
+            goto fail;
         if (r.rbp_off) {
             uintptr_t at = cfa + (uintptr_t)(intptr_t)r.rbp_off;
             if (at < lo || at + 8 > stack_hi)
-                return -1;
+                goto fail;
             rbp = *(const uintptr_t *)at;
+            if (logging) {
+                rbp_at = at;
+                rbp_pending = 1;
+                rbp_reloaded = 1;
+            }
         }
         ip = *(const uintptr_t *)(cfa - 8);
         sp = cfa;
+        if (logging)
+            memo_log(M, cfa - 8, ip);
+        if (memo && n == 1) {
+            /* the first step is done: (ip, sp) is the allocator's caller */
+            memo = 0;
+            if (!M->busy) {
+                uint32_t found = memo_find(M, ip0, ip, sp, rbp, gen, lo, stack_hi);
+                if (found) {
+                    *tag = found;
+                    return CFI_MEMO_HIT;
+                }
+                M->busy = 1;
+                M->keep = 1;
+                owner = 1;
+                __atomic_signal_fence(__ATOMIC_SEQ_CST);
+                M->pending.k = (struct memo_key){gen, 0, 0, ip0, ip, sp, rbp};
+                logging = 1;
+            }
+        }
         if (ip < 0x4000)
-            return n; /* libunwind's end: a zero or bogus return address */
+            break; /* libunwind's end: a zero or bogus return address */
     }
+done:
+    if (owner)
+        *tag = 1;
     return n;
+fail:
+    if (owner) {
+        M->keep = 0;
+        __atomic_signal_fence(__ATOMIC_RELEASE);
+        M->busy = 0;
+    }
+    return -1;
+}
+
+/* where the caller's stack starts: this function's own frame (a frame pointer, forced) */
+#define UNWIND_START(stack_lo, stack_hi)                                                                  \
+    cfi_entry *c = __atomic_load_n(&g_cache, __ATOMIC_ACQUIRE);                                            \
+    if (!c || !stack_hi)                                                                                   \
+        return -1;                                                                                         \
+    const uintptr_t *fp = (const uintptr_t *)__builtin_frame_address(0);                                   \
+    uintptr_t lo = (uintptr_t)fp, sp = (uintptr_t)fp + 16, rbp = fp[0];                                    \
+    uintptr_t ip = (uintptr_t)__builtin_return_address(0);                                                 \
+    if (lo < stack_lo || sp > stack_hi)                                                                    \
+        return -1 /* another stack (sigaltstack, a coroutine's) */
+
+__attribute__((noinline, optimize("no-omit-frame-pointer"))) int cfi_backtrace(void **buf, int max, uintptr_t stack_lo, uintptr_t stack_hi)
+{
+    UNWIND_START(stack_lo, stack_hi);
+    return unwind_from(buf, max, stack_hi, lo, sp, rbp, ip, c, NULL, NULL);
+}
+
+__attribute__((noinline, optimize("no-omit-frame-pointer"))) int cfi_backtrace_memo(void **buf, int max, uintptr_t stack_lo,
+                                                                                     uintptr_t stack_hi, struct cfi_memo *M,
+                                                                                     uint32_t *tag)
+{
+    UNWIND_START(stack_lo, stack_hi);
+    return unwind_from(buf, max, stack_hi, lo, sp, rbp, ip, c, max <= CFI_MEMO_FRAMES ? M : NULL, tag);
 }

@@ -299,6 +299,7 @@ static uint32_t g_depot_lock, g_mm_lock, g_thr_lock, g_comm_lock, g_reg_lock, g_
 static uint32_t g_comm_gen = 1;       /* bumped when any thread is renamed */
 
 static uintptr_t g_text_lo, g_text_hi; /* the shim's code: frames skipped in traces */
+static char *g_memo_pool; /* the threads' trace memos (cfi_unwind.c), one per thread slot; NULL = none */
 static size_t g_tls_static_size, g_tcb_size;
 
 static pthread_key_t g_thread_key;
@@ -324,6 +325,7 @@ struct kml_tls {
     uint64_t fork_tick;  /* boottime_tick() before fork() */
     uint32_t lone_stripe; /* what a lone thread's oix_lock and depot_lock hand out: no shared store */
     uint64_t seq_next, seq_end; /* a lone thread's block of sequence numbers (next_seq) */
+    struct cfi_memo *memo; /* this thread's trace memo (its thread slot's), NULL = none */
 };
 static __thread struct kml_tls t __attribute__((tls_model("initial-exec")));
 
@@ -617,6 +619,42 @@ static __attribute__((noinline)) void unwind_check(void **ref, int n)
     (void)w;
 }
 
+/* KMEMLEAK_UNWINDER=check: the memo's id for this stack (its frames trimmed of the shim's, as
+ * libunwind's were for id) against id; one line per mismatch */
+static unsigned g_check_memo_hits;
+static uint32_t trace_save(void *const *buf, int n);
+
+static __attribute__((noinline)) void memo_check(uint32_t id)
+{
+    void *buf[KML_MAX_TRACE + UNWIND_EXTRA + 1]; /* one frame deeper than libunwind's (this one) */
+    uint32_t tag = 0, memo;
+    struct cfi_memo *M = t.memo;
+    if (!M)
+        return;
+    int m = cfi_backtrace_memo(buf, (int)(KML_MAX_TRACE + UNWIND_EXTRA + 1), t.stack_lo, t.stack_hi, M, &tag);
+    if (m == CFI_MEMO_HIT) {
+        __atomic_fetch_add(&g_check_memo_hits, 1, __ATOMIC_RELAXED);
+        memo = tag;
+    } else if (m >= 0) {
+        memo = trace_save(buf, m);
+        if (tag)
+            cfi_memo_publish(M, memo);
+    } else {
+        return; /* a fallback, counted by unwind_check */
+    }
+    if (memo == id)
+        return;
+    __atomic_fetch_add(&g_check_mismatches, 1, __ATOMIC_RELAXED);
+    char line[160];
+    size_t k = str_cat(line, 0, sizeof(line), "kmemleak: unwind check: libunwind trace ");
+    k = num_cat(line, k, sizeof(line), id, 0);
+    k = str_cat(line, k, sizeof(line), m == CFI_MEMO_HIT ? " | memo hit trace " : " | memo miss trace ");
+    k = num_cat(line, k, sizeof(line), memo, 0);
+    k = str_cat(line, k, sizeof(line), "\n");
+    ssize_t w = write(2, line, k);
+    (void)w;
+}
+
 static uint32_t trace_hash(const uint64_t *f, uint32_t len)
 {
     uint64_t h = 0xcbf29ce484222325ull ^ len;
@@ -720,11 +758,9 @@ static uint32_t depot_save(const uint64_t *f, uint32_t len)
     return idx + 1;
 }
 
-/* the current stack, without the shim's own frames */
-static inline __attribute__((always_inline)) uint32_t capture_trace(void)
+/* the depot id of unwound frames, without the shim's own */
+static uint32_t trace_save(void *const *buf, int n)
 {
-    void *buf[KML_MAX_TRACE + UNWIND_EXTRA];
-    int n = unwind_stack(buf, (int)(KML_MAX_TRACE + UNWIND_EXTRA));
     int i = 0;
     while (i < n && (uintptr_t)buf[i] >= g_text_lo && (uintptr_t)buf[i] < g_text_hi)
         i++;
@@ -737,6 +773,36 @@ static inline __attribute__((always_inline)) uint32_t capture_trace(void)
     for (uint32_t k = 0; k < len; k++)
         f[k] = (uint64_t)(uintptr_t)buf[i + k];
     return depot_save(f, len);
+}
+
+static void memo_check(uint32_t id);
+
+/* the current stack's depot id: the shim's unwinder through its memo (a trace whose stack words are
+ * unchanged since it was last unwound is its id again), else unwound and saved */
+static inline __attribute__((always_inline)) uint32_t capture_trace(void)
+{
+    void *buf[KML_MAX_TRACE + UNWIND_EXTRA];
+    int n;
+    if (likely(g_unwinder == UNWIND_CFI && t.memo)) {
+        struct cfi_memo *memo = t.memo;
+        uint32_t tag = 0;
+        n = cfi_backtrace_memo(buf, (int)(KML_MAX_TRACE + UNWIND_EXTRA), t.stack_lo, t.stack_hi, memo, &tag);
+        if (n == CFI_MEMO_HIT)
+            return tag;
+        if (n >= 0) {
+            uint32_t id = trace_save(buf, n);
+            if (tag)
+                cfi_memo_publish(memo, id);
+            return id;
+        }
+        n = unw_trace(buf, (int)(KML_MAX_TRACE + UNWIND_EXTRA));
+        return trace_save(buf, n);
+    }
+    n = unwind_stack(buf, (int)(KML_MAX_TRACE + UNWIND_EXTRA));
+    uint32_t id = trace_save(buf, n);
+    if (g_unwinder == UNWIND_CHECK)
+        memo_check(id);
+    return id;
 }
 
 /* ---- comms ------------------------------------------------------------------------------------- */
@@ -1794,6 +1860,10 @@ static void thread_register(int is_main, int detached)
     g_thr_ptid[idx] = self;
     spin_unlock(&g_thr_lock);
     t.thread_slot = (int)idx + 1;
+    if (g_memo_pool) {
+        t.memo = (struct cfi_memo *)(g_memo_pool + (size_t)idx * CFI_MEMO_BYTES);
+        cfi_memo_reset(t.memo);
+    }
     /* pthread_detach may have run before this record existed (the creator detaches at once, we ran
      * late): its wrapper found nothing to mark. The record is visible now, so a detach from here on
      * marks it; one before shows in glibc's own state. Unmarked, the record of a detached thread
@@ -1865,6 +1935,7 @@ static void thread_exit_dtor(void *v)
     if (g_obj)
         slot_cache_flush();
     t.exiting = 1;
+    t.memo = NULL; /* the slot is this thread's only until its record is released, after this */
     t.in_shim = was;
 }
 
@@ -3032,6 +3103,8 @@ static int table_create(void)
     p = round_up(p + (size_t)g_batch_cap * 8, PAGE_SIZE_);
     size_t pt_off = p;
     p = round_up(p + (size_t)g_thr_cap * sizeof(pthread_t), PAGE_SIZE_);
+    size_t me_off = p; /* a trace memo per thread slot, touched as threads use them */
+    p = round_up(p + (size_t)g_thr_cap * CFI_MEMO_BYTES, PAGE_SIZE_);
     g_priv_size = p;
     void *pm = raw_mmap(NULL, g_priv_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (pm == MAP_FAILED)
@@ -3056,6 +3129,9 @@ static int table_create(void)
     g_thr_free = (uint32_t *)((char *)pm + tf_off);
     g_batches = (uint32_t *)((char *)pm + ba_off);
     g_thr_ptid = (pthread_t *)((char *)pm + pt_off);
+    /* a forked child starts with empty memos (zero pages) instead of copying the parent's */
+    if (syscall(SYS_madvise, (char *)pm + me_off, g_priv_size - me_off, MADV_WIPEONFORK) == 0)
+        g_memo_pool = (char *)pm + me_off;
 
     /* the shim's own memory is never a root */
     region_add(KML_REGION_SHIM_PRIVATE, (uintptr_t)m, g_total, 0, 0, 0);
@@ -3490,7 +3566,9 @@ __attribute__((destructor)) static void kml_exit(void)
         k = num_cat(line, k, sizeof(line), __atomic_load_n(&g_check_fallbacks, __ATOMIC_RELAXED), 0);
         k = str_cat(line, k, sizeof(line), " fallbacks, ");
         k = num_cat(line, k, sizeof(line), __atomic_load_n(&g_check_mismatches, __ATOMIC_RELAXED), 0);
-        k = str_cat(line, k, sizeof(line), " mismatches\n");
+        k = str_cat(line, k, sizeof(line), " mismatches, ");
+        k = num_cat(line, k, sizeof(line), __atomic_load_n(&g_check_memo_hits, __ATOMIC_RELAXED), 0);
+        k = str_cat(line, k, sizeof(line), " memo hits\n");
         ssize_t w = write(2, line, k);
         (void)w;
     }

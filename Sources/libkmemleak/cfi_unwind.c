@@ -736,6 +736,7 @@ static struct cfi_rule rule_lookup(uint64_t pc, unsigned long long *adds, unsign
 #define MEMO_READS 32 /* the return address of each frame, and its saved rbp if used; more: not kept */
 struct memo_key {
     unsigned gen;
+    uint8_t max; /* the unwind's frame limit */
     uint8_t nreads;
     uint8_t uses_rbp1; /* a rule reads rbp before any frame reloads it: rbp1 is part of the key */
     uintptr_t ip0, ip1, sp1, rbp1;
@@ -769,13 +770,13 @@ static inline uint32_t memo_slot(uintptr_t ip1, uintptr_t sp1)
 
 /* the memoized trace for this first step, if every word it read is unchanged: its tag, else 0 */
 static inline uint32_t memo_find(const struct cfi_memo *M, uintptr_t ip0, uintptr_t ip1, uintptr_t sp1, uintptr_t rbp1,
-                                 unsigned gen, uintptr_t lo, uintptr_t stack_hi)
+                                 unsigned gen, int max, uintptr_t lo, uintptr_t stack_hi)
 {
     const struct memo_entry *e = &M->e[memo_slot(ip1, sp1)];
     unsigned seq = e->seq;
     __atomic_signal_fence(__ATOMIC_ACQUIRE);
     const struct memo_key *k = &e->k;
-    if (!seq || (seq & 1) || k->gen != gen || k->ip1 != ip1 || k->sp1 != sp1 || k->ip0 != ip0 ||
+    if (!seq || (seq & 1) || k->gen != gen || k->max != max || k->ip1 != ip1 || k->sp1 != sp1 || k->ip0 != ip0 ||
         (k->uses_rbp1 && k->rbp1 != rbp1) || k->nreads > MEMO_READS)
         return 0;
     for (unsigned i = 0; i < k->nreads; i++) {
@@ -861,6 +862,7 @@ static inline __attribute__((always_inline)) int unwind_from(void **buf, int max
                     if (logging)
                         M->keep = 0; /* the rules changed under the trace: not memoized */
                     logging = 0;
+                    memo = 0; /* nor looked up with the old rules' generation */
                 }
                 cache_put(c, ip, found);
                 if (ip <= IP_MASK) {
@@ -912,7 +914,7 @@ static inline __attribute__((always_inline)) int unwind_from(void **buf, int max
             /* the first step is done: (ip, sp) is the allocator's caller */
             memo = 0;
             if (!M->busy) {
-                uint32_t found = memo_find(M, ip0, ip, sp, rbp, gen, lo, stack_hi);
+                uint32_t found = memo_find(M, ip0, ip, sp, rbp, gen, max, lo, stack_hi);
                 if (found) {
                     *tag = found;
                     return CFI_MEMO_HIT;
@@ -921,7 +923,7 @@ static inline __attribute__((always_inline)) int unwind_from(void **buf, int max
                 M->keep = 1;
                 owner = 1;
                 __atomic_signal_fence(__ATOMIC_SEQ_CST);
-                M->pending.k = (struct memo_key){gen, 0, 0, ip0, ip, sp, rbp};
+                M->pending.k = (struct memo_key){gen, (uint8_t)max, 0, 0, ip0, ip, sp, rbp};
                 logging = 1;
             }
         }

@@ -333,6 +333,37 @@ struct ShimFixtureTests {
     /// The shim's own unwinder (cached CFI rules, cfi_unwind.c) records, frame for frame, the trace
     /// that libunwind records for the same allocation: the three -O2 levels without frame pointers,
     /// and 12-deep recursions through two functions in 16 shapes.
+    /// The trace memo (cfi_unwind.c) answers an allocation whose stack words are those of the last trace
+    /// unwound from the same caller and depth, and only then: 16 stacks that share their innermost frames
+    /// (the memo's key) and differ further up, three allocations in a row under each. Every allocation has
+    /// libunwind's trace, the three of a stack the same one, and the memo answered the repeats.
+    @Test func traceMemoAnswersRepeatedStacksOnly() throws {
+        func traces(_ env: [String: String]) throws -> (traces: [[String]], ids: [UInt32], stderr: String) {
+            let c = try ShimFixture.start(env: env)
+            let t = try c.table()
+            let sym = try Symbolizer(pid: c.pid)
+            let ptrs = try c.many("stacks 16 3")
+            let live = try liveObjects(t)
+            let objects = try ptrs.map { try #require(live[$0]) }
+            let traces = try objects.map { o in try t.frames(o.traceId).map { sym.symbolize($0) ?? "?" } }
+            try c.child.send("exit")
+            #expect(c.child.exitCode(timeout: 30) == 0)
+            let stderr = (try? String(contentsOfFile: c.dir.path + "/stderr.txt", encoding: .utf8)) ?? ""
+            return (traces, objects.map(\.traceId), stderr)
+        }
+        let ours = try traces([:]), theirs = try traces(["KMEMLEAK_UNWINDER": "libunwind"])
+        let checked = try traces(["KMEMLEAK_UNWINDER": "check"])
+        #expect(ours.traces.count == 48 && ours.traces == theirs.traces, "\(ours.traces)")
+        #expect(Set(ours.traces).count == 16)
+        for i in stride(from: 0, to: 48, by: 3) {
+            #expect(ours.ids[i] == ours.ids[i + 1] && ours.ids[i + 1] == ours.ids[i + 2])
+        }
+        // check mode: each trace also taken through the memo, its depot id compared with libunwind's
+        let summary = checked.stderr.split(separator: "\n").first { $0.hasPrefix("kmemleak: unwind check: ") && $0.hasSuffix(" memo hits") }
+        let numbers = summary.map { $0.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .punctuationCharacters)) } } ?? []
+        #expect(numbers.count == 4 && numbers[2] == 0 && numbers[3] >= 32, "\(checked.stderr)")
+    }
+
     @Test func shimUnwinderRecordsLibunwindsTraces() throws {
         func traces(_ env: [String: String]) throws -> [[String]] {
             let c = try ShimFixture.start(env: env)

@@ -126,6 +126,13 @@ enum ShimFixture {
                 }
                 print_many();
             }
+            else if (sscanf(line, "stacks %lu %lu", &a, &b) == 2 && a <= 4096 && b <= 16) {
+                /* b mallocs in a row under each of a stacks (the second and later: the trace memo's) */
+                many_count = 0;
+                for (unsigned long i = 0; i < a; i++)
+                    for (unsigned long k = 0; k < b; k++) many[many_count++] = stack_a(i, 12);
+                print_many();
+            }
             else if (sscanf(line, "stacks %lu", &a) == 1 && a <= 4096) {
                 /* a malloc(24) each under its own stack (index i: the low 12 bits of i choose it) */
                 for (many_count = 0; many_count < a; many_count++) many[many_count] = stack_a(many_count, 12);

@@ -722,10 +722,10 @@ static struct cfi_rule rule_lookup(uint64_t pc, unsigned long long *adds, unsign
 
 /* ---- the trace memo ------------------------------------------------------------------------------
  * A trace is a function of where the unwind starts, of the rules (fixed while g_gen is) and of the
- * stack words it reads: the return addresses, and the saved rbp values that a CFA rule uses. Each thread keeps its recent
- * traces keyed by the first step's result (the allocator's caller: return address, CFA, and rbp if a
- * later rule reads the register before reloading it), with every word read after it and the
- * caller's tag for the trace (the depot's id). When every one of those words is unchanged, the unwind
+ * stack words it reads: the return addresses, and the saved rbp values that a CFA rule uses. Each
+ * thread keeps its recent traces keyed by the first step's result (the allocator's caller: return
+ * address, CFA, and rbp if a later rule reads the register before reloading it), with every word
+ * read after it and the caller's tag for the trace (the depot's id). When every one of those words is unchanged, the unwind
  * would give the same trace: the tag is returned without stepping the frames or hashing the trace.
  * An interpreter allocates from a few hundred call sites at a few stack depths, so most traces repeat.
  * Reads are bounds-checked as the unwinder's are; a signal handler's allocation while the memo is being

@@ -775,8 +775,6 @@ static uint32_t trace_save(void *const *buf, int n)
     return depot_save(f, len);
 }
 
-static void memo_check(uint32_t id);
-
 /* the current stack's depot id: the shim's unwinder through its memo (a trace whose stack words are
  * unchanged since it was last unwound is its id again), else unwound and saved */
 static inline __attribute__((always_inline)) uint32_t capture_trace(void)

@@ -226,6 +226,7 @@ enum { ALIGNED_MEMALIGN, ALIGNED_ALLOC, ALIGNED_VALLOC, ALIGNED_PVALLOC };
 #define MAX_MMAPS 65536u          /* tracked program mappings (private list) */
 #define SLOT_CHUNK 64u            /* object slots a thread takes from the bump pointer at once */
 #define SLOT_BATCH 256u           /* free slots moved between a thread cache and the global list */
+#define MEMO_THREADS 1024u        /* thread slots with a trace memo (24 KiB of address space each) */
 #define NR_STRIPES_LOG 12u
 #define NR_STRIPES (1u << NR_STRIPES_LOG) /* object index lock stripes */
 #define TR_BUCKETS_MIN 1024u      /* initial stack depot buckets */
@@ -300,6 +301,7 @@ static uint32_t g_comm_gen = 1;       /* bumped when any thread is renamed */
 
 static uintptr_t g_text_lo, g_text_hi; /* the shim's code: frames skipped in traces */
 static char *g_memo_pool; /* the threads' trace memos (cfi_unwind.c), one per thread slot; NULL = none */
+static uint32_t g_memo_slots; /* thread slots below this have one */
 static size_t g_tls_static_size, g_tcb_size;
 
 static pthread_key_t g_thread_key;
@@ -1858,7 +1860,7 @@ static void thread_register(int is_main, int detached)
     g_thr_ptid[idx] = self;
     spin_unlock(&g_thr_lock);
     t.thread_slot = (int)idx + 1;
-    if (g_memo_pool) {
+    if (g_memo_pool && idx < g_memo_slots) {
         t.memo = (struct cfi_memo *)(g_memo_pool + (size_t)idx * CFI_MEMO_BYTES);
         cfi_memo_reset(t.memo);
     }
@@ -3101,8 +3103,9 @@ static int table_create(void)
     p = round_up(p + (size_t)g_batch_cap * 8, PAGE_SIZE_);
     size_t pt_off = p;
     p = round_up(p + (size_t)g_thr_cap * sizeof(pthread_t), PAGE_SIZE_);
-    size_t me_off = p; /* a trace memo per thread slot, touched as threads use them */
-    p = round_up(p + (size_t)g_thr_cap * CFI_MEMO_BYTES, PAGE_SIZE_);
+    size_t me_off = p; /* a trace memo for each of the first thread slots, touched as threads use them */
+    g_memo_slots = g_thr_cap < MEMO_THREADS ? g_thr_cap : MEMO_THREADS;
+    p = round_up(p + (size_t)g_memo_slots * CFI_MEMO_BYTES, PAGE_SIZE_);
     g_priv_size = p;
     void *pm = raw_mmap(NULL, g_priv_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (pm == MAP_FAILED)

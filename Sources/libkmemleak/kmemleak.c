@@ -621,36 +621,49 @@ static __attribute__((noinline)) void unwind_check(void **ref, int n)
     (void)w;
 }
 
+static uint32_t trace_save(void *const *buf, int n);
+
+/* The calling frame's trace through the thread's memo: its depot id in *id, and 2 if the memo held
+ * it, 1 if the shim's unwinder unwound it (saved, and memoized), 0 if that unwinder cannot (buf then
+ * undefined). Inlined: cfi_backtrace_memo's caller is the frame the trace starts from. */
+static inline __attribute__((always_inline)) int memo_trace(struct cfi_memo *M, void **buf, int max, uint32_t *id)
+{
+    uint32_t tag = 0;
+    int n = cfi_backtrace_memo(buf, max, t.stack_lo, t.stack_hi, M, &tag);
+    if (n == CFI_MEMO_HIT) {
+        *id = tag;
+        return 2;
+    }
+    if (n < 0)
+        return 0;
+    *id = trace_save(buf, n);
+    if (tag)
+        cfi_memo_publish(M, *id);
+    return 1;
+}
+
 /* KMEMLEAK_UNWINDER=check: the memo's id for this stack (its frames trimmed of the shim's, as
  * libunwind's were for id) against id; one line per mismatch */
 static unsigned g_check_memo_hits;
-static uint32_t trace_save(void *const *buf, int n);
 
 static __attribute__((noinline)) void memo_check(uint32_t id)
 {
     void *buf[KML_MAX_TRACE + UNWIND_EXTRA + 1]; /* one frame deeper than libunwind's (this one) */
-    uint32_t tag = 0, memo;
-    struct cfi_memo *M = t.memo;
-    if (!M)
+    uint32_t memo;
+    if (!t.memo)
         return;
-    int m = cfi_backtrace_memo(buf, (int)(KML_MAX_TRACE + UNWIND_EXTRA + 1), t.stack_lo, t.stack_hi, M, &tag);
-    if (m == CFI_MEMO_HIT) {
-        __atomic_fetch_add(&g_check_memo_hits, 1, __ATOMIC_RELAXED);
-        memo = tag;
-    } else if (m >= 0) {
-        memo = trace_save(buf, m);
-        if (tag)
-            cfi_memo_publish(M, memo);
-    } else {
+    int m = memo_trace(t.memo, buf, (int)(KML_MAX_TRACE + UNWIND_EXTRA + 1), &memo);
+    if (!m)
         return; /* a fallback, counted by unwind_check */
-    }
+    if (m == 2)
+        __atomic_fetch_add(&g_check_memo_hits, 1, __ATOMIC_RELAXED);
     if (memo == id)
         return;
     __atomic_fetch_add(&g_check_mismatches, 1, __ATOMIC_RELAXED);
     char line[160];
     size_t k = str_cat(line, 0, sizeof(line), "kmemleak: unwind check: libunwind trace ");
     k = num_cat(line, k, sizeof(line), id, 0);
-    k = str_cat(line, k, sizeof(line), m == CFI_MEMO_HIT ? " | memo hit trace " : " | memo miss trace ");
+    k = str_cat(line, k, sizeof(line), m == 2 ? " | memo hit trace " : " | memo miss trace ");
     k = num_cat(line, k, sizeof(line), memo, 0);
     k = str_cat(line, k, sizeof(line), "\n");
     ssize_t w = write(2, line, k);
@@ -782,24 +795,13 @@ static uint32_t trace_save(void *const *buf, int n)
 static inline __attribute__((always_inline)) uint32_t capture_trace(void)
 {
     void *buf[KML_MAX_TRACE + UNWIND_EXTRA];
-    int n;
+    uint32_t id;
     if (likely(g_unwinder == UNWIND_CFI && t.memo)) {
-        struct cfi_memo *memo = t.memo;
-        uint32_t tag = 0;
-        n = cfi_backtrace_memo(buf, (int)(KML_MAX_TRACE + UNWIND_EXTRA), t.stack_lo, t.stack_hi, memo, &tag);
-        if (n == CFI_MEMO_HIT)
-            return tag;
-        if (n >= 0) {
-            uint32_t id = trace_save(buf, n);
-            if (tag)
-                cfi_memo_publish(memo, id);
+        if (memo_trace(t.memo, buf, (int)(KML_MAX_TRACE + UNWIND_EXTRA), &id))
             return id;
-        }
-        n = unw_trace(buf, (int)(KML_MAX_TRACE + UNWIND_EXTRA));
-        return trace_save(buf, n);
+        return trace_save(buf, unw_trace(buf, (int)(KML_MAX_TRACE + UNWIND_EXTRA)));
     }
-    n = unwind_stack(buf, (int)(KML_MAX_TRACE + UNWIND_EXTRA));
-    uint32_t id = trace_save(buf, n);
+    id = trace_save(buf, unwind_stack(buf, (int)(KML_MAX_TRACE + UNWIND_EXTRA)));
     if (g_unwinder == UNWIND_CHECK)
         memo_check(id);
     return id;

@@ -52,6 +52,9 @@ struct GrayQueue {
     private var lowestWord = 0
     /// Ids queued.
     private(set) var count = 0
+    /// While set, every id newly queued is also appended to `pushed` (see `Scanner.claimInWindows`).
+    var logsPushes = false
+    var pushed: [UInt32] = []
 
     init() {}
 
@@ -86,7 +89,36 @@ struct GrayQueue {
         if added {
             count += 1
             if Int(id) >> 6 < lowestWord { lowestWord = Int(id) >> 6 }
+            if logsPushes { pushed.append(id) }
         }
+    }
+
+    /// Removes `id` if it is queued; answers whether it was.
+    mutating func remove(_ id: UInt32) -> Bool {
+        var i = Int(id)
+        guard count > 0, i >> 6 < bitWords else { return false }
+        let levels = starts.count
+        let removed: Bool = starts.withUnsafeBufferPointer { st in
+            words.withUnsafeMutableBufferPointer { w in
+                let old = w[i >> 6]
+                let bit: UInt64 = 1 << UInt64(i & 63)
+                if old & bit == 0 { return false }
+                var v = old & ~bit
+                w[i >> 6] = v
+                // A summary bit is cleared when the word below it became empty.
+                var k = 1
+                while v == 0 && k < levels {
+                    i >>= 6
+                    let at = st[k] &+ (i >> 6)
+                    v = w[at] & ~(1 << UInt64(i & 63))
+                    w[at] = v
+                    k += 1
+                }
+                return true
+            }
+        }
+        if removed { count -= 1 }
+        return removed
     }
 
     /// The smallest id queued, removed.

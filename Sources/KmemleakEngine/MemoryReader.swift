@@ -12,6 +12,26 @@ public struct MemoryRange: Sendable, Equatable {
     }
 }
 
+extension MemoryRange {
+    /// The positions of the first `n` ranges by address, equal addresses in position order. Sorted as
+    /// packed keys (address << 16 | position) where they fit, which sorts several times faster than
+    /// positions compared through a closure (2-3 % of a python3 scan).
+    public static func addressOrder(_ ranges: UnsafeBufferPointer<MemoryRange>, _ n: Int) -> [Int] {
+        var keys: [UInt64] = []
+        keys.reserveCapacity(n)
+        if n <= 1 << 16 {
+            for i in 0..<n {
+                let a = ranges[i].address
+                if a >> 48 != 0 { break }
+                keys.append(a << 16 | UInt64(i))
+            }
+        }
+        guard keys.count == n else { return (0..<n).sorted { ranges[$0].address < ranges[$1].address } }
+        keys.sort()
+        return keys.map { Int($0 & 0xffff) }
+    }
+}
+
 /// See `MemoryReader.plainWindow(at:)`: [start, end), ranges shorter than `maxLength`.
 public struct PlainWindow: Sendable, Equatable {
     public var start: Address

@@ -14,6 +14,35 @@ let maxBatchRanges = 1024
 let maxScanSize = 4096
 let slotChunk = 8192
 
+/// scan_gray_list's batches read as windows (`KmemleakConfiguration.readsGrayWindows`): pieces at most
+/// `windowGap` bytes apart share one, and each is rounded out to `windowAlign` (the pages it touches, which
+/// the kernel pins whole anyway). A window stays under `windowMaxBytes` (below the reader's plain-window
+/// limit, 64 KiB for a live client), and a batch's gaps and roundings take at most `windowSlackBytes` of
+/// buffer. On python3's heap a batch's objects lie 288-672 bytes apart and the objects they point to
+/// between them: read object by object, the same spans came back once per graph level.
+let windowGap: UInt64 = 1024
+let windowAlign: UInt64 = 4096
+let windowMaxBytes: UInt64 = 60 << 10
+let windowSlackBytes = 1 << 20
+
+/// A window of a gray batch: `length` bytes at `start`, at `offset` in the batch buffer, `got` of them read.
+struct ReadWindow {
+    var start: UInt64
+    var length: Int
+    var offset: Int
+    var got: Int
+}
+
+/// A run of bytes in the batch buffer to scan as part of object (or root) `id`: at `off`, read from `addr`.
+typealias ScanChunk = (off: Int, addr: UInt64, len: Int, id: UInt32)
+
+/// The chunks of the next lock hold, at most `limit` bytes.
+struct ChunkGroup {
+    var chunks: [ScanChunk] = []
+    var bytes = 0
+    var limit: Int
+}
+
 /// A piece of memory to read: part of an object (or root), at most `maxBatchBytes` (+7) long.
 struct Piece {
     var id: UInt32
@@ -165,6 +194,44 @@ extension EngineState {
             }
         }
         return out
+    }
+
+    /// The objects queued gray since the last call (`GrayQueue.pushed`) whose one scanned range lies in
+    /// what was read of `windows` (sorted by start): taken off the gray list and appended to `out`, where
+    /// they are in the batch buffer. Answers how many.
+    mutating func claimInWindows(_ windows: [ReadWindow], into out: inout [ScanChunk]) -> Int {
+        guard !gray.pushed.isEmpty, !windows.isEmpty else {
+            gray.pushed.removeAll(keepingCapacity: true)
+            return 0
+        }
+        var ids: [UInt32] = []
+        swap(&ids, &gray.pushed)
+        defer {
+            ids.removeAll(keepingCapacity: true)
+            swap(&ids, &gray.pushed)
+        }
+        var spans: [Span] = []
+        var n = 0
+        for id in ids where Int(id) < records.count {
+            spans.removeAll(keepingCapacity: true)
+            expandForScan(id, into: &spans)
+            guard spans.count == 1 else { continue }
+            let sp = spans[0]
+            // The last window starting at or before the range.
+            var lo = 0
+            var hi = windows.count
+            while lo < hi {
+                let mid = (lo + hi) >> 1
+                if windows[mid].start <= sp.start { lo = mid + 1 } else { hi = mid }
+            }
+            guard lo > 0 else { continue }
+            let w = windows[lo - 1]
+            let into = sp.start - w.start
+            guard into <= UInt64(w.got), sp.remaining <= UInt64(w.got) - into, gray.remove(id) else { continue }
+            out.append((w.offset + Int(into), sp.start, Int(sp.remaining), id))
+            n += 1
+        }
+        return n
     }
 
     // MARK: scan_block
@@ -595,6 +662,14 @@ struct Scanner<M: MemoryReader> {
     var pieces: [Piece] = []
     var ranges: [MemoryRange] = []
     var bytesRead: [Int] = []
+    /// Where each piece of the batch is in the buffer.
+    var pieceOffsets: [Int] = []
+    /// Whether this run's batches are read as windows (scan_gray_list with `readsGrayWindows`).
+    var readingWindows = false
+    /// The windows of the current batch, by address (see `readWindows`).
+    var windows: [ReadWindow] = []
+    /// Objects taken off the gray list because the current batch's windows hold them, still to scan.
+    var claimed: [ScanChunk] = []
     var expansion: [Span] = []
     var expCursor = 0
     var slotCursor = 0
@@ -619,7 +694,7 @@ struct Scanner<M: MemoryReader> {
         self.engine = engine
         self.memory = memory
         self.stop = stop
-        buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maxBatchBytes + 64, alignment: 16)
+        buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maxBatchBytes + windowSlackBytes + 64, alignment: 16)
         let w = engine.configuration.scanWorkers
         workers = (w?.count ?? 1) > 1 ? w : nil
         tasks = workers?.count ?? 0
@@ -826,35 +901,157 @@ struct Scanner<M: MemoryReader> {
         return true
     }
 
-    /// Reads the current batch with one MemoryReader call.
+    /// Reads the current batch: its pieces back to back with one MemoryReader call, or as windows.
     mutating func readBatch() {
         ranges.removeAll(keepingCapacity: true)
         for p in pieces where p.length > 0 { ranges.append(MemoryRange(address: p.start, length: p.length)) }
-        var got = Array(repeating: 0, count: ranges.count)
-        if !ranges.isEmpty {
-            let buf = buffer
-            let mem = memory
-            ranges.withUnsafeBufferPointer { r in
-                got.withUnsafeMutableBufferPointer { b in
-                    if let workers, mem.allowsConcurrentReads {
-                        Self.readInParallel(mem, r, into: buf, bytesRead: b, workers)
-                    } else {
-                        mem.read(r, into: buf, bytesRead: b)
-                    }
-                }
-            }
-        }
+        pieceOffsets.removeAll(keepingCapacity: true)
+        windows.removeAll(keepingCapacity: true)
         bytesRead = Array(repeating: 0, count: pieces.count)
-        var k = 0
-        for i in pieces.indices where pieces[i].length > 0 {
-            bytesRead[i] = max(0, min(got[k], pieces[i].length))
-            k += 1
+        if !(readingWindows && readWindows()) {
+            var got = Array(repeating: 0, count: ranges.count)
+            readRanges(&got)
+            var k = 0
+            var off = 0
+            for i in pieces.indices {
+                pieceOffsets.append(off)
+                off += pieces[i].length
+                guard pieces[i].length > 0 else { continue }
+                bytesRead[i] = max(0, min(got[k], pieces[i].length))
+                k += 1
+            }
         }
         // A partial piece (always the batch's last) that read short: the rest of its range is absent.
         if let last = pieces.last, last.tags & 2 == 0, bytesRead[pieces.count - 1] < last.length,
             expCursor < expansion.count
         {
             expansion[expCursor].remaining = 0
+        }
+    }
+
+    /// `ranges` back to back into the buffer, with one MemoryReader call (or one per worker).
+    mutating func readRanges(_ got: inout [Int]) {
+        guard !ranges.isEmpty else { return }
+        let buf = buffer
+        let mem = memory
+        let workers = workers
+        ranges.withUnsafeBufferPointer { r in
+            got.withUnsafeMutableBufferPointer { b in
+                if let workers, mem.allowsConcurrentReads {
+                    Self.readInParallel(mem, r, into: buf, bytesRead: b, workers)
+                } else {
+                    mem.read(r, into: buf, bytesRead: b)
+                }
+            }
+        }
+    }
+
+    /// Reads the batch as windows: its pieces in address order, those at most `windowGap` apart in one
+    /// window, each window rounded out to `windowAlign`, all inside one plain window of the reader (so
+    /// that the gaps are memory the reader reads whole), then the windows back to back with one call.
+    /// A piece is found at its place in its window; a piece a short window did not reach is read again
+    /// alone (a gap may have been unmapped meanwhile: only the piece's own bytes count). Answers false
+    /// (nothing read) when the windows would not fit the buffer.
+    mutating func readWindows() -> Bool {
+        guard !ranges.isEmpty else { return false }
+        let order = ranges.withUnsafeBufferPointer { MemoryRange.addressOrder($0, $0.count) }
+        var windowOfRange = [Int](repeating: 0, count: ranges.count)
+        var plain: PlainWindow? = nil
+        var slack = UInt64(windowSlackBytes)
+        var offset = 0
+        // The window being built: [start, end), and the end of the one before it.
+        var start: UInt64 = 0
+        var end: UInt64 = 0
+        var previousEnd: UInt64 = 0
+        var wins: [ReadWindow] = []
+        swap(&wins, &windows)
+        defer { swap(&wins, &windows) }
+        let mem = memory
+        func inPlain(_ a: UInt64, _ b: UInt64) -> Bool {
+            if plain == nil || !plain!.covers(a, 0) { plain = mem.plainWindow(at: a) }
+            return plain?.covers(a, b - a) ?? false
+        }
+        func close(before next: UInt64) {
+            // Rounded out to whole pages where they are plain memory and the slack allows.
+            let lo = max(start & ~(windowAlign - 1), previousEnd)
+            let up = (end &+ (windowAlign - 1)) & ~(windowAlign - 1)
+            let hi = min(up > end ? up : end, next)
+            if lo <= start, hi >= end, hi - lo <= windowMaxBytes, (start - lo) + (hi - end) <= slack, inPlain(lo, hi) {
+                slack -= (start - lo) + (hi - end)
+                start = lo
+                end = hi
+            }
+            wins.append(ReadWindow(start: start, length: Int(end - start), offset: offset, got: 0))
+            offset += Int(end - start)
+            previousEnd = end
+        }
+        for (n, k) in order.enumerated() {
+            let a = ranges[k].address
+            let e = a &+ UInt64(ranges[k].length)
+            if n > 0 {
+                let gap = a > end ? a - end : 0
+                let merged = max(end, e)
+                if a >= start, gap <= windowGap, gap <= slack, merged - start <= windowMaxBytes, inPlain(start, merged) {
+                    slack -= gap
+                    end = merged
+                    windowOfRange[k] = wins.count
+                    continue
+                }
+                close(before: a)
+            }
+            start = a
+            end = e
+            windowOfRange[k] = wins.count
+        }
+        close(before: .max)
+        guard offset <= buffer.count else {
+            wins.removeAll(keepingCapacity: true)
+            return false
+        }
+        var got = Array(repeating: 0, count: wins.count)
+        var pieceRanges = wins.map { MemoryRange(address: $0.start, length: $0.length) }
+        swap(&pieceRanges, &ranges)
+        readRanges(&got)
+        swap(&pieceRanges, &ranges)
+        for i in wins.indices { wins[i].got = max(0, min(got[i], wins[i].length)) }
+        // Each piece at its place in its window.
+        var again: [Int] = []
+        var k = 0
+        for i in pieces.indices {
+            guard pieces[i].length > 0 else {
+                pieceOffsets.append(0)
+                continue
+            }
+            let w = wins[windowOfRange[k]]
+            let into = Int(pieces[i].start - w.start)
+            pieceOffsets.append(w.offset + into)
+            bytesRead[i] = max(0, min(w.got - into, pieces[i].length))
+            if bytesRead[i] < pieces[i].length && w.got < w.length { again.append(i) }
+            k += 1
+        }
+        if !again.isEmpty { readAgain(again) }
+        return true
+    }
+
+    /// The pieces `indices` read again one range each (through a scratch buffer), into their places.
+    mutating func readAgain(_ indices: [Int]) {
+        let rs = indices.map { MemoryRange(address: pieces[$0].start, length: pieces[$0].length) }
+        let total = rs.reduce(0) { $0 + $1.length }
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: max(total, 1), alignment: 16)
+        defer { scratch.deallocate() }
+        var got = [Int](repeating: 0, count: rs.count)
+        rs.withUnsafeBufferPointer { r in
+            got.withUnsafeMutableBufferPointer { b in memory.read(r, into: scratch, bytesRead: b) }
+        }
+        var from = 0
+        for (j, i) in indices.enumerated() {
+            let n = max(0, min(got[j], rs[j].length))
+            if n > bytesRead[i] {
+                UnsafeMutableRawBufferPointer(rebasing: buffer[pieceOffsets[i]..<(pieceOffsets[i] + n)])
+                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: scratch[from..<(from + n)]))
+                bytesRead[i] = n
+            }
+            from += rs[j].length
         }
     }
 
@@ -910,6 +1107,24 @@ struct Scanner<M: MemoryReader> {
 
     /// Batches from `source`: read, then scan_block in FIFO order, <= 4096 bytes per lock hold.
     mutating func run(_ source: Source) {
+        readingWindows = false
+        if case .gray = source, engine.configuration.readsGrayWindows {
+            let ep = epoch
+            readingWindows = engine.withState { s in
+                guard s.enabled && s.epoch == ep else { return false }
+                s.gray.logsPushes = true
+                return true
+            }
+        }
+        defer {
+            if readingWindows {
+                readingWindows = false
+                engine.withState { s in
+                    s.gray.logsPushes = false
+                    s.gray.pushed = []
+                }
+            }
+        }
         // Scanning a batch may append to the gray list (or the confirmation queue), so the source is only
         // exhausted when a fill finds nothing left.
         while !interrupted {
@@ -988,36 +1203,55 @@ struct Scanner<M: MemoryReader> {
         }
     }
 
-    /// Scans the batch's pieces in order, grouping chunks into lock holds of at most maxScanSize bytes.
+    /// Scans the batch's pieces in order, grouping chunks into lock holds of at most maxScanSize bytes,
+    /// then the objects claimed from the batch's windows meanwhile (see `claimInWindows`), until none is.
     mutating func scanPieces() {
         // With workers that help, one lock hold scans a larger group (its lookups are shared among them).
-        var groupLimit = groupBytesLimit
-        var group: [(off: Int, addr: UInt64, len: Int, id: UInt32)] = []
-        var groupBytes = 0
-        var off = 0
+        var group = ChunkGroup(limit: groupBytesLimit)
         for (i, p) in pieces.enumerated() {
             let got = bytesRead[i]
             result.bytesScanned += got
-            let end = p.start &+ UInt64(got)
-            var cs = p.start
-            var boundary = ((p.start &+ 7) & ~7) &+ UInt64(groupLimit)
-            while cs < end {
-                let ce = boundary > cs && boundary < end ? boundary : end
-                let len = Int(ce - cs)
-                if groupBytes + len > groupLimit && !group.isEmpty {
-                    if !flush(group, bytes: groupBytes) { return }
-                    group.removeAll(keepingCapacity: true)
-                    groupBytes = 0
-                    groupLimit = groupBytesLimit
-                }
-                group.append((off + Int(cs - p.start), cs, len, p.id))
-                groupBytes += len
-                cs = ce
-                boundary &+= UInt64(groupLimit)
-            }
-            off += p.length
+            guard add((pieceOffsets[i], p.start, got, p.id), to: &group) else { return }
         }
-        if !group.isEmpty { _ = flush(group, bytes: groupBytes) }
+        var next: [ScanChunk] = []
+        while true {
+            if !group.chunks.isEmpty {
+                guard flush(group.chunks, bytes: group.bytes) else { return }
+                group.chunks.removeAll(keepingCapacity: true)
+                group.bytes = 0
+                group.limit = groupBytesLimit
+            }
+            if claimed.isEmpty { return }
+            swap(&next, &claimed)
+            for c in next {
+                result.bytesScanned += c.len
+                guard add(c, to: &group) else { return }
+            }
+            next.removeAll(keepingCapacity: true)
+        }
+    }
+
+    /// Adds chunk `c` to `group`, cut where the group's limit falls (from the chunk's first aligned word),
+    /// scanning the group whenever it is full. Answers false when the scan ends.
+    mutating func add(_ c: ScanChunk, to group: inout ChunkGroup) -> Bool {
+        let end = c.addr &+ UInt64(c.len)
+        var cs = c.addr
+        var boundary = ((c.addr &+ 7) & ~7) &+ UInt64(group.limit)
+        while cs < end {
+            let ce = boundary > cs && boundary < end ? boundary : end
+            let len = Int(ce - cs)
+            if group.bytes + len > group.limit && !group.chunks.isEmpty {
+                guard flush(group.chunks, bytes: group.bytes) else { return false }
+                group.chunks.removeAll(keepingCapacity: true)
+                group.bytes = 0
+                group.limit = groupBytesLimit
+            }
+            group.chunks.append((c.off + Int(cs - c.addr), cs, len, c.id))
+            group.bytes += len
+            cs = ce
+            boundary &+= UInt64(group.limit)
+        }
+        return true
     }
 
     /// The bytes of the next group: a split step's with workers that help, else MAX_SCAN_SIZE.
@@ -1029,6 +1263,11 @@ struct Scanner<M: MemoryReader> {
         let base = Int(bitPattern: buffer.baseAddress)
         var splitting = self.splitting
         let splittable = groupsSplittable
+        let wins = readingWindows ? windows : []
+        var claims: [ScanChunk] = []
+        swap(&claims, &claimed)
+        defer { swap(&claims, &claimed) }
+        var claimedObjects = 0
         let ok = engine.withState { s -> Bool in
             guard s.enabled && s.epoch == ep else { return false }
             // Blocks split or merged by the syncs since: a stale table costs steps, not answers.
@@ -1041,9 +1280,14 @@ struct Scanner<M: MemoryReader> {
                 s.scanGroup(base, group)
                 if splittable { splitting.scannedWhole(bytes: bytes) }
             }
+            if !wins.isEmpty { claimedObjects = s.claimInWindows(wins, into: &claims) }
             return true
         }
         self.splitting = splitting
+        if countObjects {
+            result.objectsScanned += claimedObjects
+            result.objectsScannedInWindows += claimedObjects
+        }
         if !ok { interrupted = true }
         return ok
     }
@@ -1064,9 +1308,9 @@ struct Scanner<M: MemoryReader> {
             if pieces.isEmpty { continue }
             readBatch()
             results.removeAll(keepingCapacity: true)
-            var off = 0
             for (i, p) in pieces.enumerated() {
                 let got = bytesRead[i]
+                let off = pieceOffsets[i]
                 result.bytesChecksummed += got
                 if p.tags & 1 != 0 { copyCRC = 0 }
                 copyCRC = CRC32.le(copyCRC, UnsafeRawBufferPointer(rebasing: buffer[off..<(off + got)]))
@@ -1075,7 +1319,6 @@ struct Scanner<M: MemoryReader> {
                     results.append((p.id, objCRC))
                     objCRC = 0
                 }
-                off += p.length
             }
             let res = results
             let ep = epoch

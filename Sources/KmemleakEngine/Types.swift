@@ -80,6 +80,13 @@ public struct KmemleakConfiguration: Sendable {
     /// done this scan (see `DoneGranules`; at most 4 bytes of bits per object while a scan runs). The
     /// results are the same either way.
     public var skipsDoneGranules: Bool = true
+    /// Read scan_gray_list's batches as windows of memory around their objects, not object by object,
+    /// and scan from them the objects they hold that turn gray meanwhile (see `Scanner.readWindows`):
+    /// real heaps keep an object's referents near it, which would otherwise be read again a level later.
+    /// Only where the reader tells plain windows (`MemoryReader.plainWindow`). The objects reported are
+    /// the same either way, but for excess_ref forwarding, which counts the hits an object gets once it
+    /// is gray and so, as in the kernel, follows the scan order.
+    public var readsGrayWindows: Bool = true
 
     /// Creates a configuration; the defaults are the kernel's (1 CPU, 5 s minimum age, HZ 100, no
     /// confirmation passes, report CPU 0, 4 KiB pages, debugfs path, no logging).
@@ -235,6 +242,9 @@ public struct ScanResult: Sendable, Equatable {
     public var filteredConfirmation: Bool = false
     /// Bytes read by the confirmation passes (part of `bytesScanned`).
     public var bytesConfirmed: Int = 0
+    /// Objects scanned from a window already read for other gray objects (part of `objectsScanned`;
+    /// see `KmemleakConfiguration.readsGrayWindows`).
+    public var objectsScannedInWindows: Int = 0
 
     /// Creates a result.
     public init(newLeaks: Int = 0, interrupted: Bool = false, objectsScanned: Int = 0, bytesScanned: Int = 0,

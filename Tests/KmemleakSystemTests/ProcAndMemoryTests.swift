@@ -225,7 +225,7 @@ import Testing
             let expected = (0..<ranges.count).sorted {
                 ranges[$0].address != ranges[$1].address ? ranges[$0].address < ranges[$1].address : $0 < $1
             }
-            ranges.withUnsafeBufferPointer { #expect(ProcessMemory.addressOrder($0, $0.count) == expected) }
+            ranges.withUnsafeBufferPointer { #expect(MemoryRange.addressOrder($0, $0.count) == expected) }
         }
     }
 

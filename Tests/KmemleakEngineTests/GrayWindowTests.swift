@@ -26,9 +26,10 @@ final class FixedWindowMemory: MemoryReader, @unchecked Sendable {
         mutating func next() -> UInt64 { s ^= s << 13; s ^= s >> 7; s ^= s << 17; return s }
     }
 
-    func engine(windows: Bool) -> Kmemleak {
+    func engine(windows: Bool, workers: Int = 1) -> Kmemleak {
         var c = KmemleakConfiguration(minimumAge: 0, controlFilePath: "/mnt/kmemleak")
         c.readsGrayWindows = windows
+        if workers > 1 { c.scanWorkers = DispatchScanWorkers(count: workers) }
         return Kmemleak(configuration: c)
     }
 
@@ -36,19 +37,20 @@ final class FixedWindowMemory: MemoryReader, @unchecked Sendable {
     /// record found from the root or from a record far away, min_count 1 and 2, a NO_SCAN object, every
     /// tenth record unreachable): read as windows, most objects are scanned from a window read for
     /// another, each exactly once (the same objects and bytes scanned as object by object), and the same
-    /// objects are reported: the unreachable records' heads and no reachable one's.
+    /// objects are reported: the unreachable records' heads and no reachable one's. With scan workers
+    /// sharing the lookups too.
     @Test func windowsScanEachObjectOnceAndReportTheSame() {
         struct Outcome: Equatable {
             var leaks: [UInt64]
             var objects: Int
             var bytes: Int
         }
-        func run(windows: Bool) -> (Outcome, inWindows: Int, heads: [UInt64]) {
+        func run(windows: Bool, workers: Int = 1) -> (Outcome, inWindows: Int, heads: [UInt64]) {
             var rng = Rng(s: 4242)
             let mem = SyntheticMemory()
             mem.map(0x1000, 0x1000)                      // root
             mem.map(0x1000_0000, 0x20_0000)              // heap
-            let e = engine(windows: windows)
+            let e = engine(windows: windows, workers: workers)
             e.setRoots([RootRegion(start: 0x1000, length: 0x1000, kind: .data)])
             var records: [[UInt64]] = []
             var at: UInt64 = 0x1000_0000
@@ -88,8 +90,9 @@ final class FixedWindowMemory: MemoryReader, @unchecked Sendable {
             return (Outcome(leaks: leaks, objects: last.objectsScanned, bytes: last.bytesScanned),
                     last.objectsScannedInWindows, reachableHeads)
         }
-        let byObject = run(windows: false), windowed = run(windows: true)
+        let byObject = run(windows: false), windowed = run(windows: true), shared = run(windows: true, workers: 2)
         #expect(windowed.0 == byObject.0)
+        #expect(shared.0 == byObject.0 && shared.inWindows == windowed.inWindows)
         #expect(byObject.inWindows == 0)
         #expect(windowed.inWindows > windowed.0.objects / 2,
                 "most objects scanned from windows: \(windowed.inWindows) of \(windowed.0.objects)")

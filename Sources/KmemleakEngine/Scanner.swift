@@ -5,7 +5,9 @@
 // with no lock held; the words are then scanned in FIFO order under the state lock, at most 4096 bytes
 // (MAX_SCAN_SIZE) per lock hold, or 64 KiB whose lookups are shared among scan workers while they help (see ScanWorkers,
 // StepSplitting). Slots are not reused while a scan runs, so a gray-list entry whose object
-// was freed in between is recognised (not ALLOCATED) and skipped.
+// was freed in between is recognised (not ALLOCATED) and skipped. scan_gray_list's batches are read as
+// windows of memory around their objects; an object that turns gray inside a window is taken off the
+// gray list and scanned from it (see `readWindows`, `EngineState.claimInWindows`).
 
 /// The batch buffer is resident while a scan runs (1 MiB was a byte per object of the realistic 1 M-object
 /// C heap at the daemon's peak); 1024 of that heap's objects average about 430 KB.
@@ -1562,7 +1564,8 @@ extension Kmemleak {
     ///
     /// `shouldStop` is checked before every batch and every lock hold; when it returns true (or the detector
     /// is disabled meanwhile) the scan ends with `interrupted == true` and reports nothing.
-    /// Memory is read in batches (<= 1024 ranges / 512 KiB per `MemoryReader.read` call); a range read short
+    /// Memory is read in batches (<= 1024 ranges / 512 KiB per `MemoryReader.read` call; scan_gray_list's
+    /// batches, with `readsGrayWindows`, as windows around their ranges, up to 1 MiB more); a range read short
     /// is scanned (and checksummed) as far as it was read.
     public func scan<M: MemoryReader>(now: UInt64, memory: M, shouldStop: () -> Bool = { false },
                                       confirmation: ConfirmationHooks? = nil) -> ScanResult {

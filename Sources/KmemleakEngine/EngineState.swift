@@ -182,8 +182,9 @@ struct GrayQueue {
 /// The granules no word needs to be looked up in (issue 10 goal 1): while a scan runs, one bit per
 /// 16-byte granule of the plain index's hot range, set once the granule lies wholly inside an object on
 /// which no word can do anything more until the next scan (gray or black without excess_ref: the moment
-/// its `mayTakeReference` bit is cleared; colours only darken during a scan). Every word in such a granule
-/// finds that object, so the scan drops it before the lookup. malloc blocks start 16-aligned, so a
+/// its `mayTakeReference` bit is cleared, by the word that turns it gray or by a later one; colours only
+/// darken during a scan). Every word in such a granule finds that object, so the scan drops it before the
+/// lookup. malloc blocks start 16-aligned, so a
 /// pointer to a block's start lands in a granule wholly inside it: on the realistic C heap 90 % of the
 /// in-range words point at objects already done, and each of their lookups was a DRAM miss on an index
 /// group where the granule's bit is a load from a few MiB. Where an object is freed or registered while

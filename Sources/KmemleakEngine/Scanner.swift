@@ -553,6 +553,11 @@ extension EngineState {
             if r.bits & ObjectRecord.hasExtras != 0 { excess = ex[id]?.excessRef ?? 0 }
         } else {
             updateRefs(id, rec, &g)
+            if tracked && r.bits & ObjectRecord.hasExtras == 0 && rec[Int(id)].pointee.isGray {
+                // Done now, as the next word on it would find: its later words skip the lookup.
+                bits[word] &= ~bit
+                if !r.has(ObjectFlags.percpu) { done.markInside(r.pointer, size) }
+            }
         }
         if excess != 0 {
             guard let h2 = plainIdx.predecessor(excess) else { return }

@@ -380,6 +380,46 @@ final class HookedMemory: MemoryReader, @unchecked Sendable {
         #expect(with.withState { $0.done.words.isEmpty })
     }
 
+    /// The word that turns an object gray sets its granules at once, as the next word on it would: an
+    /// object referenced once from the roots is done before the first gray batch is read. One that needs
+    /// two references is not done after one, nor is a gray object with an excess_ref (a word on it still
+    /// counts for its excess_ref's object), and each is reported as the kernel would.
+    @Test func theWordThatGraysAnObjectMarksItDone() {
+        let rootBase: UInt64 = 0x7000_0000, heapBase: UInt64 = 0x7010_0000
+        let memory = ConcurrentMemory(base: rootBase, size: 0x20_0000)
+        let once = heapBase, twice = heapBase + 0x100, twiceSeen = heapBase + 0x200
+        let withExcess = heapBase + 0x300, excessTarget = heapBase + 0x400
+        memory.store(rootBase, once)
+        memory.store(rootBase + 8, twice)  // one of two references: stays white, reported
+        memory.store(rootBase + 16, twiceSeen)
+        memory.store(rootBase + 24, twiceSeen + 8)  // two: gray after the second
+        memory.store(rootBase + 32, withExcess)
+        memory.store(rootBase + 40, withExcess)  // forwarded to excessTarget
+        // Enough objects for the index's page -> block table, over which the granules lie.
+        let fillers = 4096
+        for i in 0..<fillers { memory.store(rootBase + 48 + UInt64(8 * i), heapBase + 0x1000 + UInt64(64 * i)) }
+        let e = Kmemleak(configuration: KmemleakConfiguration(possibleCPUs: 1, minimumAge: 0))
+        e.setRoots([RootRegion(start: rootBase, length: 48 + UInt64(8 * fillers), kind: .data)])
+        for i in 0..<fillers { e.alloc(heapBase + 0x1000 + UInt64(64 * i), size: 64, metadata: meta(UInt64(10 + i))) }
+        e.alloc(once, size: 64, metadata: meta(0))
+        e.alloc(twice, size: 64, minCount: 2, metadata: meta(1))
+        e.alloc(twiceSeen, size: 64, minCount: 2, metadata: meta(2))
+        e.alloc(withExcess, size: 64, metadata: meta(3))
+        e.alloc(excessTarget, size: 64, metadata: meta(4))
+        e.setExcessRef(withExcess, to: excessTarget)
+        let hooked = HookedMemory(memory)
+        var seen: [Bool]? = nil
+        hooked.beforeRead = { ranges in
+            // The first batch of gray objects (the roots were read before).
+            guard seen == nil, ranges.contains(where: { $0.address >= heapBase }) else { return }
+            seen = e.withState { s in [once, twice, twiceSeen, withExcess].map { s.done.isSet($0 + 16) } }
+        }
+        _ = e.scan(now: 10 * sec, memory: hooked)
+        #expect(seen == [true, false, true, false])
+        #expect(e.reportSnapshot(memory: memory).map(\.pointer) == [twice])
+        #expect(e.objectInfo(at: excessTarget)?.count == 1)
+    }
+
     /// An object done (its granules set) and freed while the scan runs leaves no set granule behind, nor
     /// does one registered at its place; the newcomer's reference still counts.
     @Test func freedAndReplacedDuringAScanAreCleared() {

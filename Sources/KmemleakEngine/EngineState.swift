@@ -184,10 +184,9 @@ struct GrayQueue {
 /// which no word can do anything more until the next scan (gray or black without excess_ref: the moment
 /// its `mayTakeReference` bit is cleared, by the word that turns it gray or by a later one; colours only
 /// darken during a scan). Every word in such a granule finds that object, so the scan drops it before the
-/// lookup. malloc blocks start 16-aligned, so a
-/// pointer to a block's start lands in a granule wholly inside it: on the realistic C heap 90 % of the
-/// in-range words point at objects already done, and each of their lookups was a DRAM miss on an index
-/// group where the granule's bit is a load from a few MiB. Where an object is freed or registered while
+/// lookup. malloc blocks start 16-aligned, so a pointer to a block's start lands in a granule wholly inside
+/// it: on the realistic C heap 90 % of the in-range words point at objects already done, and each of their
+/// lookups was a DRAM miss on an index group where the granule's bit is a load from a few MiB. Where an object is freed or registered while
 /// the scan runs, its granules are cleared (their words find another object then). The bits cost a
 /// 128th of the range: at most `maxBytesPerObject` per plain object, else there are none.
 struct DoneGranules {

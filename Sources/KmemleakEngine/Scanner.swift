@@ -536,8 +536,7 @@ extension EngineState {
         r.bits = rec[Int(id)].pointee.bits
         if tracked && !r.isWhite && r.bits & ObjectRecord.hasExtras == 0 {
             // Gray or black, no excess_ref: nothing a word can do to it until the next scan.
-            bits[word] &= ~bit
-            if !r.has(ObjectFlags.percpu) { done.markInside(r.pointer, objectSize(r, id, ex)) }
+            markDone(word, bit, r, objectSize(r, id, ex), bits, done)
             return
         }
         let size = objectSize(r, id, ex)
@@ -555,8 +554,7 @@ extension EngineState {
             updateRefs(id, rec, &g)
             if tracked && r.bits & ObjectRecord.hasExtras == 0 && rec[Int(id)].pointee.isGray {
                 // Done now, as the next word on it would find: its later words skip the lookup.
-                bits[word] &= ~bit
-                if !r.has(ObjectFlags.percpu) { done.markInside(r.pointer, size) }
+                markDone(word, bit, r, size, bits, done)
             }
         }
         if excess != 0 {
@@ -570,6 +568,16 @@ extension EngineState {
             if h2.id == scanned { return }
             updateRefs(h2.id, rec, &g)
         }
+    }
+
+    /// Object `r` (bit `bit` of `bits[word]`, `size` bytes) is done for this scan: no word looks it up again.
+    @inline(__always)
+    static func markDone(
+        _ word: Int, _ bit: UInt64, _ r: ObjectRecord, _ size: UInt64, _ bits: UnsafeMutableBufferPointer<UInt64>,
+        _ done: DoneFilter
+    ) {
+        bits[word] &= ~bit
+        if !r.has(ObjectFlags.percpu) { done.markInside(r.pointer, size) }
     }
 
     /// update_refs: a white object's count grows; reaching min_count makes it gray and appends it.

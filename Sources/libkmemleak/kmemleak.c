@@ -32,6 +32,7 @@
 #include <sys/stat.h>
 #include <sys/single_threaded.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 #include <unwind.h>
@@ -82,6 +83,9 @@ static struct {
     void *(*valloc)(size_t);
     void *(*pvalloc)(size_t);
 } g_next;
+
+/* malloc_usable_size of the allocator underneath (glibc's or the foreign one's), resolved with it */
+static size_t (*g_next_usable)(void *);
 
 #define BOOT_ARENA_SIZE 65536u
 static char g_boot_arena[BOOT_ARENA_SIZE] __attribute__((aligned(64)));
@@ -137,6 +141,7 @@ static void resolve_allocator(void)
         g_next.pvalloc = (void *(*)(size_t))dlsym(RTLD_NEXT, "pvalloc");
         mode = ALLOC_FOREIGN;
     }
+    __atomic_store_n(&g_next_usable, (size_t (*)(void *))dlsym(RTLD_NEXT, "malloc_usable_size"), __ATOMIC_RELEASE);
     __atomic_store_n(&g_alloc_mode, mode, __ATOMIC_RELEASE);
 }
 
@@ -1015,6 +1020,34 @@ static inline void oix_remove(uint32_t lg, uint32_t p)
  * nothing: top down, each domain is re-inserted into space already emptied, and only domain 0,
  * which overlaps itself, goes through the scratch area (one domain). A domain's entries fit in its
  * two halves (or its doubled self), each as large as it was: nothing overflows. */
+/* whether index page pg (256 entries) was ever written: a page never written holds no entry, and is
+ * neither read nor cleared by a growth (the index grows with objects_used, which counts the header
+ * blocks that are never in it: most of a glibc program's index stays untouched) */
+static inline int oix_page_written(uint32_t pg)
+{
+    return (__atomic_load_n(&g_oix_written[pg / 64], __ATOMIC_RELAXED) >> (pg % 64)) & 1;
+}
+
+/* re-inserts the entries of [from, from + n) at size lg (n a multiple of a page; pages of the index
+ * from page first_pg on), clearing each page it read */
+static void oix_move(struct obj_entry *from, uint32_t n, uint32_t first_pg, uint32_t lg)
+{
+    for (uint32_t pg = 0; pg < n >> OIX_PAGE_LOG; pg++) {
+        if (!oix_page_written(first_pg + pg))
+            continue;
+        struct obj_entry *e = from + ((size_t)pg << OIX_PAGE_LOG);
+        for (uint32_t i = 0; i < 1u << OIX_PAGE_LOG; i++)
+            if (e[i].slot1)
+                oix_insert(entry_run_hash(&e[i]), lg, e[i].key, e[i].slot1, e[i].tag);
+    }
+}
+static void oix_clear(struct obj_entry *at, uint32_t n, uint32_t first_pg)
+{
+    for (uint32_t pg = 0; pg < n >> OIX_PAGE_LOG; pg++)
+        if (oix_page_written(first_pg + pg))
+            memset(at + ((size_t)pg << OIX_PAGE_LOG), 0, PAGE_SIZE_);
+}
+
 static __attribute__((noinline)) void oix_grow(uint32_t lg)
 {
     for (uint32_t i = 0; i < NR_STRIPES; i++)
@@ -1022,18 +1055,25 @@ static __attribute__((noinline)) void oix_grow(uint32_t lg)
     if (g_oix_log == lg && lg < g_oix_max_log) {
         uint32_t m = oix_domain_mask(lg) + 1;
         for (uint32_t d = 1u << oix_domain_log(lg); d-- > 1;) {
+            uint32_t pg = (uint32_t)(((size_t)d * m) >> OIX_PAGE_LOG);
             struct obj_entry *old = g_oix + (size_t)d * m;
-            for (uint32_t i = 0; i < m; i++)
-                if (old[i].slot1)
-                    oix_insert(entry_run_hash(&old[i]), lg + 1, old[i].key, old[i].slot1, old[i].tag);
-            memset(old, 0, m * sizeof(struct obj_entry));
+            /* read, then cleared: its own entries only land in higher domains (2d, 2d + 1) */
+            oix_move(old, m, pg, lg + 1);
+            oix_clear(old, m, pg);
         }
+        /* domain 0 overlaps itself: through the scratch area, whose pages are written by this copy */
         struct obj_entry *scratch = g_oix + ((size_t)1 << g_oix_max_log);
-        memcpy(scratch, g_oix, m * sizeof(struct obj_entry));
-        memset(g_oix, 0, m * sizeof(struct obj_entry));
-        for (uint32_t i = 0; i < m; i++)
-            if (scratch[i].slot1)
-                oix_insert(entry_run_hash(&scratch[i]), lg + 1, scratch[i].key, scratch[i].slot1, scratch[i].tag);
+        uint32_t scratch_pg = (uint32_t)(((size_t)1 << g_oix_max_log) >> OIX_PAGE_LOG);
+        for (uint32_t pg = 0; pg < m >> OIX_PAGE_LOG; pg++) {
+            if (oix_page_written(pg)) {
+                oix_first_write(((uint32_t)1 << g_oix_max_log) + (pg << OIX_PAGE_LOG));
+                memcpy(scratch + ((size_t)pg << OIX_PAGE_LOG), g_oix + ((size_t)pg << OIX_PAGE_LOG), PAGE_SIZE_);
+            } else if (oix_page_written(scratch_pg + pg)) {
+                memset(scratch + ((size_t)pg << OIX_PAGE_LOG), 0, PAGE_SIZE_); /* a stale copy: empty now */
+            }
+        }
+        oix_clear(g_oix, m, 0);
+        oix_move(scratch, m, scratch_pg, lg + 1);
         __atomic_store_n(&g_oix_log, lg + 1, __ATOMIC_RELAXED);
     }
     for (uint32_t i = NR_STRIPES; i-- > 0;)
@@ -1173,6 +1213,127 @@ static void slot_cache_flush(void)
     live_flush();
 }
 
+/* ---- block headers ---------------------------------------------------------------------------
+ * A block of glibc's malloc, calloc or realloc that the shim tracks carries 16 bytes in front of the
+ * pointer the program gets: its record's slot and version, and a check word. free() finds the record
+ * there, in the chunk glibc's own free reads a line of anyway, instead of in the object index: the
+ * index entry's load was the one cache miss of every free (most of delete_object), and the index is
+ * a table shared by every thread, which 8 threads' objects no longer fit in the cache beside their
+ * heaps. Such a block is never in the index. LeakSanitizer's allocator keeps its chunk headers the
+ * same way.
+ *
+ * The check word is the pointer ^ OIX_KEY_MASK mixed with the first word, keeping its top byte 0xa5:
+ * at p - 8 a glibc block without a header has its chunk's size, which never has that top byte, so no
+ * such block (memalign's, one made while the shim was not tracking) is taken for one, and a first
+ * word torn by an underflow of the block before fails the check. Neither word is a canonical
+ * address: the daemon reads the heap. A block keeps its header for life; a record released by
+ * another path (kmemleak_free) leaves it with slot 0, no record. The record's version follows in
+ * the header: a release is then one blind store, as the index made it. */
+struct blk_hdr {
+    uint64_t rec;   /* (version << 32 | slot + 1) ^ OIX_KEY_MASK; slot + 1 = 0: no record */
+    uint64_t check; /* blk_check(pointer, rec) */
+};
+#define BLK_HDR ((size_t)sizeof(struct blk_hdr))
+/* What a header block asks glibc for: at least 25 bytes, so that its chunk (32 bytes before the
+ * block, request2size of this) ends where a plain block's of the same size would, at
+ * p - 16 + request2size(size), and its usable size is what glibc gives without the shim. The
+ * daemon ignores a word of allocator data pointing at that next chunk (glibc's top and bins);
+ * a 32-byte chunk would end at p itself, which libc's own data points at when it holds the block
+ * (setlocale's strdup). */
+#define BLK_MIN_SIZE 9u
+static inline size_t blk_request(size_t size) { return (size < BLK_MIN_SIZE ? BLK_MIN_SIZE : size) + BLK_HDR; }
+static inline uint64_t blk_check(uint64_t p, uint64_t rec)
+{
+    return (p ^ OIX_KEY_MASK) ^ ((rec * 0x9e3779b97f4a7c15ull) >> 8);
+}
+static inline struct blk_hdr *blk_hdr_of(const void *p) { return (struct blk_hdr *)p - 1; }
+static inline void blk_set(void *p, uint32_t slot1, uint32_t version)
+{
+    struct blk_hdr *h = blk_hdr_of(p);
+    h->rec = ((uint64_t)version << 32 | slot1) ^ OIX_KEY_MASK;
+    h->check = blk_check((uintptr_t)p, h->rec);
+}
+/* whether p, a pointer glibc's free would accept, has a header (reads p - 16 and p - 8, which
+ * glibc's free reads too: the previous chunk's last word and p's chunk size) */
+static inline int blk_has(const void *p)
+{
+    if (!GLIBC_ALLOCATOR() || unlikely(in_boot_arena(p)))
+        return 0;
+    const struct blk_hdr *h = blk_hdr_of(p);
+    return h->check == blk_check((uintptr_t)p, h->rec);
+}
+static inline uint32_t blk_slot1(const struct blk_hdr *h) { return (uint32_t)(h->rec ^ OIX_KEY_MASK); }
+static inline uint32_t blk_version(const struct blk_hdr *h) { return (uint32_t)((h->rec ^ OIX_KEY_MASK) >> 32); }
+
+/* the stripe that guards pointer ptr (the one its index entry would have): excludes the annotation
+ * API's changes to the record; a lone thread's is its own word */
+static inline uint32_t *blk_lock(uint64_t ptr)
+{
+    uint32_t h = oix_hash(ptr, 0);
+    for (;;) {
+        uint32_t n = __atomic_load_n(&g_oix_log, __ATOMIC_RELAXED);
+        if (lone_thread())
+            return &t.lone_stripe;
+        uint32_t *l = &g_stripes[h >> (32 - oix_domain_log(n))];
+        spin_lock(l);
+        if (likely(__atomic_load_n(&g_oix_log, __ATOMIC_RELAXED) == n))
+            return l;
+        spin_unlock(l);
+    }
+}
+
+/* The annotation API gets pointers from the program, where p - 16 may be unmapped (a pointer at
+ * the start of a mapping, a bogus one): its header is read with process_vm_readv on ourselves, which
+ * fails with EFAULT instead of faulting. Under a seccomp filter (which may kill on a syscall it does
+ * not know) no such read: the header is found through its record, by a walk of the table. 1 if
+ * read, 0 if unreadable, -1 if it cannot be read that way. */
+static int blk_read_safely(uint64_t p, struct blk_hdr *out)
+{
+    if (p < BLK_HDR || syscall(SYS_prctl, PR_GET_SECCOMP, 0, 0, 0, 0) != 0)
+        return -1;
+    struct iovec local = {out, BLK_HDR}, remote = {(void *)(uintptr_t)(p - BLK_HDR), BLK_HDR};
+    ssize_t n = syscall(SYS_process_vm_readv, (pid_t)syscall(SYS_getpid), &local, 1UL, &remote, 1UL, 0UL);
+    if (n == (ssize_t)BLK_HDR)
+        return 1;
+    return n < 0 && errno == EFAULT ? 0 : -1;
+}
+
+/* whether the LIVE malloc record of slot idx is header block p's */
+static int blk_names(uint64_t p, const struct blk_hdr *h, uint32_t idx)
+{
+    if (h->check != blk_check(p, h->rec) || blk_slot1(h) != idx + 1)
+        return 0;
+    const struct kml_object *o = &g_obj[idx];
+    uint32_t st = __atomic_load_n(&o->state, __ATOMIC_ACQUIRE);
+    return (st & (KML_STATE_KIND_MASK | KML_STATE_BUSY)) == KML_STATE_LIVE &&
+           st >> KML_STATE_VERSION_SHIFT == blk_version(h) && o->pointer == p &&
+           (o->flags & KML_KIND_MASK) == KML_KIND_MALLOC;
+}
+
+/* the slot of header block p's LIVE record, from a pointer the program passed (its stripe held, so
+ * that no free releases the record meanwhile); UINT32_MAX if p is no such block */
+static uint32_t blk_find(uint64_t p)
+{
+    if (!GLIBC_ALLOCATOR() || in_boot_arena((const void *)(uintptr_t)p))
+        return UINT32_MAX;
+    struct blk_hdr h;
+    int r = blk_read_safely(p, &h);
+    uint32_t used = __atomic_load_n(&g_hdr->objects_used, __ATOMIC_ACQUIRE);
+    if (r > 0)
+        return blk_slot1(&h) && blk_slot1(&h) <= used && blk_names(p, &h, blk_slot1(&h) - 1)
+                   ? blk_slot1(&h) - 1 : UINT32_MAX;
+    if (r == 0)
+        return UINT32_MAX;
+    /* a LIVE malloc record of p outside the index is a header block's: p - 16 is then ours to read */
+    for (uint32_t i = 0; i < used; i++) {
+        const struct kml_object *o = &g_obj[i];
+        if (o->pointer == p && (__atomic_load_n(&o->state, __ATOMIC_ACQUIRE) & KML_STATE_KIND_MASK) == KML_STATE_LIVE &&
+            (o->flags & KML_KIND_MASK) == KML_KIND_MALLOC && blk_names(p, blk_hdr_of((const void *)(uintptr_t)p), i))
+            return i;
+    }
+    return UINT32_MAX;
+}
+
 /* ---- object lifetime --------------------------------------------------------------------------- */
 struct objinfo {
     uint64_t pointer, size, seq, time_ns;
@@ -1216,8 +1377,8 @@ static inline __attribute__((always_inline)) void current_context(struct objinfo
     oi->transient_gen = 0;
 }
 
-/* create_object: a LIVE record, indexed by pointer; slot index or UINT32_MAX */
-static uint32_t create_object(const struct objinfo *oi)
+/* record_new: a LIVE record (not indexed); slot index or UINT32_MAX */
+static inline __attribute__((always_inline)) uint32_t record_new(const struct objinfo *oi)
 {
     uint32_t idx = slot_alloc();
     if (unlikely(idx == UINT32_MAX)) {
@@ -1237,7 +1398,17 @@ static uint32_t create_object(const struct objinfo *oi)
     o->comm_id = oi->comm_id;
     o->transient_gen = oi->transient_gen;
     rec_write_end(&o->state, KML_STATE_LIVE);
+    live_count(1);
+    return idx;
+}
 
+/* create_object: a LIVE record, indexed by pointer; slot index or UINT32_MAX */
+static uint32_t create_object(const struct objinfo *oi)
+{
+    uint32_t idx = record_new(oi);
+    if (unlikely(idx == UINT32_MAX))
+        return UINT32_MAX;
+    struct kml_object *o = &g_obj[idx];
     uint32_t kind = oi->flags & KML_KIND_MASK;
     uint32_t tag = (o->state & ~OIX_TAG_KIND) | kind, lg;
     uint32_t h = oix_hash(oi->pointer, kind_is_pcpu(kind));
@@ -1251,39 +1422,78 @@ static uint32_t create_object(const struct objinfo *oi)
             /* a full domain at the largest size: only pointers chosen to collide get here */
             rec_write_begin(&o->state);
             rec_write_end(&o->state, KML_STATE_FREE);
+            live_count(-1);
             kml_disable("object index full");
             return UINT32_MAX;
         }
         oix_grow(lg);
     }
-    live_count(1);
     return idx;
 }
 
-/* delete_object: unindex and release the record of ptr; copies it to *save; 1 if found */
+/* An object found by its exact pointer, its stripe held: through its index entry, or (for the
+ * annotation API, FIND_HEADER in kinds) through its block header. */
+#define FIND_HEADER 0x80000000u
+struct obj_ref {
+    struct obj_entry *e; /* its index entry, or NULL: a header block's */
+    uint64_t ptr;
+    uint32_t idx;        /* its slot */
+};
+static inline int obj_find(uint32_t hash, uint32_t lg, uint64_t ptr, int pcpu, uint32_t kinds, struct obj_ref *r)
+{
+    r->ptr = ptr;
+    r->e = oix_find(hash, lg, ptr, kinds & ~FIND_HEADER);
+    if (r->e) {
+        r->idx = r->e->slot1 - 1;
+        return 1;
+    }
+    if (pcpu || !(kinds & FIND_HEADER) || !(kinds & KIND_BIT(KML_KIND_MALLOC)))
+        return 0;
+    r->idx = blk_find(ptr);
+    return r->idx != UINT32_MAX;
+}
+/* the record's version, as its entry or header holds it */
+static inline uint32_t obj_version(const struct obj_ref *r)
+{
+    return r->e ? r->e->tag >> KML_STATE_VERSION_SHIFT : blk_version(blk_hdr_of((void *)(uintptr_t)r->ptr));
+}
+/* after a seqlock write of the record: its entry or header follows the version */
+static inline void obj_versioned(const struct obj_ref *r)
+{
+    uint32_t st = g_obj[r->idx].state;
+    if (r->e)
+        r->e->tag = (st & ~OIX_TAG_KIND) | (r->e->tag & OIX_TAG_KIND);
+    else
+        blk_set((void *)(uintptr_t)r->ptr, r->idx + 1, st >> KML_STATE_VERSION_SHIFT);
+}
+
+/* delete_object: unindex and release the record of ptr; copies it to *save; 1 if found in the index,
+ * 2 if through its block header (which then names no record) */
 static int delete_object(uint64_t ptr, int pcpu, uint32_t kinds, struct kml_object *save)
 {
     uint32_t h = oix_hash(ptr, pcpu), lg;
     uint32_t *l = oix_lock(h, ptr, &lg);
-    struct obj_entry *e = oix_find(h, lg, ptr, kinds);
-    if (!e) {
+    struct obj_ref r;
+    if (!obj_find(h, lg, ptr, pcpu, kinds, &r)) {
         spin_unlock(l);
         return 0;
     }
-    uint32_t idx = e->slot1 - 1;
-    __builtin_prefetch(&g_obj[idx], 1, 3); /* the store below asks for the line only when it commits */
-    struct kml_object *o = &g_obj[idx];
+    __builtin_prefetch(&g_obj[r.idx], 1, 3); /* the store below asks for the line only when it commits */
+    struct kml_object *o = &g_obj[r.idx];
     if (save)
         *save = *o;
     /* written blind: the entry holds the record's version, and a release changes no other field,
      * so one store of the next state is the whole seqlock write */
-    uint32_t v = (e->tag >> KML_STATE_VERSION_SHIFT) + 1;
+    uint32_t v = obj_version(&r) + 1;
     __atomic_store_n(&o->state, (v << KML_STATE_VERSION_SHIFT) | KML_STATE_FREE, __ATOMIC_RELEASE);
-    oix_remove(lg, (uint32_t)(e - g_oix));
+    if (r.e)
+        oix_remove(lg, (uint32_t)(r.e - g_oix));
+    else
+        blk_set((void *)(uintptr_t)ptr, 0, 0);
     spin_unlock(l);
     live_count(-1);
-    slot_free(idx);
-    return 1;
+    slot_free(r.idx);
+    return r.e ? 1 : 2;
 }
 
 /* runs fn on the LIVE record of ptr under its stripe lock, as one seqlock write; 1 if found */
@@ -1292,16 +1502,17 @@ static int modify_object(uint64_t ptr, int pcpu, uint32_t kinds, modify_fn fn, u
 {
     uint32_t h = oix_hash(ptr, pcpu), lg;
     uint32_t *l = oix_lock(h, ptr, &lg);
-    struct obj_entry *e = oix_find(h, lg, ptr, kinds);
-    if (e) {
-        struct kml_object *o = &g_obj[e->slot1 - 1];
+    struct obj_ref r;
+    int found = obj_find(h, lg, ptr, pcpu, kinds, &r);
+    if (found) {
+        struct kml_object *o = &g_obj[r.idx];
         rec_write_begin(&o->state);
         fn(o, arg);
         rec_write_end(&o->state, KML_STATE_LIVE);
-        e->tag = (o->state & ~OIX_TAG_KIND) | (e->tag & OIX_TAG_KIND); /* the version moved */
+        obj_versioned(&r); /* the version moved */
     }
     spin_unlock(l);
-    return e != NULL;
+    return found;
 }
 
 /* the start of the LIVE plain object containing ptr (exact match first, then a table walk) */
@@ -1309,9 +1520,9 @@ static int find_containing(uint64_t ptr, uint64_t *start, uint64_t *size, uint32
 {
     uint32_t h = oix_hash(ptr, 0), lg;
     uint32_t *l = oix_lock(h, ptr, &lg);
-    struct obj_entry *e = oix_find(h, lg, ptr, PLAIN_KINDS);
-    if (e) {
-        struct kml_object *o = &g_obj[e->slot1 - 1];
+    struct obj_ref r;
+    if (obj_find(h, lg, ptr, 0, PLAIN_KINDS | FIND_HEADER, &r)) {
+        struct kml_object *o = &g_obj[r.idx];
         *start = o->pointer;
         *size = o->size;
         *kind = o->flags & KML_KIND_MASK;
@@ -1450,16 +1661,22 @@ static inline int32_t caller_min_count(const void *caller)
     return from_code(caller, g_ldso_lo, g_ldso_len) ? 0 : 1;
 }
 
+/* a malloc block's record: the allocation context, its pointer and size */
+static inline __attribute__((always_inline)) void malloc_info(struct objinfo *oi, void *p, size_t size, int32_t min_count)
+{
+    current_context(oi);
+    oi->pointer = (uint64_t)(uintptr_t)p;
+    oi->size = size;
+    oi->flags = KML_KIND_MALLOC;
+    oi->min_count = min_count;
+}
+
 static inline __attribute__((always_inline)) void track_alloc(void *p, size_t size, int32_t min_count)
 {
     /* the index group arrives while we unwind */
     __builtin_prefetch(&g_oix[oix_home(oix_hash((uintptr_t)p, 0), (uintptr_t)p, __atomic_load_n(&g_oix_log, __ATOMIC_RELAXED))], 1, 3);
     struct objinfo oi;
-    current_context(&oi);
-    oi.pointer = (uint64_t)(uintptr_t)p;
-    oi.size = size;
-    oi.flags = KML_KIND_MALLOC;
-    oi.min_count = min_count;
+    malloc_info(&oi, p, size, min_count);
     create_object(&oi);
 }
 
@@ -1468,8 +1685,54 @@ static inline void untrack_free(void *p)
     delete_object((uint64_t)(uintptr_t)p, 0, KIND_BIT(KML_KIND_MALLOC), NULL);
 }
 
+/* a new record for header block p (tracking entered); the header names it, or no record */
+static inline __attribute__((always_inline)) void blk_track(void *p, size_t size, int32_t min_count)
+{
+    struct objinfo oi;
+    malloc_info(&oi, p, size, min_count);
+    uint32_t idx = record_new(&oi);
+    if (likely(idx != UINT32_MAX))
+        blk_set(p, idx + 1, g_obj[idx].state >> KML_STATE_VERSION_SHIFT);
+    else
+        blk_set(p, 0, 0);
+}
+
+/* releases header block p's record, if it has one (tracking entered); copies it to *save; 1 if it had */
+static inline int blk_untrack(void *p, struct kml_object *save)
+{
+    uint32_t *l = blk_lock((uintptr_t)p);
+    struct blk_hdr *h = blk_hdr_of(p);
+    uint32_t slot1 = blk_slot1(h);
+    if (!slot1 || slot1 > g_obj_cap) {
+        spin_unlock(l);
+        return 0;
+    }
+    struct kml_object *o = &g_obj[slot1 - 1];
+    if (save)
+        *save = *o;
+    __atomic_store_n(&o->state, ((blk_version(h) + 1) << KML_STATE_VERSION_SHIFT) | KML_STATE_FREE,
+                     __ATOMIC_RELEASE);
+    blk_set(p, 0, 0);
+    spin_unlock(l);
+    live_count(-1);
+    slot_free(slot1 - 1);
+    return 1;
+}
+
 static inline __attribute__((always_inline)) void *malloc_from(size_t size, const void *caller)
 {
+    if (GLIBC_ALLOCATOR() && tracking_enter()) {
+        char *b = size < SIZE_MAX - BLK_HDR ? __libc_malloc(blk_request(size)) : NULL;
+        void *p = NULL;
+        if (likely(b != NULL)) {
+            p = b + BLK_HDR;
+            blk_track(p, size, caller_min_count(caller));
+        } else {
+            errno = ENOMEM;
+        }
+        tracking_leave();
+        return p;
+    }
     void *p = next_malloc(size);
     if (likely(p != NULL) && tracking_enter()) {
         track_alloc(p, size, caller_min_count(caller));
@@ -1484,6 +1747,14 @@ EXPORT void free(void *p)
 {
     if (!p)
         return;
+    if (blk_has(p)) {
+        if (tracking_enter()) {
+            blk_untrack(p, NULL);
+            tracking_leave();
+        }
+        __libc_free(blk_hdr_of(p));
+        return;
+    }
     if (tracking_enter()) {
         untrack_free(p);
         tracking_leave();
@@ -1493,6 +1764,20 @@ EXPORT void free(void *p)
 
 EXPORT void *calloc(size_t n, size_t size)
 {
+    if (GLIBC_ALLOCATOR() && tracking_enter()) {
+        size_t total;
+        char *b = __builtin_mul_overflow(n, size, &total) || total >= SIZE_MAX - BLK_HDR
+                      ? NULL : __libc_calloc(1, blk_request(total));
+        void *p = NULL;
+        if (likely(b != NULL)) {
+            p = b + BLK_HDR;
+            blk_track(p, total, caller_min_count(__builtin_return_address(0)));
+        } else {
+            errno = ENOMEM;
+        }
+        tracking_leave();
+        return p;
+    }
     void *p = next_calloc(n, size);
     if (likely(p != NULL) && tracking_enter()) {
         track_alloc(p, n * size, caller_min_count(__builtin_return_address(0)));
@@ -1501,11 +1786,53 @@ EXPORT void *calloc(size_t n, size_t size)
     return p;
 }
 
+/* realloc of a block with a header: it keeps one (realloc(p, 0) frees it, as glibc's does) */
+static void *blk_realloc(void *old, size_t size, const void *caller)
+{
+    if (size == 0) {
+        free(old);
+        return NULL;
+    }
+    if (size >= SIZE_MAX - BLK_HDR) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (!tracking_enter()) {
+        /* not tracking now: the record (if any) stays as it is, the new block names none */
+        char *b = __libc_realloc(blk_hdr_of(old), blk_request(size));
+        if (!b)
+            return NULL;
+        blk_set(b + BLK_HDR, 0, 0);
+        return b + BLK_HDR;
+    }
+    /* untracked first: once glibc has released old, another thread may get the same address */
+    struct kml_object saved;
+    int had = blk_untrack(old, &saved);
+    char *b = __libc_realloc(blk_hdr_of(old), blk_request(size));
+    void *p = NULL;
+    if (b) {
+        p = b + BLK_HDR;
+        blk_track(p, size, caller_min_count(caller));
+    } else if (had) {
+        /* failed: old is still allocated, give it its record back */
+        struct objinfo oi = {saved.pointer, saved.size, saved.seq, saved.time_ns, saved.trace_id,
+                             saved.comm_id, saved.flags, saved.transient_gen, saved.tid,
+                             saved.min_count};
+        uint32_t idx = record_new(&oi);
+        if (idx != UINT32_MAX)
+            blk_set(old, idx + 1, g_obj[idx].state >> KML_STATE_VERSION_SHIFT);
+    }
+    tracking_leave();
+    return p;
+}
+
 EXPORT void *realloc(void *old, size_t size)
 {
     const void *caller = __builtin_return_address(0);
     if (!old)
         return malloc_from(size, caller);
+    if (blk_has(old))
+        return blk_realloc(old, size, caller);
     if (!tracking_enter())
         return next_realloc(old, size);
     /* unindex first: once glibc has released old, another thread may get the same address */
@@ -1523,6 +1850,19 @@ EXPORT void *realloc(void *old, size_t size)
     }
     tracking_leave();
     return p;
+}
+
+/* the usable size of a block: a header's 16 bytes are not the program's */
+EXPORT size_t malloc_usable_size(void *p)
+{
+    if (!p || unlikely(in_boot_arena(p)))
+        return p ? ((size_t *)p)[-1] : 0;
+    size_t (*next)(void *) = __atomic_load_n(&g_next_usable, __ATOMIC_ACQUIRE);
+    if (!next)
+        return 0;
+    if (blk_has(p))
+        return next(blk_hdr_of(p)) - BLK_HDR;
+    return next(p);
 }
 
 EXPORT void *reallocarray(void *old, size_t n, size_t size)
@@ -2444,7 +2784,7 @@ EXPORT void kmemleak_free(const void *ptr)
         return;
     uint64_t p = (uintptr_t)ptr;
     if (!delete_object(p, 0, KIND_BIT(KML_KIND_CUSTOM), NULL) &&
-        !delete_object(p, 0, KIND_BIT(KML_KIND_MALLOC), NULL)) {
+        !delete_object(p, 0, KIND_BIT(KML_KIND_MALLOC) | FIND_HEADER, NULL)) {
         spin_lock(&g_mm_lock);
         int i = mm_list_find_exact(p);
         if (i >= 0) {
@@ -2479,7 +2819,8 @@ EXPORT void kmemleak_free_part(const void *ptr, size_t size)
             spin_unlock(&g_mm_lock);
         } else {
             struct kml_object saved;
-            if (delete_object(start, 0, KIND_BIT(kind), &saved)) {
+            int had = delete_object(start, 0, KIND_BIT(kind) | FIND_HEADER, &saved);
+            if (had) {
                 struct objinfo oi;
                 current_context(&oi);
                 oi.flags = kind;
@@ -2488,7 +2829,17 @@ EXPORT void kmemleak_free_part(const void *ptr, size_t size)
                 if (p > start) {
                     oi.pointer = start;
                     oi.size = p - start;
-                    create_object(&oi);
+                    if (had == 2) {
+                        /* a header block's part at its start: its header names it (free() releases it) */
+                        uint32_t idx = record_new(&oi);
+                        if (idx != UINT32_MAX) {
+                            uint32_t *l = blk_lock(start);
+                            blk_set((void *)(uintptr_t)start, idx + 1, g_obj[idx].state >> KML_STATE_VERSION_SHIFT);
+                            spin_unlock(l);
+                        }
+                    } else {
+                        create_object(&oi);
+                    }
                     oi.seq = next_seq();
                 }
                 if (p + size < end) {
@@ -2522,7 +2873,7 @@ static void annotate(const void *ptr, int pcpu, modify_fn fn, uintptr_t arg)
 {
     if (!ptr || !tracking_enter())
         return;
-    modify_object((uintptr_t)ptr, pcpu, pcpu ? PCPU_KINDS : PLAIN_KINDS, fn, arg);
+    modify_object((uintptr_t)ptr, pcpu, pcpu ? PCPU_KINDS : PLAIN_KINDS | FIND_HEADER, fn, arg);
     tracking_leave();
 }
 
@@ -2537,7 +2888,7 @@ EXPORT void kmemleak_update_trace(const void *ptr)
     if (!ptr || !tracking_enter())
         return;
     uint32_t id = capture_trace();
-    modify_object((uintptr_t)ptr, 0, PLAIN_KINDS, set_trace, id);
+    modify_object((uintptr_t)ptr, 0, PLAIN_KINDS | FIND_HEADER, set_trace, id);
     tracking_leave();
 }
 
@@ -2563,9 +2914,9 @@ EXPORT void kmemleak_scan_area(const void *ptr, size_t size)
     /* find the object's slot and seq under its stripe lock */
     uint32_t h = oix_hash(start, 0), lg;
     uint32_t *l = oix_lock(h, start, &lg);
-    struct obj_entry *e = oix_find(h, lg, start, PLAIN_KINDS);
-    if (e) {
-        uint32_t id = e->slot1;
+    struct obj_ref ref;
+    if (obj_find(h, lg, start, 0, PLAIN_KINDS | FIND_HEADER, &ref)) {
+        uint32_t id = ref.idx + 1;
         struct kml_object *o = &g_obj[id - 1];
         uint32_t flag = KML_OBJ_FULL_SCAN;
         spin_lock(&g_area_lock);
@@ -2585,7 +2936,7 @@ EXPORT void kmemleak_scan_area(const void *ptr, size_t size)
         rec_write_begin(&o->state);
         o->flags |= flag;
         rec_write_end(&o->state, KML_STATE_LIVE);
-        e->tag = (o->state & ~OIX_TAG_KIND) | (e->tag & OIX_TAG_KIND); /* the version moved */
+        obj_versioned(&ref); /* the version moved */
     }
     spin_unlock(l);
 out:
@@ -3092,7 +3443,7 @@ static int table_create(void)
     p = round_up(p + oix_entries * sizeof(struct obj_entry), PAGE_SIZE_);
     p = round_up(p + oix_scratch * sizeof(struct obj_entry), PAGE_SIZE_);
     size_t ow_off = p;
-    p = round_up(p + ((oix_entries >> OIX_PAGE_LOG) + 63) / 64 * 8, PAGE_SIZE_);
+    p = round_up(p + (((oix_entries + oix_scratch) >> OIX_PAGE_LOG) + 63) / 64 * 8, PAGE_SIZE_); /* scratch's too */
     size_t st_off = p;
     p = round_up(p + (size_t)NR_STRIPES * 4, PAGE_SIZE_);
     size_t tb_off = p;

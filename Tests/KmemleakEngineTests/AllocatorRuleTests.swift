@@ -108,6 +108,16 @@ import Testing
         ])
     }
 
+    /// The shim's tracked blocks carry a 16-byte header and ask glibc for at least 25 bytes (libkmemleak's
+    /// README): a block of `size` bytes at p has its chunk at p - 32, of request2size(max(size, 9) + 16)
+    /// bytes, so the chunk after it starts where a plain block's would: the rule needs no second form.
+    @Test func theShimsHeaderBlocksEndWherePlainBlocksDo() {
+        for size: UInt64 in 0...4096 {
+            let shimChunkEnd = 0x10010 - 32 + max(32, (max(size, 9) + 16 + 23) & ~15)
+            #expect(EngineState.nextChunkHeader(0x10010, size) == shimChunkEnd, "size \(size)")
+        }
+    }
+
     @Test func nextChunkHeaderFollowsRequest2size() {
         for size: UInt64 in [0, 1, 8, 9, 24, 25, 40, 41, 4096, 131_072] {
             #expect(EngineState.nextChunkHeader(0x10010, size) == Self.nextHeader(0x10010, size))

@@ -39,10 +39,12 @@ struct ShimFixtureTests {
     /// The object index starts small and grows in place as objects accumulate (1024 entries, x2
     /// past half full): 150000 allocations take it through at least eight growths, and every object is still
     /// found by free() afterwards.
-    @Test func objectIndexGrowsWithTheObjectCount() throws {
+    /// (memalign's blocks are in the index; malloc's carry a header, the same test for them.)
+    @Test(arguments: [" aligned", ""])
+    func objectIndexGrowsWithTheObjectCount(blocks: String) throws {
         let c = try ShimFixture.start()
         let t = try c.table()
-        let kept = Set(try c.many("many 150000"))
+        let kept = Set(try c.many("many 150000" + blocks))
         #expect(kept.count == 75000)
         let forty = Set(try liveObjects(t).values.filter { $0.size == 40 }.map(\.pointer))
         // the differences, not the sets: 75000 addresses would drown the report
@@ -56,10 +58,12 @@ struct ShimFixtureTests {
     /// entries and deletes shift entries back under every stripe. Afterwards the table's LIVE records
     /// of those sizes are exactly the blocks still held, each with its thread's size, and freeing them
     /// all leaves none (an entry lost or left behind by a growth or a shift would show here).
-    @Test func objectIndexKeepsEveryObjectUnderConcurrentChurn() throws {
+    /// (memalign's blocks in the index; malloc's, with headers, under the same churn.)
+    @Test(arguments: [" aligned", ""])
+    func objectIndexKeepsEveryObjectUnderConcurrentChurn(blocks: String) throws {
         let c = try ShimFixture.start()
         let t = try c.table()
-        let kept = try c.many("churn 4 40000")
+        let kept = try c.many("churn 4 40000" + blocks)
         #expect(kept.count > 40000 && Set(kept).count == kept.count)
         let churned = try liveObjects(t).values.filter { (3000..<3004).contains($0.size) }
         let found = Set(churned.map(\.pointer)), want = Set(kept)
@@ -275,6 +279,86 @@ struct ShimFixtureTests {
         let o = try #require(live[ar])
         let areas = try t.readAreas().filter { $0.objectIndex == o.slot && $0.objectSeq == o.seq }
         #expect(areas.map { [$0.start, $0.size] } == [[ar + 16, 32]])
+    }
+
+    /// The 16-byte header in front of every tracked malloc block is not the program's: its usable size
+    /// excludes it, filling that whole size corrupts nothing glibc checks at free, calloc zeroes what it
+    /// returns, realloc(p, 0) frees as glibc's does, and memalign's blocks (no header) are tracked and freed.
+    @Test func blockHeadersAreInvisibleToTheProgram() throws {
+        let c = try ShimFixture.start()
+        let t = try c.table()
+        for size: UInt64 in [0, 1, 8, 9, 24, 25, 100, 4096, 300_000] {
+            let p = try c.ask("malloc \(size)", "OBJ")[0]
+            #expect(p % 16 == 0)
+            let usable = try #require(UInt64(try c.child.request("usable \(String(p, radix: 16))", expect: "USABLE ")
+                .split(separator: " ")[1]))
+            // glibc's own usable size for that request (request2size - 8): the chunk ends where it would
+            // without the shim, which the daemon's allocator-data rule relies on
+            if size < 131_072 {
+                #expect(usable == max(32, (size + 23) & ~15) - 8, "size \(size): usable \(usable)")
+            } else {
+                #expect(usable >= size && usable < size + 2 * page, "size \(size): usable \(usable)")
+            }
+            _ = try c.child.request("fill \(String(p, radix: 16)) \(usable)", expect: "OK")
+            #expect(try liveObjects(t)[p]?.size == size)
+            _ = try c.child.request("free \(String(p, radix: 16))", expect: "OK")
+            #expect(try liveObjects(t)[p] == nil)
+        }
+        let z = try c.child.request("calloc 100 7", expect: "OBJ ").split(separator: " ")
+        let zp = try #require(hexArg(z[1]))
+        let zsize = try liveObjects(t)[zp]?.size
+        #expect(z[2] == "0" && zsize == 700)
+        let r = try c.ask("malloc 50", "OBJ")[0]
+        #expect(try c.child.request("realloc \(String(r, radix: 16)) 0", expect: "OBJ ") == "OBJ (nil)")
+        #expect(try liveObjects(t)[r] == nil)
+        let m = try c.ask("memalign 256 100", "OBJ")[0]
+        let msize = try liveObjects(t)[m]?.size
+        #expect(m % 256 == 0 && msize == 100)
+        _ = try c.child.request("free \(String(m, radix: 16))", expect: "OK")
+        #expect(try liveObjects(t)[m] == nil)
+        #expect(try c.ask("malloc 8", "OBJ").count == 1)  // still alive
+    }
+
+    /// The annotation API on malloc blocks, which it finds through their headers: kmemleak_free releases
+    /// the record (the block's later free() then releases nothing else), kmemleak_free_part keeps the
+    /// parts, and the part at the block's start goes with the block's free().
+    @Test func freeAndFreePartOfMallocBlocks() throws {
+        let c = try ShimFixture.start()
+        let t = try c.table()
+        let a = try c.ask("malloc 64", "OBJ")[0], b = try c.ask("malloc 128", "OBJ")[0]
+        let other = try c.ask("malloc 64", "OBJ")[0]
+        _ = try c.child.request("kfree \(String(a, radix: 16))", expect: "OK")
+        #expect(try liveObjects(t)[a] == nil)
+        _ = try c.child.request("free \(String(a, radix: 16))", expect: "OK")
+        _ = try c.child.request("freepart \(String(b, radix: 16)) 16 32", expect: "OK")
+        var live = try liveObjects(t)
+        #expect(live[b]?.size == 16 && live[b + 48]?.size == 80 && live[other]?.size == 64)
+        _ = try c.child.request("free \(String(b, radix: 16))", expect: "OK")
+        live = try liveObjects(t)
+        #expect(live[b] == nil && live[b + 48]?.size == 80 && live[other]?.size == 64)
+    }
+
+    /// Pointers that are no malloc block (a page whose page before is unmapped, where a header read
+    /// would fault) are looked up without faulting; under a seccomp filter the API finds malloc blocks
+    /// through the table instead of with process_vm_readv.
+    @Test(arguments: [false, true])
+    func annotationsOfPointersWithoutAHeaderNeverFault(seccomp: Bool) throws {
+        let c = try ShimFixture.start()
+        let t = try c.table()
+        if seccomp { _ = try c.child.request("seccomp", expect: "OK 0") }
+        let g = try c.ask("guarded", "PAGE")[0]
+        for cmd in ["notleak", "ignore", "noscan", "transient", "kfree"] {
+            _ = try c.child.request("\(cmd) \(String(g, radix: 16))", expect: "OK")
+        }
+        _ = try c.child.request("area \(String(g, radix: 16)) 0 16", expect: "OK")
+        _ = try c.child.request("freepart \(String(g, radix: 16)) 0 16", expect: "OK")
+        let n = try c.ask("malloc 64", "OBJ")[0], ar = try c.ask("malloc 256", "OBJ")[0]
+        _ = try c.child.request("notleak \(String(n, radix: 16))", expect: "OK")
+        _ = try c.child.request("area \(String(ar, radix: 16)) 16 32", expect: "OK")
+        let live = try liveObjects(t)
+        #expect(live[n]?.minCount == 0 && live[ar]?.hasAreas == true)
+        _ = try c.child.request("free \(String(n, radix: 16))", expect: "OK")
+        #expect(try liveObjects(t)[n] == nil)
     }
 
     @Test func perCPUHandlesAndCopies() throws {

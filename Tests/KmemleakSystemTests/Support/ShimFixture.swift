@@ -11,7 +11,11 @@ enum ShimFixture {
     #include <stdlib.h>
     #include <string.h>
     #include <fcntl.h>
+    #include <linux/filter.h>
+    #include <linux/seccomp.h>
+    #include <malloc.h>
     #include <sys/mman.h>
+    #include <sys/prctl.h>
     #include <sys/resource.h>
     #include <sys/syscall.h>
     #include <sys/wait.h>
@@ -56,6 +60,9 @@ enum ShimFixture {
     static void *churn_kept[CHURN_MAX_THREADS][CHURN_MAX_OPS];
     static unsigned long churn_count[CHURN_MAX_THREADS], churn_ops;
     static pthread_barrier_t churn_start;
+    static int aligned; /* "... aligned": memalign(32, n), whose blocks are in the shim's object index
+                           (a malloc block carries a header instead) */
+    static void *alloc(size_t n) { return aligned ? memalign(32, n) : malloc(n); }
     static void *churn_main(void *arg) {
         unsigned long t = (unsigned long)(uintptr_t)arg, n = 0, s = 0x9e3779b97f4a7c15ul * (t + 1);
         pthread_barrier_wait(&churn_start);
@@ -66,7 +73,7 @@ enum ShimFixture {
                 free(churn_kept[t][k]);
                 churn_kept[t][k] = churn_kept[t][--n];
             } else {
-                churn_kept[t][n++] = malloc(3000 + t);
+                churn_kept[t][n++] = alloc(3000 + t);
             }
         }
         churn_count[t] = n;
@@ -114,6 +121,7 @@ enum ShimFixture {
         char line[256];
         while (fgets(line, sizeof line, stdin)) {
             unsigned long a, b, c;
+            aligned = strstr(line, " aligned") != NULL;
             if (sscanf(line, "malloc %lu", &a) == 1) printf("OBJ %p\n", malloc(a));
             else if (sscanf(line, "levels %lu", &a) == 1) printf("OBJ %p\n", kml_fixture_level1(a));
             else if (sscanf(line, "free %lx", &a) == 1) { free((void *)a); printf("OK\n"); }
@@ -121,7 +129,7 @@ enum ShimFixture {
                 /* a malloc(40) each, every other one freed again; the kept ones, 256 a line */
                 many_count = 0;
                 for (unsigned long i = 0; i < a; i++) {
-                    void *q = malloc(40);
+                    void *q = alloc(40);
                     if (i % 2) free(q); else many[many_count++] = q;
                 }
                 print_many();
@@ -166,6 +174,30 @@ enum ShimFixture {
             else if (sscanf(line, "mmap %lu", &a) == 1)
                 printf("OBJ %p\n", mmap(NULL, a, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
             else if (sscanf(line, "munmap %lx %lu", &a, &b) == 2) printf("OK %d\n", munmap((void *)a, b));
+            else if (sscanf(line, "calloc %lu %lu", &a, &b) == 2) {
+                unsigned char *q = calloc(a, b);
+                size_t nz = 0;
+                for (size_t i = 0; q && i < a * b; i++) nz += q[i] != 0;
+                printf("OBJ %p %zu\n", (void *)q, nz); /* and how many bytes are not zero */
+            }
+            else if (sscanf(line, "memalign %lu %lu", &a, &b) == 2) printf("OBJ %p\n", memalign(a, b));
+            else if (sscanf(line, "usable %lx", &a) == 1) printf("USABLE %zu\n", malloc_usable_size((void *)a));
+            else if (sscanf(line, "fill %lx %lu", &a, &b) == 2) { memset((void *)a, 0xa5, b); printf("OK\n"); }
+            else if (sscanf(line, "kfree %lx", &a) == 1) { kmemleak_free((void *)a); printf("OK\n"); }
+            else if (sscanf(line, "freepart %lx %lu %lu", &a, &b, &c) == 3) { kmemleak_free_part((char *)a + b, c); printf("OK\n"); }
+            else if (strncmp(line, "guarded", 7) == 0) {
+                /* a shared (untracked) page whose page before is unmapped: p - 16 faults */
+                char *m = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+                munmap(m, 4096);
+                printf("PAGE %p\n", (void *)(m + 4096));
+            }
+            else if (strncmp(line, "seccomp", 7) == 0) {
+                /* a filter that allows everything: the shim must not issue syscalls a filter might kill */
+                struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+                struct sock_fprog prog = {1, &allow};
+                printf("OK %d\n", prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
+                                       prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0 ? 0 : -1);
+            }
             else if (sscanf(line, "notleak %lx", &a) == 1) { kmemleak_not_leak((void *)a); printf("OK\n"); }
             else if (sscanf(line, "ignore %lx", &a) == 1) { kmemleak_ignore((void *)a); printf("OK\n"); }
             else if (sscanf(line, "noscan %lx", &a) == 1) { kmemleak_no_scan((void *)a); printf("OK\n"); }

@@ -1287,10 +1287,15 @@ static inline uint32_t *blk_lock(uint64_t ptr)
  * fails with EFAULT instead of faulting. Under a seccomp filter (which may kill on a syscall it does
  * not know) no such read: the header is found through its record, by a walk of the table. 1 if
  * read, 0 if unreadable, -1 if it cannot be read that way. */
+static int g_seccomp_seen; /* (atomic) a filter cannot be removed: once seen, no more syscalls to ask */
 static int blk_read_safely(uint64_t p, struct blk_hdr *out)
 {
-    if (p < BLK_HDR || syscall(SYS_prctl, PR_GET_SECCOMP, 0, 0, 0, 0) != 0)
+    if (p < BLK_HDR || __atomic_load_n(&g_seccomp_seen, __ATOMIC_RELAXED))
         return -1;
+    if (syscall(SYS_prctl, PR_GET_SECCOMP, 0, 0, 0, 0) != 0) {
+        __atomic_store_n(&g_seccomp_seen, 1, __ATOMIC_RELAXED);
+        return -1;
+    }
     struct iovec local = {out, BLK_HDR}, remote = {(void *)(uintptr_t)(p - BLK_HDR), BLK_HDR};
     ssize_t n = syscall(SYS_process_vm_readv, (pid_t)syscall(SYS_getpid), &local, 1UL, &remote, 1UL, 0UL);
     if (n == (ssize_t)BLK_HDR)

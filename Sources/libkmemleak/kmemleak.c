@@ -1472,6 +1472,24 @@ static inline void obj_versioned(const struct obj_ref *r)
         blk_set((void *)(uintptr_t)r->ptr, r->idx + 1, st >> KML_STATE_VERSION_SHIFT);
 }
 
+/* A header block's free() takes no lock once the process has threads: it releases the record with a
+ * compare-and-swap from the LIVE state of the header's version (blk_untrack). So the annotation
+ * API, which holds the stripe, claims such a record by a compare-and-swap too: from LIVE to BUSY to
+ * change it, from LIVE to FREE to release it; it loses (0) when the block is being freed. */
+static inline int obj_write_begin(const struct obj_ref *r)
+{
+    struct kml_object *o = &g_obj[r->idx];
+    if (r->e) {
+        rec_write_begin(&o->state);
+        return 1;
+    }
+    uint32_t live = obj_version(r) << KML_STATE_VERSION_SHIFT | KML_STATE_LIVE;
+    if (!__atomic_compare_exchange_n(&o->state, &live, live | KML_STATE_BUSY, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        return 0;
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    return 1;
+}
+
 /* delete_object: unindex and release the record of ptr; copies it to *save; 1 if found in the index,
  * 2 if through its block header (which then names no record) */
 static int delete_object(uint64_t ptr, int pcpu, uint32_t kinds, struct kml_object *save)
@@ -1489,12 +1507,18 @@ static int delete_object(uint64_t ptr, int pcpu, uint32_t kinds, struct kml_obje
         *save = *o;
     /* written blind: the entry holds the record's version, and a release changes no other field,
      * so one store of the next state is the whole seqlock write */
-    uint32_t v = obj_version(&r) + 1;
-    __atomic_store_n(&o->state, (v << KML_STATE_VERSION_SHIFT) | KML_STATE_FREE, __ATOMIC_RELEASE);
-    if (r.e)
+    uint32_t v = obj_version(&r), freed = (v + 1) << KML_STATE_VERSION_SHIFT | KML_STATE_FREE;
+    if (r.e) {
+        __atomic_store_n(&o->state, freed, __ATOMIC_RELEASE);
         oix_remove(lg, (uint32_t)(r.e - g_oix));
-    else
+    } else {
+        uint32_t live = v << KML_STATE_VERSION_SHIFT | KML_STATE_LIVE;
+        if (!__atomic_compare_exchange_n(&o->state, &live, freed, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED)) {
+            spin_unlock(l); /* its free() released it meanwhile */
+            return 0;
+        }
         blk_set((void *)(uintptr_t)ptr, 0, 0);
+    }
     spin_unlock(l);
     live_count(-1);
     slot_free(r.idx);
@@ -1508,10 +1532,9 @@ static int modify_object(uint64_t ptr, int pcpu, uint32_t kinds, modify_fn fn, u
     uint32_t h = oix_hash(ptr, pcpu), lg;
     uint32_t *l = oix_lock(h, ptr, &lg);
     struct obj_ref r;
-    int found = obj_find(h, lg, ptr, pcpu, kinds, &r);
+    int found = obj_find(h, lg, ptr, pcpu, kinds, &r) && obj_write_begin(&r);
     if (found) {
         struct kml_object *o = &g_obj[r.idx];
-        rec_write_begin(&o->state);
         fn(o, arg);
         rec_write_end(&o->state, KML_STATE_LIVE);
         obj_versioned(&r); /* the version moved */
@@ -1702,8 +1725,9 @@ static inline __attribute__((always_inline)) void blk_track(void *p, size_t size
         blk_set(p, 0, 0);
 }
 
-/* releases header block p's record, if it has one (tracking entered); copies it to *save; 1 if it had */
-static inline int blk_untrack(void *p, struct kml_object *save)
+/* blk_untrack's path when an annotation holds the record: under its stripe, which the annotation
+ * holds until the record and the header agree again */
+static __attribute__((noinline)) int blk_untrack_locked(void *p, struct kml_object *save)
 {
     uint32_t *l = blk_lock((uintptr_t)p);
     struct blk_hdr *h = blk_hdr_of(p);
@@ -1715,10 +1739,37 @@ static inline int blk_untrack(void *p, struct kml_object *save)
     struct kml_object *o = &g_obj[slot1 - 1];
     if (save)
         *save = *o;
-    __atomic_store_n(&o->state, ((blk_version(h) + 1) << KML_STATE_VERSION_SHIFT) | KML_STATE_FREE,
-                     __ATOMIC_RELEASE);
+    __atomic_store_n(&o->state, (blk_version(h) + 1) << KML_STATE_VERSION_SHIFT | KML_STATE_FREE, __ATOMIC_RELEASE);
     blk_set(p, 0, 0);
     spin_unlock(l);
+    live_count(-1);
+    slot_free(slot1 - 1);
+    return 1;
+}
+
+/* releases header block p's record, if it has one (tracking entered); copies it to *save; 1 if it had.
+ * No lock: a lone thread's release is a blind store of the next version (nothing else runs in the
+ * shim); with threads, a compare-and-swap from LIVE at the header's version, which fails only while
+ * the annotation API changes the record (obj_write_begin), and then waits for it on its stripe. */
+static inline int blk_untrack(void *p, struct kml_object *save)
+{
+    /* one load: an annotation may rewrite the header meanwhile (the version, or no record) */
+    struct blk_hdr h = {__atomic_load_n(&blk_hdr_of(p)->rec, __ATOMIC_RELAXED), 0};
+    uint32_t slot1 = blk_slot1(&h), v = blk_version(&h);
+    if (!slot1 || slot1 > g_obj_cap)
+        return 0;
+    struct kml_object *o = &g_obj[slot1 - 1];
+    if (save)
+        *save = *o;
+    uint32_t freed = (v + 1) << KML_STATE_VERSION_SHIFT | KML_STATE_FREE;
+    if (lone_thread()) {
+        __atomic_store_n(&o->state, freed, __ATOMIC_RELEASE);
+    } else {
+        uint32_t live = v << KML_STATE_VERSION_SHIFT | KML_STATE_LIVE;
+        if (!__atomic_compare_exchange_n(&o->state, &live, freed, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+            return blk_untrack_locked(p, save);
+    }
+    blk_set(p, 0, 0);
     live_count(-1);
     slot_free(slot1 - 1);
     return 1;
@@ -2920,7 +2971,7 @@ EXPORT void kmemleak_scan_area(const void *ptr, size_t size)
     uint32_t h = oix_hash(start, 0), lg;
     uint32_t *l = oix_lock(h, start, &lg);
     struct obj_ref ref;
-    if (obj_find(h, lg, start, 0, PLAIN_KINDS | FIND_HEADER, &ref)) {
+    if (obj_find(h, lg, start, 0, PLAIN_KINDS | FIND_HEADER, &ref) && obj_write_begin(&ref)) {
         uint32_t id = ref.idx + 1;
         struct kml_object *o = &g_obj[id - 1];
         uint32_t flag = KML_OBJ_FULL_SCAN;
@@ -2938,7 +2989,6 @@ EXPORT void kmemleak_scan_area(const void *ptr, size_t size)
             flag = KML_OBJ_HAS_AREAS;
         }
         spin_unlock(&g_area_lock);
-        rec_write_begin(&o->state);
         o->flags |= flag;
         rec_write_end(&o->state, KML_STATE_LIVE);
         obj_versioned(&ref); /* the version moved */

@@ -969,6 +969,14 @@ static inline struct obj_entry *oix_find(uint32_t hash, uint32_t lg, uint64_t pt
  * is a page), so only the holder of its stripe writes it. */
 #define OIX_PAGE_LOG 8u /* entries a page: 256 x 16 B */
 _Static_assert(sizeof(struct obj_entry) << OIX_PAGE_LOG == PAGE_SIZE_, "an index page holds 256 entries");
+/* whether index page pg (256 entries) was ever written: a page never written holds no entry, and is
+ * neither read nor cleared by a growth (the index grows with objects_used, which counts the header
+ * blocks that are never in it: most of a glibc program's index stays untouched) */
+static inline int oix_page_written(uint32_t pg)
+{
+    return (__atomic_load_n(&g_oix_written[pg / 64], __ATOMIC_RELAXED) >> (pg % 64)) & 1;
+}
+
 static __attribute__((noinline)) void oix_first_write_slow(uint32_t p)
 {
     __atomic_fetch_add(&g_oix[p].slot1, 0, __ATOMIC_RELAXED);
@@ -977,8 +985,7 @@ static __attribute__((noinline)) void oix_first_write_slow(uint32_t p)
 }
 static inline void oix_first_write(uint32_t p)
 {
-    uint32_t pg = p >> OIX_PAGE_LOG;
-    if (unlikely(!(__atomic_load_n(&g_oix_written[pg / 64], __ATOMIC_RELAXED) & (1ull << (pg % 64)))))
+    if (unlikely(!oix_page_written(p >> OIX_PAGE_LOG)))
         oix_first_write_slow(p);
 }
 
@@ -1015,19 +1022,6 @@ static inline void oix_remove(uint32_t lg, uint32_t p)
     }
 }
 
-/* x2, in place, with every stripe held, unless another thread grew it since the caller saw size lg.
- * Old domain d (m entries) becomes the 2m entries from 2dm, which held old domains 2d and 2d + 1 or
- * nothing: top down, each domain is re-inserted into space already emptied, and only domain 0,
- * which overlaps itself, goes through the scratch area (one domain). A domain's entries fit in its
- * two halves (or its doubled self), each as large as it was: nothing overflows. */
-/* whether index page pg (256 entries) was ever written: a page never written holds no entry, and is
- * neither read nor cleared by a growth (the index grows with objects_used, which counts the header
- * blocks that are never in it: most of a glibc program's index stays untouched) */
-static inline int oix_page_written(uint32_t pg)
-{
-    return (__atomic_load_n(&g_oix_written[pg / 64], __ATOMIC_RELAXED) >> (pg % 64)) & 1;
-}
-
 /* re-inserts the entries of [from, from + n) at size lg (n a multiple of a page; pages of the index
  * from page first_pg on), clearing each page it read */
 static void oix_move(struct obj_entry *from, uint32_t n, uint32_t first_pg, uint32_t lg)
@@ -1048,6 +1042,11 @@ static void oix_clear(struct obj_entry *at, uint32_t n, uint32_t first_pg)
             memset(at + ((size_t)pg << OIX_PAGE_LOG), 0, PAGE_SIZE_);
 }
 
+/* x2, in place, with every stripe held, unless another thread grew it since the caller saw size lg.
+ * Old domain d (m entries) becomes the 2m entries from 2dm, which held old domains 2d and 2d + 1 or
+ * nothing: top down, each domain is re-inserted into space already emptied, and only domain 0,
+ * which overlaps itself, goes through the scratch area (one domain). A domain's entries fit in its
+ * two halves (or its doubled self), each as large as it was: nothing overflows. */
 static __attribute__((noinline)) void oix_grow(uint32_t lg)
 {
     for (uint32_t i = 0; i < NR_STRIPES; i++)
@@ -1228,7 +1227,7 @@ static void slot_cache_flush(void)
  * word torn by an underflow of the block before fails the check. Neither word is a canonical
  * address: the daemon reads the heap. A block keeps its header for life; a record released by
  * another path (kmemleak_free) leaves it with slot 0, no record. The record's version follows in
- * the header: a release is then one blind store, as the index made it. */
+ * the header: a release is then one store of the next version (blk_untrack). */
 struct blk_hdr {
     uint64_t rec;   /* (version << 32 | slot + 1) ^ OIX_KEY_MASK; slot + 1 = 0: no record */
     uint64_t check; /* blk_check(pointer, rec) */
@@ -1262,25 +1261,16 @@ static inline int blk_has(const void *p)
     const struct blk_hdr *h = blk_hdr_of(p);
     return h->check == blk_check((uintptr_t)p, h->rec);
 }
+/* header block p names the record of slot idx (as it is now), or none for UINT32_MAX */
+static inline void blk_name(void *p, uint32_t idx)
+{
+    if (likely(idx != UINT32_MAX))
+        blk_set(p, idx + 1, g_obj[idx].state >> KML_STATE_VERSION_SHIFT);
+    else
+        blk_set(p, 0, 0);
+}
 static inline uint32_t blk_slot1(const struct blk_hdr *h) { return (uint32_t)(h->rec ^ OIX_KEY_MASK); }
 static inline uint32_t blk_version(const struct blk_hdr *h) { return (uint32_t)((h->rec ^ OIX_KEY_MASK) >> 32); }
-
-/* the stripe that guards pointer ptr (the one its index entry would have): excludes the annotation
- * API's changes to the record; a lone thread's is its own word */
-static inline uint32_t *blk_lock(uint64_t ptr)
-{
-    uint32_t h = oix_hash(ptr, 0);
-    for (;;) {
-        uint32_t n = __atomic_load_n(&g_oix_log, __ATOMIC_RELAXED);
-        if (lone_thread())
-            return &t.lone_stripe;
-        uint32_t *l = &g_stripes[h >> (32 - oix_domain_log(n))];
-        spin_lock(l);
-        if (likely(__atomic_load_n(&g_oix_log, __ATOMIC_RELAXED) == n))
-            return l;
-        spin_unlock(l);
-    }
-}
 
 /* The annotation API gets pointers from the program, where p - 16 may be unmapped (a pointer at
  * the start of a mapping, a bogus one): its header is read with process_vm_readv on ourselves, which
@@ -1324,11 +1314,10 @@ static uint32_t blk_find(uint64_t p)
     struct blk_hdr h;
     int r = blk_read_safely(p, &h);
     uint32_t used = __atomic_load_n(&g_hdr->objects_used, __ATOMIC_ACQUIRE);
-    if (r > 0)
-        return blk_slot1(&h) && blk_slot1(&h) <= used && blk_names(p, &h, blk_slot1(&h) - 1)
-                   ? blk_slot1(&h) - 1 : UINT32_MAX;
-    if (r == 0)
-        return UINT32_MAX;
+    if (r >= 0) {
+        uint32_t slot1 = r ? blk_slot1(&h) : 0;
+        return slot1 && slot1 <= used && blk_names(p, &h, slot1 - 1) ? slot1 - 1 : UINT32_MAX;
+    }
     /* a LIVE malloc record of p outside the index is a header block's: p - 16 is then ours to read */
     for (uint32_t i = 0; i < used; i++) {
         const struct kml_object *o = &g_obj[i];
@@ -1465,11 +1454,10 @@ static inline uint32_t obj_version(const struct obj_ref *r)
 /* after a seqlock write of the record: its entry or header follows the version */
 static inline void obj_versioned(const struct obj_ref *r)
 {
-    uint32_t st = g_obj[r->idx].state;
     if (r->e)
-        r->e->tag = (st & ~OIX_TAG_KIND) | (r->e->tag & OIX_TAG_KIND);
+        r->e->tag = (g_obj[r->idx].state & ~OIX_TAG_KIND) | (r->e->tag & OIX_TAG_KIND);
     else
-        blk_set((void *)(uintptr_t)r->ptr, r->idx + 1, st >> KML_STATE_VERSION_SHIFT);
+        blk_name((void *)(uintptr_t)r->ptr, r->idx);
 }
 
 /* A header block's free() takes no lock once the process has threads: it releases the record with a
@@ -1689,6 +1677,13 @@ static inline int32_t caller_min_count(const void *caller)
     return from_code(caller, g_ldso_lo, g_ldso_len) ? 0 : 1;
 }
 
+/* the record saved from a release, to be made again */
+static inline struct objinfo objinfo_of(const struct kml_object *o)
+{
+    return (struct objinfo){o->pointer, o->size, o->seq, o->time_ns, o->trace_id, o->comm_id, o->flags,
+                            o->transient_gen, o->tid, o->min_count};
+}
+
 /* a malloc block's record: the allocation context, its pointer and size */
 static inline __attribute__((always_inline)) void malloc_info(struct objinfo *oi, void *p, size_t size, int32_t min_count)
 {
@@ -1718,39 +1713,34 @@ static inline __attribute__((always_inline)) void blk_track(void *p, size_t size
 {
     struct objinfo oi;
     malloc_info(&oi, p, size, min_count);
-    uint32_t idx = record_new(&oi);
-    if (likely(idx != UINT32_MAX))
-        blk_set(p, idx + 1, g_obj[idx].state >> KML_STATE_VERSION_SHIFT);
-    else
-        blk_set(p, 0, 0);
+    blk_name(p, record_new(&oi));
 }
 
-/* blk_untrack's path when an annotation holds the record: under its stripe, which the annotation
- * holds until the record and the header agree again */
-static __attribute__((noinline)) int blk_untrack_locked(void *p, struct kml_object *save)
+/* blk_untrack when an annotation holds the record: on the stripe its index entry would have, which
+ * the annotation holds until record and header agree again; the released slot + 1, or 0 if the
+ * annotation released it (kmemleak_free) */
+static __attribute__((noinline)) uint32_t blk_release_claimed(void *p, struct kml_object *save)
 {
-    uint32_t *l = blk_lock((uintptr_t)p);
-    struct blk_hdr *h = blk_hdr_of(p);
+    uint32_t hash = oix_hash((uintptr_t)p, 0), lg;
+    uint32_t *l = oix_lock(hash, (uintptr_t)p, &lg);
+    const struct blk_hdr *h = blk_hdr_of(p);
     uint32_t slot1 = blk_slot1(h);
-    if (!slot1 || slot1 > g_obj_cap) {
-        spin_unlock(l);
-        return 0;
+    if (slot1 && slot1 <= g_obj_cap) {
+        struct kml_object *o = &g_obj[slot1 - 1];
+        if (save)
+            *save = *o;
+        __atomic_store_n(&o->state, (blk_version(h) + 1) << KML_STATE_VERSION_SHIFT | KML_STATE_FREE, __ATOMIC_RELEASE);
+    } else {
+        slot1 = 0;
     }
-    struct kml_object *o = &g_obj[slot1 - 1];
-    if (save)
-        *save = *o;
-    __atomic_store_n(&o->state, (blk_version(h) + 1) << KML_STATE_VERSION_SHIFT | KML_STATE_FREE, __ATOMIC_RELEASE);
-    blk_set(p, 0, 0);
     spin_unlock(l);
-    live_count(-1);
-    slot_free(slot1 - 1);
-    return 1;
+    return slot1;
 }
 
 /* releases header block p's record, if it has one (tracking entered); copies it to *save; 1 if it had.
  * No lock: a lone thread's release is a blind store of the next version (nothing else runs in the
  * shim); with threads, a compare-and-swap from LIVE at the header's version, which fails only while
- * the annotation API changes the record (obj_write_begin), and then waits for it on its stripe. */
+ * the annotation API changes the record (obj_write_begin): then blk_release_claimed. */
 static inline int blk_untrack(void *p, struct kml_object *save)
 {
     /* one load: an annotation may rewrite the header meanwhile (the version, or no record) */
@@ -1759,16 +1749,14 @@ static inline int blk_untrack(void *p, struct kml_object *save)
     if (!slot1 || slot1 > g_obj_cap)
         return 0;
     struct kml_object *o = &g_obj[slot1 - 1];
+    uint32_t live = v << KML_STATE_VERSION_SHIFT | KML_STATE_LIVE, freed = (v + 1) << KML_STATE_VERSION_SHIFT | KML_STATE_FREE;
     if (save)
         *save = *o;
-    uint32_t freed = (v + 1) << KML_STATE_VERSION_SHIFT | KML_STATE_FREE;
-    if (lone_thread()) {
+    if (lone_thread())
         __atomic_store_n(&o->state, freed, __ATOMIC_RELEASE);
-    } else {
-        uint32_t live = v << KML_STATE_VERSION_SHIFT | KML_STATE_LIVE;
-        if (!__atomic_compare_exchange_n(&o->state, &live, freed, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED))
-            return blk_untrack_locked(p, save);
-    }
+    else if (!__atomic_compare_exchange_n(&o->state, &live, freed, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED) &&
+             !(slot1 = blk_release_claimed(p, save)))
+        return 0;
     blk_set(p, 0, 0);
     live_count(-1);
     slot_free(slot1 - 1);
@@ -1871,12 +1859,8 @@ static void *blk_realloc(void *old, size_t size, const void *caller)
         blk_track(p, size, caller_min_count(caller));
     } else if (had) {
         /* failed: old is still allocated, give it its record back */
-        struct objinfo oi = {saved.pointer, saved.size, saved.seq, saved.time_ns, saved.trace_id,
-                             saved.comm_id, saved.flags, saved.transient_gen, saved.tid,
-                             saved.min_count};
-        uint32_t idx = record_new(&oi);
-        if (idx != UINT32_MAX)
-            blk_set(old, idx + 1, g_obj[idx].state >> KML_STATE_VERSION_SHIFT);
+        struct objinfo oi = objinfo_of(&saved);
+        blk_name(old, record_new(&oi));
     }
     tracking_leave();
     return p;
@@ -1899,9 +1883,7 @@ EXPORT void *realloc(void *old, size_t size)
         track_alloc(p, size, caller_min_count(caller));
     } else if (had && size) {
         /* failed: old is still allocated, put its record back */
-        struct objinfo oi = {saved.pointer, saved.size, saved.seq, saved.time_ns, saved.trace_id,
-                             saved.comm_id, saved.flags, saved.transient_gen, saved.tid,
-                             saved.min_count};
+        struct objinfo oi = objinfo_of(&saved);
         create_object(&oi);
     }
     tracking_leave();
@@ -1911,8 +1893,10 @@ EXPORT void *realloc(void *old, size_t size)
 /* the usable size of a block: a header's 16 bytes are not the program's */
 EXPORT size_t malloc_usable_size(void *p)
 {
-    if (!p || unlikely(in_boot_arena(p)))
-        return p ? ((size_t *)p)[-1] : 0;
+    if (!p)
+        return 0;
+    if (unlikely(in_boot_arena(p)))
+        return ((size_t *)p)[-1]; /* boot_alloc's header: the size asked for */
     size_t (*next)(void *) = __atomic_load_n(&g_next_usable, __ATOMIC_ACQUIRE);
     if (!next)
         return 0;
@@ -2887,12 +2871,10 @@ EXPORT void kmemleak_free_part(const void *ptr, size_t size)
                     oi.size = p - start;
                     if (had == 2) {
                         /* a header block's part at its start: its header names it (free() releases it) */
-                        uint32_t idx = record_new(&oi);
-                        if (idx != UINT32_MAX) {
-                            uint32_t *l = blk_lock(start);
-                            blk_set((void *)(uintptr_t)start, idx + 1, g_obj[idx].state >> KML_STATE_VERSION_SHIFT);
-                            spin_unlock(l);
-                        }
+                        uint32_t idx = record_new(&oi), sh = oix_hash(start, 0), slg;
+                        uint32_t *l = oix_lock(sh, start, &slg);
+                        blk_name((void *)(uintptr_t)start, idx);
+                        spin_unlock(l);
                     } else {
                         create_object(&oi);
                     }
